@@ -1,0 +1,520 @@
+"""iSCSI PDU records and the Basic Header Segment codec (RFC 7143 section 11).
+
+Every PDU type is a dataclass whose header layout is declared once as a list
+of fields (byte offset, struct format or bit mask).  ``encode_bhs`` and
+``decode_bhs`` walk that list; the data segment travels beside the header as
+``pdu.data`` and AHS bytes as ``pdu.ahs``.  Framing (lengths, padding,
+digests) lives in :mod:`scsi_target.iscsi.framing`.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, fields
+from enum import IntEnum
+from typing import ClassVar
+
+BHS_LEN = 48
+
+
+class Op(IntEnum):
+    NOP_OUT = 0x00
+    SCSI_COMMAND = 0x01
+    TASK_MGMT_REQUEST = 0x02
+    LOGIN_REQUEST = 0x03
+    TEXT_REQUEST = 0x04
+    DATA_OUT = 0x05
+    LOGOUT_REQUEST = 0x06
+    SNACK_REQUEST = 0x10
+    NOP_IN = 0x20
+    SCSI_RESPONSE = 0x21
+    TASK_MGMT_RESPONSE = 0x22
+    LOGIN_RESPONSE = 0x23
+    TEXT_RESPONSE = 0x24
+    DATA_IN = 0x25
+    LOGOUT_RESPONSE = 0x26
+    R2T = 0x31
+    ASYNC_MESSAGE = 0x32
+    REJECT = 0x3F
+
+
+INITIATOR_OPCODES = frozenset({0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10})
+RESERVED_TAG = 0xFFFFFFFF
+
+
+class RejectReason(IntEnum):
+    DATA_DIGEST_ERROR = 0x02
+    SNACK_REJECT = 0x03
+    PROTOCOL_ERROR = 0x04
+    COMMAND_NOT_SUPPORTED = 0x05
+    IMMEDIATE_COMMAND_REJECT = 0x06
+    TASK_IN_PROGRESS = 0x07
+    INVALID_DATA_ACK = 0x08
+    INVALID_PDU_FIELD = 0x09
+    LONG_OP_REJECT = 0x0A
+    DEPRECATED = 0x0B
+    WAITING_FOR_LOGOUT = 0x0C
+
+
+class TmfFunction(IntEnum):
+    ABORT_TASK = 1
+    ABORT_TASK_SET = 2
+    CLEAR_ACA = 3
+    CLEAR_TASK_SET = 4
+    LOGICAL_UNIT_RESET = 5
+    TARGET_WARM_RESET = 6
+    TARGET_COLD_RESET = 7
+    TASK_REASSIGN = 8
+
+
+class TmfResponse(IntEnum):
+    COMPLETE = 0
+    TASK_DOES_NOT_EXIST = 1
+    LUN_DOES_NOT_EXIST = 2
+    TASK_STILL_ALLEGIANT = 3
+    REASSIGNMENT_NOT_SUPPORTED = 4
+    NOT_SUPPORTED = 5
+    AUTHORIZATION_FAILED = 6
+    REJECTED = 255
+
+
+class PduFormatError(ValueError):
+    """A header that cannot be decoded (unknown opcode, bad reserved field)."""
+
+
+# Field spec: (name, offset, kind) with kind a struct format ('B','H','I','Q',
+# '6s','8s','16s') or ('bit', mask) / ('bits', mask, shift) inside one byte.
+_Spec = list
+
+
+def _compile(spec):
+    out = []
+    for name, off, kind in spec:
+        if isinstance(kind, tuple):
+            if kind[0] == "bit":
+                out.append((name, off, None, kind[1], 0, True))
+            else:
+                out.append((name, off, None, kind[1], kind[2], False))
+        else:
+            out.append((name, off, struct.Struct(">" + kind), 0, 0, False))
+    return out
+
+
+@dataclass(slots=True)
+class Pdu:
+    OPCODE: ClassVar[int] = -1
+    SPEC: ClassVar[list] = []
+    _compiled: ClassVar[list] = []
+
+    immediate: bool = False
+    data: bytes | bytearray | memoryview = b""
+    ahs: bytes = b""
+
+    def encode_bhs(self) -> bytearray:
+        buf = bytearray(BHS_LEN)
+        buf[0] = self.OPCODE | (0x40 if self.immediate else 0)
+        for name, off, st, mask, shift, is_bit in self._compiled:
+            val = getattr(self, name)
+            if st is not None:
+                st.pack_into(buf, off, val)
+            elif is_bit:
+                if val:
+                    buf[off] |= mask
+            else:
+                buf[off] |= (val << shift) & mask
+        buf[4] = len(self.ahs) // 4
+        n = len(self.data)
+        buf[5] = (n >> 16) & 0xFF
+        buf[6] = (n >> 8) & 0xFF
+        buf[7] = n & 0xFF
+        return buf
+
+    @classmethod
+    def from_bhs(cls, bhs) -> "Pdu":
+        kw = {"immediate": bool(bhs[0] & 0x40)}
+        for name, off, st, mask, shift, is_bit in cls._compiled:
+            if st is not None:
+                kw[name] = st.unpack_from(bhs, off)[0]
+            elif is_bit:
+                kw[name] = bool(bhs[off] & mask)
+            else:
+                kw[name] = (bhs[off] & mask) >> shift
+        return cls(**kw)
+
+
+_REGISTRY: dict[int, type[Pdu]] = {}
+
+
+def _register(cls):
+    cls._compiled = _compile(cls.SPEC)
+    _REGISTRY[cls.OPCODE] = cls
+    return cls
+
+
+# ---------------------------------------------------------------- initiator
+@_register
+@dataclass(slots=True)
+class NopOut(Pdu):
+    OPCODE: ClassVar[int] = Op.NOP_OUT
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
+                            ("ttt", 20, "I"), ("cmdsn", 24, "I"), ("expstatsn", 28, "I")]
+    final: bool = True
+    lun: int = 0
+    itt: int = RESERVED_TAG
+    ttt: int = RESERVED_TAG
+    cmdsn: int = 0
+    expstatsn: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class ScsiCommand(Pdu):
+    OPCODE: ClassVar[int] = Op.SCSI_COMMAND
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("read", 1, ("bit", 0x40)),
+                            ("write", 1, ("bit", 0x20)), ("attr", 1, ("bits", 0x07, 0)),
+                            ("lun", 8, "Q"), ("itt", 16, "I"), ("edtl", 20, "I"),
+                            ("cmdsn", 24, "I"), ("expstatsn", 28, "I"), ("cdb", 32, "16s")]
+    final: bool = True
+    read: bool = False
+    write: bool = False
+    attr: int = 1
+    lun: int = 0
+    itt: int = 0
+    edtl: int = 0
+    cmdsn: int = 0
+    expstatsn: int = 0
+    cdb: bytes = bytes(16)
+
+
+@_register
+@dataclass(slots=True)
+class TaskMgmtRequest(Pdu):
+    OPCODE: ClassVar[int] = Op.TASK_MGMT_REQUEST
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("function", 1, ("bits", 0x7F, 0)),
+                            ("lun", 8, "Q"), ("itt", 16, "I"), ("rtt", 20, "I"),
+                            ("cmdsn", 24, "I"), ("expstatsn", 28, "I"), ("refcmdsn", 32, "I"),
+                            ("expdatasn", 36, "I")]
+    final: bool = True
+    function: int = 1
+    lun: int = 0
+    itt: int = 0
+    rtt: int = RESERVED_TAG
+    cmdsn: int = 0
+    expstatsn: int = 0
+    refcmdsn: int = 0
+    expdatasn: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class LoginRequest(Pdu):
+    OPCODE: ClassVar[int] = Op.LOGIN_REQUEST
+    SPEC: ClassVar[list] = [("transit", 1, ("bit", 0x80)), ("cont", 1, ("bit", 0x40)),
+                            ("csg", 1, ("bits", 0x0C, 2)), ("nsg", 1, ("bits", 0x03, 0)),
+                            ("version_max", 2, "B"), ("version_min", 3, "B"),
+                            ("isid", 8, "6s"), ("tsih", 14, "H"), ("itt", 16, "I"),
+                            ("cid", 20, "H"), ("cmdsn", 24, "I"), ("expstatsn", 28, "I")]
+    transit: bool = False
+    cont: bool = False
+    csg: int = 0
+    nsg: int = 0
+    version_max: int = 0
+    version_min: int = 0
+    isid: bytes = bytes(6)
+    tsih: int = 0
+    itt: int = 0
+    cid: int = 0
+    cmdsn: int = 0
+    expstatsn: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class TextRequest(Pdu):
+    OPCODE: ClassVar[int] = Op.TEXT_REQUEST
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("cont", 1, ("bit", 0x40)),
+                            ("lun", 8, "Q"), ("itt", 16, "I"), ("ttt", 20, "I"),
+                            ("cmdsn", 24, "I"), ("expstatsn", 28, "I")]
+    final: bool = True
+    cont: bool = False
+    lun: int = 0
+    itt: int = 0
+    ttt: int = RESERVED_TAG
+    cmdsn: int = 0
+    expstatsn: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class DataOut(Pdu):
+    OPCODE: ClassVar[int] = Op.DATA_OUT
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
+                            ("ttt", 20, "I"), ("expstatsn", 28, "I"), ("datasn", 36, "I"),
+                            ("offset", 40, "I")]
+    final: bool = False
+    lun: int = 0
+    itt: int = 0
+    ttt: int = RESERVED_TAG
+    expstatsn: int = 0
+    datasn: int = 0
+    offset: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class LogoutRequest(Pdu):
+    OPCODE: ClassVar[int] = Op.LOGOUT_REQUEST
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("reason", 1, ("bits", 0x7F, 0)),
+                            ("itt", 16, "I"), ("cid", 20, "H"), ("cmdsn", 24, "I"),
+                            ("expstatsn", 28, "I")]
+    final: bool = True
+    reason: int = 0
+    itt: int = 0
+    cid: int = 0
+    cmdsn: int = 0
+    expstatsn: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class SnackRequest(Pdu):
+    OPCODE: ClassVar[int] = Op.SNACK_REQUEST
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("type", 1, ("bits", 0x0F, 0)),
+                            ("lun", 8, "Q"), ("itt", 16, "I"), ("ttt", 20, "I"),
+                            ("expstatsn", 28, "I"), ("begrun", 40, "I"), ("runlength", 44, "I")]
+    final: bool = True
+    type: int = 0
+    lun: int = 0
+    itt: int = 0
+    ttt: int = RESERVED_TAG
+    expstatsn: int = 0
+    begrun: int = 0
+    runlength: int = 0
+
+
+# ------------------------------------------------------------------ target
+@_register
+@dataclass(slots=True)
+class NopIn(Pdu):
+    OPCODE: ClassVar[int] = Op.NOP_IN
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
+                            ("ttt", 20, "I"), ("statsn", 24, "I"), ("expcmdsn", 28, "I"),
+                            ("maxcmdsn", 32, "I")]
+    final: bool = True
+    lun: int = 0
+    itt: int = RESERVED_TAG
+    ttt: int = RESERVED_TAG
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class ScsiResponse(Pdu):
+    OPCODE: ClassVar[int] = Op.SCSI_RESPONSE
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("bidi_overflow", 1, ("bit", 0x10)),
+                            ("bidi_underflow", 1, ("bit", 0x08)), ("overflow", 1, ("bit", 0x04)),
+                            ("underflow", 1, ("bit", 0x02)), ("response", 2, "B"),
+                            ("status", 3, "B"), ("itt", 16, "I"), ("snack_tag", 20, "I"),
+                            ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
+                            ("expdatasn", 36, "I"), ("bidi_residual", 40, "I"),
+                            ("residual", 44, "I")]
+    final: bool = True
+    bidi_overflow: bool = False
+    bidi_underflow: bool = False
+    overflow: bool = False
+    underflow: bool = False
+    response: int = 0
+    status: int = 0
+    itt: int = 0
+    snack_tag: int = 0
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+    expdatasn: int = 0
+    bidi_residual: int = 0
+    residual: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class TaskMgmtResponse(Pdu):
+    OPCODE: ClassVar[int] = Op.TASK_MGMT_RESPONSE
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("response", 2, "B"), ("itt", 16, "I"),
+                            ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I")]
+    final: bool = True
+    response: int = 0
+    itt: int = 0
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class LoginResponse(Pdu):
+    OPCODE: ClassVar[int] = Op.LOGIN_RESPONSE
+    SPEC: ClassVar[list] = [("transit", 1, ("bit", 0x80)), ("cont", 1, ("bit", 0x40)),
+                            ("csg", 1, ("bits", 0x0C, 2)), ("nsg", 1, ("bits", 0x03, 0)),
+                            ("version_max", 2, "B"), ("version_active", 3, "B"),
+                            ("isid", 8, "6s"), ("tsih", 14, "H"), ("itt", 16, "I"),
+                            ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
+                            ("status_class", 36, "B"), ("status_detail", 37, "B")]
+    transit: bool = False
+    cont: bool = False
+    csg: int = 0
+    nsg: int = 0
+    version_max: int = 0
+    version_active: int = 0
+    isid: bytes = bytes(6)
+    tsih: int = 0
+    itt: int = 0
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+    status_class: int = 0
+    status_detail: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class TextResponse(Pdu):
+    OPCODE: ClassVar[int] = Op.TEXT_RESPONSE
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("cont", 1, ("bit", 0x40)),
+                            ("lun", 8, "Q"), ("itt", 16, "I"), ("ttt", 20, "I"),
+                            ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I")]
+    final: bool = True
+    cont: bool = False
+    lun: int = 0
+    itt: int = 0
+    ttt: int = RESERVED_TAG
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class DataIn(Pdu):
+    OPCODE: ClassVar[int] = Op.DATA_IN
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("ack", 1, ("bit", 0x40)),
+                            ("overflow", 1, ("bit", 0x04)), ("underflow", 1, ("bit", 0x02)),
+                            ("has_status", 1, ("bit", 0x01)), ("status", 3, "B"),
+                            ("lun", 8, "Q"), ("itt", 16, "I"), ("ttt", 20, "I"),
+                            ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
+                            ("datasn", 36, "I"), ("offset", 40, "I"), ("residual", 44, "I")]
+    final: bool = False
+    ack: bool = False
+    overflow: bool = False
+    underflow: bool = False
+    has_status: bool = False
+    status: int = 0
+    lun: int = 0
+    itt: int = 0
+    ttt: int = RESERVED_TAG
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+    datasn: int = 0
+    offset: int = 0
+    residual: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class LogoutResponse(Pdu):
+    OPCODE: ClassVar[int] = Op.LOGOUT_RESPONSE
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("response", 2, "B"), ("itt", 16, "I"),
+                            ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
+                            ("time2wait", 40, "H"), ("time2retain", 42, "H")]
+    final: bool = True
+    response: int = 0
+    itt: int = 0
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+    time2wait: int = 0
+    time2retain: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class R2T(Pdu):
+    OPCODE: ClassVar[int] = Op.R2T
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
+                            ("ttt", 20, "I"), ("statsn", 24, "I"), ("expcmdsn", 28, "I"),
+                            ("maxcmdsn", 32, "I"), ("r2tsn", 36, "I"), ("offset", 40, "I"),
+                            ("length", 44, "I")]
+    final: bool = True
+    lun: int = 0
+    itt: int = 0
+    ttt: int = 0
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+    r2tsn: int = 0
+    offset: int = 0
+    length: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class AsyncMessage(Pdu):
+    OPCODE: ClassVar[int] = Op.ASYNC_MESSAGE
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
+                            ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
+                            ("event", 36, "B"), ("vcode", 37, "B"), ("param1", 38, "H"),
+                            ("param2", 40, "H"), ("param3", 42, "H")]
+    final: bool = True
+    lun: int = 0
+    itt: int = RESERVED_TAG
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+    event: int = 0
+    vcode: int = 0
+    param1: int = 0
+    param2: int = 0
+    param3: int = 0
+
+
+@_register
+@dataclass(slots=True)
+class Reject(Pdu):
+    OPCODE: ClassVar[int] = Op.REJECT
+    SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("reason", 2, "B"), ("itt", 16, "I"),
+                            ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
+                            ("datasn", 36, "I")]
+    final: bool = True
+    reason: int = 0
+    itt: int = RESERVED_TAG
+    statsn: int = 0
+    expcmdsn: int = 0
+    maxcmdsn: int = 0
+    datasn: int = 0
+
+
+def pdu_class(opcode: int) -> type[Pdu] | None:
+    return _REGISTRY.get(opcode)
+
+
+def header_lengths(bhs) -> tuple[int, int]:
+    """(AHS length in bytes, data segment length) from a BHS."""
+    return bhs[4] * 4, (bhs[5] << 16) | (bhs[6] << 8) | bhs[7]
+
+
+def decode_bhs(bhs, ahs: bytes = b"", data=b"") -> Pdu:
+    """Typed PDU from a 48-byte header; raises PduFormatError for unknown opcodes."""
+    if len(bhs) < BHS_LEN:
+        raise PduFormatError(f"BHS is {len(bhs)} bytes, needs {BHS_LEN}")
+    cls = _REGISTRY.get(bhs[0] & 0x3F)
+    if cls is None:
+        raise PduFormatError(f"unknown opcode 0x{bhs[0] & 0x3F:02x}")
+    pdu = cls.from_bhs(bhs)
+    pdu.ahs = bytes(ahs)
+    pdu.data = data
+    return pdu
+
+
+def pdu_fields(pdu: Pdu) -> dict:
+    return {f.name: getattr(pdu, f.name) for f in fields(pdu)}

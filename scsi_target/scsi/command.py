@@ -1,0 +1,97 @@
+"""Command and response records of the in-process SCSI API.
+
+A front end (iSCSI, tests, tools) builds a :class:`Command`, gives it to
+:meth:`scsi_target.scsi.target.ScsiTarget.execute` (or a LU's ``execute``) and
+gets a :class:`Response`.  Nothing here knows about iSCSI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    GOOD = 0x00
+    CHECK_CONDITION = 0x02
+    CONDITION_MET = 0x04
+    BUSY = 0x08
+    RESERVATION_CONFLICT = 0x18
+    TASK_SET_FULL = 0x28
+    ACA_ACTIVE = 0x30
+    TASK_ABORTED = 0x40
+
+
+class Direction(IntEnum):
+    NONE = 0
+    IN = 1       # data from target to initiator (READ)
+    OUT = 2      # data from initiator to target (WRITE)
+    BIDI = 3
+
+
+class TaskAttr(IntEnum):
+    UNTAGGED = 0
+    SIMPLE = 1
+    ORDERED = 2
+    HEAD_OF_QUEUE = 3
+    ACA = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Nexus:
+    """An I_T nexus: the initiator port and the target port it came in on.
+
+    For iSCSI the initiator port is ``name,i,0x<ISID>`` and the target port
+    ``name,t,0x<TPGT>``; the in-process API may use any stable strings.
+    """
+    initiator: str
+    target: str = "local"
+    # Relative target port identifier and transport id are needed by PR IN
+    # READ FULL STATUS; the transport fills them in.
+    relative_port: int = 1
+    initiator_name: str = ""
+    isid: int = 0
+
+    @property
+    def transport_id(self) -> bytes:
+        """iSCSI TransportID (format 01b: name + ",i,0x" + ISID), padded to 4."""
+        name = (self.initiator_name or self.initiator).encode()
+        body = name + b",i,0x" + f"{self.isid:012x}".encode() + b"\x00"
+        body += b"\x00" * (-len(body) % 4)
+        return bytes([0x45, 0]) + len(body).to_bytes(2, "big") + body
+
+
+@dataclass(slots=True)
+class Command:
+    cdb: bytes
+    lun: int = 0
+    data_out: bytes | bytearray | memoryview | None = None
+    # Expected data transfer length from the transport (EDTL); None = derive
+    # from the CDB (in-process callers that don't care about residuals).
+    expected_length: int | None = None
+    direction: Direction = Direction.NONE
+    nexus: Nexus = field(default_factory=lambda: Nexus("local-initiator"))
+    task_tag: int = 0
+    task_attr: TaskAttr = TaskAttr.SIMPLE
+    # Set by handlers (via dispatch.data_out): bytes of data-out the CDB needs.
+    needed: int | None = None
+
+
+@dataclass(slots=True)
+class Response:
+    status: Status = Status.GOOD
+    data_in: bytes | bytearray | memoryview = b""
+    sense: bytes = b""
+    # Positive: underflow (fewer bytes moved than expected); negative: overflow.
+    residual: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.GOOD
+
+    @property
+    def underflow(self) -> int:
+        return self.residual if self.residual > 0 else 0
+
+    @property
+    def overflow(self) -> int:
+        return -self.residual if self.residual < 0 else 0

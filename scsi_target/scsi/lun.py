@@ -1,0 +1,252 @@
+"""Logical units and the target-level LUN map.
+
+:class:`LogicalUnit` holds what SPC says every LU has — identity, unit
+attentions per I_T nexus, mode pages, reservations — and runs the common
+execution path: lookup in the dispatch table, unit attention, reservation
+conflict, handler, data-in trimming and residual, sense rendering.  Device
+types (disk, tape, pseudo devices) subclass it and add a command set.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+from .command import Command, Direction, Nexus, Response, Status
+from .dispatch import DispatchTable, OpEntry
+from . import sense as S
+
+
+@dataclass
+class Identity:
+    vendor: str = "PYSCSI"
+    product: str = "VIRTUAL-DISK"
+    revision: str = "0001"
+    serial: str = ""
+    # 64-bit NAA IEEE Registered identifier (NAA 5): OUI + vendor specific.
+    naa: int = 0
+    t10_vendor_specific: str = ""
+
+    @classmethod
+    def derive(cls, target_name: str, lun: int, product: str = "VIRTUAL-DISK",
+               serial: str | None = None) -> "Identity":
+        digest = hashlib.sha256(f"{target_name}/{lun}".encode()).digest()
+        ser = serial or digest[:8].hex()
+        # NAA 5: 4-bit NAA, 24-bit OUI (locally administered 0x000000 is
+        # reserved; use an arbitrary fixed value), 36-bit vendor specific.
+        oui = 0x0A_5C_51
+        vendor_bits = int.from_bytes(digest[8:13], "big") & ((1 << 36) - 1)
+        naa = (0x5 << 60) | (oui << 36) | vendor_bits
+        return cls(product=product, serial=ser, naa=naa,
+                   t10_vendor_specific=f"{target_name}:{lun}:{ser}")
+
+
+class UnitAttentions:
+    """Pending unit attention conditions per I_T nexus (SAM-5 5.14)."""
+
+    MAX_PENDING = 16
+
+    def __init__(self) -> None:
+        self._pending: dict[Nexus, list[S.Asc]] = {}
+        self._known: set[Nexus] = set()
+
+    def first_contact(self, nexus: Nexus) -> None:
+        if nexus not in self._known:
+            self._known.add(nexus)
+            self._pending.setdefault(nexus, []).insert(0, S.POWER_ON_RESET)
+
+    def establish(self, asc: S.Asc, *, nexus: Nexus | None = None,
+                  exclude: Nexus | None = None) -> None:
+        """Queue ``asc`` for one nexus, or for every known nexus but ``exclude``."""
+        targets = [nexus] if nexus is not None else [n for n in self._known if n != exclude]
+        for n in targets:
+            q = self._pending.setdefault(n, [])
+            if asc not in q and len(q) < self.MAX_PENDING:
+                q.append(asc)
+
+    def reset(self, exclude: Nexus | None = None) -> None:
+        """A LU reset: every nexus but ``exclude`` gets POWER ON/RESET."""
+        for n in self._known:
+            if n == exclude:
+                continue
+            self._pending[n] = [S.POWER_ON_RESET]
+
+    def forget(self, nexus: Nexus) -> None:
+        self._pending.pop(nexus, None)
+        self._known.discard(nexus)
+
+    def pending(self, nexus: Nexus) -> bool:
+        return bool(self._pending.get(nexus))
+
+    def pop(self, nexus: Nexus) -> S.Asc | None:
+        q = self._pending.get(nexus)
+        if not q:
+            return None
+        return q.pop(0)
+
+
+class LogicalUnit:
+    """Base for every LU type; subclasses set ``table`` and ``device_type``."""
+
+    device_type: int = 0x1F
+    table: DispatchTable
+    removable: bool = False
+
+    def __init__(self, identity: Identity | None = None) -> None:
+        from .modepages import ModePages
+        from .reservations import Reservations
+        self.identity = identity or Identity()
+        self.ua = UnitAttentions()
+        self.mode = ModePages(self)
+        self.pr = Reservations(self)
+        self.lun = 0
+        self.target_name = ""
+        self.lock = threading.RLock()  # serialises commands that must be atomic
+        self.last_sense: dict[Nexus, bytes] = {}
+        self.stopped = False  # START STOP UNIT
+
+    # -- readiness ------------------------------------------------------
+    def not_ready_reason(self) -> S.SenseError | None:
+        """A NOT READY error when media access is impossible, else None."""
+        if self.stopped:
+            return S.not_ready(S.LUN_NOT_READY_INIT_REQUIRED)
+        return None
+
+    # -- execution ------------------------------------------------------
+    def execute(self, cmd: Command) -> Response:
+        nexus = cmd.nexus
+        try:
+            entry = self.table.lookup(cmd.cdb)
+        except S.SenseError as err:
+            return self._check_condition(cmd, err)
+        self.ua.first_contact(nexus)
+        if not entry.ua_exempt and self.ua.pending(nexus):
+            asc = self.ua.pop(nexus)
+            return self._check_condition(cmd, S.unit_attention(asc))
+        if entry.conflict is not None and self.pr.conflicts(nexus, entry, cmd):
+            return Response(Status.RESERVATION_CONFLICT, residual=self._no_data_residual(cmd))
+        try:
+            if entry.needs_ready:
+                reason = self.not_ready_reason()
+                if reason is not None:
+                    raise reason
+            result = entry.handler(self, cmd)
+        except S.SenseError as err:
+            return self._check_condition(cmd, err)
+        return self._good(cmd, result)
+
+    def _no_data_residual(self, cmd: Command) -> int:
+        return cmd.expected_length or 0
+
+    def _good(self, cmd: Command, result) -> Response:
+        if isinstance(result, Response):
+            return result
+        edtl = cmd.expected_length
+        if result is None:
+            if cmd.needed is not None and edtl is not None:
+                return Response(Status.GOOD, residual=edtl - cmd.needed)
+            return Response(Status.GOOD, residual=edtl or 0)
+        data = result
+        n = len(data)
+        if edtl is None:
+            return Response(Status.GOOD, data)
+        if n > edtl:
+            return Response(Status.GOOD, memoryview(data)[:edtl], residual=edtl - n)
+        return Response(Status.GOOD, data, residual=edtl - n)
+
+    def _check_condition(self, cmd: Command, err: S.SenseError) -> Response:
+        sense = S.render_sense(err, descriptor=self.mode.descriptor_sense)
+        self.last_sense[cmd.nexus] = sense
+        return Response(Status.CHECK_CONDITION, sense=sense, residual=cmd.expected_length or 0)
+
+    # -- events from the transport -------------------------------------
+    def nexus_lost(self, nexus: Nexus) -> None:
+        """The I_T nexus went away (logout, connection drop)."""
+        self.last_sense.pop(nexus, None)
+
+    def reset(self, by: Nexus | None = None) -> None:
+        """LOGICAL UNIT RESET task management function."""
+        self.pr.reset()
+        self.mode.reset()
+        self.ua.reset(exclude=None)
+
+    def close(self) -> None:
+        pass
+
+
+class NoSuchLun(LogicalUnit):
+    """Answers for a LUN that is not configured (SPC-4 6.6.2: qualifier 011b)."""
+
+    device_type = 0x1F
+
+    def __init__(self, target: "LunMap") -> None:
+        super().__init__()
+        self.target_map = target
+
+    def execute(self, cmd: Command) -> Response:
+        op = cmd.cdb[0] if cmd.cdb else -1
+        if op == 0x12:  # INQUIRY: peripheral qualifier 3, type 0x1F
+            alloc = int.from_bytes(cmd.cdb[3:5], "big") if len(cmd.cdb) >= 5 else 0
+            data = bytearray(36)
+            data[0] = 0x7F
+            data[2] = 0x06
+            data[3] = 0x02
+            data[4] = 31
+            return self._good(cmd, bytes(data[:alloc]))
+        if op == 0xA0 and self.target_map is not None:  # REPORT LUNS
+            return self.target_map.report_luns(cmd)
+        if op == 0x03:  # REQUEST SENSE
+            err = S.illegal_request(S.LOGICAL_UNIT_NOT_SUPPORTED)
+            alloc = cmd.cdb[4] if len(cmd.cdb) >= 5 else 0
+            return self._good(cmd, S.render_sense(err)[:alloc])
+        return self._check_condition(cmd, S.illegal_request(S.LOGICAL_UNIT_NOT_SUPPORTED))
+
+
+class LunMap:
+    """The LUs behind one target name, numbered by LUN."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.luns: dict[int, LogicalUnit] = {}
+        self._missing = NoSuchLun(self)
+
+    def add(self, lun: int, lu: LogicalUnit) -> None:
+        if lun in self.luns:
+            raise ValueError(f"LUN {lun} already in use on {self.name}")
+        if not 0 <= lun < 16384:
+            raise ValueError(f"LUN {lun} out of range 0..16383")
+        lu.lun = lun
+        lu.target_name = self.name
+        lu.target_map = self
+        self.luns[lun] = lu
+
+    def get(self, lun: int) -> LogicalUnit:
+        return self.luns.get(lun, self._missing)
+
+    def execute(self, cmd: Command) -> Response:
+        return self.get(cmd.lun).execute(cmd)
+
+    def report_luns(self, cmd: Command) -> Response:
+        from .lunaddr import encode_lun
+        cdb = cmd.cdb
+        if len(cdb) < 12:
+            return self._missing._check_condition(cmd, S.invalid_cdb_field(0))
+        select = cdb[2]
+        alloc = int.from_bytes(cdb[6:10], "big")
+        if select not in (0x00, 0x01, 0x02, 0x10, 0x11, 0x12):
+            return self._missing._check_condition(cmd, S.invalid_cdb_field(2))
+        if alloc < 16:
+            return self._missing._check_condition(cmd, S.invalid_cdb_field(6))
+        if select in (0x01, 0x11):
+            luns = []  # no well-known LUs
+        elif select == 0x12 and cmd.lun != 0:
+            luns = []
+        else:
+            luns = sorted(self.luns)
+        body = b"".join(encode_lun(n) for n in luns)
+        data = len(body).to_bytes(4, "big") + b"\x00" * 4 + body
+        return self._missing._good(cmd, data[:alloc])
+
+    def close(self) -> None:
+        for lu in self.luns.values():
+            lu.close()

@@ -1,0 +1,209 @@
+"""Sense data: the one place where SCSI errors become bytes.
+
+Handlers raise :class:`SenseError` (or one of the helpers below); the dispatcher
+catches it and calls :func:`render_sense` with the LU's sense format (fixed or
+descriptor, from the control mode page D_SENSE bit).
+"""
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import NamedTuple
+
+
+class SenseKey(IntEnum):
+    NO_SENSE = 0x0
+    RECOVERED_ERROR = 0x1
+    NOT_READY = 0x2
+    MEDIUM_ERROR = 0x3
+    HARDWARE_ERROR = 0x4
+    ILLEGAL_REQUEST = 0x5
+    UNIT_ATTENTION = 0x6
+    DATA_PROTECT = 0x7
+    BLANK_CHECK = 0x8
+    VENDOR_SPECIFIC = 0x9
+    COPY_ABORTED = 0xA
+    ABORTED_COMMAND = 0xB
+    VOLUME_OVERFLOW = 0xD
+    MISCOMPARE = 0xE
+
+
+class Asc(NamedTuple):
+    asc: int
+    ascq: int
+    name: str
+
+
+# Additional sense codes used by the target (values from SPC-4 Annex D).
+NO_ADDITIONAL_SENSE = Asc(0x00, 0x00, "NO ADDITIONAL SENSE INFORMATION")
+FILEMARK_DETECTED = Asc(0x00, 0x01, "FILEMARK DETECTED")
+END_OF_PARTITION_MEDIUM_DETECTED = Asc(0x00, 0x02, "END-OF-PARTITION/MEDIUM DETECTED")
+BEGINNING_OF_PARTITION_MEDIUM_DETECTED = Asc(0x00, 0x04, "BEGINNING-OF-PARTITION/MEDIUM DETECTED")
+END_OF_DATA_DETECTED = Asc(0x00, 0x05, "END-OF-DATA DETECTED")
+LUN_NOT_READY_CAUSE_NOT_REPORTABLE = Asc(0x04, 0x00, "LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE")
+LUN_NOT_READY_INIT_REQUIRED = Asc(0x04, 0x02, "LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED")
+LUN_NOT_READY_MANUAL_INTERVENTION = Asc(0x04, 0x03, "LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED")
+WRITE_ERROR = Asc(0x0C, 0x00, "WRITE ERROR")
+UNRECOVERED_READ_ERROR = Asc(0x11, 0x00, "UNRECOVERED READ ERROR")
+MISCOMPARE_DURING_VERIFY = Asc(0x1D, 0x00, "MISCOMPARE DURING VERIFY OPERATION")
+PARAMETER_LIST_LENGTH_ERROR = Asc(0x1A, 0x00, "PARAMETER LIST LENGTH ERROR")
+INVALID_COMMAND_OPERATION_CODE = Asc(0x20, 0x00, "INVALID COMMAND OPERATION CODE")
+LBA_OUT_OF_RANGE = Asc(0x21, 0x00, "LOGICAL BLOCK ADDRESS OUT OF RANGE")
+INVALID_FIELD_IN_CDB = Asc(0x24, 0x00, "INVALID FIELD IN CDB")
+LOGICAL_UNIT_NOT_SUPPORTED = Asc(0x25, 0x00, "LOGICAL UNIT NOT SUPPORTED")
+INVALID_FIELD_IN_PARAMETER_LIST = Asc(0x26, 0x00, "INVALID FIELD IN PARAMETER LIST")
+PARAMETER_NOT_SUPPORTED = Asc(0x26, 0x01, "PARAMETER NOT SUPPORTED")
+PARAMETER_VALUE_INVALID = Asc(0x26, 0x02, "PARAMETER VALUE INVALID")
+INVALID_RELEASE_OF_PERSISTENT_RESERVATION = Asc(0x26, 0x04, "INVALID RELEASE OF PERSISTENT RESERVATION")
+WRITE_PROTECTED = Asc(0x27, 0x00, "WRITE PROTECTED")
+NOT_READY_TO_READY_CHANGE = Asc(0x28, 0x00, "NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED")
+POWER_ON_RESET = Asc(0x29, 0x00, "POWER ON, RESET, OR BUS DEVICE RESET OCCURRED")
+POWER_ON_OCCURRED = Asc(0x29, 0x01, "POWER ON OCCURRED")
+BUS_RESET_OCCURRED = Asc(0x29, 0x02, "SCSI BUS RESET OCCURRED")
+BUS_DEVICE_RESET_FUNCTION_OCCURRED = Asc(0x29, 0x03, "BUS DEVICE RESET FUNCTION OCCURRED")
+I_T_NEXUS_LOSS_OCCURRED = Asc(0x29, 0x07, "I_T NEXUS LOSS OCCURRED")
+PARAMETERS_CHANGED = Asc(0x2A, 0x00, "PARAMETERS CHANGED")
+MODE_PARAMETERS_CHANGED = Asc(0x2A, 0x01, "MODE PARAMETERS CHANGED")
+RESERVATIONS_PREEMPTED = Asc(0x2A, 0x03, "RESERVATIONS PREEMPTED")
+RESERVATIONS_RELEASED = Asc(0x2A, 0x04, "RESERVATIONS RELEASED")
+REGISTRATIONS_PREEMPTED = Asc(0x2A, 0x05, "REGISTRATIONS PREEMPTED")
+CAPACITY_DATA_HAS_CHANGED = Asc(0x2A, 0x09, "CAPACITY DATA HAS CHANGED")
+COMMANDS_CLEARED_BY_ANOTHER_INITIATOR = Asc(0x2F, 0x00, "COMMANDS CLEARED BY ANOTHER INITIATOR")
+INCOMPATIBLE_MEDIUM_INSTALLED = Asc(0x30, 0x00, "INCOMPATIBLE MEDIUM INSTALLED")
+CANNOT_READ_MEDIUM_UNKNOWN_FORMAT = Asc(0x30, 0x01, "CANNOT READ MEDIUM - UNKNOWN FORMAT")
+MEDIUM_FORMAT_CORRUPTED = Asc(0x31, 0x00, "MEDIUM FORMAT CORRUPTED")
+SAVING_PARAMETERS_NOT_SUPPORTED = Asc(0x39, 0x00, "SAVING PARAMETERS NOT SUPPORTED")
+MEDIUM_NOT_PRESENT = Asc(0x3A, 0x00, "MEDIUM NOT PRESENT")
+SEQUENTIAL_POSITIONING_ERROR = Asc(0x3B, 0x00, "SEQUENTIAL POSITIONING ERROR")
+INQUIRY_DATA_HAS_CHANGED = Asc(0x3F, 0x03, "INQUIRY DATA HAS CHANGED")
+REPORTED_LUNS_DATA_HAS_CHANGED = Asc(0x3F, 0x0E, "REPORTED LUNS DATA HAS CHANGED")
+INTERNAL_TARGET_FAILURE = Asc(0x44, 0x00, "INTERNAL TARGET FAILURE")
+INVALID_MESSAGE_ERROR = Asc(0x49, 0x00, "INVALID MESSAGE ERROR")
+COMMAND_PHASE_ERROR = Asc(0x4A, 0x00, "COMMAND PHASE ERROR")
+DATA_PHASE_ERROR = Asc(0x4B, 0x00, "DATA PHASE ERROR")
+INITIATOR_DETECTED_ERROR = Asc(0x48, 0x00, "INITIATOR DETECTED ERROR MESSAGE RECEIVED")
+OVERLAPPED_COMMANDS_ATTEMPTED = Asc(0x4E, 0x00, "OVERLAPPED COMMANDS ATTEMPTED")
+END_OF_MEDIUM_REACHED = Asc(0x3B, 0x0F, "END OF MEDIUM REACHED")
+MEDIUM_REMOVAL_PREVENTED = Asc(0x53, 0x02, "MEDIUM REMOVAL PREVENTED")
+INSUFFICIENT_REGISTRATION_RESOURCES = Asc(0x55, 0x04, "INSUFFICIENT REGISTRATION RESOURCES")
+SPACE_ALLOCATION_FAILED_WRITE_PROTECT = Asc(0x27, 0x07, "SPACE ALLOCATION FAILED WRITE PROTECT")
+INVALID_DATA_OUT_BUFFER_INTEGRITY_CHECK = Asc(0x26, 0x0F, "INVALID DATA-OUT BUFFER INTEGRITY CHECK VALUE")
+LOGICAL_UNIT_COMMUNICATION_FAILURE = Asc(0x08, 0x00, "LOGICAL UNIT COMMUNICATION FAILURE")
+
+
+class SenseError(Exception):
+    """A command ends in CHECK CONDITION with this sense.
+
+    ``field`` points at the offending byte (and optionally bit) for ILLEGAL
+    REQUEST: ``in_cdb`` says whether it is in the CDB or the parameter list.
+    ``information`` fills the INFORMATION field (e.g. miscompare offset, tape
+    residue); ``filemark``/``eom``/``ili`` are the sequential-access flags.
+    """
+
+    def __init__(self, key: SenseKey, asc: Asc, *, field: int | None = None,
+                 bit: int | None = None, in_cdb: bool = True,
+                 information: int | None = None, filemark: bool = False,
+                 eom: bool = False, ili: bool = False) -> None:
+        super().__init__(f"{key.name} {asc.name}")
+        self.key = SenseKey(key)
+        self.asc = asc
+        self.field = field
+        self.bit = bit
+        self.in_cdb = in_cdb
+        self.information = information
+        self.filemark = filemark
+        self.eom = eom
+        self.ili = ili
+
+
+def illegal_request(asc: Asc = INVALID_FIELD_IN_CDB, field: int | None = None,
+                    bit: int | None = None, in_cdb: bool = True) -> SenseError:
+    return SenseError(SenseKey.ILLEGAL_REQUEST, asc, field=field, bit=bit, in_cdb=in_cdb)
+
+
+def invalid_cdb_field(field: int, bit: int | None = None) -> SenseError:
+    return illegal_request(INVALID_FIELD_IN_CDB, field, bit, True)
+
+
+def invalid_param_field(field: int, bit: int | None = None) -> SenseError:
+    return illegal_request(INVALID_FIELD_IN_PARAMETER_LIST, field, bit, False)
+
+
+def invalid_opcode() -> SenseError:
+    return illegal_request(INVALID_COMMAND_OPERATION_CODE, 0)
+
+
+def lba_out_of_range() -> SenseError:
+    return SenseError(SenseKey.ILLEGAL_REQUEST, LBA_OUT_OF_RANGE)
+
+
+def write_protected() -> SenseError:
+    return SenseError(SenseKey.DATA_PROTECT, WRITE_PROTECTED)
+
+
+def not_ready(asc: Asc = MEDIUM_NOT_PRESENT) -> SenseError:
+    return SenseError(SenseKey.NOT_READY, asc)
+
+
+def unit_attention(asc: Asc) -> SenseError:
+    return SenseError(SenseKey.UNIT_ATTENTION, asc)
+
+
+def miscompare(offset: int) -> SenseError:
+    return SenseError(SenseKey.MISCOMPARE, MISCOMPARE_DURING_VERIFY, information=offset)
+
+
+def _sense_key_specific(err: SenseError) -> bytes | None:
+    if err.field is None or err.key != SenseKey.ILLEGAL_REQUEST:
+        return None
+    b0 = 0x80  # SKSV
+    if err.in_cdb:
+        b0 |= 0x40  # C/D
+    if err.bit is not None:
+        b0 |= 0x08 | (err.bit & 7)  # BPV
+    return struct.pack(">BH", b0, err.field & 0xFFFF)
+
+
+def render_sense(err: SenseError, descriptor: bool = False) -> bytes:
+    """Sense data bytes for ``err`` in fixed (0x70) or descriptor (0x72) format."""
+    sks = _sense_key_specific(err)
+    if not descriptor:
+        buf = bytearray(18)
+        buf[0] = 0x70
+        if err.information is not None:
+            buf[0] |= 0x80  # VALID: INFORMATION field is meaningful
+            struct.pack_into(">I", buf, 3, err.information & 0xFFFFFFFF)
+        buf[2] = (err.key & 0x0F) | (0x80 if err.filemark else 0) | \
+            (0x40 if err.eom else 0) | (0x20 if err.ili else 0)
+        buf[7] = 10  # additional sense length
+        buf[12] = err.asc.asc
+        buf[13] = err.asc.ascq
+        if sks is not None:
+            buf[15:18] = sks
+        return bytes(buf)
+    descs = bytearray()
+    if err.information is not None:
+        descs += struct.pack(">BBBBQ", 0x00, 0x0A, 0x80, 0, err.information & 0xFFFFFFFFFFFFFFFF)
+    if sks is not None:
+        descs += struct.pack(">BBBB", 0x02, 0x06, 0, 0) + sks + b"\x00"
+    if err.filemark or err.eom or err.ili:
+        flags = (0x80 if err.filemark else 0) | (0x40 if err.eom else 0) | (0x20 if err.ili else 0)
+        descs += struct.pack(">BBBB", 0x04, 0x02, 0, flags)
+    head = struct.pack(">BBBBBBBB", 0x72, err.key & 0x0F, err.asc.asc, err.asc.ascq, 0, 0, 0, len(descs))
+    return head + bytes(descs)
+
+
+def parse_sense(data: bytes) -> tuple[SenseKey, int, int]:
+    """(sense key, ASC, ASCQ) from fixed or descriptor sense data."""
+    if len(data) < 1:
+        raise ValueError("empty sense data")
+    code = data[0] & 0x7F
+    if code in (0x70, 0x71):
+        if len(data) < 14:
+            raise ValueError("fixed sense data shorter than 14 bytes")
+        return SenseKey(data[2] & 0x0F), data[12], data[13]
+    if code in (0x72, 0x73):
+        if len(data) < 4:
+            raise ValueError("descriptor sense data shorter than 4 bytes")
+        return SenseKey(data[1] & 0x0F), data[2], data[3]
+    raise ValueError(f"unknown sense response code 0x{code:02x}")

@@ -1,0 +1,61 @@
+"""The block store interface every disk LUN backing implements.
+
+Stores are byte-addressed; the LU converts LBAs.  Offsets and lengths passed in
+are always within ``size`` (the LU checks ranges).  Interceptors (difference
+tracking, tracing, fault injection) wrap a store and expose the same interface.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+
+class StoreError(Exception):
+    """An I/O failure of the backing medium (maps to MEDIUM/HARDWARE ERROR)."""
+
+
+class BlockStore(ABC):
+    size: int                 # bytes
+    read_only: bool = False
+    thin: bool = False        # supports discard that deallocates (thin provisioning)
+
+    @abstractmethod
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with ``len(buf)`` bytes from ``offset``."""
+
+    def read(self, offset: int, length: int) -> bytearray:
+        buf = bytearray(length)
+        self.readinto(offset, memoryview(buf))
+        return buf
+
+    @abstractmethod
+    def write(self, offset: int, data) -> None:
+        """Write the bytes-like ``data`` at ``offset``."""
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        zero = bytes(min(length, 1 << 20))
+        while length:
+            n = min(length, len(zero))
+            self.write(offset, memoryview(zero)[:n])
+            offset += n
+            length -= n
+
+    def discard(self, offset: int, length: int) -> None:
+        """Deallocate (reads return zeroes afterwards)."""
+        self.write_zeroes(offset, length)
+
+    def flush(self) -> None:
+        """Make every completed write durable."""
+
+    def allocation(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
+        """(offset, length, mapped) extents covering the range, for GET LBA STATUS."""
+        yield offset, length, True
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
