@@ -1,0 +1,64 @@
+"""What the server serves: targets (IQN, LUNs, auth, ACL) and portals.
+
+Built by :mod:`scsi_target.config` from flags or a TOML file; consumed by the
+iSCSI login (authentication, ACL, SendTargets) and the session (LUN map).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .scsi.lun import LunMap
+
+
+@dataclass(frozen=True)
+class Chap:
+    username: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class Portal:
+    host: str = "127.0.0.1"
+    port: int = 3260
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass
+class TargetDef:
+    name: str
+    luns: LunMap
+    alias: str = ""
+    # Credentials the initiator must present (one-way CHAP); None = no auth.
+    chap: Chap | None = None
+    # Credentials the target answers with when the initiator asks (mutual CHAP).
+    mutual_chap: Chap | None = None
+    # Initiator IQNs allowed to log in; None = everyone.
+    allowed_initiators: frozenset[str] | None = None
+    portal_group_tag: int = 1
+
+    def allows(self, initiator_name: str) -> bool:
+        return self.allowed_initiators is None or initiator_name in self.allowed_initiators
+
+
+@dataclass
+class TargetRegistry:
+    targets: dict[str, TargetDef] = field(default_factory=dict)
+    portals: list[Portal] = field(default_factory=lambda: [Portal()])
+    # Credentials required for discovery sessions; None = discovery is open.
+    discovery_chap: Chap | None = None
+    discovery_mutual_chap: Chap | None = None
+
+    def add(self, target: TargetDef) -> None:
+        if target.name in self.targets:
+            raise ValueError(f"target {target.name} defined twice")
+        self.targets[target.name] = target
+
+    def get(self, name: str) -> TargetDef | None:
+        return self.targets.get(name)
+
+    def close(self) -> None:
+        for t in self.targets.values():
+            t.luns.close()
