@@ -149,8 +149,9 @@ def data_out(cmd: Command, nbytes: int) -> memoryview:
 
     Records how much the CDB asked for, so the dispatcher can report a residual
     when the transport's expected length differs.  If the initiator sent fewer
-    bytes than the CDB needs (overflow), the command fails with INVALID FIELD
-    IN CDB rather than writing garbage.
+    bytes than the CDB needs (overflow), the command transfers nothing and
+    fails with INVALID FIELD IN COMMAND INFORMATION UNIT (FCP-4/SAM-5 option b),
+    the residual reporting the overflow.
     """
     cmd.needed = nbytes
     buf = cmd.data_out
@@ -158,5 +159,5 @@ def data_out(cmd: Command, nbytes: int) -> memoryview:
     if mv.ndim != 1 or mv.itemsize != 1:
         mv = mv.cast("B")
     if len(mv) < nbytes:
-        raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
+        raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_INFORMATION_UNIT)
     return mv[:nbytes]

@@ -157,7 +157,11 @@ class LogicalUnit:
     def _check_condition(self, cmd: Command, err: S.SenseError) -> Response:
         sense = S.render_sense(err, descriptor=self.mode.descriptor_sense)
         self.last_sense[cmd.nexus] = sense
-        return Response(Status.CHECK_CONDITION, sense=sense, residual=cmd.expected_length or 0)
+        edtl = cmd.expected_length or 0
+        residual = edtl
+        if cmd.needed is not None and cmd.needed > edtl:
+            residual = edtl - cmd.needed  # overflow: report how much was missing
+        return Response(Status.CHECK_CONDITION, sense=sense, residual=residual)
 
     # -- events from the transport -------------------------------------
     def nexus_lost(self, nexus: Nexus) -> None:
