@@ -1,0 +1,143 @@
+"""PDU framing: bytes from the wire ⇄ PDU records (RFC 7143 11.2).
+
+:class:`PduReader` is a receive buffer plus a two-state parser (waiting for a
+header, waiting for a data segment).  It checks lengths against the negotiated
+limit and verifies CRC32C digests.  :func:`encode_pdu` returns the list of
+buffers to send (header, data, padding, digests) so that large data segments go
+to the socket without being copied into one string.
+"""
+from __future__ import annotations
+
+import struct
+
+import crc32c as _crc32c
+
+from .pdu import BHS_LEN, Pdu, PduFormatError, decode_bhs, header_lengths
+
+_LE32 = struct.Struct("<I")
+_PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+
+
+def crc32c(data) -> int:
+    return _crc32c.crc32c(data)
+
+
+def digest_bytes(*parts) -> bytes:
+    """iSCSI digest of the concatenation of ``parts`` (sent little-endian)."""
+    crc = 0
+    for p in parts:
+        crc = _crc32c.crc32c(p, crc)
+    return _LE32.pack(crc)
+
+
+class FramingError(Exception):
+    """The byte stream cannot be trusted any more; the connection must close.
+
+    ``reject_reason`` (when set) is the Reject reason to send first, with
+    ``bhs`` the header that caused it.
+    """
+
+    def __init__(self, message: str, reject_reason: int | None = None, bhs: bytes = b"") -> None:
+        super().__init__(message)
+        self.reject_reason = reject_reason
+        self.bhs = bhs
+
+
+class PduReader:
+    # The largest data segment we accept during login, before negotiation.
+    LOGIN_MAX_DATA = 8192
+
+    def __init__(self, max_data: int = LOGIN_MAX_DATA) -> None:
+        self._buf = bytearray()
+        self.max_data = max_data
+        self.header_digest = False
+        self.data_digest = False
+        self._bhs: bytes | None = None
+        self._ahs = b""
+        self._dlen = 0
+
+    def feed(self, data) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def next_pdu(self) -> Pdu | None:
+        """The next complete PDU, or None when more bytes are needed."""
+        buf = self._buf
+        if self._bhs is None:
+            if len(buf) < BHS_LEN:
+                return None
+            ahs_len, dlen = header_lengths(buf)
+            hlen = BHS_LEN + ahs_len + (4 if self.header_digest else 0)
+            if len(buf) < hlen:
+                return None
+            bhs = bytes(buf[:BHS_LEN])
+            ahs = bytes(buf[BHS_LEN:BHS_LEN + ahs_len])
+            if self.header_digest:
+                got = bytes(buf[hlen - 4:hlen])
+                if digest_bytes(bhs, ahs) != got:
+                    raise FramingError("header digest mismatch", None, bhs)
+            del buf[:hlen]
+            if dlen > self.max_data:
+                # Cannot resynchronise safely on a stream whose lengths we refuse.
+                raise FramingError(f"data segment of {dlen} bytes exceeds the negotiated "
+                                   f"{self.max_data}", 0x04, bhs)
+            self._bhs, self._ahs, self._dlen = bhs, ahs, dlen
+        dlen = self._dlen
+        total = dlen + (-dlen % 4) + (4 if (self.data_digest and dlen) else 0)
+        if len(buf) < total:
+            return None
+        if dlen:
+            view = memoryview(buf)
+            data = bytes(view[:dlen]) if dlen < 4096 else bytearray(view[:dlen])
+            if self.data_digest:
+                padded = dlen + (-dlen % 4)
+                got = bytes(view[padded:padded + 4])
+                ok = digest_bytes(view[:padded]) == got
+                view.release()
+                if not ok:
+                    bhs = self._bhs
+                    self._bhs = None
+                    del buf[:total]
+                    raise FramingError("data digest mismatch", 0x02, bhs)
+            else:
+                view.release()
+        else:
+            data = b""
+        del buf[:total]
+        bhs, ahs = self._bhs, self._ahs
+        self._bhs = None
+        try:
+            return decode_bhs(bhs, ahs, data)
+        except PduFormatError as exc:
+            raise UnknownOpcode(str(exc), bhs) from None
+
+
+class UnknownOpcode(Exception):
+    """A well-framed PDU whose opcode we do not know: Reject it, keep going."""
+
+    def __init__(self, message: str, bhs: bytes) -> None:
+        super().__init__(message)
+        self.bhs = bhs
+
+
+def encode_pdu(pdu: Pdu, header_digest: bool = False, data_digest: bool = False) -> list:
+    """Buffers that make up ``pdu`` on the wire."""
+    bhs = pdu.encode_bhs()
+    out = [bhs]
+    if pdu.ahs:
+        out.append(pdu.ahs)
+    if header_digest:
+        out.append(digest_bytes(bhs, pdu.ahs) if pdu.ahs else _LE32.pack(_crc32c.crc32c(bhs)))
+    data = pdu.data
+    n = len(data)
+    if n:
+        out.append(data)
+        pad = _PAD[n % 4]
+        if pad:
+            out.append(pad)
+        if data_digest:
+            out.append(digest_bytes(data, pad) if pad else _LE32.pack(_crc32c.crc32c(data)))
+    return out

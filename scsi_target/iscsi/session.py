@@ -1,0 +1,100 @@
+"""iSCSI sessions: command numbering window, I_T nexus, and the session table.
+
+A session outlives a connection only in name here (ErrorRecoveryLevel 0,
+MaxConnections 1), but keeping it apart lets reinstatement and the CmdSN
+window live in one place.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..scsi.command import Nexus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..target import TargetDef
+    from .connection import TargetConnection
+
+SERIAL_HALF = 1 << 31
+MASK32 = 0xFFFFFFFF
+
+
+def sn_lt(a: int, b: int) -> bool:
+    """Serial number arithmetic (RFC 1982) for 32-bit sequence numbers."""
+    return a != b and ((b - a) & MASK32) < SERIAL_HALF
+
+
+def sn_le(a: int, b: int) -> bool:
+    return a == b or sn_lt(a, b)
+
+
+@dataclass
+class Session:
+    tsih: int
+    initiator_name: str
+    isid: bytes
+    target: "TargetDef | None"          # None for discovery sessions
+    discovery: bool
+    exp_cmdsn: int
+    queue_depth: int = 128
+    connection: "TargetConnection | None" = None
+    nexus: Nexus = field(init=False)
+
+    def __post_init__(self) -> None:
+        isid = int.from_bytes(self.isid, "big")
+        tname = self.target.name if self.target else ""
+        tpgt = self.target.portal_group_tag if self.target else 1
+        self.nexus = Nexus(initiator=f"{self.initiator_name},i,0x{isid:012x}",
+                           target=f"{tname},t,0x{tpgt:04x}", relative_port=tpgt,
+                           initiator_name=self.initiator_name, isid=isid)
+
+    @property
+    def max_cmdsn(self) -> int:
+        return (self.exp_cmdsn + self.queue_depth - 1) & MASK32
+
+    def in_window(self, cmdsn: int) -> bool:
+        return sn_le(self.exp_cmdsn, cmdsn) and sn_le(cmdsn, self.max_cmdsn)
+
+    def advance(self) -> None:
+        self.exp_cmdsn = (self.exp_cmdsn + 1) & MASK32
+
+    def close(self) -> None:
+        """The I_T nexus is gone: tell every LU (reservations, prevent state)."""
+        if self.target is not None:
+            for lu in self.target.luns.luns.values():
+                lu.nexus_lost(self.nexus)
+
+
+class SessionTable:
+    """Live sessions of one server, for TSIH allocation and reinstatement."""
+
+    def __init__(self) -> None:
+        self._by_tsih: dict[int, Session] = {}
+        self._tsih = itertools.count(1)
+
+    def new_tsih(self) -> int:
+        while True:
+            t = next(self._tsih) & 0xFFFF
+            if t and t not in self._by_tsih:
+                return t
+
+    def find(self, initiator_name: str, isid: bytes, target_name: str | None) -> Session | None:
+        for s in self._by_tsih.values():
+            tname = s.target.name if s.target else None
+            if s.initiator_name == initiator_name and s.isid == isid and tname == target_name:
+                return s
+        return None
+
+    def add(self, session: Session) -> None:
+        self._by_tsih[session.tsih] = session
+
+    def remove(self, session: Session) -> None:
+        if self._by_tsih.get(session.tsih) is session:
+            del self._by_tsih[session.tsih]
+
+    def sessions(self) -> list[Session]:
+        return list(self._by_tsih.values())
+
+    def __len__(self) -> int:
+        return len(self._by_tsih)
