@@ -90,6 +90,17 @@ INSUFFICIENT_REGISTRATION_RESOURCES = Asc(0x55, 0x04, "INSUFFICIENT REGISTRATION
 SPACE_ALLOCATION_FAILED_WRITE_PROTECT = Asc(0x27, 0x07, "SPACE ALLOCATION FAILED WRITE PROTECT")
 INVALID_DATA_OUT_BUFFER_INTEGRITY_CHECK = Asc(0x26, 0x0F, "INVALID DATA-OUT BUFFER INTEGRITY CHECK VALUE")
 LOGICAL_UNIT_COMMUNICATION_FAILURE = Asc(0x08, 0x00, "LOGICAL UNIT COMMUNICATION FAILURE")
+# Third-party copy (EXTENDED COPY / RECEIVE COPY RESULTS), SPC-4 6.4 and 6.18.
+OPERATION_IN_PROGRESS = Asc(0x00, 0x16, "OPERATION IN PROGRESS")
+UNREACHABLE_COPY_TARGET = Asc(0x08, 0x04, "UNREACHABLE COPY TARGET")
+COPY_TARGET_DEVICE_NOT_REACHABLE = Asc(0x0D, 0x02, "COPY TARGET DEVICE NOT REACHABLE")
+INCORRECT_COPY_TARGET_DEVICE_TYPE = Asc(0x0D, 0x03, "INCORRECT COPY TARGET DEVICE TYPE")
+COPY_TARGET_DEVICE_DATA_UNDERRUN = Asc(0x0D, 0x04, "COPY TARGET DEVICE DATA UNDERRUN")
+COPY_TARGET_DEVICE_DATA_OVERRUN = Asc(0x0D, 0x05, "COPY TARGET DEVICE DATA OVERRUN")
+TOO_MANY_TARGET_DESCRIPTORS = Asc(0x26, 0x06, "TOO MANY TARGET DESCRIPTORS")
+UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE = Asc(0x26, 0x07, "UNSUPPORTED TARGET DESCRIPTOR TYPE CODE")
+TOO_MANY_SEGMENT_DESCRIPTORS = Asc(0x26, 0x08, "TOO MANY SEGMENT DESCRIPTORS")
+UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE = Asc(0x26, 0x09, "UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE")
 
 
 class SenseError(Exception):
@@ -104,7 +115,8 @@ class SenseError(Exception):
     def __init__(self, key: SenseKey, asc: Asc, *, field: int | None = None,
                  bit: int | None = None, in_cdb: bool = True,
                  information: int | None = None, filemark: bool = False,
-                 eom: bool = False, ili: bool = False) -> None:
+                 eom: bool = False, ili: bool = False,
+                 command_specific: int | None = None) -> None:
         super().__init__(f"{key.name} {asc.name}")
         self.key = SenseKey(key)
         self.asc = asc
@@ -115,6 +127,8 @@ class SenseError(Exception):
         self.filemark = filemark
         self.eom = eom
         self.ili = ili
+        # COMMAND-SPECIFIC INFORMATION (e.g. the failed EXTENDED COPY segment).
+        self.command_specific = command_specific
 
 
 def illegal_request(asc: Asc = INVALID_FIELD_IN_CDB, field: int | None = None,
@@ -177,6 +191,8 @@ def render_sense(err: SenseError, descriptor: bool = False) -> bytes:
         buf[2] = (err.key & 0x0F) | (0x80 if err.filemark else 0) | \
             (0x40 if err.eom else 0) | (0x20 if err.ili else 0)
         buf[7] = 10  # additional sense length
+        if err.command_specific is not None:
+            struct.pack_into(">I", buf, 8, err.command_specific & 0xFFFFFFFF)
         buf[12] = err.asc.asc
         buf[13] = err.asc.ascq
         if sks is not None:
@@ -185,6 +201,8 @@ def render_sense(err: SenseError, descriptor: bool = False) -> bytes:
     descs = bytearray()
     if err.information is not None:
         descs += struct.pack(">BBBBQ", 0x00, 0x0A, 0x80, 0, err.information & 0xFFFFFFFFFFFFFFFF)
+    if err.command_specific is not None:
+        descs += struct.pack(">BBBBQ", 0x01, 0x0A, 0, 0, err.command_specific & 0xFFFFFFFFFFFFFFFF)
     if sks is not None:
         descs += struct.pack(">BBBB", 0x02, 0x06, 0, 0) + sks + b"\x00"
     if err.filemark or err.eom or err.ili:
