@@ -104,10 +104,15 @@ class LogicalUnit:
         self.lock = threading.RLock()  # serialises commands that must be atomic
         self.last_sense: dict[Nexus, bytes] = {}
         self.stopped = False  # START STOP UNIT
+        self.medium_present = True  # removable LUs: START STOP UNIT with LOEJ
+        # I_T nexuses holding PREVENT MEDIUM REMOVAL (SPC-4 6.13).
+        self.prevent: set[Nexus] = set()
 
     # -- readiness ------------------------------------------------------
     def not_ready_reason(self) -> S.SenseError | None:
         """A NOT READY error when media access is impossible, else None."""
+        if not self.medium_present:
+            return S.not_ready(S.MEDIUM_NOT_PRESENT)
         if self.stopped:
             return S.not_ready(S.LUN_NOT_READY_INIT_REQUIRED)
         return None
@@ -167,11 +172,14 @@ class LogicalUnit:
     def nexus_lost(self, nexus: Nexus) -> None:
         """The I_T nexus went away (logout, connection drop)."""
         self.last_sense.pop(nexus, None)
+        self.prevent.discard(nexus)
+        self.pr.nexus_lost(nexus)
 
     def reset(self, by: Nexus | None = None) -> None:
         """LOGICAL UNIT RESET task management function."""
         self.pr.reset()
         self.mode.reset()
+        self.prevent.clear()
         self.ua.reset(exclude=None)
 
     def close(self) -> None:
