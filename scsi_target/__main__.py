@@ -1,0 +1,4 @@
+"""`python -m scsi_target` is the `scsi-target` command."""
+from .cli import main
+
+raise SystemExit(main())

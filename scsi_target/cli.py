@@ -1,0 +1,183 @@
+"""`scsi-target` command line: serve a configuration until SIGINT/SIGTERM.
+
+Exit codes: 0 clean shutdown, 2 usage/configuration/startup error (one line
+on stderr, no traceback), 1 unexpected internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import NoReturn, Sequence
+
+from . import config as C
+
+PROG = "scsi-target"
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+log = logging.getLogger("scsi_target")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line yields one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Pure-Python iSCSI target. Without a command, "
+                "runs `serve` with the embedded default: a 64 MiB disk at ./var/disk0.img "
+                f"on 127.0.0.1:{C.DEFAULT_PORT} as {C.DEFAULT_IQN}.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("serve", help="serve targets over iSCSI until SIGINT/SIGTERM",
+                       description="Serve targets over iSCSI. Use either --config FILE or the "
+                       "quick flags (--listen, --iqn, --disk, --no-track, --chap), not both. "
+                       "No flags: the embedded default (one 64 MiB disk at ./var/disk0.img, "
+                       f"created sparse, on 127.0.0.1:{C.DEFAULT_PORT}).")
+    _add_serve_args(s)
+
+    c = sub.add_parser("check", help="validate a config file and print what it would serve",
+                       description="Validate a TOML config file without opening anything.")
+    c.add_argument("config", metavar="FILE", help="TOML configuration file")
+    return p
+
+
+def _add_serve_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--config", metavar="FILE", help="TOML configuration file (docs/config.md)")
+    s.add_argument("--listen", metavar="HOST:PORT", action="append",
+                   help=f"portal to listen on (repeatable; IPv6 as [::1]:PORT; "
+                   f"default 127.0.0.1:{C.DEFAULT_PORT}; port 0 = any free port)")
+    s.add_argument("--iqn", metavar="IQN", help=f"target name (default {C.DEFAULT_IQN})")
+    s.add_argument("--disk", metavar="PATH[:SIZE]", action="append",
+                   help="backing file of the next LUN (0, 1, ...); with SIZE (e.g. 64M, 1G) "
+                   "it is created sparse if missing (repeatable)")
+    s.add_argument("--no-track", dest="track", action="store_false",
+                   help="don't record changed blocks for differential backup")
+    s.add_argument("--chap", metavar="USER:SECRET",
+                   help="require one-way CHAP (secret of 12..16 bytes)")
+    s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="logging threshold (default info)")
+
+
+def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
+    quick = [flag for flag, used in (("--listen", args.listen), ("--iqn", args.iqn),
+                                     ("--disk", args.disk), ("--no-track", not args.track),
+                                     ("--chap", args.chap)) if used]
+    if args.config:
+        if quick:
+            raise UsageError(f"--config cannot be combined with {', '.join(quick)}; "
+                             "put those settings in the config file")
+        return C.load_file(args.config)
+    return C.from_flags(listen=args.listen, iqn=args.iqn, disks=args.disk,
+                        track=args.track, chap=args.chap)
+
+
+def iscsi_url(host: str, port: int, iqn: str, lun: int) -> str:
+    h = f"[{host}]" if ":" in host else host
+    return f"iscsi://{h}:{port}/{iqn}/{lun}"
+
+
+def describe(cfg: C.ServerConfig, bound: Sequence[tuple[str, int]]) -> list[str]:
+    """What the operator needs after start: where to connect, and what each LUN is."""
+    lines = [f"listening on " + ", ".join(str(C.Portal(h, p)) for h, p in bound)]
+    host, port = bound[0] if bound else (cfg.portals[0].host, cfg.portals[0].port)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    for t in cfg.targets:
+        auth = " (CHAP)" if t.chap else ""
+        lines.append(f"target {t.iqn}{auth}" + (f" alias {t.alias!r}" if t.alias else ""))
+        for spec in t.luns:
+            lines.append(f"  {C.lun_summary(spec)}")
+            lines.append(f"    {iscsi_url(host, port, t.iqn, spec.lun)}")
+    return lines
+
+
+async def serve(cfg: C.ServerConfig, server_factory=None) -> int:
+    """Build the registry, start the server, wait for SIGINT/SIGTERM, close."""
+    if server_factory is None:
+        from .iscsi.server import IscsiServer as server_factory
+    registry = C.build_registry(cfg)
+    server = server_factory(registry)
+    try:
+        await server.start()
+    except BaseException:
+        registry.close()
+        raise
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for line in describe(cfg, list(server.bound_portals)):
+            print(line, flush=True)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.close()
+    return EXIT_OK
+
+
+def _check(path: str) -> int:
+    cfg = C.load_file(path)
+    for w in cfg.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{path}: OK")
+    for line in describe(cfg, [(p.host, p.port) for p in cfg.portals])[1:]:
+        print(line)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, *, server_factory=None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # No command at all means `serve` (the embedded default, or serve flags).
+    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help"):
+        args_list.insert(0, "serve")
+    try:
+        args = build_parser().parse_args(args_list)
+        if args.command == "check":
+            return _check(args.config)
+        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cfg = config_from_args(args)
+        for w in cfg.warnings:
+            log.warning("%s", w)
+        return asyncio.run(serve(cfg, server_factory))
+    except UsageError as e:
+        return _fail(f"error: {e}")
+    except C.ConfigError as e:
+        return _fail(f"error: {e}")
+    except OSError as e:  # the server could not bind, a store could not open, ...
+        return _fail(f"error: {_one_line(e)}")
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return EXIT_OK
+    except Exception as e:
+        log.debug("internal error", exc_info=True)
+        print(f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)} "
+              "(rerun with --log-level debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _one_line(e: BaseException) -> str:
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)).strip()
+    text = text or type(e).__name__
+    return " ".join(text.split())
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

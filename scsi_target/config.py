@@ -1,0 +1,619 @@
+"""Server configuration: quick flags or a TOML file → validated specs → TargetRegistry.
+
+Two steps, kept apart so every mistake is reported before anything is opened:
+
+1. *Parse* (:func:`load_file`, :func:`parse_config`, :func:`from_flags`) turns
+   input into immutable specs and checks everything that can be checked
+   without opening a backing store: keys, types, IQN syntax, sizes, CHAP
+   secrets, duplicates, and whether a missing backing file can be created.
+2. *Build* (:func:`build_registry`) opens the stores and creates the LUs.
+
+Every problem is a :class:`ConfigError` whose message names the source
+(file or "command line"), the key and the problem; the CLI prints it as one
+line.  The file format is documented in docs/config.md.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .target import Chap, Portal, TargetDef, TargetRegistry
+
+DEFAULT_IQN = "iqn.2026-11.org.pyscsi:default"
+DEFAULT_DISK = Path("var/disk0.img")
+DEFAULT_DISK_SIZE = 64 << 20
+DEFAULT_PORT = 3260
+BLOCK_SIZES = (512, 4096)
+LU_KINDS = ("disk",)
+MAX_LUN = 16383                  # LunMap's flat addressing limit
+MAX_NAME_BYTES = 223             # RFC 3720 3.2.6.1
+# RFC 7143 12.1.3: below 96 random bits CHAP needs IPsec, which we don't
+# offer, so shorter secrets are refused.  128 bits is the size every
+# implementation must accept; some initiators (Windows) refuse longer ones,
+# so longer secrets only warn.
+CHAP_SECRET_MIN = 12
+CHAP_SECRET_MAX = 16
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is the one-line message for the operator."""
+
+
+# --------------------------------------------------------------------- specs
+@dataclass(frozen=True)
+class LunSpec:
+    lun: int
+    path: Path
+    size: int | None = None          # None: use the existing file's size
+    block_size: int = 512
+    read_only: bool = False
+    create: bool = False             # create the backing file (sparse) if missing
+    # Reserved for the difference tracker: whether writes to this LU are
+    # recorded in the generation map.
+    track: bool = True
+    kind: str = "disk"
+    where: str = ""                  # "file: target[0].lun[1]" for error messages
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    iqn: str
+    luns: tuple[LunSpec, ...]
+    alias: str = ""
+    chap: Chap | None = None
+    mutual_chap: Chap | None = None
+    initiators: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    targets: tuple[TargetSpec, ...]
+    portals: tuple[Portal, ...] = (Portal(),)
+    discovery_chap: Chap | None = None
+    discovery_mutual_chap: Chap | None = None
+    source: str = "command line"
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+# ------------------------------------------------------------ value parsers
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string like "64M", "1G", "512K", "4096" (binary units).
+
+    Raises ValueError with the reason.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like \"64M\" or a byte count, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ValueError(f"cannot read {value!r} as a size "
+                             "(use bytes or a number with K, M, G or T)")
+        n = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    else:
+        raise ValueError(f"expected a size like \"64M\" or a byte count, got {type(value).__name__}")
+    if n <= 0:
+        raise ValueError(f"size must be positive, got {value!r}")
+    return n
+
+
+def format_size(n: int) -> str:
+    for unit, mult in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= mult and n % mult == 0:
+            return f"{n // mult} {unit}"
+    return f"{n} bytes"
+
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_IQN_RE = re.compile(
+    r"^iqn\.(\d{4})-(\d{2})\." + _LABEL + r"(?:\." + _LABEL + r")*(?::[a-z0-9.:\-]*)?$")
+_EUI_RE = re.compile(r"^eui\.[0-9a-fA-F]{16}$")
+_NAA_RE = re.compile(r"^naa\.(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{32})$")
+
+
+def check_iscsi_name(name: Any) -> str | None:
+    """None if ``name`` is a valid iSCSI name (RFC 3720 3.2.6.3, RFC 3980), else why not."""
+    if not isinstance(name, str):
+        return f"expected a string, got {type(name).__name__}"
+    if not name:
+        return "empty name"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes"
+    low = name[:4].lower()
+    if low == "iqn.":
+        if name != name.lower():
+            return f"{name!r}: iSCSI names are lowercase (RFC 3722 normalises them)"
+        m = _IQN_RE.match(name)
+        if not m:
+            return (f"{name!r} is not an iqn. name: expected "
+                    "iqn.YYYY-MM.reversed.domain[:identifier] with letters, digits, '-', '.', ':'")
+        if not 1 <= int(m.group(2)) <= 12:
+            return f"{name!r}: month {m.group(2)} in the date is not 01..12"
+        return None
+    if low == "eui.":
+        return None if _EUI_RE.match(name) else f"{name!r}: eui. must be followed by 16 hex digits"
+    if low == "naa.":
+        return None if _NAA_RE.match(name) else f"{name!r}: naa. must be followed by 16 or 32 hex digits"
+    return f"{name!r} does not start with iqn., eui. or naa."
+
+
+_HOST_RE = re.compile(r"^" + _LABEL + r"(?:\." + _LABEL + r")*$", re.IGNORECASE)
+
+
+def parse_portal(text: Any) -> Portal:
+    """"host:port", "[v6addr]:port" or a bare host (port 3260). Raises ValueError."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected \"host:port\", got {type(text).__name__}")
+    s = text.strip()
+    port_s: str | None = None
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r}: missing ']' after the IPv6 address")
+        host, rest = s[1:end], s[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r}: expected ':port' after ']'")
+            port_s = rest[1:]
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} in brackets is not an IPv6 address") from None
+    else:
+        if s.count(":") > 1:
+            raise ValueError(f"{text!r}: put IPv6 addresses in brackets, e.g. \"[::1]:3260\"")
+        host, _, port_s = s.partition(":")
+        if not _:
+            port_s = None
+        if not host:
+            raise ValueError(f"{text!r}: missing host")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if not _HOST_RE.match(host):
+                raise ValueError(f"{text!r}: {host!r} is not an IP address or host name") from None
+    if port_s is None:
+        return Portal(host, DEFAULT_PORT)
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"{text!r}: port must be a number 0..65535 (0 = any free port)")
+    return Portal(host, int(port_s))
+
+
+def check_chap_secret(secret: str) -> str | None:
+    """Returns a warning for a legal but unusual secret; raises ValueError if unusable."""
+    n = len(secret.encode())
+    if n < CHAP_SECRET_MIN:
+        raise ValueError(f"secret is {n} bytes; at least {CHAP_SECRET_MIN} are required "
+                         "(RFC 7143 12.1.3: shorter CHAP secrets need IPsec)")
+    if n > CHAP_SECRET_MAX:
+        return (f"secret is {n} bytes; some initiators accept at most {CHAP_SECRET_MAX} "
+                "(RFC 7143 only requires support up to 128 bits)")
+    return None
+
+
+# ----------------------------------------------------------- the TOML reader
+class _Reader:
+    """Walks the parsed TOML with the key path in hand, so errors can name it."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+        self.warnings: list[str] = []
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {problem}" if key else f"{self.source}: {problem}")
+
+    def warn(self, key: str, problem: str) -> None:
+        self.warnings.append(f"{self.source}: {key}: {problem}")
+
+    def table(self, value: Any, key: str, allowed: Iterable[str]) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {_tname(value)}")
+        allowed = tuple(allowed)
+        for k in value:
+            if k not in allowed:
+                raise self.fail(_join(key, k), "unknown key (allowed: " + ", ".join(allowed) + ")")
+        return value
+
+    def typed(self, d: dict, key: str, k: str, typ: type, default: Any = None) -> Any:
+        if k not in d:
+            return default
+        v = d[k]
+        ok = isinstance(v, typ) and not (typ is int and isinstance(v, bool))
+        if not ok:
+            raise self.fail(_join(key, k), f"expected {_tname_of(typ)}, got {_tname(v)} {v!r}")
+        return v
+
+    def required(self, d: dict, key: str, k: str, typ: type) -> Any:
+        if k not in d:
+            raise self.fail(_join(key, k), "missing (required)")
+        return self.typed(d, key, k, typ)
+
+
+def _join(key: str, k: str) -> str:
+    return f"{key}.{k}" if key else k
+
+
+def _tname_of(typ: type) -> str:
+    return {str: "a string", int: "an integer", bool: "true or false", list: "an array",
+            dict: "a table"}.get(typ, typ.__name__)
+
+
+def _tname(v: Any) -> str:
+    return {str: "string", int: "integer", bool: "boolean", float: "float", list: "array",
+            dict: "table"}.get(type(v), type(v).__name__)
+
+
+_TOP_KEYS = ("portals", "discovery", "target")
+_TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
+_LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind")
+_CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
+_DISCOVERY_KEYS = ("chap",)
+
+
+def load_file(path: str | os.PathLike) -> ServerConfig:
+    """Read and validate a TOML config; relative LUN paths are relative to the file."""
+    p = Path(path)
+    source = str(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: TOML syntax error: {e}") from None
+    return parse_config(data, source=source, base=p.parent)
+
+
+def parse_config(data: dict, source: str = "<config>", base: Path | None = None) -> ServerConfig:
+    """Validate an already-parsed TOML document (a dict)."""
+    r = _Reader(source, base if base is not None else Path.cwd())
+    r.table(data, "", _TOP_KEYS)
+
+    portals = _parse_portals(r, data)
+
+    disc_chap = disc_mutual = None
+    if "discovery" in data:
+        disc = r.table(data["discovery"], "discovery", _DISCOVERY_KEYS)
+        if "chap" in disc:
+            disc_chap, disc_mutual = _parse_chap(r, disc["chap"], "discovery.chap")
+
+    targets_raw = data.get("target")
+    if targets_raw is None:
+        raise r.fail("target", "no targets defined (add a [[target]] table)")
+    if not isinstance(targets_raw, list):
+        raise r.fail("target", "expected an array of tables ([[target]]), got " + _tname(targets_raw))
+    if not targets_raw:
+        raise r.fail("target", "no targets defined (add a [[target]] table)")
+    targets: list[TargetSpec] = []
+    seen_iqn: dict[str, str] = {}
+    seen_path: dict[str, str] = {}
+    for i, t in enumerate(targets_raw):
+        spec = _parse_target(r, t, f"target[{i}]", seen_path)
+        key = spec.iqn.lower()
+        if key in seen_iqn:
+            raise r.fail(f"target[{i}].iqn", f"{spec.iqn} is already used by {seen_iqn[key]}")
+        seen_iqn[key] = f"target[{i}]"
+        targets.append(spec)
+    return ServerConfig(tuple(targets), portals, disc_chap, disc_mutual, source, tuple(r.warnings))
+
+
+def _parse_portals(r: _Reader, data: dict) -> tuple[Portal, ...]:
+    if "portals" not in data:
+        return (Portal("127.0.0.1", DEFAULT_PORT),)
+    raw = data["portals"]
+    if not isinstance(raw, list) or not raw:
+        raise r.fail("portals", "expected a non-empty array of \"host:port\" strings")
+    out: list[Portal] = []
+    for i, p in enumerate(raw):
+        try:
+            portal = parse_portal(p)
+        except ValueError as e:
+            raise r.fail(f"portals[{i}]", str(e)) from None
+        if portal in out and portal.port != 0:
+            raise r.fail(f"portals[{i}]", f"{portal} is listed twice")
+        out.append(portal)
+    return tuple(out)
+
+
+def _parse_chap(r: _Reader, raw: Any, key: str) -> tuple[Chap | None, Chap | None]:
+    d = r.table(raw, key, _CHAP_KEYS)
+    user = r.typed(d, key, "username", str)
+    secret = r.typed(d, key, "secret", str)
+    muser = r.typed(d, key, "mutual_username", str)
+    msecret = r.typed(d, key, "mutual_secret", str)
+    if user is None or secret is None:
+        missing = "username" if user is None else "secret"
+        raise r.fail(_join(key, missing), "missing (CHAP needs both username and secret)")
+    chap = _make_chap(r, key, "username", "secret", user, secret)
+    mutual = None
+    if muser is not None or msecret is not None:
+        if muser is None or msecret is None:
+            missing = "mutual_username" if muser is None else "mutual_secret"
+            raise r.fail(_join(key, missing),
+                         "missing (mutual CHAP needs both mutual_username and mutual_secret)")
+        mutual = _make_chap(r, key, "mutual_username", "mutual_secret", muser, msecret)
+        if msecret == secret:
+            raise r.fail(_join(key, "mutual_secret"),
+                         "must differ from secret (RFC 7143 12.1.3 forbids one secret "
+                         "for both directions)")
+    return chap, mutual
+
+
+def _make_chap(r: _Reader, key: str, ukey: str, skey: str, user: str, secret: str) -> Chap:
+    if not user or any(ord(c) < 0x20 for c in user):
+        raise r.fail(_join(key, ukey), "must be a non-empty printable string")
+    try:
+        warning = check_chap_secret(secret)
+    except ValueError as e:
+        raise r.fail(_join(key, skey), str(e)) from None
+    if warning:
+        r.warn(_join(key, skey), warning)
+    return Chap(user, secret)
+
+
+def _parse_target(r: _Reader, raw: Any, key: str, seen_path: dict[str, str]) -> TargetSpec:
+    d = r.table(raw, key, _TARGET_KEYS)
+    iqn = r.required(d, key, "iqn", str)
+    why = check_iscsi_name(iqn)
+    if why:
+        raise r.fail(_join(key, "iqn"), why)
+    alias = r.typed(d, key, "alias", str, "")
+    if len(alias.encode()) > 255:
+        raise r.fail(_join(key, "alias"), "longer than 255 bytes")
+    chap = mutual = None
+    if "chap" in d:
+        chap, mutual = _parse_chap(r, d["chap"], _join(key, "chap"))
+    initiators = None
+    if "initiators" in d:
+        lst = r.typed(d, key, "initiators", list)
+        names = []
+        for j, name in enumerate(lst):
+            why = check_iscsi_name(name)
+            if why:
+                raise r.fail(f"{key}.initiators[{j}]", why)
+            names.append(name.lower())
+        initiators = frozenset(names)
+    luns_raw = d.get("lun")
+    if luns_raw is None or luns_raw == []:
+        raise r.fail(_join(key, "lun"), "target has no LUNs (add a [[target.lun]] table)")
+    if not isinstance(luns_raw, list):
+        raise r.fail(_join(key, "lun"), "expected an array of tables ([[target.lun]]), got "
+                     + _tname(luns_raw))
+    luns: list[LunSpec] = []
+    seen_lun: dict[int, str] = {}
+    for j, lraw in enumerate(luns_raw):
+        lkey = f"{key}.lun[{j}]"
+        spec = _parse_lun(r, lraw, lkey)
+        if spec.lun in seen_lun:
+            raise r.fail(_join(lkey, "lun"), f"LUN {spec.lun} is already used by {seen_lun[spec.lun]}")
+        seen_lun[spec.lun] = lkey
+        real = os.path.realpath(spec.path)
+        if real in seen_path:
+            raise r.fail(_join(lkey, "path"), f"{spec.path} is already used by {seen_path[real]}")
+        seen_path[real] = lkey
+        luns.append(spec)
+    return TargetSpec(iqn, tuple(luns), alias, chap, mutual, initiators)
+
+
+def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
+    d = r.table(raw, key, _LUN_KEYS)
+    lun = r.required(d, key, "lun", int)
+    if not 0 <= lun <= MAX_LUN:
+        raise r.fail(_join(key, "lun"), f"LUN {lun} out of range 0..{MAX_LUN}")
+    kind = r.typed(d, key, "kind", str, "disk")
+    if kind not in LU_KINDS:
+        raise r.fail(_join(key, "kind"), f"{kind!r} is not supported (supported: {', '.join(LU_KINDS)})")
+    path_s = r.required(d, key, "path", str)
+    if not path_s:
+        raise r.fail(_join(key, "path"), "empty path")
+    path = Path(path_s).expanduser()
+    if not path.is_absolute():
+        path = r.base / path
+    size = None
+    if "size" in d:
+        try:
+            size = parse_size(d["size"])
+        except ValueError as e:
+            raise r.fail(_join(key, "size"), str(e)) from None
+    block_size = r.typed(d, key, "block_size", int, 512)
+    if block_size not in BLOCK_SIZES:
+        raise r.fail(_join(key, "block_size"), f"{block_size} is not supported (use 512 or 4096)")
+    spec = LunSpec(
+        lun=lun, path=path, size=size, block_size=block_size,
+        read_only=r.typed(d, key, "read_only", bool, False),
+        create=r.typed(d, key, "create", bool, False),
+        track=r.typed(d, key, "track", bool, True),
+        kind=kind, where=f"{r.source}: {key}")
+    problem = check_backing(spec)
+    if problem:
+        raise r.fail(_join(key, problem[0]), problem[1])
+    return spec
+
+
+def check_backing(spec: LunSpec) -> tuple[str, str] | None:
+    """(key, problem) if the backing file and the size/flags can't go together."""
+    path = spec.path
+    exists = path.exists()
+    if exists and not path.is_file():
+        return "path", f"{path} is not a regular file"
+    if not exists:
+        if not path.parent.is_dir() and not spec.create:
+            return "path", f"{path}: directory {path.parent} does not exist"
+        if spec.read_only:
+            return "path", f"{path} does not exist (a read-only LUN needs an existing file)"
+        if not spec.create:
+            return "path", f"{path} does not exist (set create = true and a size to create it)"
+        if spec.size is None:
+            return "size", f"{path} does not exist and no size is given to create it"
+        size = spec.size
+    else:
+        actual = path.stat().st_size
+        if spec.size is not None and spec.size != actual:
+            return "size", (f"{path} is {actual} bytes but size is {spec.size}; "
+                            "resize the file or drop the size key")
+        size = actual
+        if size == 0:
+            return "path", f"{path} is empty (0 bytes)"
+    if size % spec.block_size:
+        return "size", (f"{size} bytes is not a multiple of the block size {spec.block_size}")
+    return None
+
+
+# ----------------------------------------------------------- quick flags
+def parse_disk_arg(text: str) -> tuple[Path, int | None]:
+    """"PATH[:SIZE]": the part after the last ':' is a size when it reads as one."""
+    path_s, sep, size_s = text.rpartition(":")
+    if sep and path_s:
+        try:
+            return Path(path_s).expanduser(), parse_size(size_s)
+        except ValueError:
+            if re.match(r"^\s*\d", size_s):
+                raise  # "disk.img:64Q": clearly meant as a size
+    return Path(text).expanduser(), None
+
+
+def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
+               disks: list[str] | None = None, track: bool = True,
+               chap: str | None = None) -> ServerConfig:
+    """The configuration the quick flags describe; no flags = the embedded default.
+
+    Disks become LUNs 0, 1, ... of one target.  A disk with a size is created
+    (sparse) if missing; one without a size must exist.
+    """
+    src = "command line"
+    try:
+        portals = tuple(parse_portal(p) for p in (listen or [f"127.0.0.1:{DEFAULT_PORT}"]))
+    except ValueError as e:
+        raise ConfigError(f"{src}: --listen: {e}") from None
+    name = iqn or DEFAULT_IQN
+    why = check_iscsi_name(name)
+    if why:
+        raise ConfigError(f"{src}: --iqn: {why}")
+    warnings: list[str] = []
+    chap_def = None
+    if chap is not None:
+        user, sep, secret = chap.partition(":")
+        if not sep or not user or not secret:
+            raise ConfigError(f"{src}: --chap: expected USER:SECRET")
+        try:
+            w = check_chap_secret(secret)
+        except ValueError as e:
+            raise ConfigError(f"{src}: --chap: {e}") from None
+        if w:
+            warnings.append(f"{src}: --chap: {w}")
+        chap_def = Chap(user, secret)
+    if disks:
+        items = []
+        for d in disks:
+            try:
+                items.append(parse_disk_arg(d))
+            except ValueError as e:
+                raise ConfigError(f"{src}: --disk {d}: {e}") from None
+    else:
+        items = [(DEFAULT_DISK, DEFAULT_DISK_SIZE)]
+    luns = []
+    seen: dict[str, int] = {}
+    for n, (path, size) in enumerate(items):
+        where = f"{src}: --disk {path}" if disks else f"{src}: default disk"
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ConfigError(f"{where}: already used by LUN {seen[real]}")
+        seen[real] = n
+        if not disks and path.exists():
+            size = None  # the default size only applies when creating the file
+        spec = LunSpec(lun=n, path=path, size=size, create=size is not None, track=track,
+                       where=where)
+        problem = check_backing(spec)
+        if problem:
+            raise ConfigError(f"{where}: {problem[1]}")
+        luns.append(spec)
+    return ServerConfig((TargetSpec(name, tuple(luns), chap=chap_def),), portals,
+                        source=src, warnings=tuple(warnings))
+
+
+# ----------------------------------------------------------------- build
+def build_lu(spec: LunSpec, target_iqn: str):
+    """Open the backing store and create the LU for one spec."""
+    from volume.filestore import FileStore
+    from .scsi.disk import DiskLU
+    from .scsi.lun import Identity
+
+    if spec.kind != "disk":  # parse rejects these; guards callers building specs by hand
+        raise ConfigError(f"{spec.where}: kind {spec.kind!r} is not supported")
+    if spec.create:
+        spec.path.parent.mkdir(parents=True, exist_ok=True)
+    store = FileStore(spec.path, size=spec.size, create=spec.create, read_only=spec.read_only)
+    try:
+        return DiskLU(store, spec.block_size, spec.read_only,
+                      identity=Identity.derive(target_iqn, spec.lun))
+    except BaseException:
+        store.close()
+        raise
+
+
+def build_registry(cfg: ServerConfig) -> TargetRegistry:
+    """Open every LUN's store; on any failure close what was opened and raise ConfigError."""
+    from .scsi.lun import LunMap
+
+    reg = TargetRegistry(portals=list(cfg.portals), discovery_chap=cfg.discovery_chap,
+                         discovery_mutual_chap=cfg.discovery_mutual_chap)
+    try:
+        for t in cfg.targets:
+            luns = LunMap(t.iqn)
+            # Register the map first so a failure below still closes its LUs.
+            reg.add(TargetDef(t.iqn, luns, alias=t.alias, chap=t.chap, mutual_chap=t.mutual_chap,
+                              allowed_initiators=t.initiators))
+            for spec in t.luns:
+                try:
+                    lu = build_lu(spec, t.iqn)
+                except ConfigError:
+                    raise
+                except Exception as e:  # OSError, ValueError, StoreError from the backing
+                    raise ConfigError(f"{spec.where}: {_reason(e, spec.path)}") from None
+                luns.add(spec.lun, lu)
+    except BaseException:
+        reg.close()
+        raise
+    return reg
+
+
+def _reason(e: BaseException, path: Path) -> str:
+    if isinstance(e, OSError):
+        return f"cannot open {path}: {e.strerror or e}"
+    text = " ".join(str(e).split())
+    # Store errors already name the file; others get it added.
+    if str(path) in text:
+        return text
+    return f"cannot open {path}: {text or type(e).__name__}"
+
+
+def lun_summary(spec: LunSpec) -> str:
+    """One line for the operator, e.g. 'LUN 0: disk var/disk0.img, 64 MiB ...'."""
+    size = spec.size if spec.size is not None else _file_size(spec.path)
+    blocks = f"{size // spec.block_size} x {spec.block_size}-byte blocks" if size else "size unknown"
+    mode = "read-only" if spec.read_only else "read-write"
+    track = "tracking on" if spec.track else "tracking off"
+    return (f"LUN {spec.lun}: {spec.kind} {spec.path}, {format_size(size) if size else '?'} "
+            f"({blocks}), {mode}, {track}")
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
