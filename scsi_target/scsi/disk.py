@@ -23,6 +23,33 @@ class DiskLU(LogicalUnit):
         self.num_blocks = store.size // block_size
         # Largest transfer we accept in one command, in blocks (VPD B0).
         self.max_transfer_blocks = (8 << 20) // block_size
+        # -- limits and capabilities the SBC handlers enforce and the VPD pages
+        #    (B0 Block Limits, B2 Logical Block Provisioning) report.
+        # WRITE SAME: NUMBER OF LOGICAL BLOCKS 0 is refused (WSNZ=1) and at
+        # most this many blocks per command (MAXIMUM WRITE SAME LENGTH).
+        self.write_same_non_zero = True
+        self.max_write_same_blocks = min(self.num_blocks, 1 << 22) or 1
+        # COMPARE AND WRITE: MAXIMUM COMPARE AND WRITE LENGTH (blocks).
+        self.max_compare_write_blocks = 255
+        # UNMAP: MAXIMUM UNMAP LBA COUNT / MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
+        self.max_unmap_blocks = 0xFFFFFFFF
+        self.max_unmap_descriptors = 4096
+        # Deallocated blocks read back as zeroes (LBPRZ); no anchored state.
+        self.lbprz = True
+        self.anc_sup = False
+        # WRITE ATOMIC(16): MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT,
+        # ATOMIC TRANSFER LENGTH GRANULARITY (0 = no constraint), and the
+        # boundary fields (0: atomic writes never cross a boundary we report).
+        self.atomic_max_blocks = self.max_transfer_blocks
+        self.atomic_alignment = 0
+        self.atomic_granularity = 0
+        self.atomic_max_boundary_blocks = 0
+        self.atomic_boundary_blocks = 0
+
+    @property
+    def thin(self) -> bool:
+        """Logical block provisioning management enabled (LBPME, LBPU, LBPWS, LBPWS10)."""
+        return bool(self.store.thin)
 
     @property
     def table(self) -> DispatchTable:
@@ -40,5 +67,6 @@ def _disk_table() -> DispatchTable:
     if _TABLE is None:
         from .spc import SPC
         from .sbc import SBC
-        _TABLE = DispatchTable([SPC, SBC])
+        from .xcopy import XCOPY
+        _TABLE = DispatchTable([SPC, SBC, XCOPY])
     return _TABLE

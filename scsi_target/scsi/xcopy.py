@@ -1,0 +1,550 @@
+"""Third-party copy: EXTENDED COPY (LID1) and RECEIVE COPY RESULTS (SPC-4 6.4, 6.18).
+
+The LU that receives EXTENDED COPY is the copy manager.  It copies between
+disk LUs of the same target: a copy target (CSCD) is named either by an
+identification descriptor (type E4h) holding the LU's NAA designator from VPD
+page 83h, or by CSCD descriptor ID FFFFh, which names the copy manager's own
+LU.  Only block-to-block segments (type 02h) are supported.
+
+Copying goes through each LU's ``store`` in bounded chunks (the stores'
+interceptors, e.g. the difference tracker, see every write), never one block
+at a time.  Results are kept per (I_T nexus, list identifier) on the copy
+manager LU, bounded in number, for RECEIVE COPY RESULTS.
+"""
+from __future__ import annotations
+
+import struct
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import sense as S
+from .command import Command, Direction, Nexus
+from .dispatch import CommandSet, Conflict, OpEntry, data_out
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .lun import LogicalUnit
+
+XCOPY = CommandSet("xcopy")
+
+OP_EXTENDED_COPY = 0x83
+OP_RECEIVE_COPY_RESULTS = 0x84
+SA_COPY_STATUS = 0x00
+SA_RECEIVE_DATA = 0x01
+SA_OPERATING_PARAMETERS = 0x03
+SA_FAILED_SEGMENT_DETAILS = 0x04
+
+# Descriptor type codes we implement.
+SEG_BLOCK_TO_BLOCK = 0x02
+CSCD_IDENTIFICATION = 0xE4
+# CSCD descriptor ID naming the LU that holds the copy manager (SPC-4 table 150).
+CSCD_ID_COPY_MANAGER_LU = 0xFFFF
+
+# Limits advertised in OPERATING PARAMETERS and VPD page 8Fh.  The descriptor
+# list bound is large enough for both maximum counts at once.
+MAX_CSCD_DESCRIPTORS = 16
+MAX_SEGMENT_DESCRIPTORS = 64
+MAX_DESCRIPTOR_LIST_LENGTH = 4096
+# NUMBER OF BLOCKS is 16 bits, so 0xFFFF blocks of 4 KiB always fit.
+MAX_SEGMENT_LENGTH = 1 << 28
+MAX_INLINE_DATA_LENGTH = 0
+MAX_CONCURRENT_COPIES = 16
+# Bytes moved per store read/write: bounds memory whatever the segment size.
+COPY_CHUNK = 1 << 20
+# Completed results kept per copy manager LU before the oldest are dropped.
+MAX_RETAINED_RESULTS = 64
+
+HEADER_LEN = 16
+CSCD_LEN = 32
+SEGMENT_B2B_LEN = 28
+# CSCD descriptor types whose descriptors are 64 bytes long (IPv6, IP copy service).
+_CSCD_LONG_TYPES = frozenset({0xEA, 0xEB})
+
+# LIST ID USAGE values (parameter list header byte 1 bits 4-3).
+USAGE_HOLD = 0b00
+USAGE_DISCARD = 0b10
+USAGE_NO_LIST_ID = 0b11
+
+# COPY MANAGER STATUS values for COPY STATUS.
+STATUS_IN_PROGRESS = 0x00
+STATUS_DONE = 0x01
+STATUS_FAILED = 0x02
+
+
+# -- parameter list ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cscd:
+    """One identification (E4h) CSCD descriptor."""
+    offset: int               # byte offset of the descriptor in the parameter list
+    nul: bool
+    device_type: int
+    designator: bytes         # the whole designation descriptor (header + value)
+    block_length: int         # DISK BLOCK LENGTH (device type specific parameters)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One block-to-block segment descriptor."""
+    offset: int
+    dc: bool
+    src_id: int
+    dst_id: int
+    blocks: int
+    src_lba: int
+    dst_lba: int
+
+
+@dataclass(frozen=True)
+class CopyList:
+    list_id: int
+    usage: int
+    cscds: tuple[Cscd, ...]
+    segments: tuple[Segment, ...]
+
+
+def _plist_error(asc: S.Asc, field: int | None = None, bit: int | None = None) -> S.SenseError:
+    return S.illegal_request(asc, field, bit, in_cdb=False)
+
+
+def parse_parameter_list(data: memoryview | bytes) -> CopyList:
+    """Decode and validate an EXTENDED COPY (LID1) parameter list.
+
+    Checks run in the order SPC-4 6.4.3 implies: lengths first (PARAMETER
+    LIST LENGTH ERROR), then descriptor counts and type codes.
+    """
+    data = memoryview(data)
+    plen = len(data)
+    if plen < HEADER_LEN:
+        raise _plist_error(S.PARAMETER_LIST_LENGTH_ERROR)
+    list_id = data[0]
+    usage = (data[1] >> 3) & 0x3
+    cscd_len = int.from_bytes(data[2:4], "big")
+    seg_len = int.from_bytes(data[8:12], "big")
+    inline_len = int.from_bytes(data[12:16], "big")
+    if HEADER_LEN + cscd_len + seg_len + inline_len > plen:
+        raise _plist_error(S.PARAMETER_LIST_LENGTH_ERROR)
+    if cscd_len + seg_len > MAX_DESCRIPTOR_LIST_LENGTH:
+        raise _plist_error(S.PARAMETER_LIST_LENGTH_ERROR)
+    if usage == 0b01:
+        raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 1, 4)
+    if usage == USAGE_NO_LIST_ID and list_id != 0:
+        raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 0)
+    if inline_len > MAX_INLINE_DATA_LENGTH:
+        raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 12)
+    cscds = _parse_cscds(data, HEADER_LEN, cscd_len)
+    segments = _parse_segments(data, HEADER_LEN + cscd_len, seg_len)
+    return CopyList(list_id, usage, tuple(cscds), tuple(segments))
+
+
+def _parse_cscds(data: memoryview, start: int, length: int) -> list[Cscd]:
+    out: list[Cscd] = []
+    pos, end = start, start + length
+    while pos < end:
+        if len(out) == MAX_CSCD_DESCRIPTORS:
+            raise _plist_error(S.TOO_MANY_TARGET_DESCRIPTORS)
+        code = data[pos]
+        size = 64 if code in _CSCD_LONG_TYPES else CSCD_LEN
+        if code != CSCD_IDENTIFICATION:
+            raise _plist_error(S.UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE, pos)
+        if pos + size > end:
+            raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 2)
+        desc = data[pos:pos + size]
+        # LU ID TYPE (byte 1 bits 7-6) is ignored: SPC-4 made it obsolete
+        # for identification descriptors.
+        desig_len = desc[7]
+        if desig_len > 16:
+            raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, pos + 7)
+        out.append(Cscd(
+            offset=pos,
+            nul=bool(desc[1] & 0x20),
+            device_type=desc[1] & 0x1F,
+            designator=bytes(desc[4:8 + desig_len]),
+            block_length=int.from_bytes(desc[29:32], "big"),
+        ))
+        pos += size
+    return out
+
+
+def _parse_segments(data: memoryview, start: int, length: int) -> list[Segment]:
+    out: list[Segment] = []
+    pos, end = start, start + length
+    while pos < end:
+        if len(out) == MAX_SEGMENT_DESCRIPTORS:
+            raise _plist_error(S.TOO_MANY_SEGMENT_DESCRIPTORS)
+        code = data[pos]
+        if code != SEG_BLOCK_TO_BLOCK:
+            raise _plist_error(S.UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE, pos)
+        if pos + 4 > end:
+            raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 8)
+        desc_len = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if desc_len != SEGMENT_B2B_LEN - 4:
+            raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, pos + 2)
+        if pos + SEGMENT_B2B_LEN > end:
+            raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 8)
+        src_id, dst_id, _, blocks, src_lba, dst_lba = struct.unpack_from(
+            ">HHHHQQ", data, pos + 4)
+        out.append(Segment(pos, bool(data[pos + 1] & 0x02), src_id, dst_id,
+                           blocks, src_lba, dst_lba))
+        pos += SEGMENT_B2B_LEN
+    return out
+
+
+# -- copy results kept for RECEIVE COPY RESULTS --------------------------------
+
+@dataclass
+class CopyRecord:
+    status: int = STATUS_IN_PROGRESS
+    segments_processed: int = 0
+    bytes_copied: int = 0
+    sense: bytes | None = None      # sense data of a failed copy (FAILED SEGMENT DETAILS)
+    status_taken: bool = False       # COPY STATUS of the finished copy was returned
+
+
+@dataclass
+class _Results:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    records: "OrderedDict[tuple[Nexus, int], CopyRecord]" = field(default_factory=OrderedDict)
+
+    def begin(self, key: tuple[Nexus, int]) -> CopyRecord:
+        with self.lock:
+            old = self.records.get(key)
+            if old is not None and old.status == STATUS_IN_PROGRESS:
+                raise S.illegal_request(S.OPERATION_IN_PROGRESS, 0, in_cdb=False)
+            rec = CopyRecord()
+            self.records.pop(key, None)
+            self.records[key] = rec
+            self._trim()
+            return rec
+
+    def _trim(self) -> None:
+        excess = len(self.records) - MAX_RETAINED_RESULTS
+        if excess <= 0:
+            return
+        for key in [k for k, r in self.records.items() if r.status != STATUS_IN_PROGRESS][:excess]:
+            del self.records[key]
+
+    def get(self, key: tuple[Nexus, int]) -> CopyRecord | None:
+        with self.lock:
+            return self.records.get(key)
+
+    def drop_if_spent(self, key: tuple[Nexus, int]) -> None:
+        with self.lock:
+            rec = self.records.get(key)
+            if rec is not None and rec.status_taken and rec.sense is None:
+                del self.records[key]
+
+    def forget(self, nexus: Nexus | None) -> None:
+        with self.lock:
+            for key in [k for k in self.records if nexus is None or k[0] == nexus]:
+                del self.records[key]
+
+
+_RESULTS: "weakref.WeakKeyDictionary[LogicalUnit, _Results]" = weakref.WeakKeyDictionary()
+_RESULTS_LOCK = threading.Lock()
+
+
+def _results(lu: "LogicalUnit") -> _Results:
+    with _RESULTS_LOCK:
+        res = _RESULTS.get(lu)
+        if res is None:
+            res = _RESULTS[lu] = _Results()
+        return res
+
+
+def forget(lu: "LogicalUnit", nexus: Nexus | None = None) -> None:
+    """Discard copy results of ``nexus`` (I_T nexus loss) or of all (LU reset)."""
+    _results(lu).forget(nexus)
+
+
+# -- copy engine ---------------------------------------------------------------
+
+def _aborted(asc: S.Asc, segment: int) -> S.SenseError:
+    # COMMAND-SPECIFIC INFORMATION names the segment being processed (SPC-4 6.4.5).
+    return S.SenseError(S.SenseKey.COPY_ABORTED, asc, command_specific=segment)
+
+
+def _naa_designator(lu: "LogicalUnit") -> bytes | None:
+    """The LU's NAA designation descriptor as VPD page 83h renders it."""
+    naa = getattr(lu.identity, "naa", 0)
+    if not naa:
+        return None
+    # Code set binary, association LU, designator type NAA, length 8.
+    return bytes([0x01, 0x03, 0x00, 0x08]) + naa.to_bytes(8, "big")
+
+
+def _same_designator(a: bytes, b: bytes) -> bool:
+    # PIV (byte 1 bit 7) and the protocol identifier nibble do not name the LU.
+    return (len(a) == len(b) and a[0] & 0x0F == b[0] & 0x0F
+            and a[1] & 0x3F == b[1] & 0x3F and a[3:] == b[3:])
+
+
+def _is_disk(lu: "LogicalUnit") -> bool:
+    return lu.device_type == 0x00 and hasattr(lu, "store") and hasattr(lu, "block_size")
+
+
+def _find_lu(manager: "LogicalUnit", designator: bytes) -> "LogicalUnit | None":
+    target_map = getattr(manager, "target_map", None)
+    candidates = list(target_map.luns.values()) if target_map is not None else [manager]
+    for cand in candidates:
+        mine = _naa_designator(cand)
+        if mine is not None and _same_designator(mine, designator):
+            return cand
+    return None
+
+
+def _resolve(manager: "LogicalUnit", plist: CopyList, cscd_id: int, seg_no: int,
+             cmd: Command, write: bool) -> "LogicalUnit":
+    if cscd_id == CSCD_ID_COPY_MANAGER_LU:
+        lu = manager
+    else:
+        if cscd_id >= len(plist.cscds):
+            raise _aborted(S.UNREACHABLE_COPY_TARGET, seg_no)
+        cscd = plist.cscds[cscd_id]
+        if cscd.nul:
+            # Null LUs are obsolete in SPC-4 and not emulated.
+            raise _aborted(S.COPY_TARGET_DEVICE_NOT_REACHABLE, seg_no)
+        found = _find_lu(manager, cscd.designator)
+        if found is None:
+            raise _aborted(S.COPY_TARGET_DEVICE_NOT_REACHABLE, seg_no)
+        lu = found
+        if not _is_disk(lu) or cscd.device_type != 0x00 or cscd.block_length != lu.block_size:
+            raise _aborted(S.INCORRECT_COPY_TARGET_DEVICE_TYPE, seg_no)
+    if not _is_disk(lu):
+        raise _aborted(S.INCORRECT_COPY_TARGET_DEVICE_TYPE, seg_no)
+    if lu is not manager:
+        # The dispatcher checked readiness and reservations of the manager LU
+        # only; the copy acts for the same initiator on the other LU.
+        if lu.not_ready_reason() is not None:
+            raise _aborted(S.COPY_TARGET_DEVICE_NOT_REACHABLE, seg_no)
+        probe = _WRITE_PROBE if write else _READ_PROBE
+        if lu.pr.conflicts(cmd.nexus, probe, cmd):
+            raise _aborted(S.COPY_TARGET_DEVICE_NOT_REACHABLE, seg_no)
+    return lu
+
+
+def _noop(lu, cmd):  # pragma: no cover - only used as a reservation probe
+    return None
+
+
+_READ_PROBE = OpEntry(OP_EXTENDED_COPY, "copy source read", _noop, 16, conflict=Conflict.READ)
+_WRITE_PROBE = OpEntry(OP_EXTENDED_COPY, "copy destination write", _noop, 16, conflict=Conflict.WRITE)
+
+
+def _copy_bytes(src: "LogicalUnit", src_off: int, dst: "LogicalUnit", dst_off: int,
+                length: int, seg_no: int) -> None:
+    """Move ``length`` bytes in bounded chunks, safe for overlapping ranges."""
+    from volume.store import StoreError
+    buf = bytearray(min(length, COPY_CHUNK))
+    mv = memoryview(buf)
+    # Within one store a forward copy would overwrite source bytes not yet read
+    # when the destination starts inside the source range: go backwards then.
+    backwards = src.store is dst.store and src_off < dst_off < src_off + length
+    done = 0
+    while done < length:
+        n = min(len(buf), length - done)
+        rel = length - done - n if backwards else done
+        try:
+            src.store.readinto(src_off + rel, mv[:n])
+        except StoreError:
+            raise _aborted(S.UNRECOVERED_READ_ERROR, seg_no) from None
+        try:
+            # The destination lock keeps COMPARE AND WRITE style atomic
+            # commands on that LU from interleaving with a chunk.
+            with dst.lock:
+                dst.store.write(dst_off + rel, mv[:n])
+        except StoreError:
+            raise _aborted(S.WRITE_ERROR, seg_no) from None
+        done += n
+
+
+def _run_segment(manager: "LogicalUnit", plist: CopyList, seg: Segment, seg_no: int,
+                 cmd: Command) -> int:
+    src = _resolve(manager, plist, seg.src_id, seg_no, cmd, write=False)
+    dst = _resolve(manager, plist, seg.dst_id, seg_no, cmd, write=True)
+    if dst.read_only:
+        raise S.SenseError(S.SenseKey.DATA_PROTECT, S.WRITE_PROTECTED, command_specific=seg_no)
+    length = seg.blocks * (dst.block_size if seg.dc else src.block_size)
+    if length % src.block_size or length % dst.block_size:
+        # Mixed block sizes that do not divide the segment evenly.
+        raise _aborted(S.COPY_TARGET_DEVICE_DATA_UNDERRUN, seg_no)
+    if length == 0:
+        return 0
+    src_blocks = length // src.block_size
+    dst_blocks = length // dst.block_size
+    if seg.src_lba + src_blocks > src.num_blocks or seg.dst_lba + dst_blocks > dst.num_blocks:
+        # The copy target would answer LBA OUT OF RANGE; the copy manager
+        # reports the segment as aborted.
+        raise _aborted(S.NO_ADDITIONAL_SENSE, seg_no)
+    _copy_bytes(src, seg.src_lba * src.block_size, dst, seg.dst_lba * dst.block_size,
+                length, seg_no)
+    return length
+
+
+# -- command handlers ----------------------------------------------------------
+
+def _require_cdb(cmd: Command, length: int) -> bytes:
+    if len(cmd.cdb) < length:
+        raise S.invalid_cdb_field(0)
+    return cmd.cdb
+
+
+@XCOPY.command(OP_EXTENDED_COPY, "EXTENDED COPY(LID1)", 16, direction=Direction.OUT,
+               service_action=0x00, conflict=Conflict.WRITE)
+def extended_copy(lu: "LogicalUnit", cmd: Command) -> None:
+    cdb = _require_cdb(cmd, 16)
+    plen = int.from_bytes(cdb[10:14], "big")
+    if plen == 0:
+        return None     # no parameter list: nothing to do, not an error
+    plist = parse_parameter_list(data_out(cmd, plen))
+    results = _results(lu)
+    key = (cmd.nexus, plist.list_id)
+    record = results.begin(key) if plist.usage != USAGE_NO_LIST_ID else CopyRecord()
+    try:
+        for seg_no, seg in enumerate(plist.segments):
+            record.bytes_copied += _run_segment(lu, plist, seg, seg_no, cmd)
+            record.segments_processed = seg_no + 1
+    except S.SenseError as err:
+        record.status = STATUS_FAILED
+        if plist.usage == USAGE_HOLD:
+            record.sense = S.render_sense(err, descriptor=lu.mode.descriptor_sense)
+        raise
+    except BaseException:
+        record.status = STATUS_FAILED
+        raise
+    record.status = STATUS_DONE
+    return None
+
+
+def _receive_cdb(cmd: Command) -> tuple[int, int]:
+    cdb = _require_cdb(cmd, 16)
+    return cdb[2], int.from_bytes(cdb[10:14], "big")
+
+
+@XCOPY.command(OP_RECEIVE_COPY_RESULTS, "RECEIVE COPY RESULTS(COPY STATUS)", 16,
+               direction=Direction.IN, service_action=SA_COPY_STATUS,
+               conflict=Conflict.READ, needs_ready=False)
+def copy_status(lu: "LogicalUnit", cmd: Command) -> bytes:
+    list_id, alloc = _receive_cdb(cmd)
+    results = _results(lu)
+    key = (cmd.nexus, list_id)
+    rec = results.get(key)
+    if rec is None or rec.status_taken:
+        raise S.invalid_cdb_field(2)
+    units, count = _transfer_count(rec.bytes_copied)
+    data = struct.pack(">IBHBI", 8, rec.status & 0x7F, min(rec.segments_processed, 0xFFFF),
+                       units, count)
+    if rec.status != STATUS_IN_PROGRESS:
+        # Status of a finished copy is reported once, then discarded.
+        rec.status_taken = True
+        results.drop_if_spent(key)
+    return data[:alloc]
+
+
+def _transfer_count(nbytes: int) -> tuple[int, int]:
+    """(TRANSFER COUNT UNITS, TRANSFER COUNT): bytes, KiB, MiB ... fitting 32 bits."""
+    units = 0
+    while nbytes > 0xFFFFFFFF:
+        nbytes >>= 10
+        units += 1
+    return units, nbytes
+
+
+@XCOPY.command(OP_RECEIVE_COPY_RESULTS, "RECEIVE COPY RESULTS(RECEIVE DATA)", 16,
+               direction=Direction.IN, service_action=SA_RECEIVE_DATA,
+               conflict=Conflict.READ, needs_ready=False)
+def receive_data(lu: "LogicalUnit", cmd: Command) -> bytes:
+    list_id, alloc = _receive_cdb(cmd)
+    if _results(lu).get((cmd.nexus, list_id)) is None:
+        raise S.invalid_cdb_field(2)
+    # Block-to-block segments never hold data.
+    return bytes(4)[:alloc]
+
+
+@XCOPY.command(OP_RECEIVE_COPY_RESULTS, "RECEIVE COPY RESULTS(OPERATING PARAMETERS)", 16,
+               direction=Direction.IN, service_action=SA_OPERATING_PARAMETERS,
+               conflict=Conflict.READ, needs_ready=False)
+def operating_parameters(lu: "LogicalUnit", cmd: Command) -> bytes:
+    _, alloc = _receive_cdb(cmd)
+    return operating_parameters_data(lu)[:alloc]
+
+
+def operating_parameters_data(lu: "LogicalUnit") -> bytes:
+    implemented = bytes([SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])
+    body = struct.pack(
+        ">B3xHHIIIII2xHBBBB3xB",
+        0,                                  # SNLID = 0: list identifiers are required
+        MAX_CSCD_DESCRIPTORS,
+        MAX_SEGMENT_DESCRIPTORS,
+        MAX_DESCRIPTOR_LIST_LENGTH,
+        MAX_SEGMENT_LENGTH,
+        MAX_INLINE_DATA_LENGTH,
+        0,                                  # HELD DATA LIMIT
+        0,                                  # MAXIMUM STREAM DEVICE TRANSFER SIZE
+        MAX_CONCURRENT_COPIES,              # TOTAL CONCURRENT COPIES
+        MAX_CONCURRENT_COPIES,              # MAXIMUM CONCURRENT COPIES
+        _log2(_granularity(lu)),            # DATA SEGMENT GRANULARITY
+        0,                                  # INLINE DATA GRANULARITY
+        0,                                  # HELD DATA GRANULARITY
+        len(implemented),
+    ) + implemented
+    return struct.pack(">I", len(body)) + body
+
+
+def _granularity(lu: "LogicalUnit") -> int:
+    return getattr(lu, "block_size", 1)
+
+
+def _log2(n: int) -> int:
+    return max(n, 1).bit_length() - 1
+
+
+@XCOPY.command(OP_RECEIVE_COPY_RESULTS, "RECEIVE COPY RESULTS(FAILED SEGMENT DETAILS)", 16,
+               direction=Direction.IN, service_action=SA_FAILED_SEGMENT_DETAILS,
+               conflict=Conflict.READ, needs_ready=False)
+def failed_segment_details(lu: "LogicalUnit", cmd: Command) -> bytes:
+    list_id, alloc = _receive_cdb(cmd)
+    results = _results(lu)
+    key = (cmd.nexus, list_id)
+    rec = results.get(key)
+    if rec is None or rec.sense is None or rec.status == STATUS_IN_PROGRESS:
+        return bytes(4)[:alloc]     # AVAILABLE DATA = 0: nothing held
+    sense = rec.sense
+    data = struct.pack(">I52xBxH", 56 + len(sense), 0x02, len(sense)) + sense
+    if alloc == 0 or alloc >= len(data):
+        # Details are discarded once fully transferred, or on request (alloc 0).
+        rec.sense = None
+        results.drop_if_spent(key)
+    return data[:alloc]
+
+
+# -- VPD page 8Fh ----------------------------------------------------------------
+
+def _tpc_descriptor(dtype: int, body: bytes) -> bytes:
+    body += bytes(-(len(body) + 4) % 4)     # descriptors are multiples of 4 bytes
+    return struct.pack(">HH", dtype, len(body)) + body
+
+
+def third_party_copy_vpd(lu: "LogicalUnit") -> bytes:
+    """The Third-party Copy VPD page (8Fh) describing this copy manager."""
+    commands = [
+        (OP_EXTENDED_COPY, [0x00]),
+        (OP_RECEIVE_COPY_RESULTS, [SA_COPY_STATUS, SA_RECEIVE_DATA,
+                                   SA_OPERATING_PARAMETERS, SA_FAILED_SEGMENT_DETAILS]),
+    ]
+    cmd_list = b"".join(bytes([op, len(sas)]) + bytes(sas) for op, sas in commands)
+    supported_commands = _tpc_descriptor(0x0008, bytes([len(cmd_list)]) + cmd_list)
+    parameter_data = _tpc_descriptor(0x000C, struct.pack(
+        ">4xHHII12x", MAX_CSCD_DESCRIPTORS, MAX_SEGMENT_DESCRIPTORS,
+        MAX_DESCRIPTOR_LIST_LENGTH, MAX_INLINE_DATA_LENGTH))
+    codes = bytes([SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])
+    supported_descriptors = _tpc_descriptor(0x000D, bytes([len(codes)]) + codes)
+    ids = struct.pack(">H", CSCD_ID_COPY_MANAGER_LU)
+    supported_ids = _tpc_descriptor(0x000E, struct.pack(">H", len(ids)) + ids)
+    general = _tpc_descriptor(0x8001, struct.pack(
+        ">IIIBB18x", MAX_CONCURRENT_COPIES, MAX_CONCURRENT_COPIES, MAX_SEGMENT_LENGTH,
+        _log2(_granularity(lu)), 0))
+    body = supported_commands + parameter_data + supported_descriptors + supported_ids + general
+    return bytes([lu.device_type & 0x1F, 0x8F]) + struct.pack(">H", len(body)) + body
