@@ -127,29 +127,50 @@ def device_identification(lu: "LogicalUnit", nexus: "Nexus") -> bytes:
     return bytes(out)
 
 
+def _thin(lu: "LogicalUnit") -> bool:
+    thin = getattr(lu, "thin", None)
+    if thin is None:
+        thin = getattr(getattr(lu, "store", None), "thin", False)
+    return bool(thin)
+
+
+def _attr(lu: "LogicalUnit", name: str, default: int) -> int:
+    return int(getattr(lu, name, default))
+
+
 def block_limits(lu: "LogicalUnit") -> bytes:
+    """Block Limits (B0h): the values the SBC handlers enforce, from DiskLU attributes."""
     body = bytearray(0x3C)
-    thin = bool(getattr(getattr(lu, "store", None), "thin", False))
-    max_xfer = int(getattr(lu, "max_transfer_blocks", 0))
-    body[1] = int(getattr(lu, "max_compare_write_blocks", DEFAULT_MAX_COMPARE_WRITE_BLOCKS)) & 0xFF
+    thin = _thin(lu)
+    max_xfer = _attr(lu, "max_transfer_blocks", 0)
+    body[0] = 0x01 if getattr(lu, "write_same_non_zero", False) else 0x00   # WSNZ
+    body[1] = _attr(lu, "max_compare_blocks", DEFAULT_MAX_COMPARE_WRITE_BLOCKS) & 0xFF
     struct.pack_into(">H", body, 2, 1)                 # OPTIMAL TRANSFER LENGTH GRANULARITY
     struct.pack_into(">I", body, 4, max_xfer)          # MAXIMUM TRANSFER LENGTH
     struct.pack_into(">I", body, 8, max_xfer)          # OPTIMAL TRANSFER LENGTH
     if thin:
-        struct.pack_into(">I", body, 16, int(getattr(lu, "max_unmap_blocks", DEFAULT_MAX_UNMAP_BLOCKS)))
-        struct.pack_into(">I", body, 20, int(getattr(lu, "max_unmap_descriptors",
-                                                      DEFAULT_MAX_UNMAP_DESCRIPTORS)))
+        struct.pack_into(">I", body, 16, _attr(lu, "max_unmap_blocks", DEFAULT_MAX_UNMAP_BLOCKS))
+        struct.pack_into(">I", body, 20, _attr(lu, "max_unmap_descriptors",
+                                                DEFAULT_MAX_UNMAP_DESCRIPTORS))
         struct.pack_into(">I", body, 24, 1)            # OPTIMAL UNMAP GRANULARITY
-    struct.pack_into(">Q", body, 32, int(getattr(lu, "max_write_same_blocks", max_xfer)))
+    struct.pack_into(">Q", body, 32, _attr(lu, "max_write_same_blocks", max_xfer))
+    # Atomic write limits (SBC-4): zero unless the LU supports WRITE ATOMIC.
+    struct.pack_into(">IIIII", body, 40,
+                     _attr(lu, "atomic_max_blocks", 0), _attr(lu, "atomic_alignment", 0),
+                     _attr(lu, "atomic_granularity", 0),
+                     _attr(lu, "atomic_max_boundary_blocks", 0),
+                     _attr(lu, "atomic_boundary_blocks", 0))
     return bytes(body)
 
 
 def logical_block_provisioning(lu: "LogicalUnit") -> bytes:
-    thin = bool(getattr(getattr(lu, "store", None), "thin", False))
+    """Logical Block Provisioning (B2h): UNMAP and WRITE SAME unmapping on thin LUs."""
     body = bytearray(4)
-    if thin:
-        # LBPU, LBPWS, LBPWS10, LBPRZ (deallocated blocks read as zeroes);
-        # provisioning type 010b (thin).
-        body[1] = 0x80 | 0x40 | 0x20 | 0x04
-        body[2] = 0x02
+    if _thin(lu):
+        body[1] = 0x80 | 0x40 | 0x20                   # LBPU, LBPWS, LBPWS10
+        if getattr(lu, "lbprz", True):
+            body[1] |= 0x04                            # LBPRZ: unmapped blocks read zero
+        if getattr(lu, "anc_sup", False):
+            body[1] |= 0x02                            # ANC_SUP
+        body[2] = 0x02                                 # provisioning type: thin
     return bytes(body)
