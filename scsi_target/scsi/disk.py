@@ -30,7 +30,7 @@ class DiskLU(LogicalUnit):
         self.write_same_non_zero = True
         self.max_write_same_blocks = min(self.num_blocks, 1 << 22) or 1
         # COMPARE AND WRITE: MAXIMUM COMPARE AND WRITE LENGTH (blocks).
-        self.max_compare_write_blocks = 255
+        self.max_compare_blocks = 255
         # UNMAP: MAXIMUM UNMAP LBA COUNT / MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
         self.max_unmap_blocks = 0xFFFFFFFF
         self.max_unmap_descriptors = 4096

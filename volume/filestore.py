@@ -1,0 +1,205 @@
+"""A block store in a (sparse) regular file or block device.
+
+* Data moves with ``os.preadv``/``os.pwritev`` straight into/out of the
+  caller's memoryviews.
+* ``discard`` punches holes (``fallocate(PUNCH_HOLE | KEEP_SIZE)``); if the
+  filesystem refuses, it falls back to writing zeroes and the store stops
+  claiming to be thin.
+* ``allocation`` answers from ``SEEK_DATA``/``SEEK_HOLE``.
+* The file is locked with ``flock(LOCK_EX | LOCK_NB)`` so two servers never
+  serve the same file.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+from typing import Iterator
+
+from .store import BlockStore, StoreError
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_fallocate = getattr(_libc, "fallocate64", None) or getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate.restype = ctypes.c_int
+
+_UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY}
+
+
+class StoreLockedError(StoreError):
+    """Another process (another server) already serves this file."""
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> int:
+    """0 on success, else the errno."""
+    if _fallocate is None:
+        return errno.ENOSYS
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+class FileStore(BlockStore):
+    def __init__(self, path: str | os.PathLike, size: int | None = None, create: bool = False,
+                 read_only: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.read_only = read_only
+        flags = os.O_RDONLY if read_only else os.O_RDWR
+        if create and not read_only:
+            flags |= os.O_CREAT
+        flags |= getattr(os, "O_CLOEXEC", 0)
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc.strerror}") from exc
+        try:
+            self._lock()
+            self.size = self._settle_size(size)
+            self.thin = not read_only and self._probe_punch()
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._closed = False
+
+    # -- opening ----------------------------------------------------------
+    def _lock(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StoreLockedError(
+                f"{self.path} is already in use by another process (locked)") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from exc
+
+    def _settle_size(self, size: int | None) -> int:
+        current = os.lseek(self._fd, 0, os.SEEK_END)
+        if size is None:
+            if current == 0:
+                raise StoreError(f"{self.path} is empty; give a size to create it")
+            return current
+        if size <= 0:
+            raise StoreError(f"size {size} for {self.path} must be positive")
+        if current < size:
+            if self.read_only:
+                raise StoreError(f"{self.path} holds {current} bytes, fewer than the {size} asked for")
+            try:
+                os.ftruncate(self._fd, size)  # sparse: no blocks allocated
+            except OSError as exc:
+                raise StoreError(f"cannot extend {self.path} to {size} bytes: {exc.strerror}") from exc
+        # A larger file is served as its first ``size`` bytes; never truncate data.
+        return size
+
+    def _probe_punch(self) -> bool:
+        # Punching past EOF with KEEP_SIZE changes nothing but tells whether the
+        # filesystem supports it at all.
+        end = max(self.size, os.lseek(self._fd, 0, os.SEEK_END))
+        return _punch_hole(self._fd, end, 4096) == 0
+
+    # -- I/O --------------------------------------------------------------
+    def _check(self, offset: int, length: int) -> None:
+        if self._closed:
+            raise StoreError(f"{self.path} is closed")
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise StoreError(f"range {offset}+{length} outside {self.path} ({self.size} bytes)")
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        if buf.ndim != 1 or buf.itemsize != 1:
+            buf = buf.cast("B")
+        n = len(buf)
+        self._check(offset, n)
+        done = 0
+        try:
+            while done < n:
+                got = os.preadv(self._fd, [buf[done:]], offset + done)
+                if got == 0:
+                    # Past the end of a shorter device: read as zeroes.
+                    buf[done:] = bytes(n - done)
+                    return
+                done += got
+        except OSError as exc:
+            raise StoreError(f"read of {n} bytes at {offset} from {self.path} failed: "
+                             f"{exc.strerror}") from exc
+
+    def write(self, offset: int, data) -> None:
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        n = len(mv)
+        self._check(offset, n)
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only")
+        done = 0
+        try:
+            while done < n:
+                done += os.pwritev(self._fd, [mv[done:]], offset + done)
+        except OSError as exc:
+            raise StoreError(f"write of {n} bytes at {offset} to {self.path} failed: "
+                             f"{exc.strerror}") from exc
+
+    def discard(self, offset: int, length: int) -> None:
+        self._check(offset, length)
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only")
+        if length == 0:
+            return
+        if self.thin:
+            err = _punch_hole(self._fd, offset, length)
+            if err == 0:
+                return
+            if err not in _UNSUPPORTED:
+                raise StoreError(f"hole punch of {length} bytes at {offset} in {self.path} "
+                                 f"failed: {os.strerror(err)}")
+            self.thin = False
+        self.write_zeroes(offset, length)
+
+    def flush(self) -> None:
+        if self._closed or self.read_only:
+            return
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise StoreError(f"fdatasync of {self.path} failed: {exc.strerror}") from exc
+
+    def allocation(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
+        self._check(offset, length)
+        end = offset + length
+        pos = offset
+        while pos < end:
+            try:
+                data = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole from here to EOF
+                    yield pos, end - pos, False
+                    return
+                if exc.errno in _UNSUPPORTED:
+                    yield pos, end - pos, True
+                    return
+                raise StoreError(f"SEEK_DATA on {self.path} failed: {exc.strerror}") from exc
+            if data > pos:
+                stop = min(data, end)
+                yield pos, stop - pos, False
+                pos = stop
+                continue
+            hole = os.lseek(self._fd, pos, os.SEEK_HOLE)
+            stop = min(hole, end)
+            yield pos, stop - pos, True
+            pos = stop
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.read_only:
+                os.fdatasync(self._fd)
+        finally:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
