@@ -230,3 +230,19 @@ def test_port_in_use(tmp_path):
         r = run("--listen", f"127.0.0.1:{port}", "--disk", "d.img:1M", cwd=tmp_path)
     assert_one_line_error(r, rf"scsi-target: error: cannot listen on 127\.0\.0\.1:{port}: .*")
     assert "in use" in r.stderr.lower()
+
+
+# ------------------------------------------------------- README accuracy
+def _readme_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+
+
+def test_readme_in_process_example_runs():
+    exec(compile(_readme_blocks()[0], "README.md[python 1]", "exec"), {})
+
+
+@real
+def test_readme_server_example_runs(tmp_path):
+    ns: dict = {}
+    exec(compile(_readme_blocks()[1], "README.md[python 2]", "exec"), ns)
+    ns["asyncio"].run(ns["main"](tmp_path))

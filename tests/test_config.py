@@ -396,3 +396,16 @@ def test_name_length_limit():
     name = "iqn.2026-11.org.x:" + "a" * 205
     assert len(name) == 223 and C.check_iscsi_name(name) is None
     assert C.check_iscsi_name(name + "a") == "longer than 223 bytes"
+
+
+def test_docs_example_is_valid(tmp_path):
+    """The full example in docs/config.md parses (so the docs can't drift from the code)."""
+    doc = (Path(__file__).resolve().parent.parent / "docs/config.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    example = example.replace("/srv/iscsi/", f"{tmp_path}/srv/")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/golden.img").write_bytes(bytes(1 << 20))
+    cfg = C.load_file(write(tmp_path, example))
+    assert [t.iqn for t in cfg.targets] == ["iqn.2026-11.org.pyscsi:db", "iqn.2026-11.org.pyscsi:golden"]
+    assert cfg.discovery_chap is not None and cfg.warnings == ()
+    assert [len(t.luns) for t in cfg.targets] == [2, 1]

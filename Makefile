@@ -1,0 +1,54 @@
+# make run   - create .venv, install the project, serve the embedded default target
+# make test  - create .venv, install with test extras (+ Debian interop tools as root), run pytest
+# make bench - benchmark our target against tgt (tools/bench; BENCH_ARGS="--quick" etc.)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Real initiators and a reference target used by the interop tests and the benchmark.
+DEB_PACKAGES := libiscsi-bin qemu-utils tgt
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: run test bench deb-packages clean
+
+run: $(VENV)/.stamp-install
+	$(PY) -m scsi_target serve
+
+test: $(VENV)/.stamp-test deb-packages
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(VENV)/.stamp-install deb-packages
+	tools/bench $(BENCH_ARGS)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps make the second run fast; editing pyproject.toml reinstalls.
+$(VENV)/.stamp-install: pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[test]'
+	touch $@ $(VENV)/.stamp-install
+
+# Installs only what is missing, and only as root; otherwise the interop
+# tests that need a missing tool skip themselves.
+deb-packages:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "warning: Debian packages missing:$$missing (not root: interop tests will skip)"; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) build *.egg-info
