@@ -100,11 +100,11 @@ class TargetConnection:
     # ------------------------------------------------------------ plumbing
     def _new_login(self):
         from .login import LoginMachine
-        return LoginMachine(self.registry, self.registry_tpgt(), self.local_portal,
-                            max_recv_dsl=self.max_recv_dsl)
-
-    def registry_tpgt(self) -> int:
-        return 1
+        # Portal group tag None: each target answers with its own tag, the same
+        # one SendTargets reports.
+        return LoginMachine(self.registry, None, self.local_portal,
+                            max_recv_dsl=self.max_recv_dsl,
+                            tsih_exists=lambda tsih: self.sessions.get(tsih) is not None)
 
     def take_output(self) -> list:
         out, self.outbox = self.outbox, []
@@ -198,6 +198,7 @@ class TargetConnection:
     # ------------------------------------------------------------- login
     def _handle_login(self, pdu: P.Pdu) -> None:
         if pdu.OPCODE != P.Op.LOGIN_REQUEST:
+            self.send(self.login.invalid_request(pdu))
             self.close(f"opcode 0x{pdu.OPCODE:02x} before login completed")
             return
         resp = self.login.receive(pdu)
@@ -516,11 +517,15 @@ class TargetConnection:
         self.tasks.pop(task.pdu.itt, None)
 
     def _text(self, pdu: P.TextRequest) -> None:
+        from .text import TextNegotiator, TextProtocolError
         if self.text is None:
-            from .text import TextNegotiator
-            self.text = TextNegotiator(self.params, self.registry,
-                                       self.session.target if self.session else None)
-        resp = self.text.receive(pdu)
+            self.text = TextNegotiator(self.params, self.registry, self.session.target,
+                                       initiator_name=self.session.initiator_name)
+        try:
+            resp = self.text.receive(pdu)
+        except TextProtocolError as exc:
+            self.reject(exc.reason, pdu.encode_bhs())
+            return
         exp, mx = self._sn_fields()
         resp.statsn = self._next_statsn()
         resp.expcmdsn, resp.maxcmdsn = exp, mx

@@ -86,6 +86,9 @@ class SessionTable:
                 return s
         return None
 
+    def get(self, tsih: int) -> Session | None:
+        return self._by_tsih.get(tsih)
+
     def add(self, session: Session) -> None:
         self._by_tsih[session.tsih] = session
 
