@@ -243,6 +243,7 @@ def test_readme_in_process_example_runs():
 
 @real
 def test_readme_server_example_runs(tmp_path):
+    pytest.importorskip("scsi_target.iscsi.client")
     ns: dict = {}
     exec(compile(_readme_blocks()[1], "README.md[python 2]", "exec"), ns)
     ns["asyncio"].run(ns["main"](tmp_path))
