@@ -21,8 +21,10 @@ class DiskLU(LogicalUnit):
         self.block_size = block_size
         self.read_only = read_only or store.read_only
         self.num_blocks = store.size // block_size
-        # Largest transfer we accept in one command, in blocks (VPD B0).
-        self.max_transfer_blocks = (8 << 20) // block_size
+        # Largest transfer we accept in one command, in blocks (VPD B0).  65536
+        # because libiscsi's WriteSame16.Unmap writes 65536 blocks with one
+        # WRITE(16) without consulting the Block Limits page.
+        self.max_transfer_blocks = 65536
         # -- limits and capabilities the SBC handlers enforce and the VPD pages
         #    (B0 Block Limits, B2 Logical Block Provisioning) report.
         # WRITE SAME: NUMBER OF LOGICAL BLOCKS 0 is refused (WSNZ=1) and at
