@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..scsi.command import Command, Direction, Response, Status, TaskAttr
+from ..scsi import sense as S
 from ..scsi.lunaddr import decode_lun
 from . import pdu as P
 from .framing import FramingError, PduReader, UnknownOpcode, encode_pdu
@@ -39,6 +40,12 @@ class ProtocolError(Exception):
         self.bhs = bhs
 
 
+class _DataSequenceError(Exception):
+    def __init__(self, asc) -> None:
+        super().__init__(asc.name)
+        self.asc = asc
+
+
 @dataclass
 class Task:
     """A SCSI command from arrival to response."""
@@ -54,6 +61,9 @@ class Task:
     next_r2t_offset: int = 0               # first byte not yet asked for
     r2tsn: int = 0
     outstanding: dict[int, "R2TState"] = field(default_factory=dict)  # by TTT
+    # Set when the data-out phase went wrong: the command ends in CHECK
+    # CONDITION (ABORTED COMMAND) instead of executing; the connection lives on.
+    error: object = None
 
     @property
     def data_complete(self) -> bool:
@@ -284,7 +294,7 @@ class TargetConnection:
             if task is None or task.pdu is not pdu:
                 return  # aborted while queued
             task.delivered = True
-            if task.data_complete:
+            if task.data_complete or task.error is not None:
                 self._execute(task)
         elif op == P.Op.NOP_OUT:
             self._nop_out(pdu)
@@ -343,14 +353,20 @@ class TargetConnection:
 
     def _data_out(self, pdu: P.DataOut) -> None:
         task = self.tasks.get(pdu.itt)
-        if task is None or task.buffer is None:
-            return  # for an aborted or refused task: discard (RFC 7143 11.7)
+        if task is None or task.buffer is None or task.error is not None:
+            return  # for an aborted, refused or failed task: discard
+        try:
+            self._accept_data_out(task, pdu)
+        except _DataSequenceError as exc:
+            self._fail_task(task, exc.asc)
+
+    def _accept_data_out(self, task: Task, pdu: P.DataOut) -> None:
         n = len(pdu.data)
         if pdu.ttt == P.RESERVED_TAG:
             if pdu.datasn != task.unsolicited_datasn or pdu.offset != task.unsolicited_offset \
                     or n > task.unsolicited_left:
-                raise ProtocolError("unsolicited Data-Out out of sequence",
-                                    P.RejectReason.PROTOCOL_ERROR)
+                raise _DataSequenceError(S.UNEXPECTED_UNSOLICITED_DATA
+                                         if n > task.unsolicited_left else S.DATA_OFFSET_ERROR)
             task.unsolicited_datasn += 1
             task.unsolicited_offset += n
             task.unsolicited_left -= n
@@ -359,22 +375,18 @@ class TargetConnection:
         else:
             r2t = task.outstanding.get(pdu.ttt)
             if r2t is None:
-                raise ProtocolError("Data-Out with an unknown target transfer tag",
-                                    P.RejectReason.INVALID_PDU_FIELD)
+                raise _DataSequenceError(S.INVALID_TARGET_PORT_TRANSFER_TAG)
             if pdu.datasn != r2t.datasn or pdu.offset != r2t.next_offset or \
                     pdu.offset + n > r2t.offset + r2t.length:
-                raise ProtocolError("Data-Out DataSN/offset out of sequence",
-                                    P.RejectReason.PROTOCOL_ERROR)
+                raise _DataSequenceError(S.DATA_OFFSET_ERROR)
             r2t.datasn += 1
             r2t.next_offset += n
             if r2t.next_offset == r2t.offset + r2t.length:
                 if not pdu.final:
-                    raise ProtocolError("R2T sequence complete without the F bit",
-                                        P.RejectReason.PROTOCOL_ERROR)
+                    raise _DataSequenceError(S.DATA_PHASE_ERROR)
                 del task.outstanding[pdu.ttt]
             elif pdu.final:
-                raise ProtocolError("F bit before the R2T sequence was complete",
-                                    P.RejectReason.PROTOCOL_ERROR)
+                raise _DataSequenceError(S.DATA_PHASE_ERROR)
         if n:
             task.buffer[pdu.offset:pdu.offset + n] = pdu.data
             task.received += n
@@ -384,9 +396,22 @@ class TargetConnection:
         elif not task.outstanding and task.unsolicited_left == 0:
             self._issue_r2ts(task)
 
+    def _fail_task(self, task: Task, asc) -> None:
+        """Data-out went wrong: answer CHECK CONDITION once the command's turn comes."""
+        task.buffer = None  # later Data-Out PDUs for this task are discarded
+        task.outstanding.clear()
+        task.error = S.SenseError(S.SenseKey.ABORTED_COMMAND, asc)
+        log.info("ITT 0x%08x: data-out error %s", task.pdu.itt, asc.name)
+        if task.delivered:
+            self._execute(task)
+
     def _execute(self, task: Task) -> None:
         del self.tasks[task.pdu.itt]
         pdu = task.pdu
+        if task.error is not None:
+            self._respond(task, Response(Status.CHECK_CONDITION,
+                                         sense=S.render_sense(task.error), residual=pdu.edtl))
+            return
         cdb = pdu.cdb
         if pdu.ahs:
             cdb = _extended_cdb(pdu.cdb, pdu.ahs)
@@ -405,7 +430,6 @@ class TargetConnection:
                 resp = luns.execute(cmd)
             except Exception:  # a bug below must not kill the connection silently
                 log.exception("internal error executing CDB %s", bytes(cdb).hex())
-                from ..scsi import sense as S
                 resp = Response(Status.CHECK_CONDITION,
                                 sense=S.render_sense(S.SenseError(S.SenseKey.HARDWARE_ERROR,
                                                                   S.INTERNAL_TARGET_FAILURE)),
