@@ -1,7 +1,15 @@
-"""asyncio driver for the sans-I/O iSCSI target connection."""
+"""asyncio driver for the sans-I/O iSCSI target connection.
+
+Sockets are driven directly with ``loop.add_reader``/``add_writer`` rather than
+asyncio transports: responses go out with ``socket.sendmsg`` over the list of
+buffers the connection produced (header, memoryview of the read data, ...), so
+read data is never joined or copied on its way to the kernel.
+"""
 from __future__ import annotations
 
 import asyncio
+import collections
+import errno
 import logging
 import socket
 
@@ -11,93 +19,221 @@ from .session import SessionTable
 
 log = logging.getLogger("scsi_target.iscsi")
 
+RECV_SIZE = 256 << 10
+# Stop reading from a peer while this much output is queued for it.
+HIGH_WATER = 8 << 20
+LOW_WATER = 1 << 20
+IOV_MAX = 1024
 
-class _ConnectionProtocol(asyncio.Protocol):
-    def __init__(self, server: "IscsiServer", portal: Portal) -> None:
+
+class _SocketDriver:
+    """Moves bytes between one accepted socket and its TargetConnection."""
+
+    def __init__(self, server: "IscsiServer", sock: socket.socket, peer) -> None:
         self.server = server
-        self.portal = portal
-        self.transport: asyncio.Transport | None = None
-        self.conn: TargetConnection | None = None
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        local = sock.getsockname()
+        self.conn = TargetConnection(server.registry, server.sessions,
+                                     Portal(local[0], local[1]), peer=str(peer))
+        self.pending: collections.deque = collections.deque()
+        self.pending_bytes = 0
+        self.reading = False
+        self.writing = False
+        self.closed = False
+        self.close_after_flush = False
+        self._rbuf = bytearray(RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._resume_reading()
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        portal = Portal(local[0], local[1]) if local else self.portal
-        self.conn = TargetConnection(self.server.registry, self.server.sessions, portal,
-                                     peer=str(peer))
-        self.server._protocols.add(self)
-        # Bound what one peer can make us buffer before we stop reading from it.
-        transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+    # -- reading --------------------------------------------------------
+    def _resume_reading(self) -> None:
+        if not self.reading and not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+            self.reading = True
 
-    def data_received(self, data: bytes) -> None:
+    def _pause_reading(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self.reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            n = self.sock.recv_into(self._rbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._close(f"recv failed: {exc}")
+            return
+        if n == 0:
+            self._close("peer closed the connection")
+            return
         conn = self.conn
-        conn.receive_data(data)
+        conn.receive_data(self._rview[:n])
         out = conn.take_output()
         if out:
-            self.transport.writelines(out)
+            self._send(out)
         if conn.closing:
-            self.transport.close()
+            self.close_after_flush = True
+            self._pause_reading()
+            if not self.pending:
+                self._close("connection ended by protocol")
 
-    def pause_writing(self) -> None:
-        self.transport.pause_reading()
+    # -- writing --------------------------------------------------------
+    def _send(self, buffers: list) -> None:
+        if self.closed:
+            return
+        if not self.pending:
+            try:
+                sent = self.sock.sendmsg(buffers[:IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._close(f"send failed: {exc}")
+                return
+            total = 0
+            for i, b in enumerate(buffers):
+                ln = len(b) if not isinstance(b, memoryview) else b.nbytes
+                if sent < total + ln:
+                    rest = memoryview(b)[sent - total:] if sent > total else b
+                    self._queue([rest] + buffers[i + 1:])
+                    break
+                total += ln
+            else:
+                return
+        else:
+            self._queue(buffers)
 
-    def resume_writing(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.resume_reading()
+    def _queue(self, buffers: list) -> None:
+        for b in buffers:
+            mv = memoryview(b)
+            if mv.ndim != 1 or mv.format != "B":
+                mv = mv.cast("B")
+            self.pending.append(mv)
+            self.pending_bytes += mv.nbytes
+        if not self.writing:
+            self.loop.add_writer(self.sock.fileno(), self._on_writable)
+            self.writing = True
+        if self.pending_bytes > HIGH_WATER:
+            self._pause_reading()
 
-    def connection_lost(self, exc) -> None:
-        if self.conn is not None:
-            self.conn.connection_lost()
-        self.server._protocols.discard(self)
+    def _on_writable(self) -> None:
+        pending = self.pending
+        while pending:
+            batch = [pending[i] for i in range(min(len(pending), IOV_MAX))]
+            try:
+                sent = self.sock.sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._close(f"send failed: {exc}")
+                return
+            self.pending_bytes -= sent
+            while sent:
+                head = pending[0]
+                if head.nbytes <= sent:
+                    sent -= head.nbytes
+                    pending.popleft()
+                else:
+                    pending[0] = head[sent:]
+                    sent = 0
+            if self.pending_bytes > 0 and len(batch) < IOV_MAX:
+                return  # kernel buffer full; wait for the next writable event
+        self.loop.remove_writer(self.sock.fileno())
+        self.writing = False
+        if self.close_after_flush:
+            self._close("connection ended by protocol")
+        elif self.pending_bytes < LOW_WATER:
+            self._resume_reading()
+
+    # -- teardown -------------------------------------------------------
+    def _close(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        fd = self.sock.fileno()
+        if self.reading:
+            self.loop.remove_reader(fd)
+        if self.writing:
+            self.loop.remove_writer(fd)
+        self.pending.clear()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        log.debug("connection %s closed: %s", self.conn.peer, why)
+        self.conn.connection_lost()
+        self.server._drivers.discard(self)
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        self._close("server shutting down")
 
 
 class IscsiServer:
     def __init__(self, registry: TargetRegistry) -> None:
         self.registry = registry
         self.sessions = SessionTable()
-        self._servers: list[asyncio.base_events.Server] = []
-        self._protocols: set[_ConnectionProtocol] = set()
+        self._listeners: list[socket.socket] = []
+        self._drivers: set[_SocketDriver] = set()
         self.bound_portals: list[tuple[str, int]] = []
+        self._closed: asyncio.Event | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
         for portal in self.registry.portals:
             try:
-                srv = await loop.create_server(lambda p=portal: _ConnectionProtocol(self, p),
-                                               portal.host, portal.port, reuse_address=True,
-                                               backlog=128)
+                infos = socket.getaddrinfo(portal.host, portal.port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+                family, _, _, _, addr = infos[0]
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+                sock.listen(128)
+                sock.setblocking(False)
             except OSError as exc:
                 await self.close()
-                raise OSError(exc.errno, f"cannot listen on {portal}: {exc.strerror}") from None
-            self._servers.append(srv)
-            for sock in srv.sockets:
-                addr = sock.getsockname()
-                self.bound_portals.append((addr[0], addr[1]))
+                raise OSError(exc.errno or errno.EINVAL,
+                              f"cannot listen on {portal}: {exc.strerror or exc}") from None
+            self._listeners.append(sock)
+            loop.add_reader(sock.fileno(), self._accept, sock)
+            name = sock.getsockname()
+            self.bound_portals.append((name[0], name[1]))
         # SendTargets should advertise the real ports (ephemeral ports in tests).
         if self.bound_portals:
             self.registry.portals = [Portal(h, p) for h, p in self.bound_portals]
 
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(16):
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self._drivers.add(_SocketDriver(self, sock, peer))
+            except Exception:  # never let one connection take the listener down
+                log.exception("cannot set up connection from %s", peer)
+                sock.close()
+
     async def serve_forever(self) -> None:
-        await asyncio.gather(*(s.serve_forever() for s in self._servers))
+        await self._closed.wait()
 
     async def close(self) -> None:
-        for srv in self._servers:
-            srv.close()
-        for proto in list(self._protocols):
-            proto.abort()
-        for srv in self._servers:
-            await srv.wait_closed()
-        self._servers.clear()
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        for drv in list(self._drivers):
+            drv.abort()
+        if self._closed is not None:
+            self._closed.set()
         await asyncio.sleep(0)
         self.registry.close()
