@@ -21,7 +21,8 @@ from hypothesis import given, strategies as st
 
 from client_targets import FACTORIES, TargetInfo, selected
 from scsi_target.iscsi import pdu as P
-from scsi_target.iscsi.client import IscsiClient, discover
+from scsi_target.iscsi import client_cdb as cdbs
+from scsi_target.iscsi.client import DiscoveredTarget, IscsiClient
 from scsi_target.iscsi.client_errors import (IscsiRejected, IscsiTimeout, LoginError,
                                              NegotiationError, ScsiCheckCondition, TaskAborted,
                                              TaskManagementError,
@@ -85,6 +86,31 @@ def test_url_round_trip(user, secret, host, port, iqn, lun):
         (user, secret, host.strip("[]"), port, iqn, lun)
 
 
+def test_discovered_target_portal_forms():
+    d = DiscoveredTarget("iqn.x:t", "[::1]:3270,2")
+    assert (d.host, d.port, d.tpgt) == ("::1", 3270, 2)
+    d = DiscoveredTarget("iqn.x:t", "192.0.2.1,1")
+    assert (d.host, d.port, d.tpgt) == ("192.0.2.1", 3260, 1)
+    d = DiscoveredTarget("iqn.x:t", "host.example:3261")
+    assert (d.host, d.port, d.tpgt) == ("host.example", 3261, None)
+
+
+def test_cdb_golden_bytes():
+    assert cdbs.read16(0x0102030405060708, 0x11223344) == \
+        bytes.fromhex("88000102030405060708112233440000")
+    assert cdbs.write16(1, 2, fua=True) == bytes.fromhex("8a080000000000000001000000020000")
+    assert cdbs.inquiry(evpd=True, page=0x83, alloc=0x1234) == bytes.fromhex("120183123400")
+    assert cdbs.read_capacity16() == bytes.fromhex("9e100000000000000000000000200000")
+    assert cdbs.report_luns(4096) == bytes.fromhex("a0000000000000001000" + "0000")
+    cap = cdbs.parse_read_capacity16(bytes.fromhex("00000000000003ff00001000" + "0003c000") +
+                                     bytes(16))
+    assert (cap.blocks, cap.block_size, cap.lbppbe, cap.tpe, cap.bytes) == \
+        (1024, 4096, 3, True, 4 << 20)
+    luns = cdbs.parse_report_luns(bytes.fromhex("00000010 00000000 0000000000000000"
+                                                "0001000000000000".replace(" ", "")))
+    assert luns == [0, 1]
+
+
 # ====================================================================== login machine
 def _resp(req: P.LoginRequest, keys, *, transit=True, csg=None, nsg=None, status=(0, 0),
           tsih=7, cont=False) -> P.LoginResponse:
@@ -140,6 +166,19 @@ def test_login_bad_answers(key, value):
     req = m.receive(_resp(m.first_request(), []))
     with pytest.raises(NegotiationError):
         m.receive(_resp(req, [(key, value)]))
+
+
+@given(offer=st.integers(512, 2**24 - 1), answer=st.integers(512, 2**24 - 1))
+def test_login_min_key_property(offer, answer):
+    """A MIN key's answer is accepted and applied iff it does not exceed our offer."""
+    m = _login(LoginOptions(max_burst_length=offer, first_burst_length=512))
+    req = m.receive(_resp(m.first_request(), []))
+    resp = _resp(req, [("MaxBurstLength", str(answer))])
+    if answer <= offer:
+        assert m.receive(resp) is None and m.result.params.max_burst_length == answer
+    else:
+        with pytest.raises(NegotiationError):
+            m.receive(resp)
 
 
 def test_login_forced_digest_rejected():
@@ -382,7 +421,7 @@ def test_fake_r2t_split_at_target_mrdsl():
     async def main():
         async with FakeTarget(handler, policy) as ft:
             async with await IscsiClient.connect(ft.url, options=_opts()) as c:
-                r = await c.execute(b"\x2a" + bytes(9), data_out=data)
+                await c.execute(b"\x2a" + bytes(9), data_out=data)
             return ft
     ft = _run(main())
     assert bytes(state["got"]) == data
@@ -630,7 +669,6 @@ def test_real_several_outstanding(target):
     chunks = [os.urandom(64 * 1024) for _ in range(16)]
     with _client(target) as c:
         c.test_unit_ready()
-        from scsi_target.iscsi import client_cdb as cdbs
         writes = c.execute_many([dict(cdb=cdbs.write16(20000 + i * 128, 128), data_out=d)
                                  for i, d in enumerate(chunks)], check=True)
         assert all(r.status == 0 for r in writes)
@@ -640,7 +678,6 @@ def test_real_several_outstanding(target):
 
 
 def test_real_check_condition_and_residual(target):
-    from scsi_target.iscsi import client_cdb as cdbs
     with _client(target) as c:
         c.test_unit_ready()
         blocks = target.size // 512
@@ -688,7 +725,7 @@ def test_real_abort_completed_task(target):
 def test_real_reconnect_reinstates_session(target):
     with _client(target) as c:
         c.test_unit_ready()
-        isid, tsih = c.client.isid, c.client.tsih
+        isid = c.client.isid
         c.write(100, b"\xa5" * 512)
         c.reconnect()
         assert c.client.isid == isid and c.client.tsih != 0

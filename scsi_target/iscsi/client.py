@@ -26,17 +26,17 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-from ..scsi.command import Status, TaskAttr
+from ..scsi.command import TaskAttr
 from ..scsi.lunaddr import encode_lun
-from ..scsi.sense import SenseKey, parse_sense
-from . import client_cdb as cdbs
+from ..scsi.sense import parse_sense
 from . import pdu as P
 from .client_errors import (IscsiError, IscsiRejected, IscsiTimeout, LoginError,
-                            ProtocolViolation, ScsiCheckCondition, ScsiCommandError, TaskAborted,
+                            ProtocolViolation, TaskAborted,
                             TaskManagementError, TransportError)
+from .client_ops import ScsiConveniences
 from .client_login import Credentials, InitiatorLogin, LoginOptions, LoginResult, new_isid
+from .client_types import DiscoveredTarget, ScsiResult
 from .client_url import IscsiUrl, parse_url
 from .framing import FramingError, PduReader, UnknownOpcode, encode_pdu
 from .params import TextError, decode_text, encode_text
@@ -54,66 +54,6 @@ MAX_REDIRECTS = 3
 
 def _lun_field(lun: int) -> int:
     return int.from_bytes(encode_lun(lun), "big")
-
-
-@dataclass
-class ScsiResult:
-    """Outcome of one SCSI command.
-
-    ``data`` holds the Data-In bytes actually transferred (trimmed to the
-    highest offset the target sent).  ``residual`` is positive for an
-    underflow (less transferred than expected), negative for an overflow.
-    ``response`` is the iSCSI response code (0 = command completed at target).
-    """
-    status: int
-    data: bytes | bytearray = b""
-    sense: bytes = b""
-    sense_key: SenseKey | None = None
-    asc: int | None = None
-    ascq: int | None = None
-    residual: int = 0
-    response: int = 0
-
-    @property
-    def good(self) -> bool:
-        return self.response == 0 and self.status == Status.GOOD
-
-    def raise_for_status(self) -> "ScsiResult":
-        if self.response != 0:
-            raise ScsiCommandError(f"iSCSI response 0x{self.response:02x} (target failure)", self)
-        if self.status == Status.CHECK_CONDITION:
-            raise ScsiCheckCondition(self)
-        if self.status != Status.GOOD:
-            try:
-                name = Status(self.status).name
-            except ValueError:
-                name = f"0x{self.status:02x}"
-            raise ScsiCommandError(f"SCSI status {name}", self)
-        return self
-
-
-class DiscoveredTarget(NamedTuple):
-    """One SendTargets entry: target name and portal "host:port,tpgt"."""
-    target: str
-    portal: str
-
-    @property
-    def host(self) -> str:
-        addr = self.portal.rsplit(",", 1)[0]
-        host = addr.rsplit(":", 1)[0] if not addr.endswith("]") else addr
-        return host.strip("[]")
-
-    @property
-    def port(self) -> int:
-        addr = self.portal.rsplit(",", 1)[0]
-        if addr.endswith("]") or ":" not in addr:
-            return 3260
-        return int(addr.rsplit(":", 1)[1])
-
-    @property
-    def tpgt(self) -> int | None:
-        parts = self.portal.rsplit(",", 1)
-        return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
 
 
 @dataclass(eq=False)
@@ -208,7 +148,7 @@ class _Protocol(asyncio.Protocol):
             self.client._fail(TransportError(f"connection lost: {exc or 'closed by target'}"), self)
 
 
-class IscsiClient:
+class IscsiClient(ScsiConveniences):
     """One iSCSI session (one connection) to one target, or a discovery session."""
 
     def __init__(self, host: str, port: int = 3260, target: str | None = None, *, lun: int = 0,
@@ -466,12 +406,6 @@ class IscsiClient:
         if handler is None:
             raise ProtocolViolation(f"target sent an initiator PDU {type(pdu).__name__}")
         handler(self, proto, pdu)
-
-    def _task_for(self, itt: int, what: str) -> _Task:
-        entry = self._pending.get(itt)
-        if not isinstance(entry, _Task):
-            raise ProtocolViolation(f"{what} for unknown ITT 0x{itt:08x}")
-        return entry
 
     def _on_data_in(self, proto: _Protocol, pdu: P.DataIn) -> None:
         task = self._pending.get(pdu.itt)
@@ -847,57 +781,6 @@ class IscsiClient:
         self._error = None
         self.tsih = 0
         await self.open()
-
-    # ---------------------------------------------------------------- conveniences
-    # These raise ScsiCheckCondition/ScsiCommandError for non-GOOD status.  A UNIT
-    # ATTENTION (power on, reset, parameters changed...) reports an event, not a failure
-    # of the command, so they repeat the command a few times, as the OS midlayers do.
-    UA_RETRIES = 3
-
-    async def _run(self, cdb: bytes, *, lun: int | None = None, read_length: int = 0,
-                   data_out=None) -> ScsiResult:
-        for _ in range(self.UA_RETRIES):
-            r = await self.execute(cdb, lun=lun, read_length=read_length, data_out=data_out)
-            if not (r.status == Status.CHECK_CONDITION and r.sense_key == SenseKey.UNIT_ATTENTION):
-                break
-            log.info("unit attention %02x/%02x, repeating the command", r.asc or 0, r.ascq or 0)
-        return r.raise_for_status()
-
-    async def test_unit_ready(self, lun: int | None = None) -> ScsiResult:
-        return await self._run(cdbs.test_unit_ready(), lun=lun)
-
-    async def inquiry(self, evpd: bool = False, page: int = 0, alloc: int = 255,
-                      lun: int | None = None) -> bytes:
-        r = await self._run(cdbs.inquiry(evpd, page, alloc), read_length=alloc, lun=lun)
-        return bytes(r.data)
-
-    async def read_capacity16(self, lun: int | None = None) -> cdbs.Capacity:
-        r = await self._run(cdbs.read_capacity16(32), read_length=32, lun=lun)
-        cap = cdbs.parse_read_capacity16(bytes(r.data))
-        if lun is None or lun == self.lun:
-            self._block_size = cap.block_size
-        return cap
-
-    async def report_luns(self) -> list[int]:
-        r = await self._run(cdbs.report_luns(4096), read_length=4096, lun=0)
-        return cdbs.parse_report_luns(bytes(r.data))
-
-    async def block_size(self) -> int:
-        if self._block_size is None:
-            await self.read_capacity16()
-        return self._block_size  # type: ignore[return-value]
-
-    async def read(self, lba: int, blocks: int, *, fua: bool = False) -> bytearray:
-        bs = await self.block_size()
-        r = await self._run(cdbs.read16(lba, blocks, fua=fua), read_length=blocks * bs)
-        return r.data  # type: ignore[return-value]
-
-    async def write(self, lba: int, data, *, fua: bool = False) -> ScsiResult:
-        bs = await self.block_size()
-        if len(data) % bs:
-            raise ValueError(f"write of {len(data)} bytes is not a multiple of {bs}")
-        return await self._run(cdbs.write16(lba, len(data) // bs, fua=fua), data_out=data)
-
 
 def _options_from_url(u: IscsiUrl, options: LoginOptions | None,
                       initiator_name: str | None) -> LoginOptions:

@@ -1,0 +1,69 @@
+"""Result records of the initiator: one SCSI command's outcome, one SendTargets entry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ..scsi.command import Status
+from ..scsi.sense import SenseKey
+from .client_errors import ScsiCheckCondition, ScsiCommandError
+
+
+@dataclass
+class ScsiResult:
+    """Outcome of one SCSI command.
+
+    ``data`` holds the Data-In bytes actually transferred (trimmed to the
+    highest offset the target sent).  ``residual`` is positive for an
+    underflow (less transferred than expected), negative for an overflow.
+    ``response`` is the iSCSI response code (0 = command completed at target).
+    """
+    status: int
+    data: bytes | bytearray = b""
+    sense: bytes = b""
+    sense_key: SenseKey | None = None
+    asc: int | None = None
+    ascq: int | None = None
+    residual: int = 0
+    response: int = 0
+
+    @property
+    def good(self) -> bool:
+        return self.response == 0 and self.status == Status.GOOD
+
+    def raise_for_status(self) -> "ScsiResult":
+        if self.response != 0:
+            raise ScsiCommandError(f"iSCSI response 0x{self.response:02x} (target failure)", self)
+        if self.status == Status.CHECK_CONDITION:
+            raise ScsiCheckCondition(self)
+        if self.status != Status.GOOD:
+            try:
+                name = Status(self.status).name
+            except ValueError:
+                name = f"0x{self.status:02x}"
+            raise ScsiCommandError(f"SCSI status {name}", self)
+        return self
+
+
+class DiscoveredTarget(NamedTuple):
+    """One SendTargets entry: target name and portal "host:port,tpgt"."""
+    target: str
+    portal: str
+
+    @property
+    def host(self) -> str:
+        addr = self.portal.rsplit(",", 1)[0]
+        host = addr.rsplit(":", 1)[0] if not addr.endswith("]") else addr
+        return host.strip("[]")
+
+    @property
+    def port(self) -> int:
+        addr = self.portal.rsplit(",", 1)[0]
+        if addr.endswith("]") or ":" not in addr:
+            return 3260
+        return int(addr.rsplit(":", 1)[1])
+
+    @property
+    def tpgt(self) -> int | None:
+        parts = self.portal.rsplit(",", 1)
+        return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
