@@ -560,6 +560,27 @@ def test_fake_login_timeout():
     _run(main())
 
 
+def test_fake_login_redirect_is_followed():
+    async def main():
+        async with FakeTarget(lambda ft, pdu: None) as real:
+            async def redirector(reader, writer):
+                pr = PduReader()
+                pr.feed(await reader.read(65536))
+                req = pr.next_pdu()
+                writer.writelines(encode_pdu(P.LoginResponse(
+                    csg=req.csg, isid=req.isid, itt=req.itt, status_class=1, status_detail=1,
+                    data=encode_text([("TargetAddress", f"127.0.0.1:{real.port},1")]))))
+                await writer.drain()
+                writer.close()
+            srv = await asyncio.start_server(redirector, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            async with await IscsiClient.connect(f"iscsi://127.0.0.1:{port}/iqn.2026-01.t:x/0",
+                                                 options=_opts()) as c:
+                assert c.connected and c.tsih == 1
+            srv.close()
+    _run(main())
+
+
 def test_connect_refused_is_transport_error():
     with pytest.raises(TransportError):
         SyncIscsiClient("iscsi://127.0.0.1:1/iqn.2026-01.t:x/0", timeout=2)

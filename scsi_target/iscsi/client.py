@@ -205,7 +205,7 @@ class IscsiClient(ScsiConveniences):
                 await self._open_once(host, port)
                 return
             except LoginError as exc:
-                addr = getattr(exc, "redirect", None)
+                addr = exc.redirect
                 if exc.status_class != 1 or not addr:
                     raise
                 host, port = _parse_address(addr)
@@ -245,7 +245,7 @@ class IscsiClient(ScsiConveniences):
                 req = machine.receive(resp)
             except LoginError as exc:
                 if exc.status_class == 1:
-                    exc.redirect = machine.target_keys.get("TargetAddress")  # type: ignore[attr-defined]
+                    exc.redirect = machine.target_keys.get("TargetAddress")
                 raise
         self._login_waiter = None
         res = machine.result

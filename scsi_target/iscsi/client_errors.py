@@ -70,6 +70,8 @@ class LoginError(IscsiError):
         super().__init__(message)
         self.status_class = status_class
         self.status_detail = status_detail
+        # TargetAddress of a redirection (class 1), which open() follows.
+        self.redirect: str | None = None
 
     @property
     def status(self) -> int | None:
