@@ -40,6 +40,14 @@ class ProtocolError(Exception):
         self.bhs = bhs
 
 
+class AfterSend:
+    """Marker in the output: call ``callback`` once every byte before it is sent."""
+    __slots__ = ("callback",)
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+
+
 class _DataSequenceError(Exception):
     def __init__(self, asc) -> None:
         super().__init__(asc.name)
@@ -470,6 +478,8 @@ class TargetConnection:
                 datasn += 1
                 offset += length
             if good:
+                if resp.release is not None:
+                    self.outbox.append(AfterSend(resp.release))
                 return
             expdatasn = datasn
         else:
@@ -483,6 +493,8 @@ class TargetConnection:
         if resp.sense:
             rsp.data = len(resp.sense).to_bytes(2, "big") + bytes(resp.sense)
         self.send(rsp)
+        if resp.release is not None:
+            self.outbox.append(AfterSend(resp.release))
 
     # ------------------------------------------------------ other requests
     def _nop_out(self, pdu: P.NopOut) -> None:

@@ -14,7 +14,7 @@ import logging
 import socket
 
 from ..target import Portal, TargetRegistry
-from .connection import TargetConnection
+from .connection import AfterSend, TargetConnection
 from .session import SessionTable
 
 log = logging.getLogger("scsi_target.iscsi")
@@ -80,32 +80,38 @@ class _SocketDriver:
                 self._close("connection ended by protocol")
 
     # -- writing --------------------------------------------------------
-    def _send(self, buffers: list) -> None:
+    def _send(self, items: list) -> None:
+        """Send now what the kernel takes; queue the rest (AfterSend markers included)."""
         if self.closed:
             return
-        if not self.pending:
-            try:
-                sent = self.sock.sendmsg(buffers[:IOV_MAX])
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._close(f"send failed: {exc}")
+        if self.pending:
+            self._queue(items)
+            return
+        bufs = [b for b in items if not isinstance(b, AfterSend)]
+        try:
+            sent = self.sock.sendmsg(bufs[:IOV_MAX]) if bufs else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._close(f"send failed: {exc}")
+            return
+        total = 0
+        for i, b in enumerate(items):
+            if isinstance(b, AfterSend):
+                b.callback()  # every byte before it has been sent
+                continue
+            ln = b.nbytes if isinstance(b, memoryview) else len(b)
+            if sent < total + ln:
+                rest = memoryview(b)[sent - total:] if sent > total else b
+                self._queue([rest] + items[i + 1:])
                 return
-            total = 0
-            for i, b in enumerate(buffers):
-                ln = len(b) if not isinstance(b, memoryview) else b.nbytes
-                if sent < total + ln:
-                    rest = memoryview(b)[sent - total:] if sent > total else b
-                    self._queue([rest] + buffers[i + 1:])
-                    break
-                total += ln
-            else:
-                return
-        else:
-            self._queue(buffers)
+            total += ln
 
-    def _queue(self, buffers: list) -> None:
-        for b in buffers:
+    def _queue(self, items: list) -> None:
+        for b in items:
+            if isinstance(b, AfterSend):
+                self.pending.append(b)
+                continue
             mv = memoryview(b)
             if mv.ndim != 1 or mv.format != "B":
                 mv = mv.cast("B")
@@ -120,25 +126,41 @@ class _SocketDriver:
     def _on_writable(self) -> None:
         pending = self.pending
         while pending:
-            batch = [pending[i] for i in range(min(len(pending), IOV_MAX))]
-            try:
-                sent = self.sock.sendmsg(batch)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._close(f"send failed: {exc}")
-                return
+            batch = []
+            batch_bytes = 0
+            for item in pending:
+                if not isinstance(item, AfterSend):
+                    batch.append(item)
+                    batch_bytes += item.nbytes
+                    if len(batch) >= IOV_MAX:
+                        break
+            sent = 0
+            if batch:
+                try:
+                    sent = self.sock.sendmsg(batch)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    self._close(f"send failed: {exc}")
+                    return
             self.pending_bytes -= sent
-            while sent:
+            partial = sent < batch_bytes
+            while pending:
                 head = pending[0]
+                if isinstance(head, AfterSend):
+                    pending.popleft()
+                    head.callback()
+                    continue
+                if sent == 0:
+                    break
                 if head.nbytes <= sent:
                     sent -= head.nbytes
                     pending.popleft()
                 else:
                     pending[0] = head[sent:]
                     sent = 0
-            if self.pending_bytes > 0 and len(batch) < IOV_MAX:
-                return  # kernel buffer full; wait for the next writable event
+            if partial:
+                return  # the kernel buffer is full: wait for the next writable event
         self.loop.remove_writer(self.sock.fileno())
         self.writing = False
         if self.close_after_flush:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Callable
 
 
 class Status(IntEnum):
@@ -83,6 +84,9 @@ class Response:
     sense: bytes = b""
     # Positive: underflow (fewer bytes moved than expected); negative: overflow.
     residual: int = 0
+    # Called by the front end once ``data_in`` has been sent and may be reused
+    # (pooled read buffers); in-process callers may ignore it.
+    release: Callable[[], None] | None = None
 
     @property
     def ok(self) -> bool:

@@ -12,6 +12,10 @@ import hashlib
 import threading
 from dataclasses import dataclass, field
 
+from functools import partial
+
+from volume.buffers import READ_BUFFERS
+
 from .command import Command, Direction, Nexus, Response, Status
 from .dispatch import DispatchTable, OpEntry
 from . import sense as S
@@ -153,11 +157,13 @@ class LogicalUnit:
             return Response(Status.GOOD, residual=edtl or 0)
         data = result
         n = len(data)
+        release = partial(READ_BUFFERS.put, data) if READ_BUFFERS.pooled(data) else None
         if edtl is None:
-            return Response(Status.GOOD, data)
+            return Response(Status.GOOD, data, release=release)
         if n > edtl:
-            return Response(Status.GOOD, memoryview(data)[:edtl], residual=edtl - n)
-        return Response(Status.GOOD, data, residual=edtl - n)
+            return Response(Status.GOOD, memoryview(data)[:edtl], residual=edtl - n,
+                            release=release)
+        return Response(Status.GOOD, data, residual=edtl - n, release=release)
 
     def _check_condition(self, cmd: Command, err: S.SenseError) -> Response:
         sense = S.render_sense(err, descriptor=self.mode.descriptor_sense)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from volume.buffers import READ_BUFFERS
 from volume.store import StoreError
 
 from . import cdb as C
@@ -150,7 +151,13 @@ def _do_read(lu: "DiskLU", cmd: Command, lba: int, nblocks: int, field: int):
     if nblocks == 0:
         return b""
     # FUA on a read asks for medium data; we have no cache, so nothing to do.
-    return _read_blocks(lu, lba, nblocks)
+    # The buffer comes from the read pool; the front end gives it back once sent.
+    buf = READ_BUFFERS.get(nblocks * lu.block_size)
+    try:
+        lu.store.readinto(lba * lu.block_size, buf)
+    except StoreError as exc:
+        raise _read_error(exc) from exc
+    return buf
 
 
 @SBC.command(0x08, "READ(6)", 6, direction=Direction.IN, conflict=Conflict.READ,
