@@ -65,6 +65,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies, however it dies
+    (a pytest killed with -9 or os._exit never runs fixture finalizers)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)    # PR_SET_PDEATHSIG, SIGKILL
+    except OSError:
+        pass
+
+
 def require_tool(name: str) -> str:
     """Path of a tool; a missing tool fails under CI=true and skips elsewhere."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
@@ -107,7 +117,7 @@ class TgtFactory:
         self.proc = subprocess.Popen(
             [self.tgtd, "-f", "-C", str(port), "--iscsi", f"portal=127.0.0.1:{port}"],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent)
         self.port = port
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
