@@ -86,37 +86,55 @@ class PduFormatError(ValueError):
 _Spec = list
 
 
+_SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8}
+
+
 def _compile(spec):
-    out = []
+    """One struct for every whole-byte field of a header, plus the bit fields.
+
+    Decoding or encoding a header is then a single struct call, which matters
+    at tens of thousands of PDUs per second.
+    """
+    fields_ = sorted((off, name, kind) for name, off, kind in spec if not isinstance(kind, tuple))
+    fmt, names, pos = ">", [], 0
+    for off, name, kind in fields_:
+        if off < pos:
+            raise ValueError(f"overlapping header fields at {name}")
+        if off > pos:
+            fmt += f"{off - pos}x"
+        fmt += kind
+        pos = off + (_SIZES.get(kind) or int(kind[:-1]))
+        names.append(name)
+    if pos < BHS_LEN:
+        fmt += f"{BHS_LEN - pos}x"
+    bits = []
     for name, off, kind in spec:
         if isinstance(kind, tuple):
             if kind[0] == "bit":
-                out.append((name, off, None, kind[1], 0, True))
+                bits.append((name, off, kind[1], 0, True))
             else:
-                out.append((name, off, None, kind[1], kind[2], False))
-        else:
-            out.append((name, off, struct.Struct(">" + kind), 0, 0, False))
-    return out
+                bits.append((name, off, kind[1], kind[2], False))
+    return struct.Struct(fmt), tuple(names), tuple(bits)
 
 
 @dataclass(slots=True)
 class Pdu:
     OPCODE: ClassVar[int] = -1
     SPEC: ClassVar[list] = []
-    _compiled: ClassVar[list] = []
+    _compiled: ClassVar[tuple] = ()
 
     immediate: bool = False
     data: bytes | bytearray | memoryview = b""
     ahs: bytes = b""
 
     def encode_bhs(self) -> bytearray:
+        st, names, bits = self._compiled
         buf = bytearray(BHS_LEN)
+        st.pack_into(buf, 0, *[getattr(self, n) for n in names])
         buf[0] = self.OPCODE | (0x40 if self.immediate else 0)
-        for name, off, st, mask, shift, is_bit in self._compiled:
+        for name, off, mask, shift, is_bit in bits:
             val = getattr(self, name)
-            if st is not None:
-                st.pack_into(buf, off, val)
-            elif is_bit:
+            if is_bit:
                 if val:
                     buf[off] |= mask
             else:
@@ -130,11 +148,11 @@ class Pdu:
 
     @classmethod
     def from_bhs(cls, bhs) -> "Pdu":
-        kw = {"immediate": bool(bhs[0] & 0x40)}
-        for name, off, st, mask, shift, is_bit in cls._compiled:
-            if st is not None:
-                kw[name] = st.unpack_from(bhs, off)[0]
-            elif is_bit:
+        st, names, bits = cls._compiled
+        kw = dict(zip(names, st.unpack_from(bhs, 0)))
+        kw["immediate"] = bool(bhs[0] & 0x40)
+        for name, off, mask, shift, is_bit in bits:
+            if is_bit:
                 kw[name] = bool(bhs[off] & mask)
             else:
                 kw[name] = (bhs[off] & mask) >> shift
