@@ -236,8 +236,8 @@ FACTORIES = {"tgt": TgtFactory, "ours": OursFactory}
 
 
 def selected() -> list[str]:
-    """Implementations to test: CLIENT_TEST_TARGETS="tgt,ours" (default: tgt)."""
-    names = [n.strip() for n in os.environ.get("CLIENT_TEST_TARGETS", "tgt").split(",") if n.strip()]
+    """Implementations to test: CLIENT_TEST_TARGETS="tgt,ours" (default: both)."""
+    names = [n.strip() for n in os.environ.get("CLIENT_TEST_TARGETS", "tgt,ours").split(",") if n.strip()]
     unknown = set(names) - set(FACTORIES)
     if unknown:
         raise ValueError(f"unknown CLIENT_TEST_TARGETS {sorted(unknown)}")
