@@ -215,6 +215,11 @@ class OursFactory:
         from scsi_target.scsi.lun import LunMap
         from scsi_target.target import Chap, TargetDef
 
+        if params and "nop_interval" in params:
+            # Our pings are a server-wide setting; tgt's nop_count maps to a timeout.
+            interval = float(params["nop_interval"])
+            self.server.nop_interval = interval
+            self.server.nop_timeout = interval * int(params.get("nop_count", "1"))
         self._n += 1
         iqn = f"iqn.2026-01.org.scsi-target.test:ours{self._n}"
         luns = LunMap(iqn)

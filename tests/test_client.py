@@ -755,8 +755,6 @@ def test_real_reconnect_reinstates_session(target):
 
 
 def test_real_target_pings_are_answered(factory):
-    if factory.name != "tgt":
-        pytest.skip("only tgt can be told to ping the initiator")
     t = factory.new_target(params={"nop_interval": "1", "nop_count": "2"})
     with _client(t) as c:
         c.test_unit_ready()

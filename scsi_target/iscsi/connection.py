@@ -114,6 +114,11 @@ class TargetConnection:
         self.pending: dict[int, P.Pdu] = {}   # CmdSN -> PDU waiting for its turn
         self.next_ttt = 1
         self.text = None
+        # Liveness (see keepalive()): when the peer last sent anything, and the
+        # NOP-In ping we are waiting an answer for.
+        self.last_heard = 0.0
+        self.ping_ttt: int | None = None
+        self.ping_sent = 0.0
 
     # ------------------------------------------------------------ plumbing
     def _new_login(self):
@@ -161,9 +166,41 @@ class TargetConnection:
         self.session = None
 
     # --------------------------------------------------------------- input
-    def receive_data(self, data) -> None:
+    def keepalive(self, now: float, *, interval: float, timeout: float,
+                  login_timeout: float) -> None:
+        """Periodic liveness check, driven by the front end's clock.
+
+        A connection that has not finished login within ``login_timeout`` is
+        closed.  In full feature phase, after ``interval`` seconds of silence
+        the target pings with a NOP-In (RFC 7143 11.19); if the initiator
+        does not answer within ``timeout`` the connection is closed, which
+        ends the session and frees its reservations and tasks.
+        """
         if self.closing:
             return
+        if not self.last_heard:
+            self.last_heard = now
+        if self.login is not None:
+            if now - self.last_heard > login_timeout:
+                self.close("login did not complete in time")
+            return
+        if self.ping_ttt is not None:
+            if now - self.ping_sent > timeout:
+                self.close(f"no answer to NOP-In ping within {timeout:g} s")
+            return
+        if interval and now - self.last_heard >= interval:
+            ttt = self.next_ttt
+            self.next_ttt = (ttt + 1) & 0x7FFFFFFF or 1
+            self.ping_ttt, self.ping_sent = ttt, now
+            exp, mx = self._sn_fields()
+            self.send(P.NopIn(itt=P.RESERVED_TAG, ttt=ttt, statsn=self.statsn,
+                              expcmdsn=exp, maxcmdsn=mx))
+
+    def receive_data(self, data, now: float = 0.0) -> None:
+        if self.closing:
+            return
+        if now:
+            self.last_heard = now
         self.reader.feed(data)
         while not self.closing:
             try:
@@ -205,7 +242,10 @@ class TargetConnection:
             self.reject(P.RejectReason.COMMAND_NOT_SUPPORTED, pdu.encode_bhs())
             return
         if op == P.Op.NOP_OUT and pdu.itt == P.RESERVED_TAG:
-            return  # answer to our NOP-In ping; carries no CmdSN of its own
+            # Answer to our NOP-In ping; carries no CmdSN of its own.
+            if pdu.ttt == self.ping_ttt:
+                self.ping_ttt = None
+            return
         if self.session.discovery and op in (P.Op.SCSI_COMMAND, P.Op.TASK_MGMT_REQUEST):
             self.reject(P.RejectReason.PROTOCOL_ERROR, pdu.encode_bhs())
             return

@@ -44,6 +44,7 @@ class _SocketDriver:
         self.close_after_flush = False
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
+        self.conn.last_heard = self.loop.time()
         self._resume_reading()
 
     # -- reading --------------------------------------------------------
@@ -69,7 +70,7 @@ class _SocketDriver:
             self._close("peer closed the connection")
             return
         conn = self.conn
-        conn.receive_data(self._rview[:n])
+        conn.receive_data(self._rview[:n], self.loop.time())
         out = conn.take_output()
         if out:
             self._send(out)
@@ -187,13 +188,38 @@ class _SocketDriver:
         self.conn.connection_lost()
         self.server._drivers.discard(self)
 
+    def tick(self, now: float) -> None:
+        conn = self.conn
+        conn.keepalive(now, interval=self.server.nop_interval, timeout=self.server.nop_timeout,
+                       login_timeout=self.server.login_timeout)
+        out = conn.take_output()
+        if out:
+            self._send(out)
+        if conn.closing and not self.closed:
+            self.close_after_flush = True
+            self._pause_reading()
+            if not self.pending:
+                self._close("connection ended by protocol")
+
     def abort(self) -> None:
         self._close("server shutting down")
 
 
 class IscsiServer:
-    def __init__(self, registry: TargetRegistry) -> None:
+    """Serves a TargetRegistry.
+
+    ``nop_interval``: seconds of initiator silence before a NOP-In ping (0 = never);
+    ``nop_timeout``: seconds to wait for the answer before dropping the connection;
+    ``login_timeout``: seconds a connection may take to finish login.
+    """
+
+    def __init__(self, registry: TargetRegistry, *, nop_interval: float = 30.0,
+                 nop_timeout: float = 15.0, login_timeout: float = 30.0) -> None:
         self.registry = registry
+        self.nop_interval = nop_interval
+        self.nop_timeout = nop_timeout
+        self.login_timeout = login_timeout
+        self._ticker: asyncio.TimerHandle | None = None
         self.sessions = SessionTable()
         self._listeners: list[socket.socket] = []
         self._drivers: set[_SocketDriver] = set()
@@ -226,6 +252,22 @@ class IscsiServer:
         # SendTargets should advertise the real ports (ephemeral ports in tests).
         if self.bound_portals:
             self.registry.portals = [Portal(h, p) for h, p in self.bound_portals]
+        self._schedule_tick()
+
+    def _tick_period(self) -> float:
+        periods = [p for p in (self.nop_interval, self.nop_timeout, self.login_timeout) if p > 0]
+        return max(0.05, min(periods) / 4) if periods else 1.0
+
+    def _schedule_tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.call_later(self._tick_period(), self._tick)
+
+    def _tick(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for drv in list(self._drivers):
+            if not drv.closed:
+                drv.tick(now)
+        self._schedule_tick()
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(16):
@@ -249,6 +291,9 @@ class IscsiServer:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for sock in self._listeners:
             loop.remove_reader(sock.fileno())
             sock.close()
