@@ -1,0 +1,904 @@
+"""The generation map of patent JP H09-101912: per tracking block, the latest
+generation that wrote it (0 = unchanged since the full backup).
+
+Storage (docs/genmap-format.md has the byte layout):
+
+* ``<path>`` -- the map file: Fig. 4 metadata, per-generation counters and the
+  generation *bit planes* (plane p holds bit p of every block's generation).
+  It only changes when a generation is folded in (``begin_*``), after a
+  restore, or on ``save()``; it is always replaced atomically (temp file +
+  fsync + rename + fsync of the directory).
+* ``<path>.dirty`` -- the write-intent journal: the running flag and two
+  *dirty slots*, bitmaps of the blocks written in the current generation.  It
+  is mmap'ed MAP_SHARED, so a bit set by ``mark`` is in the page cache the
+  moment the slice assignment returns (survives kill -9), and the touched page
+  is msync'ed before ``mark`` returns (survives power loss).  Two slots make
+  the generation switch crash safe: the new generation's slot is cleared and
+  tagged before marking moves to it, and the old slot is only folded into the
+  planes after that.  Slots are tagged with the map's *fold sequence*, which
+  tells at open which slot is live and whether a fold was interrupted.
+
+Memory: the planes are ``nplanes`` bits per block in anonymous memory (4 while
+generations <= 15; a 5th plane is added when generation 16 is folded, and so
+on: the map grows rather than compacts, because compaction would renumber
+generations that existing backup streams carry).  The dirty slots live in the
+page cache of the journal file (1 bit per block each); only the live slot's
+pages are touched by writes, the other is dropped with MADV_DONTNEED after a
+fold.
+
+Thread safety: ``mark`` takes a small lock (held across the msync, so a second
+writer of the same block cannot return before the first one's mark is
+durable); everything else takes the map lock.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import crc32c
+from bitarray import bitarray
+from bitarray.util import count_and
+
+__all__ = ["GenerationMap", "BackupPlan", "MapError", "MapMismatch", "MapCorrupt", "MapBusy",
+           "extents", "journal_path"]
+
+_ENDIAN = "little"          # bit i of an array is bit (i % 8) of byte i // 8, on disk too
+_PAGE = mmap.PAGESIZE
+_BASE_PLANES = 4            # the patent's 4 bits per block: generations 0..15
+
+MAP_MAGIC = b"\x89GENMAP\n"
+JOURNAL_MAGIC = b"\x89GMJRNL\n"
+MAP_VERSION = 1
+JOURNAL_VERSION = 1
+MAX_VOLUME_ID = 32
+MAX_GENERATION = 0xFFFF_FFFF
+
+# Map file header: see docs/genmap-format.md.  The CRC covers bytes 0..251.
+_MAP_HDR = struct.Struct("<8sHHIIHHQQIIQ16sB32s")
+_MAP_HDR_LEN = 256
+_JRN_HDR = struct.Struct("<8sHHBxxxIQQQQB32s")
+_JRN_HDR_LEN = 128
+
+
+class MapError(Exception):
+    """The generation map cannot be used as asked."""
+
+
+class MapMismatch(MapError):
+    """The map is intact but belongs to another volume or configuration."""
+
+
+class MapCorrupt(MapError):
+    """The map or its journal is damaged or inconsistent."""
+
+
+class MapBusy(MapError):
+    """Another process has the map open."""
+
+
+def journal_path(path: str | os.PathLike) -> str:
+    return os.fspath(path) + ".dirty"
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _zeros(n: int) -> bitarray:
+    a = bitarray(n, endian=_ENDIAN)
+    a.setall(0)
+    return a
+
+
+def _ones(n: int) -> bitarray:
+    a = bitarray(n, endian=_ENDIAN)
+    a.setall(1)
+    return a
+
+
+def extents(selection: bitarray, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
+    """(first, count) runs of set bits: two C-level searches per run, whatever the run length."""
+    end = len(selection) if stop is None else min(stop, len(selection))
+    pos = start
+    find = selection.find
+    while pos < end:
+        first = find(1, pos, end)
+        if first < 0:
+            return
+        last = find(0, first, end)
+        if last < 0:
+            last = end
+        yield first, last - first
+        pos = last
+
+
+def _value_counts_iter(planes: list[bitarray], mask: bitarray | None, nbits: int) -> list[int]:
+    """Per-value counts of the bit-sliced numbers in ``planes`` (restricted to ``mask``).
+
+    Depth-first over the planes, most significant first, so at most one pair
+    of temporaries per level is alive; the last level only counts (count_and).
+    """
+    n = len(planes)
+    counts = [0] * (1 << n)
+    root = mask if mask is not None else _ones(nbits)
+    total = root.count()
+    if n == 0:
+        counts[0] = total
+        return counts
+    # stack of (level, array, count, prefix); arrays at a level are scratch
+    # copies so the caller's planes are never modified.
+    stack: list[tuple[int, bitarray, int, int]] = [(0, root, total, 0)]
+    while stack:
+        level, cur, total, prefix = stack.pop()
+        if total == 0:
+            continue
+        p = planes[n - 1 - level]
+        ones = count_and(cur, p)
+        if level == n - 1:
+            counts[prefix << 1 | 1] += ones
+            counts[prefix << 1] += total - ones
+            continue
+        hi = cur & p
+        lo = cur ^ hi                    # cur & ~p without allocating ~p
+        stack.append((level + 1, lo, total - ones, prefix << 1))
+        stack.append((level + 1, hi, ones, prefix << 1 | 1))
+    return counts
+
+
+def _ge(planes: list[bitarray], v: int, nbits: int) -> bitarray:
+    """Blocks whose bit-sliced value is >= v (a ripple comparator, MSB first)."""
+    if v <= 0:
+        return _ones(nbits)
+    if v >= 1 << len(planes):
+        return _zeros(nbits)
+    gt = _zeros(nbits)
+    eq = _ones(nbits)
+    for p in range(len(planes) - 1, -1, -1):
+        plane = planes[p]
+        if (v >> p) & 1:
+            eq &= plane
+        else:
+            gt |= eq & plane
+            eq &= ~plane
+    gt |= eq
+    return gt
+
+
+def _in_range(planes: list[bitarray], lo: int, hi: int, nbits: int) -> bitarray:
+    sel = _ge(planes, lo, nbits)
+    if hi + 1 < 1 << len(planes):
+        sel &= ~_ge(planes, hi + 1, nbits)
+    return sel
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    """What a backup started by ``begin_full``/``begin_differential`` must copy.
+
+    ``selection`` has one bit per tracking block.  The generation of a selected
+    block is looked up in the bit planes as they were when the plan was made
+    (the map never modifies plane arrays a plan holds: folds build new arrays,
+    and a restore copies before writing).
+    """
+    generation_range: tuple[int, int]
+    full: bool
+    selection: bitarray
+    block_count: int
+    granularity: int
+    volume_size: int
+    entries: int
+    volume_id: bytes
+    base_id: bytes
+    _planes: tuple[bitarray, ...] = field(repr=False, default=())
+    _prefix: int = 0
+
+    def generation_of(self, block: int) -> int:
+        g = self._prefix
+        for p, plane in enumerate(self._planes):
+            if plane[block]:
+                g |= 1 << p
+        return g
+
+    def extents(self) -> Iterator[tuple[int, int]]:
+        return extents(self.selection)
+
+    def runs(self) -> Iterator[tuple[int, int, int]]:
+        """Maximal (first_block, nblocks, generation) runs of the selection, in block order."""
+        planes = self._planes
+        for first, n in extents(self.selection):
+            if not planes:
+                yield first, n, self._prefix
+                continue
+            pos, end = first, first + n
+            while pos < end:
+                g = self._prefix
+                stop = end
+                for p, plane in enumerate(planes):
+                    bit = plane[pos]
+                    if bit:
+                        g |= 1 << p
+                    change = plane.find(not bit, pos, stop)
+                    if change >= 0:
+                        stop = change
+                yield pos, stop - pos, g
+                pos = stop
+
+    def byte_range(self, first: int, nblocks: int) -> tuple[int, int]:
+        """(offset, length) in the volume of a block run; the last block may be partial."""
+        off = first * self.granularity
+        return off, min((first + nblocks) * self.granularity, self.volume_size) - off
+
+
+class GenerationMap:
+    # -- construction -------------------------------------------------------
+    def __init__(self) -> None:   # use create() / open()
+        raise TypeError("use GenerationMap.create() or GenerationMap.open()")
+
+    @classmethod
+    def _blank(cls) -> "GenerationMap":
+        self = object.__new__(cls)
+        self._lock = threading.RLock()
+        self._mark_lock = threading.Lock()
+        self._closed = True
+        self._mm = None
+        self._jfd = -1
+        self._slots = []
+        self.recovered = False
+        return self
+
+    @staticmethod
+    def _check_args(volume_size: int, granularity: int, volume_id: bytes) -> None:
+        if not isinstance(volume_size, int) or volume_size <= 0:
+            raise ValueError(f"volume size {volume_size!r} must be a positive number of bytes")
+        if granularity < 512 or granularity > 1 << 24 or granularity & (granularity - 1):
+            raise ValueError(f"tracking granularity {granularity} must be a power of two "
+                             f"between 512 and 16 MiB")
+        if not isinstance(volume_id, (bytes, bytearray)) or not 1 <= len(volume_id) <= MAX_VOLUME_ID:
+            raise ValueError(f"volume identity must be 1..{MAX_VOLUME_ID} bytes")
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, volume_size: int, granularity: int = 4096,
+               volume_id: bytes, overwrite: bool = False, sync: bool = True) -> "GenerationMap":
+        """A new map: every block generation 0, current generation 1.
+
+        Call ``begin_full`` (and keep its stream) before relying on differential
+        backups: until then generation 0 means "never backed up".
+        """
+        cls._check_args(volume_size, granularity, volume_id)
+        path = os.fspath(path)
+        if not overwrite:
+            for p in (path, journal_path(path)):
+                if os.path.exists(p):
+                    raise MapError(f"{p} already exists (open it, or create with overwrite=True)")
+        self = cls._blank()
+        self._init_geometry(path, volume_size, granularity, bytes(volume_id), sync)
+        self._current = 1
+        self._seq = 1
+        self._base_id = bytes(16)
+        self._planes = [_zeros(self._nbits) for _ in range(_BASE_PLANES)]
+        self._plane_counts = [self._entries]
+        self._write_map_file()
+        self._create_journal()
+        self._open_journal(fresh=True)
+        return self
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, volume_size: int, volume_id: bytes,
+             granularity: int | None = None, sync: bool = True) -> "GenerationMap":
+        path = os.fspath(path)
+        self = cls._blank()
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise MapError(f"no generation map at {path}") from None
+        except OSError as exc:
+            raise MapError(f"cannot read generation map {path}: {exc.strerror}") from exc
+        hdr = self._parse_map(path, raw)
+        (_, _, _, _, gran, nplanes, _, vsize, entries, current, ngen, seq, base_id,
+         vlen, vid) = hdr
+        vid = vid[:vlen]
+        if vid != bytes(volume_id):
+            raise MapMismatch(f"{path} belongs to volume {vid.hex()}, not {bytes(volume_id).hex()}")
+        if vsize != volume_size:
+            raise MapMismatch(f"{path} was made for a volume of {vsize} bytes; "
+                              f"the volume has {volume_size} bytes")
+        if granularity is not None and gran != granularity:
+            raise MapMismatch(f"{path} tracks {gran}-byte blocks, not {granularity}")
+        self._init_geometry(path, vsize, gran, vid, sync)
+        if entries != self._entries:
+            raise MapCorrupt(f"{path}: entry count {entries} does not match {vsize} bytes "
+                             f"at {gran}-byte blocks ({self._entries})")
+        self._current = current
+        self._seq = seq
+        self._base_id = base_id
+        self._load_tables(path, raw, nplanes, ngen)
+        self._open_journal(fresh=False)
+        return self
+
+    def _init_geometry(self, path: str, volume_size: int, granularity: int, volume_id: bytes,
+                       sync: bool) -> None:
+        self._path = path
+        self._jpath = journal_path(path)
+        self._size = volume_size
+        self._gran = granularity
+        self._shift = granularity.bit_length() - 1
+        self._vid = volume_id
+        self._entries = -(-volume_size // granularity)
+        self._plane_bytes = -(-self._entries // 8)
+        self._nbits = self._plane_bytes * 8
+        self._slot_bytes = _round_up(self._plane_bytes, _PAGE)
+        self._sync = sync
+        self._planes_shared = False
+        self._unsaved = False
+        self._counts_cache: list[int] | None = None
+
+    # -- map file -------------------------------------------------------------
+    def _parse_map(self, path: str, raw: bytes) -> tuple:
+        if len(raw) < _MAP_HDR_LEN:
+            raise MapCorrupt(f"{path}: {len(raw)} bytes, too short for a map header")
+        if raw[:8] != MAP_MAGIC:
+            raise MapCorrupt(f"{path} is not a generation map (bad magic {raw[:8]!r})")
+        hdr = _MAP_HDR.unpack_from(raw)
+        version, hlen = hdr[1], hdr[2]
+        if version != MAP_VERSION:
+            raise MapMismatch(f"{path}: map format version {version}, this release reads "
+                              f"version {MAP_VERSION}")
+        if hlen != _MAP_HDR_LEN:
+            raise MapCorrupt(f"{path}: header length {hlen}, expected {_MAP_HDR_LEN}")
+        (crc,) = struct.unpack_from("<I", raw, _MAP_HDR_LEN - 4)
+        if crc32c.crc32c(raw[:_MAP_HDR_LEN - 4]) != crc:
+            raise MapCorrupt(f"{path}: header checksum mismatch")
+        gran, nplanes, vlen, current = hdr[4], hdr[5], hdr[13], hdr[9]
+        if gran < 512 or gran & (gran - 1):
+            raise MapCorrupt(f"{path}: granularity {gran} is not a power of two >= 512")
+        if not 1 <= vlen <= MAX_VOLUME_ID:
+            raise MapCorrupt(f"{path}: volume identity length {vlen}")
+        if nplanes < _BASE_PLANES or nplanes > 32:
+            raise MapCorrupt(f"{path}: {nplanes} planes")
+        if current < 1:
+            raise MapCorrupt(f"{path}: current generation {current}")
+        return hdr
+
+    def _table_layout(self, nplanes: int, ngen: int) -> tuple[int, int]:
+        table_len = 4 * nplanes + 8 * ngen + 4
+        planes_off = _round_up(_MAP_HDR_LEN + table_len, 4096)
+        return table_len, planes_off
+
+    def _load_tables(self, path: str, raw: bytes, nplanes: int, ngen: int) -> None:
+        table_len, planes_off = self._table_layout(nplanes, ngen)
+        want = planes_off + nplanes * self._plane_bytes
+        if len(raw) != want:
+            raise MapCorrupt(f"{path}: {len(raw)} bytes, expected {want} for {nplanes} planes of "
+                             f"{self._entries} blocks")
+        table = raw[_MAP_HDR_LEN:_MAP_HDR_LEN + table_len]
+        (tcrc,) = struct.unpack_from("<I", table, table_len - 4)
+        if crc32c.crc32c(table[:-4]) != tcrc:
+            raise MapCorrupt(f"{path}: counter table checksum mismatch")
+        plane_crcs = struct.unpack_from(f"<{nplanes}I", table)
+        counts = list(struct.unpack_from(f"<{ngen}Q", table, 4 * nplanes))
+        planes = []
+        mv = memoryview(raw)
+        for p in range(nplanes):
+            chunk = mv[planes_off + p * self._plane_bytes:planes_off + (p + 1) * self._plane_bytes]
+            if crc32c.crc32c(chunk) != plane_crcs[p]:
+                raise MapCorrupt(f"{path}: bit plane {p} checksum mismatch")
+            a = bitarray(endian=_ENDIAN)
+            a.frombytes(chunk)
+            if self._nbits > self._entries and a.count(1, self._entries, self._nbits):
+                raise MapCorrupt(f"{path}: bit plane {p} has bits set past the last block")
+            planes.append(a)
+        if sum(counts) != self._entries:
+            raise MapCorrupt(f"{path}: counters add up to {sum(counts)} blocks, "
+                             f"the map has {self._entries}")
+        self._planes = planes
+        self._plane_counts = counts
+
+    def _write_map_file(self) -> None:
+        counts = self._plane_counts_list()
+        ngen = len(counts)
+        nplanes = len(self._planes)
+        table_len, planes_off = self._table_layout(nplanes, ngen)
+        hdr = bytearray(_MAP_HDR_LEN)
+        _MAP_HDR.pack_into(hdr, 0, MAP_MAGIC, MAP_VERSION, _MAP_HDR_LEN, 0, self._gran, nplanes, 0,
+                           self._size, self._entries, self._current, ngen, self._seq,
+                           self._base_id, len(self._vid), self._vid)
+        struct.pack_into("<I", hdr, _MAP_HDR_LEN - 4, crc32c.crc32c(memoryview(hdr)[:-4]))
+        table = bytearray(table_len)
+        struct.pack_into(f"<{nplanes}I", table, 0,
+                         *(crc32c.crc32c(memoryview(p)) for p in self._planes))
+        struct.pack_into(f"<{ngen}Q", table, 4 * nplanes, *counts)
+        struct.pack_into("<I", table, table_len - 4, crc32c.crc32c(memoryview(table)[:-4]))
+        tmp = self._path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, hdr)
+            _write_all(fd, table)
+            _write_all(fd, bytes(planes_off - _MAP_HDR_LEN - table_len))
+            for p in self._planes:
+                _write_all(fd, memoryview(p))
+            if self._sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._path)
+        if self._sync:
+            _fsync_dir(self._path)
+        self._unsaved = False
+
+    # -- journal --------------------------------------------------------------
+    def _create_journal(self) -> None:
+        size = _PAGE + 2 * self._slot_bytes
+        fd = os.open(self._jpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            # Real zeroes, not a sparse file: an msync of a page must never need
+            # to allocate blocks at power-loss time.
+            chunk = bytes(min(size, 1 << 20))
+            done = 0
+            while done < size:
+                done += os.write(fd, chunk[:min(len(chunk), size - done)])
+            hdr = self._journal_header(running=0, seqs=(self._seq, 0))
+            os.pwrite(fd, hdr, 0)
+            if self._sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._sync:
+            _fsync_dir(self._jpath)
+
+    def _journal_header(self, running: int, seqs: tuple[int, int]) -> bytes:
+        hdr = bytearray(_JRN_HDR_LEN)
+        _JRN_HDR.pack_into(hdr, 0, JOURNAL_MAGIC, JOURNAL_VERSION, _JRN_HDR_LEN, running,
+                           self._gran, self._entries, self._size, seqs[0], seqs[1],
+                           len(self._vid), self._vid)
+        struct.pack_into("<I", hdr, _JRN_HDR_LEN - 4, crc32c.crc32c(memoryview(hdr)[:-4]))
+        return bytes(hdr)
+
+    def _open_journal(self, fresh: bool) -> None:
+        import fcntl
+        try:
+            fd = os.open(self._jpath, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise MapCorrupt(f"write-intent journal {self._jpath} is missing") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MapBusy(f"{self._path} is open in another process") from None
+            size = os.fstat(fd).st_size
+            want = _PAGE + 2 * self._slot_bytes
+            if size != want:
+                raise MapCorrupt(f"{self._jpath}: {size} bytes, expected {want}")
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._jfd, self._mm = fd, mm
+        try:
+            self._check_journal(fresh)
+        except BaseException:
+            self._release()
+            raise
+        self._closed = False
+
+    def _check_journal(self, fresh: bool) -> None:
+        raw = self._mm[:_JRN_HDR_LEN]
+        if raw[:8] != JOURNAL_MAGIC:
+            raise MapCorrupt(f"{self._jpath} is not a generation map journal")
+        (crc,) = struct.unpack_from("<I", raw, _JRN_HDR_LEN - 4)
+        if crc32c.crc32c(raw[:-4]) != crc:
+            raise MapCorrupt(f"{self._jpath}: header checksum mismatch")
+        (_, ver, hlen, running, gran, entries, vsize, s0, s1, vlen, vid) = _JRN_HDR.unpack_from(raw)
+        if ver != JOURNAL_VERSION or hlen != _JRN_HDR_LEN:
+            raise MapMismatch(f"{self._jpath}: journal format version {ver}")
+        if (gran, entries, vsize, vid[:vlen]) != (self._gran, self._entries, self._size, self._vid):
+            raise MapMismatch(f"{self._jpath} belongs to another map (volume {vid[:vlen].hex()}, "
+                              f"{vsize} bytes, {gran}-byte blocks)")
+        mv = memoryview(self._mm)
+        self._slot_off = [_PAGE, _PAGE + self._slot_bytes]
+        self._slots = [bitarray(buffer=mv[o:o + self._plane_bytes], endian=_ENDIAN)
+                       for o in self._slot_off]
+        seqs = [s0, s1]
+        self.recovered = bool(running) and not fresh
+        if self._seq in seqs:
+            active = seqs.index(self._seq)
+            other = 1 - active
+            if seqs[other] == self._seq + 1:
+                # A fold was interrupted before the map file was replaced: the
+                # old generation was never folded, and the new slot holds writes
+                # made after it began.  Keep both as the current generation.
+                self._slots[active] |= self._slots[other]
+                self._flush_range(self._slot_off[active], self._plane_bytes)
+                seqs[other] = 0
+                self.recovered = True
+        else:
+            raise MapCorrupt(f"{self._jpath} holds fold sequences {s0}/{s1}; the map is at "
+                             f"{self._seq} (journal and map do not belong together)")
+        if self._slots[active].count(1, self._entries, self._nbits):
+            raise MapCorrupt(f"{self._jpath}: dirty bits set past the last block")
+        self._active = active
+        self._seqs = seqs
+        self._dirty = self._slots[active]
+        self._write_journal_header(running=1)
+
+    def _write_journal_header(self, running: int) -> None:
+        self._mm[:_JRN_HDR_LEN] = self._journal_header(running, (self._seqs[0], self._seqs[1]))
+        self._flush_range(0, _JRN_HDR_LEN)
+
+    def _flush_range(self, offset: int, length: int) -> None:
+        if not self._sync:
+            return
+        start = offset & ~(_PAGE - 1)
+        self._mm.flush(start, offset + length - start)
+
+    # -- properties -----------------------------------------------------------
+    @property
+    def current_generation(self) -> int:
+        return self._current
+
+    @property
+    def granularity(self) -> int:
+        return self._gran
+
+    @property
+    def volume_size(self) -> int:
+        return self._size
+
+    @property
+    def volume_id(self) -> bytes:
+        return self._vid
+
+    @property
+    def entries(self) -> int:
+        """Number of tracking blocks (the last one is partial if the size is not a multiple)."""
+        return self._entries
+
+    @property
+    def base_id(self) -> bytes:
+        """Identity of the last full backup (16 zero bytes if none was taken)."""
+        return self._base_id
+
+    @property
+    def nplanes(self) -> int:
+        return len(self._planes)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held: planes (anonymous memory) and dirty slots (journal page cache)."""
+        return {"planes": len(self._planes) * self._plane_bytes,
+                "dirty_slot": self._plane_bytes, "entries": self._entries}
+
+    def block_range(self, offset: int, length: int) -> tuple[int, int]:
+        """(first_block, nblocks) covering a byte range."""
+        if length <= 0:
+            return offset >> self._shift, 0
+        a = offset >> self._shift
+        return a, ((offset + length - 1) >> self._shift) + 1 - a
+
+    # -- hot path -------------------------------------------------------------
+    def mark(self, offset: int, length: int) -> None:
+        """Record that ``length`` bytes at ``offset`` are (about to be) written.
+
+        Durable when it returns.  Call it before the data write (write intent)
+        or at least before acknowledging it.
+        """
+        if length <= 0 or offset < 0 or offset + length > self._size:
+            if length == 0 and 0 <= offset <= self._size:
+                return
+            raise ValueError(f"range {offset}+{length} outside the {self._size}-byte volume")
+        a = offset >> self._shift
+        b = ((offset + length - 1) >> self._shift) + 1
+        with self._mark_lock:
+            d = self._dirty
+            if d.count(1, a, b) == b - a:
+                return
+            d[a:b] = 1
+            if self._sync:
+                base = self._slot_off[self._active]
+                start = (base + (a >> 3)) & ~(_PAGE - 1)
+                self._mm.flush(start, base + ((b - 1) >> 3) + 1 - start)
+
+    # -- queries --------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MapError(f"generation map {self._path} is closed")
+
+    def _plane_counts_list(self) -> list[int]:
+        """Counts of plane values (dirty ignored), indexed by generation, trailing zeros trimmed."""
+        if self._counts_cache is None:
+            if self._plane_counts is not None:
+                self._counts_cache = list(self._plane_counts)
+            else:
+                c = _value_counts_iter(self._planes, None, self._nbits)
+                c[0] -= self._nbits - self._entries   # padding bits read as generation 0
+                self._counts_cache = c
+        c = list(self._counts_cache)
+        while len(c) > 1 and c[-1] == 0:
+            c.pop()
+        return c
+
+    def counts(self) -> dict[int, int]:
+        """Exact number of blocks whose latest generation is g, for g = 0..current."""
+        with self._lock:
+            self._check_open()
+            base = self._plane_counts_list()
+            dirty = self._dirty
+            k = dirty.count()
+            if k:
+                if k == self._entries:
+                    base = [0] * len(base)
+                else:
+                    sub = [p[dirty] for p in self._planes]
+                    proj = _value_counts_iter(sub, None, k)
+                    base = base + [0] * max(0, len(proj) - len(base))
+                    for g, c in enumerate(proj):
+                        base[g] -= c
+            out = {g: 0 for g in range(self._current + 1)}
+            for g, c in enumerate(base):
+                if c:
+                    out[g] = out.get(g, 0) + c
+            out[self._current] = out.get(self._current, 0) + k
+            return out
+
+    def _selection(self, lo: int, hi: int, planes: list[bitarray], dirty: bitarray | None,
+                   current: int) -> bitarray:
+        sel = _in_range(planes, lo, hi, self._nbits)
+        if dirty is not None and dirty.any():
+            sel &= ~dirty
+            if lo <= current <= hi:
+                sel |= dirty
+        if self._nbits > self._entries:
+            sel[self._entries:] = 0
+        return sel
+
+    def blocks_in_generations(self, lo: int, hi: int) -> bitarray:
+        """One bit per block: set if its latest generation is in lo..hi (inclusive)."""
+        with self._lock:
+            self._check_open()
+            if not 0 <= lo <= hi:
+                raise ValueError(f"generation range {lo}..{hi} is empty or negative")
+            sel = self._selection(lo, hi, self._planes, self._dirty, self._current)
+            return sel[:self._entries]
+
+    def generation_of(self, block: int) -> int:
+        with self._lock:
+            if not 0 <= block < self._entries:
+                raise IndexError(f"block {block} outside 0..{self._entries - 1}")
+            if self._dirty[block]:
+                return self._current
+            g = 0
+            for p, plane in enumerate(self._planes):
+                if plane[block]:
+                    g |= 1 << p
+            return g
+
+    def blocks_older_than(self, first_block: int, nblocks: int, generation: int) -> bitarray:
+        """Bits (length nblocks) set where the map holds a generation below ``generation``."""
+        with self._lock:
+            self._check_open()
+            if first_block < 0 or nblocks < 0 or first_block + nblocks > self._entries:
+                raise ValueError(f"blocks {first_block}+{nblocks} outside the map")
+            end = first_block + nblocks
+            planes = [p[first_block:end] for p in self._planes]
+            older = ~_ge(planes, generation, nblocks) if nblocks else bitarray(0, endian=_ENDIAN)
+            d = self._dirty[first_block:end]
+            if d.any() and self._current >= generation:
+                older &= ~d
+            return older
+
+    def extents(self, selection: bitarray) -> Iterator[tuple[int, int]]:
+        return extents(selection)
+
+    def estimate_blocks(self, scope: int) -> int:
+        """Blocks a differential backup with this scope would copy now."""
+        self._check_scope(scope)
+        c = self.counts()
+        return sum(c.get(g, 0) for g in range(self._current - scope + 1, self._current + 1))
+
+    def _check_scope(self, scope: int) -> None:
+        if not isinstance(scope, int) or not 1 <= scope <= self._current:
+            raise ValueError(f"scope {scope!r} outside the valid range 1..{self._current} "
+                             f"(current generation {self._current})")
+
+    # -- generation switch ----------------------------------------------------
+    def _switch_dirty(self) -> bitarray:
+        """Move marking to the other slot; return the old (now frozen) slot."""
+        other = 1 - self._active
+        slot = self._slots[other]
+        slot.setall(0)
+        self._flush_range(self._slot_off[other], self._plane_bytes)
+        self._seqs[other] = self._seq + 1
+        self._write_journal_header(running=1)
+        with self._mark_lock:
+            old = self._dirty
+            self._active = other
+            self._dirty = slot
+        return old
+
+    def _release_slot_pages(self, slot_index: int) -> None:
+        if hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, self._slot_off[slot_index], self._slot_bytes)
+            except OSError:
+                pass
+
+    def _fold(self, old: bitarray, gen: int) -> None:
+        """Planes := gen for the blocks in ``old``; counters follow (claim 9)."""
+        k = old.count()
+        counts = self._plane_counts_list()
+        if k:
+            proj = _value_counts_iter([p[old] for p in self._planes], None, k)
+            counts = counts + [0] * max(0, len(proj) - len(counts), gen + 1 - len(counts))
+            for g, c in enumerate(proj):
+                counts[g] -= c
+            counts[gen] += k
+            while gen >= 1 << len(self._planes):
+                self._planes.append(_zeros(self._nbits))
+            inv = ~old
+            # New arrays, never in place: plans may hold the old ones.
+            self._planes = [(p | old) if (gen >> i) & 1 else (p & inv)
+                            for i, p in enumerate(self._planes)]
+        self._counts_cache = counts
+        self._plane_counts = counts
+
+    def _commit(self) -> None:
+        self._seq += 1
+        self._write_map_file()
+        self._release_slot_pages(1 - self._active)
+
+    def begin_full(self) -> BackupPlan:
+        with self._lock:
+            self._check_open()
+            self._switch_dirty()
+            self._planes = [_zeros(self._nbits) for _ in range(_BASE_PLANES)]
+            self._plane_counts = [self._entries]
+            self._counts_cache = None
+            self._current = 1
+            self._base_id = os.urandom(16)
+            self._commit()
+            sel = _ones(self._entries)
+            return BackupPlan((0, 0), True, sel, self._entries, self._gran, self._size,
+                              self._entries, self._vid, self._base_id)
+
+    def begin_differential(self, scope: int) -> BackupPlan:
+        with self._lock:
+            self._check_open()
+            self._check_scope(scope)
+            closing = self._current
+            if closing + 1 > MAX_GENERATION:
+                raise MapError("generation counter exhausted; take a full backup")
+            old = self._switch_dirty()
+            self._fold(old, closing)
+            self._current = closing + 1
+            self._commit()
+            lo, hi = closing - scope + 1, closing
+            sel = self._selection(lo, hi, self._planes, None, closing)
+            sel = sel[:self._entries]
+            var = (lo ^ hi).bit_length()
+            planes = tuple(self._planes[:var])
+            self._planes_shared = True
+            return BackupPlan((lo, hi), False, sel, sel.count(), self._gran, self._size,
+                              self._entries, self._vid, self._base_id, planes,
+                              lo & ~((1 << var) - 1))
+
+    # -- restore --------------------------------------------------------------
+    def reset(self, base_id: bytes) -> None:
+        """Every block generation 0 of full backup ``base_id``, current generation 1 (full restore)."""
+        with self._lock:
+            self._check_open()
+            if len(base_id) != 16:
+                raise ValueError("base id must be 16 bytes")
+            self._planes = [_zeros(self._nbits) for _ in range(_BASE_PLANES)]
+            self._planes_shared = False
+            self._plane_counts = [self._entries]
+            self._counts_cache = None
+            self._dirty.setall(0)
+            self._flush_range(self._slot_off[self._active], self._plane_bytes)
+            self._current = 1
+            self._base_id = bytes(base_id)
+            self._write_map_file()
+
+    def apply_restored(self, first_block: int, nblocks: int, generation: int) -> None:
+        """The blocks now hold data of ``generation`` (claims 6-7: the map entry comes with the data)."""
+        with self._lock:
+            self._check_open()
+            if first_block < 0 or nblocks <= 0 or first_block + nblocks > self._entries:
+                raise ValueError(f"blocks {first_block}+{nblocks} outside the map")
+            if not 0 <= generation <= MAX_GENERATION:
+                raise ValueError(f"generation {generation} out of range")
+            if self._planes_shared:
+                self._planes = [p.copy() for p in self._planes]
+                self._planes_shared = False
+            while generation >= 1 << len(self._planes):
+                self._planes.append(_zeros(self._nbits))
+            end = first_block + nblocks
+            for i, p in enumerate(self._planes):
+                p[first_block:end] = (generation >> i) & 1
+            # Clearing a dirty bit needs no msync: a stale 1 is a false positive.
+            self._dirty[first_block:end] = 0
+            self._plane_counts = None
+            self._counts_cache = None
+            if generation >= self._current:
+                self._current = generation + 1
+            self._unsaved = True
+
+    def set_current_generation(self, generation: int) -> None:
+        with self._lock:
+            self._check_open()
+            if not 1 <= generation <= MAX_GENERATION:
+                raise ValueError(f"generation {generation} out of range 1..{MAX_GENERATION}")
+            top = len(self._plane_counts_list()) - 1
+            if self._dirty.any():
+                top = max(top, self._current)
+            if generation <= top:
+                raise ValueError(f"generation {generation} is not above the newest generation "
+                                 f"in the map ({top})")
+            self._current = generation
+            self._write_map_file()
+
+    def set_base_id(self, base_id: bytes) -> None:
+        with self._lock:
+            if len(base_id) != 16:
+                raise ValueError("base id must be 16 bytes")
+            self._base_id = bytes(base_id)
+            self._unsaved = True
+
+    def save(self) -> None:
+        with self._lock:
+            self._check_open()
+            self._write_map_file()
+
+    # -- closing --------------------------------------------------------------
+    def _release(self) -> None:
+        self._slots = []
+        self._dirty = None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass
+            self._mm = None
+        if self._jfd >= 0:
+            os.close(self._jfd)   # drops the flock
+            self._jfd = -1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._unsaved:
+                    self._write_map_file()
+                self._write_journal_header(running=0)
+            finally:
+                self._closed = True
+                self._release()
+
+    def __enter__(self) -> "GenerationMap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _write_all(fd: int, data) -> None:
+    mv = memoryview(data).cast("B")
+    while len(mv):
+        n = os.write(fd, mv)
+        mv = mv[n:]
+
+
+def _fsync_dir(path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,656 @@
+"""Backup stream format v1 (docs/backup-stream-format.md): incremental encoder
+and decoder, both sans-I/O with respect to the stream bytes.
+
+    header (160 B) · record* · trailer (80 B) · optional zero padding
+
+Every record starts with a sync marker and carries its own header CRC (seeded
+with the stream id, so records of a stream embedded in backed-up data never
+pass as ours); damage costs the records it touches and the decoder
+resynchronises on the next marker.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+import crc32c
+
+from .genmap import BackupPlan
+from .store import BlockStore
+
+__all__ = ["StreamHeader", "Record", "Damage", "Trailer", "StreamEnd", "StreamEncoder",
+           "StreamDecoder", "StreamError", "HEADER_SIZE", "RECORD_HEADER_SIZE", "TRAILER_SIZE",
+           "KIND_DATA", "KIND_ZERO", "KIND_ZLIB", "FLAG_FULL", "FLAG_COMPRESSED", "read_header"]
+
+STREAM_MAGIC = b"\x89DIFFBK\n"
+STREAM_VERSION = 1
+RECORD_SYNC = b"REC\xa5"
+TRAILER_SYNC = b"END\xa5"
+
+FLAG_FULL = 0x1
+FLAG_COMPRESSED = 0x2
+_KNOWN_FLAGS = FLAG_FULL | FLAG_COMPRESSED
+
+KIND_DATA = 0
+KIND_ZERO = 1
+KIND_ZLIB = 2
+
+# magic, version, header length, flags, block size, max record blocks, volume
+# size, entries, gen lo, gen hi, block count, created ns, base id, stream id,
+# volume id length, volume id; reserved to 156; CRC32C of bytes 0..155.
+_HEADER = struct.Struct("<8sHHIIIQQIIQQ16s16sB32s")
+HEADER_SIZE = 160
+# sync, seq, first block, nblocks, generation, kind, 3 reserved, stored length, data CRC32C; header CRC.
+_RECORD = struct.Struct("<4sIQIIB3xII")
+RECORD_HEADER_SIZE = 40
+# sync, reserved, record count, block count, stored bytes, digest; reserved to 76; CRC32C.
+_TRAILER = struct.Struct("<4s4xQQQ32s")
+TRAILER_SIZE = 80
+
+# Decoder limits (invariant 3: bounded memory whatever the input says).
+MAX_RECORD_BYTES = 64 << 20
+DEFAULT_RECORD_BYTES = 1 << 20
+
+
+class StreamError(Exception):
+    """A stream cannot be produced or its header cannot be used."""
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    volume_id: bytes
+    block_size: int
+    volume_size: int
+    entries: int
+    generation_range: tuple[int, int]
+    block_count: int
+    flags: int
+    max_record_blocks: int
+    base_id: bytes
+    stream_id: bytes
+    created_ns: int = 0
+    version: int = STREAM_VERSION
+
+    @property
+    def full(self) -> bool:
+        return bool(self.flags & FLAG_FULL)
+
+    def pack(self) -> bytes:
+        b = bytearray(HEADER_SIZE)
+        lo, hi = self.generation_range
+        _HEADER.pack_into(b, 0, STREAM_MAGIC, self.version, HEADER_SIZE, self.flags,
+                          self.block_size, self.max_record_blocks, self.volume_size, self.entries,
+                          lo, hi, self.block_count, self.created_ns, self.base_id, self.stream_id,
+                          len(self.volume_id), self.volume_id)
+        struct.pack_into("<I", b, HEADER_SIZE - 4, crc32c.crc32c(memoryview(b)[:-4]))
+        return bytes(b)
+
+    @classmethod
+    def unpack(cls, raw) -> "StreamHeader":
+        """Parse and validate; raises StreamError with the precise reason."""
+        raw = bytes(raw)
+        if len(raw) < HEADER_SIZE:
+            raise StreamError(f"stream is {len(raw)} bytes long, shorter than its header")
+        if raw[:8] != STREAM_MAGIC:
+            raise StreamError(f"not a backup stream (magic {raw[:8]!r})")
+        (_, ver, hlen, flags, bs, maxb, vsize, entries, lo, hi, count, created, base, sid,
+         vlen, vid) = _HEADER.unpack_from(raw)
+        if ver != STREAM_VERSION:
+            raise StreamError(f"stream format version {ver}; this release reads {STREAM_VERSION}")
+        (crc,) = struct.unpack_from("<I", raw, HEADER_SIZE - 4)
+        if crc32c.crc32c(raw[:HEADER_SIZE - 4]) != crc:
+            raise StreamError("stream header checksum mismatch (header damaged)")
+        if hlen != HEADER_SIZE:
+            raise StreamError(f"header length {hlen}, expected {HEADER_SIZE}")
+        if flags & ~_KNOWN_FLAGS:
+            raise StreamError(f"unknown header flags {flags:#x}")
+        if bs < 512 or bs & (bs - 1) or bs > 1 << 24:
+            raise StreamError(f"block size {bs} is not a power of two in 512..16 MiB")
+        if vsize <= 0 or entries != -(-vsize // bs):
+            raise StreamError(f"volume size {vsize} and entry count {entries} disagree")
+        if not 1 <= vlen <= 32:
+            raise StreamError(f"volume identity length {vlen}")
+        if lo > hi or ((flags & FLAG_FULL) and (lo, hi) != (0, 0)):
+            raise StreamError(f"generation range {lo}..{hi} invalid for this stream type")
+        if count > entries:
+            raise StreamError(f"{count} blocks announced on a {entries}-block volume")
+        if maxb < 1 or maxb * bs > MAX_RECORD_BYTES:
+            raise StreamError(f"records of up to {maxb} blocks exceed the {MAX_RECORD_BYTES}-byte limit")
+        return cls(vid[:vlen], bs, vsize, entries, (lo, hi), count, flags, maxb, base, sid,
+                   created)
+
+    def raw_length(self, first: int, nblocks: int) -> int:
+        off = first * self.block_size
+        return min((first + nblocks) * self.block_size, self.volume_size) - off
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    first_block: int
+    nblocks: int
+    generation: int
+    kind: int
+    data: object | None        # bytes-like of the (uncompressed) data, None for a zero record
+    offset: int                # stream offset of the record's sync marker
+    length: int = 0            # raw data length in bytes (zero records too)
+
+    @property
+    def is_zero(self) -> bool:
+        return self.kind == KIND_ZERO
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Bytes the decoder could not use.  Block fields are set when the record
+    header was intact (so the loss is known exactly) and None otherwise."""
+    offset: int
+    length: int
+    reason: str
+    first_block: int | None = None
+    nblocks: int | None = None
+    generation: int | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Trailer:
+    record_count: int
+    block_count: int
+    stored_bytes: int
+    digest: bytes
+
+
+@dataclass
+class StreamEnd:
+    header: StreamHeader | None
+    trailer: Trailer | None
+    records: int = 0            # records delivered intact
+    damaged: int = 0            # Damage items reported
+    blocks: int = 0             # blocks in intact records
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.trailer is not None and not self.errors and self.damaged == 0
+
+
+Item = Union[Record, Damage]
+
+
+def _seed(stream_id: bytes) -> int:
+    return crc32c.crc32c(stream_id)
+
+
+def read_header(f) -> StreamHeader:
+    """The header of a stream file (path or binary file object at offset 0)."""
+    if isinstance(f, (str, os.PathLike)):
+        with open(f, "rb") as fh:
+            return StreamHeader.unpack(fh.read(HEADER_SIZE))
+    return StreamHeader.unpack(f.read(HEADER_SIZE))
+
+
+# ---------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------
+class StreamEncoder:
+    """Produces the stream of ``plan`` over ``store`` in caller-sized chunks.
+
+    ``size_bound`` is exact arithmetic over the plan (no data read): header +
+    trailer + every record at full raw size.  Zero elision and compression can
+    only shrink records (a compressed record is kept only if smaller), so the
+    stream never exceeds it.  ``total_size`` is the exact size when neither is
+    enabled, else None; a reader that needs a fixed length (the pseudo device)
+    can serve ``size_bound`` bytes: the stream is followed by zero padding,
+    which decoders accept.
+    """
+
+    def __init__(self, store: BlockStore, plan: BackupPlan, *, compress: bool = False,
+                 elide_zeros: bool = True, max_record_bytes: int = DEFAULT_RECORD_BYTES,
+                 stream_id: bytes | None = None, created_ns: int | None = None,
+                 level: int = 1) -> None:
+        if store.size != plan.volume_size:
+            raise StreamError(f"store holds {store.size} bytes; the plan is for a "
+                              f"{plan.volume_size}-byte volume")
+        bs = plan.granularity
+        maxb = max(1, min(max_record_bytes, MAX_RECORD_BYTES) // bs)
+        self._store = store
+        self._plan = plan
+        self._bs = bs
+        self._maxb = maxb
+        self._compress = compress
+        self._elide = elide_zeros
+        self._level = level
+        flags = (FLAG_FULL if plan.full else 0) | (FLAG_COMPRESSED if compress else 0)
+        self.header = StreamHeader(plan.volume_id, bs, plan.volume_size, plan.entries,
+                                   plan.generation_range, plan.block_count, flags, maxb,
+                                   plan.base_id, stream_id if stream_id is not None else os.urandom(16),
+                                   time.time_ns() if created_ns is None else created_ns)
+        if len(self.header.stream_id) != 16:
+            raise ValueError("stream id must be 16 bytes")
+        self._seed = _seed(self.header.stream_id)
+        nrec = 0
+        data = 0
+        for first, n, _g in plan.runs():
+            nrec += -(-n // maxb)
+            data += self.header.raw_length(first, n)
+        self.record_count_bound = nrec
+        self.size_bound = HEADER_SIZE + nrec * RECORD_HEADER_SIZE + data + TRAILER_SIZE
+        self.total_size = None if (compress or elide_zeros) else self.size_bound
+        self.data_bytes = data
+        self.position = 0               # bytes produced so far
+        self.records = 0
+        self.blocks = 0
+        self.zero_blocks = 0
+        self.stored_bytes = 0
+        self._hash = hashlib.sha256()
+        self._pending = memoryview(self.header.pack())
+        self._runs = self._split(plan.runs())
+        self._done = False
+        self._stage = bytearray()
+        self._zero_crc: dict[int, int] = {}
+        self._zeros = b""
+
+    def _split(self, runs: Iterator[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
+        m = self._maxb
+        for first, n, g in runs:
+            while n > 0:
+                k = min(n, m)
+                yield first, k, g
+                first += k
+                n -= k
+
+    def _zero_crc_of(self, n: int) -> int:
+        c = self._zero_crc.get(n)
+        if c is None:
+            if len(self._zeros) < n:
+                self._zeros = bytes(max(n, self._maxb * self._bs))
+            c = self._zero_crc[n] = crc32c.crc32c(memoryview(self._zeros)[:n])
+        return c
+
+    def _encode_into(self, run: tuple[int, int, int], out: memoryview) -> int:
+        """Write the whole record for ``run`` at the start of ``out`` (room for the raw size)."""
+        first, n, g = run
+        raw = self.header.raw_length(first, n)
+        body = out[RECORD_HEADER_SIZE:RECORD_HEADER_SIZE + raw]
+        self._store.readinto(first * self._bs, body)
+        crc = crc32c.crc32c(body)
+        kind, stored = KIND_DATA, raw
+        if self._elide and crc == self._zero_crc_of(raw) and self._zeros.startswith(body):
+            kind, stored, crc = KIND_ZERO, 0, 0
+            self.zero_blocks += n
+        elif self._compress:
+            z = zlib.compress(body, self._level)
+            if len(z) < raw:
+                body[:len(z)] = z
+                kind, stored = KIND_ZLIB, len(z)
+        _RECORD.pack_into(out, 0, RECORD_SYNC, self.records, first, n, g, kind, stored, crc)
+        hcrc = crc32c.crc32c(out[:RECORD_HEADER_SIZE - 4], self._seed)
+        struct.pack_into("<I", out, RECORD_HEADER_SIZE - 4, hcrc)
+        self._hash.update(out[:RECORD_HEADER_SIZE])
+        self.records += 1
+        self.blocks += n
+        self.stored_bytes += stored
+        return RECORD_HEADER_SIZE + stored
+
+    def _trailer(self) -> bytes:
+        b = bytearray(TRAILER_SIZE)
+        _TRAILER.pack_into(b, 0, TRAILER_SYNC, self.records, self.blocks, self.stored_bytes,
+                           self._hash.digest())
+        struct.pack_into("<I", b, TRAILER_SIZE - 4,
+                         crc32c.crc32c(memoryview(b)[:-4], self._seed))
+        return bytes(b)
+
+    @property
+    def finished(self) -> bool:
+        return self._done and not self._pending
+
+    def readinto(self, buf) -> int:
+        """Fill ``buf`` with the next stream bytes; 0 at the end of the stream."""
+        mv = memoryview(buf).cast("B")
+        size = len(mv)
+        w = 0
+        while w < size:
+            if self._pending is not None and len(self._pending):
+                k = min(len(self._pending), size - w)
+                mv[w:w + k] = self._pending[:k]
+                self._pending = self._pending[k:]
+                w += k
+                continue
+            if self._done:
+                break
+            run = next(self._runs, None)
+            if run is None:
+                self._pending = memoryview(self._trailer())
+                self._done = True
+                continue
+            need = RECORD_HEADER_SIZE + self.header.raw_length(run[0], run[1])
+            if size - w >= need:
+                w += self._encode_into(run, mv[w:w + need])     # straight into the caller's buffer
+            else:
+                if len(self._stage) < need:
+                    self._stage = bytearray(need)
+                stage = memoryview(self._stage)
+                k = self._encode_into(run, stage[:need])
+                self._pending = stage[:k]
+        self.position += w
+        return w
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            parts = []
+            while True:
+                chunk = self.read(4 << 20)
+                if not chunk:
+                    return b"".join(parts)
+                parts.append(chunk)
+        buf = bytearray(n)
+        k = self.readinto(buf)
+        del buf[k:]
+        return bytes(buf)
+
+
+# ---------------------------------------------------------------------------
+# Decoder
+# ---------------------------------------------------------------------------
+_ST_HEADER, _ST_MARK, _ST_RECORD, _ST_PAYLOAD, _ST_TRAILER, _ST_RESYNC, _ST_DONE, _ST_DEAD = range(8)
+
+
+class StreamDecoder:
+    """Bytes in any chunking → Records and Damage, then ``finish()``.
+
+    Record data is a zero-copy slice when the record lies inside one ``bytes``
+    chunk, else an owned copy.  Memory is bounded by one record
+    (``MAX_RECORD_BYTES``) plus one fed chunk.
+    """
+
+    def __init__(self) -> None:
+        self.header: StreamHeader | None = None
+        self.trailer: Trailer | None = None
+        self._state = _ST_HEADER
+        self._carry = bytearray()
+        self._off = 0                   # stream offset of the first unconsumed byte
+        self._need = HEADER_SIZE
+        self._seed = 0
+        self._next_seq = 0
+        self._hash = hashlib.sha256()
+        self._records = 0
+        self._blocks = 0
+        self._stored = 0
+        self._damaged = 0
+        self._errors: list[str] = []
+        self._rec: tuple | None = None          # parsed record header awaiting payload
+        self._bad_start = -1                    # resync: where the damage began
+        self._bad_reason = ""
+        self._padding_bad = False
+        self._finished = False
+
+    # -- driver ---------------------------------------------------------------
+    def feed(self, data) -> list[Item]:
+        if self._finished:
+            raise StreamError("feed() after finish()")
+        out: list[Item] = []
+        if isinstance(data, bytes):
+            src, owned = data, True
+        elif isinstance(data, bytearray):
+            src, owned = data, False
+        else:
+            src, owned = bytes(memoryview(data).cast("B")), True
+        i, n = 0, len(src)
+        while True:
+            if self._carry:
+                if self._state in (_ST_RESYNC, _ST_DONE, _ST_DEAD):
+                    take = n - i
+                else:
+                    take = max(0, min(n - i, self._need - len(self._carry)))
+                self._carry += memoryview(src)[i:i + take]
+                i += take
+                if len(self._carry) < self._need and i >= n and self._state not in (
+                        _ST_RESYNC, _ST_DONE, _ST_DEAD):
+                    break
+                buf = bytes(self._carry)
+                self._carry = bytearray()
+                p = self._parse(buf, 0, True, out)
+                if p < len(buf):
+                    self._carry = bytearray(memoryview(buf)[p:])
+                if i >= n:
+                    break
+                continue
+            p = self._parse(src, i, owned, out)
+            if p < n:
+                self._carry = bytearray(memoryview(src)[p:])
+            break
+        return out
+
+    def _parse(self, buf, pos: int, owned: bool, out: list[Item]) -> int:
+        """Consume whole items from buf[pos:]; return where an incomplete one starts."""
+        end = len(buf)
+        while True:
+            st = self._state
+            avail = end - pos
+            if st == _ST_HEADER:
+                self._need = HEADER_SIZE
+                if avail < HEADER_SIZE:
+                    return pos
+                try:
+                    self.header = StreamHeader.unpack(memoryview(buf)[pos:pos + HEADER_SIZE])
+                except StreamError as exc:
+                    out.append(Damage(self._off, HEADER_SIZE, f"stream header unusable: {exc}"))
+                    self._damaged += 1
+                    self._errors.append(f"stream header unusable: {exc}")
+                    self._state = _ST_DEAD
+                else:
+                    self._seed = _seed(self.header.stream_id)
+                    self._state = _ST_MARK
+                pos += HEADER_SIZE
+                self._off += HEADER_SIZE
+            elif st == _ST_MARK:
+                self._need = 4
+                if avail < 4:
+                    return pos
+                mark = bytes(buf[pos:pos + 4])
+                if mark == RECORD_SYNC:
+                    self._state = _ST_RECORD
+                elif mark == TRAILER_SYNC:
+                    self._state = _ST_TRAILER
+                else:
+                    self._start_damage("no sync marker where a record should start")
+                    self._state = _ST_RESYNC
+            elif st == _ST_RECORD:
+                self._need = RECORD_HEADER_SIZE
+                if avail < RECORD_HEADER_SIZE:
+                    return pos
+                hv = memoryview(buf)[pos:pos + RECORD_HEADER_SIZE]
+                problem = self._check_record_header(hv)
+                if problem:
+                    self._start_damage(problem)
+                    pos, self._state = self._skip_one(pos)
+                    continue
+                self._state = _ST_PAYLOAD
+                self._need = RECORD_HEADER_SIZE + self._rec[6]
+            elif st == _ST_PAYLOAD:
+                if avail < self._need:
+                    return pos
+                pos = self._finish_record(buf, pos, owned, out)
+                self._state = _ST_MARK
+            elif st == _ST_TRAILER:
+                self._need = TRAILER_SIZE
+                if avail < TRAILER_SIZE:
+                    return pos
+                tv = memoryview(buf)[pos:pos + TRAILER_SIZE]
+                (crc,) = struct.unpack_from("<I", tv, TRAILER_SIZE - 4)
+                if crc32c.crc32c(tv[:-4], self._seed) != crc:
+                    self._start_damage("trailer checksum mismatch")
+                    pos, self._state = self._skip_one(pos)
+                    continue
+                _, rc, bc, sb, dg = _TRAILER.unpack_from(tv)
+                self.trailer = Trailer(rc, bc, sb, dg)
+                pos += TRAILER_SIZE
+                self._off += TRAILER_SIZE
+                self._state = _ST_DONE
+            elif st == _ST_RESYNC:
+                self._need = 4
+                k = _find_marker(buf, pos)
+                if k < 0:
+                    keep = max(pos, end - 3)          # a marker may straddle chunks
+                    self._off += keep - pos
+                    return keep
+                self._off += k - pos
+                pos = k
+                self._end_damage(out)
+                self._state = _ST_MARK
+            elif st == _ST_DONE:
+                self._need = 1
+                if avail and not self._padding_bad:
+                    tail = bytes(buf[pos:end])
+                    rest = tail.lstrip(b"\0")
+                    if rest:
+                        self._padding_bad = True
+                        self._errors.append(f"non-zero bytes after the trailer (from stream offset "
+                                            f"{self._off + len(tail) - len(rest)})")
+                self._off += avail
+                return end
+            else:  # _ST_DEAD: nothing after an unusable header can be verified
+                self._need = 1
+                self._off += avail
+                return end
+
+    def _skip_one(self, pos: int) -> tuple[int, int]:
+        self._off += 1
+        return pos + 1, _ST_RESYNC
+
+    def _start_damage(self, reason: str) -> None:
+        if self._bad_start < 0:
+            self._bad_start = self._off
+            self._bad_reason = reason
+
+    def _end_damage(self, out: list[Item]) -> None:
+        if self._bad_start >= 0:
+            out.append(Damage(self._bad_start, self._off - self._bad_start, self._bad_reason))
+            self._damaged += 1
+            self._bad_start = -1
+
+    def _check_record_header(self, hv: memoryview) -> str:
+        (crc,) = struct.unpack_from("<I", hv, RECORD_HEADER_SIZE - 4)
+        if crc32c.crc32c(hv[:-4], self._seed) != crc:
+            return "record header checksum mismatch"
+        _, seq, first, n, gen, kind, stored, dcrc = _RECORD.unpack_from(hv)
+        h = self.header
+        if n < 1 or n > h.max_record_blocks or first + n > h.entries:
+            return f"record {seq}: blocks {first}+{n} invalid for this stream"
+        raw = h.raw_length(first, n)
+        lo, hi = h.generation_range
+        if not lo <= gen <= hi:
+            return f"record {seq}: generation {gen} outside the stream's {lo}..{hi}"
+        if kind == KIND_DATA:
+            ok = stored == raw
+        elif kind == KIND_ZERO:
+            ok = stored == 0
+        elif kind == KIND_ZLIB:
+            ok = 0 < stored < raw and bool(h.flags & FLAG_COMPRESSED)
+        else:
+            return f"record {seq}: unknown kind {kind}"
+        if not ok:
+            return f"record {seq}: stored length {stored} invalid for kind {kind} of {raw} bytes"
+        self._rec = (seq, first, n, gen, kind, raw, stored, dcrc, bytes(hv))
+        return ""
+
+    def _finish_record(self, buf, pos: int, owned: bool, out: list[Item]) -> int:
+        seq, first, n, gen, kind, raw, stored, dcrc, hdr = self._rec
+        self._rec = None
+        off = self._off
+        self._end_damage(out)
+        if seq != self._next_seq:
+            if seq > self._next_seq:
+                out.append(Damage(off, 0, f"records {self._next_seq}..{seq - 1} missing before "
+                                          f"this point", seq=self._next_seq))
+                self._damaged += 1
+            else:
+                out.append(Damage(off, RECORD_HEADER_SIZE + stored,
+                                  f"record {seq} repeated or out of order (expected {self._next_seq})",
+                                  first, n, gen, seq))
+                self._damaged += 1
+                self._off += RECORD_HEADER_SIZE + stored
+                return pos + RECORD_HEADER_SIZE + stored
+        self._next_seq = seq + 1
+        start = pos + RECORD_HEADER_SIZE
+        payload = memoryview(buf)[start:start + stored]
+        data = None
+        bad = ""
+        if kind == KIND_DATA:
+            data = payload if owned else bytes(payload)
+        elif kind == KIND_ZLIB:
+            try:
+                d = zlib.decompressobj()
+                data = d.decompress(payload, raw)
+                if len(data) != raw or not d.eof or d.unconsumed_tail or d.unused_data:
+                    bad = "compressed payload does not decode to the record's size"
+            except zlib.error as exc:
+                bad = f"compressed payload undecodable ({exc})"
+        if not bad and kind != KIND_ZERO and crc32c.crc32c(data) != dcrc:
+            bad = "data checksum mismatch"
+        self._hash.update(hdr)
+        if bad:
+            out.append(Damage(off, RECORD_HEADER_SIZE + stored, f"record {seq}: {bad}",
+                              first, n, gen, seq))
+            self._damaged += 1
+        else:
+            out.append(Record(seq, first, n, gen, kind, data, off, raw))
+            self._records += 1
+            self._blocks += n
+        self._stored += stored
+        self._off += RECORD_HEADER_SIZE + stored
+        return start + stored
+
+    def finish(self) -> StreamEnd:
+        """End of input: report truncation and trailer mismatches."""
+        self._finished = True
+        errors = list(self._errors)
+        end = StreamEnd(self.header, self.trailer, self._records, self._damaged, self._blocks, errors)
+        if self._state == _ST_DEAD:
+            return end
+        if self.header is None:
+            errors.append(f"stream truncated: {self._off + len(self._carry)} bytes, "
+                          f"shorter than its header")
+            return end
+        if self._state != _ST_DONE:
+            total = self._off + len(self._carry)
+            if self._bad_start >= 0:
+                end.damaged += 1
+                errors.append(f"stream damaged from byte {self._bad_start} to its end at byte "
+                              f"{total} ({self._bad_reason}); no valid trailer")
+            elif self._state in (_ST_RECORD, _ST_PAYLOAD):
+                errors.append(f"stream truncated at byte {total} inside record {self._next_seq} "
+                              f"(starting at byte {self._off}); no trailer")
+            else:
+                errors.append(f"stream truncated at byte {total}: no trailer after record "
+                              f"{self._next_seq - 1}")
+            return end
+        t = self.trailer
+        if t.record_count != self._next_seq:
+            errors.append(f"trailer counts {t.record_count} records, the stream holds "
+                          f"{self._next_seq}")
+        if t.block_count != self.header.block_count:
+            errors.append(f"trailer counts {t.block_count} blocks, the header announced "
+                          f"{self.header.block_count}")
+        if self._damaged == 0:
+            if self._blocks != t.block_count:
+                errors.append(f"records hold {self._blocks} blocks, the trailer says {t.block_count}")
+            if self._hash.digest() != t.digest:
+                errors.append("digest over the record headers does not match the trailer")
+        return end
+
+
+def _find_marker(buf, pos: int) -> int:
+    a = buf.find(RECORD_SYNC, pos)
+    b = buf.find(TRAILER_SYNC, pos)
+    if a < 0:
+        return b
+    if b < 0:
+        return a
+    return min(a, b)
