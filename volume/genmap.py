@@ -196,6 +196,23 @@ class BackupPlan:
     _planes: tuple[bitarray, ...] = field(repr=False, default=())
     _prefix: int = 0
 
+    @classmethod
+    def from_generations(cls, gens: list[int | None], lo: int, hi: int, *, granularity: int,
+                         volume_size: int, volume_id: bytes, base_id: bytes,
+                         full: bool = False) -> "BackupPlan":
+        """A plan from an explicit per-block list (None = not selected): for tests and tools."""
+        entries = -(-volume_size // granularity)
+        if len(gens) != entries:
+            raise ValueError(f"{len(gens)} generations for {entries} blocks")
+        sel = bitarray([g is not None for g in gens], endian=_ENDIAN)
+        if any(g is not None and not lo <= g <= hi for g in gens):
+            raise ValueError(f"a selected generation is outside {lo}..{hi}")
+        var = (lo ^ hi).bit_length()
+        planes = tuple(bitarray([g is not None and bool((g >> p) & 1) for g in gens],
+                                endian=_ENDIAN) for p in range(var))
+        return cls((lo, hi), full, sel, sel.count(), granularity, volume_size, entries,
+                   bytes(volume_id), bytes(base_id), planes, lo & ~((1 << var) - 1))
+
     def generation_of(self, block: int) -> int:
         g = self._prefix
         for p, plane in enumerate(self._planes):
