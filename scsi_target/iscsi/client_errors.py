@@ -1,6 +1,7 @@
 """Typed errors of the iSCSI initiator."""
 from __future__ import annotations
 
+from ..scsi.asc_table import asc_name
 from ..scsi.sense import SenseKey
 
 # RFC 7143 11.13.5: (status class, status detail) → meaning.
@@ -108,7 +109,10 @@ class ScsiCheckCondition(ScsiCommandError):
         self.asc: int | None = result.asc
         self.ascq: int | None = result.ascq
         name = self.key.name if self.key is not None else "?"
-        asc = f"{self.asc:02x}/{self.ascq:02x}" if self.asc is not None else "??/??"
+        if self.asc is not None:
+            asc = f"{self.asc:02x}/{self.ascq:02x} ({asc_name(self.asc, self.ascq or 0)})"
+        else:
+            asc = "??/??"
         super().__init__(f"CHECK CONDITION {name} ASC/ASCQ {asc}", result)
 
 

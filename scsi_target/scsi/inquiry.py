@@ -1,15 +1,14 @@
 """Standard INQUIRY data (SPC-4 6.6.2) of a logical unit."""
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from . import vpd
+from .layouts.inquiry import STANDARD_LENGTH, StandardInquiry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .lun import LogicalUnit
 
-STANDARD_LENGTH = 96
 VERSION_SPC4 = 0x06
 
 # Version descriptors (SPC-4 table 29).
@@ -33,25 +32,16 @@ def version_descriptors(lu: "LogicalUnit") -> list[int]:
     return vds
 
 
-def _ascii(text: str, width: int) -> bytes:
-    """Left-aligned, space-padded printable ASCII (SPC-4 4.4.1)."""
-    raw = "".join(c if " " <= c <= "~" else " " for c in text)
-    return raw.encode("ascii")[:width].ljust(width)
-
-
 def standard_data(lu: "LogicalUnit") -> bytes:
     ident = lu.identity
-    buf = bytearray(STANDARD_LENGTH)
-    buf[0] = lu.device_type & 0x1F          # peripheral qualifier 000b: connected
-    buf[1] = 0x80 if lu.removable else 0x00  # RMB
-    buf[2] = VERSION_SPC4
-    buf[3] = 0x10 | 0x02                     # HISUP, RESPONSE DATA FORMAT 2
-    buf[4] = STANDARD_LENGTH - 5
-    buf[5] = 0x08 if vpd.has_third_party_copy() else 0x00   # 3PC
-    buf[7] = 0x02                            # CMDQUE: tagged command queuing
-    buf[8:16] = _ascii(ident.vendor, 8)
-    buf[16:32] = _ascii(ident.product, 16)
-    buf[32:36] = _ascii(ident.revision, 4)
-    for i, vd in enumerate(version_descriptors(lu)):
-        struct.pack_into(">H", buf, 58 + 2 * i, vd)
-    return bytes(buf)
+    return StandardInquiry(
+        device_type=lu.device_type & 0x1F,    # peripheral qualifier 000b: connected
+        rmb=bool(lu.removable),
+        version=VERSION_SPC4,
+        hisup=True, response_data_format=2,
+        additional_length=STANDARD_LENGTH - 5,
+        tpc=vpd.has_third_party_copy(),
+        cmdque=True,                          # tagged command queuing
+        vendor=ident.vendor, product=ident.product, revision=ident.revision,
+        version_descriptors=tuple(version_descriptors(lu)),
+    ).pack()

@@ -245,7 +245,7 @@ class LunMap:
         return self.get(cmd.lun).execute(cmd)
 
     def report_luns(self, cmd: Command) -> Response:
-        from .lunaddr import encode_lun
+        from .layouts.luns import ReportLuns
         cdb = cmd.cdb
         if len(cdb) < 12:
             return self._missing._check_condition(cmd, S.invalid_cdb_field(0))
@@ -261,8 +261,7 @@ class LunMap:
             luns = []
         else:
             luns = sorted(self.luns)
-        body = b"".join(encode_lun(n) for n in luns)
-        data = len(body).to_bytes(4, "big") + b"\x00" * 4 + body
+        data = ReportLuns.of(luns).pack()
         return self._missing._good(cmd, data[:alloc])
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from . import cdb as C
 from . import sense as S
 from .command import Command, Direction
 from .dispatch import CommandSet, Conflict, data_out
+from .layouts import capacity as LC
 
 if TYPE_CHECKING:  # pragma: no cover
     from .disk import DiskLU
@@ -476,12 +477,12 @@ def read_capacity10(lu: "DiskLU", cmd: Command) -> bytes:
     if not cdb[8] & 0x01 and C.be(cdb, 2, 6):
         raise S.invalid_cdb_field(2)   # LBA given without PMI
     last = min(lu.num_blocks - 1, 0xFFFFFFFF)
-    return struct.pack(">II", last, lu.block_size)
+    return LC.ReadCapacity10(last, lu.block_size).pack()
 
 
 def read_capacity16_data(lu: "DiskLU") -> bytes:
-    flags = (0x80 if lu.thin else 0) | (0x40 if lu.thin and lu.lbprz else 0)
-    return struct.pack(">QIBBH", lu.num_blocks - 1, lu.block_size, 0, 0, flags << 8) + bytes(16)
+    return LC.ReadCapacity16(lu.num_blocks - 1, lu.block_size, lbpme=bool(lu.thin),
+                             lbprz=bool(lu.thin and lu.lbprz)).pack()
 
 
 @SBC.command(0x9E, "READ CAPACITY(16)", 16, direction=Direction.IN, service_action=0x10,
@@ -541,8 +542,8 @@ def _get_lba_status(lu: "DiskLU", cmd: Command) -> bytes:
         return b""
     limit = max(1, min(_MAX_LBA_STATUS_DESCRIPTORS, (alloc - 8) // 16))
     runs = _block_extents(lu, lba, limit)
-    body = b"".join(struct.pack(">QIB3x", a, min(n, 0xFFFFFFFF), s) for a, n, s in runs)
-    return (struct.pack(">I4x", 4 + len(body)) + body)[:alloc]
+    return LC.LbaStatus([LC.LbaStatusDescriptor(a, min(n, 0xFFFFFFFF), s)
+                         for a, n, s in runs]).pack()[:alloc]
 
 
 SBC.command(0x9E, "GET LBA STATUS", 16, direction=Direction.IN, service_action=0x12,

@@ -6,9 +6,11 @@ descriptor, from the control mode page D_SENSE bit).
 """
 from __future__ import annotations
 
-import struct
 from enum import IntEnum
 from typing import NamedTuple
+
+from .asc_table import asc_name as _asc_name
+from .layouts.sense import SenseData, decode_sense
 
 
 class SenseKey(IntEnum):
@@ -73,6 +75,8 @@ COMMANDS_CLEARED_BY_ANOTHER_INITIATOR = Asc(0x2F, 0x00, "COMMANDS CLEARED BY ANO
 INCOMPATIBLE_MEDIUM_INSTALLED = Asc(0x30, 0x00, "INCOMPATIBLE MEDIUM INSTALLED")
 CANNOT_READ_MEDIUM_UNKNOWN_FORMAT = Asc(0x30, 0x01, "CANNOT READ MEDIUM - UNKNOWN FORMAT")
 MEDIUM_FORMAT_CORRUPTED = Asc(0x31, 0x00, "MEDIUM FORMAT CORRUPTED")
+CANNOT_WRITE_MEDIUM_INCOMPATIBLE_FORMAT = Asc(0x30, 0x05, "CANNOT WRITE MEDIUM - INCOMPATIBLE FORMAT")
+COMMAND_SEQUENCE_ERROR = Asc(0x2C, 0x00, "COMMAND SEQUENCE ERROR")
 SAVING_PARAMETERS_NOT_SUPPORTED = Asc(0x39, 0x00, "SAVING PARAMETERS NOT SUPPORTED")
 MEDIUM_NOT_PRESENT = Asc(0x3A, 0x00, "MEDIUM NOT PRESENT")
 SEQUENTIAL_POSITIONING_ERROR = Asc(0x3B, 0x00, "SEQUENTIAL POSITIONING ERROR")
@@ -173,61 +177,39 @@ def miscompare(offset: int) -> SenseError:
     return SenseError(SenseKey.MISCOMPARE, MISCOMPARE_DURING_VERIFY, information=offset)
 
 
-def _sense_key_specific(err: SenseError) -> bytes | None:
+def _sense_key_specific(err: SenseError) -> int | None:
+    """SENSE KEY SPECIFIC field pointer (without SKSV) for ILLEGAL REQUEST errors."""
     if err.field is None or err.key != SenseKey.ILLEGAL_REQUEST:
         return None
-    b0 = 0x80  # SKSV
-    if err.in_cdb:
-        b0 |= 0x40  # C/D
+    b0 = 0x40 if err.in_cdb else 0  # C/D
     if err.bit is not None:
         b0 |= 0x08 | (err.bit & 7)  # BPV
-    return struct.pack(">BH", b0, err.field & 0xFFFF)
+    return (b0 << 16) | (err.field & 0xFFFF)
+
+
+def sense_data(err: SenseError) -> SenseData:
+    """The layout record of ``err`` (the one definition both formats render from)."""
+    return SenseData(int(err.key), err.asc.asc, err.asc.ascq, information=err.information,
+                     command_specific=err.command_specific, sks=_sense_key_specific(err),
+                     filemark=err.filemark, eom=err.eom, ili=err.ili)
 
 
 def render_sense(err: SenseError, descriptor: bool = False) -> bytes:
     """Sense data bytes for ``err`` in fixed (0x70) or descriptor (0x72) format."""
-    sks = _sense_key_specific(err)
-    if not descriptor:
-        buf = bytearray(18)
-        buf[0] = 0x70
-        if err.information is not None:
-            buf[0] |= 0x80  # VALID: INFORMATION field is meaningful
-            struct.pack_into(">I", buf, 3, err.information & 0xFFFFFFFF)
-        buf[2] = (err.key & 0x0F) | (0x80 if err.filemark else 0) | \
-            (0x40 if err.eom else 0) | (0x20 if err.ili else 0)
-        buf[7] = 10  # additional sense length
-        if err.command_specific is not None:
-            struct.pack_into(">I", buf, 8, err.command_specific & 0xFFFFFFFF)
-        buf[12] = err.asc.asc
-        buf[13] = err.asc.ascq
-        if sks is not None:
-            buf[15:18] = sks
-        return bytes(buf)
-    descs = bytearray()
-    if err.information is not None:
-        descs += struct.pack(">BBBBQ", 0x00, 0x0A, 0x80, 0, err.information & 0xFFFFFFFFFFFFFFFF)
-    if err.command_specific is not None:
-        descs += struct.pack(">BBBBQ", 0x01, 0x0A, 0, 0, err.command_specific & 0xFFFFFFFFFFFFFFFF)
-    if sks is not None:
-        descs += struct.pack(">BBBB", 0x02, 0x06, 0, 0) + sks + b"\x00"
-    if err.filemark or err.eom or err.ili:
-        flags = (0x80 if err.filemark else 0) | (0x40 if err.eom else 0) | (0x20 if err.ili else 0)
-        descs += struct.pack(">BBBB", 0x04, 0x02, 0, flags)
-    head = struct.pack(">BBBBBBBB", 0x72, err.key & 0x0F, err.asc.asc, err.asc.ascq, 0, 0, 0, len(descs))
-    return head + bytes(descs)
+    return sense_data(err).pack(descriptor)
 
 
 def parse_sense(data: bytes) -> tuple[SenseKey, int, int]:
     """(sense key, ASC, ASCQ) from fixed or descriptor sense data."""
-    if len(data) < 1:
-        raise ValueError("empty sense data")
-    code = data[0] & 0x7F
-    if code in (0x70, 0x71):
-        if len(data) < 14:
-            raise ValueError("fixed sense data shorter than 14 bytes")
-        return SenseKey(data[2] & 0x0F), data[12], data[13]
-    if code in (0x72, 0x73):
-        if len(data) < 4:
-            raise ValueError("descriptor sense data shorter than 4 bytes")
-        return SenseKey(data[1] & 0x0F), data[2], data[3]
-    raise ValueError(f"unknown sense response code 0x{code:02x}")
+    s = decode_sense(data)
+    return SenseKey(s.key), s.asc, s.ascq
+
+
+def asc_name(asc: int, ascq: int) -> str:
+    """Name of an ASC/ASCQ pair from the complete SPC-4 table."""
+    return _asc_name(asc, ascq)
+
+
+def describe_sense(data: bytes) -> str:
+    """One line for people: sense key, ASC/ASCQ and its name, field pointer, flags."""
+    return decode_sense(data).summary()

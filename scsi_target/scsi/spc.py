@@ -14,6 +14,8 @@ from .command import Command, Direction, Response, Status
 from .dispatch import CommandSet, Conflict, OpEntry, data_out
 from . import inquiry, vpd
 from . import sense as S
+from .layouts import mode as LM, pr as LP, rsoc as LR
+from .layouts.luns import ReportLuns
 from .modepages import PC_SAVED
 from .reservations import PrType, ReservationConflict
 
@@ -131,12 +133,10 @@ def report_luns(lu: "LogicalUnit", cmd: Command) -> Response | bytes:
     if target_map is not None:
         return target_map.report_luns(cmd)
     # A stand-alone LU (tests, tools) reports just itself.
-    from .lunaddr import encode_lun
     alloc = int.from_bytes(cmd.cdb[6:10], "big")
     if alloc < 16:
         raise S.invalid_cdb_field(6)
-    body = encode_lun(lu.lun)
-    return (len(body).to_bytes(4, "big") + bytes(4) + body)[:alloc]
+    return ReportLuns.of([lu.lun]).pack()[:alloc]
 
 
 # ---------------------------------------------------------------------------
@@ -159,8 +159,8 @@ def _block_descriptor(lu: "LogicalUnit", long_lba: bool) -> bytes:
     blocks = int(lu.num_blocks)  # type: ignore[attr-defined]
     bsize = int(lu.block_size)   # type: ignore[attr-defined]
     if long_lba:
-        return struct.pack(">QBxxxI", blocks, 0, bsize)
-    return struct.pack(">IB", min(blocks, 0xFFFFFFFF), 0) + bsize.to_bytes(3, "big")
+        return LM.LongBlockDescriptor(blocks, bsize).pack()
+    return LM.ShortBlockDescriptor(min(blocks, 0xFFFFFFFF), bsize).pack()
 
 
 def _mode_sense(lu: "LogicalUnit", cmd: Command, ten: bool) -> bytes:
@@ -182,12 +182,12 @@ def _mode_sense(lu: "LogicalUnit", cmd: Command, ten: bool) -> bytes:
     dsp = _device_specific(lu)
     if ten:
         length = 8 + len(bd) + len(pages)
-        head = struct.pack(">HBBBBH", length - 2, 0, dsp, 0x01 if (bd and llbaa) else 0, 0, len(bd))
+        head = LM.ModeHeader10(length - 2, 0, dsp, bool(bd and llbaa), len(bd)).pack()
     else:
         length = 4 + len(bd) + len(pages)
         if length > 256:  # MODE SENSE(6) cannot describe more; cut at a page boundary
             raise S.invalid_cdb_field(2)
-        head = struct.pack(">BBBB", length - 1, 0, dsp, len(bd))
+        head = LM.ModeHeader6(length - 1, 0, dsp, len(bd)).pack()
     return (head + bd + pages)[:alloc]
 
 
@@ -230,16 +230,14 @@ def mode_select10(lu: "LogicalUnit", cmd: Command) -> None:
 # ---------------------------------------------------------------------------
 # REPORT SUPPORTED OPERATION CODES
 # ---------------------------------------------------------------------------
-def _timeouts() -> bytes:
-    return struct.pack(">HBBII", 0x0A, 0, 0, NOMINAL_TIMEOUT, RECOMMENDED_TIMEOUT)
+def _timeouts() -> LR.TimeoutsDescriptor:
+    return LR.TimeoutsDescriptor(0x0A, 0, NOMINAL_TIMEOUT, RECOMMENDED_TIMEOUT)
 
 
 def _one_command(entry: OpEntry | None, rctd: bool) -> bytes:
     if entry is None:
-        return bytes([0, 0x01, 0, 0])  # SUPPORT 001b: not supported
-    usage = entry.cdb_usage()
-    out = bytes([0, (0x80 if rctd else 0) | 0x03]) + len(usage).to_bytes(2, "big") + usage
-    return out + (_timeouts() if rctd else b"")
+        return LR.OneCommand(support=1).pack()  # SUPPORT 001b: not supported
+    return LR.OneCommand(3, entry.cdb_usage(), _timeouts() if rctd else None).pack()
 
 
 @_cmd(OP_MAINTENANCE_IN, "REPORT SUPPORTED OPERATION CODES",
@@ -254,13 +252,11 @@ def report_supported_opcodes(lu: "LogicalUnit", cmd: Command) -> bytes:
     alloc = int.from_bytes(cdb[6:10], "big")
     table = lu.table
     if options == 0:
-        body = bytearray()
-        for e in table.entries():
-            flags = (0x02 if rctd else 0) | (0x01 if e.service_action is not None else 0)
-            body += struct.pack(">BxHxBH", e.opcode, e.service_action or 0, flags, e.cdb_length)
-            if rctd:
-                body += _timeouts()
-        data = len(body).to_bytes(4, "big") + bytes(body)
+        data = LR.AllCommands([
+            LR.CommandDescriptor(e.opcode, e.service_action or 0, rctd,
+                                 e.service_action is not None, e.cdb_length,
+                                 _timeouts() if rctd else None)
+            for e in table.entries()]).pack()
     elif options == 1:
         if table.has_service_actions(op):
             raise S.invalid_cdb_field(3)
@@ -329,8 +325,6 @@ def release10(lu: "LogicalUnit", cmd: Command) -> Response | None:
 # ---------------------------------------------------------------------------
 PRIN_READ_KEYS, PRIN_READ_RESERVATION, PRIN_REPORT_CAPABILITIES, PRIN_READ_FULL_STATUS = 0, 1, 2, 3
 _PRIN_USAGE = bytes([0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0])
-# All six types (SPC-4 table 167 bit positions).
-_TYPE_MASK = bytes([0x80 | 0x40 | 0x20 | 0x08 | 0x02, 0x01])
 
 
 def _prin_alloc(cmd: Command) -> int:
@@ -341,8 +335,7 @@ def _prin_alloc(cmd: Command) -> int:
       conflict=Conflict.ALLOWED)
 def prin_read_keys(lu: "LogicalUnit", cmd: Command) -> bytes:
     with lu.lock:
-        keys = b"".join(k.to_bytes(8, "big") for k in lu.pr.registrations.values())
-        data = struct.pack(">II", lu.pr.generation, len(keys)) + keys
+        data = LP.PrReadKeys(lu.pr.generation, list(lu.pr.registrations.values())).pack()
     return data[:_prin_alloc(cmd)]
 
 
@@ -351,20 +344,20 @@ def prin_read_keys(lu: "LogicalUnit", cmd: Command) -> bytes:
 def prin_read_reservation(lu: "LogicalUnit", cmd: Command) -> bytes:
     with lu.lock:
         res = lu.pr.reservation
-        if res is None:
-            data = struct.pack(">II", lu.pr.generation, 0)
-        else:
+        desc = None
+        if res is not None:
             key = 0 if res.type.all_registrants else res.key
-            desc = struct.pack(">QIBBH", key, 0, 0, int(res.type), 0)
-            data = struct.pack(">II", lu.pr.generation, len(desc)) + desc
+            desc = LP.ReservationDescriptor(key, 0, int(res.type))
+        data = LP.PrReadReservation(lu.pr.generation, desc).pack()
     return data[:_prin_alloc(cmd)]
 
 
 @_cmd(OP_PR_IN, "PERSISTENT RESERVE IN", _PRIN_USAGE, Direction.IN, sa=PRIN_REPORT_CAPABILITIES,
       conflict=Conflict.ALLOWED)
 def prin_report_capabilities(lu: "LogicalUnit", cmd: Command) -> bytes:
-    # CRH=0, SIP_C=0, ATP_C=0, PTPL_C=0; TMV=1 with ALLOW COMMANDS=000b.
-    data = struct.pack(">HBB", 8, 0x00, 0x80) + _TYPE_MASK + bytes(2)
+    # CRH=0, SIP_C=0, ATP_C=0, PTPL_C=0; TMV=1 with ALLOW COMMANDS=000b; all six types.
+    data = LP.PrCapabilities(8, tmv=True, wr_ex_ar=True, ex_ac_ro=True, wr_ex_ro=True,
+                             ex_ac=True, wr_ex=True, ex_ac_ar=True).pack()
     return data[:_prin_alloc(cmd)]
 
 

@@ -9,23 +9,25 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Callable
 
+from .layouts import vpd as L
+
 if TYPE_CHECKING:  # pragma: no cover
     from .command import Nexus
     from .lun import LogicalUnit
 
-PAGE_SUPPORTED = 0x00
-PAGE_SERIAL = 0x80
-PAGE_DEVICE_ID = 0x83
-PAGE_THIRD_PARTY_COPY = 0x8F
-PAGE_BLOCK_LIMITS = 0xB0
-PAGE_BLOCK_CHARACTERISTICS = 0xB1
-PAGE_LBP = 0xB2
+PAGE_SUPPORTED = L.PAGE_SUPPORTED
+PAGE_SERIAL = L.PAGE_SERIAL
+PAGE_DEVICE_ID = L.PAGE_DEVICE_ID
+PAGE_THIRD_PARTY_COPY = L.PAGE_THIRD_PARTY_COPY
+PAGE_BLOCK_LIMITS = L.PAGE_BLOCK_LIMITS
+PAGE_BLOCK_CHARACTERISTICS = L.PAGE_BLOCK_CHARACTERISTICS
+PAGE_LBP = L.PAGE_LBP
 
 # Designator fields (SPC-4 7.8.6.1).
-_CODE_BINARY, _CODE_ASCII, _CODE_UTF8 = 1, 2, 3
-_ASSOC_LU, _ASSOC_PORT, _ASSOC_TARGET = 0, 1, 2
-_TYPE_T10, _TYPE_NAA, _TYPE_REL_PORT, _TYPE_NAME = 1, 3, 4, 8
-_PROTO_ISCSI = 5
+_CODE_BINARY, _CODE_ASCII, _CODE_UTF8 = L.CODE_BINARY, L.CODE_ASCII, L.CODE_UTF8
+_ASSOC_LU, _ASSOC_PORT, _ASSOC_TARGET = L.ASSOC_LU, L.ASSOC_PORT, L.ASSOC_TARGET
+_TYPE_T10, _TYPE_NAA, _TYPE_REL_PORT, _TYPE_NAME = L.TYPE_T10, L.TYPE_NAA, L.TYPE_REL_PORT, L.TYPE_NAME
+_PROTO_ISCSI = L.PROTO_ISCSI
 
 # Defaults for the block limits page; a DiskLU may override any of them with
 # an attribute of the same name.
@@ -52,17 +54,12 @@ def has_third_party_copy() -> bool:
 
 
 def _page(lu: "LogicalUnit", code: int, body: bytes) -> bytes:
-    qual_type = lu.device_type & 0x1F
-    return struct.pack(">BBH", qual_type, code, len(body)) + body
+    return L.VpdPage(code, body, device_type=lu.device_type & 0x1F).pack()
 
 
 def _designator(code_set: int, assoc: int, dtype: int, value: bytes, piv: bool = False) -> bytes:
-    b0 = code_set
-    b1 = (assoc << 4) | dtype
-    if piv:
-        b0 |= _PROTO_ISCSI << 4
-        b1 |= 0x80
-    return struct.pack(">BBBB", b0, b1, 0, len(value)) + value
+    return L.Designator(code_set, assoc, dtype, value,
+                        protocol_id=_PROTO_ISCSI if piv else 0, piv=piv).pack()
 
 
 def _name_string(name: str) -> bytes:
@@ -97,9 +94,8 @@ def build(lu: "LogicalUnit", code: int, nexus: "Nexus") -> bytes | None:
     if code == PAGE_BLOCK_LIMITS:
         return _page(lu, code, block_limits(lu))
     if code == PAGE_BLOCK_CHARACTERISTICS:
-        body = bytearray(0x3C)
-        body[0:2] = (1).to_bytes(2, "big")  # MEDIUM ROTATION RATE: non-rotating
-        return _page(lu, code, bytes(body))
+        # MEDIUM ROTATION RATE 1: non-rotating medium.
+        return _page(lu, code, L.BlockCharacteristics(medium_rotation_rate=1).pack())
     if code == PAGE_LBP:
         return _page(lu, code, logical_block_provisioning(lu))
     return None  # pragma: no cover - every listed page is handled above
@@ -140,37 +136,37 @@ def _attr(lu: "LogicalUnit", name: str, default: int) -> int:
 
 def block_limits(lu: "LogicalUnit") -> bytes:
     """Block Limits (B0h): the values the SBC handlers enforce, from DiskLU attributes."""
-    body = bytearray(0x3C)
     thin = _thin(lu)
     max_xfer = _attr(lu, "max_transfer_blocks", 0)
-    body[0] = 0x01 if getattr(lu, "write_same_non_zero", False) else 0x00   # WSNZ
-    body[1] = _attr(lu, "max_compare_blocks", DEFAULT_MAX_COMPARE_WRITE_BLOCKS) & 0xFF
-    struct.pack_into(">H", body, 2, 1)                 # OPTIMAL TRANSFER LENGTH GRANULARITY
-    struct.pack_into(">I", body, 4, max_xfer)          # MAXIMUM TRANSFER LENGTH
-    struct.pack_into(">I", body, 8, max_xfer)          # OPTIMAL TRANSFER LENGTH
+    page = L.BlockLimits(
+        wsnz=bool(getattr(lu, "write_same_non_zero", False)),
+        max_compare_write_length=_attr(lu, "max_compare_blocks",
+                                       DEFAULT_MAX_COMPARE_WRITE_BLOCKS) & 0xFF,
+        optimal_transfer_length_granularity=1,
+        max_transfer_length=max_xfer,
+        optimal_transfer_length=max_xfer,
+        max_write_same_length=_attr(lu, "max_write_same_blocks", max_xfer),
+        # Atomic write limits (SBC-4): zero unless the LU supports WRITE ATOMIC.
+        max_atomic_transfer_length=_attr(lu, "atomic_max_blocks", 0),
+        atomic_alignment=_attr(lu, "atomic_alignment", 0),
+        atomic_transfer_length_granularity=_attr(lu, "atomic_granularity", 0),
+        max_atomic_transfer_length_with_boundary=_attr(lu, "atomic_max_boundary_blocks", 0),
+        max_atomic_boundary_size=_attr(lu, "atomic_boundary_blocks", 0))
     if thin:
-        struct.pack_into(">I", body, 16, _attr(lu, "max_unmap_blocks", DEFAULT_MAX_UNMAP_BLOCKS))
-        struct.pack_into(">I", body, 20, _attr(lu, "max_unmap_descriptors",
-                                                DEFAULT_MAX_UNMAP_DESCRIPTORS))
-        struct.pack_into(">I", body, 24, 1)            # OPTIMAL UNMAP GRANULARITY
-    struct.pack_into(">Q", body, 32, _attr(lu, "max_write_same_blocks", max_xfer))
-    # Atomic write limits (SBC-4): zero unless the LU supports WRITE ATOMIC.
-    struct.pack_into(">IIIII", body, 40,
-                     _attr(lu, "atomic_max_blocks", 0), _attr(lu, "atomic_alignment", 0),
-                     _attr(lu, "atomic_granularity", 0),
-                     _attr(lu, "atomic_max_boundary_blocks", 0),
-                     _attr(lu, "atomic_boundary_blocks", 0))
-    return bytes(body)
+        page.max_unmap_lba_count = _attr(lu, "max_unmap_blocks", DEFAULT_MAX_UNMAP_BLOCKS)
+        page.max_unmap_descriptor_count = _attr(lu, "max_unmap_descriptors",
+                                                DEFAULT_MAX_UNMAP_DESCRIPTORS)
+        page.optimal_unmap_granularity = 1
+    return page.pack()
 
 
 def logical_block_provisioning(lu: "LogicalUnit") -> bytes:
     """Logical Block Provisioning (B2h): UNMAP and WRITE SAME unmapping on thin LUs."""
-    body = bytearray(4)
-    if _thin(lu):
-        body[1] = 0x80 | 0x40 | 0x20                   # LBPU, LBPWS, LBPWS10
-        if getattr(lu, "lbprz", True):
-            body[1] |= 0x04                            # LBPRZ: unmapped blocks read zero
-        if getattr(lu, "anc_sup", False):
-            body[1] |= 0x02                            # ANC_SUP
-        body[2] = 0x02                                 # provisioning type: thin
-    return bytes(body)
+    if not _thin(lu):
+        return L.LogicalBlockProvisioning().pack()
+    # UNMAP and both WRITE SAME unmapping forms; thin provisioning type.
+    return L.LogicalBlockProvisioning(
+        lbpu=True, lbpws=True, lbpws10=True,
+        lbprz=bool(getattr(lu, "lbprz", True)),          # unmapped blocks read zero
+        anc_sup=bool(getattr(lu, "anc_sup", False)),
+        provisioning_type=2).pack()
