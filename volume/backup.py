@@ -511,8 +511,9 @@ def estimate(gmap: GenerationMap, scope: int, compressed: bool = False, *,
              max_record_bytes: int = DEFAULT_RECORD_BYTES, seed: int | None = None) -> int:
     """Bytes a differential backup with ``scope`` would produce now.
 
-    Uncompressed: from the counters, plus record framing from the selection's
-    extents (zero elision ignored: an upper estimate).  Compressed: the data
+    Uncompressed: exact stream size without zero elision (an upper bound of
+    what the backup writes: blocks x block size, plus the framing of the
+    records, which follow the per-generation extents).  Compressed: the data
     part scaled by the zlib ratio of up to ``samples`` randomly chosen records
     read from ``store`` (zero records count as free).
     """
@@ -522,8 +523,11 @@ def estimate(gmap: GenerationMap, scope: int, compressed: bool = False, *,
     blocks = sel.count()
     bs = gmap.granularity
     maxb = max(1, max_record_bytes // bs)
-    exts = list(extents(sel))
-    nrec = sum(-(-k // maxb) for _a, k in exts)
+    # A record never spans two generations: the maximal runs of one generation
+    # inside the selection are exactly the extents of that generation's blocks.
+    nrec = 0
+    for g in range(c - scope + 1, c + 1):
+        nrec += sum(-(-k // maxb) for _a, k in extents(gmap.blocks_in_generations(g, g)))
     data = blocks * bs
     if blocks and sel[gmap.entries - 1]:
         data -= gmap.entries * bs - gmap.volume_size     # partial last block
