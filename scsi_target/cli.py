@@ -62,6 +62,9 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
                    "it is created sparse if missing (repeatable)")
     s.add_argument("--no-track", dest="track", action="store_false",
                    help="don't record changed blocks for differential backup")
+    s.add_argument("--backup-device", action="store_true",
+                   help="add a backup pseudo device per disk: LUN N+i serves disk i's backup "
+                   "streams (N = number of disks; docs/vendor-commands.md)")
     s.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP (secret of 12..16 bytes)")
     s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
@@ -71,14 +74,15 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
     quick = [flag for flag, used in (("--listen", args.listen), ("--iqn", args.iqn),
                                      ("--disk", args.disk), ("--no-track", not args.track),
-                                     ("--chap", args.chap)) if used]
+                                     ("--chap", args.chap),
+                                     ("--backup-device", args.backup_device)) if used]
     if args.config:
         if quick:
             raise UsageError(f"--config cannot be combined with {', '.join(quick)}; "
                              "put those settings in the config file")
         return C.load_file(args.config)
     return C.from_flags(listen=args.listen, iqn=args.iqn, disks=args.disk,
-                        track=args.track, chap=args.chap)
+                        track=args.track, chap=args.chap, backup_device=args.backup_device)
 
 
 def iscsi_url(host: str, port: int, iqn: str, lun: int) -> str:

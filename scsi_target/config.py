@@ -29,7 +29,7 @@ DEFAULT_DISK = Path("var/disk0.img")
 DEFAULT_DISK_SIZE = 64 << 20
 DEFAULT_PORT = 3260
 BLOCK_SIZES = (512, 4096)
-LU_KINDS = ("disk",)
+LU_KINDS = ("disk", "backup")
 MAX_LUN = 16383                  # LunMap's flat addressing limit
 MAX_NAME_BYTES = 223             # RFC 3720 3.2.6.1
 # RFC 7143 12.1.3: below 96 random bits CHAP needs IPsec, which we don't
@@ -53,10 +53,12 @@ class LunSpec:
     block_size: int = 512
     read_only: bool = False
     create: bool = False             # create the backing file (sparse) if missing
-    # Reserved for the difference tracker: whether writes to this LU are
-    # recorded in the generation map.
+    # Whether writes to this LU are recorded in its generation map
+    # (PATH.genmap, PATH.genmap.dirty, PATH.volume beside the backing file).
     track: bool = True
     kind: str = "disk"
+    # kind = "backup": the LUN (same target) of the tracked disk it serves.
+    source: int | None = None
     where: str = ""                  # "file: target[0].lun[1]" for error messages
 
 
@@ -257,7 +259,8 @@ def _tname(v: Any) -> str:
 
 _TOP_KEYS = ("portals", "discovery", "target")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
-_LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind")
+_LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
+             "source")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
 
@@ -402,12 +405,38 @@ def _parse_target(r: _Reader, raw: Any, key: str, seen_path: dict[str, str]) -> 
         if spec.lun in seen_lun:
             raise r.fail(_join(lkey, "lun"), f"LUN {spec.lun} is already used by {seen_lun[spec.lun]}")
         seen_lun[spec.lun] = lkey
+        if spec.kind == "backup":
+            luns.append(spec)
+            continue
         real = os.path.realpath(spec.path)
         if real in seen_path:
             raise r.fail(_join(lkey, "path"), f"{spec.path} is already used by {seen_path[real]}")
         seen_path[real] = lkey
         luns.append(spec)
+    _check_backup_sources(r, key, luns)
     return TargetSpec(iqn, tuple(luns), alias, chap, mutual, initiators)
+
+
+def _check_backup_sources(r: _Reader, key: str, luns: list[LunSpec]) -> None:
+    by_lun = {s.lun: s for s in luns}
+    used: dict[int, int] = {}
+    for j, s in enumerate(luns):
+        if s.kind != "backup":
+            continue
+        src = by_lun.get(s.source)
+        where = f"{key}.lun[{j}].source"
+        if src is None:
+            raise r.fail(where, f"LUN {s.source} is not defined in this target")
+        if src.kind != "disk":
+            raise r.fail(where, f"LUN {s.source} is a {src.kind} LUN, not a disk")
+        if not src.track:
+            raise r.fail(where, f"LUN {s.source} has track = false; a backup device needs "
+                         "tracking")
+        if src.read_only:
+            raise r.fail(where, f"LUN {s.source} is read-only, so it is not tracked")
+        if s.source in used:
+            raise r.fail(where, f"LUN {s.source} already has backup device LUN {used[s.source]}")
+        used[s.source] = s.lun
 
 
 def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
@@ -418,6 +447,18 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
     kind = r.typed(d, key, "kind", str, "disk")
     if kind not in LU_KINDS:
         raise r.fail(_join(key, "kind"), f"{kind!r} is not supported (supported: {', '.join(LU_KINDS)})")
+    if kind == "backup":
+        extra = [k for k in d if k not in ("lun", "kind", "source")]
+        if extra:
+            raise r.fail(_join(key, extra[0]), "not allowed for kind = \"backup\" (only lun "
+                         "and source: the device has no backing file)")
+        source = r.required(d, key, "source", int)
+        if source == lun:
+            raise r.fail(_join(key, "source"), "a backup device cannot be its own source")
+        return LunSpec(lun=lun, path=Path(), kind="backup", source=source, track=False,
+                       where=f"{r.source}: {key}")
+    if "source" in d:
+        raise r.fail(_join(key, "source"), "only for kind = \"backup\"")
     path_s = r.required(d, key, "path", str)
     if not path_s:
         raise r.fail(_join(key, "path"), "empty path")
@@ -489,7 +530,7 @@ def parse_disk_arg(text: str) -> tuple[Path, int | None]:
 
 def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                disks: list[str] | None = None, track: bool = True,
-               chap: str | None = None) -> ServerConfig:
+               chap: str | None = None, backup_device: bool = False) -> ServerConfig:
     """The configuration the quick flags describe; no flags = the embedded default.
 
     Disks become LUNs 0, 1, ... of one target.  A disk with a size is created
@@ -542,23 +583,48 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
         if problem:
             raise ConfigError(f"{where}: {problem[1]}")
         luns.append(spec)
+    if backup_device:
+        if not track:
+            raise ConfigError(f"{src}: --backup-device needs tracking (drop --no-track)")
+        n = len(luns)
+        luns += [LunSpec(lun=n + i, path=Path(), kind="backup", source=i, track=False,
+                         where=f"{src}: --backup-device for LUN {i}") for i in range(n)]
     return ServerConfig((TargetSpec(name, tuple(luns), chap=chap_def),), portals,
                         source=src, warnings=tuple(warnings))
 
 
 # ----------------------------------------------------------------- build
-def build_lu(spec: LunSpec, target_iqn: str):
-    """Open the backing store and create the LU for one spec."""
+def build_lu(spec: LunSpec, target_iqn: str, luns=None):
+    """Open the backing store and create the LU for one spec.
+
+    Tracked disks get a TrackingStore (map files beside the backing file);
+    backup devices need ``luns`` (the target's LunMap) holding their source.
+    """
     from volume.filestore import FileStore
     from .scsi.disk import DiskLU
     from .scsi.lun import Identity
 
+    if spec.kind == "backup":
+        from .scsi.backup_lu import BackupLU
+        src = luns.luns.get(spec.source) if luns is not None else None
+        if src is None:
+            raise ConfigError(f"{spec.where}: source LUN {spec.source} is not defined")
+        try:
+            return BackupLU(src, spec.source, identity=Identity.derive(target_iqn, spec.lun))
+        except ValueError as e:
+            raise ConfigError(f"{spec.where}: {e}") from None
     if spec.kind != "disk":  # parse rejects these; guards callers building specs by hand
         raise ConfigError(f"{spec.where}: kind {spec.kind!r} is not supported")
     if spec.create:
         spec.path.parent.mkdir(parents=True, exist_ok=True)
     store = FileStore(spec.path, size=spec.size, create=spec.create, read_only=spec.read_only)
     try:
+        if spec.track and not spec.read_only:
+            from .interceptors.tracker import TrackingError, TrackingStore
+            try:
+                store = TrackingStore.open(store, spec.path)
+            except TrackingError as e:
+                raise ConfigError(f"{spec.where}: {e}") from None
         return DiskLU(store, spec.block_size, spec.read_only,
                       identity=Identity.derive(target_iqn, spec.lun))
     except BaseException:
@@ -578,9 +644,10 @@ def build_registry(cfg: ServerConfig) -> TargetRegistry:
             # Register the map first so a failure below still closes its LUs.
             reg.add(TargetDef(t.iqn, luns, alias=t.alias, chap=t.chap, mutual_chap=t.mutual_chap,
                               allowed_initiators=t.initiators))
-            for spec in t.luns:
+            # Backup devices after the disks they are bound to.
+            for spec in sorted(t.luns, key=lambda s: s.kind == "backup"):
                 try:
-                    lu = build_lu(spec, t.iqn)
+                    lu = build_lu(spec, t.iqn, luns)
                 except ConfigError:
                     raise
                 except Exception as e:  # OSError, ValueError, StoreError from the backing
@@ -604,10 +671,12 @@ def _reason(e: BaseException, path: Path) -> str:
 
 def lun_summary(spec: LunSpec) -> str:
     """One line for the operator, e.g. 'LUN 0: disk var/disk0.img, 64 MiB ...'."""
+    if spec.kind == "backup":
+        return f"LUN {spec.lun}: backup device of LUN {spec.source} (diffbackup, qemu-img convert)"
     size = spec.size if spec.size is not None else _file_size(spec.path)
     blocks = f"{size // spec.block_size} x {spec.block_size}-byte blocks" if size else "size unknown"
     mode = "read-only" if spec.read_only else "read-write"
-    track = "tracking on" if spec.track else "tracking off"
+    track = "tracking on" if spec.track and not spec.read_only else "tracking off"
     return (f"LUN {spec.lun}: {spec.kind} {spec.path}, {format_size(size) if size else '?'} "
             f"({blocks}), {mode}, {track}")
 

@@ -1,0 +1,401 @@
+"""Backup and restore streams as byte ranges: what the patent's pseudo device
+(and the local ``diffbackup``) read and write.  No SCSI here.
+
+:class:`BackupReader` serves a stream produced by ``StreamEncoder`` at byte
+offsets.  Readers such as ``qemu-img convert`` keep several reads in flight,
+so bytes are kept in a window (chunks are dropped once they were read and are
+more than ``WINDOW`` bytes behind the newest byte produced); a read may not
+start more than ``MAX_AHEAD`` bytes past what was produced (bounded memory).
+The stream is *complete* once every byte of it was read at least once.
+
+:class:`RestoreWriter` takes stream bytes at offsets (in order, or out of
+order within ``MAX_REORDER`` bytes) and applies the records to a tracked
+volume as they verify: the same rules as ``volume.backup.restore`` for one
+stream of a chain (header checks, chain check against the map, record
+checksums, newer-than-the-map, skip generations), plus the chain state kept
+between streams: blocks whose newest copy was damaged and not yet replaced.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import threading
+from dataclasses import dataclass, field
+
+from bitarray import bitarray
+
+from volume import backup as B
+from volume.genmap import BackupPlan, extents
+from volume.stream import (HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE, Damage, Record,
+                           StreamDecoder, StreamEncoder, StreamHeader, StreamError)
+
+from .interceptors.tracker import TrackingStore
+
+__all__ = ["BackupReader", "RestoreWriter", "StreamGone", "StreamOrderError", "RestoreRejected",
+           "RestoreResult", "capacity_bound", "begin_backup", "BackupRefused"]
+
+CHUNK = 4 << 20
+
+
+class StreamGone(Exception):
+    """A read asked for stream bytes no longer kept (before the window)."""
+
+
+class StreamOrderError(Exception):
+    """A read or write too far ahead of the stream position."""
+
+
+class RestoreRejected(Exception):
+    """The stream cannot be applied at all (header, identity, chain); nothing was written."""
+
+
+class BackupRefused(Exception):
+    """A backup cannot start now (no full backup yet, scope out of range, ...)."""
+
+
+def capacity_bound(volume_size: int, granularity: int) -> int:
+    """Bytes no stream of this volume can exceed: one record per block, every block raw."""
+    entries = -(-volume_size // granularity)
+    return HEADER_SIZE + TRAILER_SIZE + entries * RECORD_HEADER_SIZE + volume_size
+
+
+def begin_backup(vol: TrackingStore, *, full: bool, scope: int) -> tuple[BackupPlan, dict]:
+    """Start a backup on ``vol`` (advances the generation); returns the plan and the
+    ``active`` record to keep in the volume's state until the stream is read to its end.
+
+    A differential widens its scope down to the oldest generation of an
+    abandoned differential stream (``state.pending_lo``) so no block is lost.
+    """
+    with vol.lock:
+        gmap = vol.map
+        st = vol.state
+        if st.active:              # the previous stream was abandoned
+            st.settle_abandoned()
+        if full:
+            plan = gmap.begin_full()
+            active = {"full": True, "lo": 0, "hi": 0}
+        else:
+            if not st.full_done:
+                raise BackupRefused("no full backup of this volume was completed since tracking "
+                                    "began: take a full backup first")
+            cur = gmap.current_generation
+            if not 1 <= scope <= cur:
+                raise BackupRefused(f"scope {scope} outside 1..{cur} (current generation {cur})")
+            eff = scope
+            if st.pending_lo is not None and st.pending_lo < cur - scope + 1:
+                eff = cur - st.pending_lo + 1
+            plan = gmap.begin_differential(eff)
+            lo, hi = plan.generation_range
+            active = {"full": False, "lo": lo, "hi": hi}
+        st.active = active
+        vol.save_state()
+        return plan, active
+
+
+def finish_backup(vol: TrackingStore, active: dict) -> None:
+    """The stream started with ``active`` was read to its end."""
+    with vol.lock:
+        st = vol.state
+        if active.get("full"):
+            st.full_done = True
+            st.pending_lo = None
+        elif st.pending_lo is not None and active["lo"] <= st.pending_lo:
+            st.pending_lo = None
+        if st.active is active or st.active == active:
+            st.active = None
+        vol.save_state()
+
+
+class _Coverage:
+    """Which byte ranges of [0, total) were read: a contiguous prefix plus sorted extras."""
+
+    def __init__(self) -> None:
+        self.prefix = 0
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, a: int, b: int) -> None:
+        if b <= self.prefix:
+            return
+        if a <= self.prefix:
+            self.prefix = b
+        else:
+            i = bisect.bisect_left(self._starts, a)
+            self._starts.insert(i, a)
+            self._ends.insert(i, b)
+        while self._starts and self._starts[0] <= self.prefix:
+            self.prefix = max(self.prefix, self._ends[0])
+            del self._starts[0], self._ends[0]
+
+
+class BackupReader:
+    WINDOW = 64 << 20
+    MAX_AHEAD = 256 << 20
+
+    def __init__(self, vol: TrackingStore, plan: BackupPlan, active: dict, *,
+                 compress: bool = False) -> None:
+        self.vol = vol
+        self.active = active
+        self.enc = StreamEncoder(vol, plan, compress=compress)
+        self.header: StreamHeader = self.enc.header
+        self._chunks: collections.deque[tuple[int, memoryview]] = collections.deque()
+        self.produced = 0
+        self.total: int | None = None       # known once the encoder finished
+        self.cov = _Coverage()
+        self.complete = False
+        self.lock = threading.Lock()
+
+    @property
+    def size_bound(self) -> int:
+        return self.enc.size_bound
+
+    def _produce(self, upto: int) -> None:
+        while self.total is None and self.produced < upto:
+            buf = bytearray(max(CHUNK, min(upto - self.produced, 64 << 20)))
+            k = self.enc.readinto(buf)
+            if k == 0 or self.enc.finished:
+                if k:
+                    self._chunks.append((self.produced, memoryview(buf)[:k]))
+                    self.produced += k
+                self.total = self.produced
+                break
+            self._chunks.append((self.produced, memoryview(buf)[:k]))
+            self.produced += k
+
+    def readinto(self, offset: int, mv: memoryview) -> None:
+        """Stream bytes at ``offset``; zeros past the end of the stream."""
+        n = len(mv)
+        end = offset + n
+        with self.lock:
+            if self.total is None and end > self.produced + self.MAX_AHEAD and \
+                    offset < self.enc.size_bound:
+                raise StreamOrderError(f"read at stream byte {offset} is more than "
+                                       f"{self.MAX_AHEAD} bytes ahead of the stream position "
+                                       f"{self.produced}: read the stream sequentially")
+            self._produce(end)
+            lowest = self._chunks[0][0] if self._chunks else self.produced
+            if offset < lowest and offset < self.produced:
+                raise StreamGone(f"stream bytes from {offset} were already read and dropped "
+                                 f"(kept from {lowest}); start the backup again")
+            i = 0
+            for start, chunk in self._chunks:
+                cend = start + len(chunk)
+                if cend <= offset:
+                    continue
+                if start >= end:
+                    break
+                a = max(start, offset)
+                b = min(cend, end)
+                mv[a - offset:b - offset] = chunk[a - start:b - start]
+            avail = min(end, self.produced)
+            if avail < end:
+                mv[max(0, avail - offset):] = bytes(end - max(avail, offset))
+            self.cov.add(offset, min(end, self.produced) if self.total is None else end)
+            self._trim()
+            if self.total is not None and not self.complete and self.cov.prefix >= self.total:
+                self.complete = True
+                finish_backup(self.vol, self.active)
+
+    def _trim(self) -> None:
+        keep_from = min(self.cov.prefix, self.produced - self.WINDOW)
+        while self._chunks:
+            start, chunk = self._chunks[0]
+            if start + len(chunk) <= keep_from:
+                self._chunks.popleft()
+            else:
+                break
+
+
+@dataclass
+class RestoreResult:
+    """One restore stream's outcome (cumulative fields describe the chain so far)."""
+    state: str = "idle"                 # idle | running | done | rejected | abandoned
+    header: StreamHeader | None = None
+    check: B.StreamCheck | None = None
+    errors: list[str] = field(default_factory=list)
+    unrecovered: list[tuple[int, int]] = field(default_factory=list)   # chain, block extents
+    bytes: int = 0
+
+    @property
+    def bad_records(self) -> list[B.BadRecord]:
+        return list(self.check.damage) if self.check else []
+
+
+class RestoreWriter:
+    MAX_REORDER = 64 << 20
+
+    def __init__(self, vol: TrackingStore, *, skip_generations=(), name: str = "stream",
+                 lost: bitarray | None = None) -> None:
+        self.vol = vol
+        self.name = name
+        self.skip = set(int(g) for g in skip_generations)
+        self.dec = StreamDecoder()
+        self.pos = 0
+        self._pending: dict[int, bytes] = {}
+        self._pending_bytes = 0
+        self.result = RestoreResult("running")
+        self._h: StreamHeader | None = None
+        self._seen: bitarray | None = None
+        self.lost = lost
+        self.finished = False
+
+    # -- byte intake ----------------------------------------------------------
+    def write(self, offset: int, data) -> None:
+        if self.finished:
+            return
+        if offset < self.pos:
+            # Already consumed (a resend); only the part past the position counts.
+            skip = self.pos - offset
+            if skip >= len(data):
+                return
+            data, offset = memoryview(data)[skip:], self.pos
+        if offset > self.pos:
+            if self._pending_bytes + len(data) > self.MAX_REORDER or \
+                    offset - self.pos > self.MAX_REORDER:
+                raise StreamOrderError(f"write at stream byte {offset} is too far ahead of the "
+                                       f"restore position {self.pos}: write the stream in order")
+            self._pending[offset] = bytes(data)
+            self._pending_bytes += len(data)
+            return
+        self._feed(data)
+        while self._pending and not self.finished:
+            nxt = min(self._pending)
+            if nxt > self.pos:
+                break
+            chunk = self._pending.pop(nxt)
+            self._pending_bytes -= len(chunk)
+            if nxt + len(chunk) > self.pos:
+                self._feed(memoryview(chunk)[self.pos - nxt:])
+
+    def _feed(self, data) -> None:
+        self.pos += len(data)
+        self.result.bytes = self.pos
+        items = self.dec.feed(data if isinstance(data, bytes) else bytes(data))
+        if self._h is None:
+            if self.dec.header is not None:
+                self._start(self.dec.header)
+            elif items:     # the decoder could not use the header
+                self._reject([getattr(i, "reason", "stream header unusable") for i in items])
+            else:
+                return
+        for item in items:
+            self._on_item(item)
+        if self.dec.trailer is not None:
+            self._finish()
+
+    # -- stream logic -----------------------------------------------------------
+    def _reject(self, errors: list[str]) -> None:
+        self.result.state = "rejected"
+        self.result.errors = list(errors)
+        self.finished = True
+        raise RestoreRejected("; ".join(errors))
+
+    def _start(self, h: StreamHeader) -> None:
+        vol = self.vol
+        gmap = vol.map
+        errors = []
+        if h.volume_size != vol.size:
+            errors.append(f"{self.name} is for a {h.volume_size}-byte volume; the target holds "
+                          f"{vol.size} bytes")
+        if not h.full:
+            if h.volume_id != gmap.volume_id:
+                errors.append(f"{self.name} is a backup of volume {h.volume_id.hex()}; the "
+                              f"target is volume {gmap.volume_id.hex()}")
+            if h.block_size != gmap.granularity:
+                errors.append(f"{self.name} tracks {h.block_size}-byte blocks; the target map "
+                              f"tracks {gmap.granularity}-byte blocks")
+            if not errors:
+                if gmap.base_id == bytes(16):
+                    errors.append(f"{self.name} is differential, but the target holds no full "
+                                  f"restore: start with the full backup stream")
+                else:
+                    errors += B.check_chain([(self.name, h)],
+                                            start_generation=gmap.current_generation,
+                                            base_id=gmap.base_id)
+        if errors:
+            self._reject(errors)
+        if h.full:
+            # A full restore makes the target that volume again: its identity,
+            # granularity and a map at generation 0 of this full backup.
+            if h.volume_id != gmap.volume_id or h.block_size != gmap.granularity:
+                vol.reidentify(h.volume_id, h.block_size)
+                gmap = vol.map
+            gmap.reset(h.base_id)
+            with vol.lock:
+                vol.state.full_done = False     # true again once the whole stream applied
+                vol.state.pending_lo = None
+                vol.save_state()
+            self._seen = bitarray(gmap.entries, endian="little")
+            self._seen.setall(0)
+            self.lost = bitarray(gmap.entries, endian="little")
+            self.lost.setall(0)
+        elif self.lost is None or len(self.lost) != gmap.entries:
+            self.lost = bitarray(gmap.entries, endian="little")
+            self.lost.setall(0)
+        self._h = h
+        self.result.header = h
+        self.result.check = B.StreamCheck(self.name, h)
+        self._uncertain = bitarray(gmap.entries, endian="little")
+        self._uncertain.setall(0)
+
+    def _on_item(self, item) -> None:
+        h = self._h
+        if h is None:
+            return
+        chk = self.result.check
+        gmap = self.vol.map
+        if isinstance(item, Damage):
+            chk.damage.append(B._bad(self.name, item))
+            if item.first_block is not None:
+                a, n = item.first_block, item.nblocks
+                if h.full:
+                    self.lost[a:a + n] = 1
+                else:
+                    self.lost[a:a + n] |= gmap.blocks_older_than(a, n, item.generation)
+            return
+        # A full restore writes around the tracker (the map was reset to
+        # generation 0 of this backup); a differential one marks first and
+        # then sets the restored generation (apply_restored), so a crash in
+        # between leaves a false positive.
+        store = self.vol.inner if h.full else self.vol
+        B._apply(store, gmap, h, item, chk, self.skip, self._seen, self.lost, self._uncertain)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        end = self.dec.finish()
+        h = self._h
+        chk = self.result.check
+        chk.bytes = self.pos
+        chk.records, chk.blocks = end.records, end.blocks
+        chk.errors += [e for e in end.errors if not e.startswith("non-zero bytes after")]
+        gmap = self.vol.map
+        if self._seen is not None:
+            missing = ~self._seen
+            missing[gmap.entries:] = 0
+            self.lost |= missing
+        hi = h.generation_range[1]
+        if hi + 1 > gmap.current_generation:
+            gmap.set_current_generation(hi + 1)
+        self.vol.flush()
+        gmap.save()
+        if h.full:
+            with self.vol.lock:
+                self.vol.state.full_done = True
+                self.vol.save_state()
+        self.result.unrecovered = list(extents(self.lost))
+        self.result.state = "done"
+
+    def abandon(self) -> None:
+        """The writer stopped before the trailer (a new restore began, or the LU closed)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self._h is not None:
+            self.vol.flush()
+            self.vol.map.save()
+            self.result.errors.append(f"stream truncated at byte {self.pos}: no trailer")
+            if self.lost is not None:
+                self.result.unrecovered = list(extents(self.lost))
+        self.result.state = "abandoned"

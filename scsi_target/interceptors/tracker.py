@@ -1,0 +1,310 @@
+"""The difference tracker: a BlockStore wrapper that marks every changed range
+in the volume's GenerationMap *before* the data write (write intent).
+
+DESIGN invariant 1: ``GenerationMap.mark`` is durable when it returns (the
+journal page is msync'ed), and the data write only starts after it, so a
+crash between the two leaves a marked block whose data did not change (a
+false positive), never a changed block that is not marked.  Everything in
+the SCSI layer that changes data goes through ``lu.store``
+(``write``/``write_zeroes``/``discard``), so wrapping the store covers WRITE*,
+WRITE SAME, UNMAP, COMPARE AND WRITE, ORWRITE, WRITE ATOMIC and EXTENDED COPY.
+
+Files beside a backing file ``PATH`` (docs/tracking.md):
+
+* ``PATH.genmap`` and ``PATH.genmap.dirty`` -- the generation map and its
+  write-intent journal (volume/genmap.py).
+* ``PATH.volume`` -- the identity sidecar (JSON): the volume identity (16
+  random bytes made when tracking starts), the volume size and granularity
+  the map was made for, and the backup-device bookkeeping (whether a full
+  backup stream was read to its end, the oldest generation of an abandoned
+  differential stream).  The map carries the same identity; a map that does
+  not match its sidecar (copied from another volume), or a volume whose size
+  changed, is refused with a message saying what to do.
+
+Memory volumes are tracked in memory: the map lives in a private temporary
+directory (on /dev/shm when there is one), without msync, removed on close.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+from volume.genmap import GenerationMap, MapError, journal_path
+from volume.store import BlockStore
+
+__all__ = ["TrackingStore", "TrackingError", "BackupState", "map_paths", "read_sidecar",
+           "MAP_SUFFIX", "SIDECAR_SUFFIX", "DEFAULT_GRANULARITY"]
+
+MAP_SUFFIX = ".genmap"
+SIDECAR_SUFFIX = ".volume"
+SIDECAR_FORMAT = "pyscsi-volume"
+SIDECAR_VERSION = 1
+DEFAULT_GRANULARITY = 4096
+
+
+class TrackingError(Exception):
+    """Tracking cannot start (or continue) for this volume; ``str()`` says why and what to do."""
+
+
+def map_paths(path: str | os.PathLike) -> tuple[str, str, str]:
+    """(map, journal, sidecar) paths beside the backing file ``path``."""
+    p = os.fspath(path)
+    m = p + MAP_SUFFIX
+    return m, journal_path(m), p + SIDECAR_SUFFIX
+
+
+@dataclass
+class BackupState:
+    """What the backup device must remember across restarts (kept in the sidecar).
+
+    ``full_done``: a full backup stream was read to its end since the map's
+    last reset; differential backups are refused until then (generation 0
+    would otherwise mean "in a full backup nobody has").
+    ``pending_lo``: the oldest generation of a differential stream that was
+    started but not read to its end; the next differential widens its scope
+    down to it, so an abandoned stream never loses blocks.
+    ``active``: the stream being read right now ({"full", "lo", "hi"}); found
+    set at open, it was abandoned by a crash and is folded into the above.
+    """
+    full_done: bool = False
+    pending_lo: int | None = None
+    active: dict | None = None
+
+    def settle_abandoned(self) -> None:
+        a, self.active = self.active, None
+        if not a:
+            return
+        if a.get("full"):
+            self.full_done = False
+        else:
+            lo = int(a.get("lo", 1))
+            self.pending_lo = lo if self.pending_lo is None else min(self.pending_lo, lo)
+
+
+def read_sidecar(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise TrackingError(f"{path}: unreadable volume identity sidecar ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
+        raise TrackingError(f"{path} is not a volume identity sidecar")
+    if doc.get("version") != SIDECAR_VERSION:
+        raise TrackingError(f"{path}: sidecar version {doc.get('version')!r}, this release "
+                            f"reads version {SIDECAR_VERSION}")
+    try:
+        vid = bytes.fromhex(doc["volume_id"])
+        int(doc["volume_size"]), int(doc["granularity"])
+    except (KeyError, TypeError, ValueError):
+        raise TrackingError(f"{path}: volume_id/volume_size/granularity missing or malformed") \
+            from None
+    if not 1 <= len(vid) <= 32:
+        raise TrackingError(f"{path}: volume identity of {len(vid)} bytes")
+    return doc
+
+
+def _write_json_atomic(path: str, doc: dict, sync: bool) -> None:
+    tmp = path + ".tmp"
+    data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync:
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class TrackingStore(BlockStore):
+    """``inner`` with every data change marked in ``self.map`` first.
+
+    Build with :meth:`open` (file volumes) or :meth:`in_memory`.
+    """
+
+    def __init__(self, inner: BlockStore, gmap: GenerationMap, *, sidecar: str | None,
+                 state: BackupState, tmpdir: str | None = None, sync: bool = True) -> None:
+        self.inner = inner
+        self.size = inner.size
+        self._map = gmap
+        self._mark = gmap.mark
+        self.sidecar = sidecar
+        self.state = state
+        self._tmpdir = tmpdir
+        self._sync = sync
+        self._closed = False
+        # Serialises map replacement (reidentify) and sidecar writes.
+        self.lock = threading.RLock()
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def open(cls, inner: BlockStore, path: str | os.PathLike, *,
+             granularity: int = DEFAULT_GRANULARITY, sync: bool = True,
+             volume_id: bytes | None = None) -> "TrackingStore":
+        """Track the file volume ``path`` (served by ``inner``): open its map, or start one.
+
+        ``volume_id`` is only used when tracking starts (no map, no sidecar).
+        """
+        mpath, jpath, spath = map_paths(path)
+        have_map = os.path.exists(mpath)
+        try:
+            doc = read_sidecar(spath)
+        except FileNotFoundError:
+            doc = None
+        if doc is None and have_map:
+            raise TrackingError(
+                f"{mpath} exists but its identity sidecar {spath} is missing: cannot tell "
+                f"whether the map belongs to {os.fspath(path)}; delete {mpath}* to start tracking "
+                f"afresh (then take a full backup)")
+        if doc is None:
+            vid = volume_id or os.urandom(16)
+            state = BackupState()
+            doc = cls._sidecar_doc(vid, inner.size, granularity, state)
+            try:
+                gmap = GenerationMap.create(mpath, volume_size=inner.size, granularity=granularity,
+                                            volume_id=vid, overwrite=True, sync=sync)
+            except (MapError, OSError) as exc:
+                raise TrackingError(f"cannot create generation map {mpath}: {exc}") from None
+            _write_json_atomic(spath, doc, sync)
+            return cls(inner, gmap, sidecar=spath, state=state, sync=sync)
+        vid = bytes.fromhex(doc["volume_id"])
+        if int(doc["volume_size"]) != inner.size:
+            raise TrackingError(
+                f"{os.fspath(path)} is {inner.size} bytes but its generation map was made for "
+                f"{doc['volume_size']} bytes: resizing a tracked volume is refused; restore its "
+                f"size, or delete {mpath}* and {spath} to start tracking afresh (then take a "
+                f"full backup)")
+        gran = int(doc["granularity"])
+        b = doc.get("backup") or {}
+        state = BackupState(bool(b.get("full_done")), b.get("pending_lo"), b.get("active"))
+        if not have_map:
+            # The map was lost: start a new one for the same volume, but no
+            # differential backup is possible until a full one is taken.
+            state = BackupState()
+            try:
+                gmap = GenerationMap.create(mpath, volume_size=inner.size, granularity=gran,
+                                            volume_id=vid, overwrite=True, sync=sync)
+            except (MapError, OSError) as exc:
+                raise TrackingError(f"cannot create generation map {mpath}: {exc}") from None
+        else:
+            try:
+                gmap = GenerationMap.open(mpath, volume_size=inner.size, volume_id=vid,
+                                          granularity=gran, sync=sync)
+            except MapError as exc:
+                raise TrackingError(f"generation map of {os.fspath(path)}: {exc}") from None
+        state.settle_abandoned()
+        self = cls(inner, gmap, sidecar=spath, state=state, sync=sync)
+        self.save_state()
+        return self
+
+    @classmethod
+    def in_memory(cls, inner: BlockStore, *, granularity: int = DEFAULT_GRANULARITY,
+                  volume_id: bytes | None = None) -> "TrackingStore":
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        tmpdir = tempfile.mkdtemp(prefix="pyscsi-track-", dir=base)
+        try:
+            gmap = GenerationMap.create(os.path.join(tmpdir, "map"), volume_size=inner.size,
+                                        granularity=granularity,
+                                        volume_id=volume_id or os.urandom(16), sync=False)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        return cls(inner, gmap, sidecar=None, state=BackupState(), tmpdir=tmpdir, sync=False)
+
+    @staticmethod
+    def _sidecar_doc(vid: bytes, size: int, gran: int, state: BackupState) -> dict:
+        return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "volume_id": vid.hex(),
+                "volume_size": size, "granularity": gran,
+                "backup": {"full_done": state.full_done, "pending_lo": state.pending_lo,
+                           "active": state.active}}
+
+    # -- identity and bookkeeping ---------------------------------------------
+    @property
+    def map(self) -> GenerationMap:
+        return self._map
+
+    @property
+    def volume_id(self) -> bytes:
+        return self._map.volume_id
+
+    def save_state(self) -> None:
+        """Persist ``state`` (atomically) in the sidecar; memory volumes keep it in memory."""
+        with self.lock:
+            if self.sidecar is None:
+                return
+            doc = self._sidecar_doc(self._map.volume_id, self.size, self._map.granularity,
+                                    self.state)
+            _write_json_atomic(self.sidecar, doc, self._sync)
+
+    def reidentify(self, volume_id: bytes, granularity: int | None = None) -> None:
+        """Become volume ``volume_id`` (a full restore of its backup): a new, empty map."""
+        with self.lock:
+            gran = granularity or self._map.granularity
+            path = self._map.path
+            self._map.close()
+            gmap = GenerationMap.create(path, volume_size=self.size, granularity=gran,
+                                        volume_id=bytes(volume_id), overwrite=True,
+                                        sync=self._sync)
+            self._map = gmap
+            self._mark = gmap.mark
+            self.state = BackupState()
+            self.save_state()
+
+    # -- BlockStore -----------------------------------------------------------
+    @property
+    def read_only(self) -> bool:  # type: ignore[override]
+        return self.inner.read_only
+
+    @property
+    def thin(self) -> bool:  # type: ignore[override]
+        return self.inner.thin
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        self.inner.readinto(offset, buf)
+
+    def read(self, offset: int, length: int) -> bytearray:
+        return self.inner.read(offset, length)
+
+    def write(self, offset: int, data) -> None:
+        self._mark(offset, len(data) if not isinstance(data, memoryview) else data.nbytes)
+        self.inner.write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self._mark(offset, length)
+        self.inner.write_zeroes(offset, length)
+
+    def discard(self, offset: int, length: int) -> None:
+        self._mark(offset, length)
+        self.inner.discard(offset, length)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def allocation(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
+        return self.inner.allocation(offset, length)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            try:
+                self.inner.close()
+            finally:
+                self._map.close()
+        finally:
+            if self._tmpdir:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)

@@ -1,0 +1,222 @@
+"""Vendor-specific backup commands of the backup pseudo device (opcodes C0h-C6h).
+
+Layouts live in :mod:`scsi_target.scsi.layouts.backup`; semantics and byte
+tables in docs/vendor-commands.md.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from volume import backup as B
+from volume.stream import HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE
+
+from .command import Command, Direction
+from .dispatch import CommandSet, Conflict, data_out
+from .layouts import backup as L
+from . import sense as S
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backup_lu import BackupLU
+
+VENDOR_BACKUP = CommandSet("VENDOR-BACKUP")
+
+
+def _usage(opcode: int, flags: int) -> bytes:
+    return bytes([opcode, flags, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00])
+
+
+def _parse(cmd: Command) -> L.VendorCdb:
+    cdb = cmd.cdb
+    if len(cdb) < L.CDB_LEN:
+        raise S.invalid_cdb_field(0)
+    c = L.VendorCdb.unpack(cdb)
+    bad = c.flags & ~L.CDB_FLAGS_ALLOWED[c.opcode]
+    if bad:
+        raise S.invalid_cdb_field(1, bad.bit_length() - 1)
+    if c.reserved:
+        raise S.invalid_cdb_field(10)
+    if c.control:
+        raise S.invalid_cdb_field(11)
+    return c
+
+
+def _check_scope(lu: "BackupLU", c: L.VendorCdb, full: bool) -> None:
+    if full:
+        if c.scope:
+            raise S.invalid_cdb_field(2)
+        return
+    cur = lu.tracked.map.current_generation
+    if not 1 <= c.scope <= cur:
+        raise S.invalid_cdb_field(2)
+
+
+def _no_data(c: L.VendorCdb) -> None:
+    if c.scope and c.opcode != L.OP_SELECT_BACKUP:
+        raise S.invalid_cdb_field(2)
+
+
+@VENDOR_BACKUP.command(L.OP_SELECT_BACKUP, "SELECT BACKUP", L.CDB_LEN, conflict=Conflict.WRITE,
+                       usage=_usage(L.OP_SELECT_BACKUP, L.FLAG_FULL | L.FLAG_COMPRESS))
+def select_backup(lu: "BackupLU", cmd: Command) -> None:
+    c = _parse(cmd)
+    if c.length:
+        raise S.invalid_cdb_field(6)
+    full = bool(c.flags & L.FLAG_FULL)
+    _check_scope(lu, c, full)
+    m = lu.medium
+    with m.lock:
+        m.full, m.scope, m.compress = full, (c.scope or 1), bool(c.flags & L.FLAG_COMPRESS)
+
+
+def _status(lu: "BackupLU") -> L.BackupStatus:
+    r = lu.medium.reader
+    if r is None:
+        return L.BackupStatus()
+    lo, hi = r.header.generation_range
+    return L.BackupStatus(state=L.STATE_COMPLETE if r.complete else L.STATE_ACTIVE,
+                          full=r.header.full, compressed=r.enc._compress, generation_lo=lo,
+                          generation_hi=hi, block_count=r.header.block_count,
+                          size_bound=r.size_bound, produced=r.produced,
+                          read_prefix=r.cov.prefix, total=r.total or 0,
+                          stream_id=r.header.stream_id)
+
+
+@VENDOR_BACKUP.command(L.OP_START_BACKUP, "START BACKUP", L.CDB_LEN, direction=Direction.IN,
+                       conflict=Conflict.WRITE, usage=_usage(L.OP_START_BACKUP, 0))
+def start_backup(lu: "BackupLU", cmd: Command) -> bytes:
+    c = _parse(cmd)
+    _no_data(c)
+    with lu.medium.lock:
+        lu.medium.start_backup()
+        return _status(lu).pack()[:c.length]
+
+
+@VENDOR_BACKUP.command(L.OP_REPORT_BACKUP_STATUS, "REPORT BACKUP STATUS", L.CDB_LEN,
+                       direction=Direction.IN, conflict=Conflict.ALLOWED,
+                       usage=_usage(L.OP_REPORT_BACKUP_STATUS, 0))
+def report_backup_status(lu: "BackupLU", cmd: Command) -> bytes:
+    c = _parse(cmd)
+    _no_data(c)
+    with lu.medium.lock:
+        return _status(lu).pack()[:c.length]
+
+
+@VENDOR_BACKUP.command(L.OP_REPORT_GENERATIONS, "REPORT GENERATIONS", L.CDB_LEN,
+                       direction=Direction.IN, conflict=Conflict.ALLOWED,
+                       usage=_usage(L.OP_REPORT_GENERATIONS, 0))
+def report_generations(lu: "BackupLU", cmd: Command) -> bytes:
+    c = _parse(cmd)
+    _no_data(c)
+    vol = lu.tracked
+    gmap = vol.map
+    st = vol.state
+    vid = gmap.volume_id
+    h = L.GenerationsHeader(
+        current_generation=gmap.current_generation, granularity=gmap.granularity,
+        source_lun=lu.source_lun, full_done=st.full_done,
+        stream_active=lu.medium.reader is not None and not lu.medium.reader.complete,
+        pending_valid=st.pending_lo is not None, volume_id_length=len(vid),
+        volume_size=gmap.volume_size, entries=gmap.entries, pending_lo=st.pending_lo or 0,
+        base_id=gmap.base_id, volume_id=vid)
+    return L.GenerationsReport(h, gmap.counts()).pack()[:c.length]
+
+
+@VENDOR_BACKUP.command(L.OP_ESTIMATE_BACKUP, "ESTIMATE BACKUP", L.CDB_LEN, direction=Direction.IN,
+                       conflict=Conflict.ALLOWED,
+                       usage=_usage(L.OP_ESTIMATE_BACKUP, L.FLAG_FULL | L.FLAG_COMPRESS))
+def estimate_backup(lu: "BackupLU", cmd: Command) -> bytes:
+    c = _parse(cmd)
+    full = bool(c.flags & L.FLAG_FULL)
+    _check_scope(lu, c, full)
+    compressed = bool(c.flags & L.FLAG_COMPRESS)
+    vol = lu.tracked
+    gmap = vol.map
+    if full:
+        # Every block, one record per maximal run of 1 MiB.
+        maxb = max(1, (1 << 20) // gmap.granularity)
+        blocks = gmap.entries
+        nbytes = HEADER_SIZE + TRAILER_SIZE + -(-blocks // maxb) * RECORD_HEADER_SIZE \
+            + gmap.volume_size
+        packed = _sample_ratio(vol, maxb * gmap.granularity) * nbytes if compressed else 0
+        packed = int(packed)
+    else:
+        blocks = gmap.estimate_blocks(c.scope)
+        nbytes = B.estimate(gmap, c.scope, False)
+        packed = B.estimate(gmap, c.scope, True, store=vol, seed=0) if compressed else 0
+    return L.Estimate(scope=c.scope, blocks=blocks, stream_bytes=nbytes,
+                      compressed_bytes=packed).pack()[:c.length]
+
+
+def _sample_ratio(vol, chunk: int, samples: int = 32) -> float:
+    """zlib ratio of evenly spread chunks of the volume (zero chunks cost nothing)."""
+    import zlib
+    size = vol.size
+    step = max(chunk, size // samples)
+    raw = packed = 0
+    for off in range(0, size, step):
+        n = min(chunk, size - off)
+        data = vol.read(off, n)
+        raw += n
+        if data.count(0) != n:
+            packed += min(n, len(zlib.compress(data, 1)))
+    return packed / raw if raw else 1.0
+
+
+_STATE_CODE = {name: i for i, name in enumerate(L.RESTORE_STATES)}
+
+
+def restore_report(lu: "BackupLU") -> L.RestoreReportData:
+    res = lu.medium.last_restore
+    chk = res.check
+    h = res.header
+    lo, hi = h.generation_range if h else (0, 0)
+    bad = []
+    for d in (chk.damage if chk else []):
+        bad.append(L.BadRecordDesc(block_valid=d.first_block is not None,
+                                   generation=d.generation or 0, first_block=d.first_block or 0,
+                                   nblocks=d.nblocks or 0, stream_offset=d.offset))
+    ext = [L.ExtentDesc(a, n) for a, n in res.unrecovered]
+    msgs = list(res.errors) + (list(chk.errors) if chk else [])
+    msgs += [f"offset {d.offset}: {d.reason}" for d in (chk.damage if chk else [])][:64]
+    hdr = L.RestoreHeader(
+        state=_STATE_CODE.get(res.state, 0), full=bool(h and h.full), generation_lo=lo,
+        generation_hi=hi, bytes_received=res.bytes,
+        records_applied=chk.applied if chk else 0,
+        skipped_older=chk.skipped_older if chk else 0,
+        skipped_forbidden=chk.skipped_forbidden if chk else 0,
+        bad_records=len(chk.damage) if chk else 0,
+        blocks_written=chk.blocks_written if chk else 0,
+        unrecovered_blocks=sum(n for _a, n in res.unrecovered),
+        stream_id=h.stream_id if h else bytes(16))
+    return L.RestoreReportData(hdr, bad, ext, "\n".join(msgs))
+
+
+@VENDOR_BACKUP.command(L.OP_REPORT_RESTORE_RESULTS, "REPORT RESTORE RESULTS", L.CDB_LEN,
+                       direction=Direction.IN, conflict=Conflict.ALLOWED,
+                       usage=_usage(L.OP_REPORT_RESTORE_RESULTS, 0))
+def report_restore_results(lu: "BackupLU", cmd: Command) -> bytes:
+    c = _parse(cmd)
+    _no_data(c)
+    with lu.medium.lock:
+        return restore_report(lu).pack()[:c.length]
+
+
+@VENDOR_BACKUP.command(L.OP_SET_RESTORE_OPTIONS, "SET RESTORE OPTIONS", L.CDB_LEN,
+                       direction=Direction.OUT, conflict=Conflict.WRITE,
+                       usage=_usage(L.OP_SET_RESTORE_OPTIONS, 0))
+def set_restore_options(lu: "BackupLU", cmd: Command) -> None:
+    c = _parse(cmd)
+    _no_data(c)
+    if c.length < 4 or c.length > 4 + 4 * L.MAX_SKIP_GENERATIONS or c.length % 4:
+        raise S.invalid_cdb_field(6)
+    raw = data_out(cmd, c.length)
+    try:
+        gens = L.unpack_restore_options(raw)
+    except ValueError as exc:
+        raise S.invalid_param_field(int(exc.args[0])) from None
+    if 4 + 4 * len(gens) != c.length:
+        raise S.illegal_request(S.PARAMETER_LIST_LENGTH_ERROR)
+    if raw[2] or raw[3]:
+        raise S.invalid_param_field(2)
+    with lu.medium.lock:
+        lu.medium.skip_generations = gens
