@@ -11,7 +11,7 @@ they don't compete for the CPUs), with the same clients:
   doesn't score).
 
 tgt needs root (tgtd); it runs in the foreground on its own control port and
-is killed on exit, Ctrl-C or error.  Usage: ``tools/bench [--quick]
+is killed on exit, Ctrl-C or error.  Server logs go to var/bench/.  Usage: ``tools/bench [--quick]
 [--only PATTERN] [--side ours|tgt|both] [--json FILE]``.
 """
 from __future__ import annotations
@@ -55,6 +55,14 @@ class Side:
     port: int
     iqn: str
     lun: int
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+    def health(self) -> str:
+        """Why the target may have failed a test: '' while its process runs."""
+        if self.proc is None or self.proc.poll() is None:
+            return ""
+        return f"target process exited with {self.proc.returncode}: {tail(self.log)}"
 
     @property
     def url(self) -> str:
@@ -109,9 +117,9 @@ def stop_process(proc: subprocess.Popen, grace: float = 5,
 
 
 @contextlib.contextmanager
-def run_ours(image: Path, workdir: Path, track: bool) -> Iterator[Side]:
+def run_ours(image: Path, logdir: Path, track: bool) -> Iterator[Side]:
     port = free_port()
-    log = workdir / "ours.log"
+    log = logdir / "ours.log"
     cmd = [sys.executable, "-m", "scsi_target", "serve", "--listen", f"127.0.0.1:{port}",
            "--iqn", BENCH_IQN, "--disk", str(image), "--log-level", "warning"]
     if not track:
@@ -122,7 +130,7 @@ def run_ours(image: Path, workdir: Path, track: bool) -> Iterator[Side]:
                                 start_new_session=True)
     try:
         wait_port("127.0.0.1", port, proc, log)
-        yield Side("ours", "127.0.0.1", port, BENCH_IQN, 0)
+        yield Side("ours", "127.0.0.1", port, BENCH_IQN, 0, proc, log)
     finally:
         stop_process(proc)
 
@@ -135,7 +143,7 @@ def tgtadm(ctl: int, *args: str) -> None:
 
 
 @contextlib.contextmanager
-def run_tgt(image: Path, workdir: Path) -> Iterator[Side]:
+def run_tgt(image: Path, logdir: Path) -> Iterator[Side]:
     if os.geteuid() != 0:
         raise BenchError("tgtd needs root")
     if not shutil.which("tgtd"):
@@ -143,7 +151,7 @@ def run_tgt(image: Path, workdir: Path) -> Iterator[Side]:
     port = free_port()
     # A control port of our own, so a system tgtd (socket.0) is left alone.
     ctl = 20000 + os.getpid() % 20000
-    log = workdir / "tgtd.log"
+    log = logdir / "tgtd.log"
     cmd = ["tgtd", "-f", "-C", str(ctl), "--iscsi", f"portal=127.0.0.1:{port}"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -154,7 +162,7 @@ def run_tgt(image: Path, workdir: Path) -> Iterator[Side]:
         tgtadm(ctl, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1",
                "--backing-store", str(image))
         tgtadm(ctl, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL")
-        yield Side("tgt", "127.0.0.1", port, BENCH_IQN, 1)
+        yield Side("tgt", "127.0.0.1", port, BENCH_IQN, 1, proc, log)
     finally:
         # tgtd ignores SIGTERM and won't "delete system" while it has targets; it
         # keeps no state worth a graceful stop, so kill it.
@@ -257,10 +265,10 @@ class Test:
 
 
 TESTS = [
-    Test("qemu-img bench 4K QD32 read", "IOPS", qemu_bench(4096, 32, False, 40000, 4000)),
-    Test("qemu-img bench 4K QD32 write", "IOPS", qemu_bench(4096, 32, True, 40000, 4000)),
-    Test("qemu-img bench 1M QD8 read", "MiB/s", qemu_bench(MiB, 8, False, 1024, 128)),
-    Test("qemu-img bench 1M QD8 write", "MiB/s", qemu_bench(MiB, 8, True, 1024, 128)),
+    Test("qemu-img bench 4K QD32 read", "IOPS", qemu_bench(4096, 32, False, 100000, 10000)),
+    Test("qemu-img bench 4K QD32 write", "IOPS", qemu_bench(4096, 32, True, 100000, 10000)),
+    Test("qemu-img bench 1M QD8 read", "MiB/s", qemu_bench(MiB, 8, False, 2048, 256)),
+    Test("qemu-img bench 1M QD8 write", "MiB/s", qemu_bench(MiB, 8, True, 2048, 256)),
     Test("iscsi-perf 4K random read QD1", "IOPS", iscsi_perf(1)),
     Test("iscsi-perf 4K random read QD32", "IOPS", iscsi_perf(32)),
     # Order matters: convert out reads back what convert in wrote.
@@ -294,8 +302,9 @@ def measure(side_name: str, starter, tests: list[Test], rows: dict[str, Row],
                 try:
                     res = t.run(side, st)
                 except BenchError as e:
-                    rows[t.name].results[side_name] = str(e)
-                    say(f"  {t.name}: [red]failed[/red]: {e}")
+                    why = f"{e} ({side.health()})" if side.health() else str(e)
+                    rows[t.name].results[side_name] = why
+                    say(f"  {t.name}: [red]failed[/red]: {why}")
                     continue
                 rows[t.name].results[side_name] = res
                 say(f"  {t.name}: {res.value:,.1f} {t.unit} in {res.seconds:.2f} s"
@@ -427,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             image = work / "lun.img"
             st = Settings(args.quick, work, work / "source.img", work / "copy-back.img")
             fill(st.source, CONVERT_SIZE, random=True)
-            starters = {"ours": lambda: run_ours(image, work, args.track),
-                        "tgt": lambda: run_tgt(image, work)}
+            logs = REPO / "var" / "bench"
+            logs.mkdir(parents=True, exist_ok=True)
+            starters = {"ours": lambda: run_ours(image, logs, args.track),
+                        "tgt": lambda: run_tgt(image, logs)}
             for name in sides:
                 fill(image, IMAGE_SIZE, random=False)  # the same starting image for each side
                 measure(name, starters[name], tests, rows, st, say)

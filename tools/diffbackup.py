@@ -1,0 +1,558 @@
+"""`diffbackup`: the patent's control command (207) over a running target or a local volume.
+
+    diffbackup full SOURCE -o FILE
+    diffbackup diff SOURCE --scope K -o FILE
+    diffbackup restore DEST FILE... [--skip-generation [N:]G]...
+    diffbackup verify FILE...
+    diffbackup status SOURCE
+    diffbackup estimate SOURCE --scope K [--compressed]
+
+SOURCE/DEST: ``iscsi://host[:port]/iqn/lun`` (the tracked disk's LUN, or its
+backup device's LUN) of a running target -- streams move through the backup
+pseudo device, control through the vendor commands -- or the path of a
+local volume no server has open.  Exit codes: 0 success, 1 something failed
+(summary printed), 2 usage error.  Errors are one line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import NoReturn, Sequence
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from rich.table import Table
+
+PROG = "diffbackup"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CHUNK_BLOCKS = 2048          # 1 MiB per READ/WRITE to the backup device
+DEV_BLOCK = 512
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+class Failure(Exception):
+    """One-line error; exit 1 (or 2 for usage)."""
+
+    def __init__(self, msg: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise Failure(f"{message} (see {self.prog} --help)", EXIT_USAGE)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                    disable=not enabled, transient=False)
+
+
+# --------------------------------------------------------------------- results
+@dataclass
+class StreamOutcome:
+    name: str
+    state: str = "done"
+    generation: tuple[int, int] = (0, 0)
+    full: bool = False
+    applied: int = 0
+    blocks_written: int = 0
+    skipped_older: int = 0
+    skipped_forbidden: int = 0
+    bad: list[tuple] = field(default_factory=list)      # (block|None, nblocks, generation, offset)
+    errors: list[str] = field(default_factory=list)
+    unrecovered: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done" and not self.bad and not self.errors
+
+
+# ---------------------------------------------------------------------- remote
+class RemoteVolume:
+    """A tracked disk served by a running target, reached through its backup device."""
+
+    def __init__(self, url: str) -> None:
+        from scsi_target.iscsi.client_sync import SyncIscsiClient
+        from scsi_target.iscsi.client_url import parse_url
+        from scsi_target.scsi.layouts import backup as L
+        self.L = L
+        lun = parse_url(url).lun
+        self.c = SyncIscsiClient(url)
+        try:
+            self.dev = self._find_device(lun)
+        except BaseException:
+            self.c.close()
+            raise
+
+    def _is_device(self, lun: int) -> bool:
+        data = self.c.inquiry(lun=lun)     # INQUIRY reports no unit attention
+        return bytes(data[16:32]).decode("ascii", "replace").strip() == "DIFF-BACKUP"
+
+    def _find_device(self, lun: int) -> int:
+        if self._is_device(lun):
+            return lun
+        for n in self.c.report_luns():
+            if n != lun and self._is_device(n) and self.generations(n).header.source_lun == lun:
+                return n
+        raise Failure(f"LUN {lun} has no backup device on this target (serve it with "
+                      f"--backup-device or a kind = \"backup\" LUN)")
+
+    def _cmd(self, opcode: int, *, lun: int | None = None, flags: int = 0, scope: int = 0,
+             length: int = 0, data_out=None) -> bytes:
+        from scsi_target.iscsi.client_errors import ScsiCheckCondition
+        cdb = self.L.cdb(opcode, flags=flags, scope=scope, length=length)
+        read = 0 if data_out is not None else length
+        r = self._exec(cdb, lun=self.dev if lun is None else lun, read_length=read,
+                       data_out=data_out, what=self._opname(opcode))
+        return bytes(r.data)
+
+    def _exec(self, cdb: bytes, *, lun: int, what: str, **kw):
+        """Execute; a pending UNIT ATTENTION (new session, reset) is reported once and retried."""
+        from scsi_target.iscsi.client_errors import ScsiCheckCondition
+        from scsi_target.scsi.sense import SenseKey
+        for attempt in range(4):
+            try:
+                return self.c.execute(cdb, lun=lun, check=True, **kw)
+            except ScsiCheckCondition as e:
+                if e.key == SenseKey.UNIT_ATTENTION and attempt < 3:
+                    continue
+                raise Failure(f"target refused {what}: {' '.join(str(e).split())}") from None
+
+    def _read(self, cdb: bytes, length: int) -> bytes:
+        return bytes(self._exec(cdb, lun=self.dev, read_length=length,
+                                what="READ of the backup stream").data)
+
+    def _opname(self, opcode: int) -> str:
+        return {0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
+                0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS",
+                0xC5: "SET RESTORE OPTIONS", 0xC6: "REPORT BACKUP STATUS"}.get(opcode, hex(opcode))
+
+    def generations(self, lun: int | None = None):
+        return self.L.GenerationsReport.unpack(
+            self._cmd(self.L.OP_REPORT_GENERATIONS, lun=lun, length=1 << 20))
+
+    def status(self):
+        return self.L.BackupStatus.unpack(self._cmd(self.L.OP_REPORT_BACKUP_STATUS, length=80))
+
+    def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]:
+        e = self.L.Estimate.unpack(self._cmd(
+            self.L.OP_ESTIMATE_BACKUP, scope=scope, length=32,
+            flags=self.L.FLAG_COMPRESS if compressed else 0))
+        return e.blocks, e.stream_bytes, e.compressed_bytes
+
+    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> tuple[int, object]:
+        L = self.L
+        self._cmd(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL if full else 0, scope=0 if full else scope)
+        st = L.BackupStatus.unpack(self._cmd(L.OP_START_BACKUP, length=80))
+        pos = 0
+        with open(out_path, "wb") as f, _progress(show) as prog:
+            task = prog.add_task("backup", total=st.size_bound)
+            while True:
+                lba = pos // DEV_BLOCK
+                cdb = bytes([0x88, 0]) + lba.to_bytes(8, "big") + \
+                    CHUNK_BLOCKS.to_bytes(4, "big") + bytes(2)
+                data = self._read(cdb, CHUNK_BLOCKS * DEV_BLOCK)
+                st = self.status()
+                if st.total and pos + len(data) >= st.total:
+                    f.write(memoryview(data)[:st.total - pos])
+                    pos = st.total
+                    break
+                f.write(data)
+                pos += len(data)
+                prog.update(task, completed=pos)
+            prog.update(task, completed=pos, total=pos)
+            f.flush()
+            os.fsync(f.fileno())
+        if st.state != L.STATE_COMPLETE:
+            raise Failure("the target does not report the backup stream complete")
+        return pos, st
+
+    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome:
+        L = self.L
+        self._cmd(L.OP_SET_RESTORE_OPTIONS, length=4 + 4 * len(set(skips)),
+                  data_out=L.pack_restore_options(skips))
+        from scsi_target.iscsi.client_errors import ScsiCheckCondition
+        lba = 0
+        refused = None
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(CHUNK_BLOCKS * DEV_BLOCK)
+                if not chunk:
+                    break
+                if len(chunk) % DEV_BLOCK:
+                    chunk += bytes(DEV_BLOCK - len(chunk) % DEV_BLOCK)
+                try:
+                    self._exec(self.L_write(lba, len(chunk)), lun=self.dev, data_out=chunk,
+                               what="WRITE of the restore stream")
+                except Failure as e:
+                    refused = str(e)
+                    break
+                lba += len(chunk) // DEV_BLOCK
+                prog.advance(task, len(chunk))
+        rep = L.RestoreReportData.unpack(self._cmd(L.OP_REPORT_RESTORE_RESULTS, length=1 << 20))
+        h = rep.header
+        o = StreamOutcome(path, rep.state, (h.generation_lo, h.generation_hi), h.full,
+                          h.records_applied, h.blocks_written, h.skipped_older,
+                          h.skipped_forbidden)
+        o.bad = [(d.first_block if d.block_valid else None, d.nblocks, d.generation,
+                  d.stream_offset) for d in rep.bad]
+        o.unrecovered = [(e.first_block, e.nblocks) for e in rep.unrecovered]
+        o.errors = [m for m in rep.message.splitlines() if m and not m.startswith("offset ")]
+        if refused and not o.errors:
+            o.errors.append(refused)
+        if o.state == "running":
+            o.errors.append("the stream ended before its trailer (truncated file?)")
+        return o
+
+    @staticmethod
+    def L_write(lba: int, nbytes: int) -> bytes:
+        n = nbytes // DEV_BLOCK
+        return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + n.to_bytes(4, "big") + bytes(2)
+
+    def close(self) -> None:
+        self.c.close()
+
+
+# ----------------------------------------------------------------------- local
+class LocalVolume:
+    def __init__(self, path: str, *, create_from=None) -> None:
+        from volume.filestore import FileStore, StoreLockedError
+        from volume.store import StoreError
+        from scsi_target.interceptors.tracker import TrackingError, TrackingStore
+        self.path = path
+        size = None
+        if not os.path.exists(path):
+            if create_from is None:
+                raise Failure(f"{path} does not exist")
+            size = create_from.volume_size
+        try:
+            store = FileStore(path, size=size, create=size is not None)
+        except StoreLockedError:
+            raise Failure(f"{path} is open by a running server: use its iscsi:// URL") from None
+        except StoreError as e:
+            raise Failure(str(e)) from None
+        try:
+            vid = create_from.volume_id if create_from is not None else None
+            self.vol = TrackingStore.open(store, path, volume_id=vid)
+        except TrackingError as e:
+            store.close()
+            raise Failure(str(e)) from None
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        self.vol.close()
+
+
+# -------------------------------------------------------------------- commands
+def _open(spec: str):
+    if spec.startswith("iscsi://"):
+        return RemoteVolume(spec)
+    return LocalVolume(spec)
+
+
+def cmd_backup(args, full: bool) -> int:
+    v = _open(args.source)
+    try:
+        if isinstance(v, RemoteVolume):
+            n, st = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
+            gen = (st.generation_lo, st.generation_hi)
+            blocks = st.block_count
+        else:
+            from volume import backup as B
+            from scsi_target.backup_stream_io import BackupRefused, begin_backup, finish_backup
+            try:
+                plan, active = begin_backup(v.vol, full=full, scope=getattr(args, "scope", None) or 1)
+            except BackupRefused as e:
+                raise Failure(str(e)) from None
+            with _progress(not args.quiet) as prog:
+                task = prog.add_task("backup", total=None)
+                res = B.write_stream(v.vol, plan, args.output,
+                                     progress=lambda d, t: prog.update(task, completed=d, total=t))
+            finish_backup(v.vol, active)
+            n, gen, blocks = res.bytes_written, res.generation_range, res.blocks
+    finally:
+        v.close()
+    kind = "full" if full else f"differential (scope {args.scope})"  # noqa
+    out.print(f"{kind} backup of generations {gen[0]}..{gen[1]}: {blocks} blocks, "
+              f"{n} bytes -> {args.output}")
+    return EXIT_OK
+
+
+def _parse_skips(items: list[str], nfiles: int) -> list[list[int]]:
+    per = [[] for _ in range(nfiles)]
+    for s in items or []:
+        idx, sep, g = s.rpartition(":")
+        try:
+            gen = int(g)
+            which = [int(idx) - 1] if sep else list(range(nfiles))
+        except ValueError:
+            raise Failure(f"--skip-generation {s!r}: expected G or N:G (N = stream position "
+                          f"1..{nfiles})", EXIT_USAGE) from None
+        for i in which:
+            if not 0 <= i < nfiles or gen < 0:
+                raise Failure(f"--skip-generation {s!r}: no stream {i + 1} in the list",
+                              EXIT_USAGE)
+            per[i].append(gen)
+    return per
+
+
+def cmd_restore(args) -> int:
+    from volume.stream import StreamError, read_header
+    skips = _parse_skips(args.skip_generation, len(args.files))
+    for f in args.files:
+        if not os.path.isfile(f):
+            raise Failure(f"{f}: no such stream file")
+    total = sum(os.path.getsize(f) for f in args.files)
+    outcomes: list[StreamOutcome] = []
+    if args.dest.startswith("iscsi://"):
+        v = RemoteVolume(args.dest)
+        try:
+            with _progress(not args.quiet) as prog:
+                task = prog.add_task("restore", total=total)
+                for f, sk in zip(args.files, skips):
+                    outcomes.append(v.restore_one(f, sk, prog, task))
+        finally:
+            v.close()
+    else:
+        try:
+            first = read_header(args.files[0])
+        except (StreamError, OSError) as e:
+            first = None
+        v = LocalVolume(args.dest, create_from=first if first is not None and first.full else None)
+        try:
+            with _progress(not args.quiet) as prog:
+                task = prog.add_task("restore", total=total)
+                lost = None
+                for f, sk in zip(args.files, skips):
+                    o, lost = _restore_local(v, f, sk, lost, prog, task)
+                    outcomes.append(o)
+        finally:
+            v.close()
+    return _summary(outcomes)
+
+
+def _restore_local(v: LocalVolume, path: str, skips, lost, prog, task):
+    from scsi_target.backup_stream_io import RestoreRejected, RestoreWriter
+    w = RestoreWriter(v.vol, skip_generations=skips, name=path, lost=lost)
+    pos = 0
+    with open(path, "rb") as f:
+        while not w.finished:
+            chunk = f.read(8 << 20)
+            if not chunk:
+                break
+            try:
+                w.write(pos, chunk)
+            except RestoreRejected:
+                break
+            pos += len(chunk)
+            prog.advance(task, len(chunk))
+    if not w.finished:
+        w.abandon()
+    r = w.result
+    chk = r.check
+    h = r.header
+    o = StreamOutcome(path, r.state, h.generation_range if h else (0, 0), bool(h and h.full))
+    if chk:
+        o.applied, o.blocks_written = chk.applied, chk.blocks_written
+        o.skipped_older, o.skipped_forbidden = chk.skipped_older, chk.skipped_forbidden
+        o.bad = [(d.first_block, d.nblocks, d.generation, d.offset) for d in chk.damage]
+        o.errors = list(chk.errors)
+    o.errors = list(r.errors) + o.errors
+    o.unrecovered = list(r.unrecovered)
+    return o, w.lost
+
+
+def _summary(outcomes: list[StreamOutcome]) -> int:
+    t = Table(title="restore")
+    for col in ("stream", "generations", "result", "records applied", "blocks written",
+                "skipped (older)", "skipped (forbidden)", "bad records"):
+        t.add_column(col)
+    for o in outcomes:
+        t.add_row(o.name, f"{'full' if o.full else f'{o.generation[0]}..{o.generation[1]}'}",
+                  "ok" if o.ok else o.state if o.state != "done" else "damaged",
+                  str(o.applied), str(o.blocks_written), str(o.skipped_older),
+                  str(o.skipped_forbidden), str(len(o.bad)))
+    out.print(t)
+    failed = False
+    for o in outcomes:
+        for blk, n, g, off in o.bad:
+            where = f"blocks {blk}..{blk + n - 1}, generation {g}" if blk is not None \
+                else "unknown blocks (record header unreadable)"
+            out.print(f"bad record in {o.name} at byte {off}: {where} (not applied)")
+            failed = True
+        for e in o.errors:
+            out.print(f"{o.name}: {e}")
+            failed = True
+        if o.state != "done":
+            failed = True
+    final = outcomes[-1].unrecovered if outcomes else []
+    if final:
+        n = sum(k for _a, k in final)
+        out.print(f"[bold red]{n} blocks not recovered[/]: " +
+                  ", ".join(f"{a}..{a + k - 1}" for a, k in final[:10]) +
+                  (" ..." if len(final) > 10 else ""))
+        failed = True
+    elif outcomes and outcomes[-1].state == "done":
+        out.print("every block of the restored generations was recovered"
+                  + (" (later streams replaced the damaged records)" if failed else ""))
+    if failed:
+        out.print("[bold red]restore finished with problems[/]")
+        return EXIT_FAILED
+    out.print("restore complete")
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from volume import backup as B
+    total = sum(os.path.getsize(f) for f in args.files if os.path.isfile(f))
+    with _progress(not args.quiet) as prog:
+        task = prog.add_task("verify", total=total)
+        rep = B.verify(args.files, progress=lambda d, t: prog.update(task, completed=d))
+    t = Table(title="verify")
+    for col in ("stream", "type", "generations", "records", "blocks", "result"):
+        t.add_column(col)
+    for s in rep.streams:
+        h = s.header
+        t.add_row(s.name, "?" if h is None else "full" if h.full else "differential",
+                  "?" if h is None else f"{h.generation_range[0]}..{h.generation_range[1]}",
+                  str(s.records), str(s.blocks), "ok" if s.ok else "DAMAGED")
+    out.print(t)
+    for s in rep.streams:
+        for d in s.damage:
+            where = f"blocks {d.first_block}+{d.nblocks}, generation {d.generation}" \
+                if d.first_block is not None else "unknown blocks"
+            out.print(f"{s.name} at byte {d.offset}: {d.reason} ({where})")
+        for e in s.errors:
+            out.print(f"{s.name}: {e}")
+    for e in rep.errors:
+        out.print(f"chain: {e}")
+    return EXIT_OK if rep.ok else EXIT_FAILED
+
+
+def cmd_status(args) -> int:
+    v = _open(args.source)
+    try:
+        if isinstance(v, RemoteVolume):
+            g = v.generations()
+            h = g.header
+            counts, cur, gran, size = g.counts, h.current_generation, h.granularity, h.volume_size
+            vid, full_done = g.volume_id, h.full_done
+            pending = h.pending_lo if h.pending_valid else None
+        else:
+            m = v.vol.map
+            counts, cur, gran, size = m.counts(), m.current_generation, m.granularity, m.volume_size
+            vid, full_done, pending = m.volume_id, v.vol.state.full_done, v.vol.state.pending_lo
+    finally:
+        v.close()
+    t = Table(title=f"volume {vid.hex()} ({size} bytes, {gran}-byte blocks)")
+    t.add_column("generation", justify="right")
+    t.add_column("blocks", justify="right")
+    t.add_column("bytes", justify="right")
+    t.add_column("")
+    for gen in sorted(counts):
+        note = "unchanged since the full backup" if gen == 0 else \
+            "current (open)" if gen == cur else ""
+        t.add_row(str(gen), str(counts[gen]), str(counts[gen] * gran), note)
+    out.print(t)
+    out.print(f"current generation {cur}; full backup completed: {'yes' if full_done else 'no'}"
+              + (f"; an unfinished differential stream from generation {pending} will be "
+                 f"included in the next one" if pending is not None else ""))
+    return EXIT_OK
+
+
+def cmd_estimate(args) -> int:
+    v = _open(args.source)
+    try:
+        if isinstance(v, RemoteVolume):
+            blocks, nbytes, packed = v.estimate(args.scope, args.compressed)
+        else:
+            from volume import backup as B
+            m = v.vol.map
+            try:
+                blocks = m.estimate_blocks(args.scope)
+            except ValueError as e:
+                raise Failure(str(e)) from None
+            nbytes = B.estimate(m, args.scope, False)
+            packed = B.estimate(m, args.scope, True, store=v.vol, seed=0) if args.compressed else 0
+    finally:
+        v.close()
+    line = f"scope {args.scope}: {blocks} blocks, stream of about {nbytes} bytes"
+    if args.compressed:
+        line += f", about {packed} bytes compressed"
+    out.print(line)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Differential backup of tracked volumes (patent "
+                "JP H09-101912): full and differential streams, verified restore.")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    a = sub.add_parser("full", help="full backup (every block); starts a new generation 1")
+    a.add_argument("source", metavar="SOURCE")
+    a.add_argument("-o", "--output", required=True, metavar="FILE")
+    d = sub.add_parser("diff", help="differential backup of the newest K generations")
+    d.add_argument("source", metavar="SOURCE")
+    d.add_argument("--scope", type=int, required=True, metavar="K")
+    d.add_argument("-o", "--output", required=True, metavar="FILE")
+    r = sub.add_parser("restore", help="apply a full stream and/or differential streams in order")
+    r.add_argument("dest", metavar="DEST")
+    r.add_argument("files", metavar="FILE", nargs="+")
+    r.add_argument("--skip-generation", action="append", metavar="[N:]G",
+                   help="don't apply generation G (of stream N only, 1-based); repeatable")
+    v = sub.add_parser("verify", help="check streams (and their chain) without restoring")
+    v.add_argument("files", metavar="FILE", nargs="+")
+    s = sub.add_parser("status", help="generations and their block counts")
+    s.add_argument("source", metavar="SOURCE")
+    e = sub.add_parser("estimate", help="bytes a differential backup would take (claim 10)")
+    e.add_argument("source", metavar="SOURCE")
+    e.add_argument("--scope", type=int, required=True, metavar="K")
+    e.add_argument("--compressed", action="store_true", help="also estimate compressed size")
+    for sp in (a, d, r, v, s, e):
+        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if not hasattr(args, "quiet"):
+            args.quiet = False
+        if getattr(args, "scope", 1) is not None and getattr(args, "scope", 1) < 1:
+            raise Failure("--scope must be at least 1", EXIT_USAGE)
+        cmd = args.command
+        if cmd == "full":
+            return cmd_backup(args, True)
+        if cmd == "diff":
+            return cmd_backup(args, False)
+        if cmd == "restore":
+            return cmd_restore(args)
+        if cmd == "verify":
+            return cmd_verify(args)
+        if cmd == "status":
+            return cmd_status(args)
+        return cmd_estimate(args)
+    except Failure as e:
+        print(f"{PROG}: {' '.join(str(e).split())}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:   # iSCSI, OS and format errors: one line
+        text = " ".join((getattr(e, "strerror", None) or str(e) or type(e).__name__).split())
+        print(f"{PROG}: {type(e).__name__}: {text}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
