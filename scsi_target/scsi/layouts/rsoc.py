@@ -115,3 +115,51 @@ class OneCommand:
         return {"support": SUPPORT_NAMES.get(self.support, self.support),
                 "usage": self.usage.hex(),
                 "timeouts": self.timeouts.to_dict() if self.timeouts else None}
+
+
+# Names of the operation codes a console shows (SPC-4, SBC-3, SSC-3; vendor C0h-C6h
+# are the backup engine's).
+OPCODE_NAMES: dict[int, str] = {
+    0x00: "TEST UNIT READY", 0x01: "REWIND", 0x03: "REQUEST SENSE", 0x04: "FORMAT UNIT",
+    0x05: "READ BLOCK LIMITS", 0x08: "READ(6)", 0x0A: "WRITE(6)", 0x10: "WRITE FILEMARKS(6)",
+    0x11: "SPACE(6)", 0x12: "INQUIRY", 0x13: "VERIFY(6)", 0x15: "MODE SELECT(6)",
+    0x16: "RESERVE(6)", 0x17: "RELEASE(6)", 0x19: "ERASE(6)", 0x1A: "MODE SENSE(6)",
+    0x1B: "START STOP UNIT / LOAD UNLOAD", 0x1C: "RECEIVE DIAGNOSTIC RESULTS",
+    0x1D: "SEND DIAGNOSTIC", 0x1E: "PREVENT ALLOW MEDIUM REMOVAL", 0x25: "READ CAPACITY(10)",
+    0x28: "READ(10)", 0x2A: "WRITE(10)", 0x2B: "LOCATE(10)", 0x2E: "WRITE AND VERIFY(10)",
+    0x2F: "VERIFY(10)", 0x34: "PRE-FETCH(10) / READ POSITION", 0x35: "SYNCHRONIZE CACHE(10)",
+    0x37: "READ DEFECT DATA(10)", 0x3B: "WRITE BUFFER", 0x3C: "READ BUFFER",
+    0x41: "WRITE SAME(10)", 0x42: "UNMAP", 0x4C: "LOG SELECT", 0x4D: "LOG SENSE",
+    0x55: "MODE SELECT(10)", 0x56: "RESERVE(10)", 0x57: "RELEASE(10)", 0x5A: "MODE SENSE(10)",
+    0x5E: "PERSISTENT RESERVE IN", 0x5F: "PERSISTENT RESERVE OUT", 0x83: "EXTENDED COPY",
+    0x84: "RECEIVE COPY RESULTS", 0x88: "READ(16)", 0x89: "COMPARE AND WRITE",
+    0x8A: "WRITE(16)", 0x8B: "ORWRITE(16)", 0x8E: "WRITE AND VERIFY(16)", 0x8F: "VERIFY(16)",
+    0x90: "PRE-FETCH(16)", 0x91: "SYNCHRONIZE CACHE(16)", 0x92: "LOCATE(16)",
+    0x93: "WRITE SAME(16)", 0x9C: "WRITE ATOMIC(16)", 0x9E: "SERVICE ACTION IN(16)",
+    0xA0: "REPORT LUNS", 0xA3: "MAINTENANCE IN", 0xA4: "MAINTENANCE OUT", 0xA8: "READ(12)",
+    0xAA: "WRITE(12)", 0xAE: "WRITE AND VERIFY(12)", 0xAF: "VERIFY(12)", 0xB7: "READ DEFECT DATA(12)",
+    0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
+    0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS", 0xC5: "SET RESTORE OPTIONS",
+    0xC6: "REPORT BACKUP STATUS",
+}
+SERVICE_ACTION_NAMES: dict[tuple[int, int], str] = {
+    (0x9E, 0x10): "READ CAPACITY(16)", (0x9E, 0x12): "GET LBA STATUS",
+    (0xA3, 0x0A): "REPORT TARGET PORT GROUPS", (0xA3, 0x0C): "REPORT SUPPORTED OPERATION CODES",
+    (0xA3, 0x0D): "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", (0xA3, 0x0F): "REPORT TIMESTAMP",
+    (0x5E, 0): "PR IN READ KEYS", (0x5E, 1): "PR IN READ RESERVATION",
+    (0x5E, 2): "PR IN REPORT CAPABILITIES", (0x5E, 3): "PR IN READ FULL STATUS",
+    (0x5F, 0): "PR OUT REGISTER", (0x5F, 1): "PR OUT RESERVE", (0x5F, 2): "PR OUT RELEASE",
+    (0x5F, 3): "PR OUT CLEAR", (0x5F, 4): "PR OUT PREEMPT", (0x5F, 5): "PR OUT PREEMPT AND ABORT",
+    (0x5F, 6): "PR OUT REGISTER AND IGNORE EXISTING KEY", (0x5F, 7): "PR OUT REGISTER AND MOVE",
+    (0x83, 0x00): "EXTENDED COPY(LID1)", (0x83, 0x01): "EXTENDED COPY(LID4)",
+    (0x84, 0x00): "RECEIVE COPY STATUS(LID1)", (0x84, 0x03): "RECEIVE COPY OPERATING PARAMETERS",
+    (0x84, 0x04): "RECEIVE COPY FAILURE DETAILS(LID1)", (0x84, 0x05): "RECEIVE COPY STATUS(LID4)",
+}
+
+
+def command_name(opcode: int, service_action: int | None = None) -> str:
+    if service_action is not None:
+        name = SERVICE_ACTION_NAMES.get((opcode, service_action))
+        if name:
+            return name
+    return OPCODE_NAMES.get(opcode, "vendor specific" if opcode >= 0xC0 else "")
