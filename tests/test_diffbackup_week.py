@@ -7,7 +7,7 @@ import pytest
 
 from scsi_target.iscsi.client_sync import SyncIscsiClient
 
-from .backup_harness import Server, diffbackup
+from backup_harness import Server, diffbackup
 
 SIZE = 8 << 20
 BS = 512
