@@ -190,3 +190,14 @@ def test_concat_matches_model(operations):
     for off, length, mapped in c.allocation(0, c.size):
         if not mapped:
             assert model[off:off + length] == bytes(length)
+
+
+def test_file_write_zeroes_keeps_blocks_mapped(tmp_path):
+    s = FileStore(tmp_path / "z.img", size=1 << 20, create=True)
+    try:
+        s.write(0, b"\x09" * 65536)
+        s.write_zeroes(4096, 8192)
+        assert s.read(0, 16384) == b"\x09" * 4096 + bytes(8192) + b"\x09" * 4096
+        assert list(s.allocation(0, 65536)) == [(0, 65536, True)]
+    finally:
+        s.close()
