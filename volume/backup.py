@@ -231,15 +231,17 @@ def _stream_size(src) -> int:
 def _decode(src, on_item: Callable[[Record | Damage], None], progress: Progress | None,
             done_before: int, total: int) -> tuple[StreamEnd, int]:
     f, own = _open(src)
-    dec = StreamDecoder()
+    dec = StreamDecoder(borrow=True)          # records are consumed before the next read
+    buf = bytearray(CHUNK)
+    mv = memoryview(buf)
     n = 0
     try:
         while True:
-            chunk = f.read(CHUNK)
-            if not chunk:
+            k = f.readinto(mv)
+            if not k:
                 break
-            n += len(chunk)
-            for item in dec.feed(chunk):
+            n += k
+            for item in dec.feed(mv[:k]):
                 on_item(item)
             if progress:
                 progress(done_before + n, total)

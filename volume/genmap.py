@@ -149,29 +149,48 @@ def _value_counts_iter(planes: list[bitarray], mask: bitarray | None, nbits: int
     return counts
 
 
-def _ge(planes: list[bitarray], v: int, nbits: int) -> bitarray:
-    """Blocks whose bit-sliced value is >= v (a ripple comparator, MSB first)."""
+def _ge(planes: list[bitarray], v: int, nbits: int, tmp: bitarray | None = None) -> bitarray:
+    """Blocks whose bit-sliced value is >= v (a ripple comparator, MSB first).
+
+    In place on three arrays: at 1 TiB an allocation (page faults) costs more
+    than the bitwise operation itself.
+    """
     if v <= 0:
         return _ones(nbits)
-    if v >= 1 << len(planes):
+    n = len(planes)
+    if v >= 1 << n:
         return _zeros(nbits)
+    top = v.bit_length() - 1
+    if v == 1 << top:
+        # v is a power of two: value >= v  <=>  any plane >= top is set
+        out = planes[top].copy()
+        for p in range(top + 1, n):
+            out |= planes[p]
+        return out
     gt = _zeros(nbits)
     eq = _ones(nbits)
-    for p in range(len(planes) - 1, -1, -1):
+    if tmp is None:
+        tmp = bitarray(nbits, endian=_ENDIAN)
+    for p in range(n - 1, -1, -1):
         plane = planes[p]
         if (v >> p) & 1:
             eq &= plane
         else:
-            gt |= eq & plane
-            eq &= ~plane
+            tmp[:] = eq
+            tmp &= plane
+            gt |= tmp
+            eq ^= tmp                 # eq & ~plane without allocating ~plane
     gt |= eq
     return gt
 
 
-def _in_range(planes: list[bitarray], lo: int, hi: int, nbits: int) -> bitarray:
+def _in_range(planes: list[bitarray], lo: int, hi: int, nbits: int, top: int | None = None) -> bitarray:
+    """Values in lo..hi; ``top`` (the largest value present, if known) skips a comparator."""
     sel = _ge(planes, lo, nbits)
-    if hi + 1 < 1 << len(planes):
-        sel &= ~_ge(planes, hi + 1, nbits)
+    if hi + 1 < 1 << len(planes) and (top is None or hi < top):
+        upper = _ge(planes, hi + 1, nbits)
+        upper &= sel
+        sel ^= upper                  # sel & ~upper
     return sel
 
 
@@ -666,11 +685,14 @@ class GenerationMap:
 
     def _selection(self, lo: int, hi: int, planes: list[bitarray], dirty: bitarray | None,
                    current: int) -> bitarray:
-        sel = _in_range(planes, lo, hi, self._nbits)
+        top = len(self._plane_counts_list()) - 1
+        sel = _in_range(planes, lo, hi, self._nbits, top)
         if dirty is not None and dirty.any():
-            sel &= ~dirty
             if lo <= current <= hi:
                 sel |= dirty
+            else:
+                both = sel & dirty
+                sel ^= both
         if self._nbits > self._entries:
             sel[self._entries:] = 0
         return sel
@@ -682,7 +704,7 @@ class GenerationMap:
             if not 0 <= lo <= hi:
                 raise ValueError(f"generation range {lo}..{hi} is empty or negative")
             sel = self._selection(lo, hi, self._planes, self._dirty, self._current)
-            return sel[:self._entries]
+            return sel if self._nbits == self._entries else sel[:self._entries]
 
     def generation_of(self, block: int) -> int:
         with self._lock:
@@ -797,7 +819,8 @@ class GenerationMap:
             self._commit()
             lo, hi = closing - scope + 1, closing
             sel = self._selection(lo, hi, self._planes, None, closing)
-            sel = sel[:self._entries]
+            if self._nbits != self._entries:
+                sel = sel[:self._entries]
             var = (lo ^ hi).bit_length()
             planes = tuple(self._planes[:var])
             self._planes_shared = True

@@ -369,7 +369,11 @@ class StreamDecoder:
     (``MAX_RECORD_BYTES``) plus one fed chunk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, borrow: bool = False) -> None:
+        # borrow=True: record data fed as a bytearray/memoryview is returned as a
+        # view into it, valid only until the next feed() (no copy; the caller
+        # must use or copy it first).  bytes input is always sliced zero-copy.
+        self._borrow = borrow
         self.header: StreamHeader | None = None
         self.trailer: Trailer | None = None
         self._state = _ST_HEADER
@@ -397,10 +401,8 @@ class StreamDecoder:
         out: list[Item] = []
         if isinstance(data, bytes):
             src, owned = data, True
-        elif isinstance(data, bytearray):
-            src, owned = data, False
         else:
-            src, owned = bytes(memoryview(data).cast("B")), True
+            src, owned = memoryview(data).cast("B"), self._borrow
         i, n = 0, len(src)
         while True:
             if self._carry:
@@ -647,6 +649,9 @@ class StreamDecoder:
 
 
 def _find_marker(buf, pos: int) -> int:
+    if isinstance(buf, memoryview):         # damage path only: a copy is fine
+        k = _find_marker(bytes(buf[pos:]), 0)
+        return k if k < 0 else pos + k
     a = buf.find(RECORD_SYNC, pos)
     b = buf.find(TRAILER_SYNC, pos)
     if a < 0:
