@@ -1,4 +1,5 @@
 # make run   - create .venv, install the project, serve the embedded default target
+#              (RUN_ARGS="--listen 127.0.0.1:3261" etc. adds serve flags)
 # make test  - create .venv, install with test extras (+ Debian interop tools as root), run pytest
 # make bench - benchmark our target against tgt (tools/bench; BENCH_ARGS="--quick" etc.)
 PYTHON ?= python3
@@ -7,13 +8,14 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # Real initiators and a reference target used by the interop tests and the benchmark.
 DEB_PACKAGES := libiscsi-bin qemu-utils tgt
+RUN_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: run test bench deb-packages clean
 
 run: $(VENV)/.stamp-install
-	$(PY) -m scsi_target serve
+	$(PY) -m scsi_target serve $(RUN_ARGS)
 
 test: $(VENV)/.stamp-test deb-packages
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
