@@ -372,3 +372,20 @@ def test_verify_reports_damage_per_stream(tmp_path):
     bad = rep.streams[2].damage[0]
     assert bad.generation in (1, 2) and bad.first_block is not None
     assert verify([paths[0]]).ok
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 41, 160, 999, 1 << 20])
+def test_borrowed_buffer_feeding(chunk):
+    """A reused buffer fed with borrow=True: records must be used before the next feed."""
+    raw = golden_streams()["diff_zlib_v1"] + golden_streams()["full_v1"][:0]
+    want = [(r.seq, bytes(r.data or b"")) for r in decode_all(raw)[1]]
+    dec = StreamDecoder(borrow=True)
+    buf = bytearray(chunk)
+    got = []
+    for pos in range(0, len(raw), chunk):
+        piece = raw[pos:pos + chunk]
+        buf[:len(piece)] = piece
+        for r in dec.feed(memoryview(buf)[:len(piece)]):
+            got.append((r.seq, bytes(r.data or b"")))
+        buf[:] = b"\xff" * len(buf)           # the caller reuses its buffer
+    assert got == want and dec.finish().complete
