@@ -356,11 +356,14 @@ def write_same16(lu: "DiskLU", cmd: Command) -> None:
 def unmap(lu: "DiskLU", cmd: Command) -> None:
     cdb = cmd.cdb
     C.need(cdb, 10)
+    # Write protection first, as for WRITE SAME with UNMAP: a read-only LU is
+    # never thin (nothing to punch), yet UNMAP must report WRITE PROTECTED there
+    # (libiscsi ReadOnly.ReadOnlySBC otherwise stops at "not implemented").
+    _check_writable(lu)
     if not lu.thin:
         raise S.invalid_opcode()
     if cdb[1] & 0x01 and not lu.anc_sup:
         raise S.invalid_cdb_field(1, 0)
-    _check_writable(lu)
     plen = C.be(cdb, 7, 9)
     if plen == 0:
         cmd.needed = 0
@@ -482,7 +485,8 @@ def read_capacity10(lu: "DiskLU", cmd: Command) -> bytes:
 
 def read_capacity16_data(lu: "DiskLU") -> bytes:
     return LC.ReadCapacity16(lu.num_blocks - 1, lu.block_size, lbpme=bool(lu.thin),
-                             lbprz=bool(lu.thin and lu.lbprz)).pack()
+                             lbprz=bool(lu.thin and lu.lbprz),
+                             lbppbe=getattr(lu, "lbppbe", 0)).pack()
 
 
 @SBC.command(0x9E, "READ CAPACITY(16)", 16, direction=Direction.IN, service_action=0x10,
@@ -607,7 +611,7 @@ def read_defect_data12(lu: "DiskLU", cmd: Command) -> bytes:
 
 
 @SBC.command(0x04, "FORMAT UNIT", 6, direction=Direction.OUT, conflict=Conflict.WRITE,
-             usage=_usage(0x04, 0x17, 0x00, 0x00, 0x00, 0x00))
+             usage=_usage(0x04, 0xF0, 0x00, 0x00, 0x00, 0x00))
 def format_unit(lu: "DiskLU", cmd: Command) -> None:
     cdb = cmd.cdb
     C.need(cdb, 6)
