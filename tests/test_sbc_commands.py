@@ -408,3 +408,16 @@ def test_file_backed_disk(tmp_path):
     f.ok(unmap_cdb(len(params)), params)
     assert f.read(3, 1) == bytes(BS)
     f.lu.close()
+
+
+def test_write_same_zero_blocks_to_end_when_wsnz_clear(h):
+    h.lu.write_same_non_zero = False
+    h.lu.max_write_same_blocks = 16
+    h.ok(ws10(NBLOCKS - 100, 0), b"\x77" * BS)
+    assert h.read(NBLOCKS - 100, 100) == b"\x77" * 100 * BS
+    h.fails(ws10(NBLOCKS + 1, 0), ILLEGAL, LBA_OOB, data=bytes(BS))
+
+
+def test_read_capacity16_reports_physical_block_exponent(h):
+    h.lu.lbppbe = 3
+    assert h.ok(cdb16(0x9E, 0x10, 0, 32)).data_in[13] == 3

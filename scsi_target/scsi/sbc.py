@@ -304,8 +304,10 @@ def _write_same(lu: "DiskLU", cmd: Command, lba: int, n: int, field: int) -> Non
     if n == 0 and lu.write_same_non_zero:
         raise S.invalid_cdb_field(field)
     if n == 0:
-        n = lu.num_blocks - lba   # WSNZ=0: to the end of the medium
-    if lu.max_write_same_blocks and n > lu.max_write_same_blocks:
+        # WSNZ=0: to the end of the medium.  The initiator named the whole
+        # range explicitly, so MAXIMUM WRITE SAME LENGTH does not apply.
+        n = lu.num_blocks - lba
+    elif lu.max_write_same_blocks and n > lu.max_write_same_blocks:
         raise S.invalid_cdb_field(field)
     bs = lu.block_size
     if ndob:
