@@ -421,3 +421,20 @@ def test_write_same_zero_blocks_to_end_when_wsnz_clear(h):
 def test_read_capacity16_reports_physical_block_exponent(h):
     h.lu.lbppbe = 3
     assert h.ok(cdb16(0x9E, 0x10, 0, 32)).data_in[13] == 3
+
+
+def test_verify_without_bytchk_reads_the_medium(h):
+    calls = []
+    real = h.store.readinto
+
+    def spy(offset, buf):
+        calls.append((offset, len(buf)))
+        return real(offset, buf)
+    h.store.readinto = spy
+    h.ok(verify10(8, 3, bytchk=0))
+    assert calls == [(8 * BS, 3 * BS)]
+
+    def broken(offset, buf):
+        raise StoreError("bad sector")
+    h.store.readinto = broken
+    h.fails(verify10(8, 3, bytchk=0), SenseKey.MEDIUM_ERROR, 0x11)

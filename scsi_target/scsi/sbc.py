@@ -221,6 +221,20 @@ SBC.command(0x8A, "WRITE(16)", 16, direction=Direction.OUT, conflict=Conflict.WR
 
 
 # -- VERIFY / WRITE AND VERIFY -------------------------------------------------
+def _verify_medium(lu: "DiskLU", lba: int, nblocks: int) -> None:
+    bs = lu.block_size
+    step = max(1, _PATTERN_CHUNK // bs)
+    scratch = memoryview(bytearray(min(nblocks, step) * bs))
+    done = 0
+    try:
+        while done < nblocks:   # one iteration per MiB, not per block
+            k = min(step, nblocks - done)
+            lu.store.readinto((lba + done) * bs, scratch[:k * bs])
+            done += k
+    except StoreError as exc:
+        raise _read_error(exc) from exc
+
+
 def _verify_n(size: int):
     def handler(lu: "DiskLU", cmd: Command) -> None:
         cdb = cmd.cdb
@@ -233,8 +247,10 @@ def _verify_n(size: int):
         _check_range(lu, lba, n)
         _check_transfer(lu, n, C.length_field(size))
         if bytchk == 0:
-            # Medium verification only: our medium is readable or raises.
+            # Medium verification: read the range so a failing medium (or an
+            # injected fault) surfaces as MEDIUM ERROR; nothing is transferred.
             cmd.needed = 0
+            _verify_medium(lu, lba, n)
             return None
         bs = lu.block_size
         if n == 0:
