@@ -173,7 +173,9 @@ def _setup_readline():
         nonlocal matches
         if state == 0:
             buf = readline.get_line_buffer()[:readline.get_endidx()]
-            matches = complete_words(buf, text)
+            # Python's readline appends nothing after a completed word; every
+            # candidate here is a whole word, so the space comes with it.
+            matches = [m + " " for m in complete_words(buf, text)]
         return matches[state] if state < len(matches) else None
 
     readline.set_completer(completer)

@@ -386,15 +386,15 @@ def cmd_write(s: Session, a) -> Out:
 
 
 @command("raw", "send any CDB (hex); --in N reads N bytes, --data HEX sends data-out")
-@arg("cdb", metavar="HEXCDB", help="the CDB as hex digits (spaces allowed inside quotes)")
+@arg("cdb", metavar="HEXCDB", nargs="+", help="the CDB as hex digits (may be split in words)")
 @arg("--in", dest="read", type=number, default=0, metavar="N", help="data-in length")
 @arg("--out", metavar="FILE", help="write data-in to FILE")
 @arg("--data", metavar="HEX", help="data-out bytes as hex")
 def cmd_raw(s: Session, a) -> Out:
     try:
-        cdb = bytes.fromhex(a.cdb.replace(":", ""))
+        cdb = bytes.fromhex("".join(a.cdb).replace(":", ""))
     except ValueError:
-        raise UsageError(f"raw: {a.cdb!r} is not hex") from None
+        raise UsageError(f"raw: {' '.join(a.cdb)!r} is not hex") from None
     if not 6 <= len(cdb) <= 260:
         raise UsageError(f"raw: a CDB is 6..260 bytes, this one is {len(cdb)}")
     if a.out and a.data:
@@ -485,8 +485,15 @@ def cmd_pos(s: Session, a) -> Out:
 def cmd_locate(s: Session, a) -> Out:
     if not 0 <= a.n <= 0xFFFFFFFF:
         raise UsageError("locate: block number must fit 32 bits")
-    s.run(C.locate10(a.n, a.partition))
-    return Out(text=f"located to block {a.n}")
+    try:
+        s.run(C.locate10(a.n, a.partition))
+        return Out(text=f"located to block {a.n}")
+    except CheckCondition as e:
+        if e.sense is None or (e.sense.key, e.sense.asc, e.sense.ascq) != (0x5, 0x20, 0):
+            raise
+    # Some drives (tgt's SSC among them) only know LOCATE(16).
+    s.run(C.locate16(a.n, a.partition))
+    return Out(text=f"located to logical object {a.n} (LOCATE(16))")
 
 
 @command("load", "LOAD UNLOAD: load the medium", "tape")

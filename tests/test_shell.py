@@ -1,0 +1,306 @@
+"""scsi-shell driven as a user would: a real terminal (pexpect) for completion,
+history, wrong commands, CHECK CONDITION and a dropped connection; -c/--batch/--json
+runs and exit codes against our target (a subprocess) and tgt (tape LUN)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.client_targets import TgtFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+IQN = "iqn.2026-11.org.pyscsi:shelltest"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """Our target as a subprocess (so a test can kill it mid-session)."""
+
+    def __init__(self, tmp: Path, port: int | None = None, backup: bool = False) -> None:
+        self.tmp = tmp
+        self.backup = backup
+        self.port = port or _free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.log = open(self.tmp / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "scsi_target", "serve", "--listen", f"127.0.0.1:{self.port}", "--iqn", IQN,
+             "--disk", f"{self.tmp / 'disk0.img'}:16M", *(["--backup-device"] if self.backup else [])],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise RuntimeError((self.tmp / "server.log").read_text())
+
+    def url(self, lun: int = 0) -> str:
+        return f"iscsi://127.0.0.1:{self.port}/{IQN}/{lun}"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path)
+    yield s
+    s.kill()
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ, HOME=str(tmp), TERM="xterm", NO_COLOR="1", COLUMNS="120",
+               PYTHONPATH=str(ROOT))
+    env.pop("SCSI_SHELL_HISTORY", None)
+    env.pop("SCSI_SHELL_DEBUG", None)
+    return env
+
+
+def shell(*args: str, tmp: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "tools.shell", *args], cwd=ROOT, env=_env(tmp),
+                          capture_output=True, text=True, input=stdin, timeout=120)
+
+
+def spawn(url: str, tmp: Path) -> pexpect.spawn:
+    child = pexpect.spawn(PY, ["-m", "tools.shell", url], cwd=str(ROOT), env=_env(tmp),
+                          encoding="utf-8", timeout=30, dimensions=(50, 160))
+    child.expect("connected to")
+    child.expect_exact("scsi> ")
+    return child
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text, text
+
+
+# ----------------------------------------------------------------- interactive
+def test_console_completion_wrong_command_and_check_condition(server, tmp_path) -> None:
+    c = spawn(server.url(), tmp_path)
+    try:
+        c.send("modes\t")                          # command name completes
+        c.expect_exact("modesense ")
+        c.send("--p\t")                            # option completes
+        c.expect_exact("--pc ")
+        c.send("chang\t")                          # option value completes
+        c.expect_exact("changeable ")
+        c.sendline("08")
+        c.expect("MODE SENSE\\(10\\) page 08h, changeable values")
+        c.expect("wce +True")                      # WCE is the changeable bit of page 08h
+        c.expect_exact("scsi> ")
+        c.sendline("bogus 1 2")
+        c.expect_exact("usage: unknown command 'bogus' (type 'help' for the list)")
+        c.expect_exact("scsi> ")
+        c.sendline("read 1 two")
+        c.expect_exact("usage: read: argument count: not a number: 'two'")
+        c.expect_exact("scsi> ")
+        c.sendline("read 99999999 1")
+        c.expect_exact("CHECK CONDITION: ILLEGAL REQUEST, ASC/ASCQ 21h/00h "
+                       "LOGICAL BLOCK ADDRESS OUT OF RANGE")
+        c.expect_exact("scsi> ")
+        c.sendline("help modesense")
+        c.expect("--pc \\{changeable,current,default,saved\\}")
+        c.expect_exact("scsi> ")
+        c.sendline("quit")
+        c.expect(pexpect.EOF)
+        _no_traceback(c.before)
+    finally:
+        c.close(force=True)
+    assert c.exitstatus == 0
+
+
+def test_console_history_survives_restart(server, tmp_path) -> None:
+    c = spawn(server.url(), tmp_path)
+    c.sendline("luns")
+    c.expect("LUN")
+    c.expect_exact("scsi> ")
+    c.sendline("tur")
+    c.expect_exact("ready")
+    c.expect_exact("scsi> ")
+    c.sendeof()                                    # Ctrl-D: leave, history saved
+    c.expect(pexpect.EOF)
+    c.close()
+    hist = (tmp_path / ".scsi_shell_history").read_text().splitlines()
+    assert hist[-2:] == ["luns", "tur"]
+    c = spawn(server.url(), tmp_path)
+    try:
+        c.send("\x1b[A\x1b[A")                     # Up, Up: back to 'luns'
+        c.expect_exact("luns")
+        c.send("\r")
+        c.expect("0000000000000000")               # LUN 0's address in the table
+        c.expect_exact("scsi> ")
+    finally:
+        c.sendline("quit")
+        c.close(force=True)
+
+
+def test_console_dropped_connection_and_reconnect(tmp_path) -> None:
+    srv = Server(tmp_path)
+    c = spawn(srv.url(), tmp_path)
+    try:
+        c.sendline("tur")
+        c.expect_exact("ready")
+        c.expect_exact("scsi> ")
+        srv.kill()                                 # the target dies mid-session
+        c.sendline("tur")
+        c.expect("connection: connection lost: .*\\(type 'reconnect' to log in again\\)")
+        c.expect_exact("scsi> ")
+        c.sendline("reconnect")                    # nothing listens: a clear failure
+        c.expect("connection: cannot connect to 127.0.0.1:\\d+")
+        c.expect_exact("scsi> ")
+        srv.start()                                # back on the same port
+        c.sendline("reconnect")
+        c.expect("connected to iscsi://127.0.0.1")
+        c.expect_exact("scsi> ")
+        c.sendline("readcap")
+        c.expect("blocks +32768")
+        c.expect_exact("scsi> ")
+        c.sendline("exit")
+        c.expect(pexpect.EOF)
+        _no_traceback(c.before)
+    finally:
+        c.close(force=True)
+        srv.kill()
+
+
+# ------------------------------------------------------------------- scripting
+def test_c_commands_and_exit_codes(server, tmp_path) -> None:
+    r = shell(server.url(), "-c", "inq; readcap; write 3 --pattern 0xa5 --count 2; read 3 1",
+              tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "PYSCSI" in r.stdout and "blocks" in r.stdout
+    assert "wrote 2 block(s) (1024 bytes) at LBA 3" in r.stdout
+    assert "00000000  a5 a5 a5 a5" in r.stdout
+    r = shell(server.url(), "-c", "tur; read 99999999 1; tur", tmp=tmp_path)
+    assert r.returncode == 1
+    assert "CHECK CONDITION: ILLEGAL REQUEST, ASC/ASCQ 21h/00h" in r.stderr
+    assert r.stdout.count("ready") == 2             # the line goes on after a failure
+    r = shell(server.url(), "-c", "inq --vpd zz", tmp=tmp_path)
+    assert r.returncode == 2 and "not a hex page code: 'zz'" in r.stderr
+    r = shell(f"iscsi://127.0.0.1:{_free_port()}/{IQN}/0", "-c", "tur", tmp=tmp_path)
+    assert r.returncode == 3 and "cannot connect to 127.0.0.1" in r.stderr
+    r = shell(server.url().replace(IQN, "iqn.2026-11.org.pyscsi:nosuch"), "-c", "tur",
+              tmp=tmp_path)
+    assert r.returncode == 3 and "login to" in r.stderr and "failed" in r.stderr
+    for res in (r,):
+        _no_traceback(res.stderr + res.stdout)
+
+
+def test_json_and_batch(server, tmp_path) -> None:
+    batch = tmp_path / "cmds.txt"
+    batch.write_text("# a comment\ninq --vpd 80\nmodesense control\n\nread 99999999 1\n"
+                     "raw 1200000024 00 --in 36\nluns\n")
+    r = shell(server.url(), "--batch", str(batch), "--json", tmp=tmp_path)
+    assert r.returncode == 1
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["command"] for o in objs] == ["inq --vpd 80", "modesense control",
+                                            "read 99999999 1", "raw 1200000024 00 --in 36", "luns"]
+    assert objs[0]["ok"] and objs[0]["fields"]["serial"]
+    assert objs[1]["fields"]["0ah Control"]["qam"] == 1
+    assert not objs[2]["ok"] and objs[2]["sense"]["asc"] == 0x21
+    assert objs[2]["sense"]["asc_name"] == "LOGICAL BLOCK ADDRESS OUT OF RANGE"
+    assert objs[3]["fields"]["bytes"] == 36 and objs[3]["data"].startswith("00")
+    assert objs[4]["table"] == [{"LUN": 0, "address": "0000000000000000"}]
+    r = shell(server.url(), "--batch", "-", tmp=tmp_path, stdin="tur\ntur\n")
+    assert r.returncode == 0 and r.stdout.count("ready") == 2
+
+
+def test_backup_commands_on_backup_lun(tmp_path) -> None:
+    server = Server(tmp_path, backup=True)
+    try:
+        _backup_commands(server, tmp_path)
+    finally:
+        server.kill()
+
+
+def _backup_commands(server: Server, tmp_path: Path) -> None:
+    shell(server.url(0), "-c", "write 0 --pattern 1 --count 8", tmp=tmp_path)
+    r = shell(server.url(1), "--json", "-c", "gen; counts; estimate 1; scope 1", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    gen, counts, est, scope = (json.loads(x) for x in r.stdout.splitlines())
+    assert gen["fields"]["current_generation"] >= 1
+    assert sum(row["blocks"] for row in counts["table"]) == gen["fields"]["entries"]
+    assert est["fields"]["blocks"] >= 1
+    assert scope["text"].startswith("selected differential backup from generation 1")
+    r = shell(server.url(0), "-c", "gen", tmp=tmp_path)     # a disk LUN has no backup commands
+    assert r.returncode == 1 and "gen: not supported by this target" in r.stderr
+
+
+def test_in_process_config(tmp_path) -> None:
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(f'[[target]]\niqn = "{IQN}"\n\n  [[target.lun]]\n  lun = 0\n'
+                   '  path = "local.img"\n  size = "4M"\n  create = true\n')
+    r = shell("--config", str(cfg), "-c", "readcap; write 7 --pattern 0x5a; read 7 1; luns",
+              tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "8192" in r.stdout and "00000000  5a 5a 5a" in r.stdout
+    assert (tmp_path / "local.img").stat().st_size == 4 << 20
+    r = shell("--config", str(tmp_path / "missing.toml"), "-c", "tur", tmp=tmp_path)
+    assert r.returncode == 3 and "cannot read" in r.stderr
+    _no_traceback(r.stderr)
+
+
+# ------------------------------------------------------------------ tgt (tape)
+@pytest.fixture
+def tgt_tape(tmp_path):
+    f = TgtFactory(tmp_path)
+    try:
+        info = f.new_target()
+        tape = tmp_path / "tape.img"
+        subprocess.run(["tgtimg", "--op", "new", "--device-type", "tape", "--barcode", "SHELL1",
+                        "--size", "8", "--type", "data", "--file", str(tape)], check=True,
+                       capture_output=True)
+        tid = info.iqn.rsplit("tgt", 1)[1]
+        f.adm("--mode", "logicalunit", "--op", "new", "--tid", tid, "--lun", "2",
+              "--device-type", "tape", "--bstype", "ssc", "--backing-store", str(tape))
+        yield info
+    finally:
+        f.close()
+
+
+def test_tape_commands_against_tgt(tgt_tape, tmp_path) -> None:
+    url = tgt_tape.url(lun=2)
+    r = shell(url, "--json", "-c", "load; inq; rewind; blocklimits; pos; "
+              "raw 0a 00 00 02 00 00 --data " + "41" * 512 + "; wfm 2; pos; rewind; "
+              "space --filemarks 1; modesense 10; modesense 0f; unload", tmp=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    objs = {o["command"].split()[0] + str(i): o for i, o in
+            enumerate(json.loads(x) for x in r.stdout.splitlines())}
+    assert all(o["ok"] for o in objs.values())
+    assert objs["inq1"]["fields"]["device_type"].startswith("01h")
+    assert objs["blocklimits3"]["fields"]["max_block_length"] == 1 << 20
+    assert "short" in objs["pos4"]["fields"]
+    assert objs["wfm6"]["text"] == "wrote 2 filemark(s)"
+    dev = objs["modesense10"]["fields"]
+    assert "10h Device Configuration" in dev and "block_descriptor[0]" in dev
+    assert "density_code" in dev["block_descriptor[0]"]
+    assert "0fh Data Compression" in objs["modesense11"]["fields"]
+    # tgt's SSC implements neither LOCATE(10) nor LOCATE(16): a clear answer, not a crash.
+    r = shell(url, "-c", "load; locate 0", tmp=tmp_path)
+    assert r.returncode == 1 and "INVALID COMMAND OPERATION CODE" in r.stderr
+    r = shell(url, "-c", "load; rewind; space --filemarks 9", tmp=tmp_path)
+    assert r.returncode == 1 and "CHECK CONDITION" in r.stderr and "END-OF-DATA" in r.stderr
+    r = shell(tgt_tape.url(), "-c", "gen", tmp=tmp_path)    # tgt has no backup engine
+    assert r.returncode == 1 and "gen: not supported by this target" in r.stderr
