@@ -53,6 +53,9 @@ class LunSpec:
     block_size: int = 512
     read_only: bool = False
     create: bool = False             # create the backing file (sparse) if missing
+    removable: bool = False          # INQUIRY RMB: START STOP UNIT eject, PREVENT ALLOW
+    physical_block_size: int | None = None   # READ CAPACITY(16) LBPPBE; None = block_size
+    write_same_zero: bool = False    # WRITE SAME with 0 blocks writes to the end (WSNZ=0)
     # Whether writes to this LU are recorded in its generation map
     # (PATH.genmap, PATH.genmap.dirty, PATH.volume beside the backing file).
     track: bool = True
@@ -260,7 +263,7 @@ def _tname(v: Any) -> str:
 _TOP_KEYS = ("portals", "discovery", "target")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
-             "source")
+             "source", "removable", "physical_block_size", "write_same_zero")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
 
@@ -474,8 +477,16 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
     block_size = r.typed(d, key, "block_size", int, 512)
     if block_size not in BLOCK_SIZES:
         raise r.fail(_join(key, "block_size"), f"{block_size} is not supported (use 512 or 4096)")
+    phys = r.typed(d, key, "physical_block_size", int, block_size)
+    ratio = phys // block_size
+    if phys % block_size or ratio < 1 or ratio & (ratio - 1) or ratio > 1 << 15:
+        raise r.fail(_join(key, "physical_block_size"), f"{phys} is not a power-of-two "
+                     f"multiple of the block size {block_size}")
     spec = LunSpec(
         lun=lun, path=path, size=size, block_size=block_size,
+        removable=r.typed(d, key, "removable", bool, False),
+        physical_block_size=phys if phys != block_size else None,
+        write_same_zero=r.typed(d, key, "write_same_zero", bool, False),
         read_only=r.typed(d, key, "read_only", bool, False),
         create=r.typed(d, key, "create", bool, False),
         track=r.typed(d, key, "track", bool, True),
@@ -625,8 +636,11 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
                 store = TrackingStore.open(store, spec.path)
             except TrackingError as e:
                 raise ConfigError(f"{spec.where}: {e}") from None
-        return DiskLU(store, spec.block_size, spec.read_only,
-                      identity=Identity.derive(target_iqn, spec.lun))
+        lu = DiskLU(store, spec.block_size, spec.read_only,
+                    identity=Identity.derive(target_iqn, spec.lun), removable=spec.removable,
+                    physical_block_size=spec.physical_block_size)
+        lu.write_same_non_zero = not spec.write_same_zero
+        return lu
     except BaseException:
         store.close()
         raise

@@ -11,9 +11,15 @@ class DiskLU(LogicalUnit):
     device_type = 0x00
 
     def __init__(self, store: BlockStore, block_size: int = 512, read_only: bool = False,
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None, *, removable: bool = False,
+                 physical_block_size: int | None = None) -> None:
         if block_size not in (512, 1024, 2048, 4096):
             raise ValueError(f"block size {block_size} not supported (512, 1024, 2048, 4096)")
+        ratio = (physical_block_size or block_size) // block_size
+        if ratio < 1 or ratio * block_size != (physical_block_size or block_size) \
+                or ratio & (ratio - 1) or ratio > 1 << 15:
+            raise ValueError(f"physical block size {physical_block_size} is not a power-of-two "
+                             f"multiple of the block size {block_size}")
         if store.size % block_size:
             raise ValueError(f"store size {store.size} is not a multiple of block size {block_size}")
         super().__init__(identity)
@@ -21,6 +27,11 @@ class DiskLU(LogicalUnit):
         self.block_size = block_size
         self.read_only = read_only or store.read_only
         self.num_blocks = store.size // block_size
+        # RMB in INQUIRY: enables START STOP UNIT LOEJ and PREVENT ALLOW semantics.
+        self.removable = removable
+        # READ CAPACITY(16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (e.g. 3 for
+        # 512-byte blocks on 4096-byte physical blocks); a hint for alignment.
+        self.lbppbe = ratio.bit_length() - 1
         # Largest transfer we accept in one command, in blocks (VPD B0).  65536
         # because libiscsi's WriteSame16.Unmap writes 65536 blocks with one
         # WRITE(16) without consulting the Block Limits page.

@@ -497,7 +497,11 @@ def start_stop_unit(lu: "LogicalUnit", cmd: Command) -> None:
                 load_eject(start)
             else:
                 lu.medium_present = start
-        lu.stopped = not start
+        # A removable LU keeps its medium ready when only START changes: nothing
+        # spins down, and libiscsi StartStopUnit.NoLoej expects TEST UNIT READY
+        # GOOD after START=0 LOEJ=0.  Fixed disks do enter the stopped state.
+        if loej or not lu.removable:
+            lu.stopped = not start
 
 
 @_cmd(OP_PREVENT_ALLOW, "PREVENT ALLOW MEDIUM REMOVAL", bytes([0x1E, 0, 0, 0, 0x03, 0]))

@@ -142,7 +142,8 @@ def block_limits(lu: "LogicalUnit") -> bytes:
         wsnz=bool(getattr(lu, "write_same_non_zero", False)),
         max_compare_write_length=_attr(lu, "max_compare_blocks",
                                        DEFAULT_MAX_COMPARE_WRITE_BLOCKS) & 0xFF,
-        optimal_transfer_length_granularity=1,
+        # One physical block: smaller writes cost a read-modify-write below us.
+        optimal_transfer_length_granularity=1 << _attr(lu, "lbppbe", 0),
         max_transfer_length=max_xfer,
         optimal_transfer_length=max_xfer,
         max_write_same_length=_attr(lu, "max_write_same_blocks", max_xfer),

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real server as a subprocess.
+
+``served_target``   one 64 MiB disk LUN, a fresh server per test.
+``serve``           factory: ``serve([Target(...), ...])`` → a started ServedTarget
+                    (stopped after the test).
+``interop_server``  one server for the whole session with every target the
+                    interop modules need (see INTEROP_TARGETS); tests pick the
+                    target by IQN and never depend on another test's data.
+"""
+from __future__ import annotations
+
+import pytest
+
+from interop_util import Lun, ServedTarget, Target
+
+IQN_BASE = "iqn.2026-11.org.pyscsi"
+IQN_PLAIN = f"{IQN_BASE}:interop"          # LUN 0 64 MiB, LUN 1 4096-byte blocks
+IQN_QEMU = f"{IQN_BASE}:qemu"              # LUN 0 160 MiB for the 128 MiB convert
+IQN_CU = f"{IQN_BASE}:conformance"         # LUN 0 plain disk for the full libiscsi run
+IQN_CU_LU = f"{IQN_BASE}:lu-properties"    # LUNs with the properties libiscsi skips without
+IQN_CHAP = f"{IQN_BASE}:chap"
+IQN_ACL = f"{IQN_BASE}:acl"
+CHAP_USER, CHAP_SECRET = "interop-user", "0123456789abcdef"
+ALLOWED_INITIATOR = f"{IQN_BASE}:allowed-initiator"
+
+# LUNs of IQN_CU_LU, by the libiscsi skip they remove.
+LUN_REMOVABLE, LUN_4K_PHYSICAL, LUN_READ_ONLY = 0, 1, 2
+
+INTEROP_TARGETS = [
+    Target(IQN_PLAIN, [Lun(0, "64M"), Lun(1, "32M", {"block_size": 4096})]),
+    Target(IQN_QEMU, [Lun(0, "160M")]),
+    Target(IQN_CU, [Lun(0, "128M")]),
+    Target(IQN_CU_LU, [
+        Lun(LUN_REMOVABLE, "64M", {"removable": True}),
+        # 512-byte logical on 4096-byte physical blocks (LBPPB 8), and WRITE SAME
+        # with 0 blocks allowed (WSNZ=0).
+        Lun(LUN_4K_PHYSICAL, "64M", {"physical_block_size": 4096, "write_same_zero": True}),
+        Lun(LUN_READ_ONLY, "16M", {"read_only": True}),
+    ]),
+    Target(IQN_CHAP, [Lun(0, "16M")], chap=(CHAP_USER, CHAP_SECRET)),
+    Target(IQN_ACL, [Lun(0, "16M")], initiators=[ALLOWED_INITIATOR]),
+]
+
+
+@pytest.fixture(scope="session")
+def interop_server(tmp_path_factory):
+    srv = ServedTarget(tmp_path_factory.mktemp("interop"), INTEROP_TARGETS).start()
+    yield srv
+    rc = srv.stop()
+    assert rc == 0, f"server exit status {rc} after SIGTERM:\n{srv.log_tail()}"
+
+
+@pytest.fixture
+def serve(tmp_path):
+    started: list[ServedTarget] = []
+
+    def start(targets: list[Target], subdir: str = "srv") -> ServedTarget:
+        srv = ServedTarget(tmp_path / f"{subdir}{len(started)}", targets)
+        started.append(srv)
+        return srv.start()
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def served_target(serve) -> ServedTarget:
+    return serve([Target(f"{IQN_BASE}:served", [Lun(0, "64M")])])
