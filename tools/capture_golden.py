@@ -47,7 +47,7 @@ def _tool(name: str) -> str:
 
 
 class Tgt:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, disk_size: int = 16 << 20) -> None:
         self.port = _free_port()
         self.adm_path = _tool("tgtadm")
         self.proc = subprocess.Popen(
@@ -69,7 +69,7 @@ class Tgt:
             sys.exit("tgtd did not start")
         disk = tmp / "disk.img"
         with open(disk, "wb") as f:
-            f.truncate(16 << 20)
+            f.truncate(disk_size)
         tape = tmp / "tape.img"
         subprocess.run([_tool("tgtimg"), "--op", "new", "--device-type", "tape", "--barcode",
                         "GOLD01", "--size", "16", "--type", "data", "--file", str(tape)],
