@@ -606,3 +606,18 @@ def test_parser_round_trips_built_lists(list_id, usage, desigs, segs):
     assert [c.designator for c in parsed.cscds] == desigs
     assert [(g.src_id, g.dst_id, g.blocks, g.src_lba, g.dst_lba, g.dc) for g in parsed.segments] \
         == [tuple(s) for s in segs]
+
+
+def test_nexus_loss_and_lu_reset_drop_copy_results():
+    m = make_map()
+    lu = m.get(0)
+    assert xcopy(m, plist([cscd(lu)], [segment(0, 0, 1, 0, 1)], list_id=4)).ok
+    assert run(m, rcr_cdb(0x00, list_id=4), expected=64).ok
+    lu.nexus_lost(NEXUS)          # what the transport calls on logout/connection loss
+    check(run(m, rcr_cdb(0x00, list_id=4), expected=64), S.SenseKey.ILLEGAL_REQUEST,
+          S.INVALID_FIELD_IN_CDB)
+    assert xcopy(m, plist([cscd(lu)], [segment(0, 0, 1, 0, 1)], list_id=5)).ok
+    lu.reset()                    # LOGICAL UNIT RESET
+    lu.ua.pop(NEXUS)
+    check(run(m, rcr_cdb(0x00, list_id=5), expected=64), S.SenseKey.ILLEGAL_REQUEST,
+          S.INVALID_FIELD_IN_CDB)

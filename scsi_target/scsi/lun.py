@@ -108,6 +108,9 @@ class LogicalUnit:
         self.lock = threading.RLock()  # serialises commands that must be atomic
         self.last_sense: dict[Nexus, bytes] = {}
         self.stopped = False  # START STOP UNIT
+        # Per-nexus state kept by command sets (e.g. copy results): called with
+        # the nexus on I_T nexus loss, with None on a LU reset.
+        self.forget_hooks: list = []
         self.medium_present = True  # removable LUs: START STOP UNIT with LOEJ
         # I_T nexuses holding PREVENT MEDIUM REMOVAL (SPC-4 6.13).
         self.prevent: set[Nexus] = set()
@@ -180,6 +183,8 @@ class LogicalUnit:
         self.last_sense.pop(nexus, None)
         self.prevent.discard(nexus)
         self.pr.nexus_lost(nexus)
+        for hook in self.forget_hooks:
+            hook(nexus)
 
     def reset(self, by: Nexus | None = None) -> None:
         """LOGICAL UNIT RESET task management function."""
@@ -187,6 +192,8 @@ class LogicalUnit:
         self.mode.reset()
         self.prevent.clear()
         self.ua.reset(exclude=None)
+        for hook in self.forget_hooks:
+            hook(None)
 
     def close(self) -> None:
         pass

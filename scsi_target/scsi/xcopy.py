@@ -251,6 +251,9 @@ def _results(lu: "LogicalUnit") -> _Results:
         res = _RESULTS.get(lu)
         if res is None:
             res = _RESULTS[lu] = _Results()
+            hooks = getattr(lu, "forget_hooks", None)
+            if hooks is not None:
+                hooks.append(res.forget)  # nexus loss / LU reset drop kept results
         return res
 
 
