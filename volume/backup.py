@@ -13,6 +13,10 @@ Restore rules (patent claims 6-7, §0040; DESIGN invariant 2):
   than the map entry of each block (records of a full stream always apply);
   the map entries are set with the data.  Damaged records are reported with
   stream, block, generation; a later stream that covers them clears them.
+* The rules are implemented once, in ``volume.restore.StreamRestorer`` (which
+  also takes streams pushed in arbitrary chunks, as the pseudo device gets
+  them); ``restore`` checks every header up front with the same functions and
+  then pumps each file through a chained ``StreamRestorer``.
 * ``skip_generations`` forbids generations: each entry is either ``g`` (skip
   generation g in every stream) or ``(stream, g)`` where ``stream`` is the
   stream's index in the list or its name (the path as given, or its basename).
@@ -26,17 +30,18 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from bitarray import bitarray
-
 from .genmap import BackupPlan, GenerationMap, extents
 from .store import BlockStore
+from .restore import (BadRecord, ChainState, RestoreRejected, RestoreReport, StreamCheck,
+                      StreamRestorer, _advance, apply_record, bad_record, chain_problems,
+                      check_chain, identity_problems, skip_sets, target_problems)
 from .stream import (HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE, Damage, Record,
                      StreamDecoder, StreamEncoder, StreamEnd, StreamError, StreamHeader,
                      DEFAULT_RECORD_BYTES)
 
 __all__ = ["BackupResult", "VerifyReport", "StreamCheck", "RestoreReport", "BadRecord",
            "full_backup", "differential_backup", "write_stream", "verify", "restore",
-           "estimate", "check_chain"]
+           "estimate", "check_chain", "StreamRestorer", "ChainState", "RestoreRejected"]
 
 Progress = Callable[[int, int], None]
 StreamSource = "str | os.PathLike | BinaryIO"
@@ -60,36 +65,6 @@ class BackupResult:
 
 
 @dataclass
-class BadRecord:
-    stream: str
-    offset: int
-    reason: str
-    first_block: int | None
-    nblocks: int | None
-    generation: int | None
-
-
-@dataclass
-class StreamCheck:
-    name: str
-    header: StreamHeader | None
-    records: int = 0
-    blocks: int = 0
-    bytes: int = 0
-    damage: list[BadRecord] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    # restore only
-    applied: int = 0
-    blocks_written: int = 0
-    skipped_older: int = 0
-    skipped_forbidden: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.header is not None and not self.damage and not self.errors
-
-
-@dataclass
 class VerifyReport:
     streams: list[StreamCheck]
     errors: list[str] = field(default_factory=list)     # chain problems
@@ -97,27 +72,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.errors and all(s.ok for s in self.streams)
-
-
-@dataclass
-class RestoreReport:
-    streams: list[StreamCheck]
-    errors: list[str] = field(default_factory=list)     # chain/identity problems (nothing written)
-    unrecovered: list[tuple[int, int]] = field(default_factory=list)   # block extents
-    # blocks that may have been in records whose header was unreadable (or cut
-    # off by truncation) and that no later record replaced
-    uncertain: list[tuple[int, int]] = field(default_factory=list)
-    generation: int | None = None                       # newest generation restored
-    wrote: bool = False
-
-    @property
-    def bad_records(self) -> list[BadRecord]:
-        return [d for s in self.streams for d in s.damage]
-
-    @property
-    def ok(self) -> bool:
-        return (not self.errors and not self.unrecovered and not self.uncertain
-                and all(not s.errors for s in self.streams))
 
 
 # ---------------------------------------------------------------------------
@@ -228,10 +182,10 @@ def _stream_size(src) -> int:
         return 0
 
 
-def _decode(src, on_item: Callable[[Record | Damage], None], progress: Progress | None,
-            done_before: int, total: int) -> tuple[StreamEnd, int]:
+def _pump(src, feed: Callable[[memoryview], None], progress: Progress | None, done_before: int,
+          total: int) -> int:
+    """Feed the bytes of a stream file to ``feed`` in large chunks of one reused buffer."""
     f, own = _open(src)
-    dec = StreamDecoder(borrow=True)          # records are consumed before the next read
     buf = bytearray(CHUNK)
     mv = memoryview(buf)
     n = 0
@@ -241,59 +195,28 @@ def _decode(src, on_item: Callable[[Record | Damage], None], progress: Progress 
             if not k:
                 break
             n += k
-            for item in dec.feed(mv[:k]):
-                on_item(item)
+            feed(mv[:k])
             if progress:
                 progress(done_before + n, total)
     finally:
         if own:
             f.close()
+    return n
+
+
+def _decode(src, on_item: Callable[[Record | Damage], None], progress: Progress | None,
+            done_before: int, total: int) -> tuple[StreamEnd, int]:
+    dec = StreamDecoder(borrow=True)          # records are consumed before the next read
+
+    def feed(chunk: memoryview) -> None:
+        for item in dec.feed(chunk):
+            on_item(item)
+    n = _pump(src, feed, progress, done_before, total)
     return dec.finish(), n
 
 
-def _bad(name: str, d: Damage) -> BadRecord:
-    return BadRecord(name, d.offset, d.reason, d.first_block, d.nblocks, d.generation)
-
-
-def check_chain(headers: Sequence[tuple[str, StreamHeader]], *, start_generation: int | None = None,
-                base_id: bytes | None = None) -> list[str]:
-    """Order and lineage problems of a list of stream headers (empty if fine).
-
-    ``start_generation``/``base_id`` describe the target map when the chain
-    does not start with a full stream.
-    """
-    errors: list[str] = []
-    if not headers:
-        return errors
-    first_name, first = headers[0]
-    nxt = start_generation
-    base = base_id
-    if first.full:
-        base = first.base_id
-        nxt = None
-    elif base is not None and base != first.base_id:
-        errors.append(f"{first_name} belongs to another full backup ({first.base_id.hex()}) "
-                      f"than the volume's ({base.hex()})")
-    for i, (name, h) in enumerate(headers):
-        if h.full:
-            if i:
-                errors.append(f"{name} is a full backup stream; it can only come first")
-            nxt = 1
-            continue
-        if base is not None and h.base_id != base and i:
-            errors.append(f"{name} belongs to another full backup ({h.base_id.hex()}) than "
-                          f"{headers[0][0]} ({base.hex()})")
-        lo, hi = h.generation_range
-        if nxt is not None:
-            if lo > nxt:
-                errors.append(f"{name} holds generations {lo}..{hi} but generation "
-                              f"{nxt}{'..' + str(lo - 1) if lo - 1 > nxt else ''} is missing "
-                              f"before it")
-            elif hi < nxt:
-                errors.append(f"{name} holds generations {lo}..{hi}, older than what comes before "
-                              f"it (up to {nxt - 1}): streams out of order")
-        nxt = hi + 1 if nxt is None else max(nxt, hi + 1)
-    return errors
+_bad = bad_record          # older name, kept for callers outside volume/
+_apply = apply_record
 
 
 def _same_volume(name: str, h: StreamHeader, ref: StreamHeader) -> list[str]:
@@ -344,165 +267,60 @@ def verify(stream_files: Sequence, *, progress: Progress | None = None) -> Verif
 # restore
 # ---------------------------------------------------------------------------
 def _skip_set(skip_generations, heads) -> list[set[int]]:
-    per = [set() for _ in heads]
-    for entry in skip_generations or ():
-        if isinstance(entry, int):
-            for s in per:
-                s.add(entry)
-            continue
-        key, gen = entry
-        hit = False
-        for i, (name, _h, _e) in enumerate(heads):
-            if key == i or (isinstance(key, (str, os.PathLike)) and
-                            os.fspath(key) in (name, os.path.basename(name))):
-                per[i].add(int(gen))
-                hit = True
-        if not hit:
-            raise ValueError(f"skip-generation entry {entry!r} names no stream of the restore")
-    return per
+    return skip_sets(skip_generations, [name for name, _h, _e in heads])
 
 
 def restore(store: BlockStore, gmap: GenerationMap, stream_files: Sequence, *,
             skip_generations: Iterable = (), progress: Progress | None = None) -> RestoreReport:
-    """Apply a full stream and/or differential streams, in order, onto ``store``."""
+    """Apply a full stream and/or differential streams, in order, onto ``store``.
+
+    Every header is checked first, with the checks each stream's
+    ``StreamRestorer`` repeats when it starts, so a bad chain writes nothing
+    at all; then each file is pumped through a ``StreamRestorer`` chained to
+    the previous one (the same path as a stream pushed to the pseudo device).
+    """
     heads = _read_headers(stream_files)
     skips = _skip_set(skip_generations, heads)
-    report = RestoreReport([StreamCheck(n, h) for n, h, _ in heads])
-    for chk, (_n, h, err) in zip(report.streams, heads):
+    checks = [StreamCheck(n, h) for n, h, _ in heads]
+    errors: list[str] = []
+    for chk, (_n, h, err) in zip(checks, heads):
         if h is None:
-            report.errors.append(f"{chk.name}: {err}")
+            errors.append(f"{chk.name}: {err}")
             chk.errors.append(err)
-    if store.size != gmap.volume_size:
-        report.errors.append(f"the volume holds {store.size} bytes, its map describes "
-                             f"{gmap.volume_size}")
+    errors += target_problems(store, gmap)
     for name, h, _ in heads:
-        if h is None:
-            continue
-        if h.volume_id != gmap.volume_id:
-            report.errors.append(f"{name} is a backup of volume {h.volume_id.hex()}; the target "
-                                 f"is volume {gmap.volume_id.hex()}")
-        if h.block_size != gmap.granularity:
-            report.errors.append(f"{name} tracks {h.block_size}-byte blocks; the target map "
-                                 f"tracks {gmap.granularity}-byte blocks")
-        if h.volume_size != store.size:
-            report.errors.append(f"{name} is for a {h.volume_size}-byte volume; the target "
-                                 f"holds {store.size} bytes")
-    if not report.errors:
-        chain = [(n, h) for n, h, _ in heads]
-        if chain and not chain[0][1].full and gmap.base_id == bytes(16):
-            report.errors.append(f"{chain[0][0]} is differential, but the target holds no full "
-                                 f"restore: start with the full backup stream")
-        else:
-            report.errors += check_chain(chain, start_generation=gmap.current_generation,
-                                         base_id=gmap.base_id)
-    if report.errors:
-        return report
-
-    entries = gmap.entries
-    lost = bitarray(entries, endian="little")     # blocks whose newest intact copy was damaged
-    lost.setall(0)
-    uncertain = lost.copy()                       # blocks possibly in records lost unread
+        if h is not None:
+            errors += identity_problems(name, h, store, gmap)
+    if not errors:
+        link = None
+        for name, h, _ in heads:
+            errors += chain_problems(name, h, gmap, link)
+            link = _advance(link, h, gmap)
+    if errors:
+        return RestoreReport(checks, errors)
+    if not heads:
+        store.flush()
+        gmap.save()
+        return RestoreReport([])
     total = sum(_stream_size(s) for s in stream_files)
     done = 0
-    newest = None
+    state: ChainState | None = None
+    report = RestoreReport([])
     for i, src in enumerate(stream_files):
-        name, h, _ = heads[i]
-        chk = report.streams[i]
-        forbidden = skips[i]
-        if h.full:
-            gmap.reset(h.base_id)
-            seen = bitarray(entries, endian="little")
-            seen.setall(0)
-        else:
-            seen = None
-        report.wrote = True
-
-        # Records come in block order, so blocks lost with an unreadable record
-        # header lie between the last known block and the next known one.
-        gap = {"end": 0, "open": False}
-
-        def close_gap(upto: int, h=h, gap=gap) -> None:
-            if gap["open"] and upto > gap["end"]:
-                a, n = gap["end"], upto - gap["end"]
-                uncertain[a:a + n] |= gmap.blocks_older_than(a, n, h.generation_range[1])
-            gap["open"] = False
-
-        def on_item(item, h=h, chk=chk, forbidden=forbidden, seen=seen, name=name, gap=gap):
-            if isinstance(item, Damage):
-                chk.damage.append(_bad(name, item))
-                if item.first_block is None:
-                    gap["open"] = seen is None
-                    return
-                a, n = item.first_block, item.nblocks
-                close_gap(a)
-                gap["end"] = a + n
-                if h.full:
-                    lost[a:a + n] = 1
-                else:
-                    lost[a:a + n] |= gmap.blocks_older_than(a, n, item.generation)
-                return
-            close_gap(item.first_block)
-            gap["end"] = item.first_block + item.nblocks
-            _apply(store, gmap, h, item, chk, forbidden, seen, lost, uncertain)
-
-        end, n = _decode(src, on_item, progress, done, total)
-        if end.trailer is None and seen is None:
-            gap["open"] = True                 # truncated: anything after the last record
-        close_gap(entries)
-        done += n
-        chk.bytes = n
-        chk.records, chk.blocks = end.records, end.blocks
-        chk.errors += end.errors
-        if seen is not None:
-            missing = ~seen
-            missing[entries:] = 0
-            if missing.any():
-                lost |= missing
-        lo, hi = h.generation_range
-        newest = hi if newest is None else max(newest, hi)
-        if hi + 1 > gmap.current_generation:
-            gmap.set_current_generation(hi + 1)
-    store.flush()
-    gmap.save()
-    report.generation = newest
-    report.unrecovered = list(extents(lost))
-    report.uncertain = list(extents(uncertain & ~lost))
+        r = StreamRestorer(store, gmap, skip_generations=skips[i], expect_previous=state,
+                           name=heads[i][0])
+        try:
+            done += _pump(src, r.feed, progress, done, total)
+        except RestoreRejected:
+            pass                    # the file changed since its header was read: finish() says why
+        report = r.finish()
+        if report.errors:
+            report.streams += checks[i + 1:]
+            return report
+        state = report.chain
     return report
 
 
-def _apply(store: BlockStore, gmap: GenerationMap, h: StreamHeader, rec: Record,
-           chk: StreamCheck, forbidden: set[int], seen: bitarray | None, lost: bitarray,
-           uncertain: bitarray) -> None:
-    first, n, g = rec.first_block, rec.nblocks, rec.generation
-    if seen is not None:
-        seen[first:first + n] = 1
-    if g in forbidden:
-        chk.skipped_forbidden += 1
-        return
-    bs = h.block_size
-    if h.full:
-        runs = [(first, n)]
-    else:
-        older = gmap.blocks_older_than(first, n, g)
-        if not older.any():
-            chk.skipped_older += 1
-            return
-        runs = [(first, n)] if older.all() else [(first + a, k) for a, k in extents(older)]
-    data = None if rec.data is None else memoryview(rec.data)
-    for a, k in runs:
-        off = a * bs
-        length = min((a + k) * bs, h.volume_size) - off
-        if data is None:
-            store.write_zeroes(off, length)
-        else:
-            rel = off - first * bs
-            store.write(off, data[rel:rel + length])
-        if not h.full:
-            gmap.apply_restored(a, k, g)
-        lost[a:a + k] = 0
-        uncertain[a:a + k] = 0
-        chk.blocks_written += k
-    chk.applied += 1
 
 
 # ---------------------------------------------------------------------------

@@ -55,6 +55,7 @@ TRAILER_SIZE = 80
 # Decoder limits (invariant 3: bounded memory whatever the input says).
 MAX_RECORD_BYTES = 64 << 20
 DEFAULT_RECORD_BYTES = 1 << 20
+_RESYNC_WINDOW = 64 << 10      # bytes searched per step while looking for a marker
 
 
 class StreamError(Exception):
@@ -406,16 +407,22 @@ class StreamDecoder:
         i, n = 0, len(src)
         while True:
             if self._carry:
-                if self._state in (_ST_RESYNC, _ST_DONE, _ST_DEAD):
-                    take = n - i
+                # An item straddles feeds: complete it in the carry (one copy of
+                # its bytes), parse it there, then go back to the caller's buffer.
+                st = self._state
+                if st in (_ST_DONE, _ST_DEAD):
+                    take = 0
+                elif st == _ST_RESYNC:
+                    take = min(n - i, _RESYNC_WINDOW)
                 else:
                     take = max(0, min(n - i, self._need - len(self._carry)))
-                self._carry += memoryview(src)[i:i + take]
-                i += take
-                if len(self._carry) < self._need and i >= n and self._state not in (
-                        _ST_RESYNC, _ST_DONE, _ST_DEAD):
+                if take:
+                    self._carry += memoryview(src)[i:i + take]
+                    i += take
+                if len(self._carry) < self._need and st not in (_ST_RESYNC, _ST_DONE, _ST_DEAD):
                     break
-                buf = bytes(self._carry)
+                buf = self._carry
+                # Never touched again by the decoder, so records may keep views into it.
                 self._carry = bytearray()
                 p = self._parse(buf, 0, True, out)
                 if p < len(buf):
@@ -649,9 +656,18 @@ class StreamDecoder:
 
 
 def _find_marker(buf, pos: int) -> int:
-    if isinstance(buf, memoryview):         # damage path only: a copy is fine
-        k = _find_marker(bytes(buf[pos:]), 0)
-        return k if k < 0 else pos + k
+    """Offset of the next record or trailer marker at or after ``pos``, or -1."""
+    if isinstance(buf, memoryview):
+        # Damage path only: search copied windows, so a resync costs the distance
+        # to the next marker, not the rest of a (possibly huge) borrowed buffer.
+        end = len(buf)
+        while pos < end:
+            stop = min(end, pos + _RESYNC_WINDOW)
+            k = _find_marker(bytes(buf[pos:min(end, stop + 3)]), 0)
+            if k >= 0:
+                return pos + k
+            pos = stop
+        return -1
     a = buf.find(RECORD_SYNC, pos)
     b = buf.find(TRAILER_SYNC, pos)
     if a < 0:
