@@ -26,8 +26,10 @@ class SenseKey(IntEnum):
     VENDOR_SPECIFIC = 0x9
     COPY_ABORTED = 0xA
     ABORTED_COMMAND = 0xB
+    EQUAL = 0xC          # obsolete since SPC-3, still seen from old devices
     VOLUME_OVERFLOW = 0xD
     MISCOMPARE = 0xE
+    RESERVED_F = 0xF     # reserved; decoded rather than refused
 
 
 class Asc(NamedTuple):
