@@ -22,12 +22,11 @@ import collections
 import threading
 from dataclasses import dataclass, field
 
-from bitarray import bitarray
-
-from volume import backup as B
-from volume.genmap import BackupPlan, extents
-from volume.stream import (HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE, Damage, Record,
-                           StreamDecoder, StreamEncoder, StreamHeader, StreamError)
+from volume.genmap import BackupPlan
+from volume.restore import ChainState, RestoreRejected as VRestoreRejected, StreamCheck, \
+    StreamRestorer
+from volume.stream import (HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE, StreamEncoder,
+                           StreamError, StreamHeader)
 
 from .interceptors.tracker import TrackingStore
 
@@ -208,44 +207,79 @@ class BackupReader:
 
 @dataclass
 class RestoreResult:
-    """One restore stream's outcome (cumulative fields describe the chain so far)."""
+    """One restore stream's outcome (``unrecovered`` describes the chain so far)."""
     state: str = "idle"                 # idle | running | done | rejected | abandoned
     header: StreamHeader | None = None
-    check: B.StreamCheck | None = None
+    check: StreamCheck | None = None
     errors: list[str] = field(default_factory=list)
-    unrecovered: list[tuple[int, int]] = field(default_factory=list)   # chain, block extents
+    unrecovered: list[tuple[int, int]] = field(default_factory=list)   # block extents
     bytes: int = 0
 
     @property
-    def bad_records(self) -> list[B.BadRecord]:
+    def bad_records(self) -> list:
         return list(self.check.damage) if self.check else []
 
 
 class RestoreWriter:
+    """Stream bytes at offsets -> ``volume.restore.StreamRestorer`` on a tracked volume.
+
+    A full stream is restored around the tracker (the map is reset to that
+    backup's generation 0; the target first takes the backed-up volume's
+    identity if it differs); a differential one through it (mark, write, then
+    the restored generation is set), so a crash mid-record is a false positive.
+    ``previous``: the ChainState of the stream restored before (damaged blocks
+    a later stream may still replace).
+    """
     MAX_REORDER = 64 << 20
 
     def __init__(self, vol: TrackingStore, *, skip_generations=(), name: str = "stream",
-                 lost: bitarray | None = None) -> None:
+                 previous: ChainState | None = None) -> None:
         self.vol = vol
         self.name = name
-        self.skip = set(int(g) for g in skip_generations)
-        self.dec = StreamDecoder()
         self.pos = 0
         self._pending: dict[int, bytes] = {}
         self._pending_bytes = 0
         self.result = RestoreResult("running")
-        self._h: StreamHeader | None = None
-        self._seen: bitarray | None = None
-        self.lost = lost
+        self.chain: ChainState | None = previous
+        self._full = False
         self.finished = False
+        self._skip = list(skip_generations)
+        self._head = bytearray()
+        self.r: StreamRestorer | None = None     # made once the header is in
+
+    def _make_restorer(self, head: bytes) -> None:
+        # A full stream starts a new chain: the previous streams' state is dropped.
+        prev = self.chain
+        try:
+            if StreamHeader.unpack(head[:HEADER_SIZE]).full:
+                prev = None
+        except StreamError:
+            pass                             # the restorer rejects it with the reason
+        self.r = StreamRestorer(self.vol, self.vol.map, skip_generations=self._skip,
+                                expect_previous=prev, name=self.name,
+                                prepare_full=self._prepare_full)
+        self.result.check = self.r.check
+
+    def _prepare_full(self, h: StreamHeader):
+        vol = self.vol
+        if h.volume_size != vol.size:
+            return vol, vol.map             # refused by the restorer's checks, nothing changed
+        if h.volume_id != vol.map.volume_id or h.block_size != vol.map.granularity:
+            vol.reidentify(h.volume_id, h.block_size)
+        with vol.lock:
+            vol.state.full_done = False     # true again once the whole stream applied
+            vol.state.pending_lo = None
+            vol.state.active = None
+            vol.save_state()
+        self._full = True
+        return vol.inner, vol.map
 
     # -- byte intake ----------------------------------------------------------
     def write(self, offset: int, data) -> None:
         if self.finished:
             return
         if offset < self.pos:
-            # Already consumed (a resend); only the part past the position counts.
-            skip = self.pos - offset
+            skip = self.pos - offset        # a resend: only what lies past the position counts
             if skip >= len(data):
                 return
             data, offset = memoryview(data)[skip:], self.pos
@@ -270,132 +304,49 @@ class RestoreWriter:
     def _feed(self, data) -> None:
         self.pos += len(data)
         self.result.bytes = self.pos
-        items = self.dec.feed(data if isinstance(data, bytes) else bytes(data))
-        if self._h is None:
-            if self.dec.header is not None:
-                self._start(self.dec.header)
-            elif items:     # the decoder could not use the header
-                self._reject([getattr(i, "reason", "stream header unusable") for i in items])
-            else:
+        if self.r is None:
+            self._head += data
+            if len(self._head) < HEADER_SIZE:
                 return
-        for item in items:
-            self._on_item(item)
-        if self.dec.trailer is not None:
-            self._finish()
+            data = bytes(self._head)
+            self._head = bytearray()
+            self._make_restorer(data)
+        try:
+            self.r.feed(data)
+        except VRestoreRejected as exc:
+            self.finished = True
+            self.result.state = "rejected"
+            self.result.header = self.r.check.header
+            self.result.errors = list(exc.errors)
+            raise RestoreRejected(str(exc)) from None
+        self.result.header = self.r.header
+        if self.r.complete:
+            self._finish("done")
 
-    # -- stream logic -----------------------------------------------------------
-    def _reject(self, errors: list[str]) -> None:
-        self.result.state = "rejected"
-        self.result.errors = list(errors)
+    def _finish(self, state: str) -> None:
         self.finished = True
-        raise RestoreRejected("; ".join(errors))
-
-    def _start(self, h: StreamHeader) -> None:
-        vol = self.vol
-        gmap = vol.map
-        errors = []
-        if h.volume_size != vol.size:
-            errors.append(f"{self.name} is for a {h.volume_size}-byte volume; the target holds "
-                          f"{vol.size} bytes")
-        if not h.full:
-            if h.volume_id != gmap.volume_id:
-                errors.append(f"{self.name} is a backup of volume {h.volume_id.hex()}; the "
-                              f"target is volume {gmap.volume_id.hex()}")
-            if h.block_size != gmap.granularity:
-                errors.append(f"{self.name} tracks {h.block_size}-byte blocks; the target map "
-                              f"tracks {gmap.granularity}-byte blocks")
-            if not errors:
-                if gmap.base_id == bytes(16):
-                    errors.append(f"{self.name} is differential, but the target holds no full "
-                                  f"restore: start with the full backup stream")
-                else:
-                    errors += B.check_chain([(self.name, h)],
-                                            start_generation=gmap.current_generation,
-                                            base_id=gmap.base_id)
-        if errors:
-            self._reject(errors)
-        if h.full:
-            # A full restore makes the target that volume again: its identity,
-            # granularity and a map at generation 0 of this full backup.
-            if h.volume_id != gmap.volume_id or h.block_size != gmap.granularity:
-                vol.reidentify(h.volume_id, h.block_size)
-                gmap = vol.map
-            gmap.reset(h.base_id)
-            with vol.lock:
-                vol.state.full_done = False     # true again once the whole stream applied
-                vol.state.pending_lo = None
-                vol.save_state()
-            self._seen = bitarray(gmap.entries, endian="little")
-            self._seen.setall(0)
-            self.lost = bitarray(gmap.entries, endian="little")
-            self.lost.setall(0)
-        elif self.lost is None or len(self.lost) != gmap.entries:
-            self.lost = bitarray(gmap.entries, endian="little")
-            self.lost.setall(0)
-        self._h = h
-        self.result.header = h
-        self.result.check = B.StreamCheck(self.name, h)
-        self._uncertain = bitarray(gmap.entries, endian="little")
-        self._uncertain.setall(0)
-
-    def _on_item(self, item) -> None:
-        h = self._h
-        if h is None:
-            return
-        chk = self.result.check
-        gmap = self.vol.map
-        if isinstance(item, Damage):
-            chk.damage.append(B._bad(self.name, item))
-            if item.first_block is not None:
-                a, n = item.first_block, item.nblocks
-                if h.full:
-                    self.lost[a:a + n] = 1
-                else:
-                    self.lost[a:a + n] |= gmap.blocks_older_than(a, n, item.generation)
-            return
-        # A full restore writes around the tracker (the map was reset to
-        # generation 0 of this backup); a differential one marks first and
-        # then sets the restored generation (apply_restored), so a crash in
-        # between leaves a false positive.
-        store = self.vol.inner if h.full else self.vol
-        B._apply(store, gmap, h, item, chk, self.skip, self._seen, self.lost, self._uncertain)
-
-    def _finish(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        end = self.dec.finish()
-        h = self._h
-        chk = self.result.check
-        chk.bytes = self.pos
-        chk.records, chk.blocks = end.records, end.blocks
-        chk.errors += [e for e in end.errors if not e.startswith("non-zero bytes after")]
-        gmap = self.vol.map
-        if self._seen is not None:
-            missing = ~self._seen
-            missing[gmap.entries:] = 0
-            self.lost |= missing
-        hi = h.generation_range[1]
-        if hi + 1 > gmap.current_generation:
-            gmap.set_current_generation(hi + 1)
-        self.vol.flush()
-        gmap.save()
-        if h.full:
+        rep = self.r.finish()
+        if rep.chain is not None:
+            self.chain = rep.chain
+        if self._full and state == "done" and not rep.errors:
             with self.vol.lock:
                 self.vol.state.full_done = True
                 self.vol.save_state()
-        self.result.unrecovered = list(extents(self.lost))
-        self.result.state = "done"
+        self.result.unrecovered = list(extents_union(rep.unrecovered, rep.uncertain))
+        self.result.errors = list(rep.errors)
+        self.result.state = state
 
     def abandon(self) -> None:
-        """The writer stopped before the trailer (a new restore began, or the LU closed)."""
+        """The writer stopped before the trailer (a new restore began, the LU closed, EOF)."""
         if self.finished:
             return
-        self.finished = True
-        if self._h is not None:
-            self.vol.flush()
-            self.vol.map.save()
+        if self.r is None:
+            self._make_restorer(bytes(self._head))
+        started = self.r.header is not None
+        self._finish("abandoned")
+        if started and not any("truncated" in e for e in self.r.check.errors):
             self.result.errors.append(f"stream truncated at byte {self.pos}: no trailer")
-            if self.lost is not None:
-                self.result.unrecovered = list(extents(self.lost))
-        self.result.state = "abandoned"
+
+
+def extents_union(a: list[tuple[int, int]], b: list[tuple[int, int]]):
+    return sorted(a + b)

@@ -331,18 +331,18 @@ def cmd_restore(args) -> int:
         try:
             with _progress(not args.quiet) as prog:
                 task = prog.add_task("restore", total=total)
-                lost = None
+                chain = None
                 for f, sk in zip(args.files, skips):
-                    o, lost = _restore_local(v, f, sk, lost, prog, task)
+                    o, chain = _restore_local(v, f, sk, chain, prog, task)
                     outcomes.append(o)
         finally:
             v.close()
     return _summary(outcomes)
 
 
-def _restore_local(v: LocalVolume, path: str, skips, lost, prog, task):
+def _restore_local(v: LocalVolume, path: str, skips, chain, prog, task):
     from scsi_target.backup_stream_io import RestoreRejected, RestoreWriter
-    w = RestoreWriter(v.vol, skip_generations=skips, name=path, lost=lost)
+    w = RestoreWriter(v.vol, skip_generations=skips, name=path, previous=chain)
     pos = 0
     with open(path, "rb") as f:
         while not w.finished:
@@ -368,7 +368,7 @@ def _restore_local(v: LocalVolume, path: str, skips, lost, prog, task):
         o.errors = list(chk.errors)
     o.errors = list(r.errors) + o.errors
     o.unrecovered = list(r.unrecovered)
-    return o, w.lost
+    return o, w.chain
 
 
 def _summary(outcomes: list[StreamOutcome]) -> int:

@@ -56,7 +56,7 @@ class StreamMedium(BlockStore):
         self.skip_generations: list[int] = []
         self.writer: RestoreWriter | None = None
         self.last_restore = RestoreResult()
-        self._lost = None          # chain state: blocks whose newest copy was damaged
+        self._chain = None         # ChainState after the last restore stream
 
     # -- backup -----------------------------------------------------------------
     def start_backup(self) -> BackupReader:
@@ -96,9 +96,9 @@ class StreamMedium(BlockStore):
                                        information=offset // BLOCK_SIZE)
                 if w is not None and not w.finished:
                     w.abandon()
-                    self._lost = w.lost
+                    self._chain = w.chain
                 w = self.writer = RestoreWriter(self.source, skip_generations=self.skip_generations,
-                                                name="restore stream", lost=self._lost)
+                                                name="restore stream", previous=self._chain)
                 self.last_restore = w.result
             try:
                 w.write(offset, data)
@@ -110,7 +110,7 @@ class StreamMedium(BlockStore):
                                    information=offset // BLOCK_SIZE) from exc
             finally:
                 if w.finished:
-                    self._lost = w.lost
+                    self._chain = w.chain
 
     def write_zeroes(self, offset: int, length: int) -> None:
         # Zero padding after a stream (qemu-img may send it as WRITE SAME).
