@@ -272,8 +272,9 @@ def cu_summary(output: str) -> CuSummary:
             test = t.group(1)
         name = f"{suite}.{test}"
         k = line.find("[SKIPPED]")
-        if k >= 0 and name not in skipped:
-            skipped[name] = line[k + 9:].strip()
+        if k >= 0:
+            reason = line[k + 9:].strip()
+            skipped[name] = f"{skipped[name]}; {reason}" if name in skipped else reason
         if line.strip() == "FAILED" or line.rstrip().endswith("...FAILED"):
             failures.append(name)
     return CuSummary(ran, passed, failed, skipped, failures)

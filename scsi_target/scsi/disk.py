@@ -54,8 +54,10 @@ class DiskLU(LogicalUnit):
         # ATOMIC TRANSFER LENGTH GRANULARITY (0 = no constraint), and the
         # boundary fields (0: atomic writes never cross a boundary we report).
         self.atomic_max_blocks = self.max_transfer_blocks
-        self.atomic_alignment = 0
-        self.atomic_granularity = 0
+        # Whole physical blocks only: a torn physical block is what atomicity
+        # must rule out (0 = no constraint on one-block-per-physical-block LUs).
+        self.atomic_alignment = ratio if ratio > 1 else 0
+        self.atomic_granularity = ratio if ratio > 1 else 0
         self.atomic_max_boundary_blocks = 0
         self.atomic_boundary_blocks = 0
 
