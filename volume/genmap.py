@@ -37,7 +37,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import crc32c
 from bitarray import bitarray
@@ -863,6 +863,36 @@ class GenerationMap:
                 p[first_block:end] = (generation >> i) & 1
             # Clearing a dirty bit needs no msync: a stale 1 is a false positive.
             self._dirty[first_block:end] = 0
+            self._plane_counts = None
+            self._counts_cache = None
+            if generation >= self._current:
+                self._current = generation + 1
+            self._unsaved = True
+
+    def apply_restored_mask(self, first_block: int, mask: bitarray, generation: int) -> None:
+        """``apply_restored`` for the blocks ``first_block + i`` where ``mask[i]`` is set:
+        one whole-array operation per plane for a batch of scattered records."""
+        with self._lock:
+            self._check_open()
+            end = first_block + len(mask)
+            if first_block < 0 or end > self._entries:
+                raise ValueError(f"blocks {first_block}+{len(mask)} outside the map")
+            if not 0 <= generation <= MAX_GENERATION:
+                raise ValueError(f"generation {generation} out of range")
+            if not mask.any():
+                return
+            if self._planes_shared:
+                self._planes = [p.copy() for p in self._planes]
+                self._planes_shared = False
+            while generation >= 1 << len(self._planes):
+                self._planes.append(_zeros(self._nbits))
+            inv = ~mask
+            for i, p in enumerate(self._planes):
+                if (generation >> i) & 1:
+                    p[first_block:end] |= mask
+                else:
+                    p[first_block:end] &= inv
+            self._dirty[first_block:end] &= inv
             self._plane_counts = None
             self._counts_cache = None
             if generation >= self._current:

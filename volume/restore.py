@@ -44,6 +44,8 @@ __all__ = ["StreamRestorer", "ChainState", "RestoreRejected", "RestoreReport", "
 MAX_REPORTED_DAMAGE = 10_000
 
 _NO_BASE = bytes(16)
+_BATCH_RECORDS = 1024           # differential records applied together
+_BATCH_SPAN = 4096              # + 256 blocks per record: the map span one batch may cover
 
 
 class RestoreRejected(StreamError):
@@ -297,6 +299,11 @@ class StreamRestorer:
         # header lie between the end of the last known record and the next one.
         self._gap_from = 0
         self._gap_open = False
+        self._batch: list[Record] = []
+        self._batch_end = 0
+        # False while no block of the chain is lost or uncertain: then applying a
+        # record has nothing to clear.
+        self._bookkeeping = False
 
     # -- state ------------------------------------------------------------------
     @property
@@ -321,19 +328,26 @@ class StreamRestorer:
             raise StreamError("feed() after finish()")
         mv = data if isinstance(data, (bytes, memoryview)) else memoryview(data)
         self.bytes += mv.nbytes if isinstance(mv, memoryview) else len(mv)
-        items = self._dec.feed(mv)
-        if self._phase == _HEADER:
-            h = self._dec.header
-            if h is None:
-                if items:               # the decoder found the header unusable
-                    self._reject([f"{self.name}: {getattr(i, 'reason', i)}" for i in items])
-                return
-            self._start(h)
-        for item in items:
-            if isinstance(item, Record):
-                self._record(item)
-            else:
-                self._damage(item)
+        try:
+            self._dec.feed(mv, self._item)
+            if self._phase == _HEADER and self._dec.header is not None:
+                self._start(self._dec.header)
+        finally:
+            if self._phase == _APPLYING:
+                self._flush()           # borrowed record data is valid only until we return
+
+    def _item(self, item) -> None:
+        """Decoder sink: items one by one as they complete (memory stays flat)."""
+        if self._phase != _APPLYING:
+            if self._phase == _HEADER and self._dec.header is not None:
+                self._start(self._dec.header)
+            else:                       # the decoder found the header unusable
+                self._reject([f"{self.name}: {getattr(item, 'reason', item)}"])
+        if isinstance(item, Record):
+            self._record(item)
+        else:
+            self._flush()
+            self._damage(item)
 
     def _reject(self, errors: list[str]) -> None:
         self._phase = _REJECTED
@@ -365,11 +379,13 @@ class StreamRestorer:
             self._lost, self._uncertain = _zeros(entries), _zeros(entries)
         elif prev is not None:
             self._lost, self._uncertain = prev.lost.copy(), prev.uncertain.copy()
+            self._bookkeeping = self._lost.any() or self._uncertain.any()
         else:
             self._lost, self._uncertain = _zeros(entries), _zeros(entries)
 
     def _close_gap(self, upto: int) -> None:
         if self._gap_open and upto > self._gap_from:
+            self._bookkeeping = True
             a, n = self._gap_from, upto - self._gap_from
             self._uncertain[a:a + n] |= self._gmap.blocks_older_than(
                 a, n, self.header.generation_range[1])
@@ -381,6 +397,7 @@ class StreamRestorer:
             chk.damage.append(bad_record(self.name, d))
         else:
             chk.damage_omitted += 1
+        self._bookkeeping = True
         if d.first_block is None:
             # A full stream's lost blocks show up as never seen; a differential's
             # are found by the gap between the neighbouring records.
@@ -395,10 +412,81 @@ class StreamRestorer:
             self._lost[a:a + n] |= self._gmap.blocks_older_than(a, n, d.generation)
 
     def _record(self, rec: Record) -> None:
-        self._close_gap(rec.first_block)
-        self._gap_from = rec.first_block + rec.nblocks
-        apply_record(self._store, self._gmap, self.header, rec, self.check, self._skip,
-                     self._seen, self._lost, self._uncertain)
+        first, n = rec.first_block, rec.nblocks
+        if self._gap_open:
+            self._flush()
+            self._close_gap(first)
+        self._gap_from = first + n
+        if self._seen is not None:      # full stream: 1 MiB records, the map is not consulted
+            apply_record(self._store, self._gmap, self.header, rec, self.check, self._skip,
+                         self._seen, self._lost, self._uncertain)
+            return
+        if rec.generation in self._skip:
+            self.check.skipped_forbidden += 1
+            return
+        batch = self._batch
+        # A batch holds disjoint records in block order over a span proportional to
+        # their number, so the map work per batch is whole-array and cheap.
+        if batch and (first < self._batch_end or len(batch) >= _BATCH_RECORDS or
+                      first + n - batch[0].first_block > _BATCH_SPAN + 256 * len(batch)):
+            self._flush()
+        batch.append(rec)
+        self._batch_end = first + n
+
+    def _flush(self) -> None:
+        """Apply the batched differential records: data first, then their map entries."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        lo = batch[0].first_block
+        span = self._batch_end - lo
+        gmap, store, chk = self._gmap, self._store, self.check
+        bs, vsize = self.header.block_size, self.header.volume_size
+        older: dict[int, bitarray] = {}
+        written: dict[int, bitarray] = {}
+        for rec in batch:
+            g, first, n = rec.generation, rec.first_block, rec.nblocks
+            o = older.get(g)
+            if o is None:
+                o = older[g] = gmap.blocks_older_than(lo, span, g)
+                written[g] = _zeros(span)
+            a0 = first - lo
+            if n == 1:
+                if not o[a0]:
+                    chk.skipped_older += 1
+                    continue
+                runs: tuple = ((first, 1),)
+            else:
+                seg = o[a0:a0 + n]
+                if seg.all():
+                    runs = ((first, n),)
+                elif not seg.any():
+                    chk.skipped_older += 1
+                    continue
+                else:
+                    runs = tuple((first + a, k) for a, k in extents(seg))
+            data = rec.data
+            w = written[g]
+            for a, k in runs:
+                off = a * bs
+                length = min((a + k) * bs, vsize) - off
+                if data is None:
+                    store.write_zeroes(off, length)
+                else:
+                    rel = off - first * bs
+                    store.write(off, data[rel:rel + length] if length != len(data) else data)
+                w[a - lo:a - lo + k] = 1
+                chk.blocks_written += k
+            chk.applied += 1
+        done = None
+        for g, w in written.items():
+            gmap.apply_restored_mask(lo, w, g)
+            done = w if done is None else done | w
+        if done is not None and self._bookkeeping:
+            keep = ~done
+            self._lost[lo:lo + span] &= keep
+            self._uncertain[lo:lo + span] &= keep
 
     # -- end ----------------------------------------------------------------------
     def finish(self) -> RestoreReport:

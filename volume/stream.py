@@ -16,7 +16,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Callable, Union
 
 import crc32c
 
@@ -48,6 +48,8 @@ HEADER_SIZE = 160
 # sync, seq, first block, nblocks, generation, kind, 3 reserved, stored length, data CRC32C; header CRC.
 _RECORD = struct.Struct("<4sIQIIB3xII")
 RECORD_HEADER_SIZE = 40
+_RECORD_CRC = struct.Struct("<4sIQIIB3xIII")      # the same, with the header CRC
+_U32 = struct.Struct("<I")
 # sync, reserved, record count, block count, stored bytes, digest; reserved to 76; CRC32C.
 _TRAILER = struct.Struct("<4s4xQQQ32s")
 TRAILER_SIZE = 80
@@ -182,6 +184,7 @@ class StreamEnd:
 
 
 Item = Union[Record, Damage]
+Emit = Callable[[Item], None]
 
 
 def _seed(stream_id: bytes) -> int:
@@ -236,10 +239,11 @@ class StreamEncoder:
             raise ValueError("stream id must be 16 bytes")
         self._seed = _seed(self.header.stream_id)
         nrec = 0
-        data = 0
-        for first, n, _g in plan.runs():
+        for _first, n, _g in plan.runs():
             nrec += -(-n // maxb)
-            data += self.header.raw_length(first, n)
+        data = plan.block_count * bs
+        if plan.block_count and plan.selection[plan.entries - 1]:
+            data -= plan.entries * bs - plan.volume_size      # the partial last block
         self.record_count_bound = nrec
         self.size_bound = HEADER_SIZE + nrec * RECORD_HEADER_SIZE + data + TRAILER_SIZE
         self.total_size = None if (compress or elide_zeros) else self.size_bound
@@ -251,20 +255,12 @@ class StreamEncoder:
         self.stored_bytes = 0
         self._hash = hashlib.sha256()
         self._pending = memoryview(self.header.pack())
-        self._runs = self._split(plan.runs())
+        self._runs = plan.runs()          # split into records of <= maxb blocks as they are taken
+        self._pushed: tuple[int, int, int] | None = None     # a run taken but not encoded yet
         self._done = False
         self._stage = bytearray()
         self._zero_crc: dict[int, int] = {}
         self._zeros = b""
-
-    def _split(self, runs: Iterator[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
-        m = self._maxb
-        for first, n, g in runs:
-            while n > 0:
-                k = min(n, m)
-                yield first, k, g
-                first += k
-                n -= k
 
     def _zero_crc_of(self, n: int) -> int:
         c = self._zero_crc.get(n)
@@ -325,11 +321,21 @@ class StreamEncoder:
                 continue
             if self._done:
                 break
-            run = next(self._runs, None)
+            if not self._compress:
+                w = self._fast_records(mv, w)
+                if w >= size:
+                    break
+            run, self._pushed = self._pushed, None
+            if run is None:
+                run = next(self._runs, None)
             if run is None:
                 self._pending = memoryview(self._trailer())
                 self._done = True
                 continue
+            if run[1] > self._maxb:
+                first, n, g = run
+                self._pushed = (first + self._maxb, n - self._maxb, g)
+                run = (first, self._maxb, g)
             need = RECORD_HEADER_SIZE + self.header.raw_length(run[0], run[1])
             if size - w >= need:
                 w += self._encode_into(run, mv[w:w + need])     # straight into the caller's buffer
@@ -340,6 +346,65 @@ class StreamEncoder:
                 k = self._encode_into(run, stage[:need])
                 self._pending = stage[:k]
         self.position += w
+        return w
+
+    def _fast_records(self, mv: memoryview, w: int) -> int:
+        """Encode uncompressed records into ``mv`` from ``w`` while they fit, with
+        everything in local variables (the per-record cost of a scattered
+        differential of small records is all Python); return the new ``w``.
+        A record that does not fit is pushed back for ``readinto`` to stage."""
+        size = len(mv)
+        h = self.header
+        bs, entries, vsize, maxb = self._bs, h.entries, h.volume_size, self._maxb
+        store_readinto = self._store.readinto
+        crc = crc32c.crc32c
+        pack, pack_crc = _RECORD.pack_into, _U32.pack_into
+        seed = self._seed
+        elide = self._elide
+        runs = self._runs
+        run, self._pushed = self._pushed, None
+        seq, blocks, zero_blocks, stored_sum = self.records, self.blocks, self.zero_blocks, \
+            self.stored_bytes
+        hdrs = bytearray()          # the record headers, hashed once per call
+        try:
+            while True:
+                if run is None:
+                    run = next(runs, None)
+                    if run is None:
+                        break
+                first, n, g = run
+                if n > maxb:
+                    rest = (first + maxb, n - maxb, g)
+                    n = maxb
+                else:
+                    rest = None
+                raw = n * bs if first + n < entries else vsize - first * bs
+                stop = w + RECORD_HEADER_SIZE + raw
+                if stop > size:
+                    self._pushed = run          # readinto stages it
+                    break
+                run = rest
+                body = mv[w + RECORD_HEADER_SIZE:stop]
+                store_readinto(first * bs, body)
+                dcrc = crc(body)
+                if elide and dcrc == self._zero_crc_of(raw) and self._zeros.startswith(body):
+                    pack(mv, w, RECORD_SYNC, seq, first, n, g, KIND_ZERO, 0, 0)
+                    zero_blocks += n
+                    stored = 0
+                else:
+                    pack(mv, w, RECORD_SYNC, seq, first, n, g, KIND_DATA, raw, dcrc)
+                    stored = raw
+                pack_crc(mv, w + RECORD_HEADER_SIZE - 4,
+                         crc(mv[w:w + RECORD_HEADER_SIZE - 4], seed))
+                hdrs += mv[w:w + RECORD_HEADER_SIZE]
+                seq += 1
+                blocks += n
+                stored_sum += stored
+                w += RECORD_HEADER_SIZE + stored
+        finally:
+            self._hash.update(hdrs)
+            self.records, self.blocks, self.zero_blocks, self.stored_bytes = \
+                seq, blocks, zero_blocks, stored_sum
         return w
 
     def read(self, n: int = -1) -> bytes:
@@ -396,10 +461,14 @@ class StreamDecoder:
         self._finished = False
 
     # -- driver ---------------------------------------------------------------
-    def feed(self, data) -> list[Item]:
+    def feed(self, data, sink: Emit | None = None) -> list[Item]:
+        """Decode the next bytes.  Items are returned as a list, or, with ``sink``,
+        handed to it one by one as they complete (and an empty list returned): a
+        sink keeps memory flat however large ``data`` is."""
         if self._finished:
             raise StreamError("feed() after finish()")
         out: list[Item] = []
+        emit = out.append if sink is None else sink
         if isinstance(data, bytes):
             src, owned = data, True
         else:
@@ -424,19 +493,19 @@ class StreamDecoder:
                 buf = self._carry
                 # Never touched again by the decoder, so records may keep views into it.
                 self._carry = bytearray()
-                p = self._parse(buf, 0, True, out)
+                p = self._parse(buf, 0, True, emit)
                 if p < len(buf):
                     self._carry = bytearray(memoryview(buf)[p:])
                 if i >= n:
                     break
                 continue
-            p = self._parse(src, i, owned, out)
+            p = self._parse(src, i, owned, emit)
             if p < n:
                 self._carry = bytearray(memoryview(src)[p:])
             break
         return out
 
-    def _parse(self, buf, pos: int, owned: bool, out: list[Item]) -> int:
+    def _parse(self, buf, pos: int, owned: bool, emit: Emit) -> int:
         """Consume whole items from buf[pos:]; return where an incomplete one starts."""
         end = len(buf)
         while True:
@@ -449,7 +518,7 @@ class StreamDecoder:
                 try:
                     self.header = StreamHeader.unpack(memoryview(buf)[pos:pos + HEADER_SIZE])
                 except StreamError as exc:
-                    out.append(Damage(self._off, HEADER_SIZE, f"stream header unusable: {exc}"))
+                    emit(Damage(self._off, HEADER_SIZE, f"stream header unusable: {exc}"))
                     self._damaged += 1
                     self._errors.append(f"stream header unusable: {exc}")
                     self._state = _ST_DEAD
@@ -459,6 +528,11 @@ class StreamDecoder:
                 pos += HEADER_SIZE
                 self._off += HEADER_SIZE
             elif st == _ST_MARK:
+                if avail >= RECORD_HEADER_SIZE and self._bad_start < 0:
+                    p = self._fast_records(buf, pos, end, owned, emit)
+                    if p != pos:
+                        pos = p
+                        continue
                 self._need = 4
                 if avail < 4:
                     return pos
@@ -485,7 +559,7 @@ class StreamDecoder:
             elif st == _ST_PAYLOAD:
                 if avail < self._need:
                     return pos
-                pos = self._finish_record(buf, pos, owned, out)
+                pos = self._finish_record(buf, pos, owned, emit)
                 self._state = _ST_MARK
             elif st == _ST_TRAILER:
                 self._need = TRAILER_SIZE
@@ -511,7 +585,7 @@ class StreamDecoder:
                     return keep
                 self._off += k - pos
                 pos = k
-                self._end_damage(out)
+                self._end_damage(emit)
                 self._state = _ST_MARK
             elif st == _ST_DONE:
                 self._need = 1
@@ -529,6 +603,59 @@ class StreamDecoder:
                 self._off += avail
                 return end
 
+    def _fast_records(self, buf, pos: int, end: int, owned: bool, emit: Emit) -> int:
+        """Consume a run of complete, intact, in-sequence data/zero records with
+        everything in local variables; return where the run stops.  Anything
+        else (incomplete, damaged, compressed, trailer) is left to the state
+        machine, which repeats the checks and reports precisely."""
+        mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+        h = self.header
+        seed = self._seed
+        entries, maxb, bs, vsize = h.entries, h.max_record_blocks, h.block_size, h.volume_size
+        lo, hi = h.generation_range
+        unpack = _RECORD_CRC.unpack_from
+        crc = crc32c.crc32c
+        hash_update = self._hash.update
+        seq_want = self._next_seq
+        start = pos
+        records = blocks = stored_sum = 0
+        try:
+            while end - pos >= RECORD_HEADER_SIZE:
+                sync, seq, first, n, gen, kind, stored, dcrc, hcrc = unpack(mv, pos)
+                if sync != RECORD_SYNC or seq != seq_want or kind > KIND_ZERO:
+                    break
+                hv = mv[pos:pos + RECORD_HEADER_SIZE]
+                if crc(hv[:RECORD_HEADER_SIZE - 4], seed) != hcrc:
+                    break
+                if n < 1 or n > maxb or first + n > entries or not lo <= gen <= hi:
+                    break
+                raw = n * bs if first + n < entries else vsize - first * bs
+                stop = pos + RECORD_HEADER_SIZE + stored
+                if stored != (raw if kind == KIND_DATA else 0) or stop > end:
+                    break
+                if kind == KIND_DATA:
+                    payload = mv[pos + RECORD_HEADER_SIZE:stop]
+                    if crc(payload) != dcrc:
+                        break
+                    data = payload if owned else bytes(payload)
+                else:
+                    data = None
+                hash_update(hv)
+                rec = Record(seq, first, n, gen, kind, data, self._off + pos - start, raw)
+                seq_want += 1
+                records += 1
+                blocks += n
+                stored_sum += stored
+                pos = stop
+                emit(rec)
+        finally:
+            self._next_seq = seq_want
+            self._records += records
+            self._blocks += blocks
+            self._stored += stored_sum
+            self._off += pos - start
+        return pos
+
     def _skip_one(self, pos: int) -> tuple[int, int]:
         self._off += 1
         return pos + 1, _ST_RESYNC
@@ -538,9 +665,9 @@ class StreamDecoder:
             self._bad_start = self._off
             self._bad_reason = reason
 
-    def _end_damage(self, out: list[Item]) -> None:
+    def _end_damage(self, emit: Emit) -> None:
         if self._bad_start >= 0:
-            out.append(Damage(self._bad_start, self._off - self._bad_start, self._bad_reason))
+            emit(Damage(self._bad_start, self._off - self._bad_start, self._bad_reason))
             self._damaged += 1
             self._bad_start = -1
 
@@ -569,18 +696,18 @@ class StreamDecoder:
         self._rec = (seq, first, n, gen, kind, raw, stored, dcrc, bytes(hv))
         return ""
 
-    def _finish_record(self, buf, pos: int, owned: bool, out: list[Item]) -> int:
+    def _finish_record(self, buf, pos: int, owned: bool, emit: Emit) -> int:
         seq, first, n, gen, kind, raw, stored, dcrc, hdr = self._rec
         self._rec = None
         off = self._off
-        self._end_damage(out)
+        self._end_damage(emit)
         if seq != self._next_seq:
             if seq > self._next_seq:
-                out.append(Damage(off, 0, f"records {self._next_seq}..{seq - 1} missing before "
+                emit(Damage(off, 0, f"records {self._next_seq}..{seq - 1} missing before "
                                           f"this point", seq=self._next_seq))
                 self._damaged += 1
             else:
-                out.append(Damage(off, RECORD_HEADER_SIZE + stored,
+                emit(Damage(off, RECORD_HEADER_SIZE + stored,
                                   f"record {seq} repeated or out of order (expected {self._next_seq})",
                                   first, n, gen, seq))
                 self._damaged += 1
@@ -605,11 +732,11 @@ class StreamDecoder:
             bad = "data checksum mismatch"
         self._hash.update(hdr)
         if bad:
-            out.append(Damage(off, RECORD_HEADER_SIZE + stored, f"record {seq}: {bad}",
+            emit(Damage(off, RECORD_HEADER_SIZE + stored, f"record {seq}: {bad}",
                               first, n, gen, seq))
             self._damaged += 1
         else:
-            out.append(Record(seq, first, n, gen, kind, data, off, raw))
+            emit(Record(seq, first, n, gen, kind, data, off, raw))
             self._records += 1
             self._blocks += n
         self._stored += stored
