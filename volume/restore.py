@@ -430,7 +430,7 @@ class StreamRestorer:
         if batch and (first < self._batch_end or len(batch) >= _BATCH_RECORDS or
                       first + n - batch[0].first_block > _BATCH_SPAN + 256 * len(batch)):
             self._flush()
-        batch.append(rec)
+        self._batch.append(rec)
         self._batch_end = first + n
 
     def _flush(self) -> None:
