@@ -208,10 +208,7 @@ def _decode(src, on_item: Callable[[Record | Damage], None], progress: Progress 
             done_before: int, total: int) -> tuple[StreamEnd, int]:
     dec = StreamDecoder(borrow=True)          # records are consumed before the next read
 
-    def feed(chunk: memoryview) -> None:
-        for item in dec.feed(chunk):
-            on_item(item)
-    n = _pump(src, feed, progress, done_before, total)
+    n = _pump(src, lambda chunk: dec.feed(chunk, on_item), progress, done_before, total)
     return dec.finish(), n
 
 

@@ -21,7 +21,11 @@ drive the same :class:`StreamRestorer`, so the rules live here once
 
 Memory is bounded by the decoder's (one record plus small carries) and two
 bits per block of bookkeeping, whatever the chunking: records are applied
-from the caller's buffer as soon as they complete.
+from the caller's buffer before ``feed`` returns.  Differential records are
+applied in small batches (disjoint, in block order, over a span proportional
+to their number): one map query per generation and one ``apply_restored_mask``
+per batch instead of two map calls per record; data is written before the map
+entries that describe it.
 """
 from __future__ import annotations
 
