@@ -321,7 +321,7 @@ class StreamRestorer:
 
     @property
     def errors(self) -> list[str]:
-        """Why the stream was rejected (empty unless ``rejected``)."""
+        """Why nothing of the stream was applied (rejected, or no usable header by finish())."""
         return list(self._errors)
 
     # -- intake -------------------------------------------------------------------
