@@ -68,11 +68,14 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=100000)
     ap.add_argument("--size", default="1G")
     ap.add_argument("--depth", type=int, default=32)
+    ap.add_argument("--dir", default=None,
+                    help="where the volume lives (default /dev/shm; a disk directory measures "
+                    "the msync cost of power-loss-safe marks)")
     a = ap.parse_args()
     if shutil.which("qemu-img") is None:
         print("bench_tracking: qemu-img not installed", file=sys.stderr)
         return 2
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    base = a.dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
     tmp = Path(tempfile.mkdtemp(prefix="bench-track-", dir=base))
     res: dict[bool, list[float]] = {True: [], False: []}
     try:

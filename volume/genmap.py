@@ -43,6 +43,8 @@ import crc32c
 from bitarray import bitarray
 from bitarray.util import count_and
 
+from . import durability
+
 __all__ = ["GenerationMap", "BackupPlan", "MapError", "MapMismatch", "MapCorrupt", "MapBusy",
            "extents", "journal_path"]
 
@@ -53,14 +55,17 @@ _BASE_PLANES = 4            # the patent's 4 bits per block: generations 0..15
 MAP_MAGIC = b"\x89GENMAP\n"
 JOURNAL_MAGIC = b"\x89GMJRNL\n"
 MAP_VERSION = 1
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
+# One coarse write-intent bit covers 2**COARSE_SHIFT tracking blocks (1 MiB at
+# 4 KiB granularity).  Only coarse bits are msynced before an acknowledgement.
+COARSE_SHIFT = 8
 MAX_VOLUME_ID = 32
 MAX_GENERATION = 0xFFFF_FFFF
 
 # Map file header: see docs/genmap-format.md.  The CRC covers bytes 0..251.
 _MAP_HDR = struct.Struct("<8sHHIIHHQQIIQ16sB32s")
 _MAP_HDR_LEN = 256
-_JRN_HDR = struct.Struct("<8sHHBxxxIQQQQB32s")
+_JRN_HDR = struct.Struct("<8sHHBxxxIQQQQB32s16s")
 _JRN_HDR_LEN = 128
 
 
@@ -279,10 +284,16 @@ class GenerationMap:
         self = object.__new__(cls)
         self._lock = threading.RLock()
         self._mark_lock = threading.Lock()
+        # Byte range of the journal holding marks not yet msynced (sync=False),
+        # and a lock so a barrier returns only after the msync it relies on.
+        self._unsynced: list[int] | None = None
+        self._sync_lock = threading.Lock()
         self._closed = True
         self._mm = None
         self._jfd = -1
         self._slots = []
+        self._coarse_slots: list = []
+        self._coarse = None
         self.recovered = False
         return self
 
@@ -368,7 +379,14 @@ class GenerationMap:
         self._plane_bytes = -(-self._entries // 8)
         self._nbits = self._plane_bytes * 8
         self._slot_bytes = _round_up(self._plane_bytes, _PAGE)
+        self._coarse_entries = -(-self._entries // (1 << COARSE_SHIFT))
+        self._coarse_bytes = -(-self._coarse_entries // 8)
+        self._coarse_slot_bytes = _round_up(self._coarse_bytes, _PAGE)
         self._sync = sync
+        # Marks need an msync for power-loss durability, except on a RAM
+        # filesystem: there a power loss takes the volume (beside its map)
+        # with it, and the shared mapping already survives kill -9.
+        self._msync_marks = sync and not on_ram_filesystem(path)
         self._planes_shared = False
         self._unsaved = False
         self._counts_cache: list[int] | None = None
@@ -467,8 +485,11 @@ class GenerationMap:
         self._unsaved = False
 
     # -- journal --------------------------------------------------------------
+    def _journal_size(self) -> int:
+        return _PAGE + 2 * self._slot_bytes + 2 * self._coarse_slot_bytes
+
     def _create_journal(self) -> None:
-        size = _PAGE + 2 * self._slot_bytes
+        size = self._journal_size()
         fd = os.open(self._jpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             # Real zeroes, not a sparse file: an msync of a page must never need
@@ -490,7 +511,7 @@ class GenerationMap:
         hdr = bytearray(_JRN_HDR_LEN)
         _JRN_HDR.pack_into(hdr, 0, JOURNAL_MAGIC, JOURNAL_VERSION, _JRN_HDR_LEN, running,
                            self._gran, self._entries, self._size, seqs[0], seqs[1],
-                           len(self._vid), self._vid)
+                           len(self._vid), self._vid, _boot_id())
         struct.pack_into("<I", hdr, _JRN_HDR_LEN - 4, crc32c.crc32c(memoryview(hdr)[:-4]))
         return bytes(hdr)
 
@@ -506,7 +527,7 @@ class GenerationMap:
             except BlockingIOError:
                 raise MapBusy(f"{self._path} is open in another process") from None
             size = os.fstat(fd).st_size
-            want = _PAGE + 2 * self._slot_bytes
+            want = self._journal_size()
             if size != want:
                 raise MapCorrupt(f"{self._jpath}: {size} bytes, expected {want}")
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -528,7 +549,8 @@ class GenerationMap:
         (crc,) = struct.unpack_from("<I", raw, _JRN_HDR_LEN - 4)
         if crc32c.crc32c(raw[:-4]) != crc:
             raise MapCorrupt(f"{self._jpath}: header checksum mismatch")
-        (_, ver, hlen, running, gran, entries, vsize, s0, s1, vlen, vid) = _JRN_HDR.unpack_from(raw)
+        (_, ver, hlen, running, gran, entries, vsize, s0, s1, vlen, vid,
+         boot) = _JRN_HDR.unpack_from(raw)
         if ver != JOURNAL_VERSION or hlen != _JRN_HDR_LEN:
             raise MapMismatch(f"{self._jpath}: journal format version {ver}")
         if (gran, entries, vsize, vid[:vlen]) != (self._gran, self._entries, self._size, self._vid):
@@ -538,8 +560,20 @@ class GenerationMap:
         self._slot_off = [_PAGE, _PAGE + self._slot_bytes]
         self._slots = [bitarray(buffer=mv[o:o + self._plane_bytes], endian=_ENDIAN)
                        for o in self._slot_off]
+        coarse_base = _PAGE + 2 * self._slot_bytes
+        self._coarse_off = [coarse_base, coarse_base + self._coarse_slot_bytes]
+        self._coarse_slots = [bitarray(buffer=mv[o:o + self._coarse_bytes], endian=_ENDIAN)
+                              for o in self._coarse_off]
         seqs = [s0, s1]
         self.recovered = bool(running) and not fresh
+        if self.recovered and boot != _boot_id():
+            # The machine restarted while the map was open (power loss, crash):
+            # fine bits that were never msynced may be stale.  Every region
+            # whose coarse intent bit is durable counts as written — false
+            # positives only.  (After kill -9 the page cache kept the fine bits.)
+            for i in (0, 1):
+                _expand_coarse(self._coarse_slots[i], self._slots[i], self._entries)
+                self._flush_range(self._slot_off[i], self._plane_bytes)
         if self._seq in seqs:
             active = seqs.index(self._seq)
             other = 1 - active
@@ -548,7 +582,9 @@ class GenerationMap:
                 # old generation was never folded, and the new slot holds writes
                 # made after it began.  Keep both as the current generation.
                 self._slots[active] |= self._slots[other]
+                self._coarse_slots[active] |= self._coarse_slots[other]
                 self._flush_range(self._slot_off[active], self._plane_bytes)
+                self._flush_range(self._coarse_off[active], self._coarse_bytes)
                 seqs[other] = 0
                 self.recovered = True
         else:
@@ -559,6 +595,7 @@ class GenerationMap:
         self._active = active
         self._seqs = seqs
         self._dirty = self._slots[active]
+        self._coarse = self._coarse_slots[active]
         self._write_journal_header(running=1)
 
     def _write_journal_header(self, running: int) -> None:
@@ -619,11 +656,14 @@ class GenerationMap:
         return a, ((offset + length - 1) >> self._shift) + 1 - a
 
     # -- hot path -------------------------------------------------------------
-    def mark(self, offset: int, length: int) -> None:
+    def mark(self, offset: int, length: int, *, sync: bool = True) -> None:
         """Record that ``length`` bytes at ``offset`` are (about to be) written.
 
-        Durable when it returns.  Call it before the data write (write intent)
-        or at least before acknowledging it.
+        With ``sync`` (the default) the mark is durable when this returns.
+        With ``sync=False`` it survives kill -9 at once (the dirty bitmap is a
+        shared mapping) but is made power-loss durable only by the next
+        :meth:`sync_marks` — the group commit a front end does once for all
+        the writes it is about to acknowledge together.
         """
         if length <= 0 or offset < 0 or offset + length > self._size:
             if length == 0 and 0 <= offset <= self._size:
@@ -633,13 +673,54 @@ class GenerationMap:
         b = ((offset + length - 1) >> self._shift) + 1
         with self._mark_lock:
             d = self._dirty
-            if d.count(1, a, b) == b - a:
-                return
-            d[a:b] = 1
-            if self._sync:
-                base = self._slot_off[self._active]
-                start = (base + (a >> 3)) & ~(_PAGE - 1)
-                self._mm.flush(start, base + ((b - 1) >> 3) + 1 - start)
+            if b - a == 1:
+                if d[a]:
+                    return
+                d[a] = 1
+            else:
+                if d.count(1, a, b) == b - a:
+                    return
+                d[a:b] = 1
+            if self._msync_marks:
+                # Fine bits live in the shared mapping (kill -9 safe as is); for
+                # power loss only the coarse intent bit must be durable.
+                ca = a >> COARSE_SHIFT
+                cb = ((b - 1) >> COARSE_SHIFT) + 1
+                c = self._coarse
+                if cb - ca == 1:
+                    if c[ca]:
+                        return
+                    c[ca] = 1
+                else:
+                    if c.count(1, ca, cb) == cb - ca:
+                        return
+                    c[ca:cb] = 1
+                base = self._coarse_off[self._active]
+                lo = base + (ca >> 3)
+                hi = base + ((cb - 1) >> 3) + 1
+                if sync:
+                    start = lo & ~(_PAGE - 1)
+                    self._mm.flush(start, hi - start)
+                elif self._unsynced is None:
+                    self._unsynced = [lo, hi]
+                    durability.note_unsynced(self)
+                else:
+                    u = self._unsynced
+                    if lo < u[0]:
+                        u[0] = lo
+                    if hi > u[1]:
+                        u[1] = hi
+
+    def sync_marks(self) -> None:
+        """Make every mark made with ``sync=False`` so far durable (one msync)."""
+        if self._unsynced is None:
+            return
+        with self._sync_lock:
+            with self._mark_lock:
+                u, self._unsynced = self._unsynced, None
+            if u is not None and not self._closed:
+                start = u[0] & ~(_PAGE - 1)
+                self._mm.flush(start, u[1] - start)
 
     # -- queries --------------------------------------------------------------
     def _check_open(self) -> None:
@@ -752,13 +833,17 @@ class GenerationMap:
         other = 1 - self._active
         slot = self._slots[other]
         slot.setall(0)
+        coarse = self._coarse_slots[other]
+        coarse.setall(0)
         self._flush_range(self._slot_off[other], self._plane_bytes)
+        self._flush_range(self._coarse_off[other], self._coarse_bytes)
         self._seqs[other] = self._seq + 1
         self._write_journal_header(running=1)
         with self._mark_lock:
             old = self._dirty
             self._active = other
             self._dirty = slot
+            self._coarse = coarse
         return old
 
     def _release_slot_pages(self, slot_index: int) -> None:
@@ -927,8 +1012,12 @@ class GenerationMap:
 
     # -- closing --------------------------------------------------------------
     def _release(self) -> None:
+        # Every bitarray over the mapping must go first, or the mapping (and the
+        # fd it duplicated, which holds the flock) cannot be closed.
         self._slots = []
         self._dirty = None
+        self._coarse_slots = []
+        self._coarse = None
         if self._mm is not None:
             try:
                 self._mm.close()
@@ -940,6 +1029,8 @@ class GenerationMap:
             self._jfd = -1
 
     def close(self) -> None:
+        self.sync_marks()
+        durability.forget(self)
         with self._lock:
             if self._closed:
                 return
@@ -956,6 +1047,53 @@ class GenerationMap:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _boot_id() -> bytes:
+    """This boot's identity (Linux boot_id), to tell a process crash from a reboot."""
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                _BOOT_ID = bytes.fromhex(f.read().strip().replace("-", ""))[:16].ljust(16, b"\0")
+        except (OSError, ValueError):
+            _BOOT_ID = bytes(16)  # unknown: every unclean open then expands coarse bits
+    return _BOOT_ID
+
+
+_BOOT_ID: bytes | None = None
+
+
+def _expand_coarse(coarse: bitarray, fine: bitarray, entries: int) -> None:
+    """OR every coarse intent region into the fine bitmap (one slice per run)."""
+    from bitarray.util import intervals
+    span = 1 << COARSE_SHIFT
+    for value, start, stop in intervals(coarse):
+        if value:
+            fine[start * span:min(stop * span, entries)] = 1
+
+
+_RAM_FS = frozenset({"tmpfs", "ramfs"})
+
+
+def on_ram_filesystem(path: str) -> bool:
+    """True when ``path`` lives on tmpfs/ramfs (per /proc/self/mountinfo)."""
+    try:
+        real = os.path.realpath(os.path.dirname(os.path.abspath(path)) or ".")
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return False
+    best, fstype = "", ""
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        parts = left.split()
+        if len(parts) < 5 or not right:
+            continue
+        mnt = parts[4].replace("\\040", " ")
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, right.split()[0]
+    return fstype in _RAM_FS
 
 
 def _write_all(fd: int, data) -> None:

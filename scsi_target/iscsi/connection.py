@@ -13,8 +13,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..scsi.command import Command, Direction, Response, Status, TaskAttr
+from volume import durability
+
 from ..scsi import sense as S
+from ..scsi.command import Command, Direction, Response, Status, TaskAttr
 from ..scsi.lunaddr import decode_lun
 from . import pdu as P
 from .framing import FramingError, PduReader, UnknownOpcode, encode_pdu
@@ -201,6 +203,14 @@ class TargetConnection:
             return
         if now:
             self.last_heard = now
+        try:
+            self._receive(data)
+        finally:
+            # Group commit: the write intents of every command answered in this
+            # batch become durable before any response leaves (invariant 1).
+            durability.barrier()
+
+    def _receive(self, data) -> None:
         self.reader.feed(data)
         while not self.closing:
             try:
@@ -469,7 +479,8 @@ class TargetConnection:
         cmd = Command(cdb=cdb, lun=task.lun, data_out=task.buffer,
                       expected_length=pdu.edtl, direction=direction,
                       nexus=self.session.nexus, task_tag=pdu.itt,
-                      task_attr=TaskAttr(pdu.attr) if pdu.attr <= 4 else TaskAttr.SIMPLE)
+                      task_attr=TaskAttr(pdu.attr) if pdu.attr <= 4 else TaskAttr.SIMPLE,
+                      defer_barrier=True)
         luns = self.session.target.luns
         if task.lun < 0:
             resp = luns.get(-1).execute(cmd)

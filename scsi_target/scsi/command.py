@@ -75,6 +75,10 @@ class Command:
     task_attr: TaskAttr = TaskAttr.SIMPLE
     # Set by handlers (via dispatch.data_out): bytes of data-out the CDB needs.
     needed: int | None = None
+    # The front end promises to run volume.durability.barrier() before sending
+    # the response (group commit over a batch of commands); otherwise the LU
+    # runs it before returning.
+    defer_barrier: bool = False
 
 
 @dataclass(slots=True)

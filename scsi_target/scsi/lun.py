@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from functools import partial
 
+from volume import durability
 from volume.buffers import READ_BUFFERS
 
 from .command import Command, Direction, Nexus, Response, Status
@@ -145,6 +146,11 @@ class LogicalUnit:
             result = entry.handler(self, cmd)
         except S.SenseError as err:
             return self._check_condition(cmd, err)
+        finally:
+            # Write intents of this command are durable before it is answered,
+            # unless the front end batches that barrier for several commands.
+            if not cmd.defer_barrier:
+                durability.barrier()
         return self._good(cmd, result)
 
     def _no_data_residual(self, cmd: Command) -> int:
