@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Iterator, Sequence
 
-from .store import BlockStore, StoreError
+from .store import BlockStore, StoreError, byte_view
 
 
 class ConcatStore(BlockStore):
@@ -46,9 +46,7 @@ class ConcatStore(BlockStore):
             store.readinto(local, buf[at:at + n])
 
     def write(self, offset: int, data) -> None:
-        mv = memoryview(data)
-        if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast("B")
+        mv = byte_view(data)
         for store, local, at, n in self._pieces(offset, len(mv)):
             store.write(local, mv[at:at + n])
 

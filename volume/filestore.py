@@ -18,7 +18,7 @@ import fcntl
 import os
 from typing import Iterator
 
-from .store import BlockStore, StoreError
+from .store import BlockStore, StoreError, byte_view
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -132,9 +132,7 @@ class FileStore(BlockStore):
                              f"{exc.strerror}") from exc
 
     def write(self, offset: int, data) -> None:
-        mv = memoryview(data)
-        if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast("B")
+        mv = byte_view(data)
         n = len(mv)
         self._check(offset, n)
         if self.read_only:

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from bitarray import bitarray
 
-from .store import BlockStore, StoreError
+from .store import BlockStore, StoreError, byte_view
 
 
 class MemoryStore(BlockStore):
@@ -43,9 +43,7 @@ class MemoryStore(BlockStore):
         buf[:] = self._mv[offset:offset + n]
 
     def write(self, offset: int, data) -> None:
-        mv = memoryview(data)
-        if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast("B")
+        mv = byte_view(data)
         n = len(mv)
         self._check(offset, n)
         if n == 0:

@@ -10,6 +10,12 @@ from abc import ABC, abstractmethod
 from typing import Iterator
 
 
+def byte_view(data) -> memoryview:
+    """``data`` (any buffer; None = empty) as a flat memoryview of bytes, without copying."""
+    mv = memoryview(data if data is not None else b"")
+    return mv if mv.ndim == 1 and mv.itemsize == 1 else mv.cast("B")
+
+
 class StoreError(Exception):
     """An I/O failure of the backing medium (maps to MEDIUM/HARDWARE ERROR)."""
 
@@ -31,6 +37,7 @@ class BlockStore(ABC):
     @abstractmethod
     def write(self, offset: int, data) -> None:
         """Write the bytes-like ``data`` at ``offset``."""
+
 
     def write_zeroes(self, offset: int, length: int) -> None:
         zero = bytes(min(length, 1 << 20))

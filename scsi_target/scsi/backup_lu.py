@@ -112,17 +112,8 @@ class StreamMedium(BlockStore):
                 if w.finished:
                     self._chain = w.chain
 
-    def write_zeroes(self, offset: int, length: int) -> None:
-        # Zero padding after a stream (qemu-img may send it as WRITE SAME).
-        zero = bytes(min(length, 1 << 20))
-        while length:
-            n = min(length, len(zero))
-            self.write(offset, memoryview(zero)[:n])
-            offset += n
-            length -= n
-
-    def discard(self, offset: int, length: int) -> None:
-        self.write_zeroes(offset, length)
+    # write_zeroes/discard: the BlockStore defaults write zeroes through write(),
+    # which is what zero padding after a stream (qemu-img's WRITE SAME) needs.
 
     def close(self) -> None:
         with self.lock:

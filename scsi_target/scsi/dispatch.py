@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from volume.store import byte_view
+
 from .command import Command, Direction
 from . import sense as S
 
@@ -154,10 +156,7 @@ def data_out(cmd: Command, nbytes: int) -> memoryview:
     the residual reporting the overflow.
     """
     cmd.needed = nbytes
-    buf = cmd.data_out
-    mv = memoryview(buf if buf is not None else b"")
-    if mv.ndim != 1 or mv.itemsize != 1:
-        mv = mv.cast("B")
+    mv = byte_view(cmd.data_out)
     if len(mv) < nbytes:
         raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_INFORMATION_UNIT)
     return mv[:nbytes]

@@ -14,7 +14,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from volume.buffers import READ_BUFFERS
-from volume.store import StoreError
+from volume.store import StoreError, byte_view
 
 from . import cdb as C
 from . import sense as S
@@ -106,9 +106,7 @@ def _block_payload(lu: "DiskLU", cmd: Command, nblocks: int) -> memoryview:
     if cmd.expected_length is None:
         return data_out(cmd, need)
     cmd.needed = need
-    mv = memoryview(cmd.data_out if cmd.data_out is not None else b"")
-    if mv.ndim != 1 or mv.itemsize != 1:
-        mv = mv.cast("B")
+    mv = byte_view(cmd.data_out)
     avail = min(len(mv), need, cmd.expected_length)
     avail -= avail % lu.block_size
     return mv[:avail]
