@@ -18,7 +18,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -62,7 +62,13 @@ class LunSpec:
     kind: str = "disk"
     # kind = "backup": the LUN (same target) of the tracked disk it serves.
     source: int | None = None
+    # Further backing files appended after ``path`` (a linear concatenation:
+    # the patent's logical volume spanning several files), as (path, size).
+    parts: tuple[tuple[Path, int | None], ...] = ()
     where: str = ""                  # "file: target[0].lun[1]" for error messages
+
+    def backing_paths(self) -> list[Path]:
+        return [self.path] + [p for p, _ in self.parts]
 
 
 @dataclass(frozen=True)
@@ -263,7 +269,8 @@ def _tname(v: Any) -> str:
 _TOP_KEYS = ("portals", "discovery", "target")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
-             "source", "removable", "physical_block_size", "write_same_zero")
+             "source", "removable", "physical_block_size", "write_same_zero", "parts")
+_PART_KEYS = ("path", "size")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
 
@@ -411,10 +418,11 @@ def _parse_target(r: _Reader, raw: Any, key: str, seen_path: dict[str, str]) -> 
         if spec.kind == "backup":
             luns.append(spec)
             continue
-        real = os.path.realpath(spec.path)
-        if real in seen_path:
-            raise r.fail(_join(lkey, "path"), f"{spec.path} is already used by {seen_path[real]}")
-        seen_path[real] = lkey
+        for path in spec.backing_paths():
+            real = os.path.realpath(path)
+            if real in seen_path:
+                raise r.fail(_join(lkey, "path"), f"{path} is already used by {seen_path[real]}")
+            seen_path[real] = lkey
         luns.append(spec)
     _check_backup_sources(r, key, luns)
     return TargetSpec(iqn, tuple(luns), alias, chap, mutual, initiators)
@@ -462,18 +470,7 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
                        where=f"{r.source}: {key}")
     if "source" in d:
         raise r.fail(_join(key, "source"), "only for kind = \"backup\"")
-    path_s = r.required(d, key, "path", str)
-    if not path_s:
-        raise r.fail(_join(key, "path"), "empty path")
-    path = Path(path_s).expanduser()
-    if not path.is_absolute():
-        path = r.base / path
-    size = None
-    if "size" in d:
-        try:
-            size = parse_size(d["size"])
-        except ValueError as e:
-            raise r.fail(_join(key, "size"), str(e)) from None
+    path, size = _parse_backing(r, d, key)
     block_size = r.typed(d, key, "block_size", int, 512)
     if block_size not in BLOCK_SIZES:
         raise r.fail(_join(key, "block_size"), f"{block_size} is not supported (use 512 or 4096)")
@@ -494,7 +491,45 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
     problem = check_backing(spec)
     if problem:
         raise r.fail(_join(key, problem[0]), problem[1])
+    if "parts" in d:
+        spec = replace(spec, parts=_parse_parts(r, d["parts"], _join(key, "parts"), spec))
     return spec
+
+
+def _parse_backing(r: _Reader, d: dict, key: str) -> tuple[Path, int | None]:
+    path_s = r.required(d, key, "path", str)
+    if not path_s:
+        raise r.fail(_join(key, "path"), "empty path")
+    path = Path(path_s).expanduser()
+    if not path.is_absolute():
+        path = r.base / path
+    size = None
+    if "size" in d:
+        try:
+            size = parse_size(d["size"])
+        except ValueError as e:
+            raise r.fail(_join(key, "size"), str(e)) from None
+    return path, size
+
+
+def _parse_parts(r: _Reader, raw: Any, key: str, first: LunSpec) -> tuple:
+    """The further files of a concatenated volume; each checked like the first."""
+    if not isinstance(raw, list) or not raw:
+        raise r.fail(key, "expected a non-empty array of tables ({ path = ..., size = ... })")
+    parts = []
+    seen = {os.path.realpath(first.path)}
+    for i, praw in enumerate(raw):
+        pkey = f"{key}[{i}]"
+        path, size = _parse_backing(r, r.table(praw, pkey, _PART_KEYS), pkey)
+        real = os.path.realpath(path)
+        if real in seen:
+            raise r.fail(_join(pkey, "path"), f"{path} is already part of this volume")
+        seen.add(real)
+        problem = check_backing(replace(first, path=path, size=size, parts=()))
+        if problem:
+            raise r.fail(_join(pkey, problem[0]), problem[1])
+        parts.append((path, size))
+    return tuple(parts)
 
 
 def check_backing(spec: LunSpec) -> tuple[str, str] | None:
@@ -626,9 +661,22 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
             raise ConfigError(f"{spec.where}: {e}") from None
     if spec.kind != "disk":  # parse rejects these; guards callers building specs by hand
         raise ConfigError(f"{spec.where}: kind {spec.kind!r} is not supported")
-    if spec.create:
-        spec.path.parent.mkdir(parents=True, exist_ok=True)
-    store = FileStore(spec.path, size=spec.size, create=spec.create, read_only=spec.read_only)
+    members = []
+    try:
+        for path, size in [(spec.path, spec.size), *spec.parts]:
+            if spec.create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            members.append(FileStore(path, size=size, create=spec.create,
+                                     read_only=spec.read_only))
+    except BaseException:
+        for m in members:
+            m.close()
+        raise
+    if spec.parts:
+        from volume.concat import ConcatStore
+        store = ConcatStore(members)
+    else:
+        store = members[0]
     try:
         if spec.track and not spec.read_only:
             from .interceptors.tracker import TrackingError, TrackingStore
@@ -687,11 +735,14 @@ def lun_summary(spec: LunSpec) -> str:
     """One line for the operator, e.g. 'LUN 0: disk var/disk0.img, 64 MiB ...'."""
     if spec.kind == "backup":
         return f"LUN {spec.lun}: backup device of LUN {spec.source} (diffbackup, qemu-img convert)"
-    size = spec.size if spec.size is not None else _file_size(spec.path)
+    sizes = [sz if sz is not None else _file_size(p)
+             for p, sz in [(spec.path, spec.size), *spec.parts]]
+    size = sum(sizes) if all(sizes) else 0
     blocks = f"{size // spec.block_size} x {spec.block_size}-byte blocks" if size else "size unknown"
     mode = "read-only" if spec.read_only else "read-write"
     track = "tracking on" if spec.track and not spec.read_only else "tracking off"
-    return (f"LUN {spec.lun}: {spec.kind} {spec.path}, {format_size(size) if size else '?'} "
+    where = str(spec.path) + "".join(f" + {p}" for p, _ in spec.parts)
+    return (f"LUN {spec.lun}: {spec.kind} {where}, {format_size(size) if size else '?'} "
             f"({blocks}), {mode}, {track}")
 
 
