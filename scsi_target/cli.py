@@ -110,7 +110,7 @@ async def serve(cfg: C.ServerConfig, server_factory=None) -> int:
     if server_factory is None:
         from .iscsi.server import IscsiServer as server_factory
     registry = C.build_registry(cfg)
-    server = server_factory(registry)
+    server = server_factory(registry, **cfg.server_options())
     try:
         await server.start()
     except BaseException:

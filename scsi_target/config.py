@@ -89,6 +89,15 @@ class ServerConfig:
     discovery_mutual_chap: Chap | None = None
     source: str = "command line"
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Liveness (seconds): NOP-In ping after this much initiator silence (0 = never),
+    # how long an answer may take, and how long a login may take.
+    nop_interval: float = 30.0
+    nop_timeout: float = 15.0
+    login_timeout: float = 30.0
+
+    def server_options(self) -> dict[str, float]:
+        return {"nop_interval": self.nop_interval, "nop_timeout": self.nop_timeout,
+                "login_timeout": self.login_timeout}
 
 
 # ------------------------------------------------------------ value parsers
@@ -266,7 +275,8 @@ def _tname(v: Any) -> str:
             dict: "table"}.get(type(v), type(v).__name__)
 
 
-_TOP_KEYS = ("portals", "discovery", "target")
+_TOP_KEYS = ("portals", "discovery", "target", "timeouts")
+_TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
              "source", "removable", "physical_block_size", "write_same_zero", "parts")
@@ -322,7 +332,25 @@ def parse_config(data: dict, source: str = "<config>", base: Path | None = None)
             raise r.fail(f"target[{i}].iqn", f"{spec.iqn} is already used by {seen_iqn[key]}")
         seen_iqn[key] = f"target[{i}]"
         targets.append(spec)
-    return ServerConfig(tuple(targets), portals, disc_chap, disc_mutual, source, tuple(r.warnings))
+    timeouts = _parse_timeouts(r, data.get("timeouts", {}))
+    return ServerConfig(tuple(targets), portals, disc_chap, disc_mutual, source, tuple(r.warnings),
+                        **timeouts)
+
+
+def _parse_timeouts(r: _Reader, raw: Any) -> dict[str, float]:
+    d = r.table(raw, "timeouts", _TIMEOUT_KEYS)
+    out = {}
+    for k in _TIMEOUT_KEYS:
+        if k not in d:
+            continue
+        v = d[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise r.fail(_join("timeouts", k), f"expected seconds (a number), got {_tname(v)}")
+        if not 0 <= v <= 86400 or (v == 0 and k != "nop_interval"):
+            raise r.fail(_join("timeouts", k), f"{v} is out of range "
+                         f"({'0' if k == 'nop_interval' else 'more than 0'}..86400 seconds)")
+        out[k] = float(v)
+    return out
 
 
 def _parse_portals(r: _Reader, data: dict) -> tuple[Portal, ...]:

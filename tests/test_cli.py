@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 FAKE_SERVER = textwrap.dedent("""
     import asyncio, sys, types
     class FakeServer:
-        def __init__(self, registry):
+        def __init__(self, registry, **options):
             self.registry = registry
             self.bound_portals = []
         async def start(self):

@@ -120,7 +120,7 @@ def test_build_fails_cleanly_on_locked_file(tmp_path, existing):
 # (toml text, key, problem) — message is "<file>: <key>: <problem>"
 BAD = [
     ("bogus = 1\n[[target]]\niqn='iqn.2026-11.org.x'\n", "bogus",
-     "unknown key (allowed: portals, discovery, target)"),
+     "unknown key (allowed: portals, discovery, target, timeouts)"),
     ("", "target", "no targets defined (add a [[target]] table)"),
     ("target = 3", "target", "expected an array of tables ([[target]]), got integer"),
     ("[[target]]\niqn = 'iqn.2026-11.org.x'\ncolour = 'red'", "target[0].colour",
@@ -412,3 +412,26 @@ def test_docs_example_is_valid(tmp_path):
     assert [t.iqn for t in cfg.targets] == ["iqn.2026-11.org.pyscsi:db", "iqn.2026-11.org.pyscsi:golden"]
     assert cfg.discovery_chap is not None and cfg.warnings == ()
     assert [len(t.luns) for t in cfg.targets] == [2, 1]
+
+
+def test_timeouts_table_reaches_the_server_options(tmp_path):
+    cfg = C.parse_config({"timeouts": {"nop_interval": 5, "nop_timeout": 2.5, "login_timeout": 9},
+                          "target": [{"iqn": "iqn.2026-11.org.pyscsi.test:t",
+                                      "lun": [{"lun": 0, "path": str(tmp_path / "x.img"),
+                                               "size": "1M", "create": True}]}]})
+    assert cfg.server_options() == {"nop_interval": 5.0, "nop_timeout": 2.5, "login_timeout": 9.0}
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("nop_interval", -1, "out of range"),
+    ("nop_timeout", 0, "out of range"),
+    ("login_timeout", "soon", "expected seconds"),
+    ("ping", 3, "unknown key"),
+])
+def test_bad_timeouts_are_refused(tmp_path, key, value, message):
+    with pytest.raises(C.ConfigError) as exc:
+        C.parse_config({"timeouts": {key: value},
+                        "target": [{"iqn": "iqn.2026-11.org.pyscsi.test:t",
+                                    "lun": [{"lun": 0, "path": str(tmp_path / "x.img"),
+                                             "size": "1M", "create": True}]}]})
+    assert message in str(exc.value) and f"timeouts.{key}" in str(exc.value)
