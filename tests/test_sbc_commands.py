@@ -438,3 +438,18 @@ def test_verify_without_bytchk_reads_the_medium(h):
         raise StoreError("bad sector")
     h.store.readinto = broken
     h.fails(verify10(8, 3, bytchk=0), SenseKey.MEDIUM_ERROR, 0x11)
+
+
+def test_write_with_less_data_than_the_expected_length_fails_instead_of_claiming_success():
+    import struct as _s
+    from scsi_target.scsi.command import Command as _C, Direction as _D
+    from scsi_target.scsi.disk import DiskLU as _Disk
+    from scsi_target.scsi.lun import LunMap as _Map
+    from volume.memstore import MemoryStore as _Mem
+    m = _Map("iqn.2026-11.org.pyscsi.test:short")
+    m.add(0, _Disk(_Mem(1 << 20), 512))
+    m.execute(_C(bytes(6)))
+    cdb = _s.pack(">BBIBHB", 0x2A, 0, 0, 0, 8, 0)
+    for data in (None, b"x" * 1000):
+        r = m.execute(_C(cdb, data_out=data, expected_length=4096, direction=_D.OUT))
+        assert r.status == 2 and r.sense[2] & 0x0F == 0x05 and (r.sense[12], r.sense[13]) == (0x0E, 0x03)

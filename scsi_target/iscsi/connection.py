@@ -28,7 +28,11 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("scsi_target.iscsi")
 
 # Writes larger than this are refused before any data is accepted (bounds memory).
-MAX_WRITE_BUFFER = 64 << 20
+MAX_WRITE_BUFFER = 256 << 20   # 65536 blocks of 4 KiB: the largest DiskLU transfer
+# Data-out solicited with R2T but not yet written, per connection.  Beyond it
+# further R2Ts wait until earlier writes complete, so a peer cannot make the
+# target hold more than this (plus unsolicited first bursts) in memory.
+R2T_BUDGET = 512 << 20
 # Out-of-order commands held while waiting for a CmdSN gap to fill.
 MAX_PENDING = 256
 
@@ -74,6 +78,7 @@ class Task:
     # Set when the data-out phase went wrong: the command ends in CHECK
     # CONDITION (ABORTED COMMAND) instead of executing; the connection lives on.
     error: object = None
+    solicited: int = 0                     # bytes reserved in the R2T budget
 
     @property
     def data_complete(self) -> bool:
@@ -113,6 +118,8 @@ class TargetConnection:
         self.initial_r2t = True
         self.max_r2t = 1
         self.tasks: dict[int, Task] = {}
+        self.r2t_inflight = 0                 # solicited, not yet executed (R2T_BUDGET)
+        self.r2t_waiting: list[Task] = []     # writes whose next R2T waits for budget
         self.pending: dict[int, P.Pdu] = {}   # CmdSN -> PDU waiting for its turn
         self.next_ttt = 1
         self.text = None
@@ -161,6 +168,8 @@ class TargetConnection:
         """The socket is gone: end the session (ERL 0, one connection per session)."""
         self.tasks.clear()
         self.pending.clear()
+        self.r2t_waiting.clear()
+        self.r2t_inflight = 0
         if self.session is not None and self.session.connection is self:
             self.sessions.remove(self.session)
             self.session.close()
@@ -374,7 +383,9 @@ class TargetConnection:
         if pdu.write:
             edtl = pdu.edtl
             if edtl > MAX_WRITE_BUFFER:
-                task.buffer = None  # executed with no data: the SCSI layer rejects it
+                # Larger than any LU accepts in one command: refuse without
+                # buffering a byte (its unsolicited data is discarded).
+                task.error = S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
                 return
             if immediate > edtl or (immediate and not self.immediate_data):
                 raise ProtocolError("immediate data beyond EDTL or not negotiated",
@@ -397,6 +408,16 @@ class TargetConnection:
 
     def _issue_r2ts(self, task: Task) -> None:
         edtl = len(task.buffer)
+        if not task.solicited and task.next_r2t_offset < edtl:
+            # Admission: a write reserves all it still needs before its first
+            # R2T, so admitted writes always complete (no budget deadlock).
+            need = edtl - task.next_r2t_offset
+            if self.r2t_inflight and self.r2t_inflight + need > R2T_BUDGET:
+                if task not in self.r2t_waiting:
+                    self.r2t_waiting.append(task)
+                return
+            self.r2t_inflight += need
+            task.solicited = need
         while task.next_r2t_offset < edtl and len(task.outstanding) < self.max_r2t:
             length = min(self.max_burst, edtl - task.next_r2t_offset)
             ttt = self.next_ttt
@@ -454,10 +475,23 @@ class TargetConnection:
         elif not task.outstanding and task.unsolicited_left == 0:
             self._issue_r2ts(task)
 
+    def _release_budget(self, task: Task) -> None:
+        """The task no longer holds solicited data: let waiting writes go on."""
+        if task.solicited:
+            self.r2t_inflight -= task.solicited
+            task.solicited = 0
+        while self.r2t_waiting and self.r2t_inflight < R2T_BUDGET:
+            nxt = self.r2t_waiting.pop(0)
+            if self.tasks.get(nxt.pdu.itt) is nxt and nxt.buffer is not None:
+                self._issue_r2ts(nxt)
+                if self.r2t_waiting and self.r2t_waiting[-1] is nxt:
+                    break  # still no room for it
+
     def _fail_task(self, task: Task, asc) -> None:
         """Data-out went wrong: answer CHECK CONDITION once the command's turn comes."""
         task.buffer = None  # later Data-Out PDUs for this task are discarded
         task.outstanding.clear()
+        self._release_budget(task)
         task.error = S.SenseError(S.SenseKey.ABORTED_COMMAND, asc)
         log.info("ITT 0x%08x: data-out error %s", task.pdu.itt, asc.name)
         if task.delivered:
@@ -465,6 +499,7 @@ class TargetConnection:
 
     def _execute(self, task: Task) -> None:
         del self.tasks[task.pdu.itt]
+        self._release_budget(task)
         pdu = task.pdu
         if task.error is not None:
             self._respond(task, Response(Status.CHECK_CONDITION,
@@ -602,6 +637,7 @@ class TargetConnection:
         # A queued PDU stays in ``pending`` so its CmdSN still advances the
         # window; _deliver skips it because its task is gone.
         self.tasks.pop(task.pdu.itt, None)
+        self._release_budget(task)
 
     def _text(self, pdu: P.TextRequest) -> None:
         from .text import TextNegotiator, TextProtocolError

@@ -107,8 +107,12 @@ def _block_payload(lu: "DiskLU", cmd: Command, nblocks: int) -> memoryview:
         return data_out(cmd, need)
     cmd.needed = need
     mv = byte_view(cmd.data_out)
-    avail = min(len(mv), need, cmd.expected_length)
-    avail -= avail % lu.block_size
+    expected = min(need, cmd.expected_length)
+    if len(mv) < expected:
+        # The front end promised more data than it delivered: never report a
+        # write of blocks that were not received.
+        raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_INFORMATION_UNIT)
+    avail = expected - expected % lu.block_size
     return mv[:avail]
 
 

@@ -1,0 +1,110 @@
+"""The sans-I/O target connection in full feature phase, PDU by PDU (no sockets)."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from scsi_target.iscsi import connection as CONN
+from scsi_target.iscsi import pdu as P
+from scsi_target.iscsi.framing import PduReader, encode_pdu
+from scsi_target.iscsi.session import Session, SessionTable
+from scsi_target.scsi.disk import DiskLU
+from scsi_target.scsi.lun import LunMap
+from scsi_target.target import Portal, TargetDef, TargetRegistry
+from volume.memstore import MemoryStore
+
+IQN = "iqn.2026-11.org.pyscsi.test:conn"
+
+
+def _logged_in(max_burst=256 << 10, initial_r2t=True) -> CONN.TargetConnection:
+    luns = LunMap(IQN)
+    luns.add(0, DiskLU(MemoryStore(64 << 20), 512))
+    reg = TargetRegistry()
+    reg.add(TargetDef(IQN, luns))
+    sessions = SessionTable()
+    c = CONN.TargetConnection(reg, sessions, Portal())
+    c.login = None  # skip login: the fields below are what it would have negotiated
+    c.session = Session(tsih=1, initiator_name="iqn.2026-11.test:i", isid=bytes(6),
+                        target=reg.get(IQN), discovery=False, exp_cmdsn=0)
+    c.session.connection = c
+    sessions.add(c.session)
+    c.max_xmit, c.max_burst, c.first_burst = 256 << 10, max_burst, 64 << 10
+    c.initial_r2t, c.immediate_data, c.max_r2t = initial_r2t, True, 1
+    c.reader.max_data = 256 << 10
+    return c
+
+
+def _send(c, pdu) -> list:
+    c.receive_data(b"".join(bytes(b) for b in encode_pdu(pdu)))
+    reader = PduReader(max_data=1 << 24)
+    reader.feed(b"".join(bytes(b) for b in c.take_output() if not isinstance(b, CONN.AfterSend)))
+    out = []
+    while (p := reader.next_pdu()) is not None:
+        out.append(p)
+    return out
+
+
+def _write10(itt, cmdsn, lba, nbytes) -> P.ScsiCommand:
+    cdb = struct.pack(">BBIBHB", 0x2A, 0, lba, 0, nbytes // 512, 0) + bytes(6)
+    return P.ScsiCommand(write=True, itt=itt, edtl=nbytes, cmdsn=cmdsn, cdb=cdb)
+
+
+def _answer_r2ts(c, r2ts, fill: int) -> list:
+    out = []
+    for r in r2ts:
+        out += _send(c, P.DataOut(final=True, itt=r.itt, ttt=r.ttt, datasn=0, offset=r.offset,
+                                  data=bytes([fill]) * r.length))
+    return out
+
+
+def test_r2t_budget_holds_writes_back_until_earlier_ones_complete(monkeypatch):
+    monkeypatch.setattr(CONN, "R2T_BUDGET", 1 << 20)
+    c = _logged_in()
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))  # TUR: the power-on UA
+    first = _send(c, _write10(1, 1, 0, 768 << 10))
+    second = _send(c, _write10(2, 2, 2048, 768 << 10))
+    assert [type(p) for p in first] == [P.R2T] and not second   # second waits for budget
+    # Data for the first write (R2T by R2T) completes it; then the second is admitted.
+    out, r2ts = [], first
+    while r2ts:
+        got = _answer_r2ts(c, r2ts, 0xA1)
+        out += got
+        r2ts = [p for p in got if isinstance(p, P.R2T) and p.itt == 1]
+    responses = [p for p in out if isinstance(p, P.ScsiResponse)]
+    assert [(p.itt, p.status) for p in responses] == [(1, 0)]
+    assert any(isinstance(p, P.R2T) and p.itt == 2 for p in out)
+    assert c.r2t_inflight == 768 << 10
+
+
+def test_write_larger_than_any_lu_accepts_is_refused_without_buffering():
+    c = _logged_in()
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    cdb = struct.pack(">BBQIBB", 0x8A, 0, 0, (1 << 30) // 512, 0, 0)
+    out = _send(c, P.ScsiCommand(write=True, itt=5, edtl=1 << 30, cmdsn=1, cdb=cdb))
+    assert len(out) == 1 and isinstance(out[0], P.ScsiResponse)
+    assert out[0].status == 2 and out[0].data[2 + 2] & 0x0F == 0x05   # ILLEGAL REQUEST
+    assert c.r2t_inflight == 0 and not c.tasks
+
+
+def test_out_of_window_cmdsn_is_ignored_and_queued_ones_run_in_order():
+    c = _logged_in()
+    assert _send(c, P.ScsiCommand(itt=1, cmdsn=500, cdb=bytes(16))) == []   # beyond MaxCmdSN
+    assert _send(c, P.ScsiCommand(itt=3, cmdsn=2, cdb=bytes(16))) == []     # queued (gap at 0, 1)
+    assert _send(c, P.ScsiCommand(itt=2, cmdsn=1, cdb=bytes(16))) == []
+    out = _send(c, P.ScsiCommand(itt=4, cmdsn=0, cdb=bytes(16)))
+    assert [p.itt for p in out] == [4, 2, 3]
+    assert [p.statsn for p in out] == sorted(p.statsn for p in out)
+
+
+@pytest.mark.parametrize("bad", ["datasn", "offset", "ttt"])
+def test_data_out_sequence_errors_end_the_command_not_the_connection(bad):
+    c = _logged_in()
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    (r2t,) = _send(c, _write10(1, 1, 0, 4096))
+    fields = {"datasn": 0, "offset": 0, "ttt": r2t.ttt, bad: {"datasn": 27, "offset": 512,
+                                                               "ttt": 0x1234}[bad]}
+    out = _send(c, P.DataOut(final=True, itt=1, data=b"x" * 4096, **fields))
+    assert len(out) == 1 and out[0].status == 2 and out[0].data[2 + 2] & 0x0F == 0x0B
+    assert not c.closing
+    assert _send(c, P.ScsiCommand(itt=7, cmdsn=2, cdb=bytes(16)))[0].status == 0
