@@ -108,3 +108,28 @@ def test_data_out_sequence_errors_end_the_command_not_the_connection(bad):
     assert len(out) == 1 and out[0].status == 2 and out[0].data[2 + 2] & 0x0F == 0x0B
     assert not c.closing
     assert _send(c, P.ScsiCommand(itt=7, cmdsn=2, cdb=bytes(16)))[0].status == 0
+
+
+def test_lun_reset_clears_pending_writes_of_other_sessions_too():
+    a = _logged_in()
+    # A second session on the same target, as another initiator.
+    b = CONN.TargetConnection(a.registry, a.sessions, Portal())
+    b.login = None
+    b.session = Session(tsih=2, initiator_name="iqn.2026-11.test:other", isid=bytes(6),
+                        target=a.session.target, discovery=False, exp_cmdsn=0)
+    b.session.connection = b
+    a.sessions.add(b.session)
+    b.max_xmit, b.max_burst, b.first_burst = 256 << 10, 256 << 10, 64 << 10
+    b.initial_r2t, b.immediate_data, b.max_r2t = True, True, 1
+    b.reader.max_data = 256 << 10
+    _send(b, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    (r2t,) = _send(b, _write10(1, 1, 0, 4096))           # b's write waits for its data
+    assert 1 in b.tasks
+    out = _send(a, P.TaskMgmtRequest(immediate=True, function=P.TmfFunction.LOGICAL_UNIT_RESET,
+                                     itt=50, cmdsn=0))
+    assert [(type(p), p.response) for p in out] == [(P.TaskMgmtResponse, 0)]
+    assert not b.tasks and b.r2t_inflight == 0
+    # b's late data is discarded; its next command reports the reset.
+    assert _answer_r2ts(b, [r2t], 0x42) == []
+    rsp = _send(b, P.ScsiCommand(itt=2, cmdsn=2, cdb=bytes(16)))
+    assert rsp[0].status == 2 and rsp[0].data[2 + 2] & 0x0F == 0x06     # UNIT ATTENTION

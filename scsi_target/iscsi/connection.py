@@ -611,12 +611,10 @@ class TargetConnection:
             for task in [t for t in self.tasks.values() if t.lun == lun]:
                 self._abort(task)
         elif fn == F.LOGICAL_UNIT_RESET:
-            for task in [t for t in self.tasks.values() if t.lun == lun]:
-                self._abort(task)
+            self._abort_everywhere(lun)
             luns.luns[lun].reset(self.session.nexus)
         elif fn in (F.TARGET_WARM_RESET, F.TARGET_COLD_RESET):
-            for task in list(self.tasks.values()):
-                self._abort(task)
+            self._abort_everywhere(None)
             for lu in luns.luns.values():
                 lu.reset(self.session.nexus)
         elif fn == F.TASK_REASSIGN:
@@ -628,6 +626,21 @@ class TargetConnection:
                                      statsn=self._next_statsn(), expcmdsn=exp, maxcmdsn=mx))
         if fn == F.TARGET_COLD_RESET and response == P.TmfResponse.COMPLETE:
             self.close("target cold reset")
+
+    def _abort_everywhere(self, lun: int | None) -> None:
+        """A reset clears the task set of every I_T nexus (SAM-5), not just ours.
+
+        Tasks of other sessions on this target that have not run yet (waiting
+        for data or for their CmdSN) are dropped without a response; their
+        nexuses see the reset's unit attention on their next command.
+        """
+        target = self.session.target
+        for session in self.sessions.sessions():
+            conn = session.connection
+            if conn is None or session.target is not target:
+                continue
+            for task in [t for t in conn.tasks.values() if lun is None or t.lun == lun]:
+                conn._abort(task)
 
     def _cmdsn_not_yet_seen(self, cmdsn: int) -> bool:
         s = self.session
