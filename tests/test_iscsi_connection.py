@@ -133,3 +133,56 @@ def test_lun_reset_clears_pending_writes_of_other_sessions_too():
     assert _answer_r2ts(b, [r2t], 0x42) == []
     rsp = _send(b, P.ScsiCommand(itt=2, cmdsn=2, cdb=bytes(16)))
     assert rsp[0].status == 2 and rsp[0].data[2 + 2] & 0x0F == 0x06     # UNIT ATTENTION
+
+
+def _tmf(c, function, *, lun=0, rtt=P.RESERVED_TAG, refcmdsn=0, itt=60):
+    from scsi_target.scsi.lunaddr import encode_lun
+    out = _send(c, P.TaskMgmtRequest(immediate=True, function=function, itt=itt, rtt=rtt,
+                                     refcmdsn=refcmdsn, cmdsn=0,
+                                     lun=int.from_bytes(encode_lun(lun), "big")))
+    (rsp,) = [p for p in out if isinstance(p, P.TaskMgmtResponse)]
+    return rsp.response
+
+
+@pytest.mark.parametrize("function", [P.TmfFunction.ABORT_TASK_SET, P.TmfFunction.CLEAR_TASK_SET])
+def test_abort_and_clear_task_set_drop_waiting_writes(function):
+    c = _logged_in()
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    (r2t,) = _send(c, _write10(1, 1, 0, 4096))
+    queued = _send(c, _write10(2, 3, 8, 4096))      # CmdSN 3: queued behind CmdSN 2
+    assert [(type(p), p.itt) for p in queued] == [(P.R2T, 2)]   # its data may come already
+    assert _tmf(c, function) == P.TmfResponse.COMPLETE
+    assert not c.tasks
+    assert _answer_r2ts(c, [r2t], 0x11) == []                       # late data discarded
+
+
+def test_abort_task_of_a_queued_command_and_of_an_unknown_one():
+    c = _logged_in()
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    assert _send(c, P.ScsiCommand(itt=5, cmdsn=2, cdb=bytes(16))) == []   # waits for CmdSN 1
+    assert _tmf(c, P.TmfFunction.ABORT_TASK, rtt=5, refcmdsn=2) == P.TmfResponse.COMPLETE
+    out = _send(c, P.ScsiCommand(itt=6, cmdsn=1, cdb=bytes(16)))
+    assert [p.itt for p in out] == [6]                                    # 5 never answers
+    assert _tmf(c, P.TmfFunction.ABORT_TASK, rtt=77, refcmdsn=0) == \
+        P.TmfResponse.TASK_DOES_NOT_EXIST                                 # long gone
+    assert _tmf(c, P.TmfFunction.ABORT_TASK, rtt=78, refcmdsn=10) == \
+        P.TmfResponse.COMPLETE                                            # not yet arrived
+
+
+@pytest.mark.parametrize("function,lun,expected", [
+    (P.TmfFunction.LOGICAL_UNIT_RESET, 7, P.TmfResponse.LUN_DOES_NOT_EXIST),
+    (P.TmfFunction.TASK_REASSIGN, 0, P.TmfResponse.REASSIGNMENT_NOT_SUPPORTED),
+    (P.TmfFunction.CLEAR_ACA, 0, P.TmfResponse.NOT_SUPPORTED),
+    (0x7E, 0, P.TmfResponse.NOT_SUPPORTED),
+    (P.TmfFunction.TARGET_WARM_RESET, 0, P.TmfResponse.COMPLETE),
+])
+def test_task_management_answers(function, lun, expected):
+    c = _logged_in()
+    assert _tmf(c, function, lun=lun) == expected
+    assert not c.closing
+
+
+def test_target_cold_reset_answers_then_closes():
+    c = _logged_in()
+    assert _tmf(c, P.TmfFunction.TARGET_COLD_RESET) == P.TmfResponse.COMPLETE
+    assert c.closing
