@@ -59,6 +59,9 @@ class LunSpec:
     # Whether writes to this LU are recorded in its generation map
     # (PATH.genmap, PATH.genmap.dirty, PATH.volume beside the backing file).
     track: bool = True
+    # Bytes per tracked block of the generation map (power of two, 512..16 MiB);
+    # None = 4096, or what an existing map uses.
+    track_granularity: int | None = None
     kind: str = "disk"
     # kind = "backup": the LUN (same target) of the tracked disk it serves.
     source: int | None = None
@@ -279,7 +282,8 @@ _TOP_KEYS = ("portals", "discovery", "target", "timeouts")
 _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
-             "source", "removable", "physical_block_size", "write_same_zero", "parts")
+             "source", "removable", "physical_block_size", "write_same_zero", "parts",
+             "track_granularity")
 _PART_KEYS = ("path", "size")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
@@ -515,6 +519,7 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
         read_only=r.typed(d, key, "read_only", bool, False),
         create=r.typed(d, key, "create", bool, False),
         track=r.typed(d, key, "track", bool, True),
+        track_granularity=_parse_granularity(r, d, key),
         kind=kind, where=f"{r.source}: {key}")
     problem = check_backing(spec)
     if problem:
@@ -522,6 +527,19 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
     if "parts" in d:
         spec = replace(spec, parts=_parse_parts(r, d["parts"], _join(key, "parts"), spec))
     return spec
+
+
+def _parse_granularity(r: _Reader, d: dict, key: str) -> int | None:
+    if "track_granularity" not in d:
+        return None
+    k = _join(key, "track_granularity")
+    try:
+        g = parse_size(d["track_granularity"])
+    except ValueError as e:
+        raise r.fail(k, str(e)) from None
+    if g < 512 or g > 16 << 20 or g & (g - 1):
+        raise r.fail(k, f"{g} bytes is not a power of two between 512 and 16M")
+    return g
 
 
 def _parse_backing(r: _Reader, d: dict, key: str) -> tuple[Path, int | None]:
@@ -709,7 +727,7 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
         if spec.track and not spec.read_only:
             from .interceptors.tracker import TrackingError, TrackingStore
             try:
-                store = TrackingStore.open(store, spec.path)
+                store = TrackingStore.open(store, spec.path, granularity=spec.track_granularity)
             except TrackingError as e:
                 raise ConfigError(f"{spec.where}: {e}") from None
         lu = DiskLU(store, spec.block_size, spec.read_only,

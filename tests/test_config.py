@@ -435,3 +435,29 @@ def test_bad_timeouts_are_refused(tmp_path, key, value, message):
                                     "lun": [{"lun": 0, "path": str(tmp_path / "x.img"),
                                              "size": "1M", "create": True}]}]})
     assert message in str(exc.value) and f"timeouts.{key}" in str(exc.value)
+
+
+def _gran_cfg(tmp_path, value):
+    return {"target": [{"iqn": "iqn.2026-11.org.pyscsi.test:g",
+                        "lun": [{"lun": 0, "path": str(tmp_path / "g.img"), "size": "1M",
+                                 "create": True, "track_granularity": value}]}]}
+
+
+def test_track_granularity_reaches_the_generation_map(tmp_path):
+    reg = C.build_registry(C.parse_config(_gran_cfg(tmp_path, "2K")))
+    try:
+        store = reg.targets["iqn.2026-11.org.pyscsi.test:g"].luns.get(0).store
+        assert store._map.granularity == 2048
+    finally:
+        reg.close()
+    # An existing map keeps its granularity; asking for another one is refused.
+    with pytest.raises(C.ConfigError) as exc:
+        C.build_registry(C.parse_config(_gran_cfg(tmp_path, 4096)))
+    assert "2048-byte granularity, not 4096" in str(exc.value)
+
+
+@pytest.mark.parametrize("value", ["3K", 256, "32M", "lots"])
+def test_bad_track_granularity_is_refused(tmp_path, value):
+    with pytest.raises(C.ConfigError) as exc:
+        C.parse_config(_gran_cfg(tmp_path, value))
+    assert "track_granularity" in str(exc.value)

@@ -152,10 +152,12 @@ class TrackingStore(BlockStore):
     # -- construction -------------------------------------------------------
     @classmethod
     def open(cls, inner: BlockStore, path: str | os.PathLike, *,
-             granularity: int = DEFAULT_GRANULARITY, sync: bool = True,
+             granularity: int | None = None, sync: bool = True,
              volume_id: bytes | None = None) -> "TrackingStore":
         """Track the file volume ``path`` (served by ``inner``): open its map, or start one.
 
+        ``granularity`` (bytes per tracked block; default 4096) applies when
+        tracking starts; an existing map with another granularity is refused.
         ``volume_id`` is only used when tracking starts (no map, no sidecar).
         """
         mpath, jpath, spath = map_paths(path)
@@ -170,6 +172,7 @@ class TrackingStore(BlockStore):
                 f"whether the map belongs to {os.fspath(path)}; delete {mpath}* to start tracking "
                 f"afresh (then take a full backup)")
         if doc is None:
+            granularity = granularity or DEFAULT_GRANULARITY
             vid = volume_id or os.urandom(16)
             state = BackupState()
             doc = cls._sidecar_doc(vid, inner.size, granularity, state)
@@ -188,6 +191,11 @@ class TrackingStore(BlockStore):
                 f"size, or delete {mpath}* and {spath} to start tracking afresh (then take a "
                 f"full backup)")
         gran = int(doc["granularity"])
+        if granularity is not None and granularity != gran:
+            raise TrackingError(
+                f"{os.fspath(path)} is tracked at {gran}-byte granularity, not {granularity}: "
+                f"changing it needs a new map — delete {mpath}* and {spath}, then take a full "
+                f"backup")
         b = doc.get("backup") or {}
         state = BackupState(bool(b.get("full_done")), b.get("pending_lo"), b.get("active"))
         if not have_map:
