@@ -60,14 +60,16 @@ class Backend:
     name = "?"
     lun = 0
 
-    def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int) -> Reply:
+    def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int,
+                 lun: int | None = None) -> Reply:
         raise NotImplementedError
 
     def execute(self, cdb: bytes, *, data_out: bytes | None = None, read_length: int = 0,
-                retry_ua: bool = True) -> Reply:
+                retry_ua: bool = True, lun: int | None = None) -> Reply:
+        """Run ``cdb`` on the session's LUN, or on ``lun`` of the same target."""
         seen: list[bytes] = []
         for _ in range(UA_RETRIES if retry_ua else 1):
-            r = self._execute(bytes(cdb), data_out, read_length)
+            r = self._execute(bytes(cdb), data_out, read_length, lun)
             if not (retry_ua and _is_unit_attention(r)):
                 break
             seen.append(r.sense)
@@ -103,10 +105,11 @@ class IscsiBackend(Backend):
         except (IscsiError, OSError) as e:
             raise ConnectFailed(f"cannot connect to {self.url.portal}: {_reason(e)}") from None
 
-    def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int) -> Reply:
+    def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int,
+                 lun: int | None = None) -> Reply:
         from scsi_target.iscsi.client_errors import IscsiError, TransportError
         try:
-            r = self.client.execute(cdb, data_out=data_out, read_length=read_length)
+            r = self.client.execute(cdb, data_out=data_out, read_length=read_length, lun=lun)
         except TransportError as e:
             raise TransportLost(f"connection lost: {_reason(e)} (type 'reconnect' to log in "
                                 "again)") from None
@@ -163,11 +166,12 @@ class LocalBackend(Backend):
         self.nexus = Nexus(f"iqn.2026-11.org.pyscsi:scsi-shell,i,0x{1:012x}", f"{name},t,0x0001",
                            initiator_name="iqn.2026-11.org.pyscsi:scsi-shell", isid=1)
 
-    def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int) -> Reply:
+    def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int,
+                 lun: int | None = None) -> Reply:
         from scsi_target.scsi.command import Command, Direction
         direction = Direction.OUT if data_out is not None else \
             (Direction.IN if read_length else Direction.NONE)
-        cmd = Command(cdb=cdb, lun=self.lun, data_out=data_out,
+        cmd = Command(cdb=cdb, lun=self.lun if lun is None else lun, data_out=data_out,
                       expected_length=len(data_out) if data_out is not None else read_length,
                       direction=direction, nexus=self.nexus)
         resp = self.luns.execute(cmd)

@@ -150,8 +150,8 @@ class Session:
         self._device_type: int | None = None
 
     def run(self, cdb: bytes, *, read_length: int = 0, data_out: bytes | None = None,
-            check: bool = True, notes: list[str] | None = None) -> Reply:
-        r = self.backend.execute(cdb, read_length=read_length, data_out=data_out)
+            check: bool = True, notes: list[str] | None = None, lun: int | None = None) -> Reply:
+        r = self.backend.execute(cdb, read_length=read_length, data_out=data_out, lun=lun)
         if notes is not None:
             for s in r.ua_seen or []:
                 try:
@@ -516,3 +516,5 @@ def cmd_blocklimits(s: Session, a) -> Out:
 
 # ================================================================ backup (vendor)
 from . import shell_backup  # noqa: E402,F401  (registers gen/scope/counts/estimate)
+# ====================================================== reservations, third-party copy
+from . import shell_copy_pr  # noqa: E402,F401  (registers prin/copyparams/copystatus/xcopy)

@@ -14,6 +14,17 @@ from ..scsi.layouts.luns import ReportLuns
 from ..scsi.layouts.cdbs import (INQUIRY, READ_16, REPORT_LUNS, SAI_READ_CAPACITY_16,  # noqa: E402,F401
                                  SERVICE_ACTION_IN_16, TEST_UNIT_READY, WRITE_16, inquiry,
                                  read16, read_capacity16, report_luns, test_unit_ready, write16)
+from ..scsi.layouts.cdbs import (  # noqa: E402,F401
+    EXTENDED_COPY, PR_IN, PR_OUT, PRIN_READ_FULL_STATUS, PRIN_READ_KEYS, PRIN_READ_RESERVATION,
+    PRIN_REPORT_CAPABILITIES, RCR_COPY_STATUS, RCR_FAILED_SEGMENT_DETAILS,
+    RCR_OPERATING_PARAMETERS, RCR_RECEIVE_DATA, RECEIVE_COPY_RESULTS, extended_copy, pr_in,
+    pr_out, receive_copy_results)
+# Decoders of the replies to those commands (same layouts the target packs with).
+from ..scsi.layouts.pr import (PrCapabilities, PrReadFullStatus, PrReadKeys,  # noqa: E402,F401
+                               PrReadReservation)
+from ..scsi.layouts.xcopy import (CopyStatus, ExtendedCopyList,  # noqa: E402,F401
+                                  FailedSegmentDetails, OperatingParameters, ReceiveData,
+                                  block_copy_list)
 
 
 class Capacity(NamedTuple):

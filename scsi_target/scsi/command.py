@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
 
+from .layouts.pr import iscsi_transport_id
+
 
 class Status(IntEnum):
     GOOD = 0x00
@@ -55,10 +57,7 @@ class Nexus:
     @property
     def transport_id(self) -> bytes:
         """iSCSI TransportID (format 01b: name + ",i,0x" + ISID), padded to 4."""
-        name = (self.initiator_name or self.initiator).encode()
-        body = name + b",i,0x" + f"{self.isid:012x}".encode() + b"\x00"
-        body += b"\x00" * (-len(body) % 4)
-        return bytes([0x45, 0]) + len(body).to_bytes(2, "big") + body
+        return iscsi_transport_id(self.initiator_name or self.initiator, self.isid)
 
 
 @dataclass(slots=True)

@@ -364,17 +364,17 @@ def prin_report_capabilities(lu: "LogicalUnit", cmd: Command) -> bytes:
 @_cmd(OP_PR_IN, "PERSISTENT RESERVE IN", _PRIN_USAGE, Direction.IN, sa=PRIN_READ_FULL_STATUS,
       conflict=Conflict.ALLOWED)
 def prin_read_full_status(lu: "LogicalUnit", cmd: Command) -> bytes:
-    body = bytearray()
     with lu.lock:
         pr = lu.pr
         res = pr.reservation
+        descs = []
         for nexus, key in pr.registrations.items():
             holder = pr.is_holder(nexus)
-            tid = nexus.transport_id
-            body += struct.pack(">QIBBIHI", key, 0, 0x01 if holder else 0,
-                                int(res.type) if (holder and res is not None) else 0,
-                                0, nexus.relative_port & 0xFFFF, len(tid)) + tid
-        data = struct.pack(">II", pr.generation, len(body)) + bytes(body)
+            descs.append(LP.FullStatusDescriptor(
+                key, r_holder=holder, type=int(res.type) if (holder and res is not None) else 0,
+                relative_target_port=nexus.relative_port & 0xFFFF,
+                transport_id=nexus.transport_id))
+        data = LP.PrReadFullStatus(pr.generation, descs).pack()
     return data[:_prin_alloc(cmd)]
 
 

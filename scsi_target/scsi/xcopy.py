@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import sense as S
-from .command import Command, Direction, Nexus
+from .command import Command, Direction, Nexus, Status
 from .dispatch import CommandSet, Conflict, OpEntry, data_out
+from .layouts import xcopy as LX
 
 if TYPE_CHECKING:  # pragma: no cover
     from .lun import LogicalUnit
@@ -36,11 +37,10 @@ SA_RECEIVE_DATA = 0x01
 SA_OPERATING_PARAMETERS = 0x03
 SA_FAILED_SEGMENT_DETAILS = 0x04
 
-# Descriptor type codes we implement.
-SEG_BLOCK_TO_BLOCK = 0x02
-CSCD_IDENTIFICATION = 0xE4
-# CSCD descriptor ID naming the LU that holds the copy manager (SPC-4 table 150).
-CSCD_ID_COPY_MANAGER_LU = 0xFFFF
+# Descriptor type codes we implement (the layouts live in layouts/xcopy.py).
+SEG_BLOCK_TO_BLOCK = LX.SEG_BLOCK_TO_BLOCK
+CSCD_IDENTIFICATION = LX.CSCD_IDENTIFICATION
+CSCD_ID_COPY_MANAGER_LU = LX.CSCD_ID_COPY_MANAGER_LU
 
 # Limits advertised in OPERATING PARAMETERS and VPD page 8Fh.  The descriptor
 # list bound is large enough for both maximum counts at once.
@@ -56,21 +56,17 @@ COPY_CHUNK = 1 << 20
 # Completed results kept per copy manager LU before the oldest are dropped.
 MAX_RETAINED_RESULTS = 64
 
-HEADER_LEN = 16
-CSCD_LEN = 32
-SEGMENT_B2B_LEN = 28
-# CSCD descriptor types whose descriptors are 64 bytes long (IPv6, IP copy service).
-_CSCD_LONG_TYPES = frozenset({0xEA, 0xEB})
+HEADER_LEN = LX.ParameterListHeader.SIZE
+CSCD_LEN = LX.CSCD_LEN
+SEGMENT_B2B_LEN = LX.BlockToBlockSegment.SIZE
 
-# LIST ID USAGE values (parameter list header byte 1 bits 4-3).
-USAGE_HOLD = 0b00
-USAGE_DISCARD = 0b10
-USAGE_NO_LIST_ID = 0b11
+USAGE_HOLD = LX.USAGE_HOLD
+USAGE_DISCARD = LX.USAGE_DISCARD
+USAGE_NO_LIST_ID = LX.USAGE_NO_LIST_ID
 
-# COPY MANAGER STATUS values for COPY STATUS.
-STATUS_IN_PROGRESS = 0x00
-STATUS_DONE = 0x01
-STATUS_FAILED = 0x02
+STATUS_IN_PROGRESS = LX.STATUS_IN_PROGRESS
+STATUS_DONE = LX.STATUS_DONE
+STATUS_FAILED = LX.STATUS_FAILED
 
 
 # -- parameter list ----------------------------------------------------------
@@ -119,11 +115,10 @@ def parse_parameter_list(data: memoryview | bytes) -> CopyList:
     plen = len(data)
     if plen < HEADER_LEN:
         raise _plist_error(S.PARAMETER_LIST_LENGTH_ERROR)
-    list_id = data[0]
-    usage = (data[1] >> 3) & 0x3
-    cscd_len = int.from_bytes(data[2:4], "big")
-    seg_len = int.from_bytes(data[8:12], "big")
-    inline_len = int.from_bytes(data[12:16], "big")
+    head = LX.ParameterListHeader.unpack(data)
+    list_id, usage = head.list_id, head.list_id_usage
+    cscd_len, seg_len = head.cscd_list_length, head.segment_list_length
+    inline_len = head.inline_data_length
     if HEADER_LEN + cscd_len + seg_len + inline_len > plen:
         raise _plist_error(S.PARAMETER_LIST_LENGTH_ERROR)
     if cscd_len + seg_len > MAX_DESCRIPTOR_LIST_LENGTH:
@@ -146,24 +141,17 @@ def _parse_cscds(data: memoryview, start: int, length: int) -> list[Cscd]:
         if len(out) == MAX_CSCD_DESCRIPTORS:
             raise _plist_error(S.TOO_MANY_TARGET_DESCRIPTORS)
         code = data[pos]
-        size = 64 if code in _CSCD_LONG_TYPES else CSCD_LEN
+        size = LX.CSCD_LONG_LEN if code in LX.CSCD_LONG_TYPES else CSCD_LEN
         if code != CSCD_IDENTIFICATION:
             raise _plist_error(S.UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE, pos)
         if pos + size > end:
             raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 2)
-        desc = data[pos:pos + size]
-        # LU ID TYPE (byte 1 bits 7-6) is ignored: SPC-4 made it obsolete
-        # for identification descriptors.
-        desig_len = desc[7]
-        if desig_len > 16:
+        desc = LX.IdentificationCscd.unpack(data, pos)
+        # LU ID TYPE is ignored: SPC-4 made it obsolete for identification descriptors.
+        if desc.designator_length > 16:
             raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, pos + 7)
-        out.append(Cscd(
-            offset=pos,
-            nul=bool(desc[1] & 0x20),
-            device_type=desc[1] & 0x1F,
-            designator=bytes(desc[4:8 + desig_len]),
-            block_length=int.from_bytes(desc[29:32], "big"),
-        ))
+        out.append(Cscd(offset=pos, nul=desc.nul, device_type=desc.device_type,
+                        designator=desc.designator, block_length=desc.block_length))
         pos += size
     return out
 
@@ -184,10 +172,8 @@ def _parse_segments(data: memoryview, start: int, length: int) -> list[Segment]:
             raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, pos + 2)
         if pos + SEGMENT_B2B_LEN > end:
             raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 8)
-        src_id, dst_id, _, blocks, src_lba, dst_lba = struct.unpack_from(
-            ">HHHHQQ", data, pos + 4)
-        out.append(Segment(pos, bool(data[pos + 1] & 0x02), src_id, dst_id,
-                           blocks, src_lba, dst_lba))
+        d = LX.BlockToBlockSegment.unpack(data, pos)
+        out.append(Segment(pos, d.dc, d.src_id, d.dst_id, d.blocks, d.src_lba, d.dst_lba))
         pos += SEGMENT_B2B_LEN
     return out
 
@@ -275,7 +261,7 @@ def _naa_designator(lu: "LogicalUnit") -> bytes | None:
     if not naa:
         return None
     # Code set binary, association LU, designator type NAA, length 8.
-    return bytes([0x01, 0x03, 0x00, 0x08]) + naa.to_bytes(8, "big")
+    return LX.naa_designation(naa)
 
 
 def _same_designator(a: bytes, b: bytes) -> bool:
@@ -436,9 +422,10 @@ def copy_status(lu: "LogicalUnit", cmd: Command) -> bytes:
     rec = results.get(key)
     if rec is None or rec.status_taken:
         raise S.invalid_cdb_field(2)
-    units, count = _transfer_count(rec.bytes_copied)
-    data = struct.pack(">IBHBI", 8, rec.status & 0x7F, min(rec.segments_processed, 0xFFFF),
-                       units, count)
+    units, count = LX.encode_transfer_count(rec.bytes_copied)
+    data = LX.CopyStatus(status=rec.status & 0x7F,
+                         segments_processed=min(rec.segments_processed, 0xFFFF),
+                         transfer_count_units=units, transfer_count=count).pack()
     if rec.status != STATUS_IN_PROGRESS:
         # Status of a finished copy is reported once, then discarded.
         rec.status_taken = True
@@ -446,13 +433,7 @@ def copy_status(lu: "LogicalUnit", cmd: Command) -> bytes:
     return data[:alloc]
 
 
-def _transfer_count(nbytes: int) -> tuple[int, int]:
-    """(TRANSFER COUNT UNITS, TRANSFER COUNT): bytes, KiB, MiB ... fitting 32 bits."""
-    units = 0
-    while nbytes > 0xFFFFFFFF:
-        nbytes >>= 10
-        units += 1
-    return units, nbytes
+_transfer_count = LX.encode_transfer_count
 
 
 @XCOPY.command(OP_RECEIVE_COPY_RESULTS, "RECEIVE COPY RESULTS(RECEIVE DATA)", 16,
@@ -463,7 +444,7 @@ def receive_data(lu: "LogicalUnit", cmd: Command) -> bytes:
     if _results(lu).get((cmd.nexus, list_id)) is None:
         raise S.invalid_cdb_field(2)
     # Block-to-block segments never hold data.
-    return bytes(4)[:alloc]
+    return LX.ReceiveData().pack()[:alloc]
 
 
 @XCOPY.command(OP_RECEIVE_COPY_RESULTS, "RECEIVE COPY RESULTS(OPERATING PARAMETERS)", 16,
@@ -475,25 +456,20 @@ def operating_parameters(lu: "LogicalUnit", cmd: Command) -> bytes:
 
 
 def operating_parameters_data(lu: "LogicalUnit") -> bytes:
-    implemented = bytes([SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])
-    body = struct.pack(
-        ">B3xHHIIIII2xHBBBB3xB",
-        0,                                  # SNLID = 0: list identifiers are required
-        MAX_CSCD_DESCRIPTORS,
-        MAX_SEGMENT_DESCRIPTORS,
-        MAX_DESCRIPTOR_LIST_LENGTH,
-        MAX_SEGMENT_LENGTH,
-        MAX_INLINE_DATA_LENGTH,
-        0,                                  # HELD DATA LIMIT
-        0,                                  # MAXIMUM STREAM DEVICE TRANSFER SIZE
-        MAX_CONCURRENT_COPIES,              # TOTAL CONCURRENT COPIES
-        MAX_CONCURRENT_COPIES,              # MAXIMUM CONCURRENT COPIES
-        _log2(_granularity(lu)),            # DATA SEGMENT GRANULARITY
-        0,                                  # INLINE DATA GRANULARITY
-        0,                                  # HELD DATA GRANULARITY
-        len(implemented),
-    ) + implemented
-    return struct.pack(">I", len(body)) + body
+    head = LX.OperatingParametersHead(
+        snlid=False,                        # list identifiers are required
+        max_cscd_descriptors=MAX_CSCD_DESCRIPTORS,
+        max_segment_descriptors=MAX_SEGMENT_DESCRIPTORS,
+        max_descriptor_list_length=MAX_DESCRIPTOR_LIST_LENGTH,
+        max_segment_length=MAX_SEGMENT_LENGTH,
+        max_inline_data_length=MAX_INLINE_DATA_LENGTH,
+        held_data_limit=0,
+        max_stream_device_transfer_size=0,
+        total_concurrent_copies=MAX_CONCURRENT_COPIES,
+        max_concurrent_copies=MAX_CONCURRENT_COPIES,
+        data_segment_granularity=_log2(_granularity(lu)),
+    )
+    return LX.OperatingParameters(head, bytes([SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])).pack()
 
 
 def _granularity(lu: "LogicalUnit") -> int:
@@ -513,9 +489,9 @@ def failed_segment_details(lu: "LogicalUnit", cmd: Command) -> bytes:
     key = (cmd.nexus, list_id)
     rec = results.get(key)
     if rec is None or rec.sense is None or rec.status == STATUS_IN_PROGRESS:
-        return bytes(4)[:alloc]     # AVAILABLE DATA = 0: nothing held
-    sense = rec.sense
-    data = struct.pack(">I52xBxH", 56 + len(sense), 0x02, len(sense)) + sense
+        return LX.FailedSegmentDetails().pack()[:alloc]     # AVAILABLE DATA = 0: nothing held
+    # The EXTENDED COPY that failed ended in CHECK CONDITION.
+    data = LX.FailedSegmentDetails(int(Status.CHECK_CONDITION), rec.sense).pack()
     if alloc == 0 or alloc >= len(data):
         # Details are discarded once fully transferred, or on request (alloc 0).
         rec.sense = None

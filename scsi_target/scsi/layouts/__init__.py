@@ -11,7 +11,8 @@ The target builds its responses from these classes and the initiator (and the
 * :mod:`.luns`     -- REPORT LUNS
 * :mod:`.rsoc`     -- REPORT SUPPORTED OPERATION CODES (+ timeouts descriptor)
 * :mod:`.sense`    -- fixed and descriptor sense data
-* :mod:`.pr`       -- PERSISTENT RESERVE IN data
+* :mod:`.pr`       -- PERSISTENT RESERVE IN data (incl. READ FULL STATUS), TransportIDs
+* :mod:`.xcopy`    -- EXTENDED COPY parameter list, RECEIVE COPY RESULTS data
 * :mod:`.tape`     -- READ POSITION, READ BLOCK LIMITS
 * :mod:`.cdbs`     -- CDB builders for the initiator side
 

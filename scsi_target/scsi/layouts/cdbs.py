@@ -18,6 +18,9 @@ LOCATE_10 = 0x2B
 READ_POSITION = 0x34
 MODE_SENSE_10 = 0x5A
 PR_IN = 0x5E
+PR_OUT = 0x5F
+EXTENDED_COPY = 0x83
+RECEIVE_COPY_RESULTS = 0x84
 READ_16 = 0x88
 WRITE_16 = 0x8A
 LOCATE_16 = 0x92
@@ -27,6 +30,13 @@ SAI_GET_LBA_STATUS = 0x12
 REPORT_LUNS = 0xA0
 MAINTENANCE_IN = 0xA3
 SA_REPORT_SUPPORTED_OPCODES = 0x0C
+
+# RECEIVE COPY RESULTS service actions (SPC-4 6.18).
+RCR_COPY_STATUS, RCR_RECEIVE_DATA, RCR_OPERATING_PARAMETERS, RCR_FAILED_SEGMENT_DETAILS = 0, 1, 3, 4
+# PERSISTENT RESERVE IN / OUT service actions (SPC-4 6.13, 6.14).
+PRIN_READ_KEYS, PRIN_READ_RESERVATION, PRIN_REPORT_CAPABILITIES, PRIN_READ_FULL_STATUS = 0, 1, 2, 3
+PROUT_REGISTER, PROUT_RESERVE, PROUT_RELEASE, PROUT_CLEAR = 0, 1, 2, 3
+PROUT_PREEMPT, PROUT_PREEMPT_AND_ABORT, PROUT_REGISTER_AND_IGNORE = 4, 5, 6
 
 # SPACE codes (SSC-3 7.7).
 SPACE_BLOCKS, SPACE_FILEMARKS, SPACE_SEQ_FILEMARKS, SPACE_EOD = 0, 1, 2, 3
@@ -91,6 +101,23 @@ def report_supported_opcodes(options: int = 0, opcode: int = 0, service_action: 
 
 def pr_in(service_action: int, alloc: int = 8192) -> bytes:
     return struct.pack(">BBxxxxxHB", PR_IN, service_action & 0x1F, alloc, 0)
+
+
+def pr_out(service_action: int, pr_type: int = 0, scope: int = 0, param_len: int = 24) -> bytes:
+    """PERSISTENT RESERVE OUT; the basic parameter list is 24 bytes."""
+    return struct.pack(">BBBxxIB", PR_OUT, service_action & 0x1F,
+                       ((scope & 0xF) << 4) | (pr_type & 0xF), param_len, 0)
+
+
+def extended_copy(param_len: int) -> bytes:
+    """EXTENDED COPY (LID1), service action 00h."""
+    return struct.pack(">BBxxxxxxxxIxB", EXTENDED_COPY, 0, param_len, 0)
+
+
+def receive_copy_results(service_action: int, list_id: int = 0, alloc: int = 4096) -> bytes:
+    """RECEIVE COPY RESULTS (LID1 service actions 00h-04h)."""
+    return struct.pack(">BBBxxxxxxxIxB", RECEIVE_COPY_RESULTS, service_action & 0x1F,
+                       list_id & 0xFF, alloc, 0)
 
 
 # -- SSC -------------------------------------------------------------------

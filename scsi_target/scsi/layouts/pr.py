@@ -1,5 +1,5 @@
 """PERSISTENT RESERVE IN parameter data (SPC-4 6.13): READ KEYS, READ RESERVATION,
-REPORT CAPABILITIES."""
+REPORT CAPABILITIES, READ FULL STATUS; TransportIDs (SPC-4 7.6.4)."""
 from __future__ import annotations
 
 import struct
@@ -91,5 +91,104 @@ class PrCapabilities(Struct):
               bit("wr_ex_ro", 4, 5), bit("ex_ac", 4, 3), bit("wr_ex", 4, 1), bit("ex_ac_ar", 5, 0))
 
 
+@dataclass
+class FullStatusHead(Struct):
+    """The fixed 24 bytes of a READ FULL STATUS descriptor; the TransportID follows."""
+    key: int = 0
+    all_tg_pt: bool = False
+    r_holder: bool = False
+    scope: int = 0
+    type: int = 0
+    relative_target_port: int = 0
+    additional_length: int = 0        # bytes of TransportID
+
+    SIZE = 24
+    FIELDS = (u64("key", 0), bit("all_tg_pt", 12, 1), bit("r_holder", 12, 0),
+              bits("scope", 13, 4, 4), bits("type", 13, 0, 4),
+              u16("relative_target_port", 18), u32("additional_length", 20))
+
+
+@dataclass
+class FullStatusDescriptor:
+    """One registration: its key, whether it holds the reservation, and the I_T nexus."""
+    key: int = 0
+    r_holder: bool = False
+    type: int = 0                      # reservation type, 0 unless r_holder
+    scope: int = 0
+    all_tg_pt: bool = False
+    relative_target_port: int = 0
+    transport_id: bytes = b""
+
+    def pack(self) -> bytes:
+        tid = bytes(self.transport_id)
+        return FullStatusHead(self.key, self.all_tg_pt, self.r_holder, self.scope, self.type,
+                              self.relative_target_port, len(tid)).pack() + tid
+
+    def to_dict(self) -> dict:
+        return {"key": f"0x{self.key:016x}", "r_holder": self.r_holder,
+                "type": PR_TYPE_NAMES.get(self.type, self.type) if self.r_holder else None,
+                "scope": self.scope, "all_tg_pt": self.all_tg_pt,
+                "relative_target_port": self.relative_target_port,
+                "transport_id": describe_transport_id(self.transport_id)}
+
+
+@dataclass
+class PrReadFullStatus:
+    generation: int = 0
+    descriptors: list[FullStatusDescriptor] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        body = b"".join(d.pack() for d in self.descriptors)
+        return struct.pack(">II", self.generation, len(body)) + body
+
+    @classmethod
+    def unpack(cls, data) -> "PrReadFullStatus":
+        """Decode; a descriptor cut short by the allocation length is left out."""
+        if len(data) < 8:
+            raise ValueError("READ FULL STATUS data shorter than 8 bytes")
+        gen, n = struct.unpack_from(">II", data, 0)
+        end = min(8 + n, len(data))
+        pos, out = 8, []
+        while pos + FullStatusHead.SIZE <= end:
+            h = FullStatusHead.unpack(data, pos)
+            tid_end = pos + FullStatusHead.SIZE + h.additional_length
+            if tid_end > end:
+                break
+            out.append(FullStatusDescriptor(h.key, h.r_holder, h.type, h.scope, h.all_tg_pt,
+                                            h.relative_target_port,
+                                            bytes(data[pos + FullStatusHead.SIZE:tid_end])))
+            pos = tid_end
+        return cls(gen, out)
+
+    def to_dict(self) -> dict:
+        return {"generation": self.generation,
+                "registrations": [d.to_dict() for d in self.descriptors]}
+
+
+# -- TransportIDs -------------------------------------------------------------------
+PROTOCOL_ISCSI = 0x5
+TID_FORMAT_ISCSI_NAME = 0b00
+TID_FORMAT_ISCSI_PORT = 0b01
+
+
+def iscsi_transport_id(name: str, isid: int | None = None) -> bytes:
+    """An iSCSI TransportID: format 00b (name) or, with ``isid``, 01b (name,i,0xISID);
+    NUL-terminated and padded to a multiple of 4 bytes."""
+    text = name if isid is None else f"{name},i,0x{isid:012x}"
+    body = text.encode() + b"\x00"
+    body += b"\x00" * (-len(body) % 4)
+    fmt = TID_FORMAT_ISCSI_NAME if isid is None else TID_FORMAT_ISCSI_PORT
+    return bytes([(fmt << 6) | PROTOCOL_ISCSI, 0]) + len(body).to_bytes(2, "big") + body
+
+
+def describe_transport_id(tid: bytes) -> str:
+    """An iSCSI TransportID as its name text; any other protocol as hex."""
+    if len(tid) >= 4 and tid[0] & 0x0F == PROTOCOL_ISCSI:
+        n = int.from_bytes(tid[2:4], "big")
+        return bytes(tid[4:4 + n]).split(b"\x00", 1)[0].decode("utf-8", "replace")
+    return bytes(tid).hex()
+
+
 __all__ = ["PrReadKeys", "PrReadReservation", "PrCapabilities", "ReservationDescriptor",
-           "u8", "u32"]
+           "FullStatusHead", "FullStatusDescriptor", "PrReadFullStatus", "iscsi_transport_id",
+           "describe_transport_id", "u8", "u32"]
