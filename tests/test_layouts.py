@@ -13,6 +13,7 @@ from scsi_target.scsi import asc_table
 from scsi_target.scsi import sense as S
 from scsi_target.scsi.layouts import capacity as LC, inquiry as LI, mode as LM, pr as LP
 from scsi_target.scsi.layouts import rsoc as LR, sense as LS, tape as LT, vpd as LV
+from scsi_target.scsi.layouts import cdbs as LCDB, xcopy as LX
 from scsi_target.scsi.layouts.fields import F, Struct
 from scsi_target.scsi.layouts.luns import ReportLuns
 
@@ -26,7 +27,9 @@ FLAT = [LI.StandardInquiry, LV.VpdHeader, LV.DesignatorHeader, LV.BlockLimits,
         LM.DataCompression, LM.DeviceConfiguration, LR.TimeoutsDescriptor,
         LR.CommandDescriptor, LR.OneCommandHeader, LP.ReservationDescriptor, LP.PrCapabilities,
         LT.ReadPositionShort, LT.ReadPositionLong, LT.BlockLimitsData, LS.FixedSense,
-        LS.DescriptorSenseHeader]
+        LS.DescriptorSenseHeader, LP.FullStatusHead, LX.CopyStatus, LX.OperatingParametersHead,
+        LX.FailedSegmentHead, LX.ParameterListHeader, LX.IdentificationCscd,
+        LX.BlockToBlockSegment]
 
 
 def _field_value(f: F) -> st.SearchStrategy:
@@ -354,3 +357,162 @@ def test_target_responses_decode_with_the_same_layouts(tmp_path) -> None:
     assert all(d.timeouts.recommended_timeout == 30 for d in allc.descriptors)
     assert ReportLuns.unpack(run(C.report_luns())).numbers == [0]
     m.close()
+
+
+# ------------------------------------- PR READ FULL STATUS, third-party copy data
+def _tid(name: str, isid: int | None) -> bytes:
+    return LP.iscsi_transport_id(name, isid)
+
+
+iqn_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-:", min_size=1, max_size=60)
+full_status_descriptors = st.builds(
+    LP.FullStatusDescriptor, st.integers(0, 2**64 - 1), st.booleans(), st.integers(0, 15),
+    st.integers(0, 15), st.booleans(), st.integers(0, 0xFFFF),
+    st.builds(_tid, iqn_names, st.none() | st.integers(0, 2**48 - 1)) | st.binary(max_size=40))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(full_status_descriptors, max_size=6))
+def test_pr_read_full_status_round_trip(gen, descs) -> None:
+    data = LP.PrReadFullStatus(gen, descs).pack()
+    assert LP.PrReadFullStatus.unpack(data) == LP.PrReadFullStatus(gen, descs)
+    # A short allocation length drops the descriptors it cuts, never misreads them.
+    for cut in (8, len(data) // 2, len(data) - 1):
+        part = LP.PrReadFullStatus.unpack(data[:max(cut, 8)])
+        assert part.descriptors == descs[:len(part.descriptors)]
+
+
+@given(iqn_names, st.none() | st.integers(0, 2**48 - 1))
+def test_iscsi_transport_id(name, isid) -> None:
+    tid = LP.iscsi_transport_id(name, isid)
+    assert len(tid) % 4 == 0 and tid[0] == (0x05 if isid is None else 0x45)
+    assert int.from_bytes(tid[2:4], "big") == len(tid) - 4
+    text = LP.describe_transport_id(tid)
+    assert text == (name if isid is None else f"{name},i,0x{isid:012x}")
+
+
+def test_pr_read_full_status_golden() -> None:
+    """Two registrants, init1 holding an Exclusive Access reservation (the target's
+    rendering, captured before READ FULL STATUS moved to the layout)."""
+    raw = bytes.fromhex(
+        "0000000200000088"
+        "0000000000001111" "00000000" "0103" "00000000" "0001" "0000002c"
+        "4500002869716e2e323032362d31312e746573743a696e6974312c692c3078303030303030303030303031"
+        "00"
+        "0000000000002222" "00000000" "0000" "00000000" "0001" "0000002c"
+        "4500002869716e2e323032362d31312e746573743a696e6974322c692c3078303030303030303030303032"
+        "00")
+    fs = LP.PrReadFullStatus.unpack(raw)
+    assert fs.generation == 2 and [d.key for d in fs.descriptors] == [0x1111, 0x2222]
+    assert [(d.r_holder, d.type) for d in fs.descriptors] == [(True, 3), (False, 0)]
+    assert LP.describe_transport_id(fs.descriptors[1].transport_id) == \
+        "iqn.2026-11.test:init2,i,0x000000000002"
+    assert fs.to_dict()["registrations"][0]["type"] == "Exclusive Access"
+    assert fs.pack() == raw
+
+
+@given(st.integers(0, 2**70))
+def test_transfer_count_encoding(n) -> None:
+    units, count = LX.encode_transfer_count(n)
+    assert count <= 0xFFFFFFFF
+    cs = LX.CopyStatus(transfer_count_units=units, transfer_count=count)
+    assert cs.bytes_transferred <= n < cs.bytes_transferred + (1 << (10 * units))
+    assert units == 0 or count > 0xFFFFFFFF >> 10   # the smallest unit that fits
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.builds(LX.OperatingParametersHead, **{
+    f.name: _field_value(f) for f in LX.OperatingParametersHead.FIELDS
+    if f.name not in ("available_data", "implemented_descriptor_list_length")}),
+    st.binary(max_size=40), st.none() | st.binary(min_size=8, max_size=252),
+    st.integers(0, 255), st.binary(max_size=64))
+def test_receive_copy_results_round_trips(head, impl, sense, cstatus, held) -> None:
+    op = LX.OperatingParameters.unpack(LX.OperatingParameters(head, impl).pack())
+    assert op.implemented == impl and op.head == head
+    assert op.head.available_data == 40 + len(impl)
+    fd = LX.FailedSegmentDetails(cstatus if sense is not None else 0, sense)
+    raw = fd.pack()
+    assert len(raw) == (4 if sense is None else 60 + len(sense))
+    assert LX.FailedSegmentDetails.unpack(raw) == fd
+    assert LX.ReceiveData.unpack(LX.ReceiveData(held).pack()) == LX.ReceiveData(held)
+
+
+def test_receive_copy_results_golden() -> None:
+    """OPERATING PARAMETERS of a 512-byte-block copy manager, a COPY STATUS and the
+    FAILED SEGMENT DETAILS of a list aborted in segment 1 (captured from the target
+    before these replies moved to the layouts)."""
+    op = LX.OperatingParameters.unpack(bytes.fromhex(
+        "0000002a00000000001000400000100010000000000000000000000000000000"
+        "00000010100900000000000202e4"))
+    assert (op.head.max_cscd_descriptors, op.head.max_segment_descriptors) == (16, 64)
+    assert op.head.max_segment_length == 1 << 28 and op.head.data_segment_granularity == 9
+    assert op.head.total_concurrent_copies == op.head.max_concurrent_copies == 16
+    assert op.implemented == bytes([0x02, 0xE4]) and not op.head.snlid
+    assert op.to_dict()["implemented_descriptors"] == ["02h block->block",
+                                                      "e4h identification descriptor"]
+    cs = LX.CopyStatus.unpack(bytes.fromhex("000000080100020000002800"))
+    assert (cs.status, cs.segments_processed, cs.bytes_transferred) == (1, 2, 10240)
+    assert cs.status_name == "completed without errors"
+    fd = LX.FailedSegmentDetails.unpack(bytes.fromhex(
+        "0000004a" + "00" * 52 + "02000012" + "70000a000000000a00000001000000000000"))
+    assert fd.completion_status == 2
+    sd = LS.decode_sense(fd.sense)
+    assert (sd.key, sd.asc, sd.ascq, sd.command_specific) == (0x0A, 0, 0, 1)
+    assert LX.FailedSegmentDetails.unpack(bytes(4)).sense is None
+
+
+designations = st.binary(min_size=0, max_size=16).map(
+    lambda v: bytes([0x01, 0x03, 0x00, len(v)]) + v)
+b2b_segments = st.builds(LX.BlockToBlockSegment, src_id=st.integers(0, 0xFFFF),
+                         dst_id=st.integers(0, 0xFFFF), blocks=st.integers(0, 0xFFFF),
+                         src_lba=st.integers(0, 2**64 - 1), dst_lba=st.integers(0, 2**64 - 1),
+                         dc=st.booleans())
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 255), st.sampled_from([LX.USAGE_HOLD, LX.USAGE_DISCARD]),
+       st.lists(st.tuples(designations, st.integers(0, 2**24 - 1)), max_size=4),
+       st.lists(b2b_segments, max_size=6))
+def test_extended_copy_list_round_trip_and_target_parse(list_id, usage, cscds, segs) -> None:
+    """A list the initiator packs decodes to the same values, and the target's
+    validating parser reads the same fields from it."""
+    from scsi_target.scsi import xcopy as X
+    lst = LX.block_copy_list(list_id, [d for d, _ in cscds], [b for _, b in cscds], segs,
+                             usage=usage)
+    raw = lst.pack()
+    assert len(raw) == 16 + 32 * len(cscds) + 28 * len(segs)
+    assert LX.ExtendedCopyList.unpack(raw) == lst
+    parsed = X.parse_parameter_list(raw)
+    assert (parsed.list_id, parsed.usage) == (list_id, usage)
+    assert [(c.designator, c.block_length) for c in parsed.cscds] == cscds
+    assert [(p.src_id, p.dst_id, p.blocks, p.src_lba, p.dst_lba, p.dc) for p in parsed.segments] \
+        == [(g.src_id, g.dst_id, g.blocks, g.src_lba, g.dst_lba, g.dc) for g in segs]
+    assert [c.designator for c in lst.cscds] == [d for d, _ in cscds]
+
+
+def test_extended_copy_list_golden() -> None:
+    """The list libiscsi's ExtendedCopy tests send, byte for byte: one E4h CSCD naming
+    an NAA designator, one 02h segment of 2048 blocks, list id 1, HOLD."""
+    naa = 0x6001405DEADBEEF1
+    lst = LX.block_copy_list(1, [LX.naa_designation(naa)], [512],
+                             [LX.BlockToBlockSegment(src_id=0, dst_id=0, blocks=2048,
+                                                     src_lba=0, dst_lba=4096)])
+    assert lst.pack() == bytes.fromhex(
+        "0100" "0020" "00000000" "0000001c" "00000000"
+        "e4000000" "01030008" "6001405deadbeef1" + "00" * 12 + "00" "000200"
+        "0200" "0018" "0000" "0000" "0000" "0800" "0000000000000000" "0000000000001000")
+    with pytest.raises(ValueError):
+        LX.ExtendedCopyList.unpack(bytes.fromhex("01000020" + "00" * 12 + "e5" + "00" * 31))
+
+
+def test_copy_and_pr_cdb_builders() -> None:
+    from scsi_target.iscsi import client_cdb
+    assert LCDB.extended_copy(0x4C) == bytes.fromhex("83" "00" + "00" * 8 + "0000004c" "00" "00")
+    assert LCDB.receive_copy_results(LCDB.RCR_OPERATING_PARAMETERS, 0, 1024) == \
+        bytes.fromhex("84" "03" "00" + "00" * 7 + "00000400" "00" "00")
+    assert LCDB.receive_copy_results(LCDB.RCR_COPY_STATUS, 7, 12)[1:3] == b"\x00\x07"
+    assert LCDB.pr_out(LCDB.PROUT_RESERVE, 3) == bytes.fromhex("5f" "01" "03" "0000" "00000018" "00")
+    assert LCDB.pr_in(LCDB.PRIN_READ_FULL_STATUS, 8192) == bytes.fromhex("5e03" + "00" * 5 + "2000" "00")
+    # The initiator side re-exports the same builders and decoders.
+    assert client_cdb.extended_copy is LCDB.extended_copy
+    assert client_cdb.CopyStatus is LX.CopyStatus and client_cdb.PrReadFullStatus is LP.PrReadFullStatus

@@ -30,9 +30,11 @@ def _free_port() -> int:
 class Server:
     """Our target as a subprocess (so a test can kill it mid-session)."""
 
-    def __init__(self, tmp: Path, port: int | None = None, backup: bool = False) -> None:
+    def __init__(self, tmp: Path, port: int | None = None, backup: bool = False,
+                 disks: int = 1) -> None:
         self.tmp = tmp
         self.backup = backup
+        self.disks = disks
         self.port = port or _free_port()
         self.proc: subprocess.Popen | None = None
         self.start()
@@ -41,7 +43,8 @@ class Server:
         self.log = open(self.tmp / "server.log", "ab")
         self.proc = subprocess.Popen(
             [PY, "-m", "scsi_target", "serve", "--listen", f"127.0.0.1:{self.port}", "--iqn", IQN,
-             "--disk", f"{self.tmp / 'disk0.img'}:16M", *(["--backup-device"] if self.backup else [])],
+             *(a for i in range(self.disks) for a in ("--disk", f"{self.tmp / f'disk{i}.img'}:16M")),
+             *(["--backup-device"] if self.backup else [])],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -260,6 +263,77 @@ def test_in_process_config(tmp_path) -> None:
     r = shell("--config", str(tmp_path / "missing.toml"), "-c", "tur", tmp=tmp_path)
     assert r.returncode == 3 and "cannot read" in r.stderr
     _no_traceback(r.stderr)
+
+
+def test_prin_actions(server, tmp_path) -> None:
+    """prin keys/reservation/caps/fullstatus before and after a registration and a
+    reservation made in the same session (raw PERSISTENT RESERVE OUT)."""
+    import struct
+    reg = struct.pack(">QQIBBH", 0, 0xABC, 0, 0, 0, 0).hex()
+    res = struct.pack(">QQIBBH", 0xABC, 0, 0, 0, 0, 0).hex()
+    r = shell(server.url(), "--json", "-c",
+              "prin fullstatus; prin keys; prin reservation; prin caps; "
+              f"raw 5f06 0000 0000 0000 1800 --data {reg}; raw 5f01 0300 0000 0000 1800 --data {res}; "
+              "prin keys; prin reservation; prin fullstatus", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    fs0, k0, r0, caps, _, _, k1, r1, fs1 = (json.loads(x) for x in r.stdout.splitlines())
+    assert fs0["text"] == "no registrations" and "table" not in fs0
+    assert k0["text"] == "no registered keys" and r0["text"] == "no reservation"
+    assert caps["fields"]["tmv"] and "Exclusive Access - All Registrants" in caps["fields"]["types"]
+    assert k1["table"] == [{"key": "0x0000000000000abc"}]
+    assert k1["fields"]["generation"] == k0["fields"]["generation"] + 1
+    assert r1["fields"]["key"] == "0x0000000000000abc" and r1["fields"]["type"] == "Exclusive Access"
+    (row,) = fs1["table"]
+    assert row["key"] == "0x0000000000000abc" and row["holder"] == "yes"
+    assert row["type"] == "Exclusive Access" and row["rel. port"] == 1
+    assert row["transport ID"].startswith("iqn.") and ",i,0x" in row["transport ID"]
+    r = shell(server.url(), "-c", "prin everything", tmp=tmp_path)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    _no_traceback(r.stderr + r.stdout)
+
+
+def test_copy_commands_between_two_luns(tmp_path) -> None:
+    """xcopy between LUN 0 and LUN 1 of our target (CSCDs from VPD 83h NAA designators),
+    then copystatus, copyparams, and a copy that fails with its failed-segment sense."""
+    server = Server(tmp_path, disks=2)
+    try:
+        r = shell(server.url(0), "--json", "-c",
+                  "copyparams; write 10 --pattern 0x5a --count 4; write 40 --pattern 0x33; "
+                  "xcopy 0:10 1:20 4 --id 7; copystatus 7; xcopy 0:40 0:41 1 --id 8; copystatus 8",
+                  tmp=tmp_path)
+        assert r.returncode == 0, r.stderr
+        params, _, _, xc, st, xc_same, st_same = (json.loads(x) for x in r.stdout.splitlines())
+        f = params["fields"]
+        assert f["max_segment_descriptors"] == 64 and f["max_cscd_descriptors"] == 16
+        assert f["implemented_descriptors"] == ["02h block->block",
+                                                "e4h identification descriptor"]
+        assert "copied 4 block(s) (2048 bytes) from LUN 0 LBA 10 to LUN 1 LBA 20" in xc["text"]
+        assert st["fields"]["status"] == "completed without errors"
+        assert st["fields"]["segments_processed"] == 1 and st["fields"]["bytes"] == 2048
+        assert st_same["fields"]["bytes"] == 512
+        r = shell(server.url(1), "-c", "read 19 6", tmp=tmp_path)
+        assert r.returncode == 0, r.stderr
+        # LBA 19 untouched, 20-23 copied, 24 untouched: the dump shows exactly 4 blocks of 5a.
+        assert r.stdout.count("5a 5a 5a 5a") >= 1 and "00000200  5a 5a" in r.stdout
+        assert "00000a00  00 00" in r.stdout
+        r = shell(server.url(0), "-c", "read 41 1", tmp=tmp_path)
+        assert "00000000  33 33 33 33" in r.stdout
+        # Past the end of LUN 1 (16 MiB = 32768 blocks): the copy is aborted.
+        r = shell(server.url(0), "-c", "xcopy 0:0 1:32767 2 --id 9; copystatus 9", tmp=tmp_path)
+        assert r.returncode == 1
+        assert "CHECK CONDITION: COPY ABORTED" in r.stderr
+        assert "completed with errors" in r.stdout and "failed: COPY ABORTED" in r.stdout
+        r = shell(server.url(0), "-c", "copystatus 99", tmp=tmp_path)
+        assert r.returncode == 1 and "INVALID FIELD IN CDB" in r.stderr
+        r = shell(server.url(0), "-c", "xcopy 0:0 5:0 1", tmp=tmp_path)
+        assert r.returncode == 1 and "LUN 5 is not available" in r.stderr, r.stderr
+        r = shell(server.url(0), "-c", "xcopy 0-0 1:0 1", tmp=tmp_path)
+        assert r.returncode == 2 and "expected LUN:LBA" in r.stderr
+        r = shell(server.url(0), "-c", "xcopy 0:0 1:0 70000", tmp=tmp_path)
+        assert r.returncode == 2 and "0..65535" in r.stderr
+        _no_traceback(r.stderr + r.stdout)
+    finally:
+        server.kill()
 
 
 # ------------------------------------------------------------------ tgt (tape)

@@ -107,7 +107,15 @@ def lun_lba(text: str) -> tuple[int, int]:
 def _naa_designation(s: Session, lun: int) -> bytes:
     """The LU's NAA designation descriptor (header + value) from VPD page 83h."""
     r = s.run(C.inquiry(True, LV.PAGE_DEVICE_ID, alloc=0xFFFF), read_length=0xFFFF, lun=lun)
-    for d in LV.decode_page(r.data).decoded:  # type: ignore[union-attr]
+    dec = LV.decode_page(r.data)
+    if dec.page.qualifier != 0:
+        # A LUN that does not exist still answers INQUIRY, with qualifier 011b.
+        raise ShellError(f"xcopy: LUN {lun} is not available on this target (peripheral "
+                         f"qualifier {dec.page.qualifier})")
+    if dec.page.page_code != LV.PAGE_DEVICE_ID:
+        raise ShellError(f"xcopy: LUN {lun} answered INQUIRY for VPD page 83h with page "
+                         f"{dec.page.page_code:02x}h")
+    for d in dec.decoded:  # type: ignore[union-attr]
         if d.designator_type == LV.TYPE_NAA and d.association == LV.ASSOC_LU:
             return d.pack()
     raise ShellError(f"xcopy: LUN {lun} reports no NAA designator in VPD page 83h, so a copy "
