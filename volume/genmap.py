@@ -37,6 +37,8 @@ import os
 import struct
 import threading
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add, lshift, or_, sub
 from typing import Iterator
 
 import crc32c
@@ -249,24 +251,55 @@ class BackupPlan:
 
     def runs(self) -> Iterator[tuple[int, int, int]]:
         """Maximal (first_block, nblocks, generation) runs of the selection, in block order."""
+        for firsts, counts, gens in self.run_batches():
+            yield from zip(firsts, counts, gens)
+
+    def run_batches(self, window: int = 1 << 18) -> Iterator[tuple[list[int], list[int], list[int]]]:
+        """``runs()`` as column lists, a window of the map at a time.
+
+        A scattered differential has a run per block or two, so the runs are
+        found with whole-window bit operations (a run starts where a selected
+        block follows an unselected one or the generation changes, and ends
+        likewise) and C-level searches, not two searches per run.  A window
+        never cuts a run: it is extended to the next unselected block.
+        """
+        sel = self.selection
         planes = self._planes
-        for first, n in extents(self.selection):
-            if not planes:
-                yield first, n, self._prefix
+        prefix = self._prefix
+        total = len(sel)
+        a = 0
+        while a < total:
+            b = min(total, a + window)
+            if b < total and sel[b - 1] and sel[b]:
+                z = sel.find(0, b)
+                b = total if z < 0 else z
+            s = sel[a:b]
+            if not s.any():
+                a = b
                 continue
-            pos, end = first, first + n
-            while pos < end:
-                g = self._prefix
-                stop = end
-                for p, plane in enumerate(planes):
-                    bit = plane[pos]
-                    if bit:
-                        g |= 1 << p
-                    change = plane.find(not bit, pos, stop)
-                    if change >= 0:
-                        stop = change
-                yield pos, stop - pos, g
-                pos = stop
+            starts = s & ~(s >> 1)
+            lasts = s & ~(s << 1)
+            pw = [p[a:b] for p in planes]
+            if pw:
+                change = _zeros(b - a)
+                for p in pw:
+                    change |= p ^ (p >> 1)      # differs from the block before
+                change &= s
+                starts |= change
+                lasts |= s & (change << 1)
+            first_rel = list(starts.search(1))
+            last_rel = list(lasts.search(1))
+            counts = list(map(sub, map(add, last_rel, repeat(1)), first_rel))
+            firsts = list(map(add, first_rel, repeat(a))) if a else first_rel
+            if pw:
+                gens = [prefix] * len(first_rel)
+                for i, p in enumerate(pw):
+                    gens = list(map(or_, gens, map(lshift, map(p.__getitem__, first_rel),
+                                                   repeat(i))))
+            else:
+                gens = [prefix] * len(first_rel)
+            yield firsts, counts, gens
+            a = b
 
     def byte_range(self, first: int, nblocks: int) -> tuple[int, int]:
         """(offset, length) in the volume of a block run; the last block may be partial."""

@@ -37,7 +37,8 @@ from bitarray import bitarray
 
 from .genmap import GenerationMap, extents
 from .store import BlockStore
-from .stream import Damage, Record, StreamDecoder, StreamError, StreamHeader
+from .stream import (KIND_DATA, KIND_ZERO, Damage, Record, StreamDecoder, StreamError,
+                     StreamHeader)
 
 __all__ = ["StreamRestorer", "ChainState", "RestoreRejected", "RestoreReport", "StreamCheck",
            "BadRecord", "check_chain", "identity_problems", "chain_problems",
@@ -287,7 +288,7 @@ class StreamRestorer:
         self._prev = expect_previous
         self._prepare_full = prepare_full
         # Borrowed record data is only used inside feed(), before it returns.
-        self._dec = StreamDecoder(borrow=True)
+        self._dec = StreamDecoder(borrow=True, record_batches=self._records)
         self._phase = _HEADER
         self._errors: list[str] = []
         self._rejected = False
@@ -303,7 +304,7 @@ class StreamRestorer:
         # header lie between the end of the last known record and the next one.
         self._gap_from = 0
         self._gap_open = False
-        self._batch: list[Record] = []
+        self._batch: list[tuple] = []   # (first, nblocks, generation, data)
         self._batch_end = 0
         # False while no block of the chain is lost or uncertain: then applying a
         # record has nothing to clear.
@@ -432,10 +433,38 @@ class StreamRestorer:
         # A batch holds disjoint records in block order over a span proportional to
         # their number, so the map work per batch is whole-array and cheap.
         if batch and (first < self._batch_end or len(batch) >= _BATCH_RECORDS or
-                      first + n - batch[0].first_block > _BATCH_SPAN + 256 * len(batch)):
+                      first + n - batch[0][0] > _BATCH_SPAN + 256 * len(batch)):
             self._flush()
-        self._batch.append(rec)
+        self._batch.append((first, n, rec.generation, rec.data))
         self._batch_end = first + n
+
+    def _records(self, items: list[tuple]) -> None:
+        """Decoder sink for runs of plain intact records, ``(first, nblocks,
+        generation, data)``: the common differential case (no gap to close, no
+        forbidden generation) is batched here with local variables; anything
+        else goes through ``_record`` one by one."""
+        if self._phase != _APPLYING:
+            self._start(self._dec.header)       # a record implies a usable header
+        if self._seen is not None or self._gap_open or self._skip:
+            for first, n, g, data in items:
+                self._record(Record(0, first, n, g, KIND_ZERO if data is None else KIND_DATA,
+                                    data, 0))
+            return
+        batch, end = self._batch, self._batch_end
+        limit = _BATCH_SPAN + 256 * len(batch) + (batch[0][0] if batch else 0)
+        for item in items:
+            first, n = item[0], item[1]
+            if batch and (first < end or len(batch) >= _BATCH_RECORDS or first + n > limit):
+                self._batch_end = end
+                self._flush()
+                batch = self._batch
+            if not batch:
+                limit = first + _BATCH_SPAN
+            batch.append(item)
+            limit += 256
+            end = first + n
+        self._batch_end = end
+        self._gap_from = end
 
     def _flush(self) -> None:
         """Apply the batched differential records: data first, then their map entries."""
@@ -443,48 +472,78 @@ class StreamRestorer:
         if not batch:
             return
         self._batch = []
-        lo = batch[0].first_block
+        lo = batch[0][0]
         span = self._batch_end - lo
         gmap, store, chk = self._gmap, self._store, self.check
         bs, vsize = self.header.block_size, self.header.volume_size
         older: dict[int, bitarray] = {}
         written: dict[int, bitarray] = {}
-        for rec in batch:
-            g, first, n = rec.generation, rec.first_block, rec.nblocks
-            o = older.get(g)
-            if o is None:
-                o = older[g] = gmap.blocks_older_than(lo, span, g)
-                written[g] = _zeros(span)
+        single: dict[int, list[int]] = {}       # one-block records applied, by generation
+        offs: list[int] = []
+        datas: list = []
+        zeros: list[tuple[int, int]] = []
+        skipped = applied = nblocks = 0
+        last_g = None
+        o = ones = None
+        for first, n, g, data in batch:
+            if g != last_g:
+                o = older.get(g)
+                if o is None:
+                    o = older[g] = gmap.blocks_older_than(lo, span, g)
+                    written[g] = _zeros(span)
+                    single[g] = []
+                ones = single[g]
+                last_g = g
             a0 = first - lo
             if n == 1:
                 if not o[a0]:
-                    chk.skipped_older += 1
+                    skipped += 1
                     continue
-                runs: tuple = ((first, 1),)
-            else:
-                seg = o[a0:a0 + n]
-                if seg.all():
-                    runs = ((first, n),)
-                elif not seg.any():
-                    chk.skipped_older += 1
-                    continue
+                if data is None:
+                    zeros.append((first * bs, min(bs, vsize - first * bs)))
                 else:
-                    runs = tuple((first + a, k) for a, k in extents(seg))
-            data = rec.data
+                    offs.append(first * bs)
+                    datas.append(data)
+                ones.append(a0)
+                nblocks += 1
+                applied += 1
+                continue
+            seg = o[a0:a0 + n]
+            if seg.all():
+                runs: tuple = ((first, n),)
+            elif not seg.any():
+                skipped += 1
+                continue
+            else:
+                runs = tuple((first + a, k) for a, k in extents(seg))
             w = written[g]
             for a, k in runs:
                 off = a * bs
                 length = min((a + k) * bs, vsize) - off
                 if data is None:
-                    store.write_zeroes(off, length)
+                    zeros.append((off, length))
                 else:
                     rel = off - first * bs
-                    store.write(off, data[rel:rel + length] if length != len(data) else data)
+                    offs.append(off)
+                    datas.append(data[rel:rel + length] if length != len(data) else data)
                 w[a - lo:a - lo + k] = 1
-                chk.blocks_written += k
-            chk.applied += 1
+                nblocks += k
+            applied += 1
+        chk.skipped_older += skipped
+        write_many = getattr(store, "write_many", None)
+        if write_many is not None:
+            write_many(offs, datas)
+        else:
+            for off, data in zip(offs, datas):
+                store.write(off, data)
+        for off, length in zeros:
+            store.write_zeroes(off, length)
+        chk.blocks_written += nblocks
+        chk.applied += applied
         done = None
         for g, w in written.items():
+            if single[g]:
+                w[single[g]] = 1
             gmap.apply_restored_mask(lo, w, g)
             done = w if done is None else done | w
         if done is not None and self._bookkeeping:

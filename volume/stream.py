@@ -10,11 +10,16 @@ resynchronises on the next marker.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import struct
 import time
 import zlib
+import sys
+from array import array
+from itertools import chain, repeat
+from operator import add, mul
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -58,6 +63,19 @@ TRAILER_SIZE = 80
 MAX_RECORD_BYTES = 64 << 20
 DEFAULT_RECORD_BYTES = 1 << 20
 _RESYNC_WINDOW = 64 << 10      # bytes searched per step while looking for a marker
+_ENCODE_BATCH = 2048           # records laid out and read together by the encoder
+_LITTLE_ENDIAN = sys.byteorder == "little"    # the batched header path writes CRCs natively
+_DECODE_BATCH = 1024           # same-sized records the decoder checks as columns
+_VECTOR_RETRY = 32             # records decoded one by one before trying columns again
+# CRC32C over a record header including its own CRC (little-endian) is this
+# constant whatever the header and seed, iff the CRC is right.
+_HEADER_RESIDUE = 0x48674BC7
+
+
+@functools.lru_cache(maxsize=8)
+def _headers_struct(k: int) -> struct.Struct:
+    """``k`` record headers back to back, CRC fields left zero."""
+    return struct.Struct("<" + "4sIQIIB3xII4x" * k)
 
 
 class StreamError(Exception):
@@ -349,62 +367,124 @@ class StreamEncoder:
         return w
 
     def _fast_records(self, mv: memoryview, w: int) -> int:
-        """Encode uncompressed records into ``mv`` from ``w`` while they fit, with
-        everything in local variables (the per-record cost of a scattered
-        differential of small records is all Python); return the new ``w``.
-        A record that does not fit is pushed back for ``readinto`` to stage."""
+        """Encode uncompressed records into ``mv`` from ``w`` while they fit;
+        return the new ``w``.  A record that does not fit is pushed back for
+        ``readinto`` to stage.
+
+        The per-record cost of a scattered differential (thousands of one-block
+        records) is all Python, so records go in batches with everything in
+        local variables: lay out as many as fit, read all their data straight
+        into place with one ``readinto_many`` (neighbours merged into one
+        vectored read), then checksum and frame them in order.  A record found
+        all-zero keeps only its header, and the data after it moves up.
+        """
         size = len(mv)
         h = self.header
         bs, entries, vsize, maxb = self._bs, h.entries, h.volume_size, self._maxb
-        store_readinto = self._store.readinto
+        store = self._store
+        read_many = getattr(store, "readinto_many", None)
+        store_readinto = store.readinto
         crc = crc32c.crc32c
         pack, pack_crc = _RECORD.pack_into, _U32.pack_into
         seed = self._seed
         elide = self._elide
+        zget = self._zero_crc.get
+        zero_crc_of = self._zero_crc_of
+        # data CRCs of every all-zero record size in this stream (full, one block, last)
+        zero_set = {zero_crc_of(bs), zero_crc_of(min(maxb * bs, vsize)),
+                    zero_crc_of(vsize - (entries - 1) * bs)} if elide else set()
+        for m in range(2, min(maxb, 64) + 1):
+            if elide:
+                zero_set.add(zero_crc_of(m * bs))
         runs = self._runs
         run, self._pushed = self._pushed, None
         seq, blocks, zero_blocks, stored_sum = self.records, self.blocks, self.zero_blocks, \
             self.stored_bytes
         hdrs = bytearray()          # the record headers, hashed once per call
+        RH = RECORD_HEADER_SIZE
         try:
             while True:
-                if run is None:
-                    run = next(runs, None)
+                # Lay out a batch as if every record kept its data.
+                offs: list[int] = []
+                views: list[memoryview] = []
+                recs: list[tuple[int, int, int, int]] = []
+                places: list[int] = []
+                lw = w
+                while len(recs) < _ENCODE_BATCH:
                     if run is None:
+                        run = next(runs, None)
+                        if run is None:
+                            break
+                    first, n, g = run
+                    if n > maxb:
+                        rest = (first + maxb, n - maxb, g)
+                        n = maxb
+                    else:
+                        rest = None
+                    raw = n * bs if first + n < entries else vsize - first * bs
+                    stop = lw + RH + raw
+                    if stop > size:
                         break
-                first, n, g = run
-                if n > maxb:
-                    rest = (first + maxb, n - maxb, g)
-                    n = maxb
-                else:
-                    rest = None
-                raw = n * bs if first + n < entries else vsize - first * bs
-                stop = w + RECORD_HEADER_SIZE + raw
-                if stop > size:
-                    self._pushed = run          # readinto stages it
+                    run = rest
+                    offs.append(first * bs)
+                    views.append(mv[lw + RH:stop])
+                    places.append(lw)
+                    recs.append((first, n, g, raw))
+                    lw = stop
+                if not recs:
                     break
-                run = rest
-                body = mv[w + RECORD_HEADER_SIZE:stop]
-                store_readinto(first * bs, body)
-                dcrc = crc(body)
-                if elide and dcrc == self._zero_crc_of(raw) and self._zeros.startswith(body):
-                    pack(mv, w, RECORD_SYNC, seq, first, n, g, KIND_ZERO, 0, 0)
-                    zero_blocks += n
-                    stored = 0
+                shifted = False
+                if read_many is not None:
+                    read_many(offs, views)
                 else:
-                    pack(mv, w, RECORD_SYNC, seq, first, n, g, KIND_DATA, raw, dcrc)
-                    stored = raw
-                pack_crc(mv, w + RECORD_HEADER_SIZE - 4,
-                         crc(mv[w:w + RECORD_HEADER_SIZE - 4], seed))
-                hdrs += mv[w:w + RECORD_HEADER_SIZE]
-                seq += 1
-                blocks += n
-                stored_sum += stored
-                w += RECORD_HEADER_SIZE + stored
+                    for off, body in zip(offs, views):
+                        store_readinto(off, body)
+                crcs = list(map(crc, views))
+                k = len(recs)
+                if not elide or zero_set.isdisjoint(crcs) or not _LITTLE_ENDIAN:
+                    # No record can be all-zero: every record keeps its place,
+                    # so the headers are built together in a scratch array
+                    # (one pack, C-level CRCs) and copied in front of their data.
+                    firsts, ns, gs, raws = zip(*recs)
+                    hdr = bytearray(k * RH)
+                    _headers_struct(k).pack_into(hdr, 0, *chain.from_iterable(zip(
+                        repeat(RECORD_SYNC, k), range(seq, seq + k), firsts, ns, gs,
+                        repeat(KIND_DATA, k), raws, crcs)))
+                    hv = memoryview(hdr)
+                    hviews = [hv[i:i + RH - 4] for i in range(0, k * RH, RH)]
+                    hv.cast("I")[RH // 4 - 1::RH // 4] = array("I", map(crc, hviews,
+                                                                         repeat(seed, k)))
+                    for x, i in zip(places, range(0, k * RH, RH)):
+                        mv[x:x + RH] = hv[i:i + RH]
+                    hdrs += hdr
+                    seq += k
+                    blocks += sum(ns)
+                    stored_sum += lw - w - k * RH
+                    w = lw
+                    continue
+                for (first, n, g, raw), body, dcrc in zip(recs, views, crcs):
+                    if elide and dcrc == (zget(raw) or zero_crc_of(raw)) and \
+                            self._zeros.startswith(body):
+                        pack(mv, w, RECORD_SYNC, seq, first, n, g, KIND_ZERO, 0, 0)
+                        zero_blocks += n
+                        stored = 0
+                    else:
+                        if shifted:             # an earlier record of the batch was zero
+                            mv[w + RH:w + RH + raw] = body
+                        pack(mv, w, RECORD_SYNC, seq, first, n, g, KIND_DATA, raw, dcrc)
+                        stored = raw
+                    pack_crc(mv, w + RH - 4, crc(mv[w:w + RH - 4], seed))
+                    hdrs += mv[w:w + RH]
+                    seq += 1
+                    blocks += n
+                    stored_sum += stored
+                    w += RH + stored
+                    shifted = stored != raw or shifted
         finally:
             self._hash.update(hdrs)
             self.records, self.blocks, self.zero_blocks, self.stored_bytes = \
                 seq, blocks, zero_blocks, stored_sum
+        self._pushed = run
         return w
 
     def read(self, n: int = -1) -> bytes:
@@ -435,11 +515,17 @@ class StreamDecoder:
     (``MAX_RECORD_BYTES``) plus one fed chunk.
     """
 
-    def __init__(self, *, borrow: bool = False) -> None:
+    def __init__(self, *, borrow: bool = False,
+                 record_batches: Callable[[list[tuple]], None] | None = None) -> None:
         # borrow=True: record data fed as a bytearray/memoryview is returned as a
         # view into it, valid only until the next feed() (no copy; the caller
         # must use or copy it first).  bytes input is always sliced zero-copy.
+        # record_batches: runs of plain intact records go there as lists of
+        # (first_block, nblocks, generation, data) instead of one Record each
+        # to the sink (a scattered differential is thousands of tiny records);
+        # everything else still goes to the sink, in stream order.
         self._borrow = borrow
+        self._record_batches = record_batches
         self.header: StreamHeader | None = None
         self.trailer: Trailer | None = None
         self._state = _ST_HEADER
@@ -607,7 +693,12 @@ class StreamDecoder:
         """Consume a run of complete, intact, in-sequence data/zero records with
         everything in local variables; return where the run stops.  Anything
         else (incomplete, damaged, compressed, trailer) is left to the state
-        machine, which repeats the checks and reports precisely."""
+        machine, which repeats the checks and reports precisely.
+
+        With a ``record_batches`` sink the run is handed over as one list of
+        ``(first_block, nblocks, generation, data)`` tuples (data None for a
+        zero record) before this returns, so nothing that follows in the stream
+        (damage, the trailer) is reported ahead of it."""
         mv = buf if isinstance(buf, memoryview) else memoryview(buf)
         h = self.header
         seed = self._seed
@@ -615,45 +706,97 @@ class StreamDecoder:
         lo, hi = h.generation_range
         unpack = _RECORD_CRC.unpack_from
         crc = crc32c.crc32c
-        hash_update = self._hash.update
+        batch_sink = self._record_batches
+        batch: list[tuple] = []
+        push = batch.append
         seq_want = self._next_seq
         start = pos
         records = blocks = stored_sum = 0
+        RH = RECORD_HEADER_SIZE
+        hdrs = bytearray()              # headers of the run, hashed once
+        vector_in = 0 if batch_sink is not None else -1
         try:
-            while end - pos >= RECORD_HEADER_SIZE:
+            while end - pos >= RH:
                 sync, seq, first, n, gen, kind, stored, dcrc, hcrc = unpack(mv, pos)
+                if vector_in == 0:
+                    # A run of data records (a scattered differential): walk the
+                    # headers once, then check them as columns with C-level calls
+                    # instead of field by field.
+                    tups = []
+                    places = []
+                    p = pos
+                    while end - p >= RH and len(tups) < _DECODE_BATCH:
+                        t = unpack(mv, p)
+                        q = p + RH + t[6]
+                        if q > end or t[5] != KIND_DATA:
+                            break
+                        tups.append(t)
+                        places.append(p)
+                        p = q
+                    k = len(tups)
+                    if k >= 8:
+                        syncs, seqs, firsts, ns, gens, _kinds, storeds, dcrcs, _h = zip(*tups)
+                        hv = [mv[x:x + RH] for x in places]
+                        if (syncs.count(RECORD_SYNC) == k and
+                                seqs == tuple(range(seq_want, seq_want + k)) and
+                                min(ns) >= 1 and max(ns) <= maxb and min(firsts) >= 0 and
+                                max(map(add, firsts, ns)) < entries and
+                                lo <= min(gens) and max(gens) <= hi and
+                                list(map(mul, ns, repeat(bs, k))) == list(storeds) and
+                                list(map(crc, hv, repeat(seed, k))).count(_HEADER_RESIDUE) == k):
+                            payloads = [mv[x + RH:x + RH + y] for x, y in zip(places, storeds)]
+                            if list(map(crc, payloads)) == list(dcrcs):
+                                if not owned:
+                                    payloads = [bytes(x) for x in payloads]
+                                hdrs += b"".join(hv)
+                                batch.extend(zip(firsts, ns, gens, payloads))
+                                seq_want += k
+                                records += k
+                                blocks += sum(ns)
+                                stored_sum += p - pos - k * RH
+                                pos = p
+                                continue
+                    vector_in = _VECTOR_RETRY
+                elif vector_in > 0:
+                    vector_in -= 1
                 if sync != RECORD_SYNC or seq != seq_want or kind > KIND_ZERO:
                     break
-                hv = mv[pos:pos + RECORD_HEADER_SIZE]
-                if crc(hv[:RECORD_HEADER_SIZE - 4], seed) != hcrc:
+                if crc(mv[pos:pos + RH - 4], seed) != hcrc:
                     break
                 if n < 1 or n > maxb or first + n > entries or not lo <= gen <= hi:
                     break
                 raw = n * bs if first + n < entries else vsize - first * bs
-                stop = pos + RECORD_HEADER_SIZE + stored
+                stop = pos + RH + stored
                 if stored != (raw if kind == KIND_DATA else 0) or stop > end:
                     break
                 if kind == KIND_DATA:
-                    payload = mv[pos + RECORD_HEADER_SIZE:stop]
+                    payload = mv[pos + RH:stop]
                     if crc(payload) != dcrc:
                         break
                     data = payload if owned else bytes(payload)
                 else:
                     data = None
-                hash_update(hv)
-                rec = Record(seq, first, n, gen, kind, data, self._off + pos - start, raw)
+                hdrs += mv[pos:pos + RH]
                 seq_want += 1
                 records += 1
                 blocks += n
                 stored_sum += stored
-                pos = stop
-                emit(rec)
+                if batch_sink is None:
+                    rec = Record(seq, first, n, gen, kind, data, self._off + pos - start, raw)
+                    pos = stop
+                    emit(rec)
+                else:
+                    push((first, n, gen, data))
+                    pos = stop
         finally:
+            self._hash.update(hdrs)
             self._next_seq = seq_want
             self._records += records
             self._blocks += blocks
             self._stored += stored_sum
             self._off += pos - start
+        if batch:
+            batch_sink(batch)
         return pos
 
     def _skip_one(self, pos: int) -> tuple[int, int]:
