@@ -19,7 +19,7 @@ import zlib
 import sys
 from array import array
 from itertools import chain, repeat
-from operator import add, mul
+from operator import add, itemgetter, mul
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -64,6 +64,7 @@ MAX_RECORD_BYTES = 64 << 20
 DEFAULT_RECORD_BYTES = 1 << 20
 _RESYNC_WINDOW = 64 << 10      # bytes searched per step while looking for a marker
 _ENCODE_BATCH = 2048           # records laid out and read together by the encoder
+_RAW = itemgetter(3)
 _LITTLE_ENDIAN = sys.byteorder == "little"    # the batched header path writes CRCs natively
 _DECODE_BATCH = 1024           # same-sized records the decoder checks as columns
 _VECTOR_RETRY = 32             # records decoded one by one before trying columns again
@@ -390,12 +391,6 @@ class StreamEncoder:
         elide = self._elide
         zget = self._zero_crc.get
         zero_crc_of = self._zero_crc_of
-        # data CRCs of every all-zero record size in this stream (full, one block, last)
-        zero_set = {zero_crc_of(bs), zero_crc_of(min(maxb * bs, vsize)),
-                    zero_crc_of(vsize - (entries - 1) * bs)} if elide else set()
-        for m in range(2, min(maxb, 64) + 1):
-            if elide:
-                zero_set.add(zero_crc_of(m * bs))
         runs = self._runs
         run, self._pushed = self._pushed, None
         seq, blocks, zero_blocks, stored_sum = self.records, self.blocks, self.zero_blocks, \
@@ -441,7 +436,8 @@ class StreamEncoder:
                         store_readinto(off, body)
                 crcs = list(map(crc, views))
                 k = len(recs)
-                if not elide or zero_set.isdisjoint(crcs) or not _LITTLE_ENDIAN:
+                if _LITTLE_ENDIAN and (not elide or {zget(r) or zero_crc_of(r) for r in
+                                                     set(map(_RAW, recs))}.isdisjoint(crcs)):
                     # No record can be all-zero: every record keeps its place,
                     # so the headers are built together in a scratch array
                     # (one pack, C-level CRCs) and copied in front of their data.
