@@ -260,8 +260,10 @@ class BackupPlan:
         A scattered differential has a run per block or two, so the runs are
         found with whole-window bit operations (a run starts where a selected
         block follows an unselected one or the generation changes, and ends
-        likewise) and C-level searches, not two searches per run.  A window
-        never cuts a run: it is extended to the next unselected block.
+        likewise) and C-level searches, not two searches per run.  Memory is a
+        few window-sized temporaries: a run cut by the window's end is held
+        back for the next window, and a run longer than a window is measured
+        with searches instead.
         """
         sel = self.selection
         planes = self._planes
@@ -270,12 +272,25 @@ class BackupPlan:
         a = 0
         while a < total:
             b = min(total, a + window)
-            if b < total and sel[b - 1] and sel[b]:
-                z = sel.find(0, b)
-                b = total if z < 0 else z
             s = sel[a:b]
             if not s.any():
                 a = b
+                continue
+            cut = b < total and sel[b - 1] and sel[b]
+            if cut and s.all() and not any(p[a] != p[b - 1] or not (p[a:b].all() or
+                                                                    not p[a:b].any())
+                                           for p in planes):
+                # one run fills the window and goes on: find its end by search
+                g, stop = prefix, sel.find(0, b)
+                stop = total if stop < 0 else stop
+                for i, p in enumerate(planes):
+                    bit = p[a]
+                    g |= bit << i
+                    change = p.find(not bit, b, stop)
+                    if change >= 0:
+                        stop = change
+                yield [a], [stop - a], [g]
+                a = stop
                 continue
             starts = s & ~(s >> 1)
             lasts = s & ~(s << 1)
@@ -289,17 +304,19 @@ class BackupPlan:
                 lasts |= s & (change << 1)
             first_rel = list(starts.search(1))
             last_rel = list(lasts.search(1))
+            gens = [prefix] * len(first_rel)
+            for i, p in enumerate(pw):
+                gens = list(map(or_, gens, map(lshift, map(p.__getitem__, first_rel), repeat(i))))
+            if cut:                             # the last run may go on: next window's
+                nxt = a + first_rel.pop()
+                del last_rel[-1], gens[-1]
+            else:
+                nxt = b
             counts = list(map(sub, map(add, last_rel, repeat(1)), first_rel))
             firsts = list(map(add, first_rel, repeat(a))) if a else first_rel
-            if pw:
-                gens = [prefix] * len(first_rel)
-                for i, p in enumerate(pw):
-                    gens = list(map(or_, gens, map(lshift, map(p.__getitem__, first_rel),
-                                                   repeat(i))))
-            else:
-                gens = [prefix] * len(first_rel)
-            yield firsts, counts, gens
-            a = b
+            if firsts:
+                yield firsts, counts, gens
+            a = nxt
 
     def byte_range(self, first: int, nblocks: int) -> tuple[int, int]:
         """(offset, length) in the volume of a block run; the last block may be partial."""
