@@ -92,3 +92,19 @@ def test_marks_on_disk_filesystems_are_msynced_not_on_tmpfs(tmp_path):
         assert disk_map._msync_marks == (not on_ram_filesystem(str(tmp_path / "m")))
     finally:
         disk_map.close()
+
+
+def test_batched_writes_through_the_tracker_mark_every_range(tmp_path):
+    luns, store = _lu(tmp_path)
+    try:
+        offs = [0, 4096 * 10, 4096 * 11, 4096 * 500]
+        store.write_many(offs, [b"\x01" * 4096] * len(offs))
+        durability.barrier()
+        gen = store._map.current_generation
+        sel = store._map.blocks_in_generations(gen, gen)
+        assert [i for i in range(len(sel)) if sel[i]] == [0, 10, 11, 500]
+        bufs = [memoryview(bytearray(4096)) for _ in offs]
+        store.readinto_many(offs, bufs)
+        assert all(bytes(b) == b"\x01" * 4096 for b in bufs)
+    finally:
+        luns.close()

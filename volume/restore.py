@@ -530,12 +530,7 @@ class StreamRestorer:
                 nblocks += k
             applied += 1
         chk.skipped_older += skipped
-        write_many = getattr(store, "write_many", None)
-        if write_many is not None:
-            write_many(offs, datas)
-        else:
-            for off, data in zip(offs, datas):
-                store.write(off, data)
+        store.write_many(offs, datas)
         for off, length in zeros:
             store.write_zeroes(off, length)
         chk.blocks_written += nblocks

@@ -39,6 +39,16 @@ class BlockStore(ABC):
         """Write the bytes-like ``data`` at ``offset``."""
 
 
+    def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
+        """``readinto(offsets[i], bufs[i])`` for every i; stores may merge neighbours."""
+        for off, buf in zip(offsets, bufs):
+            self.readinto(off, buf)
+
+    def write_many(self, offsets: list[int], datas: list) -> None:
+        """``write(offsets[i], datas[i])`` for every i, in order; stores may merge neighbours."""
+        for off, data in zip(offsets, datas):
+            self.write(off, data)
+
     def write_zeroes(self, offset: int, length: int) -> None:
         zero = bytes(min(length, 1 << 20))
         while length:

@@ -383,8 +383,7 @@ class StreamEncoder:
         h = self.header
         bs, entries, vsize, maxb = self._bs, h.entries, h.volume_size, self._maxb
         store = self._store
-        read_many = getattr(store, "readinto_many", None)
-        store_readinto = store.readinto
+        read_many = store.readinto_many
         crc = crc32c.crc32c
         pack, pack_crc = _RECORD.pack_into, _U32.pack_into
         seed = self._seed
@@ -429,11 +428,7 @@ class StreamEncoder:
                 if not recs:
                     break
                 shifted = False
-                if read_many is not None:
-                    read_many(offs, views)
-                else:
-                    for off, body in zip(offs, views):
-                        store_readinto(off, body)
+                read_many(offs, views)
                 crcs = list(map(crc, views))
                 k = len(recs)
                 if _LITTLE_ENDIAN and (not elide or {zget(r) or zero_crc_of(r) for r in

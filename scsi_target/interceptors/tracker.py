@@ -293,6 +293,15 @@ class TrackingStore(BlockStore):
                    sync=False)
         self.inner.write(offset, data)
 
+    def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
+        self.inner.readinto_many(offsets, bufs)
+
+    def write_many(self, offsets: list[int], datas: list) -> None:
+        mark = self._mark
+        for off, data in zip(offsets, datas):
+            mark(off, len(data) if not isinstance(data, memoryview) else data.nbytes, sync=False)
+        self.inner.write_many(offsets, datas)
+
     def write_zeroes(self, offset: int, length: int) -> None:
         self._mark(offset, length, sync=False)
         self.inner.write_zeroes(offset, length)
