@@ -7,7 +7,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # Real initiators and a reference target used by the interop tests and the benchmark.
-DEB_PACKAGES := libiscsi-bin qemu-utils tgt
+# qemu-block-extra holds qemu's iscsi:// driver (only a Recommends of qemu-utils).
+DEB_PACKAGES := libiscsi-bin qemu-utils qemu-block-extra tgt
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
