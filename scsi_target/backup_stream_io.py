@@ -176,7 +176,6 @@ class BackupReader:
             if offset < lowest and offset < self.produced:
                 raise StreamGone(f"stream bytes from {offset} were already read and dropped "
                                  f"(kept from {lowest}); start the backup again")
-            i = 0
             for start, chunk in self._chunks:
                 cend = start + len(chunk)
                 if cend <= offset:

@@ -92,7 +92,7 @@ def iscsi_url(host: str, port: int, iqn: str, lun: int) -> str:
 
 def describe(cfg: C.ServerConfig, bound: Sequence[tuple[str, int]]) -> list[str]:
     """What the operator needs after start: where to connect, and what each LUN is."""
-    lines = [f"listening on " + ", ".join(str(C.Portal(h, p)) for h, p in bound)]
+    lines = ["listening on " + ", ".join(str(C.Portal(h, p)) for h, p in bound)]
     host, port = bound[0] if bound else (cfg.portals[0].host, cfg.portals[0].port)
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"

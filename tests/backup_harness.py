@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
+from interop_util import require_tool  # noqa: F401  (re-exported: one rule for every tool)
 
 REPO = Path(__file__).resolve().parent.parent
 IQN = "iqn.2026-11.org.pyscsi:default"
@@ -21,14 +20,6 @@ def env() -> dict:
     return e
 
 
-def require_tool(name: str) -> str:
-    """Path of a tool; in CI a missing tool fails the test instead of skipping it."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is required in CI but not installed")
-        pytest.skip(f"{name} not installed")
-    return path
 
 
 class Server:

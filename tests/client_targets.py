@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from interop_util import require_tool  # one rule for every external tool
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def require_tool(name: str) -> str:
-    """Path of a tool; a missing tool fails under CI=true and skips elsewhere."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
-                                  else None)
-    if path is None:
-        msg = f"{name} is not installed (Debian package tgt)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
 
 
 class TgtFactory:

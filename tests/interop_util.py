@@ -29,7 +29,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 
 # Debian packages that provide the tools, for the skip/fail message.
-_PACKAGES = {"iscsi": "libiscsi-bin", "qemu": "qemu-utils"}
+_PACKAGES = {"iscsi": "libiscsi-bin", "qemu": "qemu-utils", "tgt": "tgt"}
 
 
 def on_ci() -> bool:
@@ -38,7 +38,8 @@ def on_ci() -> bool:
 
 def require_tool(name: str) -> str:
     """Path of ``name``; skip the test if it is missing (fail instead when CI=true)."""
-    path = shutil.which(name)
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}",) if os.path.exists(p)), None)
     if path:
         return path
     pkg = next((p for prefix, p in _PACKAGES.items() if name.startswith(prefix)), "?")

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from volume.backup import restore, verify, write_stream
 from volume.filestore import FileStore
-from volume.genmap import BackupPlan, GenerationMap, extents
+from volume.genmap import BackupPlan, GenerationMap
 from volume.memstore import MemoryStore
 from volume.store import StoreError
-from volume.stream import (HEADER_SIZE, RECORD_HEADER_SIZE, Damage, Record, StreamDecoder,
+from volume.stream import (HEADER_SIZE, RECORD_HEADER_SIZE, Record, StreamDecoder,
                            StreamEncoder)
 
 BS = 512

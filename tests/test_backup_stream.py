@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import crc32c
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from volume.backup import restore, verify
 from volume.genmap import BackupPlan, GenerationMap

@@ -142,7 +142,6 @@ def test_check_command(tmp_path):
 # --------------------------------------------------- serving (fake server)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_default_serve_prints_url_and_stops_on_signal(tmp_path, sig):
-    pytest.importorskip("volume.filestore")
     proc = start(cwd=tmp_path, fake=True)
     try:
         lines = read_until_url(proc)
@@ -166,26 +165,14 @@ def test_default_serve_prints_url_and_stops_on_signal(tmp_path, sig):
 
 
 def test_listen_failure_is_one_line(tmp_path):
-    pytest.importorskip("volume.filestore")
     r = run("--listen", "127.0.0.1:1", "--disk", "d.img:1M", cwd=tmp_path, fake=True)
     assert_one_line_error(r, re.escape(
         "scsi-target: error: cannot listen on 127.0.0.1:1: Address already in use"))
 
 
 # ---------------------------------------------------- serving (real server)
-def _real_server_ready() -> bool:
-    try:
-        import scsi_target.iscsi.server  # noqa: F401
-        import volume.filestore  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
-real = pytest.mark.skipif(not _real_server_ready(), reason="iSCSI server not available yet")
-
-
-@real
 def test_serve_ephemeral_port_and_sigterm(tmp_path):
     proc = start("serve", "--listen", "127.0.0.1:0", "--disk", "d.img:4M", "--iqn",
                  "iqn.2026-11.org.pyscsi:cli", "--log-level", "warning", cwd=tmp_path)
@@ -206,7 +193,6 @@ def test_serve_ephemeral_port_and_sigterm(tmp_path):
     assert "Traceback" not in err
 
 
-@real
 def test_second_server_on_same_file_refused(tmp_path):
     proc = start("--listen", "127.0.0.1:0", "--disk", "d.img:1M", cwd=tmp_path)
     try:
@@ -221,7 +207,6 @@ def test_second_server_on_same_file_refused(tmp_path):
     assert proc.returncode == 0
 
 
-@real
 def test_port_in_use(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,9 +226,7 @@ def test_readme_in_process_example_runs():
     exec(compile(_readme_blocks()[0], "README.md[python 1]", "exec"), {})
 
 
-@real
 def test_readme_server_example_runs(tmp_path):
-    pytest.importorskip("scsi_target.iscsi.client")
     ns: dict = {}
     exec(compile(_readme_blocks()[1], "README.md[python 2]", "exec"), ns)
     ns["asyncio"].run(ns["main"](tmp_path))

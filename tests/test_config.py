@@ -81,7 +81,6 @@ def test_good_config_parses(tmp_path, existing):
 
 
 def test_good_config_builds_registry(tmp_path, existing):
-    pytest.importorskip("volume.filestore")
     reg = C.build_registry(C.load_file(write(tmp_path, GOOD)))
     try:
         assert set(reg.targets) == {"iqn.2026-11.org.pyscsi:db", "eui.02004567A425678D"}
@@ -103,7 +102,6 @@ def test_good_config_builds_registry(tmp_path, existing):
 
 
 def test_build_fails_cleanly_on_locked_file(tmp_path, existing):
-    pytest.importorskip("volume.filestore")
     cfg = C.load_file(write(tmp_path, GOOD))
     reg = C.build_registry(cfg)
     try:

@@ -1,8 +1,6 @@
 """PDU header codec and framing: round trips, golden bytes, digests, bad input."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from hypothesis import given, settings, strategies as st
 

@@ -1,7 +1,6 @@
 """Property tests: UNMAP parameter lists and medium writes against a model."""
 from __future__ import annotations
 
-import struct
 
 from hypothesis import given, settings, strategies as st
 

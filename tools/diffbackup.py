@@ -106,7 +106,6 @@ class RemoteVolume:
 
     def _cmd(self, opcode: int, *, lun: int | None = None, flags: int = 0, scope: int = 0,
              length: int = 0, data_out=None) -> bytes:
-        from scsi_target.iscsi.client_errors import ScsiCheckCondition
         cdb = self.L.cdb(opcode, flags=flags, scope=scope, length=length)
         read = 0 if data_out is not None else length
         r = self._exec(cdb, lun=self.dev if lun is None else lun, read_length=read,
@@ -178,7 +177,6 @@ class RemoteVolume:
         L = self.L
         self._cmd(L.OP_SET_RESTORE_OPTIONS, length=4 + 4 * len(set(skips)),
                   data_out=L.pack_restore_options(skips))
-        from scsi_target.iscsi.client_errors import ScsiCheckCondition
         lba = 0
         refused = None
         with open(path, "rb") as f:
@@ -325,8 +323,8 @@ def cmd_restore(args) -> int:
     else:
         try:
             first = read_header(args.files[0])
-        except (StreamError, OSError) as e:
-            first = None
+        except (StreamError, OSError):
+            first = None  # verify/restore below report the unreadable stream
         v = LocalVolume(args.dest, create_from=first if first is not None and first.full else None)
         try:
             with _progress(not args.quiet) as prog:

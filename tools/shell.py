@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .shell_backend import (Backend, ConnectFailed, IscsiBackend, LocalBackend, ShellError,
-                            TransportLost, UsageError)
+                            UsageError)
 from .shell_commands import COMMANDS, Session, parse_line
 from .shell_render import Renderer, eprint
 

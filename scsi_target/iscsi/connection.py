@@ -20,7 +20,7 @@ from ..scsi.command import Command, Direction, Response, Status, TaskAttr
 from ..scsi.lunaddr import decode_lun
 from . import pdu as P
 from .framing import FramingError, PduReader, UnknownOpcode, encode_pdu
-from .session import Session, SessionTable, sn_le, sn_lt
+from .session import Session, SessionTable, sn_le
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..target import Portal, TargetRegistry

@@ -9,7 +9,7 @@ digests) lives in :mod:`scsi_target.iscsi.framing`.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import ClassVar
 

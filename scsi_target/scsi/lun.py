@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass, field
-
+from dataclasses import dataclass
 from functools import partial
 
 from volume import durability
 from volume.buffers import READ_BUFFERS
 
-from .command import Command, Direction, Nexus, Response, Status
-from .dispatch import DispatchTable, OpEntry
+from .command import Command, Nexus, Response, Status
+from .dispatch import DispatchTable
 from . import sense as S
 
 
