@@ -611,6 +611,8 @@ def check_backing(spec: LunSpec) -> tuple[str, str] | None:
 def parse_disk_arg(text: str) -> tuple[Path, int | None]:
     """"PATH[:SIZE]": the part after the last ':' is a size when it reads as one."""
     path_s, sep, size_s = text.rpartition(":")
+    if not text or (sep and not path_s):
+        raise ValueError("no file name before the size (expected PATH[:SIZE])")
     if sep and path_s:
         try:
             return Path(path_s).expanduser(), parse_size(size_s)
@@ -673,7 +675,10 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                        where=where)
         problem = check_backing(spec)
         if problem:
-            raise ConfigError(f"{where}: {problem[1]}")
+            # check_backing speaks TOML; on the command line a size creates the file.
+            msg = problem[1].replace("(set create = true and a size to create it)",
+                                     "(give a size, PATH:SIZE, to create it)")
+            raise ConfigError(f"{where}: {msg}")
         luns.append(spec)
     if backup_device:
         if not track:

@@ -332,7 +332,7 @@ def test_flags(tmp_path):
     (dict(chap="u:short"), "command line: --chap: secret is 5 bytes; at least 12 are required "
      "(RFC 7143 12.1.3: shorter CHAP secrets need IPsec)"),
     (dict(disks=["{dir}/missing.img"]), "command line: --disk {dir}/missing.img: {dir}/missing.img "
-     "does not exist (set create = true and a size to create it)"),
+     "does not exist (give a size, PATH:SIZE, to create it)"),
     (dict(disks=["{dir}/x.img:64Q"]), "command line: --disk {dir}/x.img:64Q: cannot read '64Q' "
      "as a size (use bytes or a number with K, M, G or T)"),
     (dict(disks=["{dir}/x.img:1000"]), "command line: --disk {dir}/x.img: 1000 bytes is not a "
@@ -459,3 +459,19 @@ def test_bad_track_granularity_is_refused(tmp_path, value):
     with pytest.raises(C.ConfigError) as exc:
         C.parse_config(_gran_cfg(tmp_path, value))
     assert "track_granularity" in str(exc.value)
+
+
+@pytest.mark.parametrize("arg,message", [
+    (":5M", "no file name before the size"),
+    ("", "no file name before the size"),
+])
+def test_disk_flag_without_a_path_is_refused(arg, message):
+    with pytest.raises(C.ConfigError) as exc:
+        C.from_flags(disks=[arg])
+    assert message in str(exc.value)
+
+
+def test_disk_flag_for_a_missing_file_says_how_to_create_it(tmp_path):
+    with pytest.raises(C.ConfigError) as exc:
+        C.from_flags(disks=[str(tmp_path / "missing.img")])
+    assert "give a size, PATH:SIZE, to create it" in str(exc.value)
