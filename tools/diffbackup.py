@@ -220,16 +220,20 @@ class RemoteVolume:
 
 # ----------------------------------------------------------------------- local
 class LocalVolume:
-    def __init__(self, path: str, *, create_from=None) -> None:
+    def __init__(self, path: str, *, create_from=None, start_tracking: bool = True) -> None:
         from volume.filestore import FileStore, StoreLockedError
         from volume.store import StoreError
-        from scsi_target.interceptors.tracker import TrackingError, TrackingStore
+        from scsi_target.interceptors.tracker import TrackingError, TrackingStore, map_paths
         self.path = path
         size = None
         if not os.path.exists(path):
             if create_from is None:
                 raise Failure(f"{path} does not exist")
             size = create_from.volume_size
+        elif not start_tracking and not any(os.path.exists(p) for p in map_paths(path)):
+            # A query must not turn an arbitrary file into a tracked volume.
+            raise Failure(f"{path} is not a tracked volume (no {map_paths(path)[0]}): serve it "
+                          f"with scsi-target, or take a full backup first")
         try:
             store = FileStore(path, size=size, create=size is not None)
         except StoreLockedError:
@@ -251,14 +255,14 @@ class LocalVolume:
 
 
 # -------------------------------------------------------------------- commands
-def _open(spec: str):
+def _open(spec: str, *, start_tracking: bool = False):
     if spec.startswith("iscsi://"):
         return RemoteVolume(spec)
-    return LocalVolume(spec)
+    return LocalVolume(spec, start_tracking=start_tracking)
 
 
 def cmd_backup(args, full: bool) -> int:
-    v = _open(args.source)
+    v = _open(args.source, start_tracking=full)
     try:
         if isinstance(v, RemoteVolume):
             n, st = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
@@ -306,9 +310,7 @@ def _parse_skips(items: list[str], nfiles: int) -> list[list[int]]:
 def cmd_restore(args) -> int:
     from volume.stream import StreamError, read_header
     skips = _parse_skips(args.skip_generation, len(args.files))
-    for f in args.files:
-        if not os.path.isfile(f):
-            raise Failure(f"{f}: no such stream file")
+    _require_streams(args.files)
     total = sum(os.path.getsize(f) for f in args.files)
     outcomes: list[StreamOutcome] = []
     if args.dest.startswith("iscsi://"):
@@ -409,9 +411,16 @@ def _summary(outcomes: list[StreamOutcome]) -> int:
     return EXIT_OK
 
 
+def _require_streams(files) -> None:
+    for f in files:
+        if not os.path.isfile(f):
+            raise Failure(f"{f}: no such stream file")
+
+
 def cmd_verify(args) -> int:
     from volume import backup as B
-    total = sum(os.path.getsize(f) for f in args.files if os.path.isfile(f))
+    _require_streams(args.files)
+    total = sum(os.path.getsize(f) for f in args.files)
     with _progress(not args.quiet) as prog:
         task = prog.add_task("verify", total=total)
         rep = B.verify(args.files, progress=lambda d, t: prog.update(task, completed=d))
