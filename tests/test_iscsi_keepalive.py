@@ -100,3 +100,33 @@ def test_connection_that_never_logs_in_is_closed(tmp_path):
             await server.close()
 
     asyncio.run(main())
+
+
+def test_a_login_trickled_byte_by_byte_still_times_out(tmp_path):
+    async def main():
+        server = await _serve(tmp_path, login_timeout=0.6)
+        host, port = server.bound_portals[0][:2]
+        loop = asyncio.get_running_loop()
+        sock = socket.create_connection((host, port))
+        sock.setblocking(False)
+        try:
+            closed_at = None
+            for i in range(30):                  # one byte of a BHS every 0.1 s
+                try:
+                    await loop.sock_sendall(sock, b"\x43")
+                except OSError:
+                    closed_at = i
+                    break
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(sock, 100), 0.1)
+                    if data == b"":
+                        closed_at = i
+                        break
+                except asyncio.TimeoutError:
+                    pass
+            assert closed_at is not None and closed_at < 20, "trickling kept the login open"
+        finally:
+            sock.close()
+            await server.close()
+
+    asyncio.run(main())

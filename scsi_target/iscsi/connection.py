@@ -126,6 +126,7 @@ class TargetConnection:
         # Liveness (see keepalive()): when the peer last sent anything, and the
         # NOP-In ping we are waiting an answer for.
         self.last_heard = 0.0
+        self.opened_at = 0.0
         self.ping_ttt: int | None = None
         self.ping_sent = 0.0
 
@@ -191,8 +192,12 @@ class TargetConnection:
             return
         if not self.last_heard:
             self.last_heard = now
+        if not self.opened_at:
+            self.opened_at = now
         if self.login is not None:
-            if now - self.last_heard > login_timeout:
+            # Measured from the connection's start: a trickle of bytes must not
+            # keep a half-done login alive forever.
+            if now - self.opened_at > login_timeout:
                 self.close("login did not complete in time")
             return
         if self.ping_ttt is not None:

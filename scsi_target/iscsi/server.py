@@ -44,7 +44,7 @@ class _SocketDriver:
         self.close_after_flush = False
         self._rbuf = bytearray(RECV_SIZE)
         self._rview = memoryview(self._rbuf)
-        self.conn.last_heard = self.loop.time()
+        self.conn.last_heard = self.conn.opened_at = self.loop.time()
         self._resume_reading()
 
     # -- reading --------------------------------------------------------
