@@ -543,3 +543,23 @@ def cdb_session(server, witness):
     c.nop()
     c.close()
     still_served(server, witness)
+
+
+def test_many_idle_connections_that_never_log_in_stay_cheap(server, witness):
+    """300 open, silent connections cost little memory and do not disturb other sessions."""
+    import socket as _socket
+    time.sleep(0.3)
+    before = server.rss_kib()
+    socks = []
+    try:
+        for _ in range(300):
+            s = _socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(b"\x03")               # one byte of a Login Request: the driver is set up
+            socks.append(s)
+        time.sleep(1.0)
+        after = server.rss_kib()
+        assert after - before < 30 * 1024, f"RSS grew {before} -> {after} KiB for 300 idle peers"
+        still_served(server, witness)
+    finally:
+        for s in socks:
+            s.close()

@@ -20,6 +20,9 @@ from .session import SessionTable
 log = logging.getLogger("scsi_target.iscsi")
 
 RECV_SIZE = 256 << 10
+# Until login completes a connection gets a small buffer: a crowd of
+# connections that never log in must not cost RECV_SIZE each.
+LOGIN_RECV_SIZE = 16 << 10
 # Stop reading from a peer while this much output is queued for it.
 HIGH_WATER = 8 << 20
 LOW_WATER = 1 << 20
@@ -42,7 +45,7 @@ class _SocketDriver:
         self.writing = False
         self.closed = False
         self.close_after_flush = False
-        self._rbuf = bytearray(RECV_SIZE)
+        self._rbuf = bytearray(LOGIN_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
         self.conn.last_heard = self.conn.opened_at = self.loop.time()
         self._resume_reading()
@@ -71,6 +74,9 @@ class _SocketDriver:
             return
         conn = self.conn
         conn.receive_data(self._rview[:n], self.loop.time())
+        if conn.login is None and len(self._rbuf) < RECV_SIZE:
+            self._rbuf = bytearray(RECV_SIZE)   # full feature phase: room for big PDUs
+            self._rview = memoryview(self._rbuf)
         out = conn.take_output()
         if out:
             self._send(out)
