@@ -86,3 +86,50 @@ def test_repeated_isid_reinstates_the_session(tmp_path):
             await server.close()
 
     asyncio.run(main())
+
+
+def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
+    import resource
+    import socket
+
+    async def main():
+        server = await _serve(tmp_path)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        host, port = server.bound_portals[0][:2]
+        loop = asyncio.get_running_loop()
+        socks = []
+        try:
+            # Leave the server (same process) no descriptor for accept().
+            used = len(os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (used + 4, hard))
+            try:
+                while True:
+                    s = socket.socket()
+                    s.setblocking(False)
+                    socks.append(s)
+                    try:
+                        s.connect((host, port))
+                    except BlockingIOError:
+                        pass
+            except OSError:
+                pass
+            t0 = loop.time()
+            calls = 0
+            real = server._accept
+
+            def counting(listener):
+                nonlocal calls
+                calls += 1
+                real(listener)
+            # Re-register through the pause path, as after a failed accept.
+            loop.remove_reader(server._listeners[0].fileno())
+            loop.add_reader(server._listeners[0].fileno(), counting, server._listeners[0])
+            await asyncio.sleep(0.3)
+            assert calls <= 3, f"accept spun {calls} times in {loop.time() - t0:.1f}s"
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for s in socks:
+                s.close()
+            await server.close()
+
+    asyncio.run(main())

@@ -27,6 +27,7 @@ LOGIN_RECV_SIZE = 16 << 10
 HIGH_WATER = 8 << 20
 LOW_WATER = 1 << 20
 IOV_MAX = 1024
+ACCEPT_BACKOFF = 0.5   # seconds without accepting after accept() failed (e.g. EMFILE)
 
 
 class _SocketDriver:
@@ -282,7 +283,12 @@ class IscsiServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("accept failed: %s", exc)
+                # Out of descriptors (EMFILE/ENFILE) or memory: the peer stays in the
+                # backlog and the listener stays readable, so stop listening for a
+                # moment instead of spinning on accept.
+                log.warning("accept failed: %s; pausing accepts for %.1f s", exc,
+                            ACCEPT_BACKOFF)
+                self._pause_accepting(listener)
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -291,6 +297,16 @@ class IscsiServer:
             except Exception:  # never let one connection take the listener down
                 log.exception("cannot set up connection from %s", peer)
                 sock.close()
+
+    def _pause_accepting(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        fd = listener.fileno()
+        loop.remove_reader(fd)
+
+        def resume() -> None:
+            if listener in self._listeners and listener.fileno() == fd:
+                loop.add_reader(fd, self._accept, listener)
+        loop.call_later(ACCEPT_BACKOFF, resume)
 
     async def serve_forever(self) -> None:
         await self._closed.wait()
