@@ -6,8 +6,9 @@
 One :class:`IscsiClient` is one session over one connection (MaxConnections=1,
 ErrorRecoveryLevel=0).  Several commands may be outstanding: each gets an ITT
 and a CmdSN inside the window the target opens with ExpCmdSN/MaxCmdSN.  The
-protocol object receives bytes, frames them with :class:`PduReader` and
-dispatches each PDU synchronously; nothing blocks the receive path (Data-Out
+protocol object (:mod:`.client_rx`) frames the byte stream, receiving Data-In
+segments straight into the command's result buffer, and dispatches each PDU
+synchronously; nothing blocks the receive path (Data-Out
 for an R2T is sent from its own task), so a target that is writing to us is
 always being read.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +38,8 @@ from .client_ops import ScsiConveniences
 from .client_login import Credentials, InitiatorLogin, LoginOptions, LoginResult, new_isid
 from .client_types import DiscoveredTarget, ScsiResult
 from .client_url import IscsiUrl, parse_url
-from .framing import FramingError, PduReader, UnknownOpcode, encode_pdu
+from .client_rx import RxProtocol
+from .framing import encode_pdu
 from .params import TextError, decode_text, encode_text
 from .session import sn_le, sn_lt
 
@@ -98,54 +99,7 @@ class CommandHandle:
         return self.result().__await__()
 
 
-class _Protocol(asyncio.Protocol):
-    """Bytes → PDUs for the client; flow control for its writes."""
-
-    def __init__(self, client: "IscsiClient") -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.reader = PduReader()
-        self._can_write = asyncio.Event()
-        self._can_write.set()
-        self.lost = False
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-
-    def data_received(self, data: bytes) -> None:
-        if self.lost:
-            return
-        self.reader.feed(data)
-        try:
-            while not self.lost:
-                pdu = self.reader.next_pdu()
-                if pdu is None:
-                    break
-                self.client._dispatch(self, pdu)
-        except UnknownOpcode as exc:
-            self.client._fail(ProtocolViolation(f"target sent an unknown PDU: {exc}"), self)
-        except FramingError as exc:
-            self.client._fail(ProtocolViolation(f"framing error from target: {exc}"), self)
-        except IscsiError as exc:
-            self.client._fail(exc, self)
-
-    def pause_writing(self) -> None:
-        self._can_write.clear()
-
-    def resume_writing(self) -> None:
-        self._can_write.set()
-
-    def connection_lost(self, exc) -> None:
-        self._can_write.set()
-        if not self.lost:
-            self.lost = True
-            self.client._fail(TransportError(f"connection lost: {exc or 'closed by target'}"), self)
+_Protocol = RxProtocol
 
 
 class IscsiClient(ScsiConveniences):
@@ -258,9 +212,9 @@ class IscsiClient(ScsiConveniences):
         self._cmdsn = res.expcmdsn
         self._update_window()
         p = res.params
-        proto.reader.header_digest = p.header_digest
-        proto.reader.data_digest = p.data_digest
-        proto.reader.max_data = max(p.max_recv_data_segment_length, 8192)
+        proto.header_digest = p.header_digest
+        proto.data_digest = p.data_digest
+        proto.max_data = max(p.max_recv_data_segment_length, 8192)
         log.debug("logged in to %s tsih=%d params=%s", self.target, self.tsih, p)
 
     @property
@@ -407,13 +361,30 @@ class IscsiClient(ScsiConveniences):
             raise ProtocolViolation(f"target sent an initiator PDU {type(pdu).__name__}")
         handler(self, proto, pdu)
 
+    def _lost(self, proto: _Protocol, exc) -> None:
+        self._fail(TransportError(f"connection lost: {exc or 'closed by target'}"), proto)
+
+    def _placement(self, proto: _Protocol, pdu: P.DataIn, dlen: int) -> memoryview | None:
+        """Where a Data-In segment may be received directly: its place in the command's
+        buffer, or None to take the ordinary path (which also reports what is wrong)."""
+        if proto is not self._proto or self._login_waiter is not None:
+            return None
+        task = self._pending.get(pdu.itt)
+        if not isinstance(task, _Task) or pdu.datasn != task.next_datasn:
+            return None
+        buf = task.read_buf
+        if buf is None or pdu.offset + dlen > len(buf):
+            return None
+        return memoryview(buf)[pdu.offset:pdu.offset + dlen]
+
     def _on_data_in(self, proto: _Protocol, pdu: P.DataIn) -> None:
         task = self._pending.get(pdu.itt)
         if task is None:
             return                                  # aborted meanwhile: the target may still send
         if not isinstance(task, _Task):
             raise ProtocolViolation(f"Data-In for non-command ITT 0x{pdu.itt:08x}")
-        n = len(pdu.data)
+        data = pdu.data
+        n = len(data)
         if n:
             buf = task.read_buf
             if buf is None or pdu.offset + n > len(buf):
@@ -421,7 +392,11 @@ class IscsiClient(ScsiConveniences):
                                         f"{task.edtl} bytes")
             if pdu.datasn != task.next_datasn:
                 raise ProtocolViolation(f"Data-In DataSN {pdu.datasn}, expected {task.next_datasn}")
-            buf[pdu.offset:pdu.offset + n] = pdu.data
+            if isinstance(data, memoryview) and data.obj is buf:
+                data.release()                      # received in place (client_rx)
+                pdu.data = b""
+            else:
+                buf[pdu.offset:pdu.offset + n] = data
             task.high = max(task.high, pdu.offset + n)
         task.next_datasn += 1
         if pdu.has_status:
@@ -437,7 +412,11 @@ class IscsiClient(ScsiConveniences):
         if buf is None:
             return b""
         if task.high < len(buf):
-            del buf[task.high:]
+            try:
+                del buf[task.high:]
+            except BufferError:
+                # asyncio still holds the view it received the last segment into.
+                return buf[:task.high]
         return buf
 
     def _complete(self, task: _Task, result: ScsiResult) -> None:
