@@ -149,8 +149,9 @@ def run_tgt(image: Path, logdir: Path) -> Iterator[Side]:
     if not shutil.which("tgtd"):
         raise BenchError("tgtd not installed (apt-get install tgt)")
     port = free_port()
-    # A control port of our own, so a system tgtd (socket.0) is left alone.
-    ctl = 20000 + os.getpid() % 20000
+    # A control port of our own, so a system tgtd (socket.0) is left alone;
+    # tgtd accepts -C values up to 32767.
+    ctl = 20000 + os.getpid() % 12000
     log = logdir / "tgtd.log"
     cmd = ["tgtd", "-f", "-C", str(ctl), "--iscsi", f"portal=127.0.0.1:{port}"]
     with open(log, "wb") as out:
