@@ -6,6 +6,7 @@ one-line message, so the console never shows a traceback.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +57,14 @@ def _is_unit_attention(r: Reply) -> bool:
     return key == 0x6
 
 
-class Backend:
+class Backend(ABC):
     name = "?"
     lun = 0
 
+    @abstractmethod
     def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int,
                  lun: int | None = None) -> Reply:
-        raise NotImplementedError
+        """Run one CDB on the transport (iSCSI or in-process)."""
 
     def execute(self, cdb: bytes, *, data_out: bytes | None = None, read_length: int = 0,
                 retry_ua: bool = True, lun: int | None = None) -> Reply:

@@ -152,60 +152,50 @@ class FileStore(BlockStore):
     # readinto/write per record costs more in Python than the syscall itself.
     # These take whole lists, check them once, merge neighbours into one
     # vectored call, and fall back to the single-range path on anything short.
-    def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
-        """``readinto(offsets[i], bufs[i])`` for every i (flat byte views)."""
+    def _groups(self, offsets: list[int], bufs: list) -> Iterator[tuple[int, int, int, int]]:
+        """(i, j, start, end): runs ``offsets[i:j]`` that are contiguous on disk, checked."""
         if self._closed:
             raise StoreError(f"{self.path} is closed")
-        fd, size, preadv, pread_one = self._fd, self.size, os.preadv, self.readinto
+        size = self.size
         i, n = 0, len(offsets)
         while i < n:
             off = offsets[i]
-            buf = bufs[i]
-            end = off + len(buf)
+            end = off + len(bufs[i])
             j = i + 1
             while j < n and offsets[j] == end and j - i < _IOV_MAX:
                 end += len(bufs[j])
                 j += 1
             if off < 0 or end > size:
                 raise StoreError(f"range {off}+{end - off} outside {self.path} ({size} bytes)")
+            yield i, j, off, end
+            i = j
+
+    def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
+        """``readinto(offsets[i], bufs[i])`` for every i (flat byte views)."""
+        for i, j, off, end in self._groups(offsets, bufs):
             try:
-                got = preadv(fd, bufs[i:j] if j > i + 1 else [buf], off)
+                got = os.preadv(self._fd, bufs[i:j], off)
             except OSError as exc:
                 raise StoreError(f"read of {end - off} bytes at {off} from {self.path} failed: "
                                  f"{exc.strerror}") from exc
             if got != end - off:            # short: redo the group range by range
                 for k in range(i, j):
-                    pread_one(offsets[k], bufs[k])
-            i = j
+                    self.readinto(offsets[k], bufs[k])
 
     def write_many(self, offsets: list[int], datas: list) -> None:
         """``write(offsets[i], datas[i])`` for every i, in order (flat byte views)."""
-        if self._closed:
-            raise StoreError(f"{self.path} is closed")
         if self.read_only:
             raise StoreError(f"{self.path} is open read-only")
-        fd, size, pwrite, pwritev, write_one = self._fd, self.size, os.pwrite, os.pwritev, \
-            self.write
-        i, n = 0, len(offsets)
-        while i < n:
-            off = offsets[i]
-            data = datas[i]
-            end = off + len(data)
-            j = i + 1
-            while j < n and offsets[j] == end and j - i < _IOV_MAX:
-                end += len(datas[j])
-                j += 1
-            if off < 0 or end > size:
-                raise StoreError(f"range {off}+{end - off} outside {self.path} ({size} bytes)")
+        for i, j, off, end in self._groups(offsets, datas):
             try:
-                done = pwrite(fd, data, off) if j == i + 1 else pwritev(fd, datas[i:j], off)
+                done = os.pwrite(self._fd, datas[i], off) if j == i + 1 \
+                    else os.pwritev(self._fd, datas[i:j], off)
             except OSError as exc:
                 raise StoreError(f"write of {end - off} bytes at {off} to {self.path} failed: "
                                  f"{exc.strerror}") from exc
             if done != end - off:           # short: finish the group range by range
                 for k in range(i, j):
-                    write_one(offsets[k], datas[k])     # idempotent over what was written
-            i = j
+                    self.write(offsets[k], datas[k])     # idempotent over what was written
 
     def write_zeroes(self, offset: int, length: int) -> None:
         self._check(offset, length)

@@ -4,6 +4,7 @@ that any LBA and length fit."""
 from __future__ import annotations
 
 import logging
+from typing import Awaitable, Callable
 
 from ..scsi.command import Status
 from ..scsi.sense import SenseKey
@@ -17,8 +18,9 @@ class ScsiConveniences:
     lun: int
     _block_size: int | None
 
-    async def execute(self, cdb: bytes, **kw) -> ScsiResult:  # pragma: no cover - provided
-        raise NotImplementedError
+    # ``execute`` comes from the class this is mixed into (IscsiClient); the
+    # conveniences below are written against it.
+    execute: Callable[..., Awaitable[ScsiResult]]
 
     # These raise ScsiCheckCondition/ScsiCommandError for non-GOOD status.  A UNIT
     # ATTENTION (power on, reset, parameters changed...) reports an event, not a failure

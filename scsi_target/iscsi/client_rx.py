@@ -19,7 +19,7 @@ import crc32c as _crc32c
 
 from . import pdu as P
 from .client_errors import IscsiError, ProtocolViolation
-from .framing import FramingError, UnknownOpcode, digest_bytes
+from .framing import FramingError, UnknownOpcode, data_digest_ok, split_header
 
 SCRATCH = 64 * 1024
 # A header (with digest) and the trailer (padding, data digest) of the PDU before it.
@@ -141,24 +141,13 @@ class RxProtocol(asyncio.BufferedProtocol):
                 self._finish_placed(t)
                 continue
             if self._pdu is None:
-                if avail < P.BHS_LEN:
-                    self._need = P.BHS_LEN
-                    return
                 s = self._start
-                ahs_len, dlen = P.header_lengths(memoryview(buf)[s:s + P.BHS_LEN])
-                hlen = P.BHS_LEN + ahs_len + (4 if self.header_digest else 0)
-                if avail < hlen:
-                    self._need = hlen
+                got = split_header(buf, s, avail, self.header_digest, self.max_data)
+                if isinstance(got, int):
+                    self._need = got
                     return
-                bhs = bytes(buf[s:s + P.BHS_LEN])
-                ahs = bytes(buf[s + P.BHS_LEN:s + P.BHS_LEN + ahs_len])
-                if self.header_digest:
-                    if digest_bytes(bhs, ahs) != bytes(buf[s + hlen - 4:s + hlen]):
-                        raise FramingError("header digest mismatch", None, bhs)
+                hlen, bhs, ahs, dlen = got
                 self._start = s + hlen
-                if dlen > self.max_data:
-                    raise FramingError(f"data segment of {dlen} bytes exceeds the negotiated "
-                                       f"{self.max_data}", 0x04, bhs)
                 try:
                     pdu = P.decode_bhs(bhs, ahs)
                 except P.PduFormatError as exc:
@@ -187,8 +176,7 @@ class RxProtocol(asyncio.BufferedProtocol):
             data = bytes(view[s:s + dlen]) if dlen < 4096 else bytearray(view[s:s + dlen])
             if self.data_digest:
                 padded = dlen + (-dlen % 4)
-                ok = digest_bytes(view[s:s + padded]) == bytes(view[s + padded:s + padded + 4])
-                if not ok:
+                if not data_digest_ok(view[s:s + padded], view[s + padded:s + padded + 4]):
                     view.release()
                     self._pdu = None
                     self._start = s + dlen + t

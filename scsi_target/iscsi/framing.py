@@ -43,6 +43,39 @@ class FramingError(Exception):
         self.bhs = bhs
 
 
+def split_header(buf, start: int, avail: int, header_digest: bool,
+                 max_data: int) -> tuple[int, bytes, bytes, int] | int:
+    """Check the header at ``buf[start:]`` (``avail`` bytes there).
+
+    Returns the number of bytes needed when the header (with AHS and digest) is
+    not complete yet, else ``(header length, BHS, AHS, data segment length)``.
+    Raises :class:`FramingError` on a header digest mismatch or a data segment
+    longer than ``max_data`` — both leave a stream that cannot be trusted.
+    """
+    if avail < BHS_LEN:
+        return BHS_LEN
+    with memoryview(buf) as view:   # released before the caller resizes ``buf``
+        ahs_len, dlen = header_lengths(view[start:start + BHS_LEN])
+        hlen = BHS_LEN + ahs_len + (4 if header_digest else 0)
+        if avail < hlen:
+            return hlen
+        bhs = bytes(view[start:start + BHS_LEN])
+        ahs = bytes(view[start + BHS_LEN:start + BHS_LEN + ahs_len])
+        digest = bytes(view[start + hlen - 4:start + hlen]) if header_digest else b""
+    if header_digest and digest_bytes(bhs, ahs) != digest:
+        raise FramingError("header digest mismatch", None, bhs)
+    if dlen > max_data:
+        # Cannot resynchronise safely on a stream whose lengths we refuse.
+        raise FramingError(f"data segment of {dlen} bytes exceeds the negotiated "
+                           f"{max_data}", 0x04, bhs)
+    return hlen, bhs, ahs, dlen
+
+
+def data_digest_ok(padded_data, digest) -> bool:
+    """Whether ``digest`` (4 wire bytes) is the CRC32C of the padded data segment."""
+    return digest_bytes(padded_data) == bytes(digest)
+
+
 class PduReader:
     # The largest data segment we accept during login, before negotiation.
     LOGIN_MAX_DATA = 8192
@@ -67,23 +100,12 @@ class PduReader:
         """The next complete PDU, or None when more bytes are needed."""
         buf = self._buf
         if self._bhs is None:
-            if len(buf) < BHS_LEN:
+            # A FramingError leaves the stream unusable: the connection closes.
+            got = split_header(buf, 0, len(buf), self.header_digest, self.max_data)
+            if isinstance(got, int):
                 return None
-            ahs_len, dlen = header_lengths(buf)
-            hlen = BHS_LEN + ahs_len + (4 if self.header_digest else 0)
-            if len(buf) < hlen:
-                return None
-            bhs = bytes(buf[:BHS_LEN])
-            ahs = bytes(buf[BHS_LEN:BHS_LEN + ahs_len])
-            if self.header_digest:
-                got = bytes(buf[hlen - 4:hlen])
-                if digest_bytes(bhs, ahs) != got:
-                    raise FramingError("header digest mismatch", None, bhs)
+            hlen, bhs, ahs, dlen = got
             del buf[:hlen]
-            if dlen > self.max_data:
-                # Cannot resynchronise safely on a stream whose lengths we refuse.
-                raise FramingError(f"data segment of {dlen} bytes exceeds the negotiated "
-                                   f"{self.max_data}", 0x04, bhs)
             self._bhs, self._ahs, self._dlen = bhs, ahs, dlen
         dlen = self._dlen
         total = dlen + (-dlen % 4) + (4 if (self.data_digest and dlen) else 0)
@@ -94,8 +116,7 @@ class PduReader:
             data = bytes(view[:dlen]) if dlen < 4096 else bytearray(view[:dlen])
             if self.data_digest:
                 padded = dlen + (-dlen % 4)
-                got = bytes(view[padded:padded + 4])
-                ok = digest_bytes(view[:padded]) == got
+                ok = data_digest_ok(view[:padded], view[padded:padded + 4])
                 view.release()
                 if not ok:
                     bhs = self._bhs
