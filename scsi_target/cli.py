@@ -108,7 +108,7 @@ def describe(cfg: C.ServerConfig, bound: Sequence[tuple[str, int]]) -> list[str]
 async def serve(cfg: C.ServerConfig, server_factory=None) -> int:
     """Build the registry, start the server, wait for SIGINT/SIGTERM, close."""
     if server_factory is None:
-        from .iscsi.server import IscsiServer as server_factory
+        from .target.server import IscsiServer as server_factory
     registry = C.build_registry(cfg)
     server = server_factory(registry, **cfg.server_options())
     try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from .target import Chap, Portal, TargetDef, TargetRegistry
+from .target.registry import Chap, Portal, TargetDef, TargetRegistry
 
 DEFAULT_IQN = "iqn.2026-11.org.pyscsi:default"
 DEFAULT_DISK = Path("var/disk0.img")

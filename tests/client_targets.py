@@ -7,7 +7,7 @@ A *factory* starts one target implementation and creates targets on it:
     factory.close()
 
 ``tgt`` runs the real tgtd (C) as a subprocess with its own portal and
-control port; ``ours`` runs scsi_target.iscsi.server.IscsiServer in a thread
+control port; ``ours`` runs scsi_target.target.server.IscsiServer in a thread
 with its own event loop.  ``params`` are target-side operational settings
 (tgtadm --name/--value); a factory that cannot apply them per target ignores
 them, so tests set what they need to check on the initiator side (the
@@ -186,12 +186,12 @@ class TgtFactory:
 
 
 class OursFactory:
-    """Our own target (scsi_target.iscsi.server) in a thread with its own loop."""
+    """Our own target (scsi_target.target.server) in a thread with its own loop."""
     name = "ours"
 
     def __init__(self, tmp: Path) -> None:
-        from scsi_target.iscsi.server import IscsiServer
-        from scsi_target.target import Portal, TargetRegistry
+        from scsi_target.target.server import IscsiServer
+        from scsi_target.target.registry import Portal, TargetRegistry
 
         self.tmp = tmp
         self.registry = TargetRegistry(portals=[Portal("127.0.0.1", 0)])
@@ -207,7 +207,7 @@ class OursFactory:
                    params: dict[str, str] | None = None) -> TargetInfo:
         from scsi_target.config import LunSpec, build_lu
         from scsi_target.scsi.lun import LunMap
-        from scsi_target.target import Chap, TargetDef
+        from scsi_target.target.registry import Chap, TargetDef
 
         if params and "nop_interval" in params:
             # Our pings are a server-wide setting; tgt's nop_count maps to a timeout.

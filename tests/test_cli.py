@@ -30,9 +30,9 @@ FAKE_SERVER = textwrap.dedent("""
         async def close(self):
             print("fake server closed", flush=True)
             self.registry.close()
-    mod = types.ModuleType("scsi_target.iscsi.server")
+    mod = types.ModuleType("scsi_target.target.server")
     mod.IscsiServer = FakeServer
-    sys.modules["scsi_target.iscsi.server"] = mod
+    sys.modules["scsi_target.target.server"] = mod
     from scsi_target.cli import main
     sys.exit(main())
 """)

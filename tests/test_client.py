@@ -1,4 +1,4 @@
-"""The iSCSI initiator (scsi_target.iscsi.client*).
+"""The iSCSI initiator (scsi_target.initiator.client*).
 
 Three layers of tests:
 * pure: URL parsing, the login state machine against scripted responses;
@@ -20,20 +20,20 @@ import pytest
 from hypothesis import given, strategies as st
 
 from client_targets import FACTORIES, TargetInfo, selected
-from scsi_target.iscsi import pdu as P
-from scsi_target.iscsi import client_cdb as cdbs
-from scsi_target.iscsi.client import DiscoveredTarget, IscsiClient
-from scsi_target.iscsi.client_errors import (IscsiRejected, IscsiTimeout, LoginError,
+from scsi_target.protocol import pdu as P
+from scsi_target.initiator import cdb as cdbs
+from scsi_target.initiator.client import DiscoveredTarget, IscsiClient
+from scsi_target.initiator.errors import (IscsiRejected, IscsiTimeout, LoginError,
                                              NegotiationError, ScsiCheckCondition, TaskAborted,
                                              TaskManagementError,
                                              TransportError)
-from scsi_target.iscsi.client_login import Credentials, InitiatorLogin, LoginOptions
-from scsi_target.iscsi.client_sync import SyncIscsiClient
-from scsi_target.iscsi.client_url import parse_url
-from scsi_target.iscsi.client_errors import UrlError
-from scsi_target.iscsi.framing import PduReader, encode_pdu
-from scsi_target.iscsi.params import Negotiation, TargetPolicy, decode_text, encode_text
-from scsi_target.iscsi import chap
+from scsi_target.initiator.login import Credentials, InitiatorLogin, LoginOptions
+from scsi_target.initiator.sync import SyncIscsiClient
+from scsi_target.initiator.url import parse_url
+from scsi_target.initiator.errors import UrlError
+from scsi_target.protocol.framing import PduReader, encode_pdu
+from scsi_target.protocol.params import Negotiation, TargetPolicy, decode_text, encode_text
+from scsi_target.protocol import chap
 from scsi_target.scsi.sense import SenseKey, SenseError, render_sense, LBA_OUT_OF_RANGE
 
 pytestmark = pytest.mark.timeout(120)

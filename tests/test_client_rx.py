@@ -6,10 +6,10 @@ import asyncio
 
 from hypothesis import given, settings, strategies as st
 
-from scsi_target.iscsi import pdu as P
-from scsi_target.iscsi.client_errors import ProtocolViolation
-from scsi_target.iscsi.client_rx import RxProtocol
-from scsi_target.iscsi.framing import encode_pdu
+from scsi_target.protocol import pdu as P
+from scsi_target.initiator.errors import ProtocolViolation
+from scsi_target.initiator.rx import RxProtocol
+from scsi_target.protocol.framing import encode_pdu
 
 
 class FakeClient:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from scsi_target import config as C
-from scsi_target.target import Chap, Portal
+from scsi_target.target.registry import Chap, Portal
 
 GOOD = """
 portals = ["127.0.0.1:3261", "[::1]:3262"]

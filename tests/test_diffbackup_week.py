@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from scsi_target.iscsi.client_sync import SyncIscsiClient
+from scsi_target.initiator.sync import SyncIscsiClient
 
 from backup_harness import Server, diffbackup
 

@@ -59,7 +59,7 @@ def test_deferred_barrier_batches_marks_until_the_front_end_commits(tmp_path):
 
 def test_iscsi_connection_commits_before_responses_leave(tmp_path, monkeypatch):
     """The connection's receive path ends with the barrier (no response without it)."""
-    from scsi_target.iscsi import connection as C
+    from scsi_target.target import connection as C
 
     calls = []
     real = durability.barrier

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 from hypothesis import given, strategies as st
 
-from scsi_target.iscsi import chap as C
+from scsi_target.protocol import chap as C
 
 
 def md5(ident: int, secret: bytes, challenge: bytes) -> bytes:

@@ -5,13 +5,13 @@ import struct
 
 import pytest
 
-from scsi_target.iscsi import connection as CONN
-from scsi_target.iscsi import pdu as P
-from scsi_target.iscsi.framing import PduReader, encode_pdu
-from scsi_target.iscsi.session import Session, SessionTable
+from scsi_target.target import connection as CONN
+from scsi_target.protocol import pdu as P
+from scsi_target.protocol.framing import PduReader, encode_pdu
+from scsi_target.target.session import Session, SessionTable
 from scsi_target.scsi.disk import DiskLU
 from scsi_target.scsi.lun import LunMap
-from scsi_target.target import Portal, TargetDef, TargetRegistry
+from scsi_target.target.registry import Portal, TargetDef, TargetRegistry
 from volume.memstore import MemoryStore
 
 IQN = "iqn.2026-11.org.pyscsi.test:conn"

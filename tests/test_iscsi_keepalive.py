@@ -7,11 +7,11 @@ import socket
 import pytest
 
 from scsi_target.config import LunSpec, build_lu
-from scsi_target.iscsi import pdu as P
-from scsi_target.iscsi.client import IscsiClient
-from scsi_target.iscsi.server import IscsiServer
+from scsi_target.protocol import pdu as P
+from scsi_target.initiator.client import IscsiClient
+from scsi_target.target.server import IscsiServer
 from scsi_target.scsi.lun import LunMap
-from scsi_target.target import Portal, TargetDef, TargetRegistry
+from scsi_target.target.registry import Portal, TargetDef, TargetRegistry
 
 IQN = "iqn.2026-11.org.pyscsi.test:keepalive"
 

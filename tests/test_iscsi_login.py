@@ -3,11 +3,11 @@ import hashlib
 
 import pytest
 
-from scsi_target.iscsi import params as K
-from scsi_target.iscsi.login import LOGIN_CHUNK, LoginMachine, Status
-from scsi_target.iscsi.pdu import LoginRequest, LoginResponse, NopOut
+from scsi_target.protocol import params as K
+from scsi_target.target.login import LOGIN_CHUNK, LoginMachine, Status
+from scsi_target.protocol.pdu import LoginRequest, LoginResponse, NopOut
 from scsi_target.scsi.lun import LunMap
-from scsi_target.target import Chap, Portal, TargetDef, TargetRegistry
+from scsi_target.target.registry import Chap, Portal, TargetDef, TargetRegistry
 
 INI = "iqn.2024-01.org.example:host1"
 TGT = "iqn.2024-01.org.example:disk1"

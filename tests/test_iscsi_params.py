@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from scsi_target.iscsi import params as K
+from scsi_target.protocol import params as K
 
 key_chars = st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-+@_")
 keys = st.text(key_chars, min_size=1, max_size=K.MAX_KEY_LEN)

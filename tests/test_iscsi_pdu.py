@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from scsi_target.iscsi import pdu as P
-from scsi_target.iscsi.framing import (FramingError, PduReader, UnknownOpcode, digest_bytes,
+from scsi_target.protocol import pdu as P
+from scsi_target.protocol.framing import (FramingError, PduReader, UnknownOpcode, digest_bytes,
                                        encode_pdu)
 
 U32 = st.integers(0, 0xFFFFFFFF)

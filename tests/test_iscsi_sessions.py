@@ -5,10 +5,10 @@ import asyncio
 import os
 
 from scsi_target.config import LunSpec, build_lu
-from scsi_target.iscsi.client import IscsiClient
-from scsi_target.iscsi.server import IscsiServer
+from scsi_target.initiator.client import IscsiClient
+from scsi_target.target.server import IscsiServer
 from scsi_target.scsi.lun import LunMap
-from scsi_target.target import Portal, TargetDef, TargetRegistry
+from scsi_target.target.registry import Portal, TargetDef, TargetRegistry
 
 IQN = "iqn.2026-11.org.pyscsi.test:sessions"
 SIZE = 16 << 20

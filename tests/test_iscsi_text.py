@@ -1,11 +1,11 @@
 """Full-feature-phase Text Requests: SendTargets, continuation, MaxRecvDataSegmentLength."""
 import pytest
 
-from scsi_target.iscsi import params as K
-from scsi_target.iscsi.pdu import RESERVED_TAG, RejectReason, TextRequest
-from scsi_target.iscsi.text import TextNegotiator, TextProtocolError
+from scsi_target.protocol import params as K
+from scsi_target.protocol.pdu import RESERVED_TAG, RejectReason, TextRequest
+from scsi_target.target.text import TextNegotiator, TextProtocolError
 from scsi_target.scsi.lun import LunMap
-from scsi_target.target import Portal, TargetDef, TargetRegistry
+from scsi_target.target.registry import Portal, TargetDef, TargetRegistry
 
 INI = "iqn.2024-01.org.example:host1"
 

@@ -506,7 +506,7 @@ def test_extended_copy_list_golden() -> None:
 
 
 def test_copy_and_pr_cdb_builders() -> None:
-    from scsi_target.iscsi import client_cdb
+    from scsi_target.initiator import cdb as client_cdb
     assert LCDB.extended_copy(0x4C) == bytes.fromhex("83" "00" + "00" * 8 + "0000004c" "00" "00")
     assert LCDB.receive_copy_results(LCDB.RCR_OPERATING_PARAMETERS, 0, 1024) == \
         bytes.fromhex("84" "03" "00" + "00" * 7 + "00000400" "00" "00")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from scsi_target.iscsi.client_sync import SyncIscsiClient
+from scsi_target.initiator.sync import SyncIscsiClient
 from volume.stream import Record, StreamDecoder
 
 from backup_harness import Server, diffbackup

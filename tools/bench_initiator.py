@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scsi_target.iscsi.client import IscsiClient
+from scsi_target.initiator.client import IscsiClient
 from scsi_target.scsi.layouts import cdbs as C
 
 from .capture_golden import Tgt

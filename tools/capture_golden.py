@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scsi_target.iscsi.client_sync import SyncIscsiClient
+from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.layouts import cdbs as C
 
 IQN = "iqn.2026-01.org.scsi-target.golden:tgt"

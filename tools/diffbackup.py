@@ -79,8 +79,8 @@ class RemoteVolume:
     """A tracked disk served by a running target, reached through its backup device."""
 
     def __init__(self, url: str) -> None:
-        from scsi_target.iscsi.client_sync import SyncIscsiClient
-        from scsi_target.iscsi.client_url import parse_url
+        from scsi_target.initiator.sync import SyncIscsiClient
+        from scsi_target.initiator.url import parse_url
         from scsi_target.scsi.layouts import backup as L
         self.L = L
         lun = parse_url(url).lun
@@ -114,7 +114,7 @@ class RemoteVolume:
 
     def _exec(self, cdb: bytes, *, lun: int, what: str, **kw):
         """Execute; a pending UNIT ATTENTION (new session, reset) is reported once and retried."""
-        from scsi_target.iscsi.client_errors import ScsiCheckCondition
+        from scsi_target.initiator.errors import ScsiCheckCondition
         from scsi_target.scsi.sense import SenseKey
         for attempt in range(4):
             try:

@@ -87,9 +87,9 @@ class Backend(ABC):
 
 class IscsiBackend(Backend):
     def __init__(self, url: str, timeout: float = 30.0) -> None:
-        from scsi_target.iscsi.client_errors import IscsiError, LoginError, UrlError
-        from scsi_target.iscsi.client_sync import SyncIscsiClient
-        from scsi_target.iscsi.client_url import parse_url
+        from scsi_target.initiator.errors import IscsiError, LoginError, UrlError
+        from scsi_target.initiator.sync import SyncIscsiClient
+        from scsi_target.initiator.url import parse_url
         self.url_text = url
         try:
             self.url = parse_url(url)
@@ -109,7 +109,7 @@ class IscsiBackend(Backend):
 
     def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int,
                  lun: int | None = None) -> Reply:
-        from scsi_target.iscsi.client_errors import IscsiError, TransportError
+        from scsi_target.initiator.errors import IscsiError, TransportError
         try:
             r = self.client.execute(cdb, data_out=data_out, read_length=read_length, lun=lun)
         except TransportError as e:
@@ -122,8 +122,8 @@ class IscsiBackend(Backend):
         return Reply(r.status, bytes(r.data), bytes(r.sense), r.residual)
 
     def reconnect(self) -> None:
-        from scsi_target.iscsi.client_errors import IscsiError, LoginError
-        from scsi_target.iscsi.client_sync import SyncIscsiClient
+        from scsi_target.initiator.errors import IscsiError, LoginError
+        from scsi_target.initiator.sync import SyncIscsiClient
         try:
             self.client.close()
         except Exception:  # the old session is gone either way

@@ -10,24 +10,12 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..protocol.serial import MASK32, sn_le
 from ..scsi.command import Nexus
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..target import TargetDef
+    from .registry import TargetDef
     from .connection import TargetConnection
-
-SERIAL_HALF = 1 << 31
-MASK32 = 0xFFFFFFFF
-
-
-def sn_lt(a: int, b: int) -> bool:
-    """Serial number arithmetic (RFC 1982) for 32-bit sequence numbers."""
-    return a != b and ((b - a) & MASK32) < SERIAL_HALF
-
-
-def sn_le(a: int, b: int) -> bool:
-    return a == b or sn_lt(a, b)
-
 
 @dataclass
 class Session:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from .client_errors import UrlError
+from .errors import UrlError
 
 DEFAULT_PORT = 3260
 

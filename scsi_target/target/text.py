@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..target import TargetDef, TargetRegistry
-from . import params as K
-from .pdu import RESERVED_TAG, RejectReason, TextRequest, TextResponse
+from .registry import TargetDef, TargetRegistry
+from ..protocol import params as K
+from ..protocol.pdu import RESERVED_TAG, RejectReason, TextRequest, TextResponse
 
 
 class TextProtocolError(Exception):

@@ -16,11 +16,11 @@ import concurrent.futures
 import threading
 from typing import Any, Iterable
 
-from . import pdu as P
+from ..protocol import pdu as P
 from .client import (DEFAULT_TIMEOUT, DiscoveredTarget, IscsiClient, ScsiResult, discover)
-from .client_cdb import Capacity
-from .client_errors import IscsiTimeout
-from .client_url import IscsiUrl
+from .cdb import Capacity
+from .errors import IscsiTimeout
+from .url import IscsiUrl
 
 # Extra time the calling thread waits beyond the client's own timeouts, which
 # normally fire first and raise a precise error.

@@ -4,7 +4,7 @@ Every PDU type is a dataclass whose header layout is declared once as a list
 of fields (byte offset, struct format or bit mask).  ``encode_bhs`` and
 ``decode_bhs`` walk that list; the data segment travels beside the header as
 ``pdu.data`` and AHS bytes as ``pdu.ahs``.  Framing (lengths, padding,
-digests) lives in :mod:`scsi_target.iscsi.framing`.
+digests) lives in :mod:`scsi_target.protocol.framing`.
 """
 from __future__ import annotations
 

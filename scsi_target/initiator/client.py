@@ -30,25 +30,24 @@ from dataclasses import dataclass, field
 from ..scsi.command import TaskAttr
 from ..scsi.lunaddr import encode_lun
 from ..scsi.sense import parse_sense
-from . import pdu as P
-from .client_errors import (IscsiError, IscsiRejected, IscsiTimeout, LoginError,
+from ..protocol import pdu as P
+from .errors import (IscsiError, IscsiRejected, IscsiTimeout, LoginError,
                             ProtocolViolation, TaskAborted,
                             TaskManagementError, TransportError)
-from .client_ops import ScsiConveniences
-from .client_login import Credentials, InitiatorLogin, LoginOptions, LoginResult, new_isid
-from .client_types import DiscoveredTarget, ScsiResult
-from .client_url import IscsiUrl, parse_url
-from .client_rx import RxProtocol
-from .framing import encode_pdu
-from .params import TextError, decode_text, encode_text
-from .session import sn_le, sn_lt
+from .ops import ScsiConveniences
+from .login import Credentials, InitiatorLogin, LoginOptions, GrantedSession, new_isid
+from .results import DiscoveredTarget, ScsiResult
+from .url import IscsiUrl, parse_url
+from .rx import RxProtocol
+from ..protocol.framing import encode_pdu
+from ..protocol.params import TextError, decode_text, encode_text
+from ..protocol.serial import MASK32, sn_le, sn_lt
 
-log = logging.getLogger("scsi_target.iscsi.client")
+log = logging.getLogger("scsi_target.initiator.client")
 
 __all__ = ["IscsiClient", "ScsiResult", "CommandHandle", "DiscoveredTarget", "LoginOptions",
            "Credentials", "discover"]
 
-MASK32 = 0xFFFFFFFF
 DEFAULT_TIMEOUT = 30.0
 MAX_REDIRECTS = 3
 
@@ -119,7 +118,7 @@ class IscsiClient(ScsiConveniences):
         self.login_timeout = login_timeout or min(timeout, 15.0)
         self.isid = isid or new_isid()
         self.tsih = 0
-        self.login_result: LoginResult | None = None
+        self.login_result: GrantedSession | None = None
         self.async_events: list[P.AsyncMessage] = []
         self._proto: _Protocol | None = None
         self._error: IscsiError | None = None

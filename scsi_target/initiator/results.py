@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from ..scsi.command import Status
 from ..scsi.sense import SenseKey
-from .client_errors import ScsiCheckCondition, ScsiCommandError
+from .errors import ScsiCheckCondition, ScsiCommandError
 
 
 @dataclass

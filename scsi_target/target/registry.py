@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .scsi.lun import LunMap
+from ..scsi.lun import LunMap
 
 
 @dataclass(frozen=True)

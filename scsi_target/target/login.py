@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
-from ..target import Chap, Portal, TargetDef, TargetRegistry
-from . import params as K
-from .chap import Challenge, ChapError, choose_algorithm, mutual_answer
-from .pdu import LoginRequest, LoginResponse, Pdu
+from .registry import Chap, Portal, TargetDef, TargetRegistry
+from ..protocol import params as K
+from ..protocol.chap import Challenge, ChapError, choose_algorithm, mutual_answer
+from ..protocol.pdu import LoginRequest, LoginResponse, Pdu
 
 VERSION = 0x00          # the only iSCSI version there is
 LOGIN_CHUNK = 8192      # login PDUs carry at most 8192 bytes of text (RFC 7143 6.6)
@@ -76,7 +76,7 @@ _SECURITY_KEYS = _CHAP_KEYS | {"AuthMethod"}
 
 
 @dataclass
-class LoginResult:
+class AcceptedLogin:
     session_type: str                 # "Normal" or "Discovery"
     initiator_name: str
     isid: bytes
@@ -123,7 +123,7 @@ class LoginMachine:
                        else initial_statsn) & 0xFFFFFFFF
         self.done = False
         self.failed = False
-        self.result: LoginResult | None = None
+        self.result: AcceptedLogin | None = None
         self.failure: LoginFailure | None = None
 
         self.stage: Stage | None = None
@@ -375,7 +375,7 @@ class LoginMachine:
     def _finish(self, req: LoginRequest) -> None:
         assert self._isid is not None
         self.done = True
-        self.result = LoginResult(
+        self.result = AcceptedLogin(
             session_type=self.session_type,
             initiator_name=self._names.get("InitiatorName", ""),
             initiator_alias=self._names.get("InitiatorAlias", ""),

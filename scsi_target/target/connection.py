@@ -18,14 +18,15 @@ from volume import durability
 from ..scsi import sense as S
 from ..scsi.command import Command, Direction, Response, Status, TaskAttr
 from ..scsi.lunaddr import decode_lun
-from . import pdu as P
-from .framing import FramingError, PduReader, UnknownOpcode, encode_pdu
-from .session import Session, SessionTable, sn_le
+from ..protocol import pdu as P
+from ..protocol.framing import FramingError, PduReader, UnknownOpcode, encode_pdu
+from ..protocol.serial import sn_le
+from .session import Session, SessionTable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..target import Portal, TargetRegistry
+    from .registry import Portal, TargetRegistry
 
-log = logging.getLogger("scsi_target.iscsi")
+log = logging.getLogger("scsi_target.target")
 
 # Writes larger than this are refused before any data is accepted (bounds memory).
 MAX_WRITE_BUFFER = 256 << 20   # 65536 blocks of 4 KiB: the largest DiskLU transfer

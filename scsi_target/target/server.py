@@ -13,11 +13,11 @@ import errno
 import logging
 import socket
 
-from ..target import Portal, TargetRegistry
+from .registry import Portal, TargetRegistry
 from .connection import AfterSend, TargetConnection
 from .session import SessionTable
 
-log = logging.getLogger("scsi_target.iscsi")
+log = logging.getLogger("scsi_target.target")
 
 RECV_SIZE = 256 << 10
 # Until login completes a connection gets a small buffer: a crowd of

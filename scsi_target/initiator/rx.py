@@ -17,9 +17,9 @@ from typing import Protocol
 
 import crc32c as _crc32c
 
-from . import pdu as P
-from .client_errors import IscsiError, ProtocolViolation
-from .framing import FramingError, UnknownOpcode, data_digest_ok, split_header
+from ..protocol import pdu as P
+from .errors import IscsiError, ProtocolViolation
+from ..protocol.framing import FramingError, UnknownOpcode, data_digest_ok, split_header
 
 SCRATCH = 64 * 1024
 # A header (with digest) and the trailer (padding, data digest) of the PDU before it.

@@ -5,7 +5,7 @@ the asyncio client only moves them over the socket.  It proposes the
 operational keys in :class:`LoginOptions`, checks every answer against the
 rules of :mod:`.params` (an answer may never be "better" than our offer),
 answers the target's own offers, and runs CHAP (one-way or mutual) with the
-helpers of :mod:`.chap`.  The outcome is a :class:`LoginResult` whose
+helpers of :mod:`.chap`.  The outcome is a :class:`GrantedSession` whose
 ``params`` use the target connection's field names: ``max_recv_...`` is what
 we accept, ``max_xmit_...`` what the target accepts from us.
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from . import chap
-from . import pdu as P
-from .client_errors import LoginError, NegotiationError
-from .params import (IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, Kind, SessionParams, TextError,
+from ..protocol import chap
+from ..protocol import pdu as P
+from .errors import LoginError, NegotiationError
+from ..protocol.params import (IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, Kind, SessionParams, TextError,
                      decode_text, encode_text, fmt_bool, negotiate_list, negotiate_value,
                      parse_bool, parse_number)
 
@@ -65,7 +65,7 @@ class Credentials:
 
 
 @dataclass
-class LoginResult:
+class GrantedSession:
     params: SessionParams
     tsih: int
     statsn: int
@@ -92,7 +92,7 @@ class InitiatorLogin:
         self.creds = credentials
         self.expstatsn = 0
         self.stage = CSG_SECURITY
-        self.result: LoginResult | None = None
+        self.result: GrantedSession | None = None
         self.params = SessionParams(max_recv_data_segment_length=options.max_recv_data_segment_length)
         self.offered: dict[str, str] = {}
         self.answered: set[str] = set()
@@ -398,7 +398,7 @@ class InitiatorLogin:
             raise NegotiationError("out-of-order data PDUs/sequences are not supported")
         if not self.discovery and resp.tsih == 0:
             raise LoginError("target finished the login without a TSIH")
-        self.result = LoginResult(params=p, tsih=resp.tsih, statsn=resp.statsn,
+        self.result = GrantedSession(params=p, tsih=resp.tsih, statsn=resp.statsn,
                                   expcmdsn=resp.expcmdsn, maxcmdsn=resp.maxcmdsn,
                                   target_keys=dict(self.target_keys),
                                   auth_method=self.auth_method)

@@ -8,10 +8,10 @@ from typing import Awaitable, Callable
 
 from ..scsi.command import Status
 from ..scsi.sense import SenseKey
-from . import client_cdb as cdbs
-from .client_types import ScsiResult
+from . import cdb as cdbs
+from .results import ScsiResult
 
-log = logging.getLogger("scsi_target.iscsi.client")
+log = logging.getLogger("scsi_target.initiator.client")
 
 
 class ScsiConveniences:
