@@ -9,6 +9,7 @@ types (disk, tape, pseudo devices) subclass it and add a command set.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +20,8 @@ from volume.buffers import READ_BUFFERS
 from .command import Command, Nexus, Response, Status
 from .dispatch import DispatchTable
 from . import sense as S
+
+log = logging.getLogger("scsi_target.scsi")
 
 
 @dataclass
@@ -254,7 +257,29 @@ class LunMap:
         return self.luns.get(lun, self._missing)
 
     def execute(self, cmd: Command) -> Response:
-        return self.get(cmd.lun).execute(cmd)
+        """Run one command; never raises (invariant 3).
+
+        This is the one never-crash guard for every front end (the iSCSI
+        connection, the in-process API, tools): a bug below turns into
+        HARDWARE ERROR / INTERNAL TARGET FAILURE for that command only.
+        """
+        lu = self.get(cmd.lun)
+        try:
+            return lu.execute(cmd)
+        except Exception:
+            log.exception("internal error executing CDB %s on LUN %d",
+                          bytes(cmd.cdb).hex(), cmd.lun)
+            err = S.SenseError(S.SenseKey.HARDWARE_ERROR, S.INTERNAL_TARGET_FAILURE)
+            return Response(Status.CHECK_CONDITION, sense=S.render_sense(err),
+                            residual=cmd.expected_length or 0)
+
+    def commit(self) -> None:
+        """Make the write intents of every command answered so far durable.
+
+        Front ends that answer several commands per batch (``defer_barrier``)
+        call this once before any of those responses leaves (invariant 1).
+        """
+        durability.barrier()
 
     def report_luns(self, cmd: Command) -> Response:
         from .layouts.luns import ReportLuns

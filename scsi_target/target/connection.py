@@ -13,8 +13,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from volume import durability
-
 from ..scsi import sense as S
 from ..scsi.command import Command, Direction, Response, Status, TaskAttr
 from ..scsi.lunaddr import decode_lun
@@ -223,7 +221,8 @@ class TargetConnection:
         finally:
             # Group commit: the write intents of every command answered in this
             # batch become durable before any response leaves (invariant 1).
-            durability.barrier()
+            if self.session is not None and self.session.target is not None:
+                self.session.target.luns.commit()
 
     def _receive(self, data) -> None:
         self.reader.feed(data)
@@ -522,19 +521,7 @@ class TargetConnection:
                       nexus=self.session.nexus, task_tag=pdu.itt,
                       task_attr=TaskAttr(pdu.attr) if pdu.attr <= 4 else TaskAttr.SIMPLE,
                       defer_barrier=True)
-        luns = self.session.target.luns
-        if task.lun < 0:
-            resp = luns.get(-1).execute(cmd)
-        else:
-            try:
-                resp = luns.execute(cmd)
-            except Exception:  # a bug below must not kill the connection silently
-                log.exception("internal error executing CDB %s", bytes(cdb).hex())
-                resp = Response(Status.CHECK_CONDITION,
-                                sense=S.render_sense(S.SenseError(S.SenseKey.HARDWARE_ERROR,
-                                                                  S.INTERNAL_TARGET_FAILURE)),
-                                residual=pdu.edtl)
-        self._respond(task, resp)
+        self._respond(task, self.session.target.luns.execute(cmd))
 
     def _respond(self, task: Task, resp: Response) -> None:
         pdu = task.pdu
