@@ -1,7 +1,13 @@
 """Benchmark our iSCSI target against tgt on the same tmpfs-backed image.
 
 Each side is started, measured and stopped in turn (never both at once, so
-they don't compete for the CPUs), with the same clients:
+they don't compete for the CPUs), in alternating rounds (ours, tgt, ours,
+tgt, ...; ``--rounds``, default 3): every figure is the median of its rounds,
+printed with its spread, and the ratio is median(ours) / median(tgt).  Beside
+each rate the target process's own CPU time per command (from
+/proc/PID/stat, all threads) is reported: far less noisy than a rate on a
+busy machine.  The JSON records the core count and the load average.  The
+clients:
 
 * ``qemu-img bench``: 4 KiB at queue depth 32 and 1 MiB at queue depth 8,
   read and write;
@@ -12,7 +18,7 @@ they don't compete for the CPUs), with the same clients:
 
 tgt needs root (tgtd); it runs in the foreground on its own control port and
 is killed on exit, Ctrl-C or error.  Server logs go to var/bench/.  Usage: ``tools/bench [--quick]
-[--only PATTERN] [--side ours|tgt|both] [--json FILE]``.
+[--rounds N] [--only PATTERN] [--side ours|tgt|both] [--json FILE]``.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,6 +186,24 @@ class Result:
     value: float          # in the test's unit; higher is better
     seconds: float
     detail: str = ""
+    commands: int = 0     # SCSI commands the client issued (0: not known)
+    cpu: float = 0.0      # target process CPU seconds (user + system) during the test
+
+    @property
+    def cpu_us_per_command(self) -> float | None:
+        return self.cpu * 1e6 / self.commands if self.commands and self.cpu else None
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads included."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 @dataclass
@@ -221,8 +246,8 @@ def qemu_bench(size: int, depth: int, write: bool, count: int, quick_count: int)
         iops = n / secs
         mibs = n * size / MiB / secs
         if size >= MiB:
-            return Result(mibs, secs, f"{iops:,.0f} IOPS")
-        return Result(iops, secs, f"{mibs:,.1f} MiB/s")
+            return Result(mibs, secs, f"{iops:,.0f} IOPS", commands=n)
+        return Result(iops, secs, f"{mibs:,.1f} MiB/s", commands=n)
     return run
 
 
@@ -239,14 +264,14 @@ def iscsi_perf(depth: int) -> Callable:
         if not found:
             raise BenchError(f"iscsi-perf printed no average: {out.strip()[-200:]}")
         iops = int(found[-1])
-        return Result(iops, elapsed, f"{iops * 4096 / MiB:,.1f} MiB/s")
+        return Result(iops, elapsed, f"{iops * 4096 / MiB:,.1f} MiB/s", commands=iops * secs)
     return run
 
 
 def convert_in(side: Side, st: Settings) -> Result:
     cmd = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(st.source), side.url]
     _, secs = run_tool(cmd, timeout=600)
-    return Result(CONVERT_SIZE / MiB / secs, secs)
+    return Result(CONVERT_SIZE / MiB / secs, secs, commands=CONVERT_SIZE // CONVERT_REQUEST)
 
 
 def convert_out(side: Side, st: Settings) -> Result:
@@ -255,7 +280,12 @@ def convert_out(side: Side, st: Settings) -> Result:
     cmd = ["qemu-img", "convert", "-f", "raw", "-O", "raw", side.qemu_json(CONVERT_SIZE),
            str(st.copy_back)]
     _, secs = run_tool(cmd, timeout=600)
-    return Result(CONVERT_SIZE / MiB / secs, secs)
+    return Result(CONVERT_SIZE / MiB / secs, secs, commands=CONVERT_SIZE // CONVERT_REQUEST)
+
+
+# qemu-img convert moves data in requests of this size (its default buffer), so
+# CPU per command for the convert rows is per 2 MiB request (approximate).
+CONVERT_REQUEST = 2 * MiB
 
 
 @dataclass
@@ -291,37 +321,65 @@ def select(pattern: str | None) -> list[Test]:
 @dataclass
 class Row:
     test: Test
-    results: dict[str, Result | str] = field(default_factory=dict)  # side → result or error
+    # side -> one entry per round: a Result, or why that round failed
+    rounds: dict[str, list[Result | str]] = field(default_factory=dict)
+
+    def ok(self, side: str) -> list[Result]:
+        return [r for r in self.rounds.get(side, []) if isinstance(r, Result)]
+
+    def errors(self, side: str) -> list[str]:
+        return [r for r in self.rounds.get(side, []) if not isinstance(r, Result)]
+
+    def median(self, side: str) -> float | None:
+        vals = [r.value for r in self.ok(side)]
+        return statistics.median(vals) if vals else None
+
+    def spread(self, side: str) -> tuple[float, float] | None:
+        vals = [r.value for r in self.ok(side)]
+        return (min(vals), max(vals)) if vals else None
+
+    def cpu_us(self, side: str) -> float | None:
+        vals = [v for r in self.ok(side) if (v := r.cpu_us_per_command) is not None]
+        return statistics.median(vals) if vals else None
 
 
 def measure(side_name: str, starter, tests: list[Test], rows: dict[str, Row],
             st: Settings, say) -> None:
+    """One round of every test on one side (one target lifetime)."""
     try:
         with starter() as side:
             say(f"[bold]{side_name}[/bold]: {side.url}")
             for t in tests:
+                runs = rows[t.name].rounds.setdefault(side_name, [])
+                pid = side.proc.pid if side.proc else 0
+                cpu0 = process_cpu(pid)
                 try:
                     res = t.run(side, st)
                 except BenchError as e:
                     why = f"{e} ({side.health()})" if side.health() else str(e)
-                    rows[t.name].results[side_name] = why
+                    runs.append(why)
                     say(f"  {t.name}: [red]failed[/red]: {why}")
                     continue
-                rows[t.name].results[side_name] = res
+                res.cpu = process_cpu(pid) - cpu0
+                if t.run is convert_out and not copy_ok(st):
+                    runs.append("data read back differs from data written")
+                    say(f"  {t.name}: [red]data read back differs from data written[/red]")
+                    continue
+                runs.append(res)
+                cpu = res.cpu_us_per_command
                 say(f"  {t.name}: {res.value:,.1f} {t.unit} in {res.seconds:.2f} s"
-                    + (f" ({res.detail})" if res.detail else ""))
-                if t.run is convert_out:
-                    verify_copy(st, rows[t.name], side_name)
+                    + (f" ({res.detail})" if res.detail else "")
+                    + (f", target CPU {cpu:,.1f} µs/command" if cpu is not None else ""))
     except BenchError as e:
         say(f"[red]{side_name}: {e}[/red]")
         for t in tests:
-            rows[t.name].results.setdefault(side_name, str(e))
+            runs = rows[t.name].rounds.setdefault(side_name, [])
+            runs.append(str(e))
 
 
-def verify_copy(st: Settings, row: Row, side_name: str) -> None:
+def copy_ok(st: Settings) -> bool:
     """The bytes read back must be the bytes written; otherwise the speed means nothing."""
-    if digest(st.copy_back) != digest(st.source):
-        row.results[side_name] = "data read back differs from data written"
+    return digest(st.copy_back) == digest(st.source)
 
 
 def digest(path: Path) -> str:
@@ -341,22 +399,32 @@ def fill(path: Path, size: int, random: bool) -> None:
             f.write(i.to_bytes(8, "little") + chunk[8:] if random else chunk)
 
 
-def render(rows: dict[str, Row], sides: list[str]):
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+
+
+def render(rows: dict[str, Row], sides: list[str], rounds: int):
     from rich.table import Table
-    table = Table(title="iSCSI target benchmark (same tmpfs image, one target at a time)")
+    table = Table(title=f"iSCSI target benchmark: medians of {rounds} alternating round(s), "
+                        "same tmpfs image, one target at a time")
     table.add_column("test")
     table.add_column("unit")
     for s in sides:
-        table.add_column(s, justify="right")
+        table.add_column(f"{s} (min–max)", justify="right")
+        table.add_column(f"{s} CPU µs/cmd", justify="right")
     if len(sides) == 2:
         table.add_column("ours/tgt", justify="right")
     for row in rows.values():
         cells = []
         for s in sides:
-            r = row.results.get(s)
-            cells.append(f"{r.value:,.0f}" if isinstance(r, Result) and r.value >= 100
-                         else f"{r.value:,.1f}" if isinstance(r, Result)
-                         else "[red]failed[/red]" if r else "-")
+            med, spread, errs = row.median(s), row.spread(s), row.errors(s)
+            if med is None:
+                cells.append("[red]failed[/red]" if errs else "-")
+            else:
+                cell = f"{_num(med)} ({_num(spread[0])}–{_num(spread[1])})"
+                cells.append(cell + (f" [red]{len(errs)} failed[/red]" if errs else ""))
+            cpu = row.cpu_us(s)
+            cells.append("-" if cpu is None else f"{cpu:,.1f}")
         if len(sides) == 2:
             ratio = row_ratio(row)
             cells.append("-" if ratio is None else
@@ -367,23 +435,33 @@ def render(rows: dict[str, Row], sides: list[str]):
 
 
 def row_ratio(row: Row) -> float | None:
-    a, b = row.results.get("ours"), row.results.get("tgt")
-    if isinstance(a, Result) and isinstance(b, Result) and b.value:
-        return a.value / b.value
+    a, b = row.median("ours"), row.median("tgt")
+    if a is not None and b:
+        return a / b
     return None
 
 
-def to_json(rows: dict[str, Row], args: argparse.Namespace) -> dict:
+def to_json(rows: dict[str, Row], args: argparse.Namespace, load: dict) -> dict:
     out = []
     for row in rows.values():
         item: dict = {"test": row.test.name, "unit": row.test.unit}
-        for side, r in row.results.items():
-            item[side] = ({"value": r.value, "seconds": r.seconds, "detail": r.detail}
-                          if isinstance(r, Result) else {"error": r})
+        for side, runs in row.rounds.items():
+            spread = row.spread(side)
+            item[side] = {
+                "median": row.median(side),
+                "min": spread[0] if spread else None,
+                "max": spread[1] if spread else None,
+                "cpu_us_per_command": row.cpu_us(side),
+                "rounds": [{"value": r.value, "seconds": r.seconds, "detail": r.detail,
+                            "commands": r.commands, "cpu_seconds": r.cpu,
+                            "cpu_us_per_command": r.cpu_us_per_command}
+                           if isinstance(r, Result) else {"error": r} for r in runs],
+            }
         item["ratio_ours_tgt"] = row_ratio(row)
         out.append(item)
-    return {"quick": args.quick, "image_size": IMAGE_SIZE, "block_size": BLOCK_SIZE,
-            "track": args.track, "results": out}
+    return {"quick": args.quick, "rounds": args.rounds, "image_size": IMAGE_SIZE,
+            "block_size": BLOCK_SIZE, "track": args.track, "cores": os.cpu_count(),
+            **load, "results": out}
 
 
 def check_clients(tests: list[Test]) -> None:
@@ -406,12 +484,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="which targets to measure (default both)")
     ap.add_argument("--no-track", dest="track", action="store_false",
                     help="serve our LUN without the difference tracker")
+    ap.add_argument("--rounds", type=int, default=3, metavar="N",
+                    help="alternating rounds per side; figures are medians (default 3)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--list", action="store_true", help="list the tests and exit")
     args = ap.parse_args(argv)
 
     from rich.console import Console
-    console = Console()
+    # Wide enough for the table when the output is a file or a pipe.
+    console = Console(width=None if sys.stdout.isatty() else 150)
     say = console.print
     tests = select(args.only)
     if args.list:
@@ -420,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not tests:
         say(f"[red]no test matches {args.only!r}[/red] (see --list)")
+        return 2
+    if not 1 <= args.rounds <= 50:
+        say("[red]--rounds takes a number from 1 to 50[/red]")
         return 2
     sides = ["ours", "tgt"] if args.side == "both" else [args.side]
     if not Path("/dev/shm").is_dir():
@@ -430,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # even if started with SIGINT ignored
     rows = {t.name: Row(t) for t in tests}
+    load = {"load_before": list(os.getloadavg())}
     try:
         check_clients(tests)
         with tempfile.TemporaryDirectory(prefix="scsi-target-bench-", dir="/dev/shm") as tmp:
@@ -441,20 +526,25 @@ def main(argv: list[str] | None = None) -> int:
             logs.mkdir(parents=True, exist_ok=True)
             starters = {"ours": lambda: run_ours(image, logs, args.track),
                         "tgt": lambda: run_tgt(image, logs)}
-            for name in sides:
-                fill(image, IMAGE_SIZE, random=False)  # the same starting image for each side
-                measure(name, starters[name], tests, rows, st, say)
+            for rnd in range(args.rounds):
+                for name in sides:
+                    say(f"[dim]round {rnd + 1}/{args.rounds}[/dim]")
+                    fill(image, IMAGE_SIZE, random=False)  # the same starting image every time
+                    measure(name, starters[name], tests, rows, st, say)
     except KeyboardInterrupt:
         say("[yellow]interrupted; targets stopped[/yellow]")
         return 130
     except BenchError as e:
         say(f"[red]{e}[/red]")
         return 2
-    say(render(rows, sides))
+    load["load_after"] = list(os.getloadavg())
+    say(render(rows, sides, args.rounds))
+    say(f"cores: {os.cpu_count()}, load average before {load['load_before'][0]:.2f}, "
+        f"after {load['load_after'][0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(rows, args), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(to_json(rows, args, load), indent=2) + "\n")
         say(f"results written to {args.json}")
-    failed = any(not isinstance(r, Result) for row in rows.values() for r in row.results.values())
+    failed = any(row.errors(s) for row in rows.values() for s in sides)
     return 1 if failed else 0
 
 
