@@ -251,6 +251,45 @@ def qemu_bench(size: int, depth: int, write: bool, count: int, quick_count: int)
     return run
 
 
+def qemu_bench_sessions(sessions: int, write: bool, count: int, quick_count: int) -> Callable:
+    """Aggregate 4 KiB QD32 rate of ``sessions`` qemu-img processes at once (one session each)."""
+    def run(side: Side, st: Settings) -> Result:
+        n = (quick_count if st.quick else count) // sessions
+        cmd = ["qemu-img", "bench", "-f", "raw", "-t", "none", "-c", str(n), "-d", "32",
+               "-s", "4096", *(["-w"] if write else [])]
+        t0 = time.monotonic()
+        procs = [subprocess.Popen(cmd + ["-o", f"{i * 4096 * 1024}", side.url],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True)
+                 for i in range(sessions)]
+        outs = []
+        try:
+            for proc in procs:
+                out, _ = proc.communicate(timeout=600)
+                if proc.returncode:
+                    lines = out.strip().splitlines()
+                    raise BenchError(f"qemu-img bench exited {proc.returncode}: "
+                                     f"{lines[-1] if lines else ''}")
+                outs.append(out)
+        except subprocess.TimeoutExpired:
+            raise BenchError("qemu-img bench did not finish in 600 s") from None
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        elapsed = time.monotonic() - t0
+        # The aggregate is every command over the wall clock of the whole run
+        # (client start-up included, the same for both sides): a sum of the
+        # processes' own rates would overstate it when their runs do not overlap.
+        for out in outs:
+            if not _COMPLETED.search(out):
+                raise BenchError(f"qemu-img bench printed no run time: {out.strip()[-200:]}")
+        iops = n * sessions / elapsed
+        return Result(iops, elapsed, f"{sessions} sessions", commands=n * sessions)
+    return run
+
+
 _AVERAGE = re.compile(r"iops average (\d+)")
 
 
@@ -302,6 +341,14 @@ TESTS = [
     Test("qemu-img bench 1M QD8 write", "MiB/s", qemu_bench(MiB, 8, True, 2048, 256)),
     Test("iscsi-perf 4K random read QD1", "IOPS", iscsi_perf(1)),
     Test("iscsi-perf 4K random read QD32", "IOPS", iscsi_perf(32)),
+    Test("qemu-img bench 4K QD32 read, 4 sessions", "IOPS",
+         qemu_bench_sessions(4, False, 100000, 10000)),
+    Test("qemu-img bench 4K QD32 read, 16 sessions", "IOPS",
+         qemu_bench_sessions(16, False, 160000, 16000)),
+    Test("qemu-img bench 4K QD32 write, 4 sessions", "IOPS",
+         qemu_bench_sessions(4, True, 100000, 10000)),
+    Test("qemu-img bench 4K QD32 write, 16 sessions", "IOPS",
+         qemu_bench_sessions(16, True, 160000, 16000)),
     # Order matters: convert out reads back what convert in wrote.
     Test("qemu-img convert 128M file->LUN", "MiB/s", convert_in),
     Test("qemu-img convert 128M LUN->file", "MiB/s", convert_out),
