@@ -58,15 +58,19 @@ def test_deferred_barrier_batches_marks_until_the_front_end_commits(tmp_path):
 
 
 def test_iscsi_connection_commits_before_responses_leave(tmp_path, monkeypatch):
-    """The connection's receive path ends with the barrier (no response without it)."""
+    """The connection's receive path ends with the LUN map's commit (no response without it)."""
+    from types import SimpleNamespace
+
+    from scsi_target.scsi.lun import LunMap
     from scsi_target.target import connection as C
 
     calls = []
     real = durability.barrier
-    monkeypatch.setattr(C.durability, "barrier", lambda: (calls.append(1), real())[1])
+    monkeypatch.setattr(durability, "barrier", lambda: (calls.append(1), real())[1])
     conn = C.TargetConnection.__new__(C.TargetConnection)
     conn.closing = False
     conn.last_heard = 0.0
+    conn.session = SimpleNamespace(target=SimpleNamespace(luns=LunMap("iqn.2026-12.test:t")))
     conn._receive = lambda data: None
     conn.receive_data(b"")
     assert calls == [1]
