@@ -17,8 +17,11 @@ from functools import partial
 from volume import durability
 from volume.buffers import READ_BUFFERS
 
+from .capabilities import BlockLimits, Geometry, Placement, Provisioning
 from .command import Command, Nexus, Response, Status
 from .dispatch import DispatchTable
+from .modepages import ModePages
+from .reservations import Reservations
 from . import sense as S
 
 log = logging.getLogger("scsi_target.scsi")
@@ -93,21 +96,30 @@ class UnitAttentions:
 
 
 class LogicalUnit:
-    """Base for every LU type; subclasses set ``table`` and ``device_type``."""
+    """Base for every LU type; subclasses set ``table`` and ``device_type``.
+
+    The capability fields below are what INQUIRY, VPD and MODE SENSE report;
+    a device type sets them once, in its constructor (None: not that kind of LU).
+    """
 
     device_type: int = 0x1F
     table: DispatchTable
     removable: bool = False
+    read_only: bool = False
+    dpofua: bool = False
+    # Block devices only.
+    geometry: Geometry | None = None
+    limits: BlockLimits | None = None
+    provisioning: Provisioning | None = None
+    # INQUIRY version descriptors; None: the defaults of the device type.
+    version_descriptors: tuple[int, ...] | None = None
 
     def __init__(self, identity: Identity | None = None) -> None:
-        from .modepages import ModePages
-        from .reservations import Reservations
         self.identity = identity or Identity()
         self.ua = UnitAttentions()
         self.mode = ModePages(self)
         self.pr = Reservations(self)
-        self.lun = 0
-        self.target_name = ""
+        self.placement = Placement()
         self.lock = threading.RLock()  # serialises commands that must be atomic
         self.last_sense: dict[Nexus, bytes] = {}
         self.stopped = False  # START STOP UNIT
@@ -117,6 +129,30 @@ class LogicalUnit:
         self.medium_present = True  # removable LUs: START STOP UNIT with LOEJ
         # I_T nexuses holding PREVENT MEDIUM REMOVAL (SPC-4 6.13).
         self.prevent: set[Nexus] = set()
+
+    @property
+    def lun(self) -> int:
+        return self.placement.lun
+
+    @property
+    def target_name(self) -> str:
+        return self.placement.target_name
+
+    def place(self, placement: Placement) -> None:
+        """Called by the LunMap that serves this LU (REPORT LUNS, copy targets)."""
+        self.placement = placement
+
+    # -- device-type hooks ----------------------------------------------
+    def mode_device_specific(self) -> int:
+        """DEVICE-SPECIFIC PARAMETER of the mode parameter header."""
+        value = 0x80 if self.read_only or self.mode.software_write_protect else 0x00
+        if self.dpofua:
+            value |= 0x10
+        return value
+
+    def load_eject(self, load: bool) -> None:
+        """START STOP UNIT with LOEJ on a removable LU."""
+        self.medium_present = load
 
     # -- readiness ------------------------------------------------------
     def not_ready_reason(self) -> S.SenseError | None:
@@ -248,9 +284,7 @@ class LunMap:
             raise ValueError(f"LUN {lun} already in use on {self.name}")
         if not 0 <= lun < 16384:
             raise ValueError(f"LUN {lun} out of range 0..16383")
-        lu.lun = lun
-        lu.target_name = self.name
-        lu.target_map = self
+        lu.place(Placement(lun, self.name, self))
         self.luns[lun] = lu
 
     def get(self, lun: int) -> LogicalUnit:

@@ -129,9 +129,9 @@ def inquiry_cmd(lu: "LogicalUnit", cmd: Command) -> bytes:
 @_cmd(OP_REPORT_LUNS, "REPORT LUNS", bytes([0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
       Direction.IN, conflict=Conflict.ALLOWED, ua_exempt=True)
 def report_luns(lu: "LogicalUnit", cmd: Command) -> Response | bytes:
-    target_map = getattr(lu, "target_map", None)
-    if target_map is not None:
-        return target_map.report_luns(cmd)
+    luns = lu.placement.luns
+    if luns is not None:
+        return luns.report_luns(cmd)
     # A stand-alone LU (tests, tools) reports just itself.
     alloc = int.from_bytes(cmd.cdb[6:10], "big")
     if alloc < 16:
@@ -142,22 +142,11 @@ def report_luns(lu: "LogicalUnit", cmd: Command) -> Response | bytes:
 # ---------------------------------------------------------------------------
 # MODE SENSE / MODE SELECT
 # ---------------------------------------------------------------------------
-def _device_specific(lu: "LogicalUnit") -> int:
-    hook = getattr(lu, "mode_device_specific", None)
-    if callable(hook):
-        return int(hook()) & 0xFF
-    wp = bool(getattr(lu, "read_only", False)) or lu.mode.software_write_protect
-    value = 0x80 if wp else 0x00
-    if lu.device_type == 0x00 and getattr(lu, "dpofua", True):
-        value |= 0x10  # DPOFUA: DPO and FUA accepted in READ/WRITE CDBs
-    return value
-
-
 def _block_descriptor(lu: "LogicalUnit", long_lba: bool) -> bytes:
-    if not vpd.is_disk(lu):
+    geo = lu.geometry
+    if geo is None:
         return b""
-    blocks = int(lu.num_blocks)  # type: ignore[attr-defined]
-    bsize = int(lu.block_size)   # type: ignore[attr-defined]
+    blocks, bsize = geo.num_blocks, geo.block_size
     if long_lba:
         return LM.LongBlockDescriptor(blocks, bsize).pack()
     return LM.ShortBlockDescriptor(min(blocks, 0xFFFFFFFF), bsize).pack()
@@ -179,7 +168,7 @@ def _mode_sense(lu: "LogicalUnit", cmd: Command, ten: bool) -> bytes:
         raise S.invalid_cdb_field(3 if known else 2)
     pages = b"".join(lu.mode.page_bytes(k, pc) for k in keys)
     bd = b"" if dbd else _block_descriptor(lu, llbaa)
-    dsp = _device_specific(lu)
+    dsp = lu.mode_device_specific() & 0xFF
     if ten:
         length = 8 + len(bd) + len(pages)
         head = LM.ModeHeader10(length - 2, 0, dsp, bool(bd and llbaa), len(bd)).pack()
@@ -492,11 +481,7 @@ def start_stop_unit(lu: "LogicalUnit", cmd: Command) -> None:
                 raise S.invalid_cdb_field(4, 1)
             if lu.prevent:
                 raise S.illegal_request(S.MEDIUM_REMOVAL_PREVENTED)
-            load_eject = getattr(lu, "load_eject", None)
-            if callable(load_eject):
-                load_eject(start)
-            else:
-                lu.medium_present = start
+            lu.load_eject(start)
         # A removable LU keeps its medium ready when only START changes: nothing
         # spins down, and libiscsi StartStopUnit.NoLoej expects TEST UNIT READY
         # GOOD after START=0 LOEJ=0.  Fixed disks do enter the stopped state.
