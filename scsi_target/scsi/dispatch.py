@@ -146,6 +146,29 @@ class DispatchTable:
         return sorted(self._by_key.values(), key=lambda e: (e.opcode, e.service_action or 0))
 
 
+def check_direction(entry: OpEntry, cmd: Command) -> None:
+    """Refuse a transfer the command cannot make (the table's ``direction``).
+
+    A command whose table entry moves data-out (WRITE, MODE SELECT, ...) sent
+    with a data-in expectation (the iSCSI R bit with a non-zero expected
+    length) or as bidirectional gets CHECK CONDITION, INVALID FIELD IN COMMAND
+    INFORMATION UNIT -- what LIO answers when the transport's transfer and the
+    CDB's disagree on a write; likewise a bidirectional command to a
+    unidirectional entry.  A data-in command (READ) carrying data-out is
+    answered GOOD with the data-out ignored: libiscsi's conformance test
+    iSCSIResiduals.Read10Invalid requires exactly that, and tgt does the same.
+    Front ends that state no direction (in-process callers, Direction.NONE)
+    and zero-length expectations are never refused.
+    """
+    want = cmd.direction
+    if want == Direction.NONE or entry.direction == Direction.BIDI:
+        return
+    bidi = want == Direction.BIDI
+    reads = want in (Direction.IN, Direction.BIDI) and bool(cmd.expected_length)
+    if bidi or (entry.direction == Direction.OUT and reads):
+        raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_INFORMATION_UNIT)
+
+
 def data_out(cmd: Command, nbytes: int) -> memoryview:
     """The first ``nbytes`` of the command's data-out buffer.
 

@@ -19,7 +19,7 @@ from volume.buffers import READ_BUFFERS
 
 from .capabilities import BlockLimits, Geometry, Placement, Provisioning
 from .command import Command, Nexus, Response, Status
-from .dispatch import DispatchTable
+from .dispatch import DispatchTable, check_direction
 from .modepages import ModePages
 from .reservations import Reservations
 from . import sense as S
@@ -168,6 +168,7 @@ class LogicalUnit:
         nexus = cmd.nexus
         try:
             entry = self.table.lookup(cmd.cdb)
+            check_direction(entry, cmd)
         except S.SenseError as err:
             return self._check_condition(cmd, err)
         self.ua.first_contact(nexus)
