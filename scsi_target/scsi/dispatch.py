@@ -118,12 +118,18 @@ class DispatchTable:
             self._sa_opcodes |= cs.service_action_opcodes
 
     def lookup(self, cdb: bytes) -> OpEntry:
+        """The entry for ``cdb``, after the checks every command shares (see check_cdb)."""
+        entry = self._entry(cdb)
+        check_cdb(entry, cdb)
+        return entry
+
+    def _entry(self, cdb: bytes) -> OpEntry:
         if not cdb:
             raise S.invalid_opcode()
         opcode = cdb[0]
         if opcode in self._sa_opcodes:
             if len(cdb) < 2:
-                raise S.invalid_opcode()
+                raise S.invalid_cdb_field(0)   # too short to hold the service action
             entry = self._by_key.get((opcode, cdb[1] & 0x1F))
             if entry is None:
                 if (opcode, None) in self._by_key:
@@ -144,6 +150,28 @@ class DispatchTable:
 
     def entries(self) -> list[OpEntry]:
         return sorted(self._by_key.values(), key=lambda e: (e.opcode, e.service_action or 0))
+
+
+# CONTROL byte bits (SAM-5 5.2): INQUIRY reports NormACA=0 and linked commands
+# are obsolete, so either bit set is an invalid field.
+_NACA, _LINK = 0x04, 0x01
+
+
+def check_cdb(entry: OpEntry, cdb: bytes) -> None:
+    """Checks no handler need repeat: length and CONTROL byte.
+
+    A CDB shorter than its opcode's length is INVALID FIELD IN CDB at the
+    operation code (the opcode fixes the length); longer ones are accepted, as
+    transports pad CDBs (iSCSI always carries at least 16 bytes).
+    """
+    n = entry.cdb_length
+    if len(cdb) < n:
+        raise S.invalid_cdb_field(0)
+    control = cdb[n - 1]
+    if control & _NACA:
+        raise S.invalid_cdb_field(n - 1, 2)
+    if control & _LINK:
+        raise S.invalid_cdb_field(n - 1, 0)
 
 
 def check_direction(entry: OpEntry, cmd: Command) -> None:

@@ -20,6 +20,7 @@ from volume.buffers import READ_BUFFERS
 from .capabilities import BlockLimits, Geometry, Placement, Provisioning
 from .command import Command, Nexus, Response, Status
 from .dispatch import DispatchTable, check_direction
+from .layouts.luns import ReportLuns
 from .modepages import ModePages
 from .reservations import Reservations
 from . import sense as S
@@ -121,7 +122,6 @@ class LogicalUnit:
         self.pr = Reservations(self)
         self.placement = Placement()
         self.lock = threading.RLock()  # serialises commands that must be atomic
-        self.last_sense: dict[Nexus, bytes] = {}
         self.stopped = False  # START STOP UNIT
         # Per-nexus state kept by command sets (e.g. copy results): called with
         # the nexus on I_T nexus loss, with None on a LU reset.
@@ -214,8 +214,8 @@ class LogicalUnit:
         return Response(Status.GOOD, data, residual=edtl - n, release=release)
 
     def _check_condition(self, cmd: Command, err: S.SenseError) -> Response:
+        # Delivered with the status (autosense): nothing is kept for REQUEST SENSE.
         sense = S.render_sense(err, descriptor=self.mode.descriptor_sense)
-        self.last_sense[cmd.nexus] = sense
         edtl = cmd.expected_length or 0
         residual = edtl
         if cmd.needed is not None and cmd.needed > edtl:
@@ -225,7 +225,6 @@ class LogicalUnit:
     # -- events from the transport -------------------------------------
     def nexus_lost(self, nexus: Nexus) -> None:
         """The I_T nexus went away (logout, connection drop)."""
-        self.last_sense.pop(nexus, None)
         self.prevent.discard(nexus)
         self.pr.nexus_lost(nexus)
         for hook in self.forget_hooks:
@@ -317,7 +316,6 @@ class LunMap:
         durability.barrier()
 
     def report_luns(self, cmd: Command) -> Response:
-        from .layouts.luns import ReportLuns
         cdb = cmd.cdb
         if len(cdb) < 12:
             return self._missing._check_condition(cmd, S.invalid_cdb_field(0))
@@ -327,8 +325,8 @@ class LunMap:
             return self._missing._check_condition(cmd, S.invalid_cdb_field(2))
         if alloc < 16:
             return self._missing._check_condition(cmd, S.invalid_cdb_field(6))
-        if select in (0x01, 0x11):
-            luns = []  # no well-known LUs
+        if select in (0x01, 0x10, 0x11):
+            luns = []  # no well-known LUs, no administrative LUs (no LU conglomerates)
         elif select == 0x12 and cmd.lun != 0:
             luns = []
         else:
