@@ -206,3 +206,36 @@ def test_report_luns_select_report(luns):
     for select in (0x01, 0x10, 0x11):     # well-known / administrative LUs: there are none
         assert report_luns(luns, 0, select) == [], hex(select)
         assert report_luns(luns, 5, select) == [], hex(select)
+
+
+# -- the same over iSCSI, as a Linux guest sends them -------------------------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from interop_util import Lun, ServedTarget, Target
+    srv = ServedTarget(tmp_path_factory.mktemp("conformance-iscsi"),
+                       [Target(f"{IQN}-iscsi", [Lun(0, "4M"), Lun(1, "4M")])])
+    srv.start()
+    yield srv
+    rc = srv.stop()
+    assert rc == 0, f"exit status {rc}:\n{srv.log_tail()}"
+
+
+def test_over_iscsi(served):
+    from scsi_target.initiator.sync import SyncIscsiClient
+    with SyncIscsiClient(served.url(0, f"{IQN}-iscsi")) as c:
+        r = c.execute(bytes(6))                                   # TUR: power-on UA
+        assert (r.sense_key, r.asc) == (SenseKey.UNIT_ATTENTION, 0x29)
+        # sg_requests after the UA was delivered: NO SENSE, not the UA again.
+        r = c.execute(bytes([0x03, 0, 0, 0, 18, 0]), read_length=18)
+        assert r.status == 0 and bytes(r.data)[2] & 0x0F == 0 and bytes(r.data)[12] == 0
+        r = c.execute(bytes([0x12, 0, 0, 0, 36, 0x04]), read_length=36)   # NACA=1
+        assert (r.sense_key, r.asc, r.ascq) == INVALID_CDB
+        assert r.sense[15] == 0xCA and r.sense[16:18] == b"\x00\x05"
+        assert c.execute(senddiag(0x04)).status == 0             # sg_senddiag -t
+        r = c.execute(bytes([0xA0, 0, 0x10, 0, 0, 0, 0, 0, 1, 0, 0, 0]), read_length=256)
+        assert r.status == 0 and bytes(r.data)[:4] == bytes(4)   # no administrative LUs
+        r = c.execute(bytes([0xA0, 0, 0x00, 0, 0, 0, 0, 0, 1, 0, 0, 0]), read_length=256)
+        assert bytes(r.data)[:4] == struct.pack(">I", 16)
+        r = c.execute(bytes([0x12, 1, 0xB0, 0, 64, 0]), read_length=64)
+        mtl, otl = struct.unpack_from(">II", bytes(r.data), 8)
+        assert otl <= min(mtl, 0xFFFF)

@@ -184,7 +184,7 @@ def check_direction(entry: OpEntry, cmd: Command) -> None:
     CDB's disagree on a write; likewise a bidirectional command to a
     unidirectional entry.  A data-in command (READ) carrying data-out is
     answered GOOD with the data-out ignored: libiscsi's conformance test
-    iSCSIResiduals.Read10Invalid requires exactly that, and tgt does the same.
+    iSCSIResiduals.Read10Invalid requires exactly that.
     Front ends that state no direction (in-process callers, Direction.NONE)
     and zero-length expectations are never refused.
     """
