@@ -37,20 +37,15 @@ class DiskLU(LogicalUnit):
         super().__init__(identity)
         self.store = store
         self.geometry = Geometry(block_size, store.size // block_size, ratio.bit_length() - 1)
+        # Copies of the frozen geometry: the SBC handlers read them per command.
+        self.block_size = block_size
+        self.num_blocks = self.geometry.num_blocks
         self.read_only = read_only or store.read_only
         # RMB in INQUIRY: enables START STOP UNIT LOEJ and PREVENT ALLOW semantics.
         self.removable = removable
         self.limits = (limits or BlockLimits()).resolve(self.geometry)
         self.provisioning = provisioning or Provisioning(thin=bool(store.thin))
         self._dispatch = table or devices.disk_table(self.provisioning, self.read_only)
-
-    @property
-    def block_size(self) -> int:
-        return self.geometry.block_size
-
-    @property
-    def num_blocks(self) -> int:
-        return self.geometry.num_blocks
 
     @property
     def lbppbe(self) -> int:

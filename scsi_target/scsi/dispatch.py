@@ -119,11 +119,6 @@ class DispatchTable:
 
     def lookup(self, cdb: bytes) -> OpEntry:
         """The entry for ``cdb``, after the checks every command shares (see check_cdb)."""
-        entry = self._entry(cdb)
-        check_cdb(entry, cdb)
-        return entry
-
-    def _entry(self, cdb: bytes) -> OpEntry:
         if not cdb:
             raise S.invalid_opcode()
         opcode = cdb[0]
@@ -132,14 +127,15 @@ class DispatchTable:
                 raise S.invalid_cdb_field(0)   # too short to hold the service action
             entry = self._by_key.get((opcode, cdb[1] & 0x1F))
             if entry is None:
-                if (opcode, None) in self._by_key:
-                    return self._by_key[(opcode, None)]
-                # Known opcode, unknown service action: INVALID FIELD IN CDB
-                raise S.invalid_cdb_field(1, 4)
-            return entry
-        entry = self._by_key.get((opcode, None))
-        if entry is None:
-            raise S.invalid_opcode()
+                entry = self._by_key.get((opcode, None))
+                if entry is None:
+                    # Known opcode, unknown service action: INVALID FIELD IN CDB
+                    raise S.invalid_cdb_field(1, 4)
+        else:
+            entry = self._by_key.get((opcode, None))
+            if entry is None:
+                raise S.invalid_opcode()
+        check_cdb(entry, cdb)
         return entry
 
     def find(self, opcode: int, service_action: int | None = None) -> OpEntry | None:
