@@ -148,6 +148,8 @@ class DispatchTable:
         return sorted(self._by_key.values(), key=lambda e: (e.opcode, e.service_action or 0))
 
 
+_NONE, _IN, _OUT, _BIDI = Direction.NONE, Direction.IN, Direction.OUT, Direction.BIDI
+
 # CONTROL byte bits (SAM-5 5.2): INQUIRY reports NormACA=0 and linked commands
 # are obsolete, so either bit set is an invalid field.
 _NACA, _LINK = 0x04, 0x01
@@ -185,11 +187,9 @@ def check_direction(entry: OpEntry, cmd: Command) -> None:
     and zero-length expectations are never refused.
     """
     want = cmd.direction
-    if want == Direction.NONE or entry.direction == Direction.BIDI:
-        return
-    bidi = want == Direction.BIDI
-    reads = want in (Direction.IN, Direction.BIDI) and bool(cmd.expected_length)
-    if bidi or (entry.direction == Direction.OUT and reads):
+    if want == entry.direction or want == _NONE or entry.direction == _BIDI:
+        return      # the common case first: enum member lookups cost per command
+    if want == _BIDI or (entry.direction == _OUT and want == _IN and cmd.expected_length):
         raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_INFORMATION_UNIT)
 
 
