@@ -698,6 +698,7 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
     backup devices need ``luns`` (the target's LunMap) holding their source.
     """
     from volume.filestore import FileStore
+    from .scsi.capabilities import BlockLimits
     from .scsi.disk import DiskLU
     from .scsi.lun import Identity
 
@@ -735,11 +736,10 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
                 store = TrackingStore.open(store, spec.path, granularity=spec.track_granularity)
             except TrackingError as e:
                 raise ConfigError(f"{spec.where}: {e}") from None
-        lu = DiskLU(store, spec.block_size, spec.read_only,
-                    identity=Identity.derive(target_iqn, spec.lun), removable=spec.removable,
-                    physical_block_size=spec.physical_block_size)
-        lu.write_same_non_zero = not spec.write_same_zero
-        return lu
+        return DiskLU(store, spec.block_size, spec.read_only,
+                      identity=Identity.derive(target_iqn, spec.lun), removable=spec.removable,
+                      physical_block_size=spec.physical_block_size,
+                      limits=BlockLimits(write_same_non_zero=not spec.write_same_zero))
     except BaseException:
         store.close()
         raise

@@ -5,6 +5,7 @@ import struct
 
 import pytest
 
+from scsi_target.scsi.capabilities import BlockLimits
 from scsi_target.scsi.command import Command, Direction, Status
 from scsi_target.scsi.disk import DiskLU
 from scsi_target.scsi.lun import LunMap
@@ -17,9 +18,10 @@ NBLOCKS = 2048
 
 
 class Harness:
-    def __init__(self, read_only: bool = False, store=None, block_size: int = BS) -> None:
+    def __init__(self, read_only: bool = False, store=None, block_size: int = BS,
+                 **lu_records) -> None:
         self.store = store if store is not None else MemoryStore(NBLOCKS * block_size, 512)
-        self.lu = DiskLU(self.store, block_size, read_only=read_only)
+        self.lu = DiskLU(self.store, block_size, read_only=read_only, **lu_records)
         self.map = LunMap("iqn.2026-11.test:t")
         self.map.add(0, self.lu)
         self.bs = block_size
@@ -123,7 +125,7 @@ def test_dpo_fua_accepted_and_fua_flushes(h):
 
 
 def test_transfer_longer_than_maximum_refused(h):
-    h.lu.max_transfer_blocks = 8
+    h = Harness(limits=BlockLimits(max_transfer_blocks=8))
     h.fails(read10(0, 9), ILLEGAL, INVALID_CDB)
 
 
@@ -233,7 +235,7 @@ def test_write_same_checks(h):
     h.fails(ws10(0, 1, 0x08), ILLEGAL, INVALID_CDB, data=bytes(2 * BS))
     r = h.run(ws10(0, 1, 0x08), bytes(BS // 2))
     assert r.status == Status.CHECK_CONDITION
-    h.lu.max_write_same_blocks = 16
+    h = Harness(limits=BlockLimits(max_write_same_blocks=16))
     h.fails(ws10(0, 17), ILLEGAL, INVALID_CDB, data=bytes(BS))
 
 
@@ -282,7 +284,7 @@ def test_unmap_parameter_checks(h):
     h.fails(unmap_cdb(6), ILLEGAL, 0x1A, data=bytes(6))
     params = unmap_params((NBLOCKS - 1, 2))
     h.fails(unmap_cdb(len(params)), ILLEGAL, LBA_OOB, data=params)
-    h.lu.max_unmap_descriptors = 1
+    h = Harness(limits=BlockLimits(max_unmap_descriptors=1))
     params = unmap_params((0, 1), (5, 1))
     h.fails(unmap_cdb(len(params)), ILLEGAL, 0x26, data=params)
 
@@ -343,7 +345,7 @@ def test_write_atomic(h):
     h.ok(struct.pack(">BBQHHBB", 0x9C, 0, 0, 0, 0, 0, 0), None, edtl=0)
     h.fails(struct.pack(">BBQHHBB", 0x9C, 0, NBLOCKS - 1, 0, 2, 0, 0), ILLEGAL, LBA_OOB,
             data=bytes(2 * BS))
-    h.lu.atomic_max_blocks = 2
+    h = Harness(limits=BlockLimits(atomic_max_blocks=2))
     h.fails(cdb, ILLEGAL, INVALID_CDB, data=bytes(3 * BS))
 
 
@@ -411,15 +413,14 @@ def test_file_backed_disk(tmp_path):
 
 
 def test_write_same_zero_blocks_to_end_when_wsnz_clear(h):
-    h.lu.write_same_non_zero = False
-    h.lu.max_write_same_blocks = 16
+    h = Harness(limits=BlockLimits(write_same_non_zero=False, max_write_same_blocks=16))
     h.ok(ws10(NBLOCKS - 100, 0), b"\x77" * BS)
     assert h.read(NBLOCKS - 100, 100) == b"\x77" * 100 * BS
     h.fails(ws10(NBLOCKS + 1, 0), ILLEGAL, LBA_OOB, data=bytes(BS))
 
 
 def test_read_capacity16_reports_physical_block_exponent(h):
-    h.lu.lbppbe = 3
+    h = Harness(physical_block_size=8 * BS)
     assert h.ok(cdb16(0x9E, 0x10, 0, 32)).data_in[13] == 3
 
 

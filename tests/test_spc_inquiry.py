@@ -5,9 +5,13 @@ import struct
 
 import pytest
 
-from scsi_target.scsi import vpd
+from scsi_target.scsi.capabilities import BlockLimits
+from scsi_target.scsi.dispatch import DispatchTable
 from scsi_target.scsi.sense import SenseKey
-from spc_harness import Harness, TestTape
+from scsi_target.scsi.xcopy import XCOPY
+from spc_harness import FAKE_MEDIUM, Harness, TestDisk, TestTape
+from scsi_target.scsi.spc import SPC
+from volume.memstore import MemoryStore
 
 ILLEGAL = SenseKey.ILLEGAL_REQUEST
 
@@ -118,7 +122,7 @@ def test_block_limits_thin():
     bl = inquiry(h, 1, 0xB0)
     assert bl[3] == 0x3C and len(bl) == 64
     max_xfer, = struct.unpack(">I", bl[8:12])
-    assert max_xfer == h.lu.max_transfer_blocks
+    assert max_xfer == h.lu.limits.max_transfer_blocks
     max_unmap, max_desc = struct.unpack(">II", bl[20:28])
     # libiscsi: non-zero, and either "no limit" or sane (at most 1M)
     assert max_unmap == 0xFFFFFFFF or 0 < max_unmap <= 1024 * 1024
@@ -126,12 +130,9 @@ def test_block_limits_thin():
 
 
 def test_block_limits_follow_lu_attributes():
-    h = Harness()
-    h.lu.write_same_non_zero = True
-    h.lu.max_compare_blocks = 7
-    h.lu.max_unmap_blocks = 1000
-    h.lu.max_write_same_blocks = 99
-    h.lu.atomic_max_blocks = 16
+    limits = BlockLimits(write_same_non_zero=True, max_compare_blocks=7, max_unmap_blocks=1000,
+                         max_write_same_blocks=99, atomic_max_blocks=16)
+    h = Harness(TestDisk(MemoryStore(1 << 20), 512, limits=limits))
     bl = inquiry(h, 1, 0xB0)
     assert bl[4] & 1 and bl[5] == 7
     assert struct.unpack(">I", bl[20:24])[0] == 1000
@@ -154,14 +155,17 @@ def test_block_device_characteristics_non_rotating():
     assert data[3] == 0x3C and data[4:6] == b"\x00\x01"
 
 
-def test_third_party_copy_page_listed_only_when_module_provides_it(monkeypatch):
-    h = Harness()
-    monkeypatch.setattr(vpd, "_xcopy_vpd", lambda: None)
+def test_third_party_copy_page_listed_only_when_the_table_has_the_copy_commands():
+    h = Harness()      # SPC and stand-in READ/WRITE only
     assert 0x8F not in inquiry(h, 1, 0)[4:]
     assert inquiry(h, alloc=96)[5] & 0x08 == 0
-    monkeypatch.setattr(vpd, "_xcopy_vpd", lambda: lambda lu: b"\x00\x8f\x00\x00")
+    h.check([0x12, 1, 0x8F, 0, 255, 0], ILLEGAL, 0x24, length=255)
+
+    class CopyDisk(TestDisk):
+        table = DispatchTable([SPC, FAKE_MEDIUM, XCOPY])
+    h = Harness(CopyDisk(MemoryStore(1 << 20), 512))
     assert 0x8F in inquiry(h, 1, 0)[4:]
-    assert inquiry(h, 1, 0x8F) == b"\x00\x8f\x00\x00"
+    assert inquiry(h, 1, 0x8F)[1] == 0x8F
     assert inquiry(h, alloc=96)[5] & 0x08
 
 

@@ -29,12 +29,17 @@ def test_request_sense_reports_and_clears_pending_ua_in_both_formats():
     assert data[0] == 0x70 and data[2] & 0x0F == 0 and data[12:14] == b"\x00\x00"
 
 
-def test_request_sense_returns_last_sense_once():
+def test_request_sense_after_a_delivered_check_condition_is_no_sense():
+    # The sense went out with the CHECK CONDITION (autosense): SPC-4 and tgt
+    # answer NO SENSE afterwards, never the stale sense again (issue 12).
     h = Harness()
     h.check([0x12, 0, 5, 0, 36, 0], ILLEGAL, 0x24)
     data = h.ok([0x03, 0, 0, 0, 18, 0], length=18)
-    assert data[2] & 0x0F == ILLEGAL and data[12] == 0x24
-    assert h.ok([0x03, 0, 0, 0, 18, 0], length=18)[2] & 0x0F == 0
+    assert data[2] & 0x0F == SenseKey.NO_SENSE and data[12:14] == b"\x00\x00"
+    h2 = Harness(clear_ua=False)
+    h2.check(TUR, SenseKey.UNIT_ATTENTION, 0x29, 0)    # the power-on UA, delivered
+    data = h2.ok([0x03, 0x01, 0, 0, 252, 0], length=252)
+    assert data[:4] == bytes([0x72, 0x00, 0x00, 0x00])    # not the UA again
 
 
 def test_request_sense_reports_not_ready_state_and_truncates():

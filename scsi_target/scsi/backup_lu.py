@@ -28,8 +28,8 @@ from ..backup_stream_io import (BackupReader, BackupRefused, RestoreRejected, Re
                                 RestoreWriter, StreamGone, StreamOrderError, begin_backup,
                                 capacity_bound)
 from ..interceptors.tracker import TrackingStore
+from . import devices
 from .disk import DiskLU
-from .dispatch import DispatchTable
 from .lun import Identity
 from . import sense as S
 
@@ -129,7 +129,7 @@ class BackupLU(DiskLU):
         if not isinstance(store, TrackingStore):
             raise ValueError(f"LUN {source_lun} is not tracked: a backup device needs tracking on")
         self.medium = StreamMedium(store)
-        super().__init__(self.medium, BLOCK_SIZE, False, identity)
+        super().__init__(self.medium, BLOCK_SIZE, False, identity, table=devices.BACKUP)
         self.source = source
         self.source_lun = source_lun
         self.identity.product = "DIFF-BACKUP"
@@ -138,22 +138,6 @@ class BackupLU(DiskLU):
     def tracked(self) -> TrackingStore:
         return self.medium.source
 
-    @property
-    def table(self) -> DispatchTable:
-        return _backup_table()
-
     def close(self) -> None:
         self.medium.close()      # the source LU closes its own store
 
-
-_TABLE: DispatchTable | None = None
-
-
-def _backup_table() -> DispatchTable:
-    global _TABLE
-    if _TABLE is None:
-        from .spc import SPC
-        from .sbc import SBC
-        from .vendor_backup import VENDOR_BACKUP
-        _TABLE = DispatchTable([SPC, SBC, VENDOR_BACKUP])
-    return _TABLE

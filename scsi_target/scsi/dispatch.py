@@ -118,22 +118,24 @@ class DispatchTable:
             self._sa_opcodes |= cs.service_action_opcodes
 
     def lookup(self, cdb: bytes) -> OpEntry:
+        """The entry for ``cdb``, after the checks every command shares (see check_cdb)."""
         if not cdb:
             raise S.invalid_opcode()
         opcode = cdb[0]
         if opcode in self._sa_opcodes:
             if len(cdb) < 2:
-                raise S.invalid_opcode()
+                raise S.invalid_cdb_field(0)   # too short to hold the service action
             entry = self._by_key.get((opcode, cdb[1] & 0x1F))
             if entry is None:
-                if (opcode, None) in self._by_key:
-                    return self._by_key[(opcode, None)]
-                # Known opcode, unknown service action: INVALID FIELD IN CDB
-                raise S.invalid_cdb_field(1, 4)
-            return entry
-        entry = self._by_key.get((opcode, None))
-        if entry is None:
-            raise S.invalid_opcode()
+                entry = self._by_key.get((opcode, None))
+                if entry is None:
+                    # Known opcode, unknown service action: INVALID FIELD IN CDB
+                    raise S.invalid_cdb_field(1, 4)
+        else:
+            entry = self._by_key.get((opcode, None))
+            if entry is None:
+                raise S.invalid_opcode()
+        check_cdb(entry, cdb)
         return entry
 
     def find(self, opcode: int, service_action: int | None = None) -> OpEntry | None:
@@ -144,6 +146,51 @@ class DispatchTable:
 
     def entries(self) -> list[OpEntry]:
         return sorted(self._by_key.values(), key=lambda e: (e.opcode, e.service_action or 0))
+
+
+_NONE, _IN, _OUT, _BIDI = Direction.NONE, Direction.IN, Direction.OUT, Direction.BIDI
+
+# CONTROL byte bits (SAM-5 5.2): INQUIRY reports NormACA=0 and linked commands
+# are obsolete, so either bit set is an invalid field.
+_NACA, _LINK = 0x04, 0x01
+
+
+def check_cdb(entry: OpEntry, cdb: bytes) -> None:
+    """Checks no handler need repeat: length and CONTROL byte.
+
+    A CDB shorter than its opcode's length is INVALID FIELD IN CDB at the
+    operation code (the opcode fixes the length); longer ones are accepted, as
+    transports pad CDBs (iSCSI always carries at least 16 bytes).
+    """
+    n = entry.cdb_length
+    if len(cdb) < n:
+        raise S.invalid_cdb_field(0)
+    control = cdb[n - 1]
+    if control & _NACA:
+        raise S.invalid_cdb_field(n - 1, 2)
+    if control & _LINK:
+        raise S.invalid_cdb_field(n - 1, 0)
+
+
+def check_direction(entry: OpEntry, cmd: Command) -> None:
+    """Refuse a transfer the command cannot make (the table's ``direction``).
+
+    A command whose table entry moves data-out (WRITE, MODE SELECT, ...) sent
+    with a data-in expectation (the iSCSI R bit with a non-zero expected
+    length) or as bidirectional gets CHECK CONDITION, INVALID FIELD IN COMMAND
+    INFORMATION UNIT -- what LIO answers when the transport's transfer and the
+    CDB's disagree on a write; likewise a bidirectional command to a
+    unidirectional entry.  A data-in command (READ) carrying data-out is
+    answered GOOD with the data-out ignored: libiscsi's conformance test
+    iSCSIResiduals.Read10Invalid requires exactly that.
+    Front ends that state no direction (in-process callers, Direction.NONE)
+    and zero-length expectations are never refused.
+    """
+    want = cmd.direction
+    if want == entry.direction or want == _NONE or entry.direction == _BIDI:
+        return      # the common case first: enum member lookups cost per command
+    if want == _BIDI or (entry.direction == _OUT and want == _IN and cmd.expected_length):
+        raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_INFORMATION_UNIT)
 
 
 def data_out(cmd: Command, nbytes: int) -> memoryview:

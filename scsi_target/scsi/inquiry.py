@@ -20,8 +20,8 @@ VD_SSC3 = 0x0300
 
 
 def version_descriptors(lu: "LogicalUnit") -> list[int]:
-    """What the LU claims to conform to; an LU type may set ``version_descriptors``."""
-    own = getattr(lu, "version_descriptors", None)
+    """What the LU claims to conform to: its own list, else its device type's."""
+    own = lu.version_descriptors
     if own is not None:
         return list(own)[:8]
     vds = [VD_SAM5, VD_ISCSI, VD_SPC4]
@@ -40,7 +40,7 @@ def standard_data(lu: "LogicalUnit") -> bytes:
         version=VERSION_SPC4,
         hisup=True, response_data_format=2,
         additional_length=STANDARD_LENGTH - 5,
-        tpc=vpd.has_third_party_copy(),
+        tpc=vpd.has_third_party_copy(lu),
         cmdque=True,                          # tagged command queuing
         vendor=ident.vendor, product=ident.product, revision=ident.revision,
         version_descriptors=tuple(version_descriptors(lu)),

@@ -17,8 +17,12 @@ from functools import partial
 from volume import durability
 from volume.buffers import READ_BUFFERS
 
+from .capabilities import BlockLimits, Geometry, Placement, Provisioning
 from .command import Command, Nexus, Response, Status
-from .dispatch import DispatchTable
+from .dispatch import DispatchTable, check_direction
+from .layouts.luns import ReportLuns
+from .modepages import ModePages
+from .reservations import Reservations
 from . import sense as S
 
 log = logging.getLogger("scsi_target.scsi")
@@ -93,23 +97,31 @@ class UnitAttentions:
 
 
 class LogicalUnit:
-    """Base for every LU type; subclasses set ``table`` and ``device_type``."""
+    """Base for every LU type; subclasses set ``table`` and ``device_type``.
+
+    The capability fields below are what INQUIRY, VPD and MODE SENSE report;
+    a device type sets them once, in its constructor (None: not that kind of LU).
+    """
 
     device_type: int = 0x1F
     table: DispatchTable
     removable: bool = False
+    read_only: bool = False
+    dpofua: bool = False
+    # Block devices only.
+    geometry: Geometry | None = None
+    limits: BlockLimits | None = None
+    provisioning: Provisioning | None = None
+    # INQUIRY version descriptors; None: the defaults of the device type.
+    version_descriptors: tuple[int, ...] | None = None
 
     def __init__(self, identity: Identity | None = None) -> None:
-        from .modepages import ModePages
-        from .reservations import Reservations
         self.identity = identity or Identity()
         self.ua = UnitAttentions()
         self.mode = ModePages(self)
         self.pr = Reservations(self)
-        self.lun = 0
-        self.target_name = ""
+        self.placement = Placement()
         self.lock = threading.RLock()  # serialises commands that must be atomic
-        self.last_sense: dict[Nexus, bytes] = {}
         self.stopped = False  # START STOP UNIT
         # Per-nexus state kept by command sets (e.g. copy results): called with
         # the nexus on I_T nexus loss, with None on a LU reset.
@@ -117,6 +129,30 @@ class LogicalUnit:
         self.medium_present = True  # removable LUs: START STOP UNIT with LOEJ
         # I_T nexuses holding PREVENT MEDIUM REMOVAL (SPC-4 6.13).
         self.prevent: set[Nexus] = set()
+
+    @property
+    def lun(self) -> int:
+        return self.placement.lun
+
+    @property
+    def target_name(self) -> str:
+        return self.placement.target_name
+
+    def place(self, placement: Placement) -> None:
+        """Called by the LunMap that serves this LU (REPORT LUNS, copy targets)."""
+        self.placement = placement
+
+    # -- device-type hooks ----------------------------------------------
+    def mode_device_specific(self) -> int:
+        """DEVICE-SPECIFIC PARAMETER of the mode parameter header."""
+        value = 0x80 if self.read_only or self.mode.software_write_protect else 0x00
+        if self.dpofua:
+            value |= 0x10
+        return value
+
+    def load_eject(self, load: bool) -> None:
+        """START STOP UNIT with LOEJ on a removable LU."""
+        self.medium_present = load
 
     # -- readiness ------------------------------------------------------
     def not_ready_reason(self) -> S.SenseError | None:
@@ -132,6 +168,7 @@ class LogicalUnit:
         nexus = cmd.nexus
         try:
             entry = self.table.lookup(cmd.cdb)
+            check_direction(entry, cmd)
         except S.SenseError as err:
             return self._check_condition(cmd, err)
         self.ua.first_contact(nexus)
@@ -177,8 +214,8 @@ class LogicalUnit:
         return Response(Status.GOOD, data, residual=edtl - n, release=release)
 
     def _check_condition(self, cmd: Command, err: S.SenseError) -> Response:
+        # Delivered with the status (autosense): nothing is kept for REQUEST SENSE.
         sense = S.render_sense(err, descriptor=self.mode.descriptor_sense)
-        self.last_sense[cmd.nexus] = sense
         edtl = cmd.expected_length or 0
         residual = edtl
         if cmd.needed is not None and cmd.needed > edtl:
@@ -188,7 +225,6 @@ class LogicalUnit:
     # -- events from the transport -------------------------------------
     def nexus_lost(self, nexus: Nexus) -> None:
         """The I_T nexus went away (logout, connection drop)."""
-        self.last_sense.pop(nexus, None)
         self.prevent.discard(nexus)
         self.pr.nexus_lost(nexus)
         for hook in self.forget_hooks:
@@ -248,9 +284,7 @@ class LunMap:
             raise ValueError(f"LUN {lun} already in use on {self.name}")
         if not 0 <= lun < 16384:
             raise ValueError(f"LUN {lun} out of range 0..16383")
-        lu.lun = lun
-        lu.target_name = self.name
-        lu.target_map = self
+        lu.place(Placement(lun, self.name, self))
         self.luns[lun] = lu
 
     def get(self, lun: int) -> LogicalUnit:
@@ -282,7 +316,6 @@ class LunMap:
         durability.barrier()
 
     def report_luns(self, cmd: Command) -> Response:
-        from .layouts.luns import ReportLuns
         cdb = cmd.cdb
         if len(cdb) < 12:
             return self._missing._check_condition(cmd, S.invalid_cdb_field(0))
@@ -292,8 +325,8 @@ class LunMap:
             return self._missing._check_condition(cmd, S.invalid_cdb_field(2))
         if alloc < 16:
             return self._missing._check_condition(cmd, S.invalid_cdb_field(6))
-        if select in (0x01, 0x11):
-            luns = []  # no well-known LUs
+        if select in (0x01, 0x10, 0x11):
+            luns = []  # no well-known LUs, no administrative LUs (no LU conglomerates)
         elif select == 0x12 and cmd.lun != 0:
             luns = []
         else:

@@ -253,9 +253,10 @@ class ModePages:
         size = 16 if long_lba else 8
         if bd_len % size or pos + bd_len > len(data):
             raise S.invalid_param_field(hdr - 1)
-        block_size = getattr(self.lu, "block_size", None)
-        if block_size is None:
+        geo = self.lu.geometry
+        if geo is None:
             return  # no block geometry on this LU type: nothing to compare
+        block_size = geo.block_size
         for off in range(pos, pos + bd_len, size):
             if long_lba:
                 blen = int.from_bytes(data[off + 12:off + 16], "big")

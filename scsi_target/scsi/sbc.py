@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .disk import DiskLU
 
 SBC = CommandSet("SBC")
+# UNMAP alone: only thin (or read-only) disks stack it (devices.py).
+SBC_UNMAP = CommandSet("SBC-UNMAP")
 
 _PATTERN_CHUNK = 1 << 20   # bytes of repeated pattern built per WRITE SAME step
 _MAX_LBA_STATUS_DESCRIPTORS = 1024
@@ -36,7 +38,7 @@ _MAPPED, _DEALLOCATED = 0, 1
 
 # -- shared checks -------------------------------------------------------
 def _write_protected(lu: "DiskLU") -> bool:
-    return lu.read_only or bool(getattr(lu.mode, "software_write_protect", False))
+    return lu.read_only or lu.mode.software_write_protect
 
 
 def _check_writable(lu: "DiskLU") -> None:
@@ -56,7 +58,7 @@ def _check_range(lu: "DiskLU", lba: int, nblocks: int) -> None:
 
 
 def _check_transfer(lu: "DiskLU", nblocks: int, field: int) -> None:
-    if nblocks > lu.max_transfer_blocks:
+    if nblocks > lu.limits.max_transfer_blocks:
         raise S.invalid_cdb_field(field)
 
 
@@ -313,19 +315,19 @@ def _write_same(lu: "DiskLU", cmd: Command, lba: int, n: int, field: int) -> Non
     anchor = bool(cdb[1] & 0x10)
     unmap = bool(cdb[1] & 0x08)
     ndob = len(cdb) >= 16 and bool(cdb[1] & 0x01)
-    if anchor and (not unmap or not lu.anc_sup):
+    if anchor and (not unmap or not lu.provisioning.anc_sup):
         raise S.invalid_cdb_field(1, 4)
     _check_writable(lu)
-    if unmap and not lu.thin:
+    if unmap and not lu.provisioning.thin:
         raise S.invalid_cdb_field(1, 3)
     _check_range(lu, lba, n)
-    if n == 0 and lu.write_same_non_zero:
+    if n == 0 and lu.limits.write_same_non_zero:
         raise S.invalid_cdb_field(field)
     if n == 0:
         # WSNZ=0: to the end of the medium.  The initiator named the whole
         # range explicitly, so MAXIMUM WRITE SAME LENGTH does not apply.
         n = lu.num_blocks - lba
-    elif lu.max_write_same_blocks and n > lu.max_write_same_blocks:
+    elif lu.limits.max_write_same_blocks and n > lu.limits.max_write_same_blocks:
         raise S.invalid_cdb_field(field)
     bs = lu.block_size
     if ndob:
@@ -371,7 +373,7 @@ def write_same16(lu: "DiskLU", cmd: Command) -> None:
 
 
 # -- UNMAP -------------------------------------------------------------------------
-@SBC.command(0x42, "UNMAP", 10, direction=Direction.OUT, conflict=Conflict.WRITE,
+@SBC_UNMAP.command(0x42, "UNMAP", 10, direction=Direction.OUT, conflict=Conflict.WRITE,
              usage=_usage(0x42, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x00))
 def unmap(lu: "DiskLU", cmd: Command) -> None:
     cdb = cmd.cdb
@@ -380,9 +382,7 @@ def unmap(lu: "DiskLU", cmd: Command) -> None:
     # never thin (nothing to punch), yet UNMAP must report WRITE PROTECTED there
     # (libiscsi ReadOnly.ReadOnlySBC otherwise stops at "not implemented").
     _check_writable(lu)
-    if not lu.thin:
-        raise S.invalid_opcode()
-    if cdb[1] & 0x01 and not lu.anc_sup:
+    if cdb[1] & 0x01 and not lu.provisioning.anc_sup:
         raise S.invalid_cdb_field(1, 0)
     plen = C.be(cdb, 7, 9)
     if plen == 0:
@@ -394,7 +394,7 @@ def unmap(lu: "DiskLU", cmd: Command) -> None:
     bddl = C.be(params, 2, 4)
     # A trailing partial descriptor is ignored (SBC-3 5.28.2).
     count = min(bddl, plen - 8) // 16
-    if count > lu.max_unmap_descriptors:
+    if count > lu.limits.max_unmap_descriptors:
         raise S.invalid_param_field(2)
     extents = []
     total = 0
@@ -404,7 +404,7 @@ def unmap(lu: "DiskLU", cmd: Command) -> None:
         total += n
         if n:
             extents.append((lba, n))
-    if total > lu.max_unmap_blocks:
+    if total > lu.limits.max_unmap_blocks:
         raise S.invalid_param_field(8 + 8)
     bs = lu.block_size
     with lu.lock:
@@ -425,10 +425,10 @@ def compare_and_write(lu: "DiskLU", cmd: Command) -> None:
     lba, n = C.be(cdb, 2, 10), cdb[13]
     _check_writable(lu)
     bs = lu.block_size
-    if n > lu.max_compare_blocks:
+    if n > lu.limits.max_compare_blocks:
         raise S.invalid_cdb_field(13)
     edtl = cmd.expected_length
-    if edtl is not None and edtl > 2 * lu.max_compare_blocks * bs:
+    if edtl is not None and edtl > 2 * lu.limits.max_compare_blocks * bs:
         # More data announced than any COMPARE AND WRITE may carry: the CDB's
         # length field cannot be what the initiator meant.
         raise S.invalid_cdb_field(13)
@@ -480,11 +480,11 @@ def write_atomic16(lu: "DiskLU", cmd: Command) -> None:
     if n == 0:
         cmd.needed = 0
         return
-    if n > lu.atomic_max_blocks:
+    if n > lu.limits.atomic_max_blocks:
         raise S.invalid_cdb_field(12)
-    if lu.atomic_alignment and lba % lu.atomic_alignment:
+    if lu.limits.atomic_alignment and lba % lu.limits.atomic_alignment:
         raise S.invalid_cdb_field(2)
-    if lu.atomic_granularity and n % lu.atomic_granularity:
+    if lu.limits.atomic_granularity and n % lu.limits.atomic_granularity:
         raise S.invalid_cdb_field(12)
     data = data_out(cmd, n * lu.block_size)  # all or nothing: no partial payloads
     with lu.lock:
@@ -504,9 +504,9 @@ def read_capacity10(lu: "DiskLU", cmd: Command) -> bytes:
 
 
 def read_capacity16_data(lu: "DiskLU") -> bytes:
-    return LC.ReadCapacity16(lu.num_blocks - 1, lu.block_size, lbpme=bool(lu.thin),
-                             lbprz=bool(lu.thin and lu.lbprz),
-                             lbppbe=getattr(lu, "lbppbe", 0)).pack()
+    prov = lu.provisioning
+    return LC.ReadCapacity16(lu.num_blocks - 1, lu.block_size, lbpme=prov.thin,
+                             lbprz=prov.thin and prov.lbprz, lbppbe=lu.lbppbe).pack()
 
 
 @SBC.command(0x9E, "READ CAPACITY(16)", 16, direction=Direction.IN, service_action=0x10,

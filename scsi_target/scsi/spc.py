@@ -39,6 +39,7 @@ OP_RELEASE10 = 0x57
 OP_MODE_SENSE10 = 0x5A
 OP_PR_IN = 0x5E
 OP_PR_OUT = 0x5F
+OP_SEND_DIAGNOSTIC = 0x1D
 OP_REPORT_LUNS = 0xA0
 OP_MAINTENANCE_IN = 0xA3
 SA_REPORT_SUPPORTED_OPCODES = 0x0C
@@ -83,20 +84,11 @@ def request_sense(lu: "LogicalUnit", cmd: Command) -> bytes:
         data = S.render_sense(S.unit_attention(asc), descriptor=desc)
     elif (reason := lu.not_ready_reason()) is not None:
         data = S.render_sense(reason, descriptor=desc)
-    elif (last := lu.last_sense.pop(cmd.nexus, None)) is not None:
-        data = _reformat(last, desc)
     else:
+        # A CHECK CONDITION's sense went out with its status (autosense), so
+        # there is nothing left to report (SPC-4 5.12, as tgt answers).
         data = S.render_sense(S.SenseError(S.SenseKey.NO_SENSE, S.NO_ADDITIONAL_SENSE), descriptor=desc)
     return data[:alloc]
-
-
-def _reformat(sense: bytes, descriptor: bool) -> bytes:
-    """Sense bytes in the format the initiator asked for now."""
-    is_desc = (sense[0] & 0x7F) in (0x72, 0x73)
-    if is_desc == descriptor:
-        return sense
-    key, asc, ascq = S.parse_sense(sense)
-    return S.render_sense(S.SenseError(key, S.Asc(asc, ascq, "")), descriptor=descriptor)
 
 
 # ---------------------------------------------------------------------------
@@ -129,9 +121,9 @@ def inquiry_cmd(lu: "LogicalUnit", cmd: Command) -> bytes:
 @_cmd(OP_REPORT_LUNS, "REPORT LUNS", bytes([0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
       Direction.IN, conflict=Conflict.ALLOWED, ua_exempt=True)
 def report_luns(lu: "LogicalUnit", cmd: Command) -> Response | bytes:
-    target_map = getattr(lu, "target_map", None)
-    if target_map is not None:
-        return target_map.report_luns(cmd)
+    luns = lu.placement.luns
+    if luns is not None:
+        return luns.report_luns(cmd)
     # A stand-alone LU (tests, tools) reports just itself.
     alloc = int.from_bytes(cmd.cdb[6:10], "big")
     if alloc < 16:
@@ -142,22 +134,11 @@ def report_luns(lu: "LogicalUnit", cmd: Command) -> Response | bytes:
 # ---------------------------------------------------------------------------
 # MODE SENSE / MODE SELECT
 # ---------------------------------------------------------------------------
-def _device_specific(lu: "LogicalUnit") -> int:
-    hook = getattr(lu, "mode_device_specific", None)
-    if callable(hook):
-        return int(hook()) & 0xFF
-    wp = bool(getattr(lu, "read_only", False)) or lu.mode.software_write_protect
-    value = 0x80 if wp else 0x00
-    if lu.device_type == 0x00 and getattr(lu, "dpofua", True):
-        value |= 0x10  # DPOFUA: DPO and FUA accepted in READ/WRITE CDBs
-    return value
-
-
 def _block_descriptor(lu: "LogicalUnit", long_lba: bool) -> bytes:
-    if not vpd.is_disk(lu):
+    geo = lu.geometry
+    if geo is None:
         return b""
-    blocks = int(lu.num_blocks)  # type: ignore[attr-defined]
-    bsize = int(lu.block_size)   # type: ignore[attr-defined]
+    blocks, bsize = geo.num_blocks, geo.block_size
     if long_lba:
         return LM.LongBlockDescriptor(blocks, bsize).pack()
     return LM.ShortBlockDescriptor(min(blocks, 0xFFFFFFFF), bsize).pack()
@@ -179,7 +160,7 @@ def _mode_sense(lu: "LogicalUnit", cmd: Command, ten: bool) -> bytes:
         raise S.invalid_cdb_field(3 if known else 2)
     pages = b"".join(lu.mode.page_bytes(k, pc) for k in keys)
     bd = b"" if dbd else _block_descriptor(lu, llbaa)
-    dsp = _device_specific(lu)
+    dsp = lu.mode_device_specific() & 0xFF
     if ten:
         length = 8 + len(bd) + len(pages)
         head = LM.ModeHeader10(length - 2, 0, dsp, bool(bd and llbaa), len(bd)).pack()
@@ -492,11 +473,7 @@ def start_stop_unit(lu: "LogicalUnit", cmd: Command) -> None:
                 raise S.invalid_cdb_field(4, 1)
             if lu.prevent:
                 raise S.illegal_request(S.MEDIUM_REMOVAL_PREVENTED)
-            load_eject = getattr(lu, "load_eject", None)
-            if callable(load_eject):
-                load_eject(start)
-            else:
-                lu.medium_present = start
+            lu.load_eject(start)
         # A removable LU keeps its medium ready when only START changes: nothing
         # spins down, and libiscsi StartStopUnit.NoLoej expects TEST UNIT READY
         # GOOD after START=0 LOEJ=0.  Fixed disks do enter the stopped state.
@@ -514,3 +491,37 @@ def prevent_allow(lu: "LogicalUnit", cmd: Command) -> None:
             lu.prevent.add(cmd.nexus)
         else:
             lu.prevent.discard(cmd.nexus)
+
+
+# ---------------------------------------------------------------------------
+# SEND DIAGNOSTIC
+# ---------------------------------------------------------------------------
+# SELF-TEST CODE (SPC-4 table 219): the foreground tests finish before the
+# command does; background tests would need the Self-Test Results log page.
+_SELF_TEST_FOREGROUND = (0b101, 0b110)
+
+
+@_cmd(OP_SEND_DIAGNOSTIC, "SEND DIAGNOSTIC", bytes([0x1D, 0xF7, 0, 0xFF, 0xFF, 0]),
+      Direction.OUT)
+def send_diagnostic(lu: "LogicalUnit", cmd: Command) -> None:
+    cdb = cmd.cdb
+    code = cdb[1] >> 5
+    selftest = bool(cdb[1] & 0x04)
+    length = int.from_bytes(cdb[3:5], "big")
+    if selftest:
+        # The default self-test: a virtual LU has nothing that can fail it.
+        if code:
+            raise S.invalid_cdb_field(1, 7)
+        if length:
+            raise S.invalid_cdb_field(3)
+        return
+    if code:
+        if code not in _SELF_TEST_FOREGROUND:
+            raise S.invalid_cdb_field(1, 7)
+        if length:
+            raise S.invalid_cdb_field(3)
+        return
+    if length:
+        # No diagnostic pages are implemented: the first page code is unsupported.
+        data_out(cmd, length)
+        raise S.invalid_param_field(0)

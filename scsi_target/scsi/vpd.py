@@ -1,14 +1,15 @@
-"""Vital product data pages (SPC-4 7.8, SBC-3 6.6) built from an LU's attributes.
+"""Vital product data pages (SPC-4 7.8, SBC-3 6.6) derived from an LU's records and table.
 
-Disk-only pages (B0/B1/B2) appear only for LUs with block geometry
-(``block_size``/``num_blocks``).  The third-party copy page (8F) appears when
-the EXTENDED COPY module provides ``third_party_copy_vpd``.
+Disk pages (B0/B1/B2) appear for LUs with block geometry; the third-party copy
+page (8F) when the LU's dispatch table holds EXTENDED COPY and RECEIVE COPY
+RESULTS (xcopy.is_copy_manager), so a page is listed exactly when it is true.
 """
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from . import xcopy
 from .layouts import vpd as L
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,28 +30,13 @@ _ASSOC_LU, _ASSOC_PORT, _ASSOC_TARGET = L.ASSOC_LU, L.ASSOC_PORT, L.ASSOC_TARGET
 _TYPE_T10, _TYPE_NAA, _TYPE_REL_PORT, _TYPE_NAME = L.TYPE_T10, L.TYPE_NAA, L.TYPE_REL_PORT, L.TYPE_NAME
 _PROTO_ISCSI = L.PROTO_ISCSI
 
-# Defaults for the block limits page; a DiskLU may override any of them with
-# an attribute of the same name.
-DEFAULT_MAX_UNMAP_BLOCKS = 1 << 20
-DEFAULT_MAX_UNMAP_DESCRIPTORS = 256
-DEFAULT_MAX_COMPARE_WRITE_BLOCKS = 1
-
 
 def is_disk(lu: "LogicalUnit") -> bool:
-    return hasattr(lu, "block_size") and hasattr(lu, "num_blocks")
+    return lu.geometry is not None and lu.limits is not None and lu.provisioning is not None
 
 
-def _xcopy_vpd() -> Callable[["LogicalUnit"], bytes] | None:
-    """The EXTENDED COPY module's page builder, if that module exists yet."""
-    try:
-        from . import xcopy  # type: ignore[attr-defined]
-    except Exception:  # absent, or broken mid-edit: INQUIRY must still answer
-        return None
-    return getattr(xcopy, "third_party_copy_vpd", None)
-
-
-def has_third_party_copy() -> bool:
-    return _xcopy_vpd() is not None
+def has_third_party_copy(lu: "LogicalUnit") -> bool:
+    return xcopy.is_copy_manager(lu.table)
 
 
 def _page(lu: "LogicalUnit", code: int, body: bytes) -> bytes:
@@ -70,7 +56,7 @@ def _name_string(name: str) -> bytes:
 
 def supported_pages(lu: "LogicalUnit") -> list[int]:
     pages = [PAGE_SUPPORTED, PAGE_SERIAL, PAGE_DEVICE_ID]
-    if has_third_party_copy():
+    if has_third_party_copy(lu):
         pages.append(PAGE_THIRD_PARTY_COPY)
     if is_disk(lu):
         pages += [PAGE_BLOCK_LIMITS, PAGE_BLOCK_CHARACTERISTICS, PAGE_LBP]
@@ -88,9 +74,7 @@ def build(lu: "LogicalUnit", code: int, nexus: "Nexus") -> bytes | None:
     if code == PAGE_DEVICE_ID:
         return _page(lu, code, device_identification(lu, nexus))
     if code == PAGE_THIRD_PARTY_COPY:
-        fn = _xcopy_vpd()
-        assert fn is not None
-        return fn(lu)
+        return xcopy.third_party_copy_vpd(lu)
     if code == PAGE_BLOCK_LIMITS:
         return _page(lu, code, block_limits(lu))
     if code == PAGE_BLOCK_CHARACTERISTICS:
@@ -113,7 +97,7 @@ def device_identification(lu: "LogicalUnit", nexus: "Nexus") -> bytes:
     # command came in on, the target port name and the target device name.
     out += _designator(_CODE_BINARY, _ASSOC_PORT, _TYPE_REL_PORT,
                        struct.pack(">HH", 0, nexus.relative_port & 0xFFFF), piv=True)
-    target_name = getattr(lu, "target_name", "") or ""
+    target_name = lu.target_name
     port_name = nexus.target if ",t,0x" in nexus.target else \
         (f"{target_name},t,0x{nexus.relative_port:04x}" if target_name else "")
     if port_name:
@@ -123,51 +107,34 @@ def device_identification(lu: "LogicalUnit", nexus: "Nexus") -> bytes:
     return bytes(out)
 
 
-def _thin(lu: "LogicalUnit") -> bool:
-    thin = getattr(lu, "thin", None)
-    if thin is None:
-        thin = getattr(getattr(lu, "store", None), "thin", False)
-    return bool(thin)
-
-
-def _attr(lu: "LogicalUnit", name: str, default: int) -> int:
-    return int(getattr(lu, name, default))
-
-
 def block_limits(lu: "LogicalUnit") -> bytes:
-    """Block Limits (B0h): the values the SBC handlers enforce, from DiskLU attributes."""
-    thin = _thin(lu)
-    max_xfer = _attr(lu, "max_transfer_blocks", 0)
+    """Block Limits (B0h): the values the SBC handlers enforce."""
+    lim, geo, thin = lu.limits, lu.geometry, lu.provisioning.thin
     page = L.BlockLimits(
-        wsnz=bool(getattr(lu, "write_same_non_zero", False)),
-        max_compare_write_length=_attr(lu, "max_compare_blocks",
-                                       DEFAULT_MAX_COMPARE_WRITE_BLOCKS) & 0xFF,
+        wsnz=lim.write_same_non_zero,
+        max_compare_write_length=lim.max_compare_blocks & 0xFF,
         # One physical block: smaller writes cost a read-modify-write below us.
-        optimal_transfer_length_granularity=1 << _attr(lu, "lbppbe", 0),
-        max_transfer_length=max_xfer,
-        optimal_transfer_length=max_xfer,
-        max_write_same_length=_attr(lu, "max_write_same_blocks", max_xfer),
-        # Atomic write limits (SBC-4): zero unless the LU supports WRITE ATOMIC.
-        max_atomic_transfer_length=_attr(lu, "atomic_max_blocks", 0),
-        atomic_alignment=_attr(lu, "atomic_alignment", 0),
-        atomic_transfer_length_granularity=_attr(lu, "atomic_granularity", 0),
-        max_atomic_transfer_length_with_boundary=_attr(lu, "atomic_max_boundary_blocks", 0),
-        max_atomic_boundary_size=_attr(lu, "atomic_boundary_blocks", 0))
+        optimal_transfer_length_granularity=geo.blocks_per_physical,
+        max_transfer_length=lim.max_transfer_blocks,
+        optimal_transfer_length=lim.optimal_transfer_length(geo),
+        max_write_same_length=lim.max_write_same_blocks,
+        max_atomic_transfer_length=lim.atomic_max_blocks,
+        atomic_alignment=lim.atomic_alignment,
+        atomic_transfer_length_granularity=lim.atomic_granularity,
+        max_atomic_transfer_length_with_boundary=lim.atomic_max_boundary_blocks,
+        max_atomic_boundary_size=lim.atomic_boundary_blocks)
     if thin:
-        page.max_unmap_lba_count = _attr(lu, "max_unmap_blocks", DEFAULT_MAX_UNMAP_BLOCKS)
-        page.max_unmap_descriptor_count = _attr(lu, "max_unmap_descriptors",
-                                                DEFAULT_MAX_UNMAP_DESCRIPTORS)
+        page.max_unmap_lba_count = lim.max_unmap_blocks
+        page.max_unmap_descriptor_count = lim.max_unmap_descriptors
         page.optimal_unmap_granularity = 1
     return page.pack()
 
 
 def logical_block_provisioning(lu: "LogicalUnit") -> bytes:
     """Logical Block Provisioning (B2h): UNMAP and WRITE SAME unmapping on thin LUs."""
-    if not _thin(lu):
+    prov = lu.provisioning
+    if not prov.thin:
         return L.LogicalBlockProvisioning().pack()
-    # UNMAP and both WRITE SAME unmapping forms; thin provisioning type.
     return L.LogicalBlockProvisioning(
-        lbpu=True, lbpws=True, lbpws10=True,
-        lbprz=bool(getattr(lu, "lbprz", True)),          # unmapped blocks read zero
-        anc_sup=bool(getattr(lu, "anc_sup", False)),
+        lbpu=True, lbpws=True, lbpws10=True, lbprz=prov.lbprz, anc_sup=prov.anc_sup,
         provisioning_type=2).pack()

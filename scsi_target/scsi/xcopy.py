@@ -237,9 +237,7 @@ def _results(lu: "LogicalUnit") -> _Results:
         res = _RESULTS.get(lu)
         if res is None:
             res = _RESULTS[lu] = _Results()
-            hooks = getattr(lu, "forget_hooks", None)
-            if hooks is not None:
-                hooks.append(res.forget)  # nexus loss / LU reset drop kept results
+            lu.forget_hooks.append(res.forget)  # nexus loss / LU reset drop kept results
         return res
 
 
@@ -257,7 +255,7 @@ def _aborted(asc: S.Asc, segment: int) -> S.SenseError:
 
 def _naa_designator(lu: "LogicalUnit") -> bytes | None:
     """The LU's NAA designation descriptor as VPD page 83h renders it."""
-    naa = getattr(lu.identity, "naa", 0)
+    naa = lu.identity.naa
     if not naa:
         return None
     # Code set binary, association LU, designator type NAA, length 8.
@@ -271,12 +269,12 @@ def _same_designator(a: bytes, b: bytes) -> bool:
 
 
 def _is_disk(lu: "LogicalUnit") -> bool:
-    return lu.device_type == 0x00 and hasattr(lu, "store") and hasattr(lu, "block_size")
+    return lu.device_type == 0x00 and lu.geometry is not None
 
 
 def _find_lu(manager: "LogicalUnit", designator: bytes) -> "LogicalUnit | None":
-    target_map = getattr(manager, "target_map", None)
-    candidates = list(target_map.luns.values()) if target_map is not None else [manager]
+    luns = manager.placement.luns
+    candidates = list(luns.luns.values()) if luns is not None else [manager]
     for cand in candidates:
         mine = _naa_designator(cand)
         if mine is not None and _same_designator(mine, designator):
@@ -473,7 +471,7 @@ def operating_parameters_data(lu: "LogicalUnit") -> bytes:
 
 
 def _granularity(lu: "LogicalUnit") -> int:
-    return getattr(lu, "block_size", 1)
+    return lu.geometry.block_size if lu.geometry is not None else 1
 
 
 def _log2(n: int) -> int:
@@ -497,6 +495,23 @@ def failed_segment_details(lu: "LogicalUnit", cmd: Command) -> bytes:
         rec.sense = None
         results.drop_if_spent(key)
     return data[:alloc]
+
+
+# -- what the LU advertises ---------------------------------------------------------
+
+# The commands a copy manager must answer (SPC-4 6.4, 6.18); 3PC and VPD 8Fh
+# follow from their presence in an LU's table.
+REQUIRED_COMMANDS = (
+    (OP_EXTENDED_COPY, 0x00),
+    (OP_RECEIVE_COPY_RESULTS, SA_COPY_STATUS),
+    (OP_RECEIVE_COPY_RESULTS, SA_RECEIVE_DATA),
+    (OP_RECEIVE_COPY_RESULTS, SA_OPERATING_PARAMETERS),
+    (OP_RECEIVE_COPY_RESULTS, SA_FAILED_SEGMENT_DETAILS),
+)
+
+
+def is_copy_manager(table) -> bool:
+    return all(table.find(op, sa) is not None for op, sa in REQUIRED_COMMANDS)
 
 
 # -- VPD page 8Fh ----------------------------------------------------------------
