@@ -102,6 +102,10 @@ def config_toml(targets: list[Target], workdir: Path, port: int) -> str:
             name = re.sub(r"[^a-z0-9]+", "_", t.iqn.split(":")[-1]) + f"_lun{lun.lun}.img"
             path = workdir / name
             opts = dict(lun.options)
+            if opts.get("kind") == "backup":   # no backing file: only lun, kind, source
+                lines += ["[[target.lun]]", f"lun = {lun.lun}"]
+                lines += [f"{k} = {_toml_value(v)}" for k, v in opts.items()]
+                continue
             lines += ["[[target.lun]]", f"lun = {lun.lun}", f"path = {_toml_value(str(path))}"]
             if opts.get("read_only"):
                 # A read-only LUN serves an existing file: create it here.

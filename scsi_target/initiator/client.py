@@ -31,7 +31,8 @@ from ..scsi.command import TaskAttr
 from ..scsi.lunaddr import encode_lun
 from ..scsi.sense import parse_sense
 from ..protocol import pdu as P
-from .errors import (IscsiError, IscsiRejected, IscsiTimeout, LoginError,
+from ..protocol.names import name_problem
+from .errors import (InitiatorNameError, IscsiError, IscsiRejected, IscsiTimeout, LoginError,
                             ProtocolViolation, TaskAborted,
                             TaskManagementError, TransportError)
 from .ops import ScsiConveniences
@@ -113,6 +114,9 @@ class IscsiClient(ScsiConveniences):
         self.target = target
         self.lun = lun
         self.options = options or LoginOptions()
+        problem = name_problem(self.options.initiator_name)
+        if problem:
+            raise InitiatorNameError(f"initiator name: {problem}")
         self.credentials = credentials
         self.timeout = timeout
         self.login_timeout = login_timeout or min(timeout, 15.0)

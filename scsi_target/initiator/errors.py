@@ -43,6 +43,10 @@ class UrlError(IscsiError, ValueError):
     """Re-exported from client_url for one except clause."""
 
 
+class InitiatorNameError(IscsiError, ValueError):
+    """The initiator name to present is not a valid iSCSI name (nothing was sent)."""
+
+
 class TransportError(IscsiError):
     """The connection is gone or did not answer in time; outstanding commands failed."""
 

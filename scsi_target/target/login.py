@@ -23,6 +23,7 @@ from enum import Enum, IntEnum
 
 from .registry import Chap, Portal, TargetDef, TargetRegistry
 from ..protocol import params as K
+from ..protocol.names import normalize_name
 from ..protocol.chap import Challenge, ChapError, choose_algorithm, mutual_answer
 from ..protocol.pdu import LoginRequest, LoginResponse, Pdu
 
@@ -377,7 +378,9 @@ class LoginMachine:
         self.done = True
         self.result = AcceptedLogin(
             session_type=self.session_type,
-            initiator_name=self._names.get("InitiatorName", ""),
+            # RFC 3722 form, so session reinstatement, the nexus and PR
+            # registrations treat "Host" and "host" as the one initiator they are.
+            initiator_name=normalize_name(self._names.get("InitiatorName", "")),
             initiator_alias=self._names.get("InitiatorAlias", ""),
             isid=self._isid, tsih=self._tsih, cid=self._cid, target=self.target,
             params=self._neg.session_params(), statsn=self.statsn,
