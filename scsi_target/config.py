@@ -46,6 +46,10 @@ MAX_SIZE = (1 << 63) - 1
 # A config is a few KiB; the cap keeps a mistaken path (a disk image, a log)
 # from being read whole.
 MAX_CONFIG_BYTES = 1 << 20
+# VPD 80h holds ASCII; spaces would be taken for padding by hosts that strip
+# it, and 32 characters leave the T10 vendor ID designator within its 255 bytes.
+MAX_SERIAL = 32
+_SERIAL_RE = re.compile(r"^[\x21-\x7e]{1,%d}$" % MAX_SERIAL)
 
 
 class ConfigError(Exception):
@@ -76,6 +80,9 @@ class LunSpec:
     # Further backing files appended after ``path`` (a linear concatenation:
     # the patent's logical volume spanning several files), as (path, size).
     parts: tuple[tuple[Path, int | None], ...] = ()
+    # Unit serial number (VPD 80h) set by the operator; None = derived from
+    # the volume id (scsi_target/identity.py).
+    serial: str | None = None
     where: str = ""                  # "file: target[0].lun[1]" for error messages
 
     def backing_paths(self) -> list[Path]:
@@ -308,7 +315,7 @@ _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
              "source", "removable", "physical_block_size", "write_same_zero", "parts",
-             "track_granularity")
+             "track_granularity", "serial")
 _PART_KEYS = ("path", "size")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
@@ -631,6 +638,7 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
         create=r.typed(d, key, "create", bool, False),
         track=r.typed(d, key, "track", bool, True),
         track_granularity=_parse_granularity(r, d, key),
+        serial=_parse_serial(r, d, key),
         kind=kind, where=f"{r.source}: {key}")
     problem = check_backing(spec)
     if problem:
@@ -638,6 +646,14 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
     if "parts" in d:
         spec = replace(spec, parts=_parse_parts(r, d["parts"], _join(key, "parts"), spec))
     return spec
+
+
+def _parse_serial(r: _Reader, d: dict, key: str) -> str | None:
+    serial = r.typed(d, key, "serial", str)
+    if serial is not None and not _SERIAL_RE.match(serial):
+        raise r.fail(_join(key, "serial"), f"{serial!r}: expected 1..{MAX_SERIAL} printable "
+                     "ASCII characters without spaces")
+    return serial
 
 
 def _parse_granularity(r: _Reader, d: dict, key: str) -> int | None:
@@ -826,7 +842,10 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
         if src is None:
             raise ConfigError(f"{spec.where}: source LUN {spec.source} is not defined")
         try:
-            return BackupLU(src, spec.source, identity=Identity.derive(target_iqn, spec.lun))
+            # Bound to its disk: unique and stable exactly when the disk's identity is.
+            ident = Identity.derive(target_iqn, spec.lun, volume_id=b"backup-device\0"
+                                    + src.identity.naa.to_bytes(8, "big"))
+            return BackupLU(src, spec.source, identity=ident)
         except ValueError as e:
             raise ConfigError(f"{spec.where}: {e}") from None
     if spec.kind != "disk":  # parse rejects these; guards callers building specs by hand
@@ -854,8 +873,13 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
                 store = TrackingStore.open(store, spec.path, granularity=spec.track_granularity)
             except TrackingError as e:
                 raise ConfigError(f"{spec.where}: {e}") from None
+            vid = store.volume_id
+        else:
+            from .identity import file_volume_id
+            vid = file_volume_id(spec.path, writable=not spec.read_only)
+        identity = Identity.derive(target_iqn, spec.lun, serial=spec.serial, volume_id=vid)
         lu = DiskLU(store, spec.block_size, spec.read_only,
-                    identity=Identity.derive(target_iqn, spec.lun), removable=spec.removable,
+                    identity=identity, removable=spec.removable,
                     physical_block_size=spec.physical_block_size)
         lu.write_same_non_zero = not spec.write_same_zero
         return lu
