@@ -6,7 +6,7 @@
 One :class:`IscsiClient` is one session over one connection (MaxConnections=1,
 ErrorRecoveryLevel=0).  Several commands may be outstanding: each gets an ITT
 and a CmdSN inside the window the target opens with ExpCmdSN/MaxCmdSN.  The
-protocol object (:mod:`.client_rx`) frames the byte stream, receiving Data-In
+protocol object (:mod:`.rx`) frames the byte stream, receiving Data-In
 segments straight into the command's result buffer, and dispatches each PDU
 synchronously; nothing blocks the receive path (Data-Out
 for an R2T is sent from its own task), so a target that is writing to us is
@@ -396,7 +396,7 @@ class IscsiClient(ScsiConveniences):
             if pdu.datasn != task.next_datasn:
                 raise ProtocolViolation(f"Data-In DataSN {pdu.datasn}, expected {task.next_datasn}")
             if isinstance(data, memoryview) and data.obj is buf:
-                data.release()                      # received in place (client_rx)
+                data.release()                      # received in place (rx.py)
                 pdu.data = b""
             else:
                 buf[pdu.offset:pdu.offset + n] = data

@@ -40,7 +40,7 @@ class IscsiError(Exception):
 
 
 class UrlError(IscsiError, ValueError):
-    """Re-exported from client_url for one except clause."""
+    """Raised by url.parse_url; derives from IscsiError so one except clause catches all."""
 
 
 class InitiatorNameError(IscsiError, ValueError):

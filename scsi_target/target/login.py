@@ -4,7 +4,7 @@
 ``receive`` and exactly one Login Response PDU comes out.  The machine
 checks stages and flags, joins text split by the C bit (both ways), runs the
 security stage (AuthMethod None or CHAP, one-way or mutual) and the
-operational stage (:mod:`.params`), and when the final response is built
+operational stage (:mod:`..protocol.params`), and when the final response is built
 sets ``done`` and ``result``.  On any error the response carries a status
 class/detail and ``failed`` is set: the caller sends it and closes.
 
