@@ -29,7 +29,8 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 
 # Debian packages that provide the tools, for the skip/fail message.
-_PACKAGES = {"iscsi": "libiscsi-bin", "qemu": "qemu-utils", "tgt": "tgt"}
+_PACKAGES = {"iscsi": "libiscsi-bin", "qemu": "qemu-utils", "tgt": "tgt", "tshark": "tshark",
+             "dumpcap": "tshark"}
 
 
 def on_ci() -> bool:
