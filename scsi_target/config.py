@@ -366,7 +366,8 @@ def _read_config(source: str) -> bytes:
     finally:
         os.close(fd)
     if len(raw) > MAX_CONFIG_BYTES:  # grew between fstat and read
-        raise ConfigError(f"{source}: too large for a config file (at most {MAX_CONFIG_BYTES} bytes)")
+        raise ConfigError(f"{source}: too large for a config file "
+                          f"(at most {MAX_CONFIG_BYTES} bytes)")
     return raw
 
 

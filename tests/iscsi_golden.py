@@ -27,7 +27,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -482,7 +482,6 @@ def _values(name: str, get, w: WirePdu) -> list:
     parts = [w]
     if isinstance(w.pdu, P.Reject) and len(w.pdu.data) >= P.BHS_LEN:
         inner = bytes(w.pdu.data[:P.BHS_LEN])
-        ahs_len, dlen = P.header_lengths(inner)
         parts.append(WirePdu(w.frame, w.offset, not w.to_target, inner,
                              P.decode_bhs(inner, b"", b""), padding=b""))
     out = []
