@@ -113,3 +113,20 @@ def test_shell_initiator_name(server):
     assert "PYSCSI" in r.stdout
     r = _shell(server.url(), "--initiator-name", "iqn.2026-11.org.x:a_b", "-c", "inq")
     assert r.returncode == 2 and "'_' is not allowed" in r.stdout + r.stderr
+
+
+def test_session_reinstatement_treats_case_variants_as_one_initiator(server):
+    """RFC 7143 6.3.5: same InitiatorName (after normalisation) + ISID = the same session."""
+    from scsi_target.initiator.errors import IscsiError
+    isid = bytes.fromhex("80123456" "0001")
+    first = SyncIscsiClient(server.url(), timeout=5, initiator_name=SHOUTED, isid=isid)
+    try:
+        first.test_unit_ready()
+        with SyncIscsiClient(server.url(), timeout=5, initiator_name=ALLOWED, isid=isid) as second:
+            second.test_unit_ready()
+            # The target reinstated the session: the first connection is gone.
+            with pytest.raises(IscsiError):
+                for _ in range(3):
+                    first.test_unit_ready()
+    finally:
+        first.close()
