@@ -8,7 +8,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # Real initiators and a reference target used by the interop tests and the benchmark.
 # qemu-block-extra holds qemu's iscsi:// driver (only a Recommends of qemu-utils).
-DEB_PACKAGES := libiscsi-bin qemu-utils qemu-block-extra tgt
+# tshark (with dumpcap) is the reference decoder the PDU codec is compared with
+# (tests/test_iscsi_pdu_golden.py); its debconf question needs the
+# noninteractive frontend set below.
+DEB_PACKAGES := libiscsi-bin qemu-utils qemu-block-extra tgt tshark
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=

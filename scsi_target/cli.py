@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--config", metavar="FILE", help="TOML configuration file (docs/config.md)")
     s.add_argument("--listen", metavar="HOST:PORT", action="append",
-                   help=f"portal to listen on (repeatable; IPv6 as [::1]:PORT; "
-                   f"default 127.0.0.1:{C.DEFAULT_PORT}; port 0 = any free port)")
+                   help=f"portal to listen on (repeatable; IPv6 as [::1]:PORT; a bare number "
+                   f"is a port on {C.DEFAULT_HOST}; default {C.DEFAULT_HOST}:{C.DEFAULT_PORT}; "
+                   "port 0 = any free port)")
     s.add_argument("--iqn", metavar="IQN", help=f"target name (default {C.DEFAULT_IQN})")
     s.add_argument("--disk", metavar="PATH[:SIZE]", action="append",
                    help="backing file of the next LUN (0, 1, ...); with SIZE (e.g. 64M, 1G) "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ DEFAULT_IQN = "iqn.2026-11.org.pyscsi:default"
 DEFAULT_DISK = Path("var/disk0.img")
 DEFAULT_DISK_SIZE = 64 << 20
 DEFAULT_PORT = 3260
+DEFAULT_HOST = "127.0.0.1"
 BLOCK_SIZES = (512, 4096)
 LU_KINDS = ("disk", "backup")
 MAX_LUN = 16383                  # LunMap's flat addressing limit
@@ -38,6 +40,16 @@ MAX_NAME_BYTES = 223             # RFC 3720 3.2.6.1
 # so longer secrets only warn.
 CHAP_SECRET_MIN = 12
 CHAP_SECRET_MAX = 16
+# The largest off_t: a backing file cannot be larger, and a bigger number would
+# only fail later, deep in ftruncate, as an OverflowError.
+MAX_SIZE = (1 << 63) - 1
+# A config is a few KiB; the cap keeps a mistaken path (a disk image, a log)
+# from being read whole.
+MAX_CONFIG_BYTES = 1 << 20
+# VPD 80h holds ASCII; spaces would be taken for padding by hosts that strip
+# it, and 32 characters leave the T10 vendor ID designator within its 255 bytes.
+MAX_SERIAL = 32
+_SERIAL_RE = re.compile(r"^[\x21-\x7e]{1,%d}$" % MAX_SERIAL)
 
 
 class ConfigError(Exception):
@@ -68,6 +80,9 @@ class LunSpec:
     # Further backing files appended after ``path`` (a linear concatenation:
     # the patent's logical volume spanning several files), as (path, size).
     parts: tuple[tuple[Path, int | None], ...] = ()
+    # Unit serial number (VPD 80h) set by the operator; None = derived from
+    # the volume id (scsi_target/identity.py).
+    serial: str | None = None
     where: str = ""                  # "file: target[0].lun[1]" for error messages
 
     def backing_paths(self) -> list[Path]:
@@ -130,6 +145,15 @@ def parse_size(value: Any) -> int:
     return n
 
 
+def parse_file_size(value: Any) -> int:
+    """:func:`parse_size` for a backing file: at most the largest file size."""
+    n = parse_size(value)
+    if n > MAX_SIZE:
+        raise ValueError(f"size {value!r} is larger than the largest possible file "
+                         f"({MAX_SIZE} bytes, 8 EiB)")
+    return n
+
+
 def format_size(n: int) -> str:
     for unit, mult in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= mult and n % mult == 0:
@@ -174,11 +198,19 @@ _HOST_RE = re.compile(r"^" + _LABEL + r"(?:\." + _LABEL + r")*$", re.IGNORECASE)
 
 
 def parse_portal(text: Any) -> Portal:
-    """"host:port", "[v6addr]:port" or a bare host (port 3260). Raises ValueError."""
+    """"host:port", "[v6addr]:port", a bare host (port 3260) or a bare port
+    (on 127.0.0.1). Raises ValueError."""
     if not isinstance(text, str):
         raise ValueError(f"expected \"host:port\", got {type(text).__name__}")
     s = text.strip()
     port_s: str | None = None
+    if s.isdigit():
+        # "3550" is a port: no host name is all digits (RFC 1123 2.1 keeps
+        # the top label alphabetic), and a number was surely meant as a port.
+        host, port_s = DEFAULT_HOST, s
+        if not 0 <= int(port_s) <= 65535:
+            raise ValueError(f"{text!r}: port must be a number 0..65535 (0 = any free port)")
+        return Portal(host, int(port_s))
     if s.startswith("["):
         end = s.find("]")
         if end < 0:
@@ -283,7 +315,7 @@ _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
              "source", "removable", "physical_block_size", "write_same_zero", "parts",
-             "track_granularity")
+             "track_granularity", "serial")
 _PART_KEYS = ("path", "size")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
@@ -293,17 +325,59 @@ def load_file(path: str | os.PathLike) -> ServerConfig:
     """Read and validate a TOML config; relative LUN paths are relative to the file."""
     p = Path(path)
     source = str(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+    raw = _read_config(source)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: TOML syntax error: {e}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(f"{source}: TOML syntax error: arrays or tables nested too "
+                          "deeply") from None
     return parse_config(data, source=source, base=p.parent)
+
+
+def _read_config(source: str) -> bytes:
+    """The file's bytes; only a regular file of sane size is read.
+
+    O_NONBLOCK makes opening a FIFO return at once (instead of waiting for a
+    writer), so fstat can refuse it, like a device, before any read.
+    """
+    if "\0" in source:
+        raise ConfigError(f"{source!r}: cannot read: the path contains a NUL character")
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{source}: cannot read: not a regular file "
+                              f"({_file_kind(st.st_mode)})")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{source}: {st.st_size} bytes is too large for a config file "
+                              f"(at most {MAX_CONFIG_BYTES})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:  # grew between fstat and read
+        raise ConfigError(f"{source}: too large for a config file "
+                          f"(at most {MAX_CONFIG_BYTES} bytes)")
+    return raw
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def parse_config(data: dict, source: str = "<config>", base: Path | None = None) -> ServerConfig:
@@ -336,9 +410,54 @@ def parse_config(data: dict, source: str = "<config>", base: Path | None = None)
             raise r.fail(f"target[{i}].iqn", f"{spec.iqn} is already used by {seen_iqn[key]}")
         seen_iqn[key] = f"target[{i}]"
         targets.append(spec)
+    _check_tracking_files([lun for t in targets for lun in t.luns], ".path")
     timeouts = _parse_timeouts(r, data.get("timeouts", {}))
     return ServerConfig(tuple(targets), portals, disc_chap, disc_mutual, source, tuple(r.warnings),
                         **timeouts)
+
+
+_TRACKING_FILES = ("generation map", "write-intent journal", "identity sidecar")
+
+
+def _check_tracking_files(luns: list[LunSpec], key_suffix: str) -> None:
+    """Refuse a LUN backed by a file the tracker of another LUN here owns.
+
+    Serving such a file lets an initiator overwrite the map that must never
+    miss a changed block (DESIGN invariant 1).  Files that exist already are
+    also recognised by their magic (check_backing), whoever owns them.
+    """
+    from .interceptors.tracker import map_paths
+    owned: dict[str, str] = {}
+    for spec in luns:
+        if spec.kind == "disk" and spec.track and not spec.read_only:
+            for what, side in zip(_TRACKING_FILES, map_paths(os.path.realpath(spec.path))):
+                owned[side] = f"the {what} of {spec.where.split(': ', 1)[-1]} ({spec.path})"
+    for spec in luns:
+        if spec.kind != "disk":
+            continue
+        for path in spec.backing_paths():
+            real = os.path.realpath(path)
+            why = owned.get(real)
+            if why:
+                raise ConfigError(f"{spec.where}{key_suffix}: {path} is {why}; serving it "
+                                  "would let writes corrupt change tracking")
+
+
+def _tracking_magic(path: str) -> str | None:
+    from volume.genmap import JOURNAL_MAGIC, MAP_MAGIC
+    from .interceptors.tracker import SIDECAR_FORMAT
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:  # missing or unreadable: check_backing / the build report it
+        return None
+    if head.startswith(MAP_MAGIC):
+        return "a generation map"
+    if head.startswith(JOURNAL_MAGIC):
+        return "a generation map's write-intent journal"
+    if head.startswith(b"{") and f'"{SIDECAR_FORMAT}"'.encode() in head:
+        return "a volume identity sidecar"
+    return None
 
 
 def _parse_timeouts(r: _Reader, raw: Any) -> dict[str, float]:
@@ -520,6 +639,7 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
         create=r.typed(d, key, "create", bool, False),
         track=r.typed(d, key, "track", bool, True),
         track_granularity=_parse_granularity(r, d, key),
+        serial=_parse_serial(r, d, key),
         kind=kind, where=f"{r.source}: {key}")
     problem = check_backing(spec)
     if problem:
@@ -527,6 +647,14 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
     if "parts" in d:
         spec = replace(spec, parts=_parse_parts(r, d["parts"], _join(key, "parts"), spec))
     return spec
+
+
+def _parse_serial(r: _Reader, d: dict, key: str) -> str | None:
+    serial = r.typed(d, key, "serial", str)
+    if serial is not None and not _SERIAL_RE.match(serial):
+        raise r.fail(_join(key, "serial"), f"{serial!r}: expected 1..{MAX_SERIAL} printable "
+                     "ASCII characters without spaces")
+    return serial
 
 
 def _parse_granularity(r: _Reader, d: dict, key: str) -> int | None:
@@ -546,13 +674,15 @@ def _parse_backing(r: _Reader, d: dict, key: str) -> tuple[Path, int | None]:
     path_s = r.required(d, key, "path", str)
     if not path_s:
         raise r.fail(_join(key, "path"), "empty path")
+    if "\0" in path_s:
+        raise r.fail(_join(key, "path"), f"{path_s!r} contains a NUL character")
     path = Path(path_s).expanduser()
     if not path.is_absolute():
         path = r.base / path
     size = None
     if "size" in d:
         try:
-            size = parse_size(d["size"])
+            size = parse_file_size(d["size"])
         except ValueError as e:
             raise r.fail(_join(key, "size"), str(e)) from None
     return path, size
@@ -584,6 +714,9 @@ def check_backing(spec: LunSpec) -> tuple[str, str] | None:
     exists = path.exists()
     if exists and not path.is_file():
         return "path", f"{path} is not a regular file"
+    why = _tracking_magic(path) if exists else None
+    if why:
+        return "path", f"{path} is {why}; serving it would let writes corrupt change tracking"
     if not exists:
         if not path.parent.is_dir() and not spec.create:
             return "path", f"{path}: directory {path.parent} does not exist"
@@ -613,9 +746,11 @@ def parse_disk_arg(text: str) -> tuple[Path, int | None]:
     path_s, sep, size_s = text.rpartition(":")
     if not text or (sep and not path_s):
         raise ValueError("no file name before the size (expected PATH[:SIZE])")
+    if "\0" in text:
+        raise ValueError("the path contains a NUL character")
     if sep and path_s:
         try:
-            return Path(path_s).expanduser(), parse_size(size_s)
+            return Path(path_s).expanduser(), parse_file_size(size_s)
         except ValueError:
             if re.match(r"^\s*\d", size_s):
                 raise  # "disk.img:64Q": clearly meant as a size
@@ -680,6 +815,7 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                                      "(give a size, PATH:SIZE, to create it)")
             raise ConfigError(f"{where}: {msg}")
         luns.append(spec)
+    _check_tracking_files(luns, "")
     if backup_device:
         if not track:
             raise ConfigError(f"{src}: --backup-device needs tracking (drop --no-track)")
@@ -708,7 +844,10 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
         if src is None:
             raise ConfigError(f"{spec.where}: source LUN {spec.source} is not defined")
         try:
-            return BackupLU(src, spec.source, identity=Identity.derive(target_iqn, spec.lun))
+            # Bound to its disk: unique and stable exactly when the disk's identity is.
+            ident = Identity.derive(target_iqn, spec.lun, volume_id=b"backup-device\0"
+                                    + src.identity.naa.to_bytes(8, "big"))
+            return BackupLU(src, spec.source, identity=ident)
         except ValueError as e:
             raise ConfigError(f"{spec.where}: {e}") from None
     if spec.kind != "disk":  # parse rejects these; guards callers building specs by hand
@@ -736,8 +875,13 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
                 store = TrackingStore.open(store, spec.path, granularity=spec.track_granularity)
             except TrackingError as e:
                 raise ConfigError(f"{spec.where}: {e}") from None
+            vid = store.volume_id
+        else:
+            from .identity import file_volume_id
+            vid = file_volume_id(spec.path, writable=not spec.read_only)
+        identity = Identity.derive(target_iqn, spec.lun, serial=spec.serial, volume_id=vid)
         return DiskLU(store, spec.block_size, spec.read_only,
-                      identity=Identity.derive(target_iqn, spec.lun), removable=spec.removable,
+                      identity=identity, removable=spec.removable,
                       physical_block_size=spec.physical_block_size,
                       limits=BlockLimits(write_same_non_zero=not spec.write_same_zero))
     except BaseException:

@@ -29,7 +29,8 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 
 # Debian packages that provide the tools, for the skip/fail message.
-_PACKAGES = {"iscsi": "libiscsi-bin", "qemu": "qemu-utils", "tgt": "tgt"}
+_PACKAGES = {"iscsi": "libiscsi-bin", "qemu": "qemu-utils", "tgt": "tgt", "tshark": "tshark",
+             "dumpcap": "tshark"}
 
 
 def on_ci() -> bool:
@@ -102,6 +103,10 @@ def config_toml(targets: list[Target], workdir: Path, port: int) -> str:
             name = re.sub(r"[^a-z0-9]+", "_", t.iqn.split(":")[-1]) + f"_lun{lun.lun}.img"
             path = workdir / name
             opts = dict(lun.options)
+            if opts.get("kind") == "backup":   # no backing file: only lun, kind, source
+                lines += ["[[target.lun]]", f"lun = {lun.lun}"]
+                lines += [f"{k} = {_toml_value(v)}" for k, v in opts.items()]
+                continue
             lines += ["[[target.lun]]", f"lun = {lun.lun}", f"path = {_toml_value(str(path))}"]
             if opts.get("read_only"):
                 # A read-only LUN serves an existing file: create it here.

@@ -93,9 +93,14 @@ def test_good_config_builds_registry(tmp_path, existing):
         assert (tmp_path / "db0.img").stat().st_size == 1 << 20
         ro = reg.get("eui.02004567A425678D").luns.get(0)
         assert ro.read_only and ro.num_blocks == 128
-        # Identity is derived from target name and LUN: stable across restarts.
+        # Identity is derived from the volume (untracked: an id kept with the
+        # file), not from target name and LUN (tests/test_lu_identity.py).
+        from scsi_target.identity import file_volume_id
         from scsi_target.scsi.lun import Identity
-        assert lu3.identity == Identity.derive("iqn.2026-11.org.pyscsi:db", 3)
+        assert lu3.identity == Identity.derive(
+            "iqn.2026-11.org.pyscsi:db", 3,
+            volume_id=file_volume_id(tmp_path / "db3.img", writable=False))
+        assert lu3.identity != Identity.derive("iqn.2026-11.org.pyscsi:db", 3)
         assert reg.discovery_chap == Chap("disc", "discoverysecret1")
     finally:
         reg.close()

@@ -1,21 +1,19 @@
 """libiscsi's conformance suites for block commands, against a served disk LUN.
 
 Starts ``python -m scsi_target serve`` on a free loopback port and runs
-``iscsi-test-cu --dataloss`` on the SBC suites and the iSCSI residual tests;
-any failed test fails this one.  Skipped when libiscsi-bin is not installed.
+``iscsi-test-cu -V --dataloss`` on the SBC suites and the iSCSI residual
+tests, with 512- and 4096-byte blocks.  Any failed test fails this one, and
+so does any change in what libiscsi skips: it reports a test it could not
+run as *passed* with a "[SKIPPED] reason" note, so the notes are parsed and
+must be exactly :data:`EXPECTED_SKIPS`.  Missing libiscsi-bin skips the test,
+or fails it under CI=true (tests/interop_util.require_tool).
 """
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from interop_util import Lun, ServedTarget, Target, cu_summary, require_tool, run_tool
+
 IQN = "iqn.2026-11.test:sbc-conformance"
 
 SBC_SUITES = ",".join([
@@ -29,77 +27,98 @@ SBC_SUITES = ",".join([
     "iSCSI.iSCSIResiduals",
 ])
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(shutil.which("iscsi-test-cu") is None, reason="libiscsi-bin not installed"),
-]
+# Every test libiscsi skips here, the note it prints, and why that is right.
+# The LU properties (removable, write-protected, LBPPB >= 2, WSNZ=0, atomic
+# alignment) are not those of this plain LUN; the suites that need them run
+# unskipped on LUNs that have them in tests/test_interop_conformance.py
+# (test_lu_property_suites).
+_LBPPB = ("LBPPB < 2. Skipping test",
+          "needs several logical blocks per physical block; this LUN has 1")
+EXPECTED_SKIPS: dict[str, tuple[str, str]] = {
+    "CompareAndWrite.InvalidDataOutSize": _LBPPB,
+    "WriteSame10.InvalidDataOutSize": _LBPPB,
+    "WriteSame16.InvalidDataOutSize": _LBPPB,
+    "WriteSame10.UnmapUnaligned": _LBPPB,
+    "WriteSame16.UnmapUnaligned": _LBPPB,
+    "NoMedia.NoMediaSBC": ("LUN is not removable. Skipping test.",
+                           "medium removal needs a removable LU (RMB=1)"),
+    "ReadOnly.ReadOnlySBC": ("Logical unit is not write-protected. Skipping test.",
+                             "needs a write-protected LU"),
+    "WriteAtomic16.VPD": ("No alignment restrictions on this LUN; No granularity restrictions "
+                          "on this LUN", "VPD B0h reports no atomic alignment/granularity, so "
+                          "there is nothing to check against"),
+    "WriteSame10.ZeroBlocks": ("WRITESAME10 does not support 0-blocks.",
+                               "VPD B0h WSNZ=1 (NUMBER OF LOGICAL BLOCKS 0 is refused) unless "
+                               "the LUN sets write_same_zero"),
+    "WriteSame16.ZeroBlocks": ("WRITESAME16 does not support 0-blocks.",
+                               "VPD B0h WSNZ=1, as for WRITE SAME(10)"),
+}
+
+pytestmark = pytest.mark.interop
 
 
 @pytest.fixture
 def served_disk(tmp_path, request):
     block_size = getattr(request, "param", 512)
-    config = tmp_path / "target.toml"
-    config.write_text(f"""
-portals = ["127.0.0.1:0"]
-[[target]]
-iqn = "{IQN}"
-  [[target.lun]]
-  lun = 0
-  path = "disk.img"
-  size = "{64 if block_size == 512 else 512}M"
-  block_size = {block_size}
-  create = true
-  track = false
-""")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "scsi_target", "serve", "--config", str(config),
-                             "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    size = "64M" if block_size == 512 else "512M"
+    srv = ServedTarget(tmp_path, [Target(IQN, [Lun(0, size, options={
+        "block_size": block_size, "track": False})])])
+    srv.start()
     try:
-        port = None
-        for _ in range(20):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-                break
-        if port is None:
-            pytest.fail(f"server did not start: {line!r}")
-        yield f"iscsi://127.0.0.1:{port}/{IQN}/0"
+        yield srv.url(0)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        srv.stop()
 
 
 def _run_suites(url: str) -> str:
-    out = subprocess.run(["iscsi-test-cu", "--dataloss", "-t", SBC_SUITES, url],
-                         capture_output=True, text=True, timeout=600)
+    exe = require_tool("iscsi-test-cu")
+    out = run_tool([exe, "-V", "--dataloss", "-t", SBC_SUITES, url], timeout=600)
     return out.stdout + out.stderr
 
 
-def _summary(output: str) -> tuple[int, int, int]:
-    m = re.search(r"^\s*tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", output, re.M)
-    assert m, output[-2000:]
-    total, ran, passed, failed = map(int, m.groups())
-    return ran, passed, failed
+def skip_audit(skipped: dict[str, str]) -> list[str]:
+    """What differs from EXPECTED_SKIPS, one line per test, naming it."""
+    problems = []
+    for name, reason in sorted(skipped.items()):
+        want = EXPECTED_SKIPS.get(name)
+        if want is None:
+            problems.append(f"new skip {name}: {reason!r} (fix the target, or add it to "
+                            "EXPECTED_SKIPS with the reason it is right)")
+        elif reason != want[0]:
+            problems.append(f"{name} skipped for another reason: {reason!r}, expected {want[0]!r}")
+    for name in sorted(EXPECTED_SKIPS.keys() - skipped.keys()):
+        problems.append(f"{name} is no longer skipped: remove it from EXPECTED_SKIPS")
+    return problems
 
 
 @pytest.mark.parametrize("served_disk", [512, 4096], indirect=True)
 def test_libiscsi_sbc_suites_pass(served_disk):
     output = _run_suites(served_disk)
-    ran, passed, failed = _summary(output)
-    failures, current = [], None
-    for line in output.splitlines():
-        m = re.match(r"\s*Test: (\S+) \.\.\.", line)
-        if m:
-            current = m.group(1)
-        if line.rstrip().endswith("FAILED") and current and current not in failures:
-            failures.append(current)
-    assert failed == 0, f"{failed} libiscsi tests failed: {failures}\n{output[-4000:]}"
-    assert ran >= 100 and passed == ran
+    s = cu_summary(output)
+    assert s.failed == 0 and not s.failures, \
+        f"{s.failed} libiscsi tests failed: {s.failures}\n{output[-4000:]}"
+    assert s.ran >= 100 and s.passed == s.ran, s
+    problems = skip_audit(s.skipped)
+    assert not problems, "libiscsi [SKIPPED] notes changed:\n" + "\n".join(problems)
+
+
+def test_skip_audit_names_new_changed_and_vanished_skips():
+    """The audit above can fail: a new skip, a new reason and a vanished skip are named."""
+    output = """
+Suite: Read10
+  Test: Simple ...    [SKIPPED] Not supported by this LUN. Skipping test.
+passed
+Suite: NoMedia
+  Test: NoMediaSBC ...    [SKIPPED] Something else
+passed
+Run Summary:    Type  Total    Ran Passed Failed Inactive
+               tests      2      2      2      0        0
+"""
+    problems = skip_audit(cu_summary(output).skipped)
+    assert any(p.startswith("new skip Read10.Simple: 'Not supported by this LUN.")
+               for p in problems), problems
+    assert any(p.startswith("NoMedia.NoMediaSBC skipped for another reason: 'Something else'")
+               for p in problems), problems
+    assert "ReadOnly.ReadOnlySBC is no longer skipped" in "\n".join(problems)
+    assert len(problems) == 2 + len(EXPECTED_SKIPS) - 1
+    assert skip_audit({k: v[0] for k, v in EXPECTED_SKIPS.items()}) == []

@@ -78,13 +78,13 @@ class StreamOutcome:
 class RemoteVolume:
     """A tracked disk served by a running target, reached through its backup device."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, initiator_name: str | None = None) -> None:
         from scsi_target.initiator.sync import SyncIscsiClient
         from scsi_target.initiator.url import parse_url
         from scsi_target.scsi.layouts import backup as L
         self.L = L
         lun = parse_url(url).lun
-        self.c = SyncIscsiClient(url)
+        self.c = SyncIscsiClient(url, initiator_name=initiator_name)
         try:
             self.dev = self._find_device(lun)
         except BaseException:
@@ -255,14 +255,14 @@ class LocalVolume:
 
 
 # -------------------------------------------------------------------- commands
-def _open(spec: str, *, start_tracking: bool = False):
+def _open(spec: str, *, start_tracking: bool = False, initiator_name: str | None = None):
     if spec.startswith("iscsi://"):
-        return RemoteVolume(spec)
+        return RemoteVolume(spec, initiator_name)
     return LocalVolume(spec, start_tracking=start_tracking)
 
 
 def cmd_backup(args, full: bool) -> int:
-    v = _open(args.source, start_tracking=full)
+    v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
     try:
         if isinstance(v, RemoteVolume):
             n, st = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
@@ -314,7 +314,7 @@ def cmd_restore(args) -> int:
     total = sum(os.path.getsize(f) for f in args.files)
     outcomes: list[StreamOutcome] = []
     if args.dest.startswith("iscsi://"):
-        v = RemoteVolume(args.dest)
+        v = RemoteVolume(args.dest, args.initiator_name)
         try:
             with _progress(not args.quiet) as prog:
                 task = prog.add_task("restore", total=total)
@@ -446,7 +446,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_status(args) -> int:
-    v = _open(args.source)
+    v = _open(args.source, initiator_name=args.initiator_name)
     try:
         if isinstance(v, RemoteVolume):
             g = v.generations()
@@ -477,7 +477,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    v = _open(args.source)
+    v = _open(args.source, initiator_name=args.initiator_name)
     try:
         if isinstance(v, RemoteVolume):
             blocks, nbytes, packed = v.estimate(args.scope, args.compressed)
@@ -524,9 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("source", metavar="SOURCE")
     e.add_argument("--scope", type=int, required=True, metavar="K")
     e.add_argument("--compressed", action="store_true", help="also estimate compressed size")
+    p.add_argument("--initiator-name", metavar="IQN",
+                   help="iSCSI initiator name to log in with, e.g. one a target's ACL "
+                   "lists (default iqn.2026-01.org.scsi-target:initiator)")
     for sp in (a, d, r, v, s, e):
         sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars")
+        sp.add_argument("--initiator-name", metavar="IQN", default=argparse.SUPPRESS,
+                        help="iSCSI initiator name to log in with")
     return p
 
 
@@ -537,6 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.quiet = False
         if getattr(args, "scope", 1) is not None and getattr(args, "scope", 1) < 1:
             raise Failure("--scope must be at least 1", EXIT_USAGE)
+        if args.initiator_name is not None:
+            from scsi_target.protocol.names import name_problem
+            problem = name_problem(args.initiator_name)
+            if problem:
+                raise Failure(f"--initiator-name: {problem}", EXIT_USAGE)
         cmd = args.command
         if cmd == "full":
             return cmd_backup(args, True)

@@ -200,6 +200,8 @@ def _arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", metavar="FILE", help="run the commands in FILE ('-' = stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per command")
     p.add_argument("--timeout", type=float, default=30.0, help="iSCSI command timeout, seconds")
+    p.add_argument("--initiator-name", metavar="IQN",
+                   help="iSCSI initiator name to log in with (e.g. one the target's ACL lists)")
     return p
 
 
@@ -212,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("-c and --batch exclude each other")
     renderer = Renderer(a.json)
     try:
-        backend: Backend = LocalBackend(a.config, a.target, a.lun) if a.config else \
-            IscsiBackend(a.url, a.timeout)
+        backend: Backend = LocalBackend(a.config, a.target, a.lun,
+                                        initiator_name=a.initiator_name) if a.config else \
+            IscsiBackend(a.url, a.timeout, initiator_name=a.initiator_name)
     except ShellError as e:
         renderer.error("connect", e, "connection" if isinstance(e, ConnectFailed) else "usage")
         return e.code

@@ -86,11 +86,16 @@ class Backend(ABC):
 
 
 class IscsiBackend(Backend):
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, *,
+                 initiator_name: str | None = None) -> None:
         from scsi_target.initiator.errors import IscsiError, LoginError, UrlError
         from scsi_target.initiator.sync import SyncIscsiClient
         from scsi_target.initiator.url import parse_url
+        from scsi_target.protocol.names import name_problem
         self.url_text = url
+        if initiator_name is not None and name_problem(initiator_name):
+            raise UsageError(f"--initiator-name: {name_problem(initiator_name)}")
+        self.initiator_name = initiator_name
         try:
             self.url = parse_url(url)
         except UrlError as e:
@@ -101,7 +106,8 @@ class IscsiBackend(Backend):
         self.lun = self.url.lun
         self.timeout = timeout
         try:
-            self.client = SyncIscsiClient(self.url, timeout=timeout)
+            self.client = SyncIscsiClient(self.url, timeout=timeout,
+                                          initiator_name=initiator_name)
         except LoginError as e:
             raise ConnectFailed(f"login to {self.url} failed: {e}") from None
         except (IscsiError, OSError) as e:
@@ -129,7 +135,8 @@ class IscsiBackend(Backend):
         except Exception:  # the old session is gone either way
             pass
         try:
-            self.client = SyncIscsiClient(self.url, timeout=self.timeout)
+            self.client = SyncIscsiClient(self.url, timeout=self.timeout,
+                                          initiator_name=self.initiator_name)
         except LoginError as e:
             raise ConnectFailed(f"login to {self.url} failed: {e}") from None
         except (IscsiError, OSError) as e:
@@ -145,7 +152,8 @@ class IscsiBackend(Backend):
 class LocalBackend(Backend):
     """The LUN of a config file, driven through the in-process SCSI API (no TCP)."""
 
-    def __init__(self, config: str | Path, target: str | None = None, lun: int = 0) -> None:
+    def __init__(self, config: str | Path, target: str | None = None, lun: int = 0, *,
+                 initiator_name: str | None = None) -> None:
         from scsi_target.config import ConfigError, build_registry, load_file
         from scsi_target.scsi.command import Nexus
         try:
@@ -165,8 +173,8 @@ class LocalBackend(Backend):
         self.luns = tdef.luns
         self.lun = lun
         self.name = f"{config}: {name} LUN {lun}"
-        self.nexus = Nexus(f"iqn.2026-11.org.pyscsi:scsi-shell,i,0x{1:012x}", f"{name},t,0x0001",
-                           initiator_name="iqn.2026-11.org.pyscsi:scsi-shell", isid=1)
+        ini = initiator_name or "iqn.2026-11.org.pyscsi:scsi-shell"
+        self.nexus = Nexus(f"{ini},i,0x{1:012x}", f"{name},t,0x0001", initiator_name=ini, isid=1)
 
     def _execute(self, cdb: bytes, data_out: bytes | None, read_length: int,
                  lun: int | None = None) -> Reply:

@@ -1,8 +1,8 @@
 """The block store interface every disk LUN backing implements.
 
 Stores are byte-addressed; the LU converts LBAs.  Offsets and lengths passed in
-are always within ``size`` (the LU checks ranges).  Interceptors (difference
-tracking, tracing, fault injection) wrap a store and expose the same interface.
+are always within ``size`` (the LU checks ranges).  Interceptors (the
+difference tracker) wrap a store and expose the same interface.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 One :class:`IscsiClient` is one session over one connection (MaxConnections=1,
 ErrorRecoveryLevel=0).  Several commands may be outstanding: each gets an ITT
 and a CmdSN inside the window the target opens with ExpCmdSN/MaxCmdSN.  The
-protocol object (:mod:`.client_rx`) frames the byte stream, receiving Data-In
+protocol object (:mod:`.rx`) frames the byte stream, receiving Data-In
 segments straight into the command's result buffer, and dispatches each PDU
 synchronously; nothing blocks the receive path (Data-Out
 for an R2T is sent from its own task), so a target that is writing to us is
@@ -31,7 +31,8 @@ from ..scsi.command import TaskAttr
 from ..scsi.lunaddr import encode_lun
 from ..scsi.sense import parse_sense
 from ..protocol import pdu as P
-from .errors import (IscsiError, IscsiRejected, IscsiTimeout, LoginError,
+from ..protocol.names import name_problem
+from .errors import (InitiatorNameError, IscsiError, IscsiRejected, IscsiTimeout, LoginError,
                             ProtocolViolation, TaskAborted,
                             TaskManagementError, TransportError)
 from .ops import ScsiConveniences
@@ -113,6 +114,9 @@ class IscsiClient(ScsiConveniences):
         self.target = target
         self.lun = lun
         self.options = options or LoginOptions()
+        problem = name_problem(self.options.initiator_name)
+        if problem:
+            raise InitiatorNameError(f"initiator name: {problem}")
         self.credentials = credentials
         self.timeout = timeout
         self.login_timeout = login_timeout or min(timeout, 15.0)
@@ -392,7 +396,7 @@ class IscsiClient(ScsiConveniences):
             if pdu.datasn != task.next_datasn:
                 raise ProtocolViolation(f"Data-In DataSN {pdu.datasn}, expected {task.next_datasn}")
             if isinstance(data, memoryview) and data.obj is buf:
-                data.release()                      # received in place (client_rx)
+                data.release()                      # received in place (rx.py)
                 pdu.data = b""
             else:
                 buf[pdu.offset:pdu.offset + n] = data

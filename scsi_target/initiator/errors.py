@@ -40,7 +40,11 @@ class IscsiError(Exception):
 
 
 class UrlError(IscsiError, ValueError):
-    """Re-exported from client_url for one except clause."""
+    """Raised by url.parse_url; derives from IscsiError so one except clause catches all."""
+
+
+class InitiatorNameError(IscsiError, ValueError):
+    """The initiator name to present is not a valid iSCSI name (nothing was sent)."""
 
 
 class TransportError(IscsiError):

@@ -3,9 +3,9 @@
 :class:`InitiatorLogin` produces Login Requests and consumes Login Responses;
 the asyncio client only moves them over the socket.  It proposes the
 operational keys in :class:`LoginOptions`, checks every answer against the
-rules of :mod:`.params` (an answer may never be "better" than our offer),
+rules of :mod:`..protocol.params` (an answer may never be "better" than our offer),
 answers the target's own offers, and runs CHAP (one-way or mutual) with the
-helpers of :mod:`.chap`.  The outcome is a :class:`GrantedSession` whose
+helpers of :mod:`..protocol.chap`.  The outcome is a :class:`GrantedSession` whose
 ``params`` use the target connection's field names: ``max_recv_...`` is what
 we accept, ``max_xmit_...`` what the target accepts from us.
 """

@@ -2,7 +2,7 @@
 
 A :class:`asyncio.BufferedProtocol` lets us choose where each ``recv_into``
 lands.  Headers and small PDUs go to a scratch buffer and are parsed there
-(same checks as :class:`~.framing.PduReader`: header digest, negotiated
+(same checks as :class:`~..protocol.framing.PduReader`: header digest, negotiated
 length limit, data digest).  When a Data-In header names a command whose
 result buffer can take the segment, the rest of the segment is received
 straight into that buffer at the PDU's buffer offset, so 1 MiB reads cost no

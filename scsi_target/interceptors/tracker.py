@@ -9,7 +9,8 @@ the SCSI layer that changes data goes through ``lu.store``
 (``write``/``write_zeroes``/``discard``), so wrapping the store covers WRITE*,
 WRITE SAME, UNMAP, COMPARE AND WRITE, ORWRITE, WRITE ATOMIC and EXTENDED COPY.
 
-Files beside a backing file ``PATH`` (docs/tracking.md):
+Files beside a backing file ``PATH`` (docs/vendor-commands.md; the map's
+format: docs/genmap-format.md):
 
 * ``PATH.genmap`` and ``PATH.genmap.dirty`` -- the generation map and its
   write-intent journal (volume/genmap.py).

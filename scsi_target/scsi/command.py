@@ -1,7 +1,7 @@
 """Command and response records of the in-process SCSI API.
 
 A front end (iSCSI, tests, tools) builds a :class:`Command`, gives it to
-:meth:`scsi_target.scsi.target.ScsiTarget.execute` (or a LU's ``execute``) and
+:meth:`scsi_target.scsi.lun.LunMap.execute` (or a LU's ``execute``) and
 gets a :class:`Response`.  Nothing here knows about iSCSI.
 """
 from __future__ import annotations

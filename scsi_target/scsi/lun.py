@@ -40,8 +40,16 @@ class Identity:
 
     @classmethod
     def derive(cls, target_name: str, lun: int, product: str = "VIRTUAL-DISK",
-               serial: str | None = None) -> "Identity":
-        digest = hashlib.sha256(f"{target_name}/{lun}".encode()).digest()
+               serial: str | None = None, volume_id: bytes | None = None) -> "Identity":
+        """Serial and NAA from ``volume_id`` (unique per volume, scsi_target/identity.py),
+        or, without one, from the target name and LUN (unique per LUN map only)."""
+        if volume_id is None:
+            digest = hashlib.sha256(f"{target_name}/{lun}".encode()).digest()
+        else:
+            # An explicit serial also changes the NAA, so two copies of one
+            # image told apart by serial are told apart by NAA too.
+            digest = hashlib.sha256(b"pyscsi-lu\0" + volume_id + b"\0"
+                                    + (serial or "").encode()).digest()
         ser = serial or digest[:8].hex()
         # NAA 5: 4-bit NAA, 24-bit OUI (locally administered 0x000000 is
         # reserved; use an arbitrary fixed value), 36-bit vendor specific.

@@ -1,8 +1,8 @@
 """SBC-3/4 block commands for disk LUs (command set ``SBC``).
 
 Every handler reaches the medium only through ``lu.store`` (read, write,
-write_zeroes, discard, flush, allocation), so a store wrapper -- the
-difference tracker, a tracer, a fault injector -- sees every change.
+write_zeroes, discard, flush, allocation), so a store wrapper (the difference
+tracker, scsi_target/interceptors/tracker.py) sees every change.
 
 Check order for medium commands, chosen so each libiscsi expectation holds:
 CDB field syntax (PROTECT fields, reserved combinations) -> write protection ->

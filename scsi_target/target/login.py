@@ -4,7 +4,7 @@
 ``receive`` and exactly one Login Response PDU comes out.  The machine
 checks stages and flags, joins text split by the C bit (both ways), runs the
 security stage (AuthMethod None or CHAP, one-way or mutual) and the
-operational stage (:mod:`.params`), and when the final response is built
+operational stage (:mod:`..protocol.params`), and when the final response is built
 sets ``done`` and ``result``.  On any error the response carries a status
 class/detail and ``failed`` is set: the caller sends it and closes.
 
@@ -23,6 +23,7 @@ from enum import Enum, IntEnum
 
 from .registry import Chap, Portal, TargetDef, TargetRegistry
 from ..protocol import params as K
+from ..protocol.names import normalize_name
 from ..protocol.chap import Challenge, ChapError, choose_algorithm, mutual_answer
 from ..protocol.pdu import LoginRequest, LoginResponse, Pdu
 
@@ -377,7 +378,9 @@ class LoginMachine:
         self.done = True
         self.result = AcceptedLogin(
             session_type=self.session_type,
-            initiator_name=self._names.get("InitiatorName", ""),
+            # RFC 3722 form, so session reinstatement, the nexus and PR
+            # registrations treat "Host" and "host" as the one initiator they are.
+            initiator_name=normalize_name(self._names.get("InitiatorName", "")),
             initiator_alias=self._names.get("InitiatorAlias", ""),
             isid=self._isid, tsih=self._tsih, cid=self._cid, target=self.target,
             params=self._neg.session_params(), statsn=self.statsn,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..protocol.names import normalize_name
 from ..scsi.lun import LunMap
 
 
@@ -40,7 +41,11 @@ class TargetDef:
     portal_group_tag: int = 1
 
     def allows(self, initiator_name: str) -> bool:
-        return self.allowed_initiators is None or initiator_name in self.allowed_initiators
+        """The ACL check of login and discovery; names compare in RFC 3722 form."""
+        if self.allowed_initiators is None:
+            return True
+        return normalize_name(initiator_name) in {normalize_name(n)
+                                                  for n in self.allowed_initiators}
 
 
 @dataclass
