@@ -1,8 +1,9 @@
 """iSCSI sessions: command numbering window, I_T nexus, and the session table.
 
 A session outlives a connection only in name here (ErrorRecoveryLevel 0,
-MaxConnections 1), but keeping it apart lets reinstatement and the CmdSN
-window live in one place.
+MaxConnections 1), but keeping it apart lets reinstatement, the CmdSN window
+(with the commands queued for a gap in it) and task management across
+sessions live in one place.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import TYPE_CHECKING
 
 from ..protocol.serial import MASK32, sn_le
 from ..scsi.command import Nexus
+from .tmf import TaskManager
 
 if TYPE_CHECKING:  # pragma: no cover
     from .registry import TargetDef
     from .connection import TargetConnection
+    from .tmf import TaskSet
 
 @dataclass
 class Session:
@@ -27,6 +30,10 @@ class Session:
     exp_cmdsn: int
     queue_depth: int = 128
     connection: "TargetConnection | None" = None
+    # The tasks of the session's connection (what task management acts on).
+    tasks: "TaskSet | None" = None
+    # CmdSN -> PDU that arrived ahead of its turn.
+    pending: dict = field(default_factory=dict)
     nexus: Nexus = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,6 +54,10 @@ class Session:
     def advance(self) -> None:
         self.exp_cmdsn = (self.exp_cmdsn + 1) & MASK32
 
+    def not_yet_seen(self, cmdsn: int) -> bool:
+        """Whether a command with ``cmdsn`` may still arrive (in the window, not queued)."""
+        return self.in_window(cmdsn) and cmdsn not in self.pending
+
     def close(self) -> None:
         """The I_T nexus is gone: tell every LU (reservations, prevent state)."""
         if self.target is not None:
@@ -55,11 +66,12 @@ class Session:
 
 
 class SessionTable:
-    """Live sessions of one server, for TSIH allocation and reinstatement."""
+    """Live sessions of one server, for TSIH allocation, reinstatement and resets."""
 
     def __init__(self) -> None:
         self._by_tsih: dict[int, Session] = {}
         self._tsih = itertools.count(1)
+        self.task_manager = TaskManager(self)
 
     def new_tsih(self) -> int:
         while True:
