@@ -190,3 +190,60 @@ def test_target_cold_reset_answers_then_closes():
     c = _logged_in()
     assert _tmf(c, P.TmfFunction.TARGET_COLD_RESET) == P.TmfResponse.COMPLETE
     assert c.closing
+
+
+def _read10(itt, cmdsn, lba, nbytes) -> P.ScsiCommand:
+    cdb = struct.pack(">BBIBHB", 0x28, 0, lba, 0, nbytes // 512, 0) + bytes(6)
+    return P.ScsiCommand(read=True, itt=itt, edtl=nbytes, cmdsn=cmdsn, cdb=cdb)
+
+
+def _text(itt, cmdsn, pairs, ttt=P.RESERVED_TAG) -> P.TextRequest:
+    from scsi_target.protocol.params import encode_text
+    return P.TextRequest(final=True, itt=itt, ttt=ttt, cmdsn=cmdsn,
+                         data=encode_text(pairs) if pairs else b"")
+
+
+def test_one_parameters_record_a_text_renegotiation_applies_to_the_next_read():
+    import os
+    c = _logged_in()
+    assert c.params is c.dataout.params is c.datain.params
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    data = os.urandom(65536)
+    for r2t in _send(c, _write10(1, 1, 0, 65536)):
+        _send(c, P.DataOut(final=True, itt=1, ttt=r2t.ttt, offset=r2t.offset,
+                           data=data[r2t.offset:r2t.offset + r2t.length]))
+    assert [len(p.data) for p in _send(c, _read10(2, 2, 0, 65536))] == [65536]
+    (rsp,) = _send(c, _text(3, 3, [("MaxRecvDataSegmentLength", "8192")]))
+    assert rsp.final and c.text.params is c.params
+    assert c.params.max_xmit_data_segment_length == 8192
+    dins = _send(c, _read10(4, 4, 0, 65536))
+    assert [len(p.data) for p in dins] == [8192] * 8
+    assert b"".join(bytes(p.data) for p in dins) == data
+
+
+def test_r2t_ping_and_text_tags_never_collide():
+    c = _logged_in()
+    c.registry.portals = [Portal("127.0.0.1", 3260 + i) for i in range(200)]
+    c.params.max_xmit_data_segment_length = 512
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    (r2t,) = _send(c, _write10(1, 1, 0, 4096))
+    (txt,) = _send(c, _text(2, 2, [("SendTargets", "")]))
+    assert txt.cont and txt.ttt != P.RESERVED_TAG
+    c.keepalive(100.0, interval=1, timeout=10, login_timeout=10)   # starts the clock
+    c.keepalive(102.0, interval=1, timeout=10, login_timeout=10)
+    reader = PduReader()
+    reader.feed(b"".join(bytes(b) for b in c.take_output()))
+    ping = reader.next_pdu()
+    assert isinstance(ping, P.NopIn) and ping.itt == P.RESERVED_TAG
+    assert len({r2t.ttt, txt.ttt, ping.ttt}) == 3
+
+
+def test_write_intents_are_committed_before_the_batch_responses_are_taken():
+    c = _logged_in()
+    seen = []
+    c.session.target.luns.commit = lambda: seen.append(len(c.outbox))
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    out = _send(c, P.ScsiCommand(write=True, itt=1, edtl=512, cmdsn=1, data=bytes(range(256)) * 2,
+                                 cdb=struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 1, 0) + bytes(6)))
+    assert [p.status for p in out] == [0]
+    assert seen[-1] > 0      # ran with the response produced and not yet handed out

@@ -147,7 +147,9 @@ class DataOutSequencer:
         if edtl == immediate:
             return
         task.outstanding = {}
-        if not params.initial_r2t:
+        if not params.initial_r2t and not pdu.final:
+            # F=0: unsolicited Data-Out follows, up to FirstBurstLength (11.3.1);
+            # with F=1 the rest is solicited at once.
             unsolicited_end = min(params.first_burst_length, edtl)
             task.unsolicited_left = max(0, unsolicited_end - immediate)
             task.unsolicited_offset = immediate
