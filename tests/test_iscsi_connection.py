@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from scsi_target.target import connection as CONN
-from scsi_target.target import dataout as DATAOUT
+from scsi_target.target import budget as BUDGET
 from scsi_target.protocol import pdu as P
 from scsi_target.protocol.params import SessionParams
 from scsi_target.protocol.framing import PduReader, encode_pdu
@@ -66,7 +66,7 @@ def _answer_r2ts(c, r2ts, fill: int) -> list:
 
 
 def test_r2t_budget_holds_writes_back_until_earlier_ones_complete(monkeypatch):
-    monkeypatch.setattr(DATAOUT, "R2T_BUDGET", 1 << 20)
+    monkeypatch.setattr(BUDGET, "CONNECTION_WRITE_BUDGET", 1 << 20)
     c = _logged_in()
     _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))  # TUR: the power-on UA
     first = _send(c, _write10(1, 1, 0, 768 << 10))
@@ -247,3 +247,37 @@ def test_write_intents_are_committed_before_the_batch_responses_are_taken():
                                  cdb=struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 1, 0) + bytes(6)))
     assert [p.status for p in out] == [0]
     assert seen[-1] > 0      # ran with the response produced and not yet handed out
+
+
+def test_reads_wait_while_the_send_queue_is_over_its_bound():
+    import os
+    c = _logged_in()
+    c.send_bound = 100_000
+    _send(c, P.ScsiCommand(itt=99, cmdsn=0, cdb=bytes(16)))
+    data = os.urandom(65536)
+    wrote = _send(c, P.ScsiCommand(write=True, itt=1, edtl=65536, cmdsn=1, data=data,
+                                   cdb=struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 128, 0) + bytes(6)))
+    assert [p.status for p in wrote] == [0]
+    burst = b"".join(b"".join(bytes(b) for b in encode_pdu(_read10(10 + i, 2 + i, 0, 65536)))
+                     for i in range(4))
+    c.receive_data(burst)
+    out = [p for p in _decode(c.take_output())]
+    assert [p.itt for p in out] == [10, 11]            # 2 x 64 KiB reach the bound
+    assert bytes(out[0].data) == data
+    assert c.has_input and not c.blocked               # the driver took the output ...
+    c.unsent = 131072                                  # ... and the kernel took none of it
+    assert c.blocked
+    c.receive_data(b"")
+    assert c.take_output() == []
+    c.unsent = 0                                       # drained
+    c.receive_data(b"")
+    assert [p.itt for p in _decode(c.take_output())] == [12, 13] and not c.has_input
+
+
+def _decode(bufs) -> list:
+    reader = PduReader(max_data=1 << 24)
+    reader.feed(b"".join(bytes(b) for b in bufs if not isinstance(b, CONN.AfterSend)))
+    out = []
+    while (p := reader.next_pdu()) is not None:
+        out.append(p)
+    return out

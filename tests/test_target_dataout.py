@@ -140,10 +140,16 @@ def test_budget_admits_writes_in_order():
     assert [r.itt for r in r2ts] == [2] and seq.inflight == 65536 and not seq.waiting
 
 
-def test_a_write_larger_than_the_budget_runs_alone():
-    seq, r2ts = _seq(budget=4096)
-    seq.arrival(_write(1, 65536), 0)
-    assert [r.itt for r in r2ts] == [1]
+def test_a_write_larger_than_a_budget_is_refused_without_buffering():
+    from scsi_target.target.budget import SharedBudget
+    for kw in ({"budget": 65535}, {"shared": SharedBudget(65535)}):
+        r2ts: list = []
+        seq = DataOutSequencer(SessionParams(), r2ts.append, TagAllocator(), **kw)
+        cmd = _write(1, 65536, final=False)
+        task = seq.arrival(cmd, 0)
+        assert not r2ts and task.error.asc == S.INVALID_FIELD_IN_CDB and seq.inflight == 0
+        assert seq.deliver(cmd) is task
+        assert seq.arrival(_write(2, 65535), 0).reserved == 65535
 
 
 @pytest.mark.parametrize("bad,asc", [
@@ -231,3 +237,69 @@ def test_tags_skip_zero_and_the_reserved_tag():
     tags = TagAllocator()
     tags._next = 0x7FFFFFFF
     assert [tags() for _ in range(3)] == [0x7FFFFFFF, 1, 2]
+
+
+def _pair(limit):
+    from scsi_target.target.budget import SharedBudget
+    shared = SharedBudget(limit)
+    out = []
+    for name in "ab":
+        r2ts: list = []
+        woken: list = []
+        seq = DataOutSequencer(SessionParams(max_burst_length=65536), r2ts.append, TagAllocator(),
+                               shared=shared, woken=lambda w=woken: w.append(1))
+        out.append((seq, r2ts, woken))
+    return shared, out
+
+
+def test_target_budget_is_shared_and_a_release_wakes_the_other_connection():
+    shared, [(a, ra, _), (b, rb, wb)] = _pair(100_000)
+    ta = a.arrival(_write(1, 65536), 0)
+    tb = b.arrival(_write(1, 65536), 0)
+    assert len(ra) == 1 and not rb and shared.held == 65536 and tb.reserved == 0
+    _answer(a, ra[0], os.urandom(65536))
+    a.deliver(ta.pdu)
+    a.finish(ta)                                  # a's write executes: b is admitted
+    assert len(rb) == 1 and wb == [1] and shared.held == 65536 and tb.reserved == 65536
+
+
+def test_a_closed_connection_gives_the_target_its_budget_back():
+    shared, [(a, ra, _), (b, rb, wb)] = _pair(100_000)
+    a.arrival(_write(1, 65536), 0)
+    b.arrival(_write(1, 65536), 0)
+    a.clear()
+    assert len(rb) == 1 and wb == [1] and shared.held == 65536
+    b.clear()
+    assert shared.held == 0
+
+
+def test_unsolicited_data_of_a_waiting_write_is_kept_and_lands_in_place():
+    seq, r2ts = _seq(budget=100_000, initial_r2t=False, first_burst_length=16384,
+                     max_burst_length=65536)
+    first = seq.arrival(_write(1, 65536), 0)
+    data = os.urandom(65536)
+    cmd = _write(2, 65536, data[:4096], final=False)
+    task = seq.arrival(cmd, 0)
+    assert [r.itt for r in r2ts] == [1] and task.reserved == 0
+    for i, off in enumerate(range(4096, 16384, 4096)):
+        seq.data_out(P.DataOut(final=off == 12288, itt=2, datasn=i, offset=off,
+                               data=data[off:off + 4096]))
+    assert task.buffer is None and task.received == 16384     # held as it came, no buffer
+    _answer(seq, r2ts[0], os.urandom(65536))
+    seq.deliver(first.pdu)
+    seq.finish(first)
+    (r2t,) = r2ts[1:]
+    assert (r2t.itt, r2t.offset, r2t.length) == (2, 16384, 49152)
+    assert bytes(task.buffer[:16384]) == data[:16384]
+    _answer(seq, r2t, data)
+    assert seq.deliver(cmd) is task and bytes(task.buffer) == data
+
+
+def test_unsolicited_data_completing_a_waiting_write_needs_no_budget():
+    seq, r2ts = _seq(budget=65536, initial_r2t=False, first_burst_length=65536)
+    seq.arrival(_write(1, 65536), 0)
+    data = os.urandom(8192)
+    cmd = _write(2, 8192, data[:4096], final=False)
+    task = seq.arrival(cmd, 0)
+    seq.data_out(P.DataOut(final=True, itt=2, offset=4096, data=data[4096:]))
+    assert seq.deliver(cmd) is task and bytes(task.buffer) == data and task.reserved == 0

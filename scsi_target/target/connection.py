@@ -20,12 +20,18 @@ record :attr:`params`:
 * :class:`~.tags.TagAllocator` — every target transfer tag we hand out.
 
 The facade orders commands by CmdSN, stamps StatSN/ExpCmdSN/MaxCmdSN on what
-the parts produce, and encodes it.
+the parts produce, and encodes it.  It also keeps memory bounded (see
+:mod:`.budget`): write buffers come from the connection's and the target's
+write budgets, and commands wait in the receive buffer while more than
+``send_bound`` bytes of responses are queued for a peer that does not read
+(:attr:`blocked`; the driver then stops reading the socket, updates
+:attr:`unsent` as the queue drains, and calls :meth:`receive_data` with no
+bytes to go on).
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..protocol import params as K
 from ..protocol import pdu as P
@@ -34,8 +40,9 @@ from ..protocol.serial import MASK32
 from ..scsi import sense as S
 from ..scsi.command import Command, Direction, Response, Status, TaskAttr
 from ..scsi.lunaddr import decode_lun
+from . import budget as B
 from .datain import DataInSegmenter
-from .dataout import MAX_WRITE_BUFFER, R2T_BUDGET, DataOutSequencer, Task
+from .dataout import MAX_WRITE_BUFFER, DataOutSequencer, Task
 from .errors import ProtocolError
 from .session import Session, SessionTable
 from .tags import TagAllocator
@@ -43,8 +50,7 @@ from .tags import TagAllocator
 if TYPE_CHECKING:  # pragma: no cover
     from .registry import Portal, TargetRegistry
 
-__all__ = ["AfterSend", "MAX_PENDING", "MAX_WRITE_BUFFER", "ProtocolError", "R2T_BUDGET",
-           "TargetConnection"]
+__all__ = ["AfterSend", "MAX_PENDING", "MAX_WRITE_BUFFER", "ProtocolError", "TargetConnection"]
 
 log = logging.getLogger("scsi_target.target")
 
@@ -78,7 +84,8 @@ class AfterSend:
 
 class TargetConnection:
     def __init__(self, registry: "TargetRegistry", sessions: SessionTable,
-                 local_portal: "Portal", peer: str = "?", max_recv_dsl: int = 262144) -> None:
+                 local_portal: "Portal", peer: str = "?", max_recv_dsl: int = 262144, *,
+                 write_budget: int | None = None, send_bound: int | None = None) -> None:
         self.registry = registry
         self.sessions = sessions
         self.local_portal = local_portal
@@ -97,6 +104,13 @@ class TargetConnection:
         self.dataout: DataOutSequencer | None = None
         self.datain: DataInSegmenter | None = None
         self.text = None
+        self.write_budget = write_budget
+        self.send_bound = B.SEND_QUEUE_BOUND if send_bound is None else send_bound
+        self.unsent = 0          # bytes the driver still holds for the socket (it keeps this)
+        self._produced = 0       # read data put in the outbox since take_output
+        # Set by the driver: output appeared outside receive_data (R2Ts for a
+        # write that waited for the target's budget another connection freed).
+        self.wakeup: Callable[[], None] | None = None
         # Liveness (see keepalive()): when the peer last sent anything, and the
         # NOP-In ping we are waiting an answer for.
         self.last_heard = 0.0
@@ -115,7 +129,22 @@ class TargetConnection:
 
     def take_output(self) -> list:
         out, self.outbox = self.outbox, []
+        self._produced = 0
         return out
+
+    @property
+    def blocked(self) -> bool:
+        """Too much output waits for the peer: commands stay unread until it drains."""
+        return self._produced + self.unsent >= self.send_bound
+
+    @property
+    def has_input(self) -> bool:
+        """Received bytes not yet processed (left while :attr:`blocked`)."""
+        return self.reader.buffered > 0
+
+    def _woken(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup()
 
     def _put(self, pdu: P.Pdu) -> None:
         p = self.params
@@ -206,8 +235,11 @@ class TargetConnection:
                 self.session.target.luns.commit()
 
     def _receive(self, data) -> None:
-        self.reader.feed(data)
+        if data:
+            self.reader.feed(data)
         while not self.closing:
+            if self._produced + self.unsent >= self.send_bound:
+                return   # read data is produced only while the peer takes it
             try:
                 pdu = self.reader.next_pdu()
             except UnknownOpcode as exc:
@@ -315,10 +347,14 @@ class TargetConnection:
         self.reader.header_digest = params.header_digest
         self.reader.data_digest = params.data_digest
         self.reader.max_data = params.max_recv_data_segment_length
-        self.dataout = DataOutSequencer(params, self._inform, self.new_ttt)
+        s = self.session
+        shared = self.sessions.write_budget(s.target) if s is not None and s.target else None
+        self.dataout = DataOutSequencer(params, self._inform, self.new_ttt,
+                                        budget=self.write_budget, shared=shared,
+                                        woken=self._woken)
         self.datain = DataInSegmenter(params)
-        if self.session is not None:
-            self.session.tasks = self.dataout
+        if s is not None:
+            s.tasks = self.dataout
         self.login = None
 
     # ------------------------------------------------------ CmdSN ordering
@@ -392,6 +428,7 @@ class TargetConnection:
         for d in pdus:
             d.expcmdsn, d.maxcmdsn = exp, mx
             out.extend(encode_pdu(d, hd, dd))
+        self._produced += len(resp.data_in)
         if resp.release is not None:
             out.append(AfterSend(resp.release))
 

@@ -44,6 +44,8 @@ class DataInSegmenter:
         """PDUs answering ``cmd``; ``expdatasn`` is what a response without data reports
         (the number of R2Ts sent for a write)."""
         data = resp.data_in
+        if type(data) is memoryview and (data.format != "B" or data.ndim != 1):
+            data = data.cast("B")   # lengths and offsets count bytes
         n = len(data) if cmd.read else 0
         status = int(resp.status)
         good = status == _GOOD and not resp.sense
@@ -52,8 +54,6 @@ class DataInSegmenter:
             burst = self.params.max_burst_length
             if n <= seg and n <= burst and good:
                 # The common case: one PDU with the data and the status.
-                if type(data) is memoryview and (data.format != "B" or data.ndim != 1):
-                    data = data.cast("B")
                 under, over, count = residual_fields(resp.residual)
                 return [DataIn(final=True, has_status=True, status=status, lun=cmd.lun,
                                itt=cmd.itt, data=data, underflow=under, overflow=over,
@@ -78,8 +78,6 @@ class DataInSegmenter:
     def segments(cmd: ScsiCommand, data, n: int, seg: int, burst: int) -> list[DataIn]:
         """Data-In PDUs covering ``data[:n]`` in order, without status."""
         view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
         out = []
         lun, itt = cmd.lun, cmd.itt
         offset = datasn = 0

@@ -7,15 +7,13 @@ and then as Data-Out answering our R2Ts, at most MaxOutstandingR2T at a time
 and MaxBurstLength each (RFC 7143 sections 4.1, 11.7, 11.8; DataPDUInOrder and
 DataSequenceInOrder are Yes, so every sequence is checked in order).
 
-R2T budget: data asked for with R2T but not yet executed, per connection.  A
-write reserves everything it still needs before its first R2T and waits in
-line while the budget is full, so a peer cannot make the target hold more
-than the budget (plus unsolicited first bursts) and admitted writes always
-complete (no budget deadlock).
-
-The buffer of a write is taken when its first data arrives, not when the
-command does; data that comes in one piece covering the whole transfer (the
-usual 4 KiB write with immediate data) is used as it is, without a copy.
+Write budgets (:mod:`.budget`): a write that needs a buffer reserves its
+whole expected length in the connection's budget and its target's before its
+first R2T, and waits in line (no buffer, no R2T) while either is full; one
+larger than a budget is refused.  Its
+buffer is taken when its first data arrives, not when the command does; data
+that comes in one piece covering the whole transfer (the usual 4 KiB write
+with immediate data) is used as it is, without a copy or a reservation.
 
 A data-out sequence error ends the command, not the connection: the task
 answers CHECK CONDITION / ABORTED COMMAND with the error's ASC once its CmdSN
@@ -27,6 +25,8 @@ import logging
 from collections import deque
 from typing import Callable
 
+from . import budget as B
+
 from ..protocol import params as K
 from ..protocol.pdu import R2T, RESERVED_TAG, DataOut, RejectReason, ScsiCommand
 from ..scsi import sense as S
@@ -36,8 +36,6 @@ log = logging.getLogger("scsi_target.target")
 
 # Writes larger than this are refused before any data is accepted (bounds memory).
 MAX_WRITE_BUFFER = 256 << 20   # 65536 blocks of 4 KiB: the largest DiskLU transfer
-# Data-out solicited with R2T but not yet executed, per connection.
-R2T_BUDGET = 512 << 20
 
 
 class DataSequenceError(Exception):
@@ -76,7 +74,8 @@ class Task:
     next_r2t_offset = 0         # first byte not yet asked for
     r2tsn = 0
     outstanding: dict | None = None   # TTT -> R2TState
-    solicited = 0               # bytes reserved in the R2T budget
+    reserved = 0                # bytes reserved in the write budgets (0: not admitted)
+    early: list | None = None   # (offset, data) that came before admission
     # Set when the data-out phase went wrong or the command was refused: it
     # ends in CHECK CONDITION with this error instead of executing.
     error: S.SenseError | None = None
@@ -104,14 +103,20 @@ class DataOutSequencer:
     """
 
     def __init__(self, params: K.SessionParams, emit: Callable[[R2T], None],
-                 new_ttt: Callable[[], int], budget: int | None = None) -> None:
+                 new_ttt: Callable[[], int], budget: int | None = None,
+                 shared: B.SharedBudget | None = None,
+                 woken: Callable[[], None] | None = None) -> None:
         self.params = params
         self.emit = emit
         self.new_ttt = new_ttt
-        self.budget = R2T_BUDGET if budget is None else budget
+        self.budget = B.CONNECTION_WRITE_BUDGET if budget is None else budget
+        # The target's budget, shared with its other connections; ``woken`` is
+        # told when a release elsewhere let this sequencer emit R2Ts.
+        self.shared = shared if shared is not None else B.SharedBudget(1 << 62)
+        self.woken = woken
         self.tasks: dict[int, Task] = {}
-        self.inflight = 0                  # solicited, not yet executed
-        self.waiting: deque[Task] = deque()  # writes whose first R2T waits for budget
+        self.inflight = 0                  # reserved by admitted writes, not yet executed
+        self.waiting: deque[Task] = deque()  # writes waiting for budget, in arrival order
 
     # ------------------------------------------------------------ commands
     def arrival(self, pdu: ScsiCommand, lun: int) -> Task:
@@ -131,9 +136,10 @@ class DataOutSequencer:
     def _start_write(self, task: Task, immediate: int) -> None:
         pdu = task.pdu
         edtl = pdu.edtl
-        if edtl > MAX_WRITE_BUFFER:
-            # Larger than any LU accepts in one command: refuse without
-            # buffering a byte (its unsolicited data is discarded).
+        if edtl > MAX_WRITE_BUFFER or edtl > self.budget or edtl > self.shared.limit:
+            # Larger than any LU accepts in one command, or than a budget could
+            # ever hold: refuse without buffering a byte (its unsolicited data
+            # is discarded).
             task.error = S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.INVALID_FIELD_IN_CDB)
             return
         params = self.params
@@ -142,11 +148,14 @@ class DataOutSequencer:
                                 RejectReason.PROTOCOL_ERROR)
         task.want = edtl
         task.accepting = True
-        if immediate:
-            self._store(task, 0, pdu.data, immediate)
         if edtl == immediate:
+            if immediate:
+                self._store(task, 0, pdu.data, immediate)
             return
         task.outstanding = {}
+        self._admit(task)
+        if immediate:
+            self._store(task, 0, pdu.data, immediate)
         if not params.initial_r2t and not pdu.final:
             # F=0: unsolicited Data-Out follows, up to FirstBurstLength (11.3.1);
             # with F=1 the rest is solicited at once.
@@ -156,7 +165,8 @@ class DataOutSequencer:
             task.next_r2t_offset = max(immediate, unsolicited_end)
         else:
             task.next_r2t_offset = immediate
-        self._issue_r2ts(task)
+        if task.reserved:
+            self._issue_r2ts(task)
 
     def deliver(self, pdu: ScsiCommand) -> Task | None:
         """The command's CmdSN turn came: the task if it can execute now."""
@@ -169,7 +179,7 @@ class DataOutSequencer:
     def finish(self, task: Task) -> None:
         """The task executes now: it leaves the table and frees its budget."""
         del self.tasks[task.pdu.itt]
-        if task.solicited:
+        if task.reserved:
             self._release(task)
 
     # ------------------------------------------------------------ data-out
@@ -185,7 +195,7 @@ class DataOutSequencer:
             return task if task.delivered else None
         if task.received >= task.want:
             return task if task.delivered else None
-        if not task.outstanding and task.unsolicited_left == 0:
+        if task.reserved and not task.outstanding and task.unsolicited_left == 0:
             self._issue_r2ts(task)
         return None
 
@@ -229,30 +239,87 @@ class DataOutSequencer:
                 task.buffer = data
                 task.received = n
                 return
+            if not task.reserved:
+                # Unsolicited data of a write still waiting for budget: kept
+                # as it came until the write is admitted.
+                if task.early is None:
+                    task.early = []
+                task.early.append((offset, data))
+                task.received += n
+                if task.received >= task.want:
+                    _assemble(task)    # all of it came unsolicited: no R2T, no wait
+                return
             buf = task.buffer = bytearray(task.want)
         buf[offset:offset + n] = data
         task.received += n
 
     def _fail(self, task: Task, asc) -> None:
         task.accepting = False
-        task.buffer = None
+        task.buffer = task.early = None
         if task.outstanding:
             task.outstanding.clear()
         self._release(task)
         task.error = S.SenseError(S.SenseKey.ABORTED_COMMAND, asc)
         log.info("ITT 0x%08x: data-out error %s", task.pdu.itt, asc.name)
 
+    # ------------------------------------------------------------ budget
+    def _admit(self, task: Task) -> None:
+        """Reserve the write's buffer in both budgets, or put it in line."""
+        n = task.want
+        if not self.waiting and self._fits(n):
+            self._take(task, n)
+        else:
+            self.waiting.append(task)
+            if self.inflight + n <= self.budget:
+                self.shared.wait(self._wake)   # only the target's budget is short
+
+    def _fits(self, n: int) -> bool:
+        return self.inflight + n <= self.budget and self.shared.fits(n)
+
+    def _take(self, task: Task, n: int) -> None:
+        self.inflight += n
+        self.shared.take(n)
+        task.reserved = n
+
+    def _release(self, task: Task) -> None:
+        """The task no longer holds its buffer: let waiting writes go on."""
+        n = task.reserved
+        if n:
+            task.reserved = 0
+            self.inflight -= n
+            self.shared.give(n)
+        self._admit_waiting()
+
+    def _admit_waiting(self) -> bool:
+        """Admit waiting writes in arrival order while they fit; whether any was."""
+        waiting = self.waiting
+        admitted = False
+        while waiting:
+            task = waiting[0]
+            if self.tasks.get(task.pdu.itt) is not task or not task.accepting \
+                    or task.received >= task.want:
+                waiting.popleft()     # gone, failed, or complete without a buffer of ours
+                continue
+            if not self._fits(task.want):
+                if self.inflight + task.want <= self.budget:
+                    self.shared.wait(self._wake)
+                break
+            waiting.popleft()
+            self._take(task, task.want)
+            if task.early:
+                _assemble(task)
+            self._issue_r2ts(task)
+            admitted = True
+        return admitted
+
+    def _wake(self) -> None:
+        """The target's budget has room again (released by another connection)."""
+        if self._admit_waiting() and self.woken is not None:
+            self.woken()
+
     # ------------------------------------------------------------ R2T
     def _issue_r2ts(self, task: Task) -> None:
         edtl = task.want
-        if not task.solicited and task.next_r2t_offset < edtl:
-            need = edtl - task.next_r2t_offset
-            if self.inflight and self.inflight + need > self.budget:
-                if task not in self.waiting:
-                    self.waiting.append(task)
-                return
-            self.inflight += need
-            task.solicited = need
         burst = self.params.max_burst_length
         max_r2t = max(1, self.params.max_outstanding_r2t)
         outstanding = task.outstanding
@@ -266,19 +333,6 @@ class DataOutSequencer:
                           offset=offset, length=length))
             task.r2tsn += 1
             task.next_r2t_offset = offset + length
-
-    def _release(self, task: Task) -> None:
-        """The task no longer holds solicited data: let waiting writes go on."""
-        if task.solicited:
-            self.inflight -= task.solicited
-            task.solicited = 0
-        waiting = self.waiting
-        while waiting and self.inflight < self.budget:
-            nxt = waiting.popleft()
-            if self.tasks.get(nxt.pdu.itt) is nxt and nxt.accepting:
-                self._issue_r2ts(nxt)
-                if waiting and waiting[-1] is nxt:
-                    break  # still no room for it
 
     # ------------------------------------------------------------ task set
     def get(self, itt: int) -> Task | None:
@@ -308,6 +362,22 @@ class DataOutSequencer:
             self._release(task)
 
     def clear(self) -> None:
+        """The connection is gone: every task ends and the target gets its budget back."""
+        self.shared.forget(self._wake)
+        held = sum(t.reserved for t in self.tasks.values())
+        for t in self.tasks.values():
+            t.reserved = 0
+            t.accepting = False
         self.tasks.clear()
         self.waiting.clear()
         self.inflight = 0
+        if held:
+            self.shared.give(held)
+
+
+def _assemble(task: Task) -> None:
+    """The pieces that came before admission, in the task's own buffer."""
+    buf = task.buffer = bytearray(task.want)
+    for offset, data in task.early:
+        buf[offset:offset + len(data)] = data
+    task.early = None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol.serial import MASK32, sn_le
 from ..scsi.command import Nexus
+from . import budget as B
 from .tmf import TaskManager
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,10 +69,21 @@ class Session:
 class SessionTable:
     """Live sessions of one server, for TSIH allocation, reinstatement and resets."""
 
-    def __init__(self) -> None:
+    def __init__(self, target_write_budget: int | None = None) -> None:
         self._by_tsih: dict[int, Session] = {}
         self._tsih = itertools.count(1)
         self.task_manager = TaskManager(self)
+        self.target_write_budget = target_write_budget
+        self._budgets: dict[str, B.SharedBudget] = {}
+
+    def write_budget(self, target: "TargetDef") -> B.SharedBudget:
+        """The write-buffer budget all connections to ``target`` share."""
+        budget = self._budgets.get(target.name)
+        if budget is None:
+            limit = self.target_write_budget
+            budget = self._budgets[target.name] = B.SharedBudget(
+                B.TARGET_WRITE_BUDGET if limit is None else limit)
+        return budget
 
     def new_tsih(self) -> int:
         while True:
