@@ -303,3 +303,55 @@ def test_unsolicited_data_completing_a_waiting_write_needs_no_budget():
     task = seq.arrival(cmd, 0)
     seq.data_out(P.DataOut(final=True, itt=2, offset=4096, data=data[4096:]))
     assert seq.deliver(cmd) is task and bytes(task.buffer) == data and task.reserved == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=st.lists(st.tuples(st.integers(0, 1), st.integers(1, 96 << 10)), min_size=1,
+                      max_size=12),
+       conn_budget=st.integers(96 << 10, 200 << 10), target_budget=st.integers(96 << 10, 300 << 10),
+       seed=st.integers(0, 1 << 30))
+def test_budgets_hold_at_every_step_and_every_write_completes(sizes, conn_budget, target_budget,
+                                                              seed):
+    from scsi_target.target.budget import SharedBudget
+    rng = random.Random(seed)
+    shared = SharedBudget(target_budget)
+    conns = []
+    for _ in range(2):
+        r2ts: list = []
+        seq = DataOutSequencer(SessionParams(max_burst_length=16384, max_outstanding_r2t=2),
+                               r2ts.append, TagAllocator(), budget=conn_budget, shared=shared)
+        conns.append((seq, r2ts))
+    pending = list(enumerate(sizes))        # (itt, (connection, size)) still to send
+    data = {itt: os.urandom(size) for itt, (_, size) in pending}
+    tasks, outstanding, ready, done = {}, [], [], set()
+
+    def collect():
+        for c, (seq, r2ts) in enumerate(conns):
+            outstanding.extend((c, r) for r in r2ts)
+            r2ts.clear()
+            assert 0 <= seq.inflight <= conn_budget
+            assert seq.inflight == sum(t.reserved for t in seq.tasks.values())
+        assert shared.held == sum(s.inflight for s, _ in conns) <= target_budget
+
+    while pending or outstanding or ready:
+        choices = (["send"] if pending else []) + (["data"] if outstanding else []) + \
+            (["run"] if ready else [])
+        what = rng.choice(choices)
+        if what == "send":
+            itt, (c, size) = pending.pop(0)
+            cmd = _write(itt, size)
+            tasks[itt] = (c, conns[c][0].arrival(cmd, 0))
+            assert conns[c][0].deliver(cmd) is None
+        elif what == "data":
+            c, r = outstanding.pop(rng.randrange(len(outstanding)))
+            t = _answer(conns[c][0], r, data[r.itt], chunk=rng.choice([4096, 16384]))
+            if t is not None:
+                ready.append((c, t))
+        else:
+            c, t = ready.pop(rng.randrange(len(ready)))
+            conns[c][0].finish(t)
+            assert bytes(t.buffer) == data[t.pdu.itt]
+            done.add(t.pdu.itt)
+        collect()
+    assert done == set(data)                       # nothing left waiting: no deadlock
+    assert shared.held == 0

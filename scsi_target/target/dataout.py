@@ -266,12 +266,20 @@ class DataOutSequencer:
     def _admit(self, task: Task) -> None:
         """Reserve the write's buffer in both budgets, or put it in line."""
         n = task.want
-        if not self.waiting and self._fits(n):
+        waiting = self.waiting
+        while waiting and self._settled(waiting[0]):
+            waiting.popleft()
+        if not waiting and self._fits(n):
             self._take(task, n)
         else:
-            self.waiting.append(task)
+            waiting.append(task)
             if self.inflight + n <= self.budget:
                 self.shared.wait(self._wake)   # only the target's budget is short
+
+    def _settled(self, task: Task) -> bool:
+        """A waiting write that no longer needs admission (gone, failed, or complete)."""
+        return self.tasks.get(task.pdu.itt) is not task or not task.accepting \
+            or task.received >= task.want
 
     def _fits(self, n: int) -> bool:
         return self.inflight + n <= self.budget and self.shared.fits(n)
@@ -296,9 +304,8 @@ class DataOutSequencer:
         admitted = False
         while waiting:
             task = waiting[0]
-            if self.tasks.get(task.pdu.itt) is not task or not task.accepting \
-                    or task.received >= task.want:
-                waiting.popleft()     # gone, failed, or complete without a buffer of ours
+            if self._settled(task):
+                waiting.popleft()
                 continue
             if not self._fits(task.want):
                 if self.inflight + task.want <= self.budget:
