@@ -317,22 +317,11 @@ class TargetConnection:
             self.close("login failed")
 
     def _start_session(self, req: P.LoginRequest, result, resp: P.LoginResponse) -> None:
-        target = result.target
         discovery = result.session_type == "Discovery"
-        tname = None if discovery else target.name
-        old = self.sessions.find(result.initiator_name, req.isid, tname)
-        if old is not None and old.connection is not None:
-            # Session reinstatement (RFC 7143 6.3.5): the old one ends now.
-            old.connection.close("session reinstated by a new login with the same ISID")
-            old.connection.connection_lost()
-        elif old is not None:
-            self.sessions.remove(old)
-            old.close()
-        session = Session(tsih=self.sessions.new_tsih(), initiator_name=result.initiator_name,
-                          isid=bytes(req.isid), target=None if discovery else target,
-                          discovery=discovery, exp_cmdsn=req.cmdsn)
+        session = self.sessions.open(initiator_name=result.initiator_name, isid=req.isid,
+                                     target=None if discovery else result.target,
+                                     exp_cmdsn=req.cmdsn)
         session.connection = self
-        self.sessions.add(session)
         self.session = session
         self.cid = req.cid
         resp.tsih = session.tsih

@@ -91,6 +91,25 @@ class SessionTable:
             if t and t not in self._by_tsih:
                 return t
 
+    def open(self, *, initiator_name: str, isid: bytes, target: "TargetDef | None",
+             exp_cmdsn: int) -> Session:
+        """A session for a login that just succeeded (``target`` None: discovery).
+
+        An existing session of the same initiator name, ISID and target ends
+        first: session reinstatement (RFC 7143 6.3.5).
+        """
+        old = self.find(initiator_name, isid, target.name if target is not None else None)
+        if old is not None and old.connection is not None:
+            old.connection.close("session reinstated by a new login with the same ISID")
+            old.connection.connection_lost()
+        elif old is not None:
+            self.remove(old)
+            old.close()
+        session = Session(tsih=self.new_tsih(), initiator_name=initiator_name, isid=bytes(isid),
+                          target=target, discovery=target is None, exp_cmdsn=exp_cmdsn)
+        self.add(session)
+        return session
+
     def find(self, initiator_name: str, isid: bytes, target_name: str | None) -> Session | None:
         for s in self._by_tsih.values():
             tname = s.target.name if s.target else None
