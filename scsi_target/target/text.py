@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .registry import TargetDef, TargetRegistry
+from .tags import TagAllocator
 from ..protocol import params as K
 from ..protocol.pdu import RESERVED_TAG, RejectReason, TextRequest, TextResponse
 
@@ -47,10 +48,8 @@ class TextNegotiator:
         # None: no ACL filtering (the caller did not say who the initiator is).
         self.initiator_name = initiator_name
         self._x: _Exchange | None = None
-        self._ttt = 0
         # The connection passes its tag allocator so our tags never equal an R2T's.
-        if new_ttt is not None:
-            self._new_ttt = new_ttt
+        self._new_ttt = new_ttt if new_ttt is not None else TagAllocator()
 
     @property
     def max_xmit_data_segment_length(self) -> int:
@@ -157,9 +156,3 @@ class TextNegotiator:
             return TextResponse(final=False, cont=False, itt=req.itt, ttt=x.ttt, data=chunk)
         self._x = None
         return TextResponse(final=True, cont=False, itt=req.itt, ttt=RESERVED_TAG, data=chunk)
-
-    def _new_ttt(self) -> int:
-        self._ttt = (self._ttt + 1) & 0xFFFFFFFF
-        if self._ttt == RESERVED_TAG or self._ttt == 0:
-            self._ttt = 1
-        return self._ttt
