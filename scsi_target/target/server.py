@@ -4,6 +4,12 @@ Sockets are driven directly with ``loop.add_reader``/``add_writer`` rather than
 asyncio transports: responses go out with ``socket.sendmsg`` over the list of
 buffers the connection produced (header, memoryview of the read data, ...), so
 read data is never joined or copied on its way to the kernel.
+
+Backpressure: the connection stops executing commands while the bytes queued
+for its socket exceed its send bound (:attr:`TargetConnection.blocked`); the
+driver then stops reading that socket, and once the queue drains it lets the
+connection go on with what it had already received.  A peer that never reads
+therefore costs one send queue, not a response per command it sent.
 """
 from __future__ import annotations
 
@@ -39,7 +45,10 @@ class _SocketDriver:
         self.loop = asyncio.get_running_loop()
         local = sock.getsockname()
         self.conn = TargetConnection(server.registry, server.sessions,
-                                     Portal(local[0], local[1]), peer=str(peer))
+                                     Portal(local[0], local[1]), peer=str(peer),
+                                     write_budget=server.write_budget,
+                                     send_bound=server.send_queue_bound)
+        self.conn.wakeup = self._wakeup
         self.pending: collections.deque = collections.deque()
         self.pending_bytes = 0
         self.reading = False
@@ -78,14 +87,33 @@ class _SocketDriver:
         if conn.login is None and len(self._rbuf) < RECV_SIZE:
             self._rbuf = bytearray(RECV_SIZE)   # full feature phase: room for big PDUs
             self._rview = memoryview(self._rbuf)
+        self._after_input()
+
+    def _after_input(self) -> None:
+        conn = self.conn
         out = conn.take_output()
         if out:
             self._send(out)
+        conn.unsent = self.pending_bytes
         if conn.closing:
             self.close_after_flush = True
             self._pause_reading()
             if not self.pending:
                 self._close("connection ended by protocol")
+        elif conn.has_input and conn.blocked:
+            self._pause_reading()   # commands wait in the connection until the queue drains
+
+    def _wakeup(self) -> None:
+        """Output appeared outside our own input handling (see TargetConnection.wakeup)."""
+        if not self.closed:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if not self.closed:
+            out = self.conn.take_output()
+            if out:
+                self._send(out)
+                self.conn.unsent = self.pending_bytes
 
     # -- writing --------------------------------------------------------
     def _send(self, items: list) -> None:
@@ -173,7 +201,15 @@ class _SocketDriver:
         self.writing = False
         if self.close_after_flush:
             self._close("connection ended by protocol")
-        elif self.pending_bytes < LOW_WATER:
+            return
+        conn = self.conn
+        conn.unsent = self.pending_bytes
+        if conn.has_input and not conn.blocked:
+            # Commands left unread while the queue was full: go on with them.
+            conn.receive_data(b"", self.loop.time())
+            self._after_input()
+        if self.pending_bytes < LOW_WATER and not self.closed and not self.close_after_flush \
+                and not (conn.has_input and conn.blocked):
             self._resume_reading()
 
     # -- teardown -------------------------------------------------------
@@ -202,6 +238,7 @@ class _SocketDriver:
         out = conn.take_output()
         if out:
             self._send(out)
+            conn.unsent = self.pending_bytes
         if conn.closing and not self.closed:
             self.close_after_flush = True
             self._pause_reading()
@@ -217,17 +254,25 @@ class IscsiServer:
 
     ``nop_interval``: seconds of initiator silence before a NOP-In ping (0 = never);
     ``nop_timeout``: seconds to wait for the answer before dropping the connection;
-    ``login_timeout``: seconds a connection may take to finish login.
+    ``login_timeout``: seconds a connection may take to finish login;
+    ``write_budget`` / ``target_write_budget``: bytes of write buffers per
+    connection / per target; ``send_queue_bound``: bytes of queued responses
+    per connection above which its commands wait (see :mod:`.budget`).
     """
 
     def __init__(self, registry: TargetRegistry, *, nop_interval: float = 30.0,
-                 nop_timeout: float = 15.0, login_timeout: float = 30.0) -> None:
+                 nop_timeout: float = 15.0, login_timeout: float = 30.0,
+                 write_budget: int | None = None, target_write_budget: int | None = None,
+                 send_queue_bound: int | None = None) -> None:
         self.registry = registry
         self.nop_interval = nop_interval
         self.nop_timeout = nop_timeout
         self.login_timeout = login_timeout
+        # Memory bounds (None: the defaults of scsi_target.target.budget).
+        self.write_budget = write_budget
+        self.send_queue_bound = send_queue_bound
         self._ticker: asyncio.TimerHandle | None = None
-        self.sessions = SessionTable()
+        self.sessions = SessionTable(target_write_budget)
         self._listeners: list[socket.socket] = []
         self._drivers: set[_SocketDriver] = set()
         self.bound_portals: list[tuple[str, int]] = []

@@ -6,13 +6,18 @@ longer than one PDU travels with the C bit in both directions: a partial
 request is acknowledged by an empty response carrying a target transfer
 tag, and a long answer is sent one PDU per (empty) initiator request that
 echoes our tag.  StatSN/ExpCmdSN/MaxCmdSN are the session's business: the
-caller fills them into each returned response.
+caller fills them into each returned response.  The negotiated limits are
+read from (and a renegotiated MaxRecvDataSegmentLength written to) the
+session's one parameters record, which every other part of the connection
+reads too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .registry import TargetDef, TargetRegistry
+from .tags import TagAllocator
 from ..protocol import params as K
 from ..protocol.pdu import RESERVED_TAG, RejectReason, TextRequest, TextResponse
 
@@ -35,15 +40,20 @@ class _Exchange:
 
 class TextNegotiator:
     def __init__(self, params: K.SessionParams, registry: TargetRegistry,
-                 target: TargetDef | None, initiator_name: str | None = None) -> None:
+                 target: TargetDef | None, initiator_name: str | None = None,
+                 new_ttt: Callable[[], int] | None = None) -> None:
         self.params = params
         self.registry = registry
         self.target = target
         # None: no ACL filtering (the caller did not say who the initiator is).
         self.initiator_name = initiator_name
-        self.max_xmit_data_segment_length = params.max_xmit_data_segment_length
         self._x: _Exchange | None = None
-        self._ttt = 0
+        # The connection passes its tag allocator so our tags never equal an R2T's.
+        self._new_ttt = new_ttt if new_ttt is not None else TagAllocator()
+
+    @property
+    def max_xmit_data_segment_length(self) -> int:
+        return self.params.max_xmit_data_segment_length
 
     @property
     def discovery(self) -> bool:
@@ -93,7 +103,6 @@ class TextNegotiator:
         # The new limit applies to what we send after this exchange.
         x.outgoing = K.split_text(text, self.max_xmit_data_segment_length)
         if new_mrdsl is not None:
-            self.max_xmit_data_segment_length = new_mrdsl
             self.params.max_xmit_data_segment_length = new_mrdsl
         return self._send_chunk(req, x)
 
@@ -147,9 +156,3 @@ class TextNegotiator:
             return TextResponse(final=False, cont=False, itt=req.itt, ttt=x.ttt, data=chunk)
         self._x = None
         return TextResponse(final=True, cont=False, itt=req.itt, ttt=RESERVED_TAG, data=chunk)
-
-    def _new_ttt(self) -> int:
-        self._ttt = (self._ttt + 1) & 0xFFFFFFFF
-        if self._ttt == RESERVED_TAG or self._ttt == 0:
-            self._ttt = 1
-        return self._ttt
