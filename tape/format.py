@@ -51,7 +51,7 @@ class Superblock:
     capacity: int                 # bytes of frames (headers + payloads) the medium holds
     early_warning: int            # size of the early-warning zone before end-of-medium
     flags: int = 0
-    density_code: int = 0x40
+    density_code: int = 0x80          # vendor-specific range (SSC-4)
     created: int = 0              # unix seconds
     serial: str = ""              # medium serial number (ASCII, 32 bytes)
     uuid: bytes = bytes(16)

@@ -72,7 +72,7 @@ class TapeImage:
     def create(cls, path: str | os.PathLike, capacity: int, *, early_warning: int | None = None,
                crc: bool = True, barcode: str = "", label: str = "",
                write_protect: bool = False, serial: str | None = None,
-               density_code: int = 0x40, overwrite: bool = False) -> "TapeImage":
+               density_code: int = 0x80, overwrite: bool = False) -> "TapeImage":
         """Make a blank cartridge (superblock, one metadata slot) and open it."""
         p = Path(path)
         if capacity < 64 << 10:
@@ -192,6 +192,11 @@ class TapeImage:
     @property
     def write_protected(self) -> bool:
         return self.read_only or bool(self._meta_flags & F.FLAG_META_WP)
+
+    @property
+    def write_protect_tab(self) -> bool:
+        """The cartridge's own write-protect flag (not whether this file is open read-only)."""
+        return bool(self._meta_flags & F.FLAG_META_WP)
 
     @property
     def crc_records(self) -> bool:
