@@ -246,8 +246,8 @@ class TapeDrive:
             try:
                 img.read_into(pos, buf)
             except RecordCorrupt:
-                self.pos = pos + 1
-                raise
+                self.pos = pos + 1  # past the bad record, so a reader can go on
+                raise RecordCorrupt(count, pos) from None
             self.pos = pos + 1
             self.load_counters.bytes_read += n
             self.load_counters.records_read += 1
