@@ -72,8 +72,12 @@ class TapeImage:
     def create(cls, path: str | os.PathLike, capacity: int, *, early_warning: int | None = None,
                crc: bool = True, barcode: str = "", label: str = "",
                write_protect: bool = False, serial: str | None = None,
-               density_code: int = 0x80, overwrite: bool = False) -> "TapeImage":
-        """Make a blank cartridge (superblock, one metadata slot) and open it."""
+               density_code: int = 0x80, overwrite: bool = False,
+               uuid: bytes | None = None, created: int | None = None) -> "TapeImage":
+        """Make a blank cartridge (superblock, one metadata slot) and open it.
+
+        ``uuid`` and ``created`` exist for reproducible images (golden vectors).
+        """
         p = Path(path)
         if capacity < 64 << 10:
             raise ValueError(f"capacity {capacity} bytes is below the 64 KiB minimum")
@@ -82,9 +86,9 @@ class TapeImage:
         if not 0 < early_warning < capacity:
             raise ValueError(f"early-warning zone {early_warning} must be between 0 and the "
                              f"capacity {capacity}")
-        u = uuidlib.uuid4()
+        u = uuidlib.UUID(bytes=uuid) if uuid is not None else uuidlib.uuid4()
         serial = serial if serial is not None else u.hex[:16].upper()
-        now = int(time.time())
+        now = int(time.time()) if created is None else created
         sb = F.Superblock(capacity, early_warning, F.FLAG_SUPER_CRC if crc else 0, density_code,
                           now, serial, u.bytes)
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
