@@ -71,7 +71,7 @@ def _new(args) -> int:
     with TapeImage.create(args.image, cap, early_warning=ew, crc=args.crc, barcode=args.barcode,
                           label=args.label, write_protect=args.write_protect,
                           overwrite=args.force) as img:
-        Console().print(f"[bold]{args.image}[/]: new tape image, {C.format_size(cap)} native "
+        Console(soft_wrap=True).print(f"[bold]{args.image}[/]: new tape image, {C.format_size(cap)} native "
                         f"capacity, early warning {C.format_size(img.sb.early_warning)} before "
                         f"the end, CRC32C {'on' if args.crc else 'off'}"
                         + (f", barcode {args.barcode}" if args.barcode else "")
@@ -169,7 +169,7 @@ def _check(args) -> int:
     with TapeImage.open(args.image, read_only=True) as img:
         problems = img.verify()
         d = describe(img)
-    con = Console()
+    con = Console(soft_wrap=True)  # one line per finding, whatever the terminal width
     if d["torn_tail_bytes"]:
         con.print(f"[yellow]{args.image}: {d['torn_tail_bytes']} bytes after object "
                   f"{d['objects']} are an interrupted write; the image ends at end-of-data "
