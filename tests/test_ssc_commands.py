@@ -72,6 +72,15 @@ def test_mode_sense_block_descriptor_and_pages(h):
     assert dbd[3] == 0 and dbd[4] == 0x10
 
 
+def test_mode_sense_page_0_is_header_and_block_descriptor(h):
+    """What the Linux st driver reads at open: MODE SENSE(6), page 0, 12 bytes."""
+    d = h.ok([0x1A, 0, 0, 0, 12, 0], length=12)
+    assert d == bytes([11, 0, 0x10, 8, 0x80, 0, 0, 0, 0, 0, 0, 0])
+    # st's MODE SELECT back: header + descriptor, buffered mode, a new block size
+    h.ok([0x15, 0x10, 0, 0, 12, 0], data=bytes([0, 0, 0x10, 8, 0x80, 0, 0, 0, 0, 0, 0x28, 0]))
+    assert h.ok([0x1A, 0, 0, 0, 12, 0], length=12)[9:12] == (10240).to_bytes(3, "big")
+
+
 def test_mode_select_sets_fixed_block_length(h):
     h.set_block_length(1024)
     mp = LM.ModeParameters.unpack(h.ok([0x1A, 0, 0x10, 0, 255, 0]), False, sequential=True)

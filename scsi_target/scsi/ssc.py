@@ -181,10 +181,15 @@ def _mode_sense(lu: "TapeLU", cmd: Command, ten: bool) -> bytes:
     alloc = int.from_bytes(cdb[7:9], "big") if ten else cdb[4]
     if pc == PC_SAVED:
         raise S.illegal_request(S.SAVING_PARAMETERS_NOT_SUPPORTED, 2, 7)
-    keys = lu.mode.pages(code, subpage)
-    if not keys:
-        known = lu.mode.pages(code, 0xFF) if code != 0x3F else [1]
-        raise S.invalid_cdb_field(3 if known else 2)
+    if code == 0 and subpage == 0:
+        # Page 0 (no page format): header and block descriptor only -- what the
+        # Linux st driver asks for when it opens the device.
+        keys = []
+    else:
+        keys = lu.mode.pages(code, subpage)
+        if not keys:
+            known = lu.mode.pages(code, 0xFF) if code != 0x3F else [1]
+            raise S.invalid_cdb_field(3 if known else 2)
     pages = b"".join(_page_bytes(lu, k, pc) for k in keys)
     bd = b"" if dbd else LM.GeneralBlockDescriptor(
         lu.density_code if lu.image is not None else 0, 0,
