@@ -7,10 +7,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from scsi_target.scsi.command import Status
 from scsi_target.scsi.layouts.sense import decode_sense
+from scsi_target.scsi.ssc import SSC
 from scsi_target.scsi.tape_lu import _tape_table
 from tape_harness import NEXUS1, NEXUS2, TapeHarness
 
 ENTRIES = _tape_table().entries()  # SPC and SSC, as the tape LU dispatches them
+SSC_ENTRIES = list(SSC)
 _DIR = tempfile.TemporaryDirectory(prefix="ssc-fuzz-")
 _N = iter(range(1 << 30))
 
@@ -36,3 +38,13 @@ def test_random_ssc_cdbs_get_defined_answers(steps):
     assert h.run([0x12, 0, 0, 0, 36, 0], length=36).status == Status.GOOD
     h.lu.close()
 
+
+
+def test_short_cdbs_are_invalid_field_not_internal_errors(tmp_path):
+    h = TapeHarness(tmp_path)
+    for entry in ENTRIES:
+        if entry.cdb_length <= 6 or entry.opcode not in {e.opcode for e in SSC_ENTRIES}:
+            continue
+        r = h.run(bytes([entry.opcode, entry.service_action or 0, 0, 0, 0, 0]))
+        assert r.status == Status.CHECK_CONDITION
+        assert decode_sense(r.resp.sense).key == 0x5, entry.name

@@ -58,8 +58,22 @@ SPACE_BLOCKS, SPACE_FILEMARKS, SPACE_EOD = 0, 1, 3
 
 def _cmd(opcode: int, name: str, usage: bytes, direction: Direction = Direction.NONE, *,
          conflict: Conflict = Conflict.OTHER, ua_exempt: bool = False, needs_ready: bool = True):
-    return SSC.command(opcode, name, len(usage), direction=direction, usage=usage,
-                       ua_exempt=ua_exempt, conflict=conflict, needs_ready=needs_ready)
+    register = SSC.command(opcode, name, len(usage), direction=direction, usage=usage,
+                           ua_exempt=ua_exempt, conflict=conflict, needs_ready=needs_ready)
+    size = len(usage)
+
+    def wrap(fn):
+        # A CDB shorter than its opcode's size (in-process callers) is malformed,
+        # not an internal error.
+        def handler(lu, cmd):
+            if len(cmd.cdb) < size:
+                raise S.invalid_cdb_field(0)
+            return fn(lu, cmd)
+        handler.__name__ = handler.__qualname__ = fn.__name__
+        handler.__doc__ = fn.__doc__
+        register(handler)
+        return fn
+    return wrap
 
 
 def _signed24(b: bytes) -> int:
