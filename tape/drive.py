@@ -183,7 +183,7 @@ class TapeDrive:
         img = self._medium()
         pos = self.pos
         if n > 0:
-            i = bisect_left(img._filemarks, pos)
+            i = img.filemarks_before(pos)
             fence = img.filemark_at(i) if i < img.filemark_count else img.count
             if pos + n <= fence:
                 self.pos = pos + n
@@ -195,7 +195,7 @@ class TapeDrive:
                 raise EndOfData(n - (fence - pos))
         elif n < 0:
             m = -n
-            i = bisect_left(img._filemarks, pos) - 1
+            i = img.filemarks_before(pos) - 1
             fence = img.filemark_at(i) if i >= 0 else -1
             if pos - m > fence:
                 self.pos = pos - m
@@ -210,7 +210,7 @@ class TapeDrive:
         img = self._medium()
         pos = self.pos
         if n > 0:
-            i = bisect_left(img._filemarks, pos)
+            i = img.filemarks_before(pos)
             if i + n - 1 < img.filemark_count:
                 self.pos = img.filemark_at(i + n - 1) + 1
             else:
@@ -218,7 +218,7 @@ class TapeDrive:
                 raise EndOfData(n - (img.filemark_count - i))
         elif n < 0:
             m = -n
-            i = bisect_left(img._filemarks, pos) - 1
+            i = img.filemarks_before(pos) - 1
             if i - m + 1 >= 0:
                 self.pos = img.filemark_at(i - m + 1)
             else:

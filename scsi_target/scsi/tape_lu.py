@@ -14,7 +14,7 @@ from tape.drive import Slot
 
 from .dispatch import DispatchTable
 from .lun import Identity, LogicalUnit
-from .modepages import PageDef, _page
+from .modepages import PC_CURRENT, PageDef, _page
 from . import sense as S
 
 DENSITY_CODE = 0x80               # vendor-specific range (SSC-4 table: 80h-FFh)
@@ -104,8 +104,8 @@ class TapeLU(LogicalUnit):
 
     @property
     def software_write_protect(self) -> bool:
-        return self.mode._bit((PAGE_DEVICE_CONFIGURATION, 0), _DC_SWP) \
-            or self.mode.software_write_protect
+        page = self.mode.page_bytes((PAGE_DEVICE_CONFIGURATION, 0), PC_CURRENT)
+        return bool(page[_DC_SWP[0]] & _DC_SWP[1]) or self.mode.software_write_protect
 
     def not_ready_reason(self) -> S.SenseError | None:
         slot = self.drive.slot
