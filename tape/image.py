@@ -17,6 +17,7 @@ close) or after every object with ``sync_each=True``.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 import uuid as uuidlib
@@ -33,6 +34,17 @@ from .errors import ImageFormatError, MamError, RecordCorrupt, TapeIOError
 
 IOV_MAX = 1024
 SCAN_WINDOW = 1 << 20
+
+
+def _lock(fd: int, path: Path) -> None:
+    """One writer per cartridge: two servers appending to one image would interleave frames.
+
+    Read-only opens (``tape info``/``check`` of a cartridge in use) take no lock.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise TapeIOError(f"{path} is in use by another process (open for writing)") from None
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class TapeImage:
         except FileExistsError:
             raise ValueError(f"{p} already exists") from None
         try:
+            _lock(fd, p)
             os.pwrite(fd, sb.pack().ljust(sb.meta_offset, b"\x00"), 0)
             os.ftruncate(fd, sb.data_start)
             img = cls(p, fd, sb, False, False)
@@ -139,6 +152,8 @@ class TapeImage:
         except OSError as e:
             raise TapeIOError(f"cannot open {p}: {e.strerror or e}") from None
         try:
+            if not read_only:
+                _lock(fd, p)
             sb = F.Superblock.unpack(os.pread(fd, F.SUPER_SIZE, 0))
             img = cls(p, fd, sb, read_only, sync_each)
             img._load_meta()

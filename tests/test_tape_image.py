@@ -170,6 +170,17 @@ def test_bad_superblock_is_a_precise_error(tmp_path, damage, msg):
         TapeImage.open(path)
 
 
+def test_one_writer_per_image(tmp_path):
+    from tape.errors import TapeIOError
+    path, recs = _written(tmp_path, n=1)
+    first = TapeImage.open(path)
+    with pytest.raises(TapeIOError, match="in use by another process"):
+        TapeImage.open(path)
+    assert TapeImage.open(path, read_only=True).count == 1  # inspecting is fine
+    first.close()
+    TapeImage.open(path).close()
+
+
 def test_large_records_and_filemark_index(tmp_path):
     img = TapeImage.create(tmp_path / "big.img", 40 << 20)
     big = os.urandom(8 << 20)
