@@ -415,3 +415,20 @@ def test_rsoc_lists_the_ssc_commands(h):
     assert 0x28 not in ops and 0x83 not in ops  # no disk READ(10), no EXTENDED COPY
     one = h.ok([0xA3, 0x0C, 1, 0x08, 0, 0, 0, 0, 0, 64, 0, 0])
     assert one[1] & 0x07 == 3 and one[4:10] == bytes([0x08, 0x03, 0xFF, 0xFF, 0xFF, 0])
+
+
+# ------------------------------------------------------------- bad input
+def test_bad_cdb_fields_get_precise_answers(h):
+    h.set_block_length(1 << 20)
+    r = h.check(LT.read6(100, fixed=True), ILLEGAL, 0x24)  # 100 MiB in one command
+    assert r.sense.field_pointer.field == 2
+    h.set_block_length(0)
+    h.check([0x0A, 0x02, 0, 0, 1, 0], ILLEGAL, 0x24, data=b"x")      # reserved bit
+    h.check([0x08, 0x04, 0, 0, 1, 0], ILLEGAL, 0x24)                  # reserved bit
+    h.check(bytes([0x92, 0x10, 0, 0]) + bytes(12), ILLEGAL, 0x24)      # DEST_TYPE 10b
+    h.check([0x11, 4, 0, 0, 1, 0], ILLEGAL, 0x24)                     # setmarks
+    h.check([0x1B, 0, 0, 0, 0x10, 0], ILLEGAL, 0x24)                  # reserved bits
+    h.check([0x4D, 0, 0x4C, 1, 0, 0, 0, 0x10, 0, 0], ILLEGAL, 0x24)   # subpage
+    h.check([0x8C, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0], ILLEGAL, 0x24)  # partition 1
+    wa = LT.attribute_values([LT.MamAttribute(0x0806, 1, b"Y" * 32)])
+    h.check(LT.write_attribute(len(wa) + 3), ILLEGAL, 0x26, data=wa + b"\x00\x00\x00")
