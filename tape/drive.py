@@ -316,6 +316,40 @@ class TapeDrive:
             img.sync()
         return WriteResult(fits, img.in_early_warning(self.pos), fits < count)
 
+    # ------------------------------------------------- streams (backups to tape)
+    def write_stream(self, data, record_size: int, *, batch: int = 64) -> WriteResult:
+        """Write ``data`` as records of ``record_size`` bytes (the last may be shorter).
+
+        Zero-copy (memoryview slices), ``batch`` records per image append.
+        Stops at end-of-medium (``overflow``; ``objects`` says how many
+        records made it) -- a backup writer then continues on the next
+        cartridge from byte ``objects * record_size``.  ``early_warning`` is
+        the state after the last record written.
+        """
+        if not 0 < record_size <= F.MAX_RECORD:
+            raise ValueError(f"record size {record_size} is not 1..{F.MAX_RECORD}")
+        mv = memoryview(data).cast("B")
+        done = 0
+        ew = self.in_early_warning
+        for start in range(0, len(mv), record_size * batch):
+            chunk = mv[start:start + record_size * batch]
+            recs = [chunk[k:k + record_size] for k in range(0, len(chunk), record_size)]
+            r = self.write_records(recs)
+            done += r.objects
+            ew = r.early_warning
+            if r.overflow:
+                return WriteResult(done, ew, True)
+        return WriteResult(done, ew)
+
+    def read_file(self, max_record: int = F.MAX_RECORD):
+        """Yield the records from the position up to the next filemark (skipped) or EOD."""
+        while True:
+            try:
+                r = self.read(max_record, None, lambda n: memoryview(bytearray(n)))
+            except (FilemarkDetected, EndOfData):
+                return
+            yield r.data
+
     def erase(self) -> None:
         """End-of-data at the position: everything from here on is gone."""
         img = self._writable()

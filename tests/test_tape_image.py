@@ -224,6 +224,27 @@ def test_image_counters_survive_reload(tmp_path):
     assert int.from_bytes(img.attribute(mam.ID_MB_WRITTEN_LIFE).value, "big") == 6
 
 
+def test_backup_stream_as_records_and_filemark_spanning_two_cartridges(tmp_path):
+    """The shape of a backup to tape: records + filemark, next cartridge at end-of-medium."""
+    stream = os.urandom(3 << 20)
+    d = TapeDrive(TapeImage.create(tmp_path / "c1.img", 2 << 20, early_warning=256 << 10))
+    r = d.write_stream(stream, 65536)
+    assert r.overflow and r.early_warning and 0 < r.objects < 48
+    first = r.objects * 65536
+    d2 = TapeDrive(TapeImage.create(tmp_path / "c2.img", 8 << 20))
+    r2 = d2.write_stream(memoryview(stream)[first:], 65536)
+    assert not r2.overflow and not r2.early_warning
+    d2.write_filemarks(1)
+    d2.write_stream(b"second backup", 65536)
+    d2.write_filemarks(1)
+    d.rewind()
+    d2.rewind()
+    back = b"".join(bytes(x) for x in d.read_file()) + b"".join(bytes(x) for x in d2.read_file())
+    assert back == stream
+    assert [bytes(x) for x in d2.read_file()] == [b"second backup"]
+    assert d2.file_number == 2
+
+
 # ------------------------------------------------------------------ kill -9
 WRITER = textwrap.dedent("""
     import random, sys
