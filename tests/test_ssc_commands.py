@@ -81,6 +81,21 @@ def test_mode_sense_page_0_is_header_and_block_descriptor(h):
     assert h.ok([0x1A, 0, 0, 0, 12, 0], length=12)[9:12] == (10240).to_bytes(3, "big")
 
 
+def test_unbuffered_mode_syncs_every_write(h, monkeypatch):
+    import os as _os
+    synced = []
+    real = _os.fdatasync
+    monkeypatch.setattr(_os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    h.write(blob(100))
+    assert not synced  # buffered mode 1: acknowledged once the image file has it
+    h.ok([0x15, 0x10, 0, 0, 4, 0], data=bytes([0, 0, 0x00, 0]))  # BUFFERED MODE 000b
+    assert h.ok([0x1A, 0x08, 0, 0, 12, 0], length=12)[2] & 0x70 == 0
+    h.write(blob(100))
+    assert synced  # unbuffered: on stable storage before GOOD
+    h.ok([0x15, 0x10, 0, 0, 4, 0], data=bytes([0, 0, 0x10, 0]))
+    assert h.ok([0x1A, 0x08, 0, 0, 12, 0], length=12)[2] & 0x70 == 0x10
+
+
 def test_mode_select_sets_fixed_block_length(h):
     h.set_block_length(1024)
     mp = LM.ModeParameters.unpack(h.ok([0x1A, 0, 0x10, 0, 255, 0]), False, sequential=True)

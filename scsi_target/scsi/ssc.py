@@ -172,8 +172,9 @@ def request_sense(lu: "TapeLU", cmd: Command) -> bytes:
 # MODE SENSE / MODE SELECT with the sequential-access block descriptor
 # ---------------------------------------------------------------------------
 def _device_specific(lu: "TapeLU") -> int:
-    # WP, BUFFERED MODE 001b (a write is acknowledged once the image file has it), SPEED 0.
-    return (0x80 if lu.write_protected else 0) | 0x10
+    # WP, BUFFERED MODE (001b: a write is answered once the image file has it;
+    # 000b: once it is on stable storage), SPEED 0.
+    return (0x80 if lu.write_protected else 0) | (0x10 if lu.buffered else 0)
 
 
 def _page_bytes(lu: "TapeLU", key: tuple[int, int], pc: int) -> bytes:
@@ -235,6 +236,7 @@ def _mode_select(lu: "TapeLU", cmd: Command, ten: bool) -> None:
     dsp = data[3] if ten else data[2]
     if (dsp >> 4) & 0x07 > 1:  # BUFFERED MODE 000b or 001b
         raise S.invalid_param_field(hdr - 2 if not ten else 3, 4)
+    buffered = bool((dsp >> 4) & 0x07)
     new_len, new_density = lu.block_length, lu.density_code
     if bd_len:
         if bd_len != 8 or hdr + 8 > len(data):
@@ -248,6 +250,7 @@ def _mode_select(lu: "TapeLU", cmd: Command, ten: bool) -> None:
     with lu.lock:
         # Pages first: ModePages validates the whole list before changing anything.
         lu.mode.select(data, long_header=ten, nexus=cmd.nexus)
+        lu.buffered = buffered
         if (new_len, new_density) != (lu.block_length, lu.density_code):
             lu.block_length, lu.density_code = new_len, new_density
             lu.ua.establish(S.MODE_PARAMETERS_CHANGED, exclude=cmd.nexus)

@@ -62,6 +62,7 @@ class TapeLU(LogicalUnit):
         self.drive = TapeDrive()
         self.block_length = 0         # mode block descriptor: 0 = variable-block mode
         self.density_code = DENSITY_CODE
+        self._buffered = True
         self.max_block_length = MAX_BLOCK_LENGTH
         self.min_block_length = MIN_BLOCK_LENGTH
         self.tape_alerts: set[int] = set()   # TapeAlert flags raised since the last LOG SENSE
@@ -83,6 +84,7 @@ class TapeLU(LogicalUnit):
         """An operator changes the cartridge: every nexus sees the medium change."""
         with self.lock:
             self.drive.insert(image)
+            image.sync_each = not self._buffered
             self.ua.establish(S.NOT_READY_TO_READY_CHANGE)
 
     def remove(self) -> TapeImage | None:
@@ -96,6 +98,17 @@ class TapeLU(LogicalUnit):
     @medium_present.setter
     def medium_present(self, value: bool) -> None:
         pass  # the drive's slot is the truth; LogicalUnit.__init__ assigns a default
+
+    @property
+    def buffered(self) -> bool:
+        """Mode header BUFFERED MODE: False = every write is fdatasync'ed before GOOD."""
+        return self._buffered
+
+    @buffered.setter
+    def buffered(self, on: bool) -> None:
+        self._buffered = on
+        if self.drive.image is not None:
+            self.drive.image.sync_each = not on
 
     @property
     def write_protected(self) -> bool:
@@ -119,6 +132,7 @@ class TapeLU(LogicalUnit):
         super().reset(by)
         self.block_length = 0
         self.density_code = DENSITY_CODE
+        self.buffered = True
 
     def close(self) -> None:
         self.drive.remove()
