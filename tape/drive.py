@@ -263,9 +263,14 @@ class TapeDrive:
             try:
                 img.read_into(pos, buf)
             except RecordCorrupt as e:
+                # The blocks before the bad one are good and are transferred;
+                # the position moves past the bad one so a reader can go on.
                 done = good - e.residue
                 self.pos = pos + done + 1
-                raise RecordCorrupt(count - done, e.index) from None
+                self.load_counters.bytes_read += done * block_length
+                self.load_counters.records_read += done
+                return ReadResult(buf[:done * block_length], done,
+                                  RecordCorrupt(count - done, e.index))
         self.pos = pos + good
         self.load_counters.bytes_read += good * block_length
         self.load_counters.records_read += good

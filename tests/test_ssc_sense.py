@@ -258,6 +258,22 @@ def test_corrupt_record_is_medium_error_and_position_moves_past_it(tmp_path):
     assert p[5] == 1  # TapeAlert: read failure
 
 
+def test_fixed_read_transfers_the_blocks_before_a_corrupt_one(tmp_path):
+    h = TapeHarness(tmp_path)
+    h.set_block_length(512)
+    data = blob(512 * 4)
+    h.write_fixed(data, 512)
+    h.lu.close()
+    with open(h.path, "r+b") as f:  # damage block 2
+        f.seek(F.DATA_START + 2 * (F.FRAME_SIZE + 512) + F.FRAME_SIZE + 100)
+        f.write(b"\x00\xff\x00")
+    h2 = TapeHarness(tmp_path, image=TapeImage.open(h.path))
+    h2.set_block_length(512)
+    r = h2.check(LT.read6(4, fixed=True), MEDIUM, 0x11, length=2048)
+    assert r.data == data[:1024] and r.sense.information == 2
+    assert h2.ok(LT.read6(1, fixed=True), length=512) == data[1536:]  # block 3
+
+
 # ------------------------------------------------------ descriptor format sense
 def test_descriptor_sense_carries_stream_bits_and_information(h):
     _d_sense(h)
