@@ -542,7 +542,8 @@ def _parse_tape(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
         raise r.fail(_join(key, extra[0]), "not allowed for kind = \"tape\" (allowed: "
                      + ", ".join(_TAPE_KEYS) + ")")
     path, size = _parse_backing(r, d, key)
-    spec = LunSpec(lun=lun, path=path, size=size, read_only=r.typed(d, key, "read_only", bool, False),
+    spec = LunSpec(lun=lun, path=path, size=size,
+                   read_only=r.typed(d, key, "read_only", bool, False),
                    create=r.typed(d, key, "create", bool, False), track=False, kind="tape",
                    where=f"{r.source}: {key}")
     problem = check_tape(spec)
@@ -870,7 +871,8 @@ def lun_summary(spec: LunSpec) -> str:
         return f"LUN {spec.lun}: backup device of LUN {spec.source} (diffbackup, qemu-img convert)"
     if spec.kind == "tape":
         mode = "write-protected" if spec.read_only else "read-write"
-        new = f", new {format_size(spec.size)} image" if spec.size and not spec.path.exists() else ""
+        new = (f", new {format_size(spec.size)} image"
+               if spec.size and not spec.path.exists() else "")
         return f"LUN {spec.lun}: tape {spec.path}{new}, {mode}"
     sizes = [sz if sz is not None else _file_size(p)
              for p, sz in [(spec.path, spec.size), *spec.parts]]

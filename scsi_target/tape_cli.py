@@ -1,7 +1,8 @@
 """`scsi-target tape new|info|check IMAGE`: make and inspect tape images.
 
 The format logic lives in tape/ (image, mam); this module only parses the
-command line and renders.  Exit codes: 0 OK, 2 usage error or unreadable
+command line and renders (rich is imported when rendering, so `serve` does
+not pay for it).  Exit codes: 0 OK, 2 usage error or unreadable
 image (one line on stderr), 3 ``check`` found damaged records.
 """
 from __future__ import annotations
@@ -9,9 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-from rich.console import Console
-from rich.table import Table
 
 from tape import TapeImage, mam
 from tape.errors import TapeError
@@ -66,12 +64,14 @@ def _size(text: str, what: str) -> int:
 
 
 def _new(args) -> int:
+    from rich.console import Console
     cap = _size(args.capacity, "--capacity")
     ew = _size(args.early_warning, "--early-warning") if args.early_warning else None
     with TapeImage.create(args.image, cap, early_warning=ew, crc=args.crc, barcode=args.barcode,
                           label=args.label, write_protect=args.write_protect,
                           overwrite=args.force) as img:
-        Console(soft_wrap=True).print(f"[bold]{args.image}[/]: new tape image, {C.format_size(cap)} native "
+        Console(soft_wrap=True).print(
+                        f"[bold]{args.image}[/]: new tape image, {C.format_size(cap)} native "
                         f"capacity, early warning {C.format_size(img.sb.early_warning)} before "
                         f"the end, CRC32C {'on' if args.crc else 'off'}"
                         + (f", barcode {args.barcode}" if args.barcode else "")
@@ -99,6 +99,8 @@ def describe(img: TapeImage) -> dict:
 
 
 def _info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
     with TapeImage.open(args.image, read_only=True) as img:
         d = describe(img)
         files = _file_table(img)
@@ -166,6 +168,7 @@ def _file_table(img: TapeImage, limit: int = 64) -> list[dict]:
 
 
 def _check(args) -> int:
+    from rich.console import Console
     with TapeImage.open(args.image, read_only=True) as img:
         problems = img.verify()
         d = describe(img)

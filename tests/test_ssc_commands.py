@@ -55,7 +55,8 @@ def test_read_block_limits(h):
 
 # --------------------------------------------------- MODE SENSE / SELECT
 def test_mode_sense_block_descriptor_and_pages(h):
-    for cdb, ten in (([0x1A, 0, 0x3F, 0, 255, 0], False), ([0x5A, 0, 0x3F, 0, 0, 0, 0, 16, 0, 0], True)):
+    for cdb, ten in (([0x1A, 0, 0x3F, 0, 255, 0], False),
+                     ([0x5A, 0, 0x3F, 0, 0, 0, 0, 16, 0, 0], True)):
         mp = LM.ModeParameters.unpack(h.ok(cdb), ten, sequential=True)
         assert mp.header.device_specific == 0x10  # buffered mode 1, not protected
         assert mp.block_descriptors == [LM.GeneralBlockDescriptor(0x80, 0, 0)]

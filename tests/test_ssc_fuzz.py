@@ -1,4 +1,5 @@
-"""Every command of the tape LU (SPC + SSC) answers any CDB and parameter list with a defined status (invariant 3)."""
+"""Every command of the tape LU (SPC + SSC) answers any CDB and parameter list with a
+defined status (invariant 3)."""
 from __future__ import annotations
 
 import tempfile
