@@ -240,7 +240,7 @@ def _mode_select(lu: "TapeLU", cmd: Command, ten: bool) -> None:
     new_len, new_density = lu.block_length, lu.density_code
     if bd_len:
         if bd_len != 8 or hdr + 8 > len(data):
-            raise S.invalid_param_field(hdr - 1 if not ten else 7)
+            raise S.invalid_param_field(3 if not ten else 6)  # BLOCK DESCRIPTOR LENGTH
         bd = LM.GeneralBlockDescriptor.unpack(data, hdr)
         if bd.density_code not in (0, 0x7F, lu.density_code):
             raise S.invalid_param_field(hdr)
