@@ -11,7 +11,10 @@ PIP    := $(PY) -m pip
 # tshark (with dumpcap) is the reference decoder the PDU codec is compared with
 # (tests/test_iscsi_pdu_golden.py); its debconf question needs the
 # noninteractive frontend set below.
-DEB_PACKAGES := libiscsi-bin qemu-utils qemu-block-extra tgt tshark
+# qemu-system-x86, a Debian cloud kernel, busybox-static and mt-st boot a Linux
+# guest whose st driver is the tape client of tests/test_tape_kernel.py.
+DEB_PACKAGES := libiscsi-bin qemu-utils qemu-block-extra tgt tshark \
+                qemu-system-x86 linux-image-cloud-amd64 busybox-static mt-st
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=

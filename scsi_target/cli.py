@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config file and print what it would serve",
                        description="Validate a TOML config file without opening anything.")
     c.add_argument("config", metavar="FILE", help="TOML configuration file")
+
+    from . import tape_cli
+    tape_cli.add_parser(sub)
     return p
 
 
@@ -66,6 +69,9 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--backup-device", action="store_true",
                    help="add a backup pseudo device per disk: LUN N+i serves disk i's backup "
                    "streams (N = number of disks; docs/vendor-commands.md)")
+    s.add_argument("--tape", metavar="IMAGE", action="append",
+                   help="serve a tape image (scsi-target tape new) as the next LUN after the "
+                   "disks; repeatable. With --tape and no --disk there is no default disk")
     s.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP (secret of 12..16 bytes)")
     s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
@@ -76,14 +82,16 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
     quick = [flag for flag, used in (("--listen", args.listen), ("--iqn", args.iqn),
                                      ("--disk", args.disk), ("--no-track", not args.track),
                                      ("--chap", args.chap),
-                                     ("--backup-device", args.backup_device)) if used]
+                                     ("--backup-device", args.backup_device),
+                                     ("--tape", args.tape)) if used]
     if args.config:
         if quick:
             raise UsageError(f"--config cannot be combined with {', '.join(quick)}; "
                              "put those settings in the config file")
         return C.load_file(args.config)
     return C.from_flags(listen=args.listen, iqn=args.iqn, disks=args.disk,
-                        track=args.track, chap=args.chap, backup_device=args.backup_device)
+                        track=args.track, chap=args.chap, backup_device=args.backup_device,
+                        tapes=args.tape)
 
 
 def iscsi_url(host: str, port: int, iqn: str, lun: int) -> str:
@@ -152,6 +160,9 @@ def main(argv: Sequence[str] | None = None, *, server_factory=None) -> int:
         args = build_parser().parse_args(args_list)
         if args.command == "check":
             return _check(args.config)
+        if args.command == "tape":
+            from . import tape_cli
+            return tape_cli.run(args)
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         cfg = config_from_args(args)

@@ -31,7 +31,7 @@ DEFAULT_DISK_SIZE = 64 << 20
 DEFAULT_PORT = 3260
 DEFAULT_HOST = "127.0.0.1"
 BLOCK_SIZES = (512, 4096)
-LU_KINDS = ("disk", "backup")
+LU_KINDS = ("disk", "backup", "tape")
 MAX_LUN = 16383                  # LunMap's flat addressing limit
 MAX_NAME_BYTES = 223             # RFC 3720 3.2.6.1
 # RFC 7143 12.1.3: below 96 random bits CHAP needs IPsec, which we don't
@@ -621,6 +621,8 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
                        where=f"{r.source}: {key}")
     if "source" in d:
         raise r.fail(_join(key, "source"), "only for kind = \"backup\"")
+    if kind == "tape":
+        return _parse_tape(r, d, key, lun)
     path, size = _parse_backing(r, d, key)
     block_size = r.typed(d, key, "block_size", int, 512)
     if block_size not in BLOCK_SIZES:
@@ -655,6 +657,48 @@ def _parse_serial(r: _Reader, d: dict, key: str) -> str | None:
         raise r.fail(_join(key, "serial"), f"{serial!r}: expected 1..{MAX_SERIAL} printable "
                      "ASCII characters without spaces")
     return serial
+
+
+_TAPE_KEYS = ("lun", "kind", "path", "size", "create", "read_only")
+
+
+def _parse_tape(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
+    """A tape LUN: ``path`` is a tape image (docs/tape-image-format.md); ``size`` is the
+    native capacity of an image created with ``create = true``."""
+    extra = [k for k in d if k not in _TAPE_KEYS]
+    if extra:
+        raise r.fail(_join(key, extra[0]), "not allowed for kind = \"tape\" (allowed: "
+                     + ", ".join(_TAPE_KEYS) + ")")
+    path, size = _parse_backing(r, d, key)
+    spec = LunSpec(lun=lun, path=path, size=size,
+                   read_only=r.typed(d, key, "read_only", bool, False),
+                   create=r.typed(d, key, "create", bool, False), track=False, kind="tape",
+                   where=f"{r.source}: {key}")
+    problem = check_tape(spec)
+    if problem:
+        raise r.fail(_join(key, problem[0]), problem[1])
+    return spec
+
+
+def check_tape(spec: LunSpec) -> tuple[str, str] | None:
+    """(key, problem) if the tape image and the flags can't go together."""
+    path = spec.path
+    if path.exists():
+        if not path.is_file():
+            return "path", f"{path} is not a regular file"
+        if spec.size is not None:
+            return "size", f"{path} exists; size only sets the capacity of a new image"
+        return None
+    if not spec.create:
+        return "path", (f"{path} does not exist (create it with `scsi-target tape new`, "
+                        "or set create = true and a size)")
+    if spec.read_only:
+        return "path", f"{path} does not exist (a read-only tape needs an existing image)"
+    if spec.size is None:
+        return "size", f"{path} does not exist and no size (capacity) is given to create it"
+    if not path.parent.is_dir():
+        return "path", f"{path}: directory {path.parent} does not exist"
+    return None
 
 
 def _parse_granularity(r: _Reader, d: dict, key: str) -> int | None:
@@ -759,11 +803,13 @@ def parse_disk_arg(text: str) -> tuple[Path, int | None]:
 
 def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                disks: list[str] | None = None, track: bool = True,
-               chap: str | None = None, backup_device: bool = False) -> ServerConfig:
+               chap: str | None = None, backup_device: bool = False,
+               tapes: list[str] | None = None) -> ServerConfig:
     """The configuration the quick flags describe; no flags = the embedded default.
 
-    Disks become LUNs 0, 1, ... of one target.  A disk with a size is created
-    (sparse) if missing; one without a size must exist.
+    Disks become LUNs 0, 1, ... of one target, tape images (``--tape``) the
+    LUNs after them.  A disk with a size is created (sparse) if missing; one
+    without a size must exist.  With tapes and no disks there is no default disk.
     """
     src = "command line"
     try:
@@ -794,6 +840,8 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                 items.append(parse_disk_arg(d))
             except ValueError as e:
                 raise ConfigError(f"{src}: --disk {d}: {e}") from None
+    elif tapes:
+        items = []
     else:
         items = [(DEFAULT_DISK, DEFAULT_DISK_SIZE)]
     luns = []
@@ -822,6 +870,19 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
         n = len(luns)
         luns += [LunSpec(lun=n + i, path=Path(), kind="backup", source=i, track=False,
                          where=f"{src}: --backup-device for LUN {i}") for i in range(n)]
+    for t in tapes or []:
+        path = Path(t).expanduser()
+        where = f"{src}: --tape {t}"
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ConfigError(f"{where}: already used by LUN {seen[real]}")
+        seen[real] = len(luns)
+        spec = LunSpec(lun=len(luns), path=path, track=False, kind="tape", where=where)
+        problem = check_tape(spec)
+        if problem:
+            msg = problem[1].replace(", or set create = true and a size", "")
+            raise ConfigError(f"{where}: {msg}")
+        luns.append(spec)
     return ServerConfig((TargetSpec(name, tuple(luns), chap=chap_def),), portals,
                         source=src, warnings=tuple(warnings))
 
@@ -850,6 +911,8 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
             return BackupLU(src, spec.source, identity=ident)
         except ValueError as e:
             raise ConfigError(f"{spec.where}: {e}") from None
+    if spec.kind == "tape":
+        return _build_tape(spec, target_iqn)
     if spec.kind != "disk":  # parse rejects these; guards callers building specs by hand
         raise ConfigError(f"{spec.where}: kind {spec.kind!r} is not supported")
     members = []
@@ -887,6 +950,28 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
     except BaseException:
         store.close()
         raise
+
+
+def _build_tape(spec: LunSpec, target_iqn: str):
+    from tape import TapeImage
+    from tape.errors import TapeError
+    from .scsi.lun import Identity
+    from .scsi.tape_lu import TapeLU
+    try:
+        if spec.path.exists():
+            image = TapeImage.open(spec.path, read_only=spec.read_only)
+        else:
+            image = TapeImage.create(spec.path, spec.size or 0)
+    except (TapeError, ValueError) as e:
+        raise ConfigError(f"{spec.where}: {e}") from None
+    if image.torn_bytes:
+        import logging
+        logging.getLogger("scsi_target").warning(
+            "%s: %d bytes after the last complete object (an interrupted write) will be "
+            "cut at the next write", spec.path, image.torn_bytes)
+    # The cartridge's own uuid: two images behind one IQN/LUN never look like one device.
+    return TapeLU(image, identity=Identity.derive(target_iqn, spec.lun, product="VIRTUAL-TAPE",
+                                                 volume_id=image.sb.uuid))
 
 
 def build_registry(cfg: ServerConfig) -> TargetRegistry:
@@ -930,6 +1015,11 @@ def lun_summary(spec: LunSpec) -> str:
     """One line for the operator, e.g. 'LUN 0: disk var/disk0.img, 64 MiB ...'."""
     if spec.kind == "backup":
         return f"LUN {spec.lun}: backup device of LUN {spec.source} (diffbackup, qemu-img convert)"
+    if spec.kind == "tape":
+        mode = "write-protected" if spec.read_only else "read-write"
+        new = (f", new {format_size(spec.size)} image"
+               if spec.size and not spec.path.exists() else "")
+        return f"LUN {spec.lun}: tape {spec.path}{new}, {mode}"
     sizes = [sz if sz is not None else _file_size(p)
              for p, sz in [(spec.path, spec.size), *spec.parts]]
     size = sum(sizes) if all(sizes) else 0
