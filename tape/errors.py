@@ -1,7 +1,7 @@
 """Typed tape conditions.
 
 The media and drive model raise these; the SSC command set maps each one to
-sense data in one place (``scsi_target.scsi.ssc_sense``).  Nothing here knows
+sense data in one place (``scsi_target.scsi.tape_lu.tape_sense``).  Nothing here knows
 SCSI: a condition carries the counts a caller needs (the residue: how much of
 the request was not done) and nothing else.
 """
