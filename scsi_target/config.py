@@ -730,7 +730,7 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
         store = members[0]
     try:
         if spec.track and not spec.read_only:
-            from .interceptors.tracker import TrackingError, TrackingStore
+            from volume.tracked import TrackingError, TrackingStore
             try:
                 store = TrackingStore.open(store, spec.path, granularity=spec.track_granularity)
             except TrackingError as e:
