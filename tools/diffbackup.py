@@ -217,6 +217,15 @@ class RemoteVolume:
 
     def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome:
         L = self.L
+        if not full:
+            h = self.generations().header
+            if h.restore_incomplete:
+                raise Failure("the volume is incomplete after a restore (see diffbackup status): "
+                              "a differential backup would record wrong data as good; finish "
+                              "the restore, or take a full backup")
+            if not h.full_done:
+                raise Failure("no full backup of this volume was completed since tracking "
+                              "began: take a full backup first")
         self._cmd(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL if full else 0, scope=0 if full else scope)
         st = L.BackupStatus.unpack(self._cmd(L.OP_START_BACKUP, length=80))
         # Never read past the device: the stream (at most size_bound bytes) ends
