@@ -57,16 +57,18 @@ class Rig:
         return self.run(self.dev, cdb, data)
 
     def read_stream(self) -> bytes:
-        out = b""
+        """A copy of the whole device, as dd makes it (a stream started by a READ
+        at LBA 0 is taken once every LBA was read); returns the stream part."""
+        out = bytearray()
         lba = 0
-        while True:
-            chunk = self.read_dev(lba, 256)
-            out += chunk
+        blocks = self.dev.medium.size // BS
+        while lba < blocks:
+            out += self.read_dev(lba, min(256, blocks - lba))
             lba += 256
-            st = L.BackupStatus.unpack(bytes(self.vendor(L.OP_REPORT_BACKUP_STATUS,
-                                                         length=80).data_in))
-            if st.total and len(out) >= st.total:
-                return out[:st.total]
+        st = L.BackupStatus.unpack(bytes(self.vendor(L.OP_REPORT_BACKUP_STATUS,
+                                                     length=80).data_in))
+        assert st.state == L.STATE_COMPLETE and st.total
+        return bytes(out[:st.total])
 
     def close(self) -> None:
         self.reg.close()

@@ -144,8 +144,13 @@ class BackupReader:
     WINDOW = WINDOW
 
     def __init__(self, vol: TrackingStore, cut: Cut, *, compress: bool = False,
-                 owner=None, implicit: bool = False, on_complete=None) -> None:
+                 owner=None, implicit: bool = False, complete_at: int | None = None,
+                 on_complete=None) -> None:
         self.vol = vol
+        # Bytes that must have been read for the stream to count as taken: the
+        # stream itself, or (implicitly started streams) the whole device, as
+        # dd and qemu-img convert read it -- a probe never does.
+        self.complete_at = complete_at
         self.cut = cut
         self.owner = owner
         self.implicit = implicit
@@ -201,7 +206,8 @@ class BackupReader:
             self._copy(offset, mv)
             self.cov.add(offset, min(end, self.produced) if self.total is None else end)
             self._trim()
-            if self.total is not None and not self.complete and self.cov.prefix >= self.total:
+            if self.total is not None and not self.complete and \
+                    self.cov.prefix >= max(self.total, self.complete_at or 0):
                 self.complete = True
                 self.cut.commit()
                 if self._on_complete is not None:
@@ -484,10 +490,15 @@ class VolumeSessions:
         self.reader: BackupReader | None = None
         self.writer: RestoreWriter | None = None
         self.last_restore = RestoreResult()
+        # Bytes a plain copy of the pseudo device reads (its capacity): an
+        # implicitly started stream is taken once all of them were read.
+        self.device_size = capacity_bound(vol.size, vol.map.granularity)
 
     # -- backup ---------------------------------------------------------------
     def start_backup(self, *, full: bool, scope: int | None = None, compress: bool = False,
                      owner=None, implicit: bool = False) -> BackupReader:
+        """``implicit``: started by a read (see :meth:`read`); it is taken (the cut
+        committed) only once the whole device was read, not just the stream."""
         """Freeze the volume for a backup stream (the map changes when it is read to its end)."""
         with self.lock:
             vol = self.vol
@@ -519,7 +530,9 @@ class VolumeSessions:
                 except MapError as exc:
                     raise BackupRefused(str(exc)) from None
             self.reader = BackupReader(vol, cut, compress=compress, owner=owner,
-                                       implicit=implicit, on_complete=self._backup_done)
+                                       implicit=implicit,
+                                       complete_at=self.device_size if implicit else None,
+                                       on_complete=self._backup_done)
             return self.reader
 
     def _backup_done(self, reader: BackupReader) -> None:
@@ -543,7 +556,8 @@ class VolumeSessions:
         """Pseudo-device read of stream bytes (docs/vendor-commands.md, "Reading"):
         the open stream's bytes; with none open (or the open one complete), a read
         at offset 0 of at least ``IMPLICIT_START_BYTES`` starts the selected
-        backup; anything else reads as zeros."""
+        backup, taken once every byte of the device was read; anything else
+        reads as zeros."""
         with self.lock:
             r = self.reader
             if (r is None or r.complete) and offset == 0 and len(mv) >= IMPLICIT_START_BYTES:

@@ -61,6 +61,7 @@ class StreamMedium(BlockStore):
         self.sessions: VolumeSessions = source.sessions
         self.size = -(-capacity_bound(source.size, source.map.granularity) // BLOCK_SIZE) \
             * BLOCK_SIZE
+        self.sessions.device_size = self.size
         self.lock = threading.RLock()
         self.skip_generations: list[int] = []
         self.nexus = None            # the I_T nexus of the command being executed
