@@ -450,15 +450,18 @@ class RestoreWriter:
         vol = self.vol
         with vol.lock:
             st = vol.state
-            if state == "done":
+            if state == "done" or self._full:
+                # Known exactly: a full stream's blocks not seen (or damaged) are
+                # the unrecovered ones, wherever it stopped.
                 st.restore = RestoreMark(None, unrec) if unrec is not None and unrec.any() \
                     else None
                 if self._full and st.restore is None:
                     st.full_done = True
                 vol.save_state()
             elif st.restore is not None and st.restore.unrecovered is not None:
-                # Interrupted: the mark stored at the start stays (which of the
-                # stream's blocks arrived is not known durably).
+                # A differential cut short stays "interrupted": only the same stream
+                # (its generations' chain position is on record) or a full one may
+                # follow; a crash leaves the same record.
                 self.result.unrecovered = _extents(st.restore.unrecovered)
 
     def abandon(self) -> None:
