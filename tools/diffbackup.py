@@ -399,11 +399,13 @@ class LocalVolume:
 
     def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]:
         from volume import backup as B
+        from volume.session import ScopeError, check_scope
         m = self.vol.map
         try:
-            blocks = m.estimate_blocks(scope)
-        except ValueError as e:
+            check_scope(self.vol, False, scope)
+        except ScopeError as e:
             raise Failure(str(e)) from None
+        blocks = m.estimate_blocks(scope)
         nbytes = B.estimate(m, scope, False)
         packed = B.estimate(m, scope, True, store=self.vol, seed=0) if compressed else 0
         return blocks, nbytes, packed

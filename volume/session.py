@@ -210,6 +210,7 @@ class BackupReader:
                     self.cov.prefix >= max(self.total, self.complete_at or 0):
                 self.complete = True
                 self.cut.commit()
+                self._chunks.clear()         # every byte was served: only the head stays
                 if self._on_complete is not None:
                     self._on_complete(self)
             return True
@@ -605,9 +606,8 @@ class VolumeSessions:
     def owner_gone(self, owner) -> None:
         """The opener went away (I_T nexus loss): its open streams cost nothing more."""
         with self.lock:
-            if self.reader is not None and self.reader.owner == owner and \
-                    not self.reader.complete:
-                self.abandon_backup()
+            if self.reader is not None and self.reader.owner == owner:
+                self.abandon_backup()        # a complete one just frees its head copy
             if self.writer is not None and self.writer.owner == owner:
                 self.abandon_restore()
 
