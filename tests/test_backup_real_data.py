@@ -1,9 +1,10 @@
 """Backups of volumes full of real data, through the CLI over iSCSI and locally (issue 8, item 1).
 
-Sizes sit on both sides of diffbackup's 1 MiB READ chunk and of the pseudo
-device's capacity slack (a full stream of 63, 64 and 100 MiB of random data ends
-less than 1 MiB before the device's last LBA; 104 MiB ends more than 1 MiB
-before), plus a sparse volume; every stream is larger than its volume.
+Sizes sit on both sides of the pseudo device's capacity slack as issue 8 found
+it with 1 MiB READs (a full stream of 63, 64 and 100 MiB of random data ends
+less than 1 MiB before the device's last LBA; 104 MiB more than 1 MiB before;
+diffbackup now reads 4 MiB at a time, never past the capacity), plus a sparse
+volume; every stream is larger than its volume.
 """
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ blocks -- also after kill -9 of the restoring process or of the server."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -28,7 +28,7 @@ from rich.table import Table
 
 PROG = "diffbackup"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-CHUNK_BLOCKS = 2048          # 1 MiB per READ/WRITE to the backup device
+CHUNK_BLOCKS = 8192          # 4 MiB per READ/WRITE to the backup device (never past its capacity)
 DEV_BLOCK = 512
 
 err = Console(stderr=True, highlight=False)
