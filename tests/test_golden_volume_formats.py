@@ -162,3 +162,28 @@ def test_a_tracked_volume_opens_with_the_golden_sidecar_and_reports_it(tmp_path)
             vol.sessions.start_backup(full=False, scope=1)
     finally:
         vol.close()
+
+
+@pytest.mark.parametrize("restore,match", [
+    ({"stream": {"id": "x"}, "unrecovered": None}, "malformed restore record"),
+    ({"stream": None, "unrecovered": {"blocks": 3, "count": 0, "zlib_base64": ""}},
+     "unrecovered bitmap of 3 blocks"),
+    ({"stream": None, "unrecovered": {"blocks": 257, "count": 99,
+                                      "zlib_base64": "eJxj+MPPgA8wAgAhcwEN"}}, "count mismatch"),
+    ({"stream": None, "unrecovered": {"blocks": 257, "count": 1, "zlib_base64": "!!"}},
+     "malformed restore record"),
+])
+def test_a_malformed_restore_mark_is_refused_with_the_reason(tmp_path, restore, match):
+    from volume.filestore import FileStore
+    from volume.tracked import TrackingError
+    path = tmp_path / "v.img"
+    TrackingStore.open(FileStore(path, size=SIZE, create=True), path, volume_id=VID).close()
+    doc = json.loads((tmp_path / "v.img.volume").read_text())
+    doc["backup"]["restore"] = restore
+    (tmp_path / "v.img.volume").write_text(json.dumps(doc))
+    fs = FileStore(path)
+    try:
+        with pytest.raises(TrackingError, match=match):
+            TrackingStore.open(fs, path)
+    finally:
+        fs.close()
