@@ -497,13 +497,16 @@ class VolumeSessions:
         # Bytes a plain copy of the pseudo device reads (its capacity): an
         # implicitly started stream is taken once all of them were read.
         self.device_size = capacity_bound(vol.size, vol.map.granularity)
+        # (full, scope, compress) of the next backup a read or START BACKUP opens.
+        self.selection: tuple[bool, int, bool] = (True, 0, False)
 
     # -- backup ---------------------------------------------------------------
     def start_backup(self, *, full: bool, scope: int | None = None, compress: bool = False,
                      owner=None, implicit: bool = False) -> BackupReader:
-        """``implicit``: started by a read (see :meth:`read`); it is taken (the cut
+        """Freeze the volume for a backup stream (the map changes when it is read to its end).
+
+        ``implicit``: started by a read (see :meth:`read`); it is taken (the cut
         committed) only once the whole device was read, not just the stream."""
-        """Freeze the volume for a backup stream (the map changes when it is read to its end)."""
         with self.lock:
             vol = self.vol
             self.abandon_restore()
@@ -572,8 +575,6 @@ class VolumeSessions:
                 mv[:] = bytes(len(mv))
                 return
         r.readinto(offset, mv)
-
-    selection: tuple[bool, int, bool] = (True, 0, False)   # (full, scope, compress) for reads
 
     # -- restore ----------------------------------------------------------------
     def start_restore(self, *, skip_generations=(), name: str = "restore stream",

@@ -66,11 +66,6 @@ class StreamMedium(BlockStore):
         self.skip_generations: list[int] = []
         self.nexus = None            # the I_T nexus of the command being executed
 
-    # selection for the next backup (SELECT BACKUP), kept by the state machine
-    @property
-    def full(self) -> bool:
-        return self.sessions.selection[0]
-
     @property
     def reader(self):
         return self.sessions.reader
