@@ -247,3 +247,20 @@ def test_qemu_img_info_of_the_device_does_not_break_the_next_differential(d):
         assert "full backup completed: yes" in st.stdout and "stream is open" not in st.stdout
         r = diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(d / "d.bin"))
         assert r.returncode == 0, r.stderr
+
+
+def test_implicit_start_then_last_lba_then_disconnect_holds_nothing(d):
+    """Issue 8's measurement: LBA 0 then the last LBA of a 256 MiB device used to encode
+    and keep the whole stream (+254 MiB, kept after disconnect)."""
+    rig = Rig(d, 256 * MiB, density=1.0)
+    try:
+        last = rig.capacity // BS - 1
+        assert rig.read(0, 128).ok                          # 64 KiB: a stream starts
+        assert rig.read(last, 1).ok and rig.read((200 * MiB) // BS, 2048).ok
+        r = rig.sessions.reader
+        assert r.produced <= CHUNK and r.kept_bytes <= CHUNK + HEAD_KEEP
+        rig.dev.nexus_lost(PROBE)
+        assert rig.sessions.reader is None and r.kept_bytes == 0
+        assert rig.disk.store.map.pending_cut is None
+    finally:
+        rig.close()
