@@ -426,7 +426,7 @@ def _check_tracking_files(luns: list[LunSpec], key_suffix: str) -> None:
     miss a changed block (DESIGN invariant 1).  Files that exist already are
     also recognised by their magic (check_backing), whoever owns them.
     """
-    from .interceptors.tracker import map_paths
+    from volume.tracked import map_paths
     owned: dict[str, str] = {}
     for spec in luns:
         if spec.kind == "disk" and spec.track and not spec.read_only:
@@ -445,7 +445,7 @@ def _check_tracking_files(luns: list[LunSpec], key_suffix: str) -> None:
 
 def _tracking_magic(path: str) -> str | None:
     from volume.genmap import JOURNAL_MAGIC, MAP_MAGIC
-    from .interceptors.tracker import SIDECAR_FORMAT
+    from volume.tracked import SIDECAR_FORMAT
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
@@ -933,7 +933,7 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
         store = members[0]
     try:
         if spec.track and not spec.read_only:
-            from .interceptors.tracker import TrackingError, TrackingStore
+            from volume.tracked import TrackingError, TrackingStore
             try:
                 store = TrackingStore.open(store, spec.path, granularity=spec.track_granularity)
             except TrackingError as e:
@@ -970,8 +970,9 @@ def _build_tape(spec: LunSpec, target_iqn: str):
             "%s: %d bytes after the last complete object (an interrupted write) will be "
             "cut at the next write", spec.path, image.torn_bytes)
     # The cartridge's own uuid: two images behind one IQN/LUN never look like one device.
+    from .scsi import devices
     return TapeLU(image, identity=Identity.derive(target_iqn, spec.lun, product="VIRTUAL-TAPE",
-                                                 volume_id=image.sb.uuid))
+                                                 volume_id=image.sb.uuid), table=devices.TAPE)
 
 
 def build_registry(cfg: ServerConfig) -> TargetRegistry:

@@ -33,7 +33,7 @@ _NO_XATTR = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EROFS, errno.EACCES, errno.E
 
 def file_volume_id(path: str | os.PathLike, *, writable: bool) -> bytes:
     """The volume id of an untracked backing file (steps 2-4 above)."""
-    from .interceptors.tracker import TrackingError, map_paths, read_sidecar
+    from volume.tracked import TrackingError, map_paths, read_sidecar
     try:
         return bytes.fromhex(read_sidecar(map_paths(path)[2])["volume_id"])
     except (FileNotFoundError, TrackingError):

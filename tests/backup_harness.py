@@ -72,3 +72,51 @@ class Server:
 def diffbackup(*args: str, cwd: Path | None = None, timeout: float = 120):
     return subprocess.run([sys.executable, "-m", "tools.diffbackup", "-q", *args], cwd=cwd or REPO,
                           env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+SHM = Path("/dev/shm") if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def fill_random(path, size: int, *, density: float = 1.0, seed: int = 0,
+                block: int = 4096) -> None:
+    """A volume file of ``size`` bytes: random data, or (density < 1) that fraction of
+    ``block``-sized blocks random and the rest zeros (a sparse file)."""
+    import random
+    rnd = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        if density >= 1.0:
+            step = 8 << 20
+            for off in range(0, size, step):
+                f.write(rnd.randbytes(min(step, size - off)))
+            return
+        nblocks = -(-size // block)
+        for b in sorted(rnd.sample(range(nblocks), int(nblocks * density))):
+            f.seek(b * block)
+            f.write(rnd.randbytes(min(block, size - b * block)))
+
+
+def scribble(write, size: int, *, writes: int, seed: int, max_blocks: int = 64, bs: int = 512,
+             by_lba: bool = True) -> None:
+    """Random writes of random data through ``write(lba, data)`` (an iSCSI client's) or,
+    with ``by_lba=False``, ``write(offset, data)`` (a tracked volume's)."""
+    import random
+    rnd = random.Random(seed)
+    for _ in range(writes):
+        n = rnd.randint(1, max_blocks)
+        lba = rnd.randrange(size // bs - n)
+        data = rnd.randbytes(n * bs)
+        write(lba if by_lba else lba * bs, data)
+
+
+def tracked_writes(path, size: int, *, writes: int, seed: int) -> None:
+    """Change a local tracked volume the way a server would: through its tracker."""
+    from volume import durability
+    from volume.filestore import FileStore
+    from volume.tracked import TrackingStore
+    vol = TrackingStore.open(FileStore(path), path)
+    try:
+        scribble(vol.write, size, writes=writes, seed=seed, by_lba=False)
+        durability.barrier()
+    finally:
+        vol.close()

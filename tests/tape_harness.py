@@ -9,6 +9,7 @@ from scsi_target.scsi.command import Command, Direction, Nexus, Response, Status
 from scsi_target.scsi.layouts import tape as LT
 from scsi_target.scsi.layouts.sense import SenseData, decode_sense
 from scsi_target.scsi.lun import Identity, LunMap
+from scsi_target.scsi import devices
 from scsi_target.scsi.tape_lu import TapeLU
 from tape import TapeImage
 
@@ -51,7 +52,8 @@ class TapeHarness:
             image = TapeImage.create(self.path, capacity, early_warning=early_warning, crc=crc,
                                      **create)
         self.lu = TapeLU(image, identity=Identity.derive("iqn.2026-11.test:t", 0,
-                                                         product="VIRTUAL-TAPE"))
+                                                         product="VIRTUAL-TAPE"),
+                         table=devices.TAPE)
         self.map = LunMap("iqn.2026-11.test:t")
         self.map.add(0, self.lu)
         for n in (NEXUS1, NEXUS2):

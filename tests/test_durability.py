@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import struct
 
-from scsi_target.interceptors.tracker import TrackingStore
+import pytest
+
+from volume.tracked import TrackingStore
 from scsi_target.scsi.command import Command, Direction
 from scsi_target.scsi.disk import DiskLU
 from scsi_target.scsi.lun import LunMap
@@ -58,22 +60,31 @@ def test_deferred_barrier_batches_marks_until_the_front_end_commits(tmp_path):
 
 
 def test_iscsi_connection_commits_before_responses_leave(tmp_path, monkeypatch):
-    """The connection's receive path ends with the LUN map's commit (no response without it)."""
+    """The connection's receive path ends with its LUN map's group commit (no response
+    without it), even when the batch raised."""
     from types import SimpleNamespace
 
-    from scsi_target.scsi.lun import LunMap
+    from scsi_target.scsi import lun as LUN
     from scsi_target.target import connection as C
 
     calls = []
     real = durability.barrier
-    monkeypatch.setattr(durability, "barrier", lambda: (calls.append(1), real())[1])
+    monkeypatch.setattr(LUN.durability, "barrier", lambda: (calls.append(1), real())[1])
+    luns = LUN.LunMap("iqn.test")
     conn = C.TargetConnection.__new__(C.TargetConnection)
     conn.closing = False
     conn.last_heard = 0.0
-    conn.session = SimpleNamespace(target=SimpleNamespace(luns=LunMap("iqn.2026-12.test:t")))
+    conn.session = SimpleNamespace(target=SimpleNamespace(luns=luns))
     conn._receive = lambda data: None
     conn.receive_data(b"")
     assert calls == [1]
+
+    def boom(data):
+        raise ValueError("bad batch")
+    conn._receive = boom
+    with pytest.raises(ValueError):
+        conn.receive_data(b"")
+    assert calls == [1, 1]
 
 
 def test_ram_filesystem_detection(tmp_path):

@@ -488,3 +488,74 @@ def test_group_committed_marks_survive_crash_and_reboot(tmp_path, reboot):
     else:
         assert sel == exact                           # same boot: the exact fine bits
     m.close()
+
+
+# -- two-phase cuts: the map changes only when the backup's stream was read to its end --------
+def test_abandoned_differential_cut_leaves_the_map_as_it_was(tmp_path):
+    m = make(tmp_path)
+    m.begin_full()
+    m.mark(2 * G, G)
+    before = (m.current_generation, m.counts(), m.base_id)
+    cut = m.cut_differential(1)
+    assert cut.plan.generation_range == (1, 1) and as_list(cut.plan.selection) == [2]
+    m.mark(5 * G, G)                               # after the cut
+    # Until commit the map reports its old state; the post-cut write is simply "current".
+    assert m.current_generation == 1 and as_list(m.blocks_in_generations(1, 1)) == [2, 5]
+    assert m.generation_of(5) == 1 and m.counts()[1] == 2
+    with pytest.raises(MapBusy):
+        m.apply_restored(0, 1, 1)
+    with pytest.raises(MapBusy):
+        m.cut_full()
+    cut.abandon()
+    assert m.pending_cut is None
+    assert (m.current_generation, m.base_id) == (before[0], before[2])
+    assert as_list(m.blocks_in_generations(1, 1)) == [2, 5]
+    m.close()
+    m = GenerationMap.open(tmp_path / "v.genmap", volume_size=64 * G, volume_id=VID)
+    assert not m.recovered and m.current_generation == 1
+    assert as_list(m.blocks_in_generations(1, 1)) == [2, 5]
+    cut = m.cut_differential(1)                    # the next cut is ordinary
+    cut.commit()
+    assert m.current_generation == 2 and as_list(m.blocks_in_generations(1, 1)) == [2, 5]
+    m.close()
+
+
+def test_committed_cuts_put_post_cut_writes_in_the_next_generation(tmp_path):
+    m = make(tmp_path)
+    m.mark(0, 3 * G)
+    cut = m.cut_full()
+    m.mark(7 * G, G)
+    base = m.base_id
+    assert base == bytes(16) and m.current_generation == 1
+    cut.commit()
+    assert m.base_id == cut.plan.base_id != bytes(16)
+    assert m.current_generation == 1 and as_list(m.blocks_in_generations(1, 1)) == [7]
+    cut = m.cut_differential(1)
+    m.mark(8 * G, G)
+    cut.commit()
+    assert m.current_generation == 2
+    assert as_list(m.blocks_in_generations(1, 1)) == [7]
+    assert as_list(m.blocks_in_generations(2, 2)) == [8]
+    with pytest.raises(MapError):
+        cut.commit()
+    m.close()
+
+
+@pytest.mark.parametrize("kind", ["full", "diff"])
+def test_crash_with_a_pending_cut_recovers_as_if_no_backup_began(tmp_path, kind):
+    m = make(tmp_path)
+    m.begin_full()
+    m.mark(1 * G, G)
+    m.begin_differential(1)                        # generation 1 = {1}
+    m.mark(4 * G, G)                               # generation 2
+    cut = m.cut_full() if kind == "full" else m.cut_differential(1)
+    m.mark(6 * G, G)                               # after the cut
+    base = m.base_id
+    m._release()                                   # the process dies with the cut pending
+    m._closed = True
+    m = GenerationMap.open(tmp_path / "v.genmap", volume_size=64 * G, volume_id=VID)
+    assert m.recovered and m.current_generation == 2 and m.base_id == base
+    assert as_list(m.blocks_in_generations(2, 2)) == [4, 6]
+    assert as_list(m.blocks_in_generations(1, 1)) == [1]
+    del cut
+    m.close()

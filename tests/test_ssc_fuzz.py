@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from scsi_target.scsi.command import Status
 from scsi_target.scsi.layouts.sense import decode_sense
 from scsi_target.scsi.ssc import SSC
-from scsi_target.scsi.tape_lu import _tape_table
+from scsi_target.scsi.devices import TAPE
 from tape_harness import NEXUS1, NEXUS2, TapeHarness
 
-ENTRIES = _tape_table().entries()  # SPC and SSC, as the tape LU dispatches them
+ENTRIES = TAPE.entries()  # SPC and SSC, as the tape LU dispatches them
 SSC_ENTRIES = list(SSC)
 _DIR = tempfile.TemporaryDirectory(prefix="ssc-fuzz-")
 _N = iter(range(1 << 30))

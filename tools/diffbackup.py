@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import NoReturn, Sequence
+from typing import NoReturn, Protocol, Sequence
 
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
@@ -28,7 +28,7 @@ from rich.table import Table
 
 PROG = "diffbackup"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-CHUNK_BLOCKS = 2048          # 1 MiB per READ/WRITE to the backup device
+CHUNK_BLOCKS = 8192          # 4 MiB per READ/WRITE to the backup device (never past its capacity)
 DEV_BLOCK = 512
 
 err = Console(stderr=True, highlight=False)
@@ -68,10 +68,71 @@ class StreamOutcome:
     bad: list[tuple] = field(default_factory=list)      # (block|None, nblocks, generation, offset)
     errors: list[str] = field(default_factory=list)
     unrecovered: list[tuple[int, int]] = field(default_factory=list)
+    unrecovered_total: int = 0       # blocks of the volume not recovered (all extents)
 
     @property
     def ok(self) -> bool:
         return self.state == "done" and not self.bad and not self.errors
+
+
+@dataclass
+class BackupOutcome:
+    nbytes: int
+    generation: tuple[int, int]
+    blocks: int
+
+
+@dataclass
+class VolumeStatus:
+    volume_id: bytes
+    volume_size: int
+    granularity: int
+    current: int
+    counts: dict[int, int]
+    full_done: bool
+    pending_lo: int | None = None
+    stream_open: bool = False
+    restore_incomplete: bool = False
+    restore_interrupted: bool = False
+    unrecovered: int = 0
+
+
+class Volume(Protocol):
+    """What every command needs of a tracked volume, local or behind a target."""
+
+    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome: ...
+    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome: ...
+    def status(self) -> VolumeStatus: ...
+    def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]: ...
+    def close(self) -> None: ...
+
+
+class _PartialFile:
+    """The backup's output: written as FILE.partial, renamed to FILE only once the
+    stream is complete, removed otherwise (never a truncated FILE)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = path + ".partial"
+        self.f = open(self.tmp, "wb")
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is None:
+                self.f.flush()
+                os.fsync(self.f.fileno())
+        finally:
+            self.f.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+            else:
+                try:
+                    os.unlink(self.tmp)
+                except OSError:
+                    pass
 
 
 # ---------------------------------------------------------------------- remote
@@ -137,8 +198,16 @@ class RemoteVolume:
         return self.L.GenerationsReport.unpack(
             self._cmd(self.L.OP_REPORT_GENERATIONS, lun=lun, length=1 << 20))
 
-    def status(self):
+    def backup_status(self):
         return self.L.BackupStatus.unpack(self._cmd(self.L.OP_REPORT_BACKUP_STATUS, length=80))
+
+    def status(self) -> VolumeStatus:
+        g = self.generations()
+        h = g.header
+        return VolumeStatus(g.volume_id, h.volume_size, h.granularity, h.current_generation,
+                            g.counts, h.full_done, h.pending_lo if h.pending_valid else None,
+                            h.stream_active, h.restore_incomplete, h.restore_interrupted,
+                            h.unrecovered_blocks)
 
     def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]:
         e = self.L.Estimate.unpack(self._cmd(
@@ -146,19 +215,34 @@ class RemoteVolume:
             flags=self.L.FLAG_COMPRESS if compressed else 0))
         return e.blocks, e.stream_bytes, e.compressed_bytes
 
-    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> tuple[int, object]:
+    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome:
         L = self.L
+        if not full:
+            h = self.generations().header
+            if h.restore_incomplete:
+                raise Failure("the volume is incomplete after a restore (see diffbackup status): "
+                              "a differential backup would record wrong data as good; finish "
+                              "the restore, or take a full backup")
+            if not h.full_done:
+                raise Failure("no full backup of this volume was completed since tracking "
+                              "began: take a full backup first")
         self._cmd(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL if full else 0, scope=0 if full else scope)
         st = L.BackupStatus.unpack(self._cmd(L.OP_START_BACKUP, length=80))
+        # Never read past the device: the stream (at most size_bound bytes) ends
+        # before its capacity, and its length is known once its end was produced.
+        capacity = self.c.read_capacity16(lun=self.dev).blocks * DEV_BLOCK
         pos = 0
-        with open(out_path, "wb") as f, _progress(show) as prog:
+        with _PartialFile(out_path) as f, _progress(show) as prog:
             task = prog.add_task("backup", total=st.size_bound)
             while True:
-                lba = pos // DEV_BLOCK
-                cdb = bytes([0x88, 0]) + lba.to_bytes(8, "big") + \
-                    CHUNK_BLOCKS.to_bytes(4, "big") + bytes(2)
-                data = self._read(cdb, CHUNK_BLOCKS * DEV_BLOCK)
-                st = self.status()
+                nblocks = min(CHUNK_BLOCKS, (capacity - pos) // DEV_BLOCK)
+                if nblocks <= 0:
+                    raise Failure(f"the backup stream did not end within the device's "
+                                  f"{capacity} bytes")
+                cdb = bytes([0x88, 0]) + (pos // DEV_BLOCK).to_bytes(8, "big") + \
+                    nblocks.to_bytes(4, "big") + bytes(2)
+                data = self._read(cdb, nblocks * DEV_BLOCK)
+                st = self.backup_status()
                 if st.total and pos + len(data) >= st.total:
                     f.write(memoryview(data)[:st.total - pos])
                     pos = st.total
@@ -167,11 +251,9 @@ class RemoteVolume:
                 pos += len(data)
                 prog.update(task, completed=pos)
             prog.update(task, completed=pos, total=pos)
-            f.flush()
-            os.fsync(f.fileno())
-        if st.state != L.STATE_COMPLETE:
-            raise Failure("the target does not report the backup stream complete")
-        return pos, st
+            if st.state != L.STATE_COMPLETE:
+                raise Failure("the target does not report the backup stream complete")
+        return BackupOutcome(pos, (st.generation_lo, st.generation_hi), st.block_count)
 
     def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome:
         L = self.L
@@ -202,6 +284,7 @@ class RemoteVolume:
         o.bad = [(d.first_block if d.block_valid else None, d.nblocks, d.generation,
                   d.stream_offset) for d in rep.bad]
         o.unrecovered = [(e.first_block, e.nblocks) for e in rep.unrecovered]
+        o.unrecovered_total = h.unrecovered_blocks
         o.errors = [m for m in rep.message.splitlines() if m and not m.startswith("offset ")]
         if refused and not o.errors:
             o.errors.append(refused)
@@ -220,10 +303,12 @@ class RemoteVolume:
 
 # ----------------------------------------------------------------------- local
 class LocalVolume:
+    """A tracked volume file no server has open, driven through its session state machine."""
+
     def __init__(self, path: str, *, create_from=None, start_tracking: bool = True) -> None:
         from volume.filestore import FileStore, StoreLockedError
         from volume.store import StoreError
-        from scsi_target.interceptors.tracker import TrackingError, TrackingStore, map_paths
+        from volume.tracked import TrackingError, TrackingStore, map_paths
         self.path = path
         size = None
         if not os.path.exists(path):
@@ -250,42 +335,102 @@ class LocalVolume:
             store.close()
             raise
 
+    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome:
+        from volume import backup as B
+        from volume.session import VolumeError
+        s = self.vol.sessions
+        try:
+            reader = s.start_backup(full=full, scope=None if full else scope)
+        except VolumeError as e:
+            raise Failure(str(e)) from None
+        try:
+            with _PartialFile(out_path) as f, _progress(show) as prog:
+                task = prog.add_task("backup", total=None)
+                res = B.write_stream(self.vol, reader.cut.plan, f, encoder=reader.enc,
+                                     progress=lambda d, t: prog.update(task, completed=d,
+                                                                       total=t))
+        except BaseException:
+            s.abandon_backup()
+            raise
+        from volume.session import finish_backup
+        finish_backup(reader)
+        return BackupOutcome(res.bytes_written, res.generation_range, res.blocks)
+
+    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome:
+        from volume.session import RestoreRejected
+        w = self.vol.sessions.start_restore(skip_generations=skips, name=path)
+        pos = 0
+        with open(path, "rb") as f:
+            while not w.finished:
+                chunk = f.read(8 << 20)
+                if not chunk:
+                    break
+                try:
+                    w.write(pos, chunk)
+                except RestoreRejected:
+                    break
+                pos += len(chunk)
+                prog.advance(task, len(chunk))
+        if not w.finished:
+            w.abandon()
+        r = w.result
+        chk = r.check
+        h = r.header
+        o = StreamOutcome(path, r.state, h.generation_range if h else (0, 0), bool(h and h.full))
+        if chk:
+            o.applied, o.blocks_written = chk.applied, chk.blocks_written
+            o.skipped_older, o.skipped_forbidden = chk.skipped_older, chk.skipped_forbidden
+            o.bad = [(d.first_block, d.nblocks, d.generation, d.offset) for d in chk.damage]
+            o.errors = [e for e in chk.errors if e not in r.errors]
+        o.errors = list(r.errors) + o.errors
+        o.unrecovered = list(r.unrecovered)
+        o.unrecovered_total = sum(n for _a, n in r.unrecovered)
+        return o
+
+    def status(self) -> VolumeStatus:
+        v = self.vol
+        m = v.map
+        mark = v.state.restore
+        return VolumeStatus(m.volume_id, m.volume_size, m.granularity, m.current_generation,
+                            m.counts(), v.state.full_done, v.state.pending_lo, False,
+                            mark is not None and mark.incomplete,
+                            mark is not None and mark.stream is not None,
+                            mark.unrecovered_blocks if mark is not None else 0)
+
+    def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]:
+        from volume import backup as B
+        from volume.session import ScopeError, check_scope
+        m = self.vol.map
+        try:
+            check_scope(self.vol, False, scope)
+        except ScopeError as e:
+            raise Failure(str(e)) from None
+        blocks = m.estimate_blocks(scope)
+        nbytes = B.estimate(m, scope, False)
+        packed = B.estimate(m, scope, True, store=self.vol, seed=0) if compressed else 0
+        return blocks, nbytes, packed
+
     def close(self) -> None:
         self.vol.close()
 
 
 # -------------------------------------------------------------------- commands
-def _open(spec: str, *, start_tracking: bool = False, initiator_name: str | None = None):
+def _open(spec: str, *, start_tracking: bool = False, create_from=None,
+          initiator_name: str | None = None) -> Volume:
     if spec.startswith("iscsi://"):
         return RemoteVolume(spec, initiator_name)
-    return LocalVolume(spec, start_tracking=start_tracking)
+    return LocalVolume(spec, start_tracking=start_tracking, create_from=create_from)
 
 
 def cmd_backup(args, full: bool) -> int:
     v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
     try:
-        if isinstance(v, RemoteVolume):
-            n, st = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
-            gen = (st.generation_lo, st.generation_hi)
-            blocks = st.block_count
-        else:
-            from volume import backup as B
-            from scsi_target.backup_stream_io import BackupRefused, begin_backup, finish_backup
-            try:
-                plan, active = begin_backup(v.vol, full=full, scope=getattr(args, "scope", None) or 1)
-            except BackupRefused as e:
-                raise Failure(str(e)) from None
-            with _progress(not args.quiet) as prog:
-                task = prog.add_task("backup", total=None)
-                res = B.write_stream(v.vol, plan, args.output,
-                                     progress=lambda d, t: prog.update(task, completed=d, total=t))
-            finish_backup(v.vol, active)
-            n, gen, blocks = res.bytes_written, res.generation_range, res.blocks
+        res = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
     finally:
         v.close()
     kind = "full" if full else f"differential (scope {args.scope})"  # noqa
-    out.print(f"{kind} backup of generations {gen[0]}..{gen[1]}: {blocks} blocks, "
-              f"{n} bytes -> {args.output}")
+    out.print(f"{kind} backup of generations {res.generation[0]}..{res.generation[1]}: "
+              f"{res.blocks} blocks, {res.nbytes} bytes -> {args.output}")
     return EXIT_OK
 
 
@@ -313,62 +458,26 @@ def cmd_restore(args) -> int:
     _require_streams(args.files)
     total = sum(os.path.getsize(f) for f in args.files)
     outcomes: list[StreamOutcome] = []
-    if args.dest.startswith("iscsi://"):
-        v = RemoteVolume(args.dest, args.initiator_name)
-        try:
-            with _progress(not args.quiet) as prog:
-                task = prog.add_task("restore", total=total)
-                for f, sk in zip(args.files, skips):
-                    outcomes.append(v.restore_one(f, sk, prog, task))
-        finally:
-            v.close()
-    else:
+    first = None
+    if not args.dest.startswith("iscsi://"):
         try:
             first = read_header(args.files[0])
         except (StreamError, OSError):
-            first = None  # verify/restore below report the unreadable stream
-        v = LocalVolume(args.dest, create_from=first if first is not None and first.full else None)
-        try:
-            with _progress(not args.quiet) as prog:
-                task = prog.add_task("restore", total=total)
-                chain = None
-                for f, sk in zip(args.files, skips):
-                    o, chain = _restore_local(v, f, sk, chain, prog, task)
-                    outcomes.append(o)
-        finally:
-            v.close()
+            first = None  # the restore below reports the unreadable stream
+    v = _open(args.dest, start_tracking=True,
+              create_from=first if first is not None and first.full else None,
+              initiator_name=args.initiator_name)
+    try:
+        with _progress(not args.quiet) as prog:
+            task = prog.add_task("restore", total=total)
+            for f, sk in zip(args.files, skips):
+                o = v.restore_one(f, sk, prog, task)
+                outcomes.append(o)
+                if o.state == "rejected":
+                    break             # a stream refused: the later ones cannot follow it
+    finally:
+        v.close()
     return _summary(outcomes)
-
-
-def _restore_local(v: LocalVolume, path: str, skips, chain, prog, task):
-    from scsi_target.backup_stream_io import RestoreRejected, RestoreWriter
-    w = RestoreWriter(v.vol, skip_generations=skips, name=path, previous=chain)
-    pos = 0
-    with open(path, "rb") as f:
-        while not w.finished:
-            chunk = f.read(8 << 20)
-            if not chunk:
-                break
-            try:
-                w.write(pos, chunk)
-            except RestoreRejected:
-                break
-            pos += len(chunk)
-            prog.advance(task, len(chunk))
-    if not w.finished:
-        w.abandon()
-    r = w.result
-    chk = r.check
-    h = r.header
-    o = StreamOutcome(path, r.state, h.generation_range if h else (0, 0), bool(h and h.full))
-    if chk:
-        o.applied, o.blocks_written = chk.applied, chk.blocks_written
-        o.skipped_older, o.skipped_forbidden = chk.skipped_older, chk.skipped_forbidden
-        o.bad = [(d.first_block, d.nblocks, d.generation, d.offset) for d in chk.damage]
-        o.errors = list(chk.errors)
-    o.errors = list(r.errors) + o.errors
-    o.unrecovered = list(r.unrecovered)
-    return o, w.chain
 
 
 def _summary(outcomes: list[StreamOutcome]) -> int:
@@ -395,8 +504,8 @@ def _summary(outcomes: list[StreamOutcome]) -> int:
         if o.state != "done":
             failed = True
     final = outcomes[-1].unrecovered if outcomes else []
-    if final:
-        n = sum(k for _a, k in final)
+    if final or (outcomes and outcomes[-1].unrecovered_total):
+        n = max(sum(k for _a, k in final), outcomes[-1].unrecovered_total)
         out.print(f"[bold red]{n} blocks not recovered[/]: " +
                   ", ".join(f"{a}..{a + k - 1}" for a, k in final[:10]) +
                   (" ..." if len(final) > 10 else ""))
@@ -448,19 +557,11 @@ def cmd_verify(args) -> int:
 def cmd_status(args) -> int:
     v = _open(args.source, initiator_name=args.initiator_name)
     try:
-        if isinstance(v, RemoteVolume):
-            g = v.generations()
-            h = g.header
-            counts, cur, gran, size = g.counts, h.current_generation, h.granularity, h.volume_size
-            vid, full_done = g.volume_id, h.full_done
-            pending = h.pending_lo if h.pending_valid else None
-        else:
-            m = v.vol.map
-            counts, cur, gran, size = m.counts(), m.current_generation, m.granularity, m.volume_size
-            vid, full_done, pending = m.volume_id, v.vol.state.full_done, v.vol.state.pending_lo
+        st = v.status()
     finally:
         v.close()
-    t = Table(title=f"volume {vid.hex()} ({size} bytes, {gran}-byte blocks)")
+    counts, cur, gran = st.counts, st.current, st.granularity
+    t = Table(title=f"volume {st.volume_id.hex()} ({st.volume_size} bytes, {gran}-byte blocks)")
     t.add_column("generation", justify="right")
     t.add_column("blocks", justify="right")
     t.add_column("bytes", justify="right")
@@ -470,26 +571,27 @@ def cmd_status(args) -> int:
             "current (open)" if gen == cur else ""
         t.add_row(str(gen), str(counts[gen]), str(counts[gen] * gran), note)
     out.print(t)
-    out.print(f"current generation {cur}; full backup completed: {'yes' if full_done else 'no'}"
+    pending = st.pending_lo
+    out.print(f"current generation {cur}; full backup completed: {'yes' if st.full_done else 'no'}"
               + (f"; an unfinished differential stream from generation {pending} will be "
                  f"included in the next one" if pending is not None else ""))
-    return EXIT_OK
+    if st.stream_open:
+        out.print("a backup stream is open (not read to its end yet): the map changes only "
+                  "when it is")
+    if st.restore_interrupted:
+        out.print("restore INCOMPLETE: a restore was interrupted; apply the same stream again "
+                  "(or start over with the full stream)")
+    elif st.restore_incomplete:
+        out.print(f"restore INCOMPLETE: {st.unrecovered} blocks not recovered")
+    else:
+        out.print("restore: complete (no blocks known unrecovered)")
+    return EXIT_FAILED if st.restore_incomplete else EXIT_OK
 
 
 def cmd_estimate(args) -> int:
     v = _open(args.source, initiator_name=args.initiator_name)
     try:
-        if isinstance(v, RemoteVolume):
-            blocks, nbytes, packed = v.estimate(args.scope, args.compressed)
-        else:
-            from volume import backup as B
-            m = v.vol.map
-            try:
-                blocks = m.estimate_blocks(args.scope)
-            except ValueError as e:
-                raise Failure(str(e)) from None
-            nbytes = B.estimate(m, args.scope, False)
-            packed = B.estimate(m, args.scope, True, store=v.vol, seed=0) if args.compressed else 0
+        blocks, nbytes, packed = v.estimate(args.scope, args.compressed)
     finally:
         v.close()
     line = f"scope {args.scope}: {blocks} blocks, stream of about {nbytes} bytes"

@@ -87,14 +87,14 @@ def _name(src, index: int) -> str:
 
 def write_stream(store: BlockStore, plan: BackupPlan, out_file, *, compress: bool = False,
                  progress: Progress | None = None, chunk_size: int = CHUNK,
-                 **encoder_args) -> BackupResult:
+                 encoder: StreamEncoder | None = None, **encoder_args) -> BackupResult:
     """Encode ``plan`` into ``out_file`` (a path, made durable with fsync, or a binary file).
 
     The encoder fills one buffer while a writer thread writes the previous one
     (the write releases the GIL), so the kernel's cost of the output file
     overlaps the encoding instead of adding to it.
     """
-    enc = StreamEncoder(store, plan, compress=compress, **encoder_args)
+    enc = encoder or StreamEncoder(store, plan, compress=compress, **encoder_args)
     t0 = time.perf_counter()
     own = isinstance(out_file, (str, os.PathLike))
     f = open(out_file, "wb", buffering=0) if own else out_file
@@ -180,15 +180,41 @@ class _Writer:
 
 def full_backup(store: BlockStore, gmap: GenerationMap, out_file, **kw) -> BackupResult:
     """Every block; afterwards every block is generation 0 and writes go to generation 1."""
-    _check_pair(store, gmap)
-    return write_stream(store, gmap.begin_full(), out_file, **kw)
+    return _backup(store, gmap, True, None, out_file, kw)
 
 
 def differential_backup(store: BlockStore, gmap: GenerationMap, scope: int, out_file,
                         **kw) -> BackupResult:
     """Blocks of the newest ``scope`` generations, including the one this closes."""
+    return _backup(store, gmap, False, scope, out_file, kw)
+
+
+def _backup(store, gmap, full: bool, scope, out_file, kw) -> BackupResult:
+    """Two-phase, like every backup: the map changes only once the whole stream
+    was written.  A tracked volume goes through its session state machine (its
+    sidecar's rules: full backup done, restore complete, older releases'
+    unfinished streams widening the scope)."""
     _check_pair(store, gmap)
-    return write_stream(store, gmap.begin_differential(scope), out_file, **kw)
+    from .tracked import TrackingStore
+    if isinstance(store, TrackingStore) and store.map is gmap:
+        from .session import finish_backup
+        reader = store.sessions.start_backup(full=full, scope=scope,
+                                             compress=kw.pop("compress", False))
+        try:
+            res = write_stream(store, reader.cut.plan, out_file, encoder=reader.enc, **kw)
+        except BaseException:
+            store.sessions.abandon_backup()
+            raise
+        finish_backup(reader)
+        return res
+    cut = gmap.cut_full() if full else gmap.cut_differential(scope)
+    try:
+        res = write_stream(store, cut.plan, out_file, **kw)
+    except BaseException:
+        cut.abandon()
+        raise
+    cut.commit()
+    return res
 
 
 def _check_pair(store: BlockStore, gmap: GenerationMap) -> None:

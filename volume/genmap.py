@@ -47,7 +47,7 @@ from bitarray.util import count_and
 
 from . import durability
 
-__all__ = ["GenerationMap", "BackupPlan", "MapError", "MapMismatch", "MapCorrupt", "MapBusy",
+__all__ = ["GenerationMap", "BackupPlan", "Cut", "MapError", "MapMismatch", "MapCorrupt", "MapBusy",
            "extents", "journal_path"]
 
 _ENDIAN = "little"          # bit i of an array is bit (i % 8) of byte i // 8, on disk too
@@ -324,6 +324,38 @@ class BackupPlan:
         return off, min((first + nblocks) * self.granularity, self.volume_size) - off
 
 
+class Cut:
+    """A backup's frozen point: ``plan`` says what its stream holds.  The map's
+    state changes only with :meth:`commit` (the stream was read to its end);
+    :meth:`abandon` (or a crash, see docs/genmap-format.md) leaves it as if the
+    backup never began."""
+
+    def __init__(self, gmap: "GenerationMap", plan: BackupPlan, planes: list, counts: list,
+                 next_generation: int, base_id: bytes) -> None:
+        self.plan = plan
+        self._map = gmap
+        self._planes = planes
+        self._counts = counts
+        self._next_generation = next_generation
+        self._base_id = base_id
+        self.state = "pending"
+
+    @property
+    def full(self) -> bool:
+        return self.plan.full
+
+    def commit(self) -> None:
+        if self.state != "pending":
+            raise MapError(f"cut already {self.state}")
+        self._map._commit_cut(self)
+        self.state = "committed"
+
+    def abandon(self) -> None:
+        if self.state == "pending":
+            self._map._abandon_cut(self)
+            self.state = "abandoned"
+
+
 class GenerationMap:
     # -- construction -------------------------------------------------------
     def __init__(self) -> None:   # use create() / open()
@@ -344,6 +376,8 @@ class GenerationMap:
         self._slots = []
         self._coarse_slots: list = []
         self._coarse = None
+        self._frozen: bitarray | None = None     # journal slot frozen by a pending cut
+        self._cut: Cut | None = None
         self.recovered = False
         return self
 
@@ -796,7 +830,7 @@ class GenerationMap:
         with self._lock:
             self._check_open()
             base = self._plane_counts_list()
-            dirty = self._dirty
+            dirty = self._dirty_view()
             k = dirty.count()
             if k:
                 if k == self._entries:
@@ -834,14 +868,14 @@ class GenerationMap:
             self._check_open()
             if not 0 <= lo <= hi:
                 raise ValueError(f"generation range {lo}..{hi} is empty or negative")
-            sel = self._selection(lo, hi, self._planes, self._dirty, self._current)
+            sel = self._selection(lo, hi, self._planes, self._dirty_view(), self._current)
             return sel if self._nbits == self._entries else sel[:self._entries]
 
     def generation_of(self, block: int) -> int:
         with self._lock:
             if not 0 <= block < self._entries:
                 raise IndexError(f"block {block} outside 0..{self._entries - 1}")
-            if self._dirty[block]:
+            if self._dirty[block] or (self._frozen is not None and self._frozen[block]):
                 return self._current
             g = 0
             for p, plane in enumerate(self._planes):
@@ -859,6 +893,8 @@ class GenerationMap:
             planes = [p[first_block:end] for p in self._planes]
             older = ~_ge(planes, generation, nblocks) if nblocks else bitarray(0, endian=_ENDIAN)
             d = self._dirty[first_block:end]
+            if self._frozen is not None:
+                d |= self._frozen[first_block:end]
             if d.any() and self._current >= generation:
                 older &= ~d
             return older
@@ -903,71 +939,145 @@ class GenerationMap:
             except OSError:
                 pass
 
-    def _fold(self, old: bitarray, gen: int) -> None:
-        """Planes := gen for the blocks in ``old``; counters follow (claim 9)."""
+    def _folded(self, old: bitarray, gen: int) -> tuple[list[bitarray], list[int]]:
+        """(planes, counts) with the blocks in ``old`` set to ``gen`` (claim 9); the
+        map's own arrays are left alone: plans may hold them, and a cut that is
+        abandoned must leave the map as it was."""
         k = old.count()
         counts = self._plane_counts_list()
+        planes = list(self._planes)
         if k:
-            proj = _value_counts_iter([p[old] for p in self._planes], None, k)
+            proj = _value_counts_iter([p[old] for p in planes], None, k)
             counts = counts + [0] * max(0, len(proj) - len(counts), gen + 1 - len(counts))
             for g, c in enumerate(proj):
                 counts[g] -= c
             counts[gen] += k
-            while gen >= 1 << len(self._planes):
-                self._planes.append(_zeros(self._nbits))
+            while gen >= 1 << len(planes):
+                planes.append(_zeros(self._nbits))
             inv = ~old
-            # New arrays, never in place: plans may hold the old ones.
-            self._planes = [(p | old) if (gen >> i) & 1 else (p & inv)
-                            for i, p in enumerate(self._planes)]
-        self._counts_cache = counts
-        self._plane_counts = counts
+            planes = [(p | old) if (gen >> i) & 1 else (p & inv) for i, p in enumerate(planes)]
+        return planes, counts
 
     def _commit(self) -> None:
         self._seq += 1
         self._write_map_file()
         self._release_slot_pages(1 - self._active)
 
-    def begin_full(self) -> BackupPlan:
-        with self._lock:
-            self._check_open()
-            self._switch_dirty()
-            self._planes = [_zeros(self._nbits) for _ in range(_BASE_PLANES)]
-            self._plane_counts = [self._entries]
-            self._counts_cache = None
-            self._current = 1
-            self._base_id = os.urandom(16)
-            self._commit()
-            sel = _ones(self._entries)
-            return BackupPlan((0, 0), True, sel, self._entries, self._gran, self._size,
-                              self._entries, self._vid, self._base_id)
+    # -- two-phase backup cut ---------------------------------------------------
+    @property
+    def pending_cut(self) -> "Cut | None":
+        """The cut of a backup whose stream was not read to its end yet (None: none)."""
+        return self._cut
 
-    def begin_differential(self, scope: int) -> BackupPlan:
+    def _dirty_view(self) -> bitarray:
+        """Blocks written in the current generation; while a cut is pending that is
+        the frozen slot (before the cut) and the live one (after): nothing of the
+        cut is part of the map's state until it is committed."""
+        if self._frozen is None:
+            return self._dirty
+        return self._frozen | self._dirty
+
+    def _no_cut(self, what: str) -> None:
+        if self._cut is not None:
+            raise MapBusy(f"{what}: a backup cut is pending (commit or abandon it first)")
+
+    def cut_full(self) -> "Cut":
+        """Freeze the volume for a full backup; the map changes only at ``Cut.commit``.
+
+        Writes from now on are marked in the other journal slot: at commit they
+        become generation 1 of the new full backup, on abandon (or after a crash)
+        they are merged back into the current generation, as if no backup began.
+        """
         with self._lock:
             self._check_open()
+            self._no_cut("cut_full")
+            old = self._switch_dirty()
+            base = os.urandom(16)
+            plan = BackupPlan((0, 0), True, _ones(self._entries), self._entries, self._gran,
+                              self._size, self._entries, self._vid, base)
+            cut = Cut(self, plan, [_zeros(self._nbits) for _ in range(_BASE_PLANES)],
+                      [self._entries], 1, base)
+            self._frozen, self._cut = old, cut
+            return cut
+
+    def cut_differential(self, scope: int) -> "Cut":
+        """Freeze the blocks of the newest ``scope`` generations (the current one
+        included) for a differential backup; the generation advances at commit."""
+        with self._lock:
+            self._check_open()
+            self._no_cut("cut_differential")
             self._check_scope(scope)
             closing = self._current
             if closing + 1 > MAX_GENERATION:
                 raise MapError("generation counter exhausted; take a full backup")
             old = self._switch_dirty()
-            self._fold(old, closing)
-            self._current = closing + 1
-            self._commit()
+            planes, counts = self._folded(old, closing)
             lo, hi = closing - scope + 1, closing
-            sel = self._selection(lo, hi, self._planes, None, closing)
+            top = len(counts) - 1
+            while top > 0 and counts[top] == 0:
+                top -= 1
+            sel = _in_range(planes, lo, hi, self._nbits, top)
             if self._nbits != self._entries:
                 sel = sel[:self._entries]
             var = (lo ^ hi).bit_length()
-            planes = tuple(self._planes[:var])
-            self._planes_shared = True
-            return BackupPlan((lo, hi), False, sel, sel.count(), self._gran, self._size,
-                              self._entries, self._vid, self._base_id, planes,
+            plan = BackupPlan((lo, hi), False, sel, sel.count(), self._gran, self._size,
+                              self._entries, self._vid, self._base_id, tuple(planes[:var]),
                               lo & ~((1 << var) - 1))
+            cut = Cut(self, plan, planes, counts, closing + 1, self._base_id)
+            self._frozen, self._cut = old, cut
+            return cut
+
+    def _commit_cut(self, cut: "Cut") -> None:
+        with self._lock:
+            self._check_open()
+            if self._cut is not cut:
+                raise MapError("this cut is not pending on the map (committed or abandoned)")
+            self._planes = cut._planes
+            self._planes_shared = True           # the plan holds them
+            self._plane_counts = cut._counts
+            self._counts_cache = None
+            self._current = cut._next_generation
+            self._base_id = cut._base_id
+            self._frozen = self._cut = None
+            self._commit()
+
+    def _abandon_cut(self, cut: "Cut") -> None:
+        with self._lock:
+            if self._cut is not cut:
+                return
+            self._frozen = self._cut = None
+            if self._closed:
+                return                           # the journal recovery merges at open
+            frozen = 1 - self._active
+            with self._mark_lock:
+                self._slots[self._active] |= self._slots[frozen]
+                self._coarse_slots[self._active] |= self._coarse_slots[frozen]
+            self._flush_range(self._slot_off[self._active], self._plane_bytes)
+            self._flush_range(self._coarse_off[self._active], self._coarse_bytes)
+            # Only now does the live slot stand for the map's current generation.
+            self._seqs[self._active] = self._seq
+            self._seqs[frozen] = 0
+            self._write_journal_header(running=1)
+            self._release_slot_pages(frozen)
+
+    def begin_full(self) -> BackupPlan:
+        """``cut_full`` committed at once (the stream's fate is the caller's business)."""
+        cut = self.cut_full()
+        cut.commit()
+        return cut.plan
+
+    def begin_differential(self, scope: int) -> BackupPlan:
+        """``cut_differential`` committed at once."""
+        cut = self.cut_differential(scope)
+        cut.commit()
+        return cut.plan
 
     # -- restore --------------------------------------------------------------
     def reset(self, base_id: bytes) -> None:
         """Every block generation 0 of full backup ``base_id``, current generation 1 (full restore)."""
         with self._lock:
             self._check_open()
+            self._no_cut("reset")
             if len(base_id) != 16:
                 raise ValueError("base id must be 16 bytes")
             self._planes = [_zeros(self._nbits) for _ in range(_BASE_PLANES)]
@@ -984,6 +1094,7 @@ class GenerationMap:
         """The blocks now hold data of ``generation`` (claims 6-7: the map entry comes with the data)."""
         with self._lock:
             self._check_open()
+            self._no_cut("apply_restored")
             if first_block < 0 or nblocks <= 0 or first_block + nblocks > self._entries:
                 raise ValueError(f"blocks {first_block}+{nblocks} outside the map")
             if not 0 <= generation <= MAX_GENERATION:
@@ -1009,6 +1120,7 @@ class GenerationMap:
         one whole-array operation per plane for a batch of scattered records."""
         with self._lock:
             self._check_open()
+            self._no_cut("apply_restored_mask")
             end = first_block + len(mask)
             if first_block < 0 or end > self._entries:
                 raise ValueError(f"blocks {first_block}+{len(mask)} outside the map")
@@ -1037,6 +1149,7 @@ class GenerationMap:
     def set_current_generation(self, generation: int) -> None:
         with self._lock:
             self._check_open()
+            self._no_cut("set_current_generation")
             if not 1 <= generation <= MAX_GENERATION:
                 raise ValueError(f"generation {generation} out of range 1..{MAX_GENERATION}")
             top = len(self._plane_counts_list()) - 1
@@ -1066,6 +1179,7 @@ class GenerationMap:
         # fd it duplicated, which holds the flock) cannot be closed.
         self._slots = []
         self._dirty = None
+        self._frozen = None
         self._coarse_slots = []
         self._coarse = None
         if self._mm is not None:
@@ -1079,6 +1193,8 @@ class GenerationMap:
             self._jfd = -1
 
     def close(self) -> None:
+        if self._cut is not None and not self._closed:
+            self._cut.abandon()
         self.sync_marks()
         durability.forget(self)
         with self._lock:

@@ -275,13 +275,18 @@ class StreamRestorer:
     ``prepare_full(header)``: called with the header of a full stream before
     it is checked; returns the (store, map) to restore it onto (a device that
     makes the target take the backed-up volume's identity uses it).
+    ``on_start(header)``: called once the header passed every check, before
+    anything of the stream is written (a tracked volume records durably that
+    it is being restored).
     """
 
     def __init__(self, store: BlockStore, gmap: GenerationMap, *,
                  skip_generations: Iterable[int] = (),
                  expect_previous: ChainState | None = None, name: str = "stream",
-                 prepare_full: PrepareFull | None = None) -> None:
+                 prepare_full: PrepareFull | None = None,
+                 on_start: Callable[[StreamHeader], None] | None = None) -> None:
         self.name = name
+        self._on_start = on_start
         self._store = store
         self._gmap = gmap
         self._skip = frozenset(int(g) for g in skip_generations)
@@ -373,6 +378,8 @@ class StreamRestorer:
         if errors:
             self.check.header = h
             self._reject(errors)
+        if self._on_start is not None:
+            self._on_start(h)
         self.header = h
         self.check.header = h
         self._phase = _APPLYING

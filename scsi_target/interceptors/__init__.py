@@ -1,4 +1,5 @@
-"""Interceptors: BlockStore wrappers around a LUN's backing I/O (difference tracker, ...)."""
-from .tracker import TrackingError, TrackingStore, map_paths
+"""Interceptors: wrappers around a LUN's backing I/O or its commands.
 
-__all__ = ["TrackingError", "TrackingStore", "map_paths"]
+The difference tracker itself is ``volume.tracked.TrackingStore`` (the backup
+engine lives in volume/); config wraps a tracked disk's store with it.
+"""

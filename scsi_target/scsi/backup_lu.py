@@ -1,39 +1,53 @@
 """The patent's pseudo device: a disk-type LU bound to a tracked disk LU.
 
 Its medium is a byte window onto backup streams of the source volume
-(docs/vendor-commands.md, "The backup device"):
+(docs/vendor-commands.md, "The backup device"); the rules of that window
+(when a read starts a backup, what probes get, how a write starts a restore)
+are the volume's session state machine, ``volume.session.VolumeSessions``:
 
-* READ returns the backup stream selected with SELECT BACKUP (full, or
-  differential with a scope).  A READ at LBA 0 starts a new backup when no
-  stream is open or the open one was read completely; START BACKUP starts one
-  explicitly.  Past the end of the stream the device reads as zeros (the
-  decoder ignores zero padding after the trailer, so ``dd``/``qemu-img
-  convert`` copies of the whole device are valid stream files).  With no
-  stream open, reads elsewhere than LBA 0 return zeros.
+* READ returns the open backup stream (START BACKUP opens the one chosen with
+  SELECT BACKUP; with none open, a READ at LBA 0 of at least 64 KiB opens it).
+  Past the end of the stream, far ahead of it, and with no stream open the
+  device reads as zeros.
 * WRITE applies a stream to the source volume (restore): a WRITE at LBA 0
-  starts a new restore stream, later writes continue it (in order, or out of
-  order within 64 MiB).  Records are applied as they verify; results are
-  read back with REPORT RESTORE RESULTS.
+  starts a new restore stream, later writes continue it.
 
 Everything goes through :class:`StreamMedium`, a BlockStore, so the SBC
-command set (READ/WRITE/READ CAPACITY/...) is reused unchanged.
+command set (READ/WRITE/READ CAPACITY/...) is reused unchanged.  The medium
+raises the engine's typed errors; :func:`volume_sense` is the one place they
+become sense data.
 """
 from __future__ import annotations
 
 import threading
 
-from volume.store import BlockStore, StoreError
+from volume.session import (BackupRefused, RestoreRejected, ScopeError, StreamGone,
+                            StreamOrderError, VolumeError, VolumeSessions, capacity_bound)
+from volume.store import BlockStore
+from volume.tracked import TrackingStore
 
-from ..backup_stream_io import (BackupReader, BackupRefused, RestoreRejected, RestoreResult,
-                                RestoreWriter, StreamGone, StreamOrderError, begin_backup,
-                                capacity_bound)
-from ..interceptors.tracker import TrackingStore
 from . import devices
+from .command import Command, Response
 from .disk import DiskLU
 from .lun import Identity
 from . import sense as S
 
 BLOCK_SIZE = 512
+
+
+def volume_sense(exc: VolumeError) -> S.SenseError:
+    """The engine's errors as sense data (the one mapping)."""
+    info = exc.offset // BLOCK_SIZE if exc.offset is not None else None
+    if isinstance(exc, ScopeError):
+        return S.invalid_cdb_field(2)
+    if isinstance(exc, RestoreRejected):
+        return S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.CANNOT_WRITE_MEDIUM_INCOMPATIBLE_FORMAT)
+    if isinstance(exc, (BackupRefused, StreamGone, StreamOrderError)):
+        if info is not None:
+            return S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.COMMAND_SEQUENCE_ERROR,
+                                information=info)
+        return S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.COMMAND_SEQUENCE_ERROR)
+    return S.SenseError(S.SenseKey.HARDWARE_ERROR, S.INTERNAL_TARGET_FAILURE)
 
 
 class StreamMedium(BlockStore):
@@ -44,81 +58,42 @@ class StreamMedium(BlockStore):
 
     def __init__(self, source: TrackingStore) -> None:
         self.source = source
+        self.sessions: VolumeSessions = source.sessions
         self.size = -(-capacity_bound(source.size, source.map.granularity) // BLOCK_SIZE) \
             * BLOCK_SIZE
+        self.sessions.device_size = self.size
         self.lock = threading.RLock()
-        # selection for the next backup
-        self.full = True
-        self.scope = 1
-        self.compress = False
-        self.reader: BackupReader | None = None
-        # restore side
         self.skip_generations: list[int] = []
-        self.writer: RestoreWriter | None = None
-        self.last_restore = RestoreResult()
-        self._chain = None         # ChainState after the last restore stream
+        self.nexus = None            # the I_T nexus of the command being executed
 
-    # -- backup -----------------------------------------------------------------
-    def start_backup(self) -> BackupReader:
-        with self.lock:
-            try:
-                plan, active = begin_backup(self.source, full=self.full, scope=self.scope)
-            except BackupRefused as exc:
-                raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.COMMAND_SEQUENCE_ERROR) from exc
-            self.reader = BackupReader(self.source, plan, active, compress=self.compress)
-            return self.reader
+    @property
+    def reader(self):
+        return self.sessions.reader
+
+    @property
+    def last_restore(self):
+        return self.sessions.last_restore
+
+    def select(self, full: bool, scope: int, compress: bool) -> None:
+        self.sessions.selection = (full, scope, compress)
+
+    def start_backup(self):
+        full, scope, compress = self.sessions.selection
+        return self.sessions.start_backup(full=full, scope=scope, compress=compress,
+                                          owner=self.nexus)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
-        with self.lock:
-            r = self.reader
-            if offset == 0 and (r is None or r.complete):
-                r = self.start_backup()
-            if r is None:
-                buf[:] = bytes(len(buf))
-                return
-            try:
-                r.readinto(offset, buf)
-            except (StreamGone, StreamOrderError) as exc:
-                raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.COMMAND_SEQUENCE_ERROR,
-                                   information=offset // BLOCK_SIZE) from exc
-            except StoreError:
-                raise
-            except Exception as exc:   # a failed source read surfaces as a medium error
-                raise StoreError(str(exc)) from exc
+        self.sessions.read(offset, buf, owner=self.nexus)
 
-    # -- restore ----------------------------------------------------------------
     def write(self, offset: int, data) -> None:
-        with self.lock:
-            w = self.writer
-            if offset == 0 or w is None:
-                if offset != 0:
-                    raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.COMMAND_SEQUENCE_ERROR,
-                                       information=offset // BLOCK_SIZE)
-                if w is not None and not w.finished:
-                    w.abandon()
-                    self._chain = w.chain
-                w = self.writer = RestoreWriter(self.source, skip_generations=self.skip_generations,
-                                                name="restore stream", previous=self._chain)
-                self.last_restore = w.result
-            try:
-                w.write(offset, data)
-            except RestoreRejected as exc:
-                raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST,
-                                   S.CANNOT_WRITE_MEDIUM_INCOMPATIBLE_FORMAT) from exc
-            except StreamOrderError as exc:
-                raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.COMMAND_SEQUENCE_ERROR,
-                                   information=offset // BLOCK_SIZE) from exc
-            finally:
-                if w.finished:
-                    self._chain = w.chain
+        self.sessions.write(offset, data, skip_generations=self.skip_generations,
+                            owner=self.nexus)
 
     # write_zeroes/discard: the BlockStore defaults write zeroes through write(),
     # which is what zero padding after a stream (qemu-img's WRITE SAME) needs.
 
     def close(self) -> None:
-        with self.lock:
-            if self.writer is not None and not self.writer.finished:
-                self.writer.abandon()
+        self.sessions.close()
 
 
 class BackupLU(DiskLU):
@@ -133,6 +108,26 @@ class BackupLU(DiskLU):
         self.source = source
         self.source_lun = source_lun
         self.identity.product = "DIFF-BACKUP"
+        self.forget_hooks.append(self._nexus_gone)
+
+    def execute(self, cmd: Command) -> Response:
+        m = self.medium
+        with m.lock:
+            m.nexus = cmd.nexus
+            try:
+                return super().execute(cmd)
+            except VolumeError as exc:
+                return self._check_condition(cmd, volume_sense(exc))
+            finally:
+                m.nexus = None
+
+    def _nexus_gone(self, nexus) -> None:
+        # An opener that logged out or dropped its connection abandons its
+        # streams; on a LU reset (None) every stream is abandoned.
+        if nexus is None:
+            self.medium.sessions.close()
+        else:
+            self.medium.sessions.owner_gone(nexus)
 
     @property
     def tracked(self) -> TrackingStore:

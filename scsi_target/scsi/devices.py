@@ -11,6 +11,7 @@ from .capabilities import Provisioning
 from .dispatch import DispatchTable
 from .sbc import SBC, SBC_UNMAP
 from .spc import SPC
+from .ssc import SSC
 from .vendor_backup import VENDOR_BACKUP
 from .xcopy import XCOPY
 
@@ -21,6 +22,8 @@ DISK_UNMAP = DispatchTable([SPC, SBC, SBC_UNMAP, XCOPY])
 # The backup pseudo device: SBC reads/writes of its stream medium, the vendor
 # backup commands; no third-party copy (its medium is a stream, not blocks).
 BACKUP = DispatchTable([SPC, SBC, VENDOR_BACKUP])
+# Tape LUs: SSC replaces SPC's INQUIRY, REQUEST SENSE and MODE SENSE/SELECT.
+TAPE = DispatchTable([SPC, SSC])
 
 
 def disk_table(provisioning: Provisioning, read_only: bool) -> DispatchTable:

@@ -2,7 +2,7 @@
 
 Every handler reaches the medium only through ``lu.store`` (read, write,
 write_zeroes, discard, flush, allocation), so a store wrapper (the difference
-tracker, scsi_target/interceptors/tracker.py) sees every change.
+tracker, volume/tracked.py) sees every change.
 
 Check order for medium commands, chosen so each libiscsi expectation holds:
 CDB field syntax (PROTECT fields, reserved combinations) -> write protection ->

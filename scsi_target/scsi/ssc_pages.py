@@ -11,6 +11,9 @@ from tape import mam
 
 from .layouts import tape as LT
 
+# The density name REPORT DENSITY SUPPORT gives our one density code.
+DENSITY_NAME = "PYTAPE1"
+
 if TYPE_CHECKING:  # pragma: no cover
     from .tape_lu import TapeLU
 
@@ -35,7 +38,6 @@ def sequential_capabilities(lu: "TapeLU") -> bytes:
 
 
 def density_descriptors(lu: "TapeLU", media: bool) -> list[LT.DensityDescriptor]:
-    from .tape_lu import DENSITY_NAME
     img = lu.image
     cap = img.capacity // MB if img is not None else 0
     return [LT.DensityDescriptor(

@@ -18,7 +18,6 @@ from .modepages import PC_CURRENT, PageDef, _page
 from . import sense as S
 
 DENSITY_CODE = 0x80               # vendor-specific range (SSC-4 table: 80h-FFh)
-DENSITY_NAME = "PYTAPE1"
 MAX_BLOCK_LENGTH = (1 << 24) - 1  # READ(6)/WRITE(6) transfer length is 24 bits
 MIN_BLOCK_LENGTH = 1
 # One command moves at most this much (fixed-mode counts are 24 bits of blocks):
@@ -54,11 +53,14 @@ class TapeLU(LogicalUnit):
     # SAM-5, iSCSI, SPC-4, SSC-4 (0520h).
     version_descriptors = (0x00A0, 0x0960, 0x0460, 0x0520)
 
-    def __init__(self, image: TapeImage | None = None, identity: Identity | None = None) -> None:
+    def __init__(self, image: TapeImage | None = None, identity: Identity | None = None, *,
+                 table: DispatchTable) -> None:
+        """``table`` is the tape's dispatch table, ``devices.TAPE`` (SPC + SSC)."""
         ident = identity or Identity()
         if ident.product == "VIRTUAL-DISK":
             ident.product = "VIRTUAL-TAPE"
         super().__init__(ident)
+        self.table = table
         self.drive = TapeDrive()
         self.block_length = 0         # mode block descriptor: 0 = variable-block mode
         self.density_code = DENSITY_CODE
@@ -70,10 +72,6 @@ class TapeLU(LogicalUnit):
             self.mode.add_page(page)
         if image is not None:
             self.drive.insert(image)
-
-    @property
-    def table(self) -> DispatchTable:
-        return _tape_table()
 
     # -- medium ------------------------------------------------------------
     @property
@@ -173,14 +171,3 @@ def early_warning() -> S.SenseError:
     return S.SenseError(S.SenseKey.NO_SENSE, S.END_OF_PARTITION_MEDIUM_DETECTED,
                         information=0, eom=True)
 
-
-_TABLE: DispatchTable | None = None
-
-
-def _tape_table() -> DispatchTable:
-    global _TABLE
-    if _TABLE is None:
-        from .spc import SPC
-        from .ssc import SSC
-        _TABLE = DispatchTable([SPC, SSC])
-    return _TABLE

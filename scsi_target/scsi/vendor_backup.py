@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from volume import backup as B
+from volume.session import check_scope
 from volume.stream import HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE
 
 from .command import Command, Direction
@@ -41,13 +42,7 @@ def _parse(cmd: Command) -> L.VendorCdb:
 
 
 def _check_scope(lu: "BackupLU", c: L.VendorCdb, full: bool) -> None:
-    if full:
-        if c.scope:
-            raise S.invalid_cdb_field(2)
-        return
-    cur = lu.tracked.map.current_generation
-    if not 1 <= c.scope <= cur:
-        raise S.invalid_cdb_field(2)
+    check_scope(lu.tracked, full, c.scope)     # ScopeError -> INVALID FIELD IN CDB (byte 2)
 
 
 def _no_data(c: L.VendorCdb) -> None:
@@ -63,9 +58,7 @@ def select_backup(lu: "BackupLU", cmd: Command) -> None:
         raise S.invalid_cdb_field(6)
     full = bool(c.flags & L.FLAG_FULL)
     _check_scope(lu, c, full)
-    m = lu.medium
-    with m.lock:
-        m.full, m.scope, m.compress = full, (c.scope or 1), bool(c.flags & L.FLAG_COMPRESS)
+    lu.medium.select(full, c.scope, bool(c.flags & L.FLAG_COMPRESS))
 
 
 def _status(lu: "BackupLU") -> L.BackupStatus:
@@ -74,7 +67,7 @@ def _status(lu: "BackupLU") -> L.BackupStatus:
         return L.BackupStatus()
     lo, hi = r.header.generation_range
     return L.BackupStatus(state=L.STATE_COMPLETE if r.complete else L.STATE_ACTIVE,
-                          full=r.header.full, compressed=r.enc._compress, generation_lo=lo,
+                          full=r.header.full, compressed=r.compress, generation_lo=lo,
                           generation_hi=hi, block_count=r.header.block_count,
                           size_bound=r.size_bound, produced=r.produced,
                           read_prefix=r.cov.prefix, total=r.total or 0,
@@ -111,13 +104,18 @@ def report_generations(lu: "BackupLU", cmd: Command) -> bytes:
     gmap = vol.map
     st = vol.state
     vid = gmap.volume_id
+    mark = st.restore
     h = L.GenerationsHeader(
         current_generation=gmap.current_generation, granularity=gmap.granularity,
         source_lun=lu.source_lun, full_done=st.full_done,
         stream_active=lu.medium.reader is not None and not lu.medium.reader.complete,
         pending_valid=st.pending_lo is not None, volume_id_length=len(vid),
         volume_size=gmap.volume_size, entries=gmap.entries, pending_lo=st.pending_lo or 0,
-        base_id=gmap.base_id, volume_id=vid)
+        base_id=gmap.base_id, volume_id=vid,
+        restore_incomplete=mark is not None and mark.incomplete,
+        restore_interrupted=mark is not None and mark.stream is not None and
+        (lu.medium.sessions.writer is None or lu.medium.sessions.writer.finished),
+        unrecovered_blocks=mark.unrecovered_blocks if mark is not None else 0)
     return L.GenerationsReport(h, gmap.counts()).pack()[:c.length]
 
 

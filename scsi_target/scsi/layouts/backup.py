@@ -105,12 +105,17 @@ class GenerationsHeader(Struct):
     descriptor_count: int = 0
     base_id: bytes = bytes(16)
     volume_id: bytes = bytes(32)
+    restore_incomplete: bool = False
+    restore_interrupted: bool = False
+    unrecovered_blocks: int = 0
     FIELDS: ClassVar = (u32("additional_length", 0), u32("current_generation", 4),
                         u32("granularity", 8), u16("source_lun", 12), bit("full_done", 14, 0),
                         bit("stream_active", 14, 1), bit("pending_valid", 14, 2),
+                        bit("restore_incomplete", 14, 3), bit("restore_interrupted", 14, 4),
                         u8("volume_id_length", 15), u64("volume_size", 16), u64("entries", 24),
                         u32("pending_lo", 32), u32("descriptor_count", 36),
-                        raw("base_id", 40, 16), raw("volume_id", 56, 32))
+                        raw("base_id", 40, 16), raw("volume_id", 56, 32),
+                        u64("unrecovered_blocks", 88))
     SIZE: ClassVar = 96
 
 

@@ -1,5 +1,6 @@
-"""The difference tracker: a BlockStore wrapper that marks every changed range
-in the volume's GenerationMap *before* the data write (write intent).
+"""The tracked volume: a BlockStore wrapper that marks every changed range in
+the volume's GenerationMap *before* the data write (write intent), and the
+bookkeeping of its backups and restores kept beside it (the sidecar).
 
 DESIGN invariant 1: ``GenerationMap.mark`` is durable when it returns (the
 journal page is msync'ed), and the data write only starts after it, so a
@@ -16,9 +17,9 @@ format: docs/genmap-format.md):
   write-intent journal (volume/genmap.py).
 * ``PATH.volume`` -- the identity sidecar (JSON): the volume identity (16
   random bytes made when tracking starts), the volume size and granularity
-  the map was made for, and the backup-device bookkeeping (whether a full
-  backup stream was read to its end, the oldest generation of an abandoned
-  differential stream).  The map carries the same identity; a map that does
+  the map was made for, and the backup bookkeeping (whether a full backup
+  stream was read to its end; whether a restore left the volume incomplete,
+  and which blocks it did not recover).  docs/genmap-format.md, "Sidecar".  The map carries the same identity; a map that does
   not match its sidecar (copied from another volume), or a volume whose size
   changed, is refused with a message saying what to do.
 
@@ -27,19 +28,26 @@ directory (on /dev/shm when there is one), without msync, removed on close.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import tempfile
 import threading
+import zlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from volume.genmap import GenerationMap, MapError, journal_path
-from volume.store import BlockStore
+from bitarray import bitarray
 
-__all__ = ["TrackingStore", "TrackingError", "BackupState", "map_paths", "read_sidecar",
-           "MAP_SUFFIX", "SIDECAR_SUFFIX", "DEFAULT_GRANULARITY"]
+from .genmap import GenerationMap, MapError, journal_path
+from .store import BlockStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import VolumeSessions
+
+__all__ = ["TrackingStore", "TrackingError", "BackupState", "RestoreMark", "map_paths",
+           "read_sidecar", "MAP_SUFFIX", "SIDECAR_SUFFIX", "DEFAULT_GRANULARITY"]
 
 MAP_SUFFIX = ".genmap"
 SIDECAR_SUFFIX = ".volume"
@@ -60,6 +68,64 @@ def map_paths(path: str | os.PathLike) -> tuple[str, str, str]:
 
 
 @dataclass
+class RestoreMark:
+    """A restore left (or is leaving) the volume incomplete; kept durably in the
+    sidecar *before* the restore writes anything.
+
+    ``stream``: the stream being applied ({"id", "full", "lo", "hi",
+    "start_generation"}); found set when no restore is running, that restore
+    was interrupted and only the same stream (or a full one) may follow.
+    ``unrecovered``: blocks known not to hold their restored contents (their
+    newest copy was damaged or missing); None when there are none.
+    """
+    stream: dict | None = None
+    unrecovered: bitarray | None = None
+
+    @property
+    def unrecovered_blocks(self) -> int:
+        return self.unrecovered.count() if self.unrecovered is not None else 0
+
+    @property
+    def incomplete(self) -> bool:
+        return self.stream is not None or self.unrecovered_blocks > 0
+
+    def to_doc(self) -> dict:
+        u = self.unrecovered
+        bm = None
+        if u is not None and u.any():
+            bm = {"blocks": len(u), "count": u.count(),
+                  "zlib_base64": base64.b64encode(zlib.compress(u.tobytes(), 6)).decode()}
+        return {"stream": self.stream, "unrecovered": bm}
+
+    @classmethod
+    def from_doc(cls, doc, entries: int, where: str) -> "RestoreMark | None":
+        if doc is None:
+            return None
+        try:
+            stream = doc.get("stream")
+            if stream is not None:
+                stream = {"id": str(stream["id"]), "full": bool(stream["full"]),
+                          "lo": int(stream["lo"]), "hi": int(stream["hi"]),
+                          "start_generation": int(stream["start_generation"])}
+            bm = doc.get("unrecovered")
+            u = None
+            if bm is not None:
+                if int(bm["blocks"]) != entries:
+                    raise ValueError(f"unrecovered bitmap of {bm['blocks']} blocks")
+                u = bitarray(endian="little")
+                u.frombytes(zlib.decompress(base64.b64decode(bm["zlib_base64"])))
+                if len(u) < entries:
+                    raise ValueError("unrecovered bitmap too short")
+                del u[entries:]
+                if u.count() != int(bm["count"]):
+                    raise ValueError("unrecovered bitmap count mismatch")
+        except (KeyError, TypeError, ValueError, AttributeError, zlib.error) as exc:
+            raise TrackingError(f"{where}: malformed restore record ({exc})") from None
+        mark = cls(stream, u)
+        return mark if mark.incomplete else None
+
+
+@dataclass
 class BackupState:
     """What the backup device must remember across restarts (kept in the sidecar).
 
@@ -71,10 +137,15 @@ class BackupState:
     down to it, so an abandoned stream never loses blocks.
     ``active``: the stream being read right now ({"full", "lo", "hi"}); found
     set at open, it was abandoned by a crash and is folded into the above.
+    Releases since the two-phase cut (volume.genmap.Cut) write neither
+    ``pending_lo`` nor ``active`` (an unfinished stream changes nothing); both
+    are still honoured when an older release left them.
+    ``restore``: see :class:`RestoreMark` (None: the volume is complete).
     """
     full_done: bool = False
     pending_lo: int | None = None
     active: dict | None = None
+    restore: RestoreMark | None = None
 
     def settle_abandoned(self) -> None:
         a, self.active = self.active, None
@@ -149,6 +220,7 @@ class TrackingStore(BlockStore):
         self._closed = False
         # Serialises map replacement (reidentify) and sidecar writes.
         self.lock = threading.RLock()
+        self._sessions: "VolumeSessions | None" = None
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -198,11 +270,14 @@ class TrackingStore(BlockStore):
                 f"changing it needs a new map — delete {mpath}* and {spath}, then take a full "
                 f"backup")
         b = doc.get("backup") or {}
-        state = BackupState(bool(b.get("full_done")), b.get("pending_lo"), b.get("active"))
+        entries = -(-inner.size // gran)
+        state = BackupState(bool(b.get("full_done")), b.get("pending_lo"), b.get("active"),
+                            RestoreMark.from_doc(b.get("restore"), entries, spath))
         if not have_map:
             # The map was lost: start a new one for the same volume, but no
-            # differential backup is possible until a full one is taken.
-            state = BackupState()
+            # differential backup is possible until a full one is taken.  An
+            # incomplete restore stays on record: the data is still wrong.
+            state = BackupState(restore=state.restore)
             try:
                 gmap = GenerationMap.create(mpath, volume_size=inner.size, granularity=gran,
                                             volume_id=vid, overwrite=True, sync=sync)
@@ -238,7 +313,8 @@ class TrackingStore(BlockStore):
         return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "volume_id": vid.hex(),
                 "volume_size": size, "granularity": gran,
                 "backup": {"full_done": state.full_done, "pending_lo": state.pending_lo,
-                           "active": state.active}}
+                           "active": state.active,
+                           "restore": state.restore.to_doc() if state.restore else None}}
 
     # -- identity and bookkeeping ---------------------------------------------
     @property
@@ -248,6 +324,15 @@ class TrackingStore(BlockStore):
     @property
     def volume_id(self) -> bytes:
         return self._map.volume_id
+
+    @property
+    def sessions(self) -> "VolumeSessions":
+        """The volume's one backup/restore session state machine (volume/session.py)."""
+        with self.lock:
+            if self._sessions is None:
+                from .session import VolumeSessions
+                self._sessions = VolumeSessions(self)
+            return self._sessions
 
     def save_state(self) -> None:
         """Persist ``state`` (atomically) in the sidecar; memory volumes keep it in memory."""
@@ -269,7 +354,7 @@ class TrackingStore(BlockStore):
                                         sync=self._sync)
             self._map = gmap
             self._mark = gmap.mark
-            self.state = BackupState()
+            self.state = BackupState(restore=self.state.restore)
             self.save_state()
 
     # -- BlockStore -----------------------------------------------------------
@@ -320,6 +405,8 @@ class TrackingStore(BlockStore):
     def close(self) -> None:
         if self._closed:
             return
+        if self._sessions is not None:
+            self._sessions.close()
         self._closed = True
         try:
             try:
