@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 
 from volume.genmap import BackupPlan
+from volume.pitcut import CutLost, open_cut
 from volume.restore import ChainState, RestoreRejected as VRestoreRejected, StreamCheck, \
     StreamRestorer
 from volume.stream import (HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE, StreamEncoder,
@@ -135,7 +136,10 @@ class BackupReader:
                  compress: bool = False) -> None:
         self.vol = vol
         self.active = active
-        self.enc = StreamEncoder(vol, plan, compress=compress)
+        # The cut is frozen here, right after the plan was made: the encoder
+        # reads the volume as it was at this instant (volume/pitcut.py).
+        self.cut = open_cut(vol, plan)
+        self.enc = StreamEncoder(self.cut.view, plan, compress=compress)
         self.header: StreamHeader = self.enc.header
         self._chunks: collections.deque[tuple[int, memoryview]] = collections.deque()
         self.produced = 0
@@ -166,6 +170,7 @@ class BackupReader:
         n = len(mv)
         end = offset + n
         with self.lock:
+            self.cut.check()            # CutLost: the stream can no longer be the cut
             if self.total is None and end > self.produced + self.MAX_AHEAD and \
                     offset < self.enc.size_bound:
                 raise StreamOrderError(f"read at stream byte {offset} is more than "
@@ -263,6 +268,8 @@ class RestoreWriter:
         vol = self.vol
         if h.volume_size != vol.size:
             return vol, vol.map             # refused by the restorer's checks, nothing changed
+        if vol.cow is not None:         # the full restore writes around the tracker
+            vol.cow.lose(CutLost("a full restore replaced the volume's contents"))
         if h.volume_id != vol.map.volume_id or h.block_size != vol.map.granularity:
             vol.reidentify(h.volume_id, h.block_size)
         with vol.lock:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from volume.genmap import GenerationMap, MapError, journal_path
+from volume.pitcut import CowSettings, PitCut
 from volume.store import BlockStore
 
 __all__ = ["TrackingStore", "TrackingError", "BackupState", "map_paths", "read_sidecar",
@@ -146,6 +147,11 @@ class TrackingStore(BlockStore):
         self._tmpdir = tmpdir
         self._sync = sync
         self._closed = False
+        # The open backup stream's point-in-time cut (volume/pitcut.py): writes
+        # preserve what it has not sent yet.  Its old blocks go beside the volume.
+        self.cow: PitCut | None = None
+        self.cow_settings = CowSettings(
+            dir=os.path.dirname(os.path.abspath(sidecar)) if sidecar else None)
         # Serialises map replacement (reidentify) and sidecar writes.
         self.lock = threading.RLock()
 
@@ -289,8 +295,10 @@ class TrackingStore(BlockStore):
     # Marks are made durable by the group commit (volume.durability.barrier),
     # which every acknowledgement path runs before a response leaves.
     def write(self, offset: int, data) -> None:
-        self._mark(offset, len(data) if not isinstance(data, memoryview) else data.nbytes,
-                   sync=False)
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self._mark(offset, n, sync=False)
+        if self.cow is not None:
+            self.cow.before_write(offset, n)
         self.inner.write(offset, data)
 
     def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
@@ -298,16 +306,23 @@ class TrackingStore(BlockStore):
 
     def write_many(self, offsets: list[int], datas: list) -> None:
         mark = self._mark
-        for off, data in zip(offsets, datas):
-            mark(off, len(data) if not isinstance(data, memoryview) else data.nbytes, sync=False)
+        lengths = [len(d) if not isinstance(d, memoryview) else d.nbytes for d in datas]
+        for off, n in zip(offsets, lengths):
+            mark(off, n, sync=False)
+        if self.cow is not None:
+            self.cow.before_write_many(offsets, lengths)
         self.inner.write_many(offsets, datas)
 
     def write_zeroes(self, offset: int, length: int) -> None:
         self._mark(offset, length, sync=False)
+        if self.cow is not None:
+            self.cow.before_write(offset, length)
         self.inner.write_zeroes(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
         self._mark(offset, length, sync=False)
+        if self.cow is not None:
+            self.cow.before_write(offset, length)
         self.inner.discard(offset, length)
 
     def flush(self) -> None:
@@ -320,6 +335,8 @@ class TrackingStore(BlockStore):
         if self._closed:
             return
         self._closed = True
+        if self.cow is not None:
+            self.cow.release()
         try:
             try:
                 self.inner.close()

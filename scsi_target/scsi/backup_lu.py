@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 
+from volume.pitcut import PreservationExhausted
 from volume.store import BlockStore, StoreError
 
 from ..backup_stream_io import (BackupReader, BackupRefused, RestoreRejected, RestoreResult,
@@ -80,6 +81,9 @@ class StreamMedium(BlockStore):
                 r.readinto(offset, buf)
             except (StreamGone, StreamOrderError) as exc:
                 raise S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.COMMAND_SEQUENCE_ERROR,
+                                   information=offset // BLOCK_SIZE) from exc
+            except PreservationExhausted as exc:   # the point-in-time image could not be kept
+                raise S.SenseError(S.SenseKey.MEDIUM_ERROR, S.INSUFFICIENT_RESOURCES,
                                    information=offset // BLOCK_SIZE) from exc
             except StoreError:
                 raise
