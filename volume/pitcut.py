@@ -140,7 +140,7 @@ class PitCut:
         self.remaining = plan.block_count     # bits set in pending
         self.held = 0                         # bits set in preserved
         self.cursor = 0
-        self.capacity = settings.capacity(plan.volume_size)
+        self.capacity = settings.capacity(plan.entries * plan.granularity)
         self.settings = settings
         self.lost: CutLost | None = None
         self.released = False
