@@ -65,6 +65,12 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--backup-device", action="store_true",
                    help="add a backup pseudo device per disk: LUN N+i serves disk i's backup "
                    "streams (N = number of disks; docs/vendor-commands.md)")
+    s.add_argument("--cow-dir", metavar="DIR",
+                   help="where a backup keeps old blocks that writes replace while its stream "
+                   "is read (an unlinked file; default: beside each disk's file)")
+    s.add_argument("--cow-size", metavar="SIZE",
+                   help="at most this many bytes of such old blocks per disk (e.g. 256M; 0 = "
+                   "none); past it the backup stream fails (default: 1G or the disk's size)")
     s.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP (secret of 12..16 bytes)")
     s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
@@ -74,7 +80,8 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
     quick = [flag for flag, used in (("--listen", args.listen), ("--iqn", args.iqn),
                                      ("--disk", args.disk), ("--no-track", not args.track),
-                                     ("--chap", args.chap),
+                                     ("--chap", args.chap), ("--cow-dir", args.cow_dir),
+                                     ("--cow-size", args.cow_size),
                                      ("--backup-device", args.backup_device)) if used]
     if args.config:
         if quick:
@@ -82,7 +89,8 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
                              "put those settings in the config file")
         return C.load_file(args.config)
     return C.from_flags(listen=args.listen, iqn=args.iqn, disks=args.disk,
-                        track=args.track, chap=args.chap, backup_device=args.backup_device)
+                        track=args.track, chap=args.chap, backup_device=args.backup_device,
+                        cow_dir=args.cow_dir, cow_size=args.cow_size)
 
 
 def iscsi_url(host: str, port: int, iqn: str, lun: int) -> str:
