@@ -179,41 +179,46 @@ class PitCut:
             s = pend.find(1, max(offset // bs, self.cursor), b)
             if s < 0:
                 return
-            seg = pend[s:b]
-            n = seg.count()
+            n = pend.count(1, s, b)
             if (self.held + n) * bs > self.capacity:
                 self._lose(PreservationExhausted(
                     f"preservation space exhausted: keeping the point-in-time image needs "
                     f"more than {self.capacity} bytes of old blocks ({self.settings.dir or 'memory'}"
                     f"); enlarge cow_size or back up when fewer writes run"))
                 return
-            if n == b - s:
-                runs = [(s, b)]
-            else:
-                runs = [(s + i, s + j) for v, i, j in intervals(seg) if v]
             vsize = self.volume_size
-            buf = memoryview(bytearray(min(b * bs, vsize) - s * bs))
-            offs, views, p = [], [], 0
-            for r0, r1 in runs:
-                k = min(r1 * bs, vsize) - r0 * bs
-                offs.append(r0 * bs)
-                views.append(buf[p:p + k])
-                p += k
             try:
                 if self._store is None:
                     self._store = PreservationStore(self.settings.dir)
-                self.source.readinto_many(offs, views)
-                self._store.write(offs, views)
+                if n == b - s:                   # one run: the common case
+                    at = s * bs
+                    view = memoryview(bytearray(min(b * bs, vsize) - at))
+                    self.source.readinto(at, view)
+                    self._store.write((at,), (view,))
+                    self.preserved[s:b] = 1
+                else:
+                    seg = pend[s:b]
+                    buf = memoryview(bytearray(n * bs))
+                    offs, views, p = [], [], 0
+                    for v, i, j in intervals(seg):
+                        if v:
+                            k = min((s + j) * bs, vsize) - (s + i) * bs
+                            offs.append((s + i) * bs)
+                            views.append(buf[p:p + k])
+                            p += k
+                    self.source.readinto_many(offs, views)
+                    self._store.write(offs, views)
+                    self.preserved[s:b] |= seg
             except (OSError, StoreError) as exc:
                 self._lose(CutLost(f"preserving old blocks for the point-in-time image "
                                    f"failed: {exc}"))
                 return
-            self.preserved[s:b] |= seg
             pend[s:b] = 0
             self.remaining -= n
             self.held += n
             self.preserved_total += n
-            self.peak_bytes = max(self.peak_bytes, self.held * bs)
+            if self.held * bs > self.peak_bytes:
+                self.peak_bytes = self.held * bs
             if self.remaining == 0:
                 self._detach()           # nothing left to protect; the store still serves reads
 
@@ -339,7 +344,8 @@ class CutView(BlockStore):
 
 
 def open_cut(vol, plan: BackupPlan) -> PitCut:
-    """Freeze ``plan``'s cut on the tracked volume ``vol`` (it has ``cow`` and ``cow_settings``)."""
-    cut = PitCut(vol, plan, vol.cow_settings)
+    """Freeze ``plan``'s cut on the tracked volume ``vol``: its ``inner`` store holds
+    the data, its write path calls ``vol.cow``, ``vol.cow_settings`` places the store."""
+    cut = PitCut(vol.inner, plan, vol.cow_settings)
     cut.attach(vol)
     return cut
