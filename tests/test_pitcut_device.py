@@ -118,6 +118,37 @@ def test_full_and_differential_are_point_in_time_while_a_writer_runs(tmp_path):
     print(f"full: cut after write {k1} of {n0}..{n1}; diff: cut after {k2} of {n2}..{n3}")
 
 
+@pytest.mark.interop
+def test_exhausted_preservation_space_fails_diffbackup_and_completes_nothing(tmp_path):
+    initial = initial_image(3)
+    (tmp_path / "v.img").write_bytes(initial)
+    with Server(str(tmp_path / "v.img"), cwd=tmp_path,
+                extra=("--backup-device", "--cow-size", "64K")) as srv:
+        w = Writer(srv.url(0), 4)
+        w.start()
+        try:
+            w.wait_for(100)
+            r = diffbackup("full", srv.url(1), "-o", str(tmp_path / "full.bin"), timeout=300)
+            w.wait_for(len(w.log) + 50)
+        finally:
+            w.halt.set()
+            w.join(60)
+        assert w.error is None, w.error          # the writes never failed
+        assert r.returncode == 1, r.stdout + r.stderr
+        err = r.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert "MEDIUM_ERROR" in err and "55/03" in err and "INSUFFICIENT RESOURCES" in err, err
+        # Not completed: a differential still needs a full backup first.
+        r = diffbackup("diff", "--scope", "1", srv.url(1), "-o", str(tmp_path / "d.bin"))
+        assert r.returncode != 0 and "2c/00" in r.stderr
+        # Every write landed: the volume holds the writer's last version of each block.
+        with SyncIscsiClient(srv.url(0), timeout=30) as c:
+            last = {b: data for b, data in w.log}
+            for b in random.Random(0).sample(sorted(last), min(200, len(last))):
+                assert bytes(c.read(b * (BS // 512), BS // 512)) == last[b]
+    assert "preservation space exhausted" in srv.proc.stderr.read()     # the server says why
+
+
 # -- the preservation bound through the SCSI layer (in process) ---------------------
 class Rig:
     def __init__(self, tmp_path, cow_size: str) -> None:

@@ -9,9 +9,10 @@ store: TrackingStore over a FileStore in process (the write path alone):
   * unsent -- a full backup just started: every write hits a block the stream
               has not sent yet, so each one first preserves 4 KiB (worst case);
   * sent   -- the stream already passed the written blocks (they cost nothing).
-iscsi: `qemu-img bench -w` 4 KiB QD32 against `scsi-target serve`, with no
-  backup open vs a full backup started (START BACKUP, 1 MiB of the stream read)
-  and held open while qemu-img writes blocks the stream has not sent.
+iscsi: `qemu-img bench -w` 4 KiB QD32 against `scsi-target serve` after a full
+  backup started (START BACKUP, 1 MiB of the stream read): held open while
+  qemu-img writes blocks the stream has not sent, vs read to its end first
+  (the same map state, no cut).
 
 Each mode prints every run, the medians and the ratio (with / without).
 """
@@ -113,11 +114,23 @@ def iscsi_run(backup: bool, count: int, size: str, depth: int, tmp: Path) -> flo
         # Allocate the volume first so both cases write over existing data.
         subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P 0x5a 0 {size}", f"{base}/0"],
                        check=True, capture_output=True)
-        if backup:
-            dev = SyncIscsiClient(f"{base}/1", timeout=60)
-            dev.test_unit_ready()
-            dev.execute(L.cdb(L.OP_START_BACKUP, length=80), read_length=80).raise_for_status()
-            dev.read(0, 2048)
+        dev = SyncIscsiClient(f"{base}/1", timeout=60)
+        dev.test_unit_ready()
+        dev.execute(L.cdb(L.OP_START_BACKUP, length=80), read_length=80).raise_for_status()
+        dev.read(0, 2048)
+        if not backup:
+            # Same map state as with a backup open (generation reset, so every
+            # write is a first mark), but the stream read to its end: no cut.
+            lba = 2048
+            while True:
+                st = L.BackupStatus.unpack(dev.execute(
+                    L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80), read_length=80).data)
+                if st.state == L.STATE_COMPLETE:
+                    break
+                dev.read(lba, 8192)
+                lba += 8192
+            dev.close()
+            dev = None
         cmd = ["qemu-img", "bench", "-w", "-f", "raw", "-c", str(count), "-d", str(depth),
                "-s", str(BS), "-o", str(64 << 20), "-t", "none", "-n", f"{base}/0"]
         t0 = time.perf_counter()

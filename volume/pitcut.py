@@ -241,6 +241,11 @@ class PitCut:
             bs = self.bs
             lo = offsets[0] // bs
             hi = -(-(offsets[-1] + len(bufs[-1])) // bs)
+            if lo < self.cursor:
+                # Copies below the cursor are freed: a re-read would see new data.
+                self._lose(CutLost(f"stream read block {lo} after block {self.cursor - 1}: "
+                                   f"the point-in-time view is read once, in order"))
+                raise self.lost
             if self.held and self.preserved.find(1, lo, hi) >= 0:
                 try:
                     self._overlay(lo, hi, offsets, bufs)
