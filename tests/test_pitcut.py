@@ -357,3 +357,19 @@ def test_writer_thread_during_full_backups_sees_a_prefix_of_its_writes():
         BIO.CHUNK = old
         sys.setswitchinterval(switch)
         vol.close()
+
+
+def test_space_a_filesystem_cannot_free_stays_counted(monkeypatch):
+    from volume import pitcut
+    monkeypatch.setattr(pitcut.PreservationStore, "free", lambda self, off, n: False)
+    vol = make_volume(64 * 512, seed=13)
+    vol.cow_settings = CowSettings(size=4 * 512)
+    plan, _ = begin_backup(vol, full=True, scope=1)
+    cut = open_cut(vol, plan)
+    vol.write(0, os.urandom(3 * 512))
+    enc = StreamEncoder(cut.view, plan, max_record_bytes=512)
+    enc.readinto(bytearray(160 + 4 * 552))           # the three preserved blocks pass
+    assert cut.held == 0 and cut.unfreed == 3 and cut.used_bytes == 3 * 512
+    vol.write(30 * 512, os.urandom(2 * 512))          # 3 + 2 > 4
+    assert isinstance(cut.lost, PreservationExhausted)
+    vol.close()

@@ -139,6 +139,7 @@ class PitCut:
         self.preserved.setall(0)
         self.remaining = plan.block_count     # bits set in pending
         self.held = 0                         # bits set in preserved
+        self.unfreed = 0                      # passed blocks whose space a hole punch did not free
         self.cursor = 0
         self.capacity = settings.capacity(plan.entries * plan.granularity)
         self.settings = settings
@@ -154,7 +155,7 @@ class PitCut:
 
     @property
     def used_bytes(self) -> int:
-        return self.held * self.bs
+        return (self.held + self.unfreed) * self.bs
 
     def attach(self, host) -> None:
         old = getattr(host, "cow", None)
@@ -180,7 +181,7 @@ class PitCut:
             if s < 0:
                 return
             n = pend.count(1, s, b)
-            if (self.held + n) * bs > self.capacity:
+            if (self.held + self.unfreed + n) * bs > self.capacity:
                 self._lose(PreservationExhausted(
                     f"preservation space exhausted: keeping the point-in-time image needs "
                     f"more than {self.capacity} bytes of old blocks ({self.settings.dir or 'memory'}"
@@ -217,8 +218,8 @@ class PitCut:
             self.remaining -= n
             self.held += n
             self.preserved_total += n
-            if self.held * bs > self.peak_bytes:
-                self.peak_bytes = self.held * bs
+            if self.used_bytes > self.peak_bytes:
+                self.peak_bytes = self.used_bytes
             if self.remaining == 0:
                 self._detach()           # nothing left to protect; the store still serves reads
 
@@ -228,8 +229,8 @@ class PitCut:
 
     # -- read side -----------------------------------------------------------
     def check(self) -> None:
-        if self.lost is not None:
-            raise self.lost
+        if self.lost is not None:       # a fresh instance: no tracebacks piling up on one
+            raise type(self.lost)(str(self.lost))
 
     def read_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
         """The cut's contents at ``offsets`` (ascending, past the cursor); moves the cursor."""
@@ -245,13 +246,13 @@ class PitCut:
                 # Copies below the cursor are freed: a re-read would see new data.
                 self._lose(CutLost(f"stream read block {lo} after block {self.cursor - 1}: "
                                    f"the point-in-time view is read once, in order"))
-                raise self.lost
+                self.check()
             if self.held and self.preserved.find(1, lo, hi) >= 0:
                 try:
                     self._overlay(lo, hi, offsets, bufs)
                 except OSError as exc:
                     self._lose(CutLost(f"reading preserved blocks failed: {exc}"))
-                    raise self.lost from None
+                    self.check()
             self._advance(hi)
 
     def _overlay(self, lo: int, hi: int, offsets: list[int], bufs: list[memoryview]) -> None:
@@ -289,13 +290,14 @@ class PitCut:
             m = self.preserved.count(1, a, hi)
             if m:
                 self.preserved[a:hi] = 0
-                if self._store.free(a * self.bs, min(hi * self.bs, self.volume_size) - a * self.bs):
-                    self.held -= m
-                # else: the filesystem cannot punch holes; the space stays counted as used
+                self.held -= m
+                if not self._store.free(a * self.bs,
+                                        min(hi * self.bs, self.volume_size) - a * self.bs):
+                    self.unfreed += m      # no hole punching here: the space stays used
         self.cursor = hi
         if self.remaining == 0:
             self._detach()
-            if not self.preserved.any():
+            if self.held == 0:
                 self._release()
 
     # -- end of life ----------------------------------------------------------
@@ -320,7 +322,7 @@ class PitCut:
         if self._store is not None:
             self._store.close()
             self._store = None
-        self.held = 0
+        self.held = self.unfreed = 0
 
     def _detach(self) -> None:
         h = self._host
