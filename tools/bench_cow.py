@@ -167,7 +167,10 @@ def report(name: str, runs: dict[str, list[float]], base: str, unit: str, lower_
     for k in runs:
         if k != base:
             ratio = med[k] / med[base] if lower_better else med[base] / med[k]
-            print(f"{name} {k}/{base} cost ratio: {ratio:.2f}x")
+            # Runs alternate, so each round's pair saw about the same machine load.
+            pairs = [(x / y if lower_better else y / x) for x, y in zip(runs[k], runs[base])]
+            print(f"{name} {k}/{base} cost ratio: {ratio:.2f}x of medians, "
+                  f"{statistics.median(pairs):.2f}x median of per-round ratios")
 
 
 def main() -> int:
