@@ -72,6 +72,12 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--tape", metavar="IMAGE", action="append",
                    help="serve a tape image (scsi-target tape new) as the next LUN after the "
                    "disks; repeatable. With --tape and no --disk there is no default disk")
+    s.add_argument("--cow-dir", metavar="DIR",
+                   help="where a backup keeps old blocks that writes replace while its stream "
+                   "is read (an unlinked file; default: beside each disk's file)")
+    s.add_argument("--cow-size", metavar="SIZE",
+                   help="at most this many bytes of such old blocks per disk (e.g. 256M; 0 = "
+                   "none); past it the backup stream fails (default: 1G or the disk's size)")
     s.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP (secret of 12..16 bytes)")
     s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
@@ -81,7 +87,8 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
     quick = [flag for flag, used in (("--listen", args.listen), ("--iqn", args.iqn),
                                      ("--disk", args.disk), ("--no-track", not args.track),
-                                     ("--chap", args.chap),
+                                     ("--chap", args.chap), ("--cow-dir", args.cow_dir),
+                                     ("--cow-size", args.cow_size),
                                      ("--backup-device", args.backup_device),
                                      ("--tape", args.tape)) if used]
     if args.config:
@@ -91,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
         return C.load_file(args.config)
     return C.from_flags(listen=args.listen, iqn=args.iqn, disks=args.disk,
                         track=args.track, chap=args.chap, backup_device=args.backup_device,
-                        tapes=args.tape)
+                        tapes=args.tape, cow_dir=args.cow_dir, cow_size=args.cow_size)
 
 
 def iscsi_url(host: str, port: int, iqn: str, lun: int) -> str:

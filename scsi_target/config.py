@@ -74,6 +74,11 @@ class LunSpec:
     # Bytes per tracked block of the generation map (power of two, 512..16 MiB);
     # None = 4096, or what an existing map uses.
     track_granularity: int | None = None
+    # Copy-before-write space of a backup's point-in-time cut (volume/pitcut.py):
+    # the directory of the (unlinked) preservation file, None = beside the
+    # backing file; its bound in bytes, None = min(1 GiB, volume size).
+    cow_dir: Path | None = None
+    cow_size: int | None = None
     kind: str = "disk"
     # kind = "backup": the LUN (same target) of the tracked disk it serves.
     source: int | None = None
@@ -315,7 +320,7 @@ _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
              "source", "removable", "physical_block_size", "write_same_zero", "parts",
-             "track_granularity", "serial")
+             "track_granularity", "serial", "cow_dir", "cow_size")
 _PART_KEYS = ("path", "size")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
@@ -642,10 +647,15 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
         track=r.typed(d, key, "track", bool, True),
         track_granularity=_parse_granularity(r, d, key),
         serial=_parse_serial(r, d, key),
+        cow_dir=_parse_cow_dir(r, d, key), cow_size=_parse_cow_size(r, d, key),
         kind=kind, where=f"{r.source}: {key}")
     problem = check_backing(spec)
     if problem:
         raise r.fail(_join(key, problem[0]), problem[1])
+    cow = next((k for k in ("cow_dir", "cow_size") if k in d), None)
+    if cow and (not spec.track or spec.read_only):
+        raise r.fail(_join(key, cow), "only for tracked disks (backups of untracked or "
+                     "read-only LUNs have no copy-before-write)")
     if "parts" in d:
         spec = replace(spec, parts=_parse_parts(r, d["parts"], _join(key, "parts"), spec))
     return spec
@@ -712,6 +722,44 @@ def _parse_granularity(r: _Reader, d: dict, key: str) -> int | None:
     if g < 512 or g > 16 << 20 or g & (g - 1):
         raise r.fail(k, f"{g} bytes is not a power of two between 512 and 16M")
     return g
+
+
+def parse_cow_size(value: Any) -> int:
+    """A preservation bound: a size, or 0 (no copy-before-write space at all)."""
+    if value == 0 and not isinstance(value, bool) or value == "0":
+        return 0
+    return parse_size(value)
+
+
+def check_cow_dir(path: Path) -> str | None:
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    return None
+
+
+def _parse_cow_dir(r: _Reader, d: dict, key: str) -> Path | None:
+    if "cow_dir" not in d:
+        return None
+    k = _join(key, "cow_dir")
+    s = r.typed(d, key, "cow_dir", str)
+    path = Path(s).expanduser()
+    if not path.is_absolute():
+        path = r.base / path
+    problem = check_cow_dir(path)
+    if problem:
+        raise r.fail(k, problem)
+    return path
+
+
+def _parse_cow_size(r: _Reader, d: dict, key: str) -> int | None:
+    if "cow_size" not in d:
+        return None
+    try:
+        return parse_cow_size(d["cow_size"])
+    except ValueError as e:
+        raise r.fail(_join(key, "cow_size"), str(e)) from None
 
 
 def _parse_backing(r: _Reader, d: dict, key: str) -> tuple[Path, int | None]:
@@ -804,7 +852,8 @@ def parse_disk_arg(text: str) -> tuple[Path, int | None]:
 def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                disks: list[str] | None = None, track: bool = True,
                chap: str | None = None, backup_device: bool = False,
-               tapes: list[str] | None = None) -> ServerConfig:
+               tapes: list[str] | None = None, cow_dir: str | None = None,
+               cow_size: str | None = None) -> ServerConfig:
     """The configuration the quick flags describe; no flags = the embedded default.
 
     Disks become LUNs 0, 1, ... of one target, tape images (``--tape``) the
@@ -833,6 +882,19 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
         if w:
             warnings.append(f"{src}: --chap: {w}")
         chap_def = Chap(user, secret)
+    cow_path, cow_bytes = None, None
+    if cow_dir is not None:
+        cow_path = Path(cow_dir).expanduser()
+        problem = check_cow_dir(cow_path)
+        if problem:
+            raise ConfigError(f"{src}: --cow-dir: {problem}")
+    if cow_size is not None:
+        try:
+            cow_bytes = parse_cow_size(cow_size)
+        except ValueError as e:
+            raise ConfigError(f"{src}: --cow-size: {e}") from None
+    if (cow_dir is not None or cow_size is not None) and not track:
+        raise ConfigError(f"{src}: --cow-dir/--cow-size need tracking (drop --no-track)")
     if disks:
         items = []
         for d in disks:
@@ -855,7 +917,7 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
         if not disks and path.exists():
             size = None  # the default size only applies when creating the file
         spec = LunSpec(lun=n, path=path, size=size, create=size is not None, track=track,
-                       where=where)
+                       cow_dir=cow_path, cow_size=cow_bytes, where=where)
         problem = check_backing(spec)
         if problem:
             # check_backing speaks TOML; on the command line a size creates the file.
@@ -933,9 +995,13 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
         store = members[0]
     try:
         if spec.track and not spec.read_only:
+            from volume.pitcut import CowSettings
             from volume.tracked import TrackingError, TrackingStore
+            cow = CowSettings(dir=str(spec.cow_dir) if spec.cow_dir is not None else None,
+                              size=spec.cow_size)
             try:
-                store = TrackingStore.open(store, spec.path, granularity=spec.track_granularity)
+                store = TrackingStore.open(store, spec.path, granularity=spec.track_granularity,
+                                           cow=cow)
             except TrackingError as e:
                 raise ConfigError(f"{spec.where}: {e}") from None
             vid = store.volume_id

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from bitarray import bitarray
 
 from .genmap import Cut, MapError
+from .pitcut import CutLost, PreservationExhausted, open_cut
 from .restore import ChainState, RestoreRejected as _Rejected, StreamCheck, StreamRestorer
 from .stream import (HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE, StreamEncoder, StreamError,
                      StreamHeader)
@@ -66,6 +67,16 @@ class VolumeError(Exception):
     def __init__(self, msg: str, offset: int | None = None) -> None:
         super().__init__(msg)
         self.offset = offset
+
+
+class StreamCutLost(VolumeError):
+    """The stream can no longer equal the volume at its cut (volume/pitcut.py): a
+    block it had not sent yet was overwritten and its old contents could not be
+    kept.  ``exhausted``: the preservation store's bound was reached."""
+
+    def __init__(self, msg: str, offset: int | None = None, *, exhausted: bool = False) -> None:
+        super().__init__(msg, offset)
+        self.exhausted = exhausted
 
 
 class BackupRefused(VolumeError):
@@ -155,9 +166,11 @@ class BackupReader:
         self.owner = owner
         self.implicit = implicit
         self.compress = compress
-        # The one place the stream's blocks are read from: a point-in-time view
-        # of the volume (preserved copies of blocks written since the cut) fits here.
-        self.source = vol
+        # The point-in-time cut is frozen here, right after the plan was made:
+        # the encoder reads the volume as it was at this instant, preserved
+        # copies of blocks written since then included (volume/pitcut.py).
+        self.pit = open_cut(vol, cut.plan)
+        self.source = self.pit.view
         self.enc = StreamEncoder(self.source, cut.plan, compress=compress)
         self.header: StreamHeader = self.enc.header
         self._chunks: collections.deque[tuple[int, memoryview]] = collections.deque()
@@ -202,7 +215,13 @@ class BackupReader:
             if self.total is None and end > self.cov.prefix + WINDOW and end > self.produced:
                 mv[:] = bytes(n)             # far ahead: a probe, not part of the copy
                 return False
-            self._produce(end)
+            try:
+                self.pit.check()
+                self._produce(end)
+            except CutLost as exc:           # never a silently fuzzy stream (invariant 4)
+                raise StreamCutLost(f"the backup is no longer a point-in-time image: {exc}",
+                                    offset, exhausted=isinstance(exc, PreservationExhausted)) \
+                    from exc
             self._copy(offset, mv)
             self.cov.add(offset, min(end, self.produced) if self.total is None else end)
             self._trim()
@@ -253,6 +272,7 @@ class BackupReader:
             self.abandoned = True
             self._chunks.clear()
             self._head = bytearray()
+            self.pit.release()               # writes stop preserving for it
             self.cut.abandon()
 
 
@@ -354,6 +374,8 @@ class RestoreWriter:
         vol = self.vol
         if h.volume_size != vol.size:
             return vol, vol.map             # refused by the restorer's checks, nothing changed
+        if vol.cow is not None:         # the full restore writes around the tracker
+            vol.cow.lose(CutLost("a full restore replaced the volume's contents"))
         if h.volume_id != vol.map.volume_id or h.block_size != vol.map.granularity:
             vol.reidentify(h.volume_id, h.block_size)
         self._full = True

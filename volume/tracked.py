@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Iterator
 from bitarray import bitarray
 
 from .genmap import GenerationMap, MapError, journal_path
+from .pitcut import CowSettings, PitCut
 from .store import BlockStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -208,7 +209,8 @@ class TrackingStore(BlockStore):
     """
 
     def __init__(self, inner: BlockStore, gmap: GenerationMap, *, sidecar: str | None,
-                 state: BackupState, tmpdir: str | None = None, sync: bool = True) -> None:
+                 state: BackupState, tmpdir: str | None = None, sync: bool = True,
+                 cow: CowSettings | None = None) -> None:
         self.inner = inner
         self.size = inner.size
         self._map = gmap
@@ -218,6 +220,14 @@ class TrackingStore(BlockStore):
         self._tmpdir = tmpdir
         self._sync = sync
         self._closed = False
+        # The open backup stream's point-in-time cut (volume/pitcut.py): writes
+        # preserve what it has not sent yet.  Its old blocks go beside the volume.
+        self.cow: PitCut | None = None
+        # Beside the volume unless the caller says where (memory volumes: in memory).
+        cow = cow or CowSettings()
+        if cow.dir is None and sidecar:
+            cow = CowSettings(dir=os.path.dirname(os.path.abspath(sidecar)), size=cow.size)
+        self.cow_settings = cow
         # Serialises map replacement (reidentify) and sidecar writes.
         self.lock = threading.RLock()
         self._sessions: "VolumeSessions | None" = None
@@ -226,7 +236,8 @@ class TrackingStore(BlockStore):
     @classmethod
     def open(cls, inner: BlockStore, path: str | os.PathLike, *,
              granularity: int | None = None, sync: bool = True,
-             volume_id: bytes | None = None) -> "TrackingStore":
+             volume_id: bytes | None = None,
+             cow: CowSettings | None = None) -> "TrackingStore":
         """Track the file volume ``path`` (served by ``inner``): open its map, or start one.
 
         ``granularity`` (bytes per tracked block; default 4096) applies when
@@ -255,7 +266,7 @@ class TrackingStore(BlockStore):
             except (MapError, OSError) as exc:
                 raise TrackingError(f"cannot create generation map {mpath}: {exc}") from None
             _write_json_atomic(spath, doc, sync)
-            return cls(inner, gmap, sidecar=spath, state=state, sync=sync)
+            return cls(inner, gmap, sidecar=spath, state=state, sync=sync, cow=cow)
         vid = bytes.fromhex(doc["volume_id"])
         if int(doc["volume_size"]) != inner.size:
             raise TrackingError(
@@ -290,7 +301,7 @@ class TrackingStore(BlockStore):
             except MapError as exc:
                 raise TrackingError(f"generation map of {os.fspath(path)}: {exc}") from None
         state.settle_abandoned()
-        self = cls(inner, gmap, sidecar=spath, state=state, sync=sync)
+        self = cls(inner, gmap, sidecar=spath, state=state, sync=sync, cow=cow)
         self.save_state()
         return self
 
@@ -375,8 +386,10 @@ class TrackingStore(BlockStore):
     # Marks are made durable by the group commit (volume.durability.barrier),
     # which every acknowledgement path runs before a response leaves.
     def write(self, offset: int, data) -> None:
-        self._mark(offset, len(data) if not isinstance(data, memoryview) else data.nbytes,
-                   sync=False)
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self._mark(offset, n, sync=False)
+        if self.cow is not None:
+            self.cow.before_write(offset, n)
         self.inner.write(offset, data)
 
     def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
@@ -384,16 +397,23 @@ class TrackingStore(BlockStore):
 
     def write_many(self, offsets: list[int], datas: list) -> None:
         mark = self._mark
-        for off, data in zip(offsets, datas):
-            mark(off, len(data) if not isinstance(data, memoryview) else data.nbytes, sync=False)
+        lengths = [len(d) if not isinstance(d, memoryview) else d.nbytes for d in datas]
+        for off, n in zip(offsets, lengths):
+            mark(off, n, sync=False)
+        if self.cow is not None:
+            self.cow.before_write_many(offsets, lengths)
         self.inner.write_many(offsets, datas)
 
     def write_zeroes(self, offset: int, length: int) -> None:
         self._mark(offset, length, sync=False)
+        if self.cow is not None:
+            self.cow.before_write(offset, length)
         self.inner.write_zeroes(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
         self._mark(offset, length, sync=False)
+        if self.cow is not None:
+            self.cow.before_write(offset, length)
         self.inner.discard(offset, length)
 
     def flush(self) -> None:
@@ -408,6 +428,8 @@ class TrackingStore(BlockStore):
         if self._sessions is not None:
             self._sessions.close()
         self._closed = True
+        if self.cow is not None:
+            self.cow.release()
         try:
             try:
                 self.inner.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 
-from volume.session import (BackupRefused, RestoreRejected, ScopeError, StreamGone,
+from volume.session import (BackupRefused, RestoreRejected, ScopeError, StreamCutLost, StreamGone,
                             StreamOrderError, VolumeError, VolumeSessions, capacity_bound)
 from volume.store import BlockStore
 from volume.tracked import TrackingStore
@@ -42,6 +42,10 @@ def volume_sense(exc: VolumeError) -> S.SenseError:
         return S.invalid_cdb_field(2)
     if isinstance(exc, RestoreRejected):
         return S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.CANNOT_WRITE_MEDIUM_INCOMPATIBLE_FORMAT)
+    if isinstance(exc, StreamCutLost):
+        # The point-in-time image could not be kept: the stream stops here.
+        asc = S.INSUFFICIENT_RESOURCES if exc.exhausted else S.UNRECOVERED_READ_ERROR
+        return S.SenseError(S.SenseKey.MEDIUM_ERROR, asc, information=info)
     if isinstance(exc, (BackupRefused, StreamGone, StreamOrderError)):
         if info is not None:
             return S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.COMMAND_SEQUENCE_ERROR,
