@@ -214,9 +214,10 @@ def trace_from_pdus(pdus: Iterable[CapturedPdu], **header_fields) -> Trace:
     return b.trace(**header_fields)
 
 
-def trace_from_capture(path, ports=None, **header_fields) -> Trace:
+def trace_from_capture(path, ports=None, any_port: bool = False, **header_fields) -> Trace:
+    """The trace of a capture file: iSCSI on ``ports`` (default 3260) or on any port."""
     from .pdus import DEFAULT_PORTS, capture_pdus
-    ports = DEFAULT_PORTS if ports is None else ports
+    ports = None if any_port else DEFAULT_PORTS if ports is None else ports
     from pathlib import Path
     return trace_from_pdus(capture_pdus(path, ports=ports), capture=Path(path).name,
                            **header_fields)
