@@ -164,10 +164,13 @@ class Replayer:
         return report
 
     async def _seed(self, commands: list[Exchange], lmap: dict[int, int]) -> None:
-        first = await self._client(commands[0].nexus.it)
+        # A session of its own: the recorded nexuses must find the target as
+        # the recording did (e.g. their first command meets POWER ON RESET).
+        first = await self._client(("seed", "seed"))
         sizes: dict[int, int] = {}
         for lun in set(lmap.values()):
             try:
+                await first.execute(bytes(6), lun=lun)   # takes this nexus's unit attention
                 sizes[lun] = (await first.read_capacity16(lun)).block_size
             except (IscsiError, OSError) as e:
                 raise ReplayError(f"seeding: READ CAPACITY(16) of LUN {lun} failed: {e}") from None
@@ -184,6 +187,8 @@ class Replayer:
                 raise ReplayError(f"seeding LBA {lba} of LUN {lun} failed: status "
                                   f"0x{r.status:02x} sense {r.sense.hex()}")
         self.seeded = sum(len(d) for _, _, d, _ in runs)
+        await first.close()
+        self._clients.pop(("seed", "seed"), None)
 
     async def _replay(self, prepared, report: ReplayReport) -> None:
         t0_rec = prepared[0][0].t_command if prepared else 0.0
