@@ -179,6 +179,25 @@ def write_trace(trace: Trace, f: IO[str]) -> None:
         f.write(json.dumps({"type": "summary", **trace.summary}, sort_keys=True) + "\n")
 
 
+class TraceWriter:
+    """Writes a trace as it happens: the header now, one line per record, the
+    summary at :meth:`close` (a writer cut short leaves a readable file)."""
+
+    def __init__(self, f: IO[str], source: str, **header_fields) -> None:
+        self.f = f
+        self.count = 0
+        f.write(json.dumps(header(source, **header_fields), sort_keys=True) + "\n")
+
+    def write(self, rec: "Exchange | TmfRecord") -> None:
+        self.f.write(json.dumps(rec.to_json(), sort_keys=True) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self.f.write(json.dumps({"type": "summary", "commands": self.count},
+                                sort_keys=True) + "\n")
+        self.f.close()
+
+
 def read_trace(f: IO[str], name: str = "trace") -> Trace:
     trace = Trace()
     for lineno, rec in _records(f, name):
@@ -245,6 +264,20 @@ def command_name(cdb: bytes) -> str:
         return ""
     sa = cdb[1] & 0x1F if cdb[0] in _SA_OPCODES and len(cdb) > 1 else None
     return _name(cdb[0], sa) or f"0x{cdb[0]:02X}"
+
+
+def trim_cdb(cdb: bytes) -> bytes:
+    """The CDB cut to its own length (SAM-5 5.2 group codes; 7Fh says it in byte 7).
+
+    iSCSI always carries 16 bytes; a trace keeps what the command is.
+    """
+    if not cdb:
+        return cdb
+    op = cdb[0]
+    n = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(op >> 5)
+    if op == 0x7F and len(cdb) >= 8:
+        n = 8 + cdb[7]
+    return bytes(cdb[:n]) if n is not None and n < len(cdb) else bytes(cdb)
 
 
 def _b64(b) -> str:

@@ -231,3 +231,57 @@ class Replayer:
 def replay(trace: Trace, url: str, opts: ReplayOptions | None = None) -> ReplayReport:
     """Blocking form of :meth:`Replayer.run`."""
     return asyncio.run(Replayer(trace, url, opts).run())
+
+
+def replay_through(trace: Trace, execute, opts: ReplayOptions | None = None, *,
+                   default_lun: int = 0, target: str = "") -> ReplayReport:
+    """Replay over one caller-provided path, synchronously.
+
+    ``execute(cdb, data_out, read_length, lun) -> Outcome`` runs one command
+    (e.g. a console's session, or an in-process LUN map); every recorded
+    nexus shares it.  Seeding goes through it too.
+    """
+    opts = opts or ReplayOptions()
+    commands, left = select(trace, opts)
+    report = ReplayReport(trace, target, left)
+    luns = sorted({ex.nexus.lun for ex in commands})
+    lmap = dict(opts.lun_map) if opts.lun_map else (
+        {luns[0]: default_lun} if len(luns) == 1 else {lun: lun for lun in luns})
+    prepared = []
+    for ex in commands:
+        try:
+            prepared.append((ex, shift_lba(ex.cdb, opts.lba_offset),
+                             lmap.get(ex.nexus.lun, ex.nexus.lun)))
+        except ValueError as e:
+            raise ReplayError(f"command {ex.seq}: {e}") from None
+    if opts.seed and commands:
+        for rec_lun in luns:
+            lun = lmap.get(rec_lun, rec_lun)
+            got = execute(bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2),
+                          None, 32, lun)
+            if got.status != 0 or len(got.data_in) < 12:
+                raise ReplayError(f"seeding: READ CAPACITY(16) of LUN {lun} failed")
+            bs = int.from_bytes(got.data_in[8:12], "big")
+            for _, lba, data in seed_extents([e for e in commands if e.nexus.lun == rec_lun], bs):
+                r = execute(_write16(lba + opts.lba_offset, len(data) // bs), data, 0, lun)
+                if r.status != 0:
+                    raise ReplayError(f"seeding LBA {lba + opts.lba_offset} of LUN {lun} failed")
+                report.seeded_bytes += len(data)
+    t0_rec = prepared[0][0].t_command if prepared else 0.0
+    t0 = time.perf_counter()
+    for ex, cdb, lun in prepared:
+        if opts.timing is not None:
+            delay = t0 + (ex.t_command - t0_rec) * opts.timing - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        data_out = ex.data_out if ex.direction == "out" else None
+        if data_out is not None and len(data_out) < ex.edtl:
+            data_out = bytes(data_out) + bytes(ex.edtl - len(data_out))
+        got = execute(cdb, data_out or None, ex.edtl if ex.direction == "in" else 0, lun)
+        diffs = [] if ex.status is None else compare(ex, got, ignored_fields(opts.ignore, ex.cdb))
+        report.add(ex, got, diffs)
+        if diffs and opts.stop_at_first:
+            report.stopped_at = ex.seq
+            break
+    report.elapsed = time.perf_counter() - t0
+    return report
