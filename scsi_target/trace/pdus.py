@@ -17,12 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from ..protocol.scapy_iscsi import INITIATOR_OPCODES, TARGET_OPCODES, crc32c_digest
+from ..protocol.framing import crc32c
+from ..protocol.pdu import INITIATOR_OPCODES, Op
 from ..protocol.tcpstream import Chunk, TcpReassembler
 from .packets import FIN, RST, SYN, SUPPORTED_LINKTYPES, tcp_segment
 from .pcapfile import CaptureError, Frame, read_frames
 
 DEFAULT_PORTS = frozenset({3260})
+TARGET_OPCODES = frozenset(int(op) for op in Op) - INITIATOR_OPCODES
+
+
+def crc32c_digest(data) -> int:
+    return crc32c(bytes(data))
 MAX_DATA_SEGMENT = 16 << 20    # RFC 7143 caps MaxRecvDataSegmentLength at 2**24 - 1
 
 
