@@ -3,20 +3,16 @@ and the LunMap hook it hangs on."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
-import re
-import select
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from interop_util import REPO, Lun, Target, config_toml, on_ci, require_tool
-from trace_capture import Dumpcap, libiscsi_workload, our_initiator_workload, tshark_pdus
+from trace_capture import (Dumpcap, libiscsi_workload, our_initiator_workload, serve,
+                           stop_server, tshark_pdus)
 
 from scsi_target.config import LunSpec, build_lu
 from scsi_target.scsi.command import Command, Direction, Nexus
@@ -106,35 +102,6 @@ def test_a_failing_recorder_never_fails_a_command(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------- the server
-def _serve(tmp_path, *extra):
-    cfg = tmp_path / "t.toml"
-    cfg.write_text(config_toml([Target(IQN, [Lun(0, "16M")])], tmp_path, 0))
-    p = subprocess.Popen([sys.executable, "-m", "scsi_target", "serve", "--config", str(cfg),
-                          "--log-level", "warning", *map(str, extra)], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([p.stdout], [], [], 0.5)
-        if r:
-            m = re.match(rb"listening on [^\s,]*:(\d+)", p.stdout.readline())
-            if m:
-                return p, int(m.group(1))
-        if p.poll() is not None:
-            break
-    p.kill()
-    pytest.fail(f"server did not start: {p.stderr.read().decode()}")
-
-
-def _stop(p):
-    p.send_signal(signal.SIGTERM)
-    p.wait(20)
-    p.stdout.close()
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    assert p.returncode == 0, err
-
-
 def test_serve_record_bad_path_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "scsi_target", "serve", "--record",
                         str(tmp_path / "no" / "such" / "t.jsonl")], cwd=REPO,
@@ -154,13 +121,13 @@ def test_recorded_pcapng_decodes_in_tshark_like_a_real_capture(tmp_path):
         pytest.skip("capturing on loopback needs root")
     trace_path, rec_pcap, real_pcap = (tmp_path / "rec.jsonl", tmp_path / "rec.pcapng",
                                        tmp_path / "real.pcapng")
-    p, port = _serve(tmp_path, "--record", trace_path, "--record-pcapng", rec_pcap)
+    p, port = serve(tmp_path, IQN, "--record", trace_path, "--record-pcapng", rec_pcap)
     try:
         with Dumpcap(real_pcap, port):
             libiscsi_workload("127.0.0.1", port, IQN, 0)
             our_initiator_workload(f"iscsi://127.0.0.1:{port}/{IQN}/0")
     finally:
-        _stop(p)
+        stop_server(p)
 
     def exchanges(pdus):
         cmds, out = {}, []

@@ -110,6 +110,42 @@ def tshark_pdus(path: Path, ports) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------ our server
+def serve(tmp_path: Path, iqn: str, *extra) -> tuple[subprocess.Popen, int]:
+    """`scsi-target serve` with one 16 MiB LUN and ``extra`` flags; (process, port)."""
+    import re
+    import select
+    import pytest
+    from interop_util import REPO, Lun, Target, config_toml
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(config_toml([Target(iqn, [Lun(0, "16M")])], tmp_path, 0))
+    p = subprocess.Popen([sys.executable, "-m", "scsi_target", "serve", "--config", str(cfg),
+                          "--log-level", "warning", *map(str, extra)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([p.stdout], [], [], 0.5)
+        if r:
+            m = re.match(rb"listening on [^\s,]*:(\d+)", p.stdout.readline())
+            if m:
+                return p, int(m.group(1))
+        if p.poll() is not None:
+            break
+    p.kill()
+    pytest.fail(f"server did not start: {p.stderr.read().decode()}")
+
+
+def stop_server(p: subprocess.Popen) -> None:
+    """SIGTERM; the server must exit 0 (which also closes --record files)."""
+    p.send_signal(signal.SIGTERM)
+    p.wait(20)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.returncode == 0, err
+
+
 # ------------------------------------------------------------------ workloads
 def libiscsi_workload(host: str, port: int, iqn: str, lun: int) -> None:
     url = f"iscsi://{host}:{port}/{iqn}/{lun}"

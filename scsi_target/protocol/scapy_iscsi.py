@@ -29,7 +29,7 @@ import struct
 
 import crc32c as _crc32c
 from scapy.fields import (BitEnumField, BitField, ByteEnumField, ByteField, Field,
-                          FieldLenField, PacketListField, ShortField, StrFixedLenField,
+                          FieldLenField, PacketListField, ShortField,
                           StrLenField, ThreeBytesField, XByteField, XIntField, XLongField,
                           XShortField, XStrFixedLenField, XStrLenField, ConditionalField,
                           IntField)
