@@ -14,7 +14,7 @@ from typing import Iterable
 from ..protocol import pdu as P
 from ..scsi.lunaddr import decode_lun
 from .pdus import CapturedPdu, Connection
-from .records import Exchange, Nexus, TmfRecord, Trace, header
+from .records import Exchange, Nexus, TmfRecord, Trace, header, trim_cdb
 
 
 class _Task:
@@ -92,7 +92,7 @@ class TraceBuilder:
     # -- SCSI tasks ----------------------------------------------------
     def _command(self, s: _Session, cp: CapturedPdu, pdu: P.ScsiCommand) -> None:
         cdb = bytes(pdu.cdb) + _extended_cdb(bytes(pdu.ahs))
-        cdb = cdb[:_cdb_length(cdb)]
+        cdb = trim_cdb(cdb)
         direction = {(False, False): "none", (True, False): "in", (False, True): "out",
                      (True, True): "bidi"}[(pdu.read, pdu.write)]
         ex = Exchange(self._seq, s.nexus(decode_lun(pdu.lun.to_bytes(8, "big"))), cdb,
@@ -193,18 +193,6 @@ def _keys(data: bytes) -> list[tuple[str, str]]:
         if sep:
             out.append((k, v))
     return out
-
-
-def _cdb_length(cdb: bytes) -> int:
-    """The CDB's own length from its group code (SAM-5 5.2), at most what is there."""
-    op = cdb[0]
-    group = op >> 5
-    n = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(group)
-    if op == 0x7F and len(cdb) >= 8:
-        n = 8 + cdb[7]
-    if n is None:      # reserved / vendor groups: keep the whole field
-        n = len(cdb)
-    return min(n, len(cdb))
 
 
 def trace_from_pdus(pdus: Iterable[CapturedPdu], **header_fields) -> Trace:
