@@ -411,3 +411,18 @@ def test_user_ports_are_bound():
     assert IP(raw)[S.ISCSI_NOPOut].itt == 4
     assert IP(bytes(IP() / TCP(sport=3260, dport=5) / bytes(S.ISCSI_NOPIn()))).haslayer(
         S.ISCSI_NOPIn)
+
+
+def test_scapy_tcp_session_reassembles_like_our_reader():
+    """sniff(session=TCPSession) uses the layer's tcp_reassemble: same PDUs, in order."""
+    from scapy.layers.inet import TCP
+    from scapy.sendrecv import sniff
+    from scapy.sessions import TCPSession
+    got = []
+    for pkt in sniff(offline=str(GOLDEN / "synthetic.pcapng"), session=TCPSession, quiet=True):
+        layer = pkt[TCP].payload
+        while isinstance(layer, S.ISCSIPdu):
+            got.append(bytes(layer)[:layer.pdu_length()])
+            layer = layer.payload
+    ours = [cp.raw for cp in capture_pdus(GOLDEN / "synthetic.pcapng")]
+    assert sorted(got) == sorted(ours) and len(got) == len(ours)

@@ -34,6 +34,7 @@ from scapy.fields import (BitEnumField, BitField, ByteEnumField, ByteField, Fiel
                           XShortField, XStrFixedLenField, XStrLenField, ConditionalField,
                           IntField)
 from scapy.layers.inet import TCP
+from scapy.config import conf
 from scapy.packet import Packet, Raw, bind_layers
 
 from ..scsi.layouts.rsoc import OPCODE_NAMES, command_name
@@ -188,6 +189,27 @@ class ISCSI(Packet):
         if _pkt:
             return _CLASSES.get(_pkt[0] & 0x3F, ISCSI_Unknown)
         return cls
+
+    @classmethod
+    def tcp_reassemble(cls, data, metadata, session):
+        """scapy's ``TCPSession`` hook: every complete PDU at the start of ``data``.
+
+        Returns them chained (one packet, the PDUs as successive layers) with
+        an incomplete tail as Padding, which TCPSession keeps for the next
+        segment; None while not even one PDU is complete.
+        """
+        end = 0
+        while True:
+            n = pdu_wire_length(data, end)
+            if n is None or end + n > len(data):
+                break
+            end += n
+        if not end:
+            return None
+        pkt = ISCSI(bytes(data[:end]))
+        if end < len(data):
+            pkt.add_payload(conf.padding_layer(bytes(data[end:])))
+        return pkt
 
 
 class ISCSIPdu(Packet):
@@ -543,6 +565,32 @@ class ISCSI_Unknown(ISCSIPdu):
 for _cls in _CLASSES.values():
     _cls.DATA_FIELDS = [f for f in _cls.fields_desc
                         if f.name in {g.name for g in _cls.DATA_FIELDS}]
+
+
+def pdu_wire_length(data, start: int = 0) -> int | None:
+    """Length of the PDU at ``data[start:]``, digests found by their CRC32C.
+
+    None when the bytes there do not yet say (header or digest incomplete).
+    A digest cannot be told apart from the next PDU when exactly the header
+    is there and nothing after it: that case counts as no digest.
+    """
+    avail = len(data) - start
+    if avail < 48:
+        return None
+    b = data[start:start + 48]
+    hlen = 48 + b[4] * 4
+    dlen = int.from_bytes(b[5:8], "big")
+    padded = dlen + (-dlen % 4)
+    if avail < hlen:
+        return None
+    hd = avail >= hlen + 4 and _LE32.unpack_from(data, start + hlen)[0] == crc32c_digest(
+        data[start:start + hlen])
+    n = hlen + (4 if hd else 0) + padded
+    if dlen and avail >= n + 4:
+        dd = _LE32.unpack_from(data, start + n)[0] == crc32c_digest(
+            data[start + n - padded:start + n])
+        n += 4 if dd else 0
+    return n
 
 
 def bind_port(port: int) -> None:
