@@ -215,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, CaptureError, TraceFormatError, ScopeError, UrlError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:        # e.g. --config: a store that cannot open
+        print(f"{PROG}: error: {e.strerror or e}"
+              + (f": {e.filename}" if getattr(e, "filename", None) else ""), file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_ERROR
