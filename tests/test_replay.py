@@ -197,6 +197,18 @@ def test_stop_at_first_and_filters(tmp_path, capsys):
     assert rc == 0 and rep["replayed"] == 11
 
 
+def test_queue_depth_keeps_order_and_answers(tmp_path, capsys):
+    tr = _write(_disk_trace(n_reads=40), tmp_path / "disk.jsonl")
+    cfg = _config(tmp_path)
+    rc, rep = _json(capsys, tr, "--config", cfg, "--seed", "--queue-depth", 8)
+    assert rc == 0 and rep["matched"] == 43
+    fresh = _config(tmp_path, sub="fresh")
+    rc, rep = _json(capsys, tr, "--config", fresh, "--queue-depth", 8, "--stop-at-first")
+    assert rc == 1 and rep["stopped_at"] == 1 and rep["replayed"] == 2
+    rc, out, err = _run(capsys, tr, "--config", cfg, "--queue-depth", 0)
+    assert rc == 2 and "queue depth 1..128" in err
+
+
 def test_lun_map(tmp_path, capsys):
     d = tmp_path / "two"
     d.mkdir()

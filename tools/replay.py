@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", action="store_true",
                    help="first write what the trace's reads returned (blocks it did not "
                    "write itself), so reads compare on a fresh volume")
+    p.add_argument("--queue-depth", metavar="N", type=_depth, default=1,
+                   help="commands outstanding per session (default 1: each waits for the "
+                   "previous answer; more is faster, but the target may reorder SIMPLE tasks)")
     p.add_argument("--timeout", metavar="S", type=_factor, default=30.0,
                    help="seconds per command (default 30)")
     p.add_argument("--max-differences", metavar="N", type=int, default=50,
@@ -76,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"bad port {text!r}")
+    return int(text)
+
+
+def _depth(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 128:
+        raise argparse.ArgumentTypeError(f"queue depth 1..128, not {text!r}")
     return int(text)
 
 
@@ -121,7 +130,8 @@ def options_from_args(args):
                          skip=[Scope.parse(t) for t in args.ignore_opcode],
                          stop_at_first=args.stop_at_first, lun_map=lun_map,
                          lba_offset=args.lba_offset, nexus=args.nexus, luns=set(args.lun),
-                         seed=args.seed, timing=args.timing, timeout=args.timeout)
+                         seed=args.seed, timing=args.timing, timeout=args.timeout,
+                         queue_depth=args.queue_depth)
 
 
 class _InProcessTarget:

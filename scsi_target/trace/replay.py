@@ -45,6 +45,9 @@ class ReplayOptions:
     seed: bool = False
     timing: float | None = None         # None: as fast as possible; else scale of recorded gaps
     timeout: float = 30.0
+    # Commands outstanding per session (1: each waits for the previous answer).
+    # More is faster, but a target may then run SIMPLE tasks in another order.
+    queue_depth: int = 1
 
 
 def select(trace: Trace, opts: ReplayOptions) -> tuple[list[Exchange], dict[str, int]]:
@@ -193,6 +196,8 @@ class Replayer:
     async def _replay(self, prepared, report: ReplayReport) -> None:
         t0_rec = prepared[0][0].t_command if prepared else 0.0
         t0 = time.perf_counter()
+        window: list = []          # (exchange, pending answer) in issue order
+        qd = max(1, self.opts.queue_depth)
         for ex, cdb, lun in prepared:
             if self.opts.timing is not None:
                 due = t0 + (ex.t_command - t0_rec) * self.opts.timing
@@ -200,32 +205,73 @@ class Replayer:
                 if delay > 0:
                     await asyncio.sleep(delay)
             client = await self._client(ex.nexus.it)
-            got = await self._execute(client, ex, cdb, lun)
-            diffs = [] if ex.status is None else compare(
-                ex, got, ignored_fields(self.opts.ignore, ex.cdb))
-            report.add(ex, got, diffs)
-            if got.error:
-                # The session is gone; a new one for the next command.
-                self._clients.pop(ex.nexus.it, None)
-            if diffs and self.opts.stop_at_first:
-                report.stopped_at = ex.seq
+            window.append((ex, await self._submit(client, ex, cdb, lun)))
+            while len(window) >= qd:
+                if await self._settle(window.pop(0), report):
+                    await self._drain(window)
+                    report.elapsed = time.perf_counter() - t0
+                    return
+        while window:
+            if await self._settle(window.pop(0), report):
                 break
+        await self._drain(window)
         report.elapsed = time.perf_counter() - t0
 
-    async def _execute(self, client: IscsiClient, ex: Exchange, cdb: bytes, lun: int) -> Outcome:
+    async def _drain(self, window) -> None:
+        for _, fut in window:
+            fut.cancel()
+        for _, fut in window:
+            try:
+                await fut
+            except (asyncio.CancelledError, Exception):
+                pass
+        window.clear()
+
+    async def _settle(self, item, report: ReplayReport) -> bool:
+        """Wait for one answer and compare it; True when the replay stops here."""
+        ex, fut = item
+        got = await fut
+        diffs = [] if ex.status is None else compare(
+            ex, got, ignored_fields(self.opts.ignore, ex.cdb))
+        report.add(ex, got, diffs)
+        if got.error:
+            # The session is gone; a new one for the next command.
+            self._clients.pop(ex.nexus.it, None)
+        if diffs and self.opts.stop_at_first:
+            report.stopped_at = ex.seq
+            return True
+        return False
+
+    async def _submit(self, client: IscsiClient, ex: Exchange, cdb: bytes, lun: int):
+        """Put the command on the wire (in trace order); an awaitable of its Outcome."""
         data_out = ex.data_out if ex.direction == "out" else None
         if data_out is not None and len(data_out) < ex.edtl:
             data_out = bytes(data_out) + bytes(ex.edtl - len(data_out))
         read_length = ex.edtl if ex.direction == "in" else 0
         start = time.perf_counter()
         try:
-            r = await client.execute(cdb, data_out=data_out or None, read_length=read_length,
-                                     lun=lun, timeout=self.opts.timeout)
+            handle = await client.submit(cdb, data_out=data_out or None,
+                                         read_length=read_length, lun=lun,
+                                         timeout=self.opts.timeout)
         except (IscsiError, OSError, ValueError) as e:
-            return Outcome(None, error=f"{type(e).__name__}: {e}",
+            return _done(Outcome(None, error=f"{type(e).__name__}: {e}",
+                                 latency=time.perf_counter() - start))
+
+        async def answer() -> Outcome:
+            try:
+                r = await handle.result()
+            except (IscsiError, OSError, ValueError) as e:
+                return Outcome(None, error=f"{type(e).__name__}: {e}",
+                               latency=time.perf_counter() - start)
+            return Outcome(r.status, r.response, bytes(r.sense), bytes(r.data), r.residual,
                            latency=time.perf_counter() - start)
-        return Outcome(r.status, r.response, bytes(r.sense), bytes(r.data), r.residual,
-                       latency=time.perf_counter() - start)
+        return asyncio.ensure_future(answer())
+
+
+def _done(outcome: Outcome) -> asyncio.Future:
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(outcome)
+    return fut
 
 
 def replay(trace: Trace, url: str, opts: ReplayOptions | None = None) -> ReplayReport:
