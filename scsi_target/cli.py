@@ -80,6 +80,12 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
                    "none); past it the backup stream fails (default: 1G or the disk's size)")
     s.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP (secret of 12..16 bytes)")
+    s.add_argument("--record", metavar="FILE",
+                   help="write every SCSI command and its answer to FILE as a trace "
+                   "(JSON lines, docs/trace-format.md; replay with scsi-replay)")
+    s.add_argument("--record-pcapng", metavar="FILE",
+                   help="also write the commands as iSCSI PDUs in a pcapng file "
+                   "(tshark and scsi-replay read it; no tcpdump or root needed)")
     s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                    help="logging threshold (default info)")
 
@@ -121,11 +127,14 @@ def describe(cfg: C.ServerConfig, bound: Sequence[tuple[str, int]]) -> list[str]
     return lines
 
 
-async def serve(cfg: C.ServerConfig, server_factory=None) -> int:
+async def serve(cfg: C.ServerConfig, server_factory=None, recorder=None) -> int:
     """Build the registry, start the server, wait for SIGINT/SIGTERM, close."""
     if server_factory is None:
         from .target.server import IscsiServer as server_factory
     registry = C.build_registry(cfg)
+    if recorder is not None:
+        for t in registry.targets.values():
+            t.luns.recorder = recorder
     server = server_factory(registry, **cfg.server_options())
     try:
         await server.start()
@@ -175,7 +184,18 @@ def main(argv: Sequence[str] | None = None, *, server_factory=None) -> int:
         cfg = config_from_args(args)
         for w in cfg.warnings:
             log.warning("%s", w)
-        return asyncio.run(serve(cfg, server_factory))
+        recorder = None
+        if args.record or args.record_pcapng:
+            from .trace.recorder import Recorder
+            try:
+                recorder = Recorder.open(args.record, args.record_pcapng)
+            except OSError as e:
+                raise UsageError(f"cannot write {e.filename}: {e.strerror or e}") from None
+        try:
+            return asyncio.run(serve(cfg, server_factory, recorder))
+        finally:
+            if recorder is not None:
+                recorder.close()
     except UsageError as e:
         return _fail(f"error: {e}")
     except C.ConfigError as e:

@@ -518,3 +518,5 @@ def cmd_blocklimits(s: Session, a) -> Out:
 from . import shell_backup  # noqa: E402,F401  (registers gen/scope/counts/estimate)
 # ====================================================== reservations, third-party copy
 from . import shell_copy_pr  # noqa: E402,F401  (registers prin/copyparams/copystatus/xcopy)
+# ============================================================== trace record/replay
+from . import shell_replay  # noqa: E402,F401  (registers record/replay)

@@ -286,6 +286,8 @@ class LunMap:
         self.name = name
         self.luns: dict[int, LogicalUnit] = {}
         self._missing = NoSuchLun(self)
+        # Trace recorder (scsi_target.trace.recorder): sees every command here.
+        self.recorder = None
 
     def add(self, lun: int, lu: LogicalUnit) -> None:
         if lun in self.luns:
@@ -305,15 +307,20 @@ class LunMap:
         connection, the in-process API, tools): a bug below turns into
         HARDWARE ERROR / INTERNAL TARGET FAILURE for that command only.
         """
+        rec = self.recorder
+        t0 = rec.clock() if rec is not None else 0.0
         lu = self.get(cmd.lun)
         try:
-            return lu.execute(cmd)
+            resp = lu.execute(cmd)
         except Exception:
             log.exception("internal error executing CDB %s on LUN %d",
                           bytes(cmd.cdb).hex(), cmd.lun)
             err = S.SenseError(S.SenseKey.HARDWARE_ERROR, S.INTERNAL_TARGET_FAILURE)
-            return Response(Status.CHECK_CONDITION, sense=S.render_sense(err),
+            resp = Response(Status.CHECK_CONDITION, sense=S.render_sense(err),
                             residual=cmd.expected_length or 0)
+        if rec is not None:
+            rec.command(cmd, resp, t0)      # never raises
+        return resp
 
     def commit(self) -> None:
         """Make the write intents of every command answered so far durable.
