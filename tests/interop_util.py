@@ -29,8 +29,9 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 
 # Debian packages that provide the tools, for the skip/fail message.
-_PACKAGES = {"iscsi": "libiscsi-bin", "qemu": "qemu-utils", "tgt": "tgt", "tshark": "tshark",
-             "dumpcap": "tshark"}
+_PACKAGES = {"iscsi": "libiscsi-bin", "qemu-system": "qemu-system-x86", "qemu": "qemu-utils",
+             "tgt": "tgt", "tshark": "tshark", "dumpcap": "tshark", "busybox": "busybox-static",
+             "mt-st": "mt-st", "vmlinuz": "linux-image-cloud-amd64"}
 
 
 def on_ci() -> bool:
