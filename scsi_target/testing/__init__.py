@@ -12,7 +12,7 @@ from ..interceptors.faults import (FAULT_CONTROL_OPCODE, FaultInjector, FaultRul
                                    FaultRuleError, fault_control_cdb, parse_rules)
 from .cow import CowStore
 from .kinds import LU_KINDS, BuildContext, LuKind, LuSpecError, register_lu_kind
-from .target import AsyncServer, InProcessTarget, Result, ThreadedServer
+from .inprocess import AsyncServer, InProcessTarget, Result, ThreadedServer
 
 __all__ = ["AsyncServer", "BuildContext", "CommandLog", "CommandRecord", "CowStore",
            "FAULT_CONTROL_OPCODE", "FaultInjector", "FaultRule", "FaultRuleError",

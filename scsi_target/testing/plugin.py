@@ -25,7 +25,7 @@ import random
 import pytest
 
 from .cow import CowStore
-from .target import DEFAULT_IQN, InProcessTarget
+from .inprocess import DEFAULT_IQN, InProcessTarget
 
 SEED_CHUNK = 16 << 20
 
