@@ -44,7 +44,7 @@ ACTIONS = {
     "short_transfer": ("keep",),  # the read returns ``keep`` bytes (default half), residual set
 }
 _MATCH_KEYS = ("lun", "lba", "opcode", "initiator", "every", "probability", "seed", "times")
-_STATUS_NAMES = {s.name.lower(): s for s in Status}
+_STATUS_NAMES = {s.name.lower(): s for s in Status if s != Status.GOOD}
 
 
 class FaultRuleError(ValueError):
@@ -227,7 +227,7 @@ def parse_rule(spec: Any, where: str = "") -> FaultRule:
             r.status = st
         else:
             raise FaultRuleError(f"{w}status: {st!r}: expected a non-GOOD status byte or one of "
-                                 f"{', '.join(n for n in _STATUS_NAMES if n != 'good')}")
+                                 f"{', '.join(_STATUS_NAMES)}")
     if "key" in spec:
         k = spec["key"]
         if isinstance(k, str) and k.upper().replace(" ", "_") in S.SenseKey.__members__:
