@@ -104,9 +104,16 @@ class InProcessTarget:
             lun = max(self.luns.luns, default=-1) + 1
         lu = build_lu(kind, BuildContext(self.name, lun, self.luns), options)
         try:
+            return self.attach(lun, lu)
+        except LuSpecError:
+            lu.close()
+            raise
+
+    def attach(self, lun: int, lu: LogicalUnit) -> LogicalUnit:
+        """Serve a LU built elsewhere (a custom device type or command table) at ``lun``."""
+        try:
             self.luns.add(lun, lu)
         except ValueError as e:
-            lu.close()
             raise LuSpecError(str(e)) from None
         if not self.power_on_ua:
             lu.ua.first_contact(self.nexus)
