@@ -81,7 +81,7 @@ class InProcessTarget:
     """
 
     def __init__(self, name: str = DEFAULT_IQN, *, chap: tuple[str, str] | None = None,
-                 log_size: int = 10000, faults: Iterable[FaultRule | dict] = (),
+                 mutual_chap: tuple[str, str] | None = None, log_size: int = 10000, faults: Iterable[FaultRule | dict] = (),
                  fault_control: bool = True, power_on_ua: bool = False) -> None:
         from ..config import check_iscsi_name
         why = check_iscsi_name(name)
@@ -89,6 +89,7 @@ class InProcessTarget:
             raise LuSpecError(f"target name {name!r}: {why}")
         self.name = name
         self.chap = chap
+        self.mutual_chap = mutual_chap
         self.luns = LunMap(name)
         self.log = CommandLog(log_size) if log_size else None
         rules = [r if isinstance(r, FaultRule) else parse_rules(r)[0] for r in faults]
@@ -164,10 +165,15 @@ class InProcessTarget:
         return self.submit(bytes([0x35]) + bytes(9), lun=lun)
 
     # ------------------------------------------------------------ serving
+    def target_def(self):
+        from ..target.registry import Chap, TargetDef
+        return TargetDef(self.name, self.luns, chap=Chap(*self.chap) if self.chap else None,
+                         mutual_chap=Chap(*self.mutual_chap) if self.mutual_chap else None)
+
     def registry(self, host: str = "127.0.0.1", port: int = 0):
-        from ..target.registry import Chap, Portal, TargetDef, TargetRegistry
+        from ..target.registry import Portal, TargetRegistry
         reg = TargetRegistry(portals=[Portal(host, port)])
-        reg.add(TargetDef(self.name, self.luns, chap=Chap(*self.chap) if self.chap else None))
+        reg.add(self.target_def())
         return reg
 
     def serve(self, *, host: str = "127.0.0.1", port: int = 0, **server_options) -> "ThreadedServer":
@@ -212,8 +218,11 @@ class _Served:
 
 
 class AsyncServer(_Served):
-    def __init__(self, target: InProcessTarget, *, host: str, port: int, **opts) -> None:
+    """Serves one target, and any added with :meth:`add` (one portal, several names)."""
+
+    def __init__(self, target: InProcessTarget | None, *, host: str, port: int, **opts) -> None:
         self.target = target
+        self.targets = [target] if target is not None else []
         self.host = host
         self.port = port
         self.options = opts
@@ -221,18 +230,32 @@ class AsyncServer(_Served):
 
     async def start(self) -> "AsyncServer":
         from ..target.server import IscsiServer
-        self.server = IscsiServer(self.target.registry(self.host, self.port), **self.options)
+        from ..target.registry import Portal, TargetRegistry
+        reg = TargetRegistry(portals=[Portal(self.host, self.port)])
+        for t in self.targets:
+            reg.add(t.target_def())
+        self.server = IscsiServer(reg, **self.options)
         await self.server.start()
         self.host, self.port = self.server.bound_portals[0][:2]
-        hook = getattr(self.server, "hold_output", None)
-        if hook is not None:
-            self.target.chain.delay_sink = hook
+        for t in self.targets:
+            self._hook(t)
         return self
+
+    def _hook(self, t: InProcessTarget) -> None:
+        t.chain.delay_sink = getattr(self.server, "hold_output", None)
+
+    def add(self, target: InProcessTarget) -> None:
+        """Serve another target on the same portal (call on the server's loop)."""
+        self.targets.append(target)
+        if self.server is not None:
+            self.server.registry.add(target.target_def())
+            self._hook(target)
 
     async def stop(self) -> None:
         if self.server is not None:
             srv, self.server = self.server, None
-            self.target.chain.delay_sink = None
+            for t in self.targets:
+                t.chain.delay_sink = None
             # The server closes the registry's LUN maps; the target owns them.
             srv.registry.targets.clear()
             await srv.close()
@@ -247,7 +270,8 @@ class AsyncServer(_Served):
 class ThreadedServer(_Served):
     """An event loop in a daemon thread serving the target (for synchronous suites)."""
 
-    def __init__(self, target: InProcessTarget, *, host: str, port: int, **opts) -> None:
+    def __init__(self, target: InProcessTarget | None, *, host: str = "127.0.0.1",
+                 port: int = 0, **opts) -> None:
         self.target = target
         self.host = host
         self.port = port
@@ -276,6 +300,18 @@ class ThreadedServer(_Served):
         asyncio.set_event_loop(self.loop)
         started.set()
         self.loop.run_forever()
+
+    @property
+    def server(self):
+        """The running IscsiServer (its options, e.g. nop_interval, may be changed)."""
+        return self._async.server
+
+    def add(self, target: InProcessTarget) -> None:
+        """Serve another target on the same portal."""
+        if self.loop is None:
+            self._async.add(target)
+        else:
+            self.call(self._async.add, target)
 
     def call(self, fn, *args):
         """Run ``fn(*args)`` on the server's loop thread and return its result."""
