@@ -362,3 +362,19 @@ def test_cow_snapshot_is_independent_and_reads_through():
     assert a.read(0, 1 << 20) == seed[:3000] + patch + seed[9000:]
     assert b.read(0, 1 << 20) == seed and base.read(0, 1 << 20) == seed
     assert a.copied_bytes == 3 * 4096
+
+
+def test_server_process_fixture_serves_and_stops_cleanly(iscsi_server_process):
+    from scsi_target.initiator.sync import SyncIscsiClient
+    from scsi_target.testing.process import Lun, Target
+    iqn = "iqn.2026-12.org.pyscsi.test:process"
+    proc = iscsi_server_process([Target(iqn, [Lun(0, "4M", {"track": False})])])
+    data = os.urandom(BS)
+    with SyncIscsiClient(proc.url(0)) as c:
+        c.test_unit_ready()
+        c.write(5, data)
+    proc.restart()                     # SIGTERM exits 0; the data is in the backing file
+    with SyncIscsiClient(proc.url(0)) as c:
+        c.test_unit_ready()
+        assert c.read(5, 1) == data
+    assert proc.stop() == 0 and not proc.alive()

@@ -10,6 +10,7 @@ Fixtures
                        of a volume seeded with random bytes once per session
                        (``.seed_store`` holds the original bytes to compare with).
     ``iscsi_seed_store``  factory ``(size, seed) -> BlockStore``, session cached.
+    ``iscsi_server_process``  factory of real server subprocesses (testing/process.py).
 
 Markers
     ``@pytest.mark.scsi_lu(kind="disk", lun=None, **options)``  one LU (repeatable)
@@ -132,3 +133,20 @@ def iscsi_seeded(request, iscsi_seed_store):
     t.seed_store = base
     yield t
     t.close()
+
+
+@pytest.fixture
+def iscsi_server_process(tmp_path):
+    """Factory: ``iscsi_server_process([Target(iqn, [Lun(0, "64M")])])`` -> a started
+    :class:`~scsi_target.testing.process.ServerProcess` (stopped after the test)."""
+    from .process import ServerProcess
+    started: list[ServerProcess] = []
+
+    def start(targets, subdir: str = "srv") -> ServerProcess:
+        proc = ServerProcess(tmp_path / f"{subdir}{len(started)}", targets)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
