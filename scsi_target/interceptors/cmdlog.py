@@ -131,42 +131,55 @@ class CommandLog:
     def __init__(self, maxlen: int = 10000, name_of: Callable[[int, bytes], str] | None = None):
         if maxlen < 1:
             raise ValueError(f"command log size {maxlen} must be at least 1")
-        self.records: collections.deque[CommandRecord] = collections.deque(maxlen=maxlen)
+        # Raw tuples on the hot path; decoded into CommandRecords when asked.
+        self._ring: collections.deque[tuple] = collections.deque(maxlen=maxlen)
         self.seq = 0
-        self.dropped = 0
         self._name_of = name_of
 
     # -- the interceptor -------------------------------------------------
     def record(self, cmd: Command, resp: Response, latency: float, fault: str = "") -> None:
-        cdb = bytes(cmd.cdb)
+        self.seq += 1
+        d = cmd.data_out
+        cdb = cmd.cdb
+        if type(cdb) is not bytes:      # a view of a receive buffer would change under us
+            cdb = bytes(cdb)
+        self._ring.append((self.seq, cmd.nexus.initiator, cmd.lun, cdb,
+                           0 if d is None else len(d) if not isinstance(d, memoryview)
+                           else d.nbytes, resp.status, resp.sense, latency, fault))
+
+    @property
+    def dropped(self) -> int:
+        """Commands that fell off the ring."""
+        return self.seq - len(self._ring)
+
+    def _decode(self, raw: tuple) -> CommandRecord:
+        seq, initiator, lun, cdb, dlen, status, sense, latency, fault = raw
+        cdb = bytes(cdb)
         rng = block_range(cdb)
         spec = BLOCK_OPS.get(cdb[0]) if cdb else None
         if spec is not None:
             name = spec[0]
         elif self._name_of is not None:
-            name = self._name_of(cmd.lun, cdb)
+            name = self._name_of(lun, cdb)
         else:
             name = f"opcode 0x{cdb[0]:02x}" if cdb else "(empty CDB)"
-        self.seq += 1
-        if len(self.records) == self.records.maxlen:
-            self.dropped += 1
-        d = cmd.data_out
-        self.records.append(CommandRecord(
-            self.seq, cmd.nexus.initiator, cmd.lun, cdb, name,
-            rng[0] if rng else None, rng[1] if rng else None,
-            0 if d is None else memoryview(d).nbytes, Status(resp.status)
-            if resp.status in Status._value2member_map_ else resp.status,
-            bytes(resp.sense), latency, fault))
+        st = Status(status) if status in Status._value2member_map_ else status
+        return CommandRecord(seq, initiator, lun, cdb, name, rng[0] if rng else None,
+                             rng[1] if rng else None, dlen, st, bytes(sense), latency, fault)
+
+    @property
+    def records(self) -> list[CommandRecord]:
+        return [self._decode(r) for r in list(self._ring)]
 
     # -- queries ---------------------------------------------------------
     def __iter__(self) -> Iterator[CommandRecord]:
-        return iter(list(self.records))
+        return iter(self.records)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self._ring)
 
     def clear(self) -> None:
-        self.records.clear()
+        self._ring.clear()
 
     def select(self, what=None, *, lun: int | None = None,
                initiator: str | None = None) -> list[CommandRecord]:
