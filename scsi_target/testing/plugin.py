@@ -10,7 +10,8 @@ Fixtures
                        of a volume seeded with random bytes once per session
                        (``.seed_store`` holds the original bytes to compare with).
     ``iscsi_seed_store``  factory ``(size, seed) -> BlockStore``, session cached.
-    ``iscsi_server_process``  factory of real server subprocesses (testing/process.py).
+    ``iscsi_server_process``  factory of real server subprocesses
+                       (scsi_target/testing/process.py).
 
 Markers
     ``@pytest.mark.scsi_lu(kind="disk", lun=None, **options)``  one LU (repeatable)
