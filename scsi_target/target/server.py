@@ -311,6 +311,20 @@ class IscsiServer:
         until = asyncio.get_running_loop().time() + seconds
         self.holds[nexus] = max(until, self.holds.get(nexus, 0.0))
 
+    def drop_connection(self, nexus) -> None:
+        """Close the connection of ``nexus`` without sending what it has queued (the
+        drop_connection fault): its output is held, and the socket closed next."""
+        loop = asyncio.get_running_loop()
+        self.holds[nexus] = loop.time() + 3600.0   # never sent: the socket closes first
+        loop.call_soon(self._drop, nexus)
+
+    def _drop(self, nexus) -> None:
+        self.holds.pop(nexus, None)
+        for drv in list(self._drivers):
+            s = drv.conn.session
+            if s is not None and s.nexus == nexus:
+                drv._close("fault injection: connection dropped")
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
