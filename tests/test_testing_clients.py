@@ -158,3 +158,30 @@ def test_fault_control_steers_a_running_server(client, iscsi_server):
     assert listed["rules"][0]["fired"] == 1
     assert client.execute(fault_control_cdb(1)).good
     assert client.execute(read10(40, 1), read_length=BS).good
+
+
+def test_drop_connection_our_initiator_reconnects(iscsi_server):
+    from scsi_target.initiator.errors import IscsiError
+    iscsi_server.target.faults.add(action="drop_connection", opcode="read", lba=[7, 8])
+    data = os.urandom(BS)
+    with SyncIscsiClient(iscsi_server.url(0)) as c:
+        c.test_unit_ready()
+        c.write(7, data)
+        with pytest.raises((IscsiError, OSError, ConnectionError)):
+            c.read(7, 1)
+        c.reconnect()
+        c.test_unit_ready()
+        assert c.read(7, 1) == data
+    reads = iscsi_server.target.log.select("READ(16)")
+    assert [r.status for r in reads] == [0x40, 0x00]     # the dropped one was never answered
+
+
+def test_drop_connection_qemu_io_reconnects_and_retries(iscsi_server):
+    out = qemu_io(iscsi_server.url(0), "write -P 0x6b 0 4096")
+    assert "wrote 4096/4096" in out, out
+    iscsi_server.target.faults.add(action="drop_connection", opcode="read", lba=[0, 8])
+    out = qemu_io(iscsi_server.url(0), "read -P 0x6b 0 4096")
+    assert "read 4096/4096" in out and "Pattern verification failed" not in out, out
+    reads = [r for r in iscsi_server.target.log.select("READ") if r.lba == 0]
+    assert [r.fault for r in reads][:2] == ["drop_connection", ""], \
+        iscsi_server.target.log.format(reads)

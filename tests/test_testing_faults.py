@@ -378,3 +378,10 @@ def test_server_process_fixture_serves_and_stops_cleanly(iscsi_server_process):
         c.test_unit_ready()
         assert c.read(5, 1) == data
     assert proc.stop() == 0 and not proc.alive()
+
+
+def test_drop_connection_in_process_is_task_aborted_and_not_executed(t):
+    old = t.read(9, 1)
+    t.faults.add(action="drop_connection", opcode="write")
+    assert t.write(9, os.urandom(BS)).status == Status.TASK_ABORTED
+    assert t.read(9, 1) == old

@@ -8,7 +8,8 @@ the command gets the map's own answer.
 
 Added latency (the ``delay`` fault) goes to :attr:`Interception.delay_sink`
 when a front end set one (a served target holds that connection's output
-without blocking the event loop); otherwise the calling thread sleeps.
+without blocking the event loop); otherwise the calling thread sleeps.  The
+``drop_connection`` fault goes to :attr:`Interception.drop_sink` likewise.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Interception:
         if faults is not None:
             faults.lunmap = lunmap
         self.delay_sink: Callable[[Nexus, float], None] | None = None
+        # Set by a front end that can close the connection of a nexus (drop_connection).
+        self.drop_sink: Callable[[Nexus], None] | None = None
         self._inner = type(lunmap).execute.__get__(lunmap)
 
     def execute(self, cmd: Command) -> Response:
@@ -60,6 +63,8 @@ class Interception:
                 resp = faults.after(rule, cmd, resp)
             except Exception:
                 log.exception("fault injector failed after a command")
+        if rule is not None and rule.action == "drop_connection" and self.drop_sink is not None:
+            self.drop_sink(cmd.nexus)
         if delay:
             if self.delay_sink is not None:
                 self.delay_sink(cmd.nexus, delay)

@@ -42,6 +42,9 @@ ACTIONS = {
     "corrupt_read": ("bits",),    # the read runs; ``bits`` bits of its data are flipped
     "drop_write": (),             # GOOD, nothing written
     "short_transfer": ("keep",),  # the read returns ``keep`` bytes (default half), residual set
+    # Served targets: the command is not executed and its connection is closed
+    # without an answer (in process: TASK ABORTED).
+    "drop_connection": (),
 }
 _MATCH_KEYS = ("lun", "lba", "opcode", "initiator", "every", "probability", "seed", "times")
 _STATUS_NAMES = {s.name.lower(): s for s in Status if s != Status.GOOD}
@@ -341,6 +344,8 @@ class FaultInjector:
             return None, rule, 0.0
         if a == "drop_write":
             return Response(Status.GOOD, residual=0), rule, 0.0
+        if a == "drop_connection":
+            return Response(Status.TASK_ABORTED, residual=cmd.expected_length or 0), rule, 0.0
         # recovered_error, corrupt_read, short_transfer act on the answer
         return None, rule, 0.0
 

@@ -243,6 +243,7 @@ class AsyncServer(_Served):
 
     def _hook(self, t: InProcessTarget) -> None:
         t.chain.delay_sink = getattr(self.server, "hold_output", None)
+        t.chain.drop_sink = getattr(self.server, "drop_connection", None)
 
     def add(self, target: InProcessTarget) -> None:
         """Serve another target on the same portal (call on the server's loop)."""
@@ -255,7 +256,7 @@ class AsyncServer(_Served):
         if self.server is not None:
             srv, self.server = self.server, None
             for t in self.targets:
-                t.chain.delay_sink = None
+                t.chain.delay_sink = t.chain.drop_sink = None
             # The server closes the registry's LUN maps; the target owns them.
             srv.registry.targets.clear()
             await srv.close()
