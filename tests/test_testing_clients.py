@@ -185,3 +185,24 @@ def test_drop_connection_qemu_io_reconnects_and_retries(iscsi_server):
     reads = [r for r in iscsi_server.target.log.select("READ") if r.lba == 0]
     assert [r.fault for r in reads][:2] == ["drop_connection", ""], \
         iscsi_server.target.log.format(reads)
+
+
+def test_assert_synced_sees_a_write_left_unsynced_at_logout(iscsi_server):
+    log = iscsi_server.target.log
+    with SyncIscsiClient(iscsi_server.url(0)) as c:
+        c.test_unit_ready()
+        c.write(3, os.urandom(BS))
+        c.execute(bytes([0x35]) + bytes(9))          # SYNCHRONIZE CACHE(10)
+    log.assert_synced()
+    with SyncIscsiClient(iscsi_server.url(0)) as c:
+        c.test_unit_ready()
+        c.write(4, os.urandom(BS))
+    # A SYNCHRONIZE CACHE after that session ended does not make it right.
+    with SyncIscsiClient(iscsi_server.url(0)) as c:
+        c.test_unit_ready()
+        c.execute(bytes([0x35]) + bytes(9))
+    with pytest.raises(AssertionError) as e:
+        log.assert_synced()
+    msg = str(e.value)
+    assert msg.startswith("1 write(s) never followed by SYNCHRONIZE CACHE")
+    assert "WRITE(16) LBA 4 x1" in msg and "I_T NEXUS LOSS" in msg and "LBA 3 " not in msg

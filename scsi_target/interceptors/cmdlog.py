@@ -61,6 +61,8 @@ BLOCK_OPS: dict[int, tuple[str, Callable, int, bool]] = {
     0xAA: ("WRITE(12)", _l12, 12, True),
 }
 SYNC_OPS = frozenset({0x35, 0x91})
+# The pseudo record of a session's end (logout or lost connection) on a LUN.
+NEXUS_LOSS = "I_T NEXUS LOSS"
 WRITE_OPS = frozenset(op for op, v in BLOCK_OPS.items() if v[3]) | {0x42}  # + UNMAP
 
 
@@ -147,6 +149,14 @@ class CommandLog:
                            0 if d is None else len(d) if not isinstance(d, memoryview)
                            else d.nbytes, resp.status, resp.sense, latency, fault))
 
+    def nexus_lost(self, nexus, lun: int) -> None:
+        """Mark the end of an I_T nexus (logout, dropped connection) on ``lun``."""
+        if nexus is None:          # a LU reset, not the end of a session
+            return
+        self.seq += 1
+        self._ring.append((self.seq, nexus.initiator, lun, b"", 0, Status.GOOD, b"", 0.0,
+                           NEXUS_LOSS))
+
     @property
     def dropped(self) -> int:
         """Commands that fell off the ring."""
@@ -157,7 +167,9 @@ class CommandLog:
         cdb = bytes(cdb)
         rng = block_range(cdb)
         spec = BLOCK_OPS.get(cdb[0]) if cdb else None
-        if spec is not None:
+        if fault == NEXUS_LOSS:
+            name, fault = NEXUS_LOSS, ""
+        elif spec is not None:
             name = spec[0]
         elif self._name_of is not None:
             name = self._name_of(lun, cdb)
@@ -228,22 +240,32 @@ class CommandLog:
                                  f"{self.format(bad)}")
 
     def assert_synced(self, *, lun: int | None = None, initiator: str | None = None) -> None:
-        """Every successful WRITE was followed by a successful SYNCHRONIZE CACHE
-        from the same initiator to the same LUN (before the log ends, e.g. logout)."""
+        """Every successful WRITE was followed by a successful SYNCHRONIZE CACHE from the
+        same initiator to the same LUN before that initiator's session ended (logout or
+        lost connection) and before the log ends."""
         unsynced: dict[tuple[str, int], list[CommandRecord]] = {}
+        bad: list[CommandRecord] = []
+        ended: list[CommandRecord] = []
         for r in self.records:
             if (lun is not None and r.lun != lun) or \
                     (initiator is not None and initiator not in r.initiator):
                 continue
             key = (r.initiator, r.lun)
-            if r.writes and r.status == Status.GOOD:
+            if r.name == NEXUS_LOSS:
+                lost = unsynced.pop(key, [])
+                if lost:
+                    bad += lost
+                    ended.append(r)
+            elif r.writes and r.status == Status.GOOD:
                 unsynced.setdefault(key, []).append(r)
             elif r.opcode in SYNC_OPS and r.status == Status.GOOD:
                 unsynced.pop(key, None)
-        bad = [r for rs in unsynced.values() for r in rs]
+        bad += [r for rs in unsynced.values() for r in rs]
         if bad:
+            bad.sort(key=lambda r: r.seq)
+            end = f"; sessions that ended first:\n{self.format(ended)}" if ended else ""
             raise AssertionError(f"{len(bad)} write(s) never followed by SYNCHRONIZE CACHE:\n"
-                                 f"{self.format(bad)}")
+                                 f"{self.format(bad)}{end}")
 
     def assert_all_good(self, what=None, *, lun: int | None = None) -> None:
         bad = [r for r in self.select(what, lun=lun) if r.status != Status.GOOD]

@@ -116,6 +116,8 @@ class InProcessTarget:
             self.luns.add(lun, lu)
         except ValueError as e:
             raise LuSpecError(str(e)) from None
+        if self.log is not None:      # logouts and lost connections, for assert_synced
+            lu.forget_hooks.append(lambda nexus, lun=lun: self.log.nexus_lost(nexus, lun))
         if not self.power_on_ua:
             lu.ua.first_contact(self.nexus)
             lu.ua.pop(self.nexus)
