@@ -936,8 +936,9 @@ def build_registry(cfg: ServerConfig) -> TargetRegistry:
             if t.faults or t.fault_control:
                 from .interceptors.chain import install
                 from .interceptors.faults import FaultInjector, parse_rules
-                install(luns, faults=FaultInjector(parse_rules(list(t.faults)),
-                                                   control=t.fault_control))
+                injector = FaultInjector(parse_rules(list(t.faults)), control=t.fault_control)
+                install(luns, faults=injector)
+                reg.get(t.iqn).login_check = injector.login_check
     except BaseException:
         reg.close()
         raise

@@ -206,3 +206,18 @@ def test_assert_synced_sees_a_write_left_unsynced_at_logout(iscsi_server):
     msg = str(e.value)
     assert msg.startswith("1 write(s) never followed by SYNCHRONIZE CACHE")
     assert "WRITE(16) LBA 4 x1" in msg and "I_T NEXUS LOSS" in msg and "LBA 3 " not in msg
+
+
+def test_reject_login_seen_by_iscsi_ls_and_our_initiator(iscsi_server):
+    from scsi_target.initiator.errors import LoginError
+    iscsi_server.target.faults.add(action="reject_login", times=2)
+    r = run_tool([require_tool("iscsi-inq"), iscsi_server.url(0)])
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and re.search(r"login|Login", out), out
+    with pytest.raises(LoginError) as e:
+        SyncIscsiClient(iscsi_server.url(0))
+    assert e.value.status == 0x0301, str(e.value)
+    with SyncIscsiClient(iscsi_server.url(0)) as c:     # times=2: the third login works
+        c.test_unit_ready()
+        assert c.test_unit_ready().good
+    assert iscsi_server.target.faults.rules[0].fired == 2

@@ -385,3 +385,15 @@ def test_drop_connection_in_process_is_task_aborted_and_not_executed(t):
     t.faults.add(action="drop_connection", opcode="write")
     assert t.write(9, os.urandom(BS)).status == Status.TASK_ABORTED
     assert t.read(9, 1) == old
+
+
+def test_reject_login_rules_take_only_login_keys_and_known_statuses(t):
+    with pytest.raises(FaultRuleError, match="lba: not a key of action 'reject_login'"):
+        parse_rules([{"action": "reject_login", "lba": 3}])
+    with pytest.raises(FaultRuleError, match="login_status: 1 is not a login failure status"):
+        parse_rules([{"action": "reject_login", "login_status": 1}])
+    rule = t.faults.add(action="reject_login", initiator="evil", login_status=0x0202)
+    assert t.submit(bytes(6)).ok and rule.matched == 0      # commands never match it
+    assert t.faults.login_check("iqn.x:good") is None
+    assert t.faults.login_check("iqn.x:evil") == 0x0202
+    assert t.faults.login_check("iqn.x:evil") is None       # once

@@ -45,7 +45,13 @@ ACTIONS = {
     # Served targets: the command is not executed and its connection is closed
     # without an answer (in process: TASK ABORTED).
     "drop_connection": (),
+    # Served targets: a normal-session login to this target is refused with
+    # ``login_status`` (default 0301h SERVICE UNAVAILABLE); matched by initiator name.
+    "reject_login": ("login_status",),
 }
+_LOGIN_KEYS = ("initiator", "every", "probability", "seed", "times", "login_status", "action")
+LOGIN_STATUSES = (0x0200, 0x0201, 0x0202, 0x0203, 0x0204, 0x0205, 0x0206, 0x0207, 0x0208,
+                  0x0209, 0x020A, 0x020B, 0x0300, 0x0301, 0x0302)
 _MATCH_KEYS = ("lun", "lba", "opcode", "initiator", "every", "probability", "seed", "times")
 _STATUS_NAMES = {s.name.lower(): s for s in Status if s != Status.GOOD}
 
@@ -73,6 +79,7 @@ class FaultRule:
     seconds: float = 0.0
     bits: int = 1
     keep: int | None = None
+    login_status: int = 0x0301
     # state
     matched: int = 0
     fired: int = 0
@@ -91,8 +98,27 @@ class FaultRule:
     def describe(self) -> str:
         return json.dumps(self.spec, sort_keys=True, default=str)
 
+    def _fires(self) -> bool:
+        self.matched += 1
+        if self.matched % self.every:
+            return False
+        if self.probability is not None:
+            if self._rng is None:
+                self._rng = random.Random(self.seed)
+            if self._rng.random() >= self.probability:
+                return False
+        self.fired += 1
+        return True
+
+    def matches_login(self, initiator_name: str) -> bool:
+        if self.action != "reject_login" or self.exhausted:
+            return False
+        if self.initiator is not None and self.initiator not in initiator_name:
+            return False
+        return self._fires()
+
     def matches(self, cmd: Command, rng: tuple[int, int] | None) -> bool:
-        if self.exhausted:
+        if self.exhausted or self.action == "reject_login":
             return False
         if self.lun is not None and cmd.lun != self.lun:
             return False
@@ -104,16 +130,7 @@ class FaultRule:
         if self.lba is not None:
             if rng is None or rng[0] >= self.lba[1] or rng[0] + max(rng[1], 1) <= self.lba[0]:
                 return False
-        self.matched += 1
-        if self.matched % self.every:
-            return False
-        if self.probability is not None:
-            if self._rng is None:
-                self._rng = random.Random(self.seed)
-            if self._rng.random() >= self.probability:
-                return False
-        self.fired += 1
-        return True
+        return self._fires()
 
     def failing_lba(self, rng: tuple[int, int] | None) -> int | None:
         if rng is None:
@@ -171,7 +188,8 @@ def parse_rule(spec: Any, where: str = "") -> FaultRule:
     action = spec.get("action")
     if action not in ACTIONS:
         raise FaultRuleError(f"{w}action: {action!r} is not one of {', '.join(ACTIONS)}")
-    allowed = set(_MATCH_KEYS) | set(ACTIONS[action]) | {"action"}
+    allowed = set(_LOGIN_KEYS) if action == "reject_login" else \
+        set(_MATCH_KEYS) | set(ACTIONS[action]) | {"action"}
     for k in spec:
         if k not in allowed:
             raise FaultRuleError(f"{w}{k}: not a key of action {action!r} "
@@ -259,6 +277,12 @@ def parse_rule(spec: Any, where: str = "") -> FaultRule:
         r.bits = _int(spec, "bits", 1, 1 << 20, w)
     if "keep" in spec:
         r.keep = _int(spec, "keep", 0, 1 << 40, w)
+    if "login_status" in spec:
+        st = spec["login_status"]
+        if isinstance(st, bool) or not isinstance(st, int) or st not in LOGIN_STATUSES:
+            raise FaultRuleError(f"{w}login_status: {st!r} is not a login failure status "
+                                 "(0x0200..0x020b, 0x0300..0x0302)")
+        r.login_status = st
     return r
 
 
@@ -298,6 +322,13 @@ class FaultInjector:
 
     def clear(self) -> None:
         self.rules.clear()
+
+    def login_check(self, initiator_name: str) -> int | None:
+        """TargetDef.login_check: the status refusing this login, or None."""
+        for rule in self.rules:
+            if rule.matches_login(initiator_name):
+                return rule.login_status
+        return None
 
     # The chain calls before(); a Response ends the command there.
     def before(self, cmd: Command) -> tuple[Response | None, FaultRule | None, float]:
