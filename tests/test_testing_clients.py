@@ -221,3 +221,29 @@ def test_reject_login_seen_by_iscsi_ls_and_our_initiator(iscsi_server):
         c.test_unit_ready()
         assert c.test_unit_ready().good
     assert iscsi_server.target.faults.rules[0].fired == 2
+
+
+@pytest.mark.scsi_lu("disk", lun=0, size="8M", track=True)
+@pytest.mark.scsi_lu("backup", lun=1, source=0)
+def test_diffbackup_reports_a_medium_error_of_the_backup_device(iscsi_server, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    t = iscsi_server.target
+    assert t.write(0, os.urandom(64 * BS)).ok
+
+    def full(out):
+        return subprocess.run([sys.executable, "-m", "tools.diffbackup", "-q", "full",
+                               iscsi_server.url(1), "-o", str(out)], cwd=repo,
+                              capture_output=True, text=True, timeout=120)
+    rule = t.faults.add(action="medium_error", lun=1, opcode="read", times="sticky")
+    r = full(tmp_path / "bad.stream")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "MEDIUM_ERROR ASC/ASCQ 11/00" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+        r.stderr
+    assert rule.fired >= 1
+    t.faults.clear()
+    r = full(tmp_path / "good.stream")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "good.stream").stat().st_size > 64 * BS
