@@ -325,8 +325,8 @@ def test_interceptor_bug_keeps_the_never_crash_guard(t, monkeypatch):
 # --------------------------------------------------------------- building
 def test_lu_kinds_are_data_and_bad_specs_one_line():
     tg = InProcessTarget()
-    with pytest.raises(LuSpecError, match="^LU kind 'tape' is not known"):
-        tg.add_lu("tape")
+    with pytest.raises(LuSpecError, match="^LU kind 'jukebox' is not known"):
+        tg.add_lu("jukebox")
     with pytest.raises(LuSpecError, match="takes no option 'colour'"):
         tg.add_lu("disk", colour="red")
     with pytest.raises(LuSpecError, match="block_size 520"):
@@ -397,3 +397,19 @@ def test_reject_login_rules_take_only_login_keys_and_known_statuses(t):
     assert t.faults.login_check("iqn.x:good") is None
     assert t.faults.login_check("iqn.x:evil") == 0x0202
     assert t.faults.login_check("iqn.x:evil") is None       # once
+
+
+def test_tape_kind_when_the_tree_has_tape_lus():
+    """Registered from the config's LU kinds: present once the SSC tape LU is merged."""
+    from scsi_target.testing import LU_KINDS
+    if "tape" not in LU_KINDS:
+        pytest.skip("this tree has no tape LU (scsi_target/config.py LU_KINDS)")
+    tg = InProcessTarget()
+    tg.add_lu("tape", size="16M")
+    assert tg.submit(bytes([0x10, 0, 0, 0, 1, 0])).ok          # WRITE FILEMARKS(6), 1
+    tg.log.assert_once("WRITE FILEMARKS")
+    assert tg.submit(bytes([0x10, 0, 0, 0, 2, 0])).ok
+    with pytest.raises(AssertionError, match="expected exactly 1 WRITE FILEMARKS command"
+                                             r"\(s\), saw 2"):
+        tg.log.assert_once("WRITE FILEMARKS")
+    tg.close()

@@ -97,9 +97,19 @@ def make_store(options: dict):
     return s
 
 
+def _tracking_store():
+    """The difference tracker's store class, wherever this tree keeps it (it moves from
+    scsi_target/interceptors/ to volume/tracked.py)."""
+    try:
+        from volume.tracked import TrackingStore
+    except ImportError:
+        from ..interceptors.tracker import TrackingStore
+    return TrackingStore
+
+
 def build_disk(ctx: BuildContext, options: dict) -> LogicalUnit:
-    from ..interceptors.tracker import TrackingStore
     from ..scsi.disk import DiskLU
+    TrackingStore = _tracking_store()
 
     bs = options.get("block_size", 512)
     if bs not in (512, 1024, 2048, 4096):
@@ -144,3 +154,40 @@ register_lu_kind(LuKind("disk", build_disk, (
     "SBC disk over memory or a file; track=True records writes in a generation map"))
 register_lu_kind(LuKind("backup", build_backup, ("source",),
                         "the backup pseudo device of a tracked disk (docs/vendor-commands.md)"))
+
+
+# ---------------------------------------------------------------- tape
+def build_tape(ctx: BuildContext, options: dict) -> LogicalUnit:
+    """A tape LU over a tape image file, built the way the config builds one."""
+    import tempfile
+    import weakref
+    from ..config import ConfigError, LunSpec, build_lu as build_config_lu
+
+    backing = options.get("backing")
+    tmpdir = None
+    if backing is None:
+        tmpdir = tempfile.mkdtemp(prefix="pyscsi-tape-")
+        backing = Path(tmpdir) / "tape.img"
+    path = Path(backing)
+    size = _size(options.get("size", "64M"))
+    spec = LunSpec(lun=ctx.lun, path=path, size=size, read_only=bool(options.get("read_only")),
+                   create=not path.exists(), track=False, kind="tape",
+                   where=f"tape LUN {ctx.lun}")
+    try:
+        lu = build_config_lu(spec, ctx.target_name, ctx.luns)
+    except ConfigError as e:
+        raise LuSpecError(str(e)) from None
+    if tmpdir is not None:
+        import shutil
+        weakref.finalize(lu, shutil.rmtree, tmpdir, True)
+    return lu
+
+
+def _register_tape() -> None:
+    from ..config import LU_KINDS as CONFIG_KINDS
+    if "tape" in CONFIG_KINDS:      # trees with the SSC tape LU (scsi_target/config.py)
+        register_lu_kind(LuKind("tape", build_tape, ("size", "backing", "read_only"),
+                                "SSC tape drive over a tape image (a temporary file by default)"))
+
+
+_register_tape()
