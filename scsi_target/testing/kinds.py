@@ -99,7 +99,7 @@ def make_store(options: dict):
 
 def _tracking_store():
     """The difference tracker's store class, wherever this tree keeps it (it moves from
-    scsi_target/interceptors/ to volume/tracked.py)."""
+    the interceptors package to the volume package)."""
     try:
         from volume.tracked import TrackingStore
     except ImportError:
