@@ -102,6 +102,10 @@ class TargetSpec:
     chap: Chap | None = None
     mutual_chap: Chap | None = None
     initiators: frozenset[str] | None = None
+    # Fault injection (scsi_target/interceptors/faults.py): rules in force from
+    # the start, and whether FAULT CONTROL (D5h) may change them at run time.
+    faults: tuple = ()
+    fault_control: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,7 +321,7 @@ def _tname(v: Any) -> str:
 
 _TOP_KEYS = ("portals", "discovery", "target", "timeouts")
 _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
-_TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators")
+_TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators", "fault", "fault_control")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
              "source", "removable", "physical_block_size", "write_same_zero", "parts",
              "track_granularity", "serial", "cow_dir", "cow_size")
@@ -581,7 +585,26 @@ def _parse_target(r: _Reader, raw: Any, key: str, seen_path: dict[str, str]) -> 
             seen_path[real] = lkey
         luns.append(spec)
     _check_backup_sources(r, key, luns)
-    return TargetSpec(iqn, tuple(luns), alias, chap, mutual, initiators)
+    faults = _parse_faults(r, d, key)
+    fault_control = r.typed(d, key, "fault_control", bool, False)
+    return TargetSpec(iqn, tuple(luns), alias, chap, mutual, initiators, faults, fault_control)
+
+
+def _parse_faults(r: _Reader, d: dict, key: str) -> tuple:
+    """[[target.fault]] tables, checked by the one rule parser (docs/config.md)."""
+    if "fault" not in d:
+        return ()
+    from .interceptors.faults import FaultRuleError, parse_rule
+    raw = d["fault"]
+    fkey = _join(key, "fault")
+    if not isinstance(raw, list):
+        raise r.fail(fkey, "expected an array of tables ([[target.fault]]), got " + _tname(raw))
+    for j, item in enumerate(raw):
+        try:
+            parse_rule(item, f"{fkey}[{j}]")
+        except FaultRuleError as e:
+            raise ConfigError(f"{r.source}: {e}") from None
+    return tuple(raw)
 
 
 def _check_backup_sources(r: _Reader, key: str, luns: list[LunSpec]) -> None:
@@ -1062,6 +1085,12 @@ def build_registry(cfg: ServerConfig) -> TargetRegistry:
                 except Exception as e:  # OSError, ValueError, StoreError from the backing
                     raise ConfigError(f"{spec.where}: {_reason(e, spec.path)}") from None
                 luns.add(spec.lun, lu)
+            if t.faults or t.fault_control:
+                from .interceptors.chain import install
+                from .interceptors.faults import FaultInjector, parse_rules
+                injector = FaultInjector(parse_rules(list(t.faults)), control=t.fault_control)
+                install(luns, faults=injector)
+                reg.get(t.iqn).login_check = injector.login_check
     except BaseException:
         reg.close()
         raise

@@ -7,7 +7,7 @@ A *factory* starts one target implementation and creates targets on it:
     factory.close()
 
 ``tgt`` runs the real tgtd (C) as a subprocess with its own portal and
-control port; ``ours`` runs scsi_target.target.server.IscsiServer in a thread
+control port; ``ours`` serves scsi_target.testing targets (ThreadedServer) in a thread
 with its own event loop.  ``params`` are target-side operational settings
 (tgtadm --name/--value); a factory that cannot apply them per target ignores
 them, so tests set what they need to check on the initiator side (the
@@ -16,11 +16,9 @@ accepts both values, which both implementations do by default or here).
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,28 +184,22 @@ class TgtFactory:
 
 
 class OursFactory:
-    """Our own target (scsi_target.target.server) in a thread with its own loop."""
+    """Our own targets served by the testing library (scsi_target.testing) in a thread."""
     name = "ours"
 
     def __init__(self, tmp: Path) -> None:
-        from scsi_target.target.server import IscsiServer
-        from scsi_target.target.registry import Portal, TargetRegistry
+        from scsi_target.testing import ThreadedServer
 
         self.tmp = tmp
-        self.registry = TargetRegistry(portals=[Portal("127.0.0.1", 0)])
-        self.server = IscsiServer(self.registry)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        self.host, self.port = self.server.bound_portals[0][:2]
+        self.served = ThreadedServer(None).start()     # targets come with new_target
+        self.server = self.served.server
+        self.host, self.port = self.served.host, self.served.port
+        self._targets = []
         self._n = 0
 
     def new_target(self, *, chap=None, mutual=None, size: int = 64 << 20,
                    params: dict[str, str] | None = None) -> TargetInfo:
-        from scsi_target.config import LunSpec, build_lu
-        from scsi_target.scsi.lun import LunMap
-        from scsi_target.target.registry import Chap, TargetDef
+        from scsi_target.testing import InProcessTarget
 
         if params and "nop_interval" in params:
             # Our pings are a server-wide setting; tgt's nop_count maps to a timeout.
@@ -216,19 +208,20 @@ class OursFactory:
             self.server.nop_timeout = interval * int(params.get("nop_count", "1"))
         self._n += 1
         iqn = f"iqn.2026-01.org.scsi-target.test:ours{self._n}"
-        luns = LunMap(iqn)
-        luns.add(0, build_lu(LunSpec(lun=0, path=self.tmp / f"ours{self._n}.img", size=size,
-                                     create=True), iqn))
-        self.registry.add(TargetDef(iqn, luns, chap=Chap(*chap) if chap else None,
-                                    mutual_chap=Chap(*mutual) if mutual else None))
+        t = InProcessTarget(iqn, chap=chap, mutual_chap=mutual, power_on_ua=True,
+                            fault_control=False)
+        t.add_lu("disk", 0, size=size, backing=str(self.tmp / f"ours{self._n}.img"),
+                 track=True)
+        self._targets.append(t)
+        self.served.add(t)
         return TargetInfo(self.host, self.port, iqn, 0, size, chap, mutual)
 
     def close(self) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+            self.served.stop()
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
+            for t in self._targets:
+                t.close()
 
 
 FACTORIES = {"tgt": TgtFactory, "ours": OursFactory}

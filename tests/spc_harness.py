@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from scsi_target.scsi.command import Command, Direction, Nexus, Response, Status
 from scsi_target.scsi.disk import DiskLU
 from scsi_target.scsi.dispatch import CommandSet, Conflict, DispatchTable, data_out
-from scsi_target.scsi.lun import LogicalUnit, LunMap
+from scsi_target.scsi.lun import LogicalUnit
 from scsi_target.scsi.sense import SenseKey, parse_sense
 from scsi_target.scsi.spc import SPC
+from scsi_target.testing import InProcessTarget
 from volume.memstore import MemoryStore
 
 FAKE_MEDIUM = CommandSet("fake-medium")
@@ -74,8 +75,12 @@ class Harness:
                  clear_ua: bool = True) -> None:
         store = MemoryStore(1 << 20) if thin else ThickStore(1 << 20)
         self.lu = lu if lu is not None else TestDisk(store, 512)
-        self.map = LunMap("iqn.2026-11.test:t")
-        self.map.add(0, self.lu)
+        # The plugin's in-process target (command log in self.target.log); every
+        # nexus, NEXUS1 included, gets its power-on unit attention.
+        self.target = InProcessTarget("iqn.2026-11.test:t", power_on_ua=True,
+                                      fault_control=False)
+        self.target.attach(0, self.lu)
+        self.map = self.target.luns
         if clear_ua:  # the power-on UA every new nexus sees first
             self.clear_ua(NEXUS1)
             self.clear_ua(NEXUS2)

@@ -127,7 +127,7 @@ BAD = [
     ("", "target", "no targets defined (add a [[target]] table)"),
     ("target = 3", "target", "expected an array of tables ([[target]]), got integer"),
     ("[[target]]\niqn = 'iqn.2026-11.org.x'\ncolour = 'red'", "target[0].colour",
-     "unknown key (allowed: iqn, alias, lun, chap, initiators)"),
+     "unknown key (allowed: iqn, alias, lun, chap, initiators, fault, fault_control)"),
     ("[[target]]\nalias = 'x'", "target[0].iqn", "missing (required)"),
     ("[[target]]\niqn = 42", "target[0].iqn", "expected a string, got integer 42"),
     ("[[target]]\niqn = 'iqn.2026-11.org.x'", "target[0].lun",

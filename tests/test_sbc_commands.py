@@ -8,8 +8,8 @@ import pytest
 from scsi_target.scsi.capabilities import BlockLimits
 from scsi_target.scsi.command import Command, Direction, Status
 from scsi_target.scsi.disk import DiskLU
-from scsi_target.scsi.lun import LunMap
 from scsi_target.scsi.sense import SenseKey, parse_sense
+from scsi_target.testing import InProcessTarget
 from volume.memstore import MemoryStore
 from volume.store import StoreError
 
@@ -22,8 +22,10 @@ class Harness:
                  **lu_records) -> None:
         self.store = store if store is not None else MemoryStore(NBLOCKS * block_size, 512)
         self.lu = DiskLU(self.store, block_size, read_only=read_only, **lu_records)
-        self.map = LunMap("iqn.2026-11.test:t")
-        self.map.add(0, self.lu)
+        self.target = InProcessTarget("iqn.2026-11.test:t", power_on_ua=True,
+                                      fault_control=False)
+        self.target.attach(0, self.lu)
+        self.map = self.target.luns
         self.bs = block_size
         self.run(bytes(6))   # consume the power-on unit attention
 
@@ -444,11 +446,9 @@ def test_verify_without_bytchk_reads_the_medium(h):
 def test_write_with_less_data_than_the_expected_length_fails_instead_of_claiming_success():
     import struct as _s
     from scsi_target.scsi.command import Command as _C, Direction as _D
-    from scsi_target.scsi.disk import DiskLU as _Disk
-    from scsi_target.scsi.lun import LunMap as _Map
-    from volume.memstore import MemoryStore as _Mem
-    m = _Map("iqn.2026-11.org.pyscsi.test:short")
-    m.add(0, _Disk(_Mem(1 << 20), 512))
+    t = InProcessTarget("iqn.2026-11.org.pyscsi.test:short", power_on_ua=True)
+    t.add_lu("disk", 0, size="1M", block_size=512)
+    m = t.luns
     m.execute(_C(bytes(6)))
     cdb = _s.pack(">BBIBHB", 0x2A, 0, 0, 0, 8, 0)
     for data in (None, b"x" * 1000):

@@ -1,6 +1,7 @@
 """libiscsi's conformance suites for block commands, against a served disk LUN.
 
-Starts ``python -m scsi_target serve`` on a free loopback port and runs
+Serves a disk LUN on a free loopback port with the testing library's pytest
+plugin (``iscsi_server``, LU options by indirect parametrization) and runs
 ``iscsi-test-cu -V --dataloss`` on the SBC suites and the iSCSI residual
 tests, with 512- and 4096-byte blocks.  Any failed test fails this one, and
 so does any change in what libiscsi skips: it reports a test it could not
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from interop_util import Lun, ServedTarget, Target, cu_summary, require_tool, run_tool
+from interop_util import cu_summary, require_tool, run_tool
 
 IQN = "iqn.2026-11.test:sbc-conformance"
 
@@ -57,17 +58,10 @@ EXPECTED_SKIPS: dict[str, tuple[str, str]] = {
 pytestmark = pytest.mark.interop
 
 
-@pytest.fixture
-def served_disk(tmp_path, request):
-    block_size = getattr(request, "param", 512)
-    size = "64M" if block_size == 512 else "512M"
-    srv = ServedTarget(tmp_path, [Target(IQN, [Lun(0, size, options={
-        "block_size": block_size, "track": False})])])
-    srv.start()
-    try:
-        yield srv.url(0)
-    finally:
-        srv.stop()
+def disk(block_size: int) -> dict:
+    """A file-backed, untracked disk (what the served config used to be)."""
+    return {"size": "64M" if block_size == 512 else "512M", "block_size": block_size,
+            "backing": "file", "track": False}
 
 
 def _run_suites(url: str) -> str:
@@ -91,9 +85,11 @@ def skip_audit(skipped: dict[str, str]) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("served_disk", [512, 4096], indirect=True)
-def test_libiscsi_sbc_suites_pass(served_disk):
-    output = _run_suites(served_disk)
+@pytest.mark.scsi_target(name=IQN)
+@pytest.mark.parametrize("iscsi_target", [disk(512), disk(4096)], indirect=True,
+                         ids=["512", "4096"])
+def test_libiscsi_sbc_suites_pass(iscsi_server):
+    output = _run_suites(iscsi_server.url(0))
     s = cu_summary(output)
     assert s.failed == 0 and not s.failures, \
         f"{s.failed} libiscsi tests failed: {s.failures}\n{output[-4000:]}"

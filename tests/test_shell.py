@@ -1,6 +1,7 @@
 """scsi-shell driven as a user would: a real terminal (pexpect) for completion,
 history, wrong commands, CHECK CONDITION and a dropped connection; -c/--batch/--json
-runs and exit codes against our target (a subprocess) and tgt (tape LUN)."""
+runs and exit codes against our target (served in process by the testing library)
+and tgt (tape LUN)."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pexpect
 import pytest
 
+from scsi_target.testing import InProcessTarget
 from tests.client_targets import TgtFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,50 +29,44 @@ def _free_port() -> int:
 
 
 class Server:
-    """Our target as a subprocess (so a test can kill it mid-session)."""
+    """Our target served in process by the testing library (scsi_target.testing):
+    ``kill()`` stops it mid-session, ``start()`` serves the same LUs on the same port."""
 
     def __init__(self, tmp: Path, port: int | None = None, backup: bool = False,
                  disks: int = 1) -> None:
         self.tmp = tmp
-        self.backup = backup
-        self.disks = disks
-        self.port = port or _free_port()
-        self.proc: subprocess.Popen | None = None
+        self.port = port or 0
+        self.target = InProcessTarget(IQN, power_on_ua=True, fault_control=False)
+        for i in range(disks):
+            self.target.add_lu("disk", i, size="16M", track=backup)
+        if backup:
+            for i in range(disks):
+                self.target.add_lu("backup", disks + i, source=i)
+        self.served = None
         self.start()
 
     def start(self) -> None:
-        self.log = open(self.tmp / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [PY, "-m", "scsi_target", "serve", "--listen", f"127.0.0.1:{self.port}", "--iqn", IQN,
-             *(a for i in range(self.disks) for a in ("--disk", f"{self.tmp / f'disk{i}.img'}:16M")),
-             *(["--backup-device"] if self.backup else [])],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        raise RuntimeError((self.tmp / "server.log").read_text())
+        self.served = self.target.serve(port=self.port).start()
+        self.port = self.served.port
 
     def url(self, lun: int = 0) -> str:
-        return f"iscsi://127.0.0.1:{self.port}/{IQN}/{lun}"
+        return self.served.url(lun)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
+        if self.served is not None:
+            self.served.stop()
+            self.served = None
+
+    def close(self) -> None:
+        self.kill()
+        self.target.close()
 
 
 @pytest.fixture
 def server(tmp_path):
     s = Server(tmp_path)
     yield s
-    s.kill()
+    s.close()
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -185,7 +180,7 @@ def test_console_dropped_connection_and_reconnect(tmp_path) -> None:
         _no_traceback(c.before)
     finally:
         c.close(force=True)
-        srv.kill()
+        srv.close()
 
 
 # ------------------------------------------------------------------- scripting
@@ -235,7 +230,7 @@ def test_backup_commands_on_backup_lun(tmp_path) -> None:
     try:
         _backup_commands(server, tmp_path)
     finally:
-        server.kill()
+        server.close()
 
 
 def _backup_commands(server: Server, tmp_path: Path) -> None:
@@ -333,7 +328,7 @@ def test_copy_commands_between_two_luns(tmp_path) -> None:
         assert r.returncode == 2 and "0..65535" in r.stderr
         _no_traceback(r.stderr + r.stdout)
     finally:
-        server.kill()
+        server.close()
 
 
 # ------------------------------------------------------------------ tgt (tape)

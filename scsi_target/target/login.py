@@ -281,6 +281,10 @@ class LoginMachine:
             raise LoginFailure(Status.NOT_FOUND, name)
         if not target.allows(initiator):
             raise LoginFailure(Status.FORBIDDEN, f"{initiator} may not use {name}")
+        if target.login_check is not None:      # testing hook: the reject_login fault
+            refused = target.login_check(initiator)
+            if refused:
+                raise LoginFailure(Status(refused), f"login of {initiator} refused by a fault rule")
         self.target = target
         self._chap = target.chap
         self._mutual = target.mutual_chap

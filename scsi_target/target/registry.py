@@ -6,6 +6,7 @@ iSCSI login (authentication, ACL, SendTargets) and the session (LUN map).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..protocol.names import normalize_name
 from ..scsi.lun import LunMap
@@ -39,6 +40,9 @@ class TargetDef:
     # Initiator IQNs allowed to log in; None = everyone.
     allowed_initiators: frozenset[str] | None = None
     portal_group_tag: int = 1
+    # Testing hook (the reject_login fault, scsi_target/interceptors/faults.py):
+    # called with the initiator name at login; a login status (e.g. 0x0301) refuses it.
+    login_check: Callable[[str], int | None] | None = None
 
     def allows(self, initiator_name: str) -> bool:
         """The ACL check of login and discovery; names compare in RFC 3722 form."""

@@ -55,6 +55,7 @@ class _SocketDriver:
         self.writing = False
         self.closed = False
         self.close_after_flush = False
+        self.held: list | None = None    # output held by an injected delay (hold_output)
         self._rbuf = bytearray(LOGIN_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
         self.conn.last_heard = self.conn.opened_at = self.loop.time()
@@ -98,7 +99,7 @@ class _SocketDriver:
         if conn.closing:
             self.close_after_flush = True
             self._pause_reading()
-            if not self.pending:
+            if not self.pending and self.held is None:
                 self._close("connection ended by protocol")
         elif conn.has_input and conn.blocked:
             self._pause_reading()   # commands wait in the connection until the queue drains
@@ -119,6 +120,11 @@ class _SocketDriver:
     def _send(self, items: list) -> None:
         """Send now what the kernel takes; queue the rest (AfterSend markers included)."""
         if self.closed:
+            return
+        if self.held is not None:
+            self.held.extend(items)
+            return
+        if self.server.holds and self._hold(items):
             return
         if self.pending:
             self._queue(items)
@@ -142,6 +148,25 @@ class _SocketDriver:
                 self._queue([rest] + items[i + 1:])
                 return
             total += ln
+
+    # -- injected delays (testing hook: IscsiServer.hold_output) -------------
+    def _hold(self, items: list) -> bool:
+        s = self.conn.session
+        until = self.server.holds.pop(s.nexus, None) if s is not None else None
+        if until is None:
+            return False
+        self.held = list(items)
+        self.loop.call_at(until, self._release_held)
+        return True
+
+    def _release_held(self) -> None:
+        items, self.held = self.held, None
+        if self.closed or items is None:
+            return
+        self._send(items)
+        self.conn.unsent = self.pending_bytes
+        if self.close_after_flush and not self.pending and self.held is None:
+            self._close("connection ended by protocol")
 
     def _queue(self, items: list) -> None:
         for b in items:
@@ -242,7 +267,7 @@ class _SocketDriver:
         if conn.closing and not self.closed:
             self.close_after_flush = True
             self._pause_reading()
-            if not self.pending:
+            if not self.pending and self.held is None:
                 self._close("connection ended by protocol")
 
     def abort(self) -> None:
@@ -277,6 +302,28 @@ class IscsiServer:
         self._drivers: set[_SocketDriver] = set()
         self.bound_portals: list[tuple[str, int]] = []
         self._closed: asyncio.Event | None = None
+        # Testing hook: nexus -> loop time before which its connection sends nothing.
+        self.holds: dict = {}
+
+    def hold_output(self, nexus, seconds: float) -> None:
+        """Delay what the connection of ``nexus`` sends next by ``seconds``, without
+        blocking the loop (the injected latency of scsi_target/interceptors/faults.py)."""
+        until = asyncio.get_running_loop().time() + seconds
+        self.holds[nexus] = max(until, self.holds.get(nexus, 0.0))
+
+    def drop_connection(self, nexus) -> None:
+        """Close the connection of ``nexus`` without sending what it has queued (the
+        drop_connection fault): its output is held, and the socket closed next."""
+        loop = asyncio.get_running_loop()
+        self.holds[nexus] = loop.time() + 3600.0   # never sent: the socket closes first
+        loop.call_soon(self._drop, nexus)
+
+    def _drop(self, nexus) -> None:
+        self.holds.pop(nexus, None)
+        for drv in list(self._drivers):
+            s = drv.conn.session
+            if s is not None and s.nexus == nexus:
+                drv._close("fault injection: connection dropped")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
