@@ -130,8 +130,8 @@ def _codec(cls) -> None:
 
     def bit_field(off, name, kind):   # the field's value from its byte, when decoding
         if kind[0] == "bit":
-            return f"{name}=bool(b{off} & {kind[1]})"
-        return f"{name}=(b{off} & {kind[1]}) >> {kind[2]}"
+            return f"bool(b{off} & {kind[1]})"
+        return f"(b{off} & {kind[1]}) >> {kind[2]}"
 
     enc = [(0, "B", f"{op | 0x40} if self.immediate else {op}"),
            (4, "B", "len(self.ahs) >> 2"), (5, "B", "(n >> 16) & 0xFF"), (6, "H", "n & 0xFFFF")]
@@ -141,16 +141,22 @@ def _codec(cls) -> None:
     dec = [(0, "B", "b0")] + [(off, "B", f"b{off}") for off in bits] \
         + [(off, kind, f"f_{name}") for off, name, kind in whole]
     dec.sort()
-    kwargs = ["immediate=bool(b0 & 0x40)", "ahs=ahs", "data=data"]
-    kwargs += [bit_field(off, n, k) for off, fs in bits.items() for n, k in fs]
-    kwargs += [f"{name}=f_{name}" for _, name, _ in whole]
+    value = {"immediate": "bool(b0 & 0x40)", "ahs": "ahs", "data": "data"}
+    value.update((n, bit_field(off, n, k)) for off, fs in bits.items() for n, k in fs)
+    value.update((name, f"f_{name}") for _, name, _ in whole)
+    # Positional, in the dataclass's field order: binding a dozen keyword
+    # arguments costs more than decoding the header.
+    missing = [f.name for f in fields(cls) if f.name not in value]
+    if missing:
+        raise ValueError(f"{cls.__name__}: fields {missing} are not in the SPEC")
+    args = [value[f.name] for f in fields(cls)]
     source = (
         "def encode_bhs(self):\n"
         "    n = len(self.data)\n"
         f"    return pack({', '.join(e for _, _, e in enc)})\n"
         "def from_bhs(cls, bhs, ahs=b'', data=b''):\n"
         f"    {', '.join(v for _, _, v in dec)}, = unpack_from(bhs, 0)\n"
-        f"    return cls({', '.join(kwargs)})\n")
+        f"    return cls({', '.join(args)})\n")
     namespace = {"pack": struct.Struct(_layout((o, k) for o, k, _ in enc)).pack,
                  "unpack_from": struct.Struct(_layout((o, k) for o, k, _ in dec)).unpack_from}
     exec(compile(source, f"<pdu codec {cls.__name__}>", "exec"), namespace)
