@@ -8,7 +8,7 @@ median of ``--rounds``).  What the real server adds on top is the event loop
 and the socket system calls (``tools/bench_conn.py`` measures all of it).
 
     python tools/bench_pipeline.py [--op read|write|both] [--batch 32] [--count 200000]
-                                   [--rounds 5] [--profile]
+                                   [--rounds 5] [--profile] [--no-track]
 
 ``--batch 1`` models queue depth 1 (one command per receive), 32 a full queue.
 ``--profile`` runs one round under cProfile and prints the top functions.
@@ -39,9 +39,9 @@ BLOCKS = 8            # 4 KiB of 512-byte blocks
 IMAGE = 64 << 20
 
 
-def connection(image: Path) -> CONN.TargetConnection:
+def connection(image: Path, track: bool = True) -> CONN.TargetConnection:
     luns = LunMap(IQN)
-    luns.add(0, build_lu(LunSpec(lun=0, path=image, size=IMAGE, create=True), IQN))
+    luns.add(0, build_lu(LunSpec(lun=0, path=image, size=IMAGE, create=True, track=track), IQN))
     reg = TargetRegistry()
     reg.add(TargetDef(IQN, luns))
     sessions = SessionTable()
@@ -96,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=100000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-track", dest="track", action="store_false",
+                    help="serve the LUN without the difference tracker")
     args = ap.parse_args(argv)
     ops = ("read", "write") if args.op == "both" else (args.op,)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir="/dev/shm") as tmp:
-        c = connection(Path(tmp) / "lun.img")
+        c = connection(Path(tmp) / "lun.img", args.track)
         sn, _ = run(c, "read", 64, 1, 0)   # the power-on unit attention, warm-up
         if args.profile:
             import cProfile
