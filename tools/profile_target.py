@@ -9,7 +9,7 @@ the target CPU µs/command of the run.  Usage::
                                    [--count N] [--seconds S] [--rate HZ] [--top N]
                                    [--native] [--idle] [--raw FILE]
 
-py-spy must be installed (``pip install py-spy``) and allowed to ptrace the
+py-spy must be installed (``pip install -e ".[profile]"``) and allowed to ptrace the
 server (root, or ``kernel.yama.ptrace_scope=0``).  A profile is a guide, not a
 figure to quote: sampling slows the target, so compare CPU µs/command with
 ``tools/bench_conn.py`` runs, which do not sample.
