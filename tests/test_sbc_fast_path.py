@@ -101,7 +101,7 @@ VALUES = {
     "n": [0, 1, 2, 8, MAX_TRANSFER, MAX_TRANSFER + 1, 300],
     "control": [0, 0x01, 0x04, 0x40],
     "size_cut": [0, 7, 10],
-    "direction": list(Direction),
+    "direction": list(Direction) + [3],   # 3: BIDI as a plain int (in-process callers)
     # expected length relative to the CDB's transfer
     "edtl": ["none", "exact", "zero", "less", "more"],
     "data": ["none", "exact", "short", "long", "empty"],

@@ -205,7 +205,7 @@ def _fast_read(size: int):
     def fast(lu: "DiskLU", cmd: Command):
         cdb = cmd.cdb
         if len(cdb) < size or cdb[size - 1] & _NACA_LINK or cdb[1] & _PROTECT \
-                or cmd.direction is _BIDI:
+                or cmd.direction == _BIDI:
             return None
         lba, n = _fast_lba_len(cdb, size)
         if not n or lba + n > lu.num_blocks or n > lu.limits.max_transfer_blocks:
@@ -226,7 +226,7 @@ def _fast_write(size: int):
         if len(cdb) < size or cdb[size - 1] & _NACA_LINK or cdb[1] & _PROTECT:
             return None
         direction = cmd.direction
-        if direction is not _OUT and direction is not _NONE:
+        if direction != _OUT and direction != _NONE:
             return None
         if lu.read_only or lu.mode.software_write_protect:
             return None
