@@ -17,6 +17,7 @@ from . import config as C
 PROG = "scsi-target"
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 log = logging.getLogger("scsi_target")
 
@@ -88,6 +89,9 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
                    "(tshark and scsi-replay read it; no tcpdump or root needed)")
     s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                    help="logging threshold (default info)")
+    s.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
+                   help="asyncio's own loop, or uvloop (fewer CPU cycles per command); "
+                   "auto: uvloop when it is installed (default auto)")
 
 
 def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
@@ -157,6 +161,37 @@ async def serve(cfg: C.ServerConfig, server_factory=None, recorder=None) -> int:
     return EXIT_OK
 
 
+def loop_factory(kind: str):
+    """The event loop constructor for ``--event-loop`` (None: asyncio's default).
+
+    uvloop runs the loop machinery (readiness polling, callback dispatch) in C:
+    at queue depth 1 that is a noticeable part of each command's cost.  The
+    server uses only add_reader/add_writer, call_soon/call_later and signal
+    handlers, which both loops provide alike.
+    """
+    if kind == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise UsageError("--event-loop uvloop: uvloop is not installed "
+                             "(pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(coro, kind: str = "auto"):
+    try:
+        factory = loop_factory(kind)
+    except BaseException:
+        coro.close()
+        raise
+    log.debug("event loop: %s", "uvloop" if factory is not None else "asyncio")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
 def _check(path: str) -> int:
     cfg = C.load_file(path)
     for w in cfg.warnings:
@@ -192,7 +227,7 @@ def main(argv: Sequence[str] | None = None, *, server_factory=None) -> int:
             except OSError as e:
                 raise UsageError(f"cannot write {e.filename}: {e.strerror or e}") from None
         try:
-            return asyncio.run(serve(cfg, server_factory, recorder))
+            return run_loop(serve(cfg, server_factory, recorder), args.event_loop)
         finally:
             if recorder is not None:
                 recorder.close()

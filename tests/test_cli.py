@@ -230,3 +230,35 @@ def test_readme_server_example_runs(tmp_path):
     ns: dict = {}
     exec(compile(_readme_blocks()[1], "README.md[python 2]", "exec"), ns)
     ns["asyncio"].run(ns["main"](tmp_path))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_serve_answers_commands_on_either_event_loop(tmp_path, loop):
+    """Both loops drive the same server: login, a write, the read that returns it."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    from scsi_target.initiator.sync import SyncIscsiClient
+    proc = start("serve", "--listen", "127.0.0.1:0", "--disk", "d.img:4M", "--iqn",
+                 "iqn.2026-11.org.pyscsi:loop", "--log-level", "debug", "--event-loop", loop,
+                 cwd=tmp_path)
+    try:
+        url = read_until_url(proc)[-1].strip()
+        with SyncIscsiClient(url) as c:
+            c.write(8, bytes(range(256)) * 8)
+            assert c.read(8, 4) == bytes(range(256)) * 8
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert f"event loop: {loop}" in err
+
+
+def test_event_loop_uvloop_missing_is_a_usage_error(tmp_path):
+    # A child where importing uvloop fails, as on a machine without it.
+    code = ("import sys; sys.modules['uvloop'] = None; from scsi_target.cli import main; "
+            "sys.exit(main())")
+    r = subprocess.run([sys.executable, "-c", code, "serve", "--event-loop", "uvloop",
+                        "--listen", "127.0.0.1:0", "--disk", "d.img:4M"], cwd=tmp_path,
+                       env=env(), capture_output=True, text=True, timeout=30)
+    assert_one_line_error(r, r"scsi-target: error: --event-loop uvloop: uvloop is not installed.*")

@@ -293,9 +293,9 @@ def qemu_bench_sessions(sessions: int, write: bool, count: int, quick_count: int
 _AVERAGE = re.compile(r"iops average (\d+)")
 
 
-def iscsi_perf(depth: int) -> Callable:
+def iscsi_perf(depth: int, seconds: int = 6) -> Callable:
     def run(side: Side, st: Settings) -> Result:
-        secs = 2 if st.quick else 6
+        secs = 2 if st.quick else seconds
         cmd = ["iscsi-perf", "-t", str(secs), "-m", str(depth), "-b", str(4096 // BLOCK_SIZE),
                "-r", side.url]
         out, elapsed = run_tool(cmd, timeout=secs + 60)

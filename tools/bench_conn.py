@@ -27,7 +27,12 @@ WORKLOADS = {
     "4K QD32 write": (4096, 32, True),
     "64K QD8 read": (65536, 8, False),
     "64K QD8 write": (65536, 8, True),
+    # iscsi-perf random reads for a fixed time (count ignored): QD1 is the
+    # latency case, one command per event loop iteration.
+    "perf 4K QD1 read": (4096, 1, None),
+    "perf 4K QD32 read": (4096, 32, None),
 }
+PERF_SECONDS = 5
 
 
 def cpu_seconds(pid: int) -> float:
@@ -41,8 +46,12 @@ def run_one(tree: Path, image: Path, logdir: Path, workload: str, count: int) ->
     B.REPO = tree   # run_ours starts ``python -m scsi_target`` with this cwd
     with B.run_ours(image, logdir, track=True) as side:
         before = cpu_seconds(side.proc.pid)
-        res = B.qemu_bench(size, depth, write, count, count)(side, B.Settings(False, image.parent,
-                                                                             image, image))
+        st = B.Settings(False, image.parent, image, image)
+        if write is None:
+            res = B.iscsi_perf(depth, PERF_SECONDS)(side, st)
+            count = res.commands
+        else:
+            res = B.qemu_bench(size, depth, write, count, count)(side, st)
         used = cpu_seconds(side.proc.pid) - before
     return res.value if size < B.MiB else res.value * B.MiB / size, used / count * 1e6
 

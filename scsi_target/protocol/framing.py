@@ -12,7 +12,7 @@ import struct
 
 import crc32c as _crc32c
 
-from .pdu import BHS_LEN, Pdu, PduFormatError, decode_bhs, header_lengths
+from .pdu import BHS_LEN, Pdu, PduFormatError, decode_bhs, header_lengths, pdu_class
 
 _LE32 = struct.Struct("<I")
 _PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
@@ -99,6 +99,24 @@ class PduReader:
     def next_pdu(self) -> Pdu | None:
         """The next complete PDU, or None when more bytes are needed."""
         buf = self._buf
+        if self._bhs is None and not self.header_digest and not self.data_digest \
+                and len(buf) >= BHS_LEN and not buf[4]:
+            # The usual PDU (no digests, no AHS) whole in the buffer: decoded in
+            # place, without copying its header out first.  Anything else, and
+            # every error, takes the general path below.
+            dlen = (buf[5] << 16) | (buf[6] << 8) | buf[7]
+            end = BHS_LEN + dlen + (-dlen % 4)
+            cls = pdu_class(buf[0] & 0x3F)
+            if len(buf) >= end and dlen <= self.max_data and cls is not None:
+                if not dlen:
+                    data = b""
+                elif dlen < 4096:
+                    data = bytes(buf[BHS_LEN:BHS_LEN + dlen])
+                else:
+                    data = buf[BHS_LEN:BHS_LEN + dlen]   # a bytearray copy
+                pdu = cls.from_bhs(buf, b"", data)
+                del buf[:end]
+                return pdu
         if self._bhs is None:
             # A FramingError leaves the stream unusable: the connection closes.
             got = split_header(buf, 0, len(buf), self.header_digest, self.max_data)

@@ -1,8 +1,8 @@
 """iSCSI PDU records and the Basic Header Segment codec (RFC 7143 section 11).
 
 Every PDU type is a dataclass whose header layout is declared once as a list
-of fields (byte offset, struct format or bit mask).  ``encode_bhs`` and
-``decode_bhs`` walk that list; the data segment travels beside the header as
+of fields (byte offset, struct format or bit mask), from which each type's
+``encode_bhs`` and ``from_bhs`` are generated (one struct call each); the data segment travels beside the header as
 ``pdu.data`` and AHS bytes as ``pdu.ahs``.  Framing (lengths, padding,
 digests) lives in :mod:`scsi_target.protocol.framing`.
 """
@@ -89,81 +89,107 @@ _Spec = list
 _SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8}
 
 
-def _compile(spec):
-    """One struct for every whole-byte field of a header, plus the bit fields.
-
-    Decoding or encoding a header is then a single struct call, which matters
-    at tens of thousands of PDUs per second.
-    """
-    fields_ = sorted((off, name, kind) for name, off, kind in spec if not isinstance(kind, tuple))
-    fmt, names, pos = ">", [], 0
-    for off, name, kind in fields_:
+def _layout(items) -> str:
+    """Struct format for ``(offset, format)`` items of a BHS, gaps as pad bytes."""
+    fmt, pos = ">", 0
+    for off, kind in sorted(items):
         if off < pos:
-            raise ValueError(f"overlapping header fields at {name}")
+            raise ValueError(f"overlapping header fields at offset {off}")
         if off > pos:
             fmt += f"{off - pos}x"
         fmt += kind
         pos = off + (_SIZES.get(kind) or int(kind[:-1]))
-        names.append(name)
-    if pos < BHS_LEN:
-        fmt += f"{BHS_LEN - pos}x"
-    bits = []
-    for name, off, kind in spec:
+    if pos > BHS_LEN:
+        raise ValueError("header fields past the BHS")
+    return fmt + (f"{BHS_LEN - pos}x" if pos < BHS_LEN else "")
+
+
+def _codec(cls) -> None:
+    """Give ``cls`` an ``encode_bhs`` and a ``from_bhs`` generated from its SPEC.
+
+    Each is one struct call with the flag bits as expressions, written out as
+    straight-line source and compiled once per class (the way dataclasses
+    builds ``__init__``): walking the field list for every PDU cost more than
+    the rest of the header work at tens of thousands of PDUs per second.
+    The SPEC stays the one declaration of the layout.
+    """
+    op = cls.OPCODE
+    whole = [(off, name, kind) for name, off, kind in cls.SPEC if not isinstance(kind, tuple)]
+    bits: dict[int, list] = {}
+    for name, off, kind in cls.SPEC:
         if isinstance(kind, tuple):
-            if kind[0] == "bit":
-                bits.append((name, off, kind[1], 0, True))
-            else:
-                bits.append((name, off, kind[1], kind[2], False))
-    return struct.Struct(fmt), tuple(names), tuple(bits)
+            bits.setdefault(off, []).append((name, kind))
+    if 0 in bits or any(off in bits or 4 <= off < 8 for off, _, _ in whole) \
+            or any(4 <= off < 8 for off in bits):
+        raise ValueError(f"{cls.__name__}: a field overlaps the opcode or length bytes")
+
+    def bit_value(name, kind):   # the field's share of its byte, when encoding
+        if kind[0] == "bit":
+            return f"({kind[1]} if self.{name} else 0)"
+        return f"((self.{name} << {kind[2]}) & {kind[1]})"
+
+    def bit_field(off, name, kind):   # the field's value from its byte, when decoding
+        if kind[0] == "bit":
+            return f"bool(b{off} & {kind[1]})"
+        return f"(b{off} & {kind[1]}) >> {kind[2]}"
+
+    enc = [(0, "B", f"{op | 0x40} if self.immediate else {op}"),
+           (4, "B", "len(self.ahs) >> 2"), (5, "B", "(n >> 16) & 0xFF"), (6, "H", "n & 0xFFFF")]
+    enc += [(off, "B", " | ".join(bit_value(n, k) for n, k in fs)) for off, fs in bits.items()]
+    enc += [(off, kind, f"self.{name}") for off, name, kind in whole]
+    enc.sort()
+    dec = [(0, "B", "b0")] + [(off, "B", f"b{off}") for off in bits] \
+        + [(off, kind, f"f_{name}") for off, name, kind in whole]
+    dec.sort()
+    value = {"immediate": "bool(b0 & 0x40)", "ahs": "ahs", "data": "data"}
+    value.update((n, bit_field(off, n, k)) for off, fs in bits.items() for n, k in fs)
+    value.update((name, f"f_{name}") for _, name, _ in whole)
+    # Positional, in the dataclass's field order: binding a dozen keyword
+    # arguments costs more than decoding the header.
+    missing = [f.name for f in fields(cls) if f.name not in value]
+    if missing:
+        raise ValueError(f"{cls.__name__}: fields {missing} are not in the SPEC")
+    args = [value[f.name] for f in fields(cls)]
+    source = (
+        "def encode_bhs(self):\n"
+        "    n = len(self.data)\n"
+        f"    return pack({', '.join(e for _, _, e in enc)})\n"
+        "def from_bhs(cls, bhs, ahs=b'', data=b''):\n"
+        f"    {', '.join(v for _, _, v in dec)}, = unpack_from(bhs, 0)\n"
+        f"    return cls({', '.join(args)})\n")
+    namespace = {"pack": struct.Struct(_layout((o, k) for o, k, _ in enc)).pack,
+                 "unpack_from": struct.Struct(_layout((o, k) for o, k, _ in dec)).unpack_from}
+    exec(compile(source, f"<pdu codec {cls.__name__}>", "exec"), namespace)
+    cls.encode_bhs = namespace["encode_bhs"]
+    cls.from_bhs = classmethod(namespace["from_bhs"])
+    cls._source = source
 
 
 @dataclass(slots=True)
 class Pdu:
     OPCODE: ClassVar[int] = -1
     SPEC: ClassVar[list] = []
-    _compiled: ClassVar[tuple] = ()
+    _source: ClassVar[str] = ""   # the generated codec, for reading and debugging
 
     immediate: bool = False
     data: bytes | bytearray | memoryview = b""
     ahs: bytes = b""
 
-    def encode_bhs(self) -> bytearray:
-        st, names, bits = self._compiled
-        buf = bytearray(BHS_LEN)
-        st.pack_into(buf, 0, *[getattr(self, n) for n in names])
-        buf[0] = self.OPCODE | (0x40 if self.immediate else 0)
-        for name, off, mask, shift, is_bit in bits:
-            val = getattr(self, name)
-            if is_bit:
-                if val:
-                    buf[off] |= mask
-            else:
-                buf[off] |= (val << shift) & mask
-        buf[4] = len(self.ahs) // 4
-        n = len(self.data)
-        buf[5] = (n >> 16) & 0xFF
-        buf[6] = (n >> 8) & 0xFF
-        buf[7] = n & 0xFF
-        return buf
+    def encode_bhs(self) -> bytes:
+        """The 48-byte header (generated per PDU type, see _codec)."""
+        raise NotImplementedError(type(self).__name__)
 
     @classmethod
-    def from_bhs(cls, bhs) -> "Pdu":
-        st, names, bits = cls._compiled
-        kw = dict(zip(names, st.unpack_from(bhs, 0)))
-        kw["immediate"] = bool(bhs[0] & 0x40)
-        for name, off, mask, shift, is_bit in bits:
-            if is_bit:
-                kw[name] = bool(bhs[off] & mask)
-            else:
-                kw[name] = (bhs[off] & mask) >> shift
-        return cls(**kw)
+    def from_bhs(cls, bhs, ahs: bytes = b"", data=b"") -> "Pdu":
+        """The PDU a 48-byte header describes (generated per PDU type, see _codec)."""
+        raise NotImplementedError(cls.__name__)
 
 
 _REGISTRY: dict[int, type[Pdu]] = {}
 
 
 def _register(cls):
-    cls._compiled = _compile(cls.SPEC)
+    _codec(cls)
     _REGISTRY[cls.OPCODE] = cls
     return cls
 
@@ -528,10 +554,7 @@ def decode_bhs(bhs, ahs: bytes = b"", data=b"") -> Pdu:
     cls = _REGISTRY.get(bhs[0] & 0x3F)
     if cls is None:
         raise PduFormatError(f"unknown opcode 0x{bhs[0] & 0x3F:02x}")
-    pdu = cls.from_bhs(bhs)
-    pdu.ahs = bytes(ahs)
-    pdu.data = data
-    return pdu
+    return cls.from_bhs(bhs, bytes(ahs) if ahs else b"", data)
 
 
 def pdu_fields(pdu: Pdu) -> dict:

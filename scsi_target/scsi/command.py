@@ -53,6 +53,16 @@ class Nexus:
     relative_port: int = 1
     initiator_name: str = ""
     isid: int = 0
+    # A nexus is a dict key in every LU's unit attention and reservation
+    # tables, looked up several times per command: hash the fields once.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.initiator, self.target, self.relative_port,
+                                                self.initiator_name, self.isid)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def transport_id(self) -> bytes:

@@ -66,6 +66,10 @@ class OpEntry:
     conflict: Conflict = Conflict.OTHER
     # Allowed while the medium/LU is not ready (e.g. TEST UNIT READY reports it).
     needs_ready: bool = True
+    # ``fast(lu, cmd) -> Response | None``: the command's common case without
+    # the general path (see LogicalUnit.execute); None hands it to the general
+    # path.  It may answer only what the general path would answer the same way.
+    fast: Handler | None = None
 
     def cdb_usage(self) -> bytes:
         if self.usage is not None:
@@ -108,7 +112,7 @@ class CommandSet:
 class DispatchTable:
     """The merged view of several command sets for one LU type."""
 
-    def __init__(self, sets: Iterable[CommandSet]) -> None:
+    def __init__(self, sets: Iterable[CommandSet], *, fast: bool = True) -> None:
         self.sets = list(sets)
         self._by_key: dict[tuple[int, int | None], OpEntry] = {}
         self._sa_opcodes: set[int] = set()
@@ -116,6 +120,11 @@ class DispatchTable:
             for key, entry in cs.entries.items():
                 self._by_key[key] = entry  # later sets override earlier ones
             self._sa_opcodes |= cs.service_action_opcodes
+        # Opcode -> fast handler of the entry that won (``fast=False``: none,
+        # every command takes the general path; the tests compare the two).
+        self.fast: dict[int, Handler] = {
+            op: e.fast for (op, sa), e in self._by_key.items()
+            if fast and e.fast is not None and sa is None and op not in self._sa_opcodes}
 
     def lookup(self, cdb: bytes) -> OpEntry:
         """The entry for ``cdb``, after the checks every command shares (see check_cdb)."""

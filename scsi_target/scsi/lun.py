@@ -97,6 +97,10 @@ class UnitAttentions:
     def pending(self, nexus: Nexus) -> bool:
         return bool(self._pending.get(nexus))
 
+    def quiet(self, nexus: Nexus) -> bool:
+        """Seen before and nothing pending: a command from it neither gets nor clears one."""
+        return nexus in self._known and not self._pending.get(nexus)
+
     def pop(self, nexus: Nexus) -> S.Asc | None:
         q = self._pending.get(nexus)
         if not q:
@@ -174,6 +178,26 @@ class LogicalUnit:
     # -- execution ------------------------------------------------------
     def execute(self, cmd: Command) -> Response:
         nexus = cmd.nexus
+        cdb = cmd.cdb
+        if cdb:
+            # Fast path (READ/WRITE of a disk): while no unit attention waits
+            # for this nexus, no reservation exists and the LU is ready, the
+            # steps below before the handler cannot refuse the command, so
+            # the entry's fast handler may answer it (or return None for
+            # anything but its plain common case, before any side effect).
+            fast = self.table.fast.get(cdb[0])
+            if fast is not None and self.ua.quiet(nexus) and self.pr.idle \
+                    and self.not_ready_reason() is None:
+                try:
+                    resp = fast(self, cmd)
+                except BaseException:
+                    if not cmd.defer_barrier:
+                        durability.barrier()
+                    raise
+                if resp is not None:
+                    if not cmd.defer_barrier:
+                        durability.barrier()   # as the general path does, below
+                    return resp
         try:
             entry = self.table.lookup(cmd.cdb)
             check_direction(entry, cmd)

@@ -81,6 +81,11 @@ class Reservations:
         self.reservation: PersistentReservation | None = None
 
     # -- access control ---------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No reservation of either kind: :meth:`conflicts` is False for every command."""
+        return self.spc2_holder is None and self.reservation is None
+
     def conflicts(self, nexus: "Nexus", entry: "OpEntry", cmd: "Command") -> bool:
         opcode = entry.opcode
         if self.spc2_holder is not None and self.spc2_holder != nexus:

@@ -181,12 +181,85 @@ def _read_n(size: int):
     return handler
 
 
+# -- fast path ---------------------------------------------------------------
+# READ/WRITE(10/16), almost every command a running initiator sends, in their
+# plain form: the handlers above minus the decoding and checks whose outcome is
+# known.  LogicalUnit.execute calls them only while nothing can refuse the
+# command before its handler (no unit attention, no reservation, LU ready); each
+# returns None, before any side effect, for anything but a command the general
+# path would carry out by the same steps, and the general path answers it
+# (tests/test_sbc_fast_path.py runs a CDB corpus through both).
+_BIDI, _NONE, _OUT = Direction.BIDI, Direction.NONE, Direction.OUT
+# The CONTROL byte's NACA and LINK bits (dispatch.check_cdb refuses either).
+_NACA_LINK = 0x05
+_PROTECT = 0xE0
+
+
+def _fast_lba_len(cdb: bytes, size: int) -> tuple[int, int]:
+    if size == 10:
+        return int.from_bytes(cdb[2:6], "big"), (cdb[7] << 8) | cdb[8]
+    return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
+
+
+def _fast_read(size: int):
+    def fast(lu: "DiskLU", cmd: Command):
+        cdb = cmd.cdb
+        if len(cdb) < size or cdb[size - 1] & _NACA_LINK or cdb[1] & _PROTECT \
+                or cmd.direction == _BIDI:
+            return None
+        lba, n = _fast_lba_len(cdb, size)
+        if not n or lba + n > lu.num_blocks or n > lu.limits.max_transfer_blocks:
+            return None
+        bs = lu.block_size
+        buf = READ_BUFFERS.get(n * bs)
+        try:
+            lu.store.readinto(lba * bs, buf)
+        except StoreError as exc:
+            return lu._check_condition(cmd, _read_error(exc))
+        return lu._good(cmd, buf)
+    return fast
+
+
+def _fast_write(size: int):
+    def fast(lu: "DiskLU", cmd: Command):
+        cdb = cmd.cdb
+        if len(cdb) < size or cdb[size - 1] & _NACA_LINK or cdb[1] & _PROTECT:
+            return None
+        direction = cmd.direction
+        if direction != _OUT and direction != _NONE:
+            return None
+        if lu.read_only or lu.mode.software_write_protect:
+            return None
+        lba, n = _fast_lba_len(cdb, size)
+        if not n or lba + n > lu.num_blocks or n > lu.limits.max_transfer_blocks:
+            return None
+        need = n * lu.block_size
+        data = cmd.data_out
+        if cmd.expected_length != need or data is None or len(data) != need:
+            return None   # residuals and short data: the general path's business
+        mv = byte_view(data)
+        if len(mv) != need:
+            return None
+        cmd.needed = need
+        try:
+            with lu.lock:
+                lu.store.write(lba * lu.block_size, mv)
+                if cdb[1] & 0x08:   # FUA
+                    lu.store.flush()
+        except StoreError as exc:
+            return lu._check_condition(cmd, _write_error(exc))
+        return lu._good(cmd, None)
+    return fast
+
+
 SBC.command(0x28, "READ(10)", 10, direction=Direction.IN, conflict=Conflict.READ,
-            usage=_usage(0x28, 0x18, *_FF4, 0x00, 0xFF, 0xFF, 0x00))(_read_n(10))
+            usage=_usage(0x28, 0x18, *_FF4, 0x00, 0xFF, 0xFF, 0x00),
+            fast=_fast_read(10))(_read_n(10))
 SBC.command(0xA8, "READ(12)", 12, direction=Direction.IN, conflict=Conflict.READ,
             usage=_usage(0xA8, 0x18, *_FF4, *_FF4, 0x00, 0x00))(_read_n(12))
 SBC.command(0x88, "READ(16)", 16, direction=Direction.IN, conflict=Conflict.READ,
-            usage=_usage(0x88, 0x18, *_FF8, *_FF4, 0x00, 0x00))(_read_n(16))
+            usage=_usage(0x88, 0x18, *_FF8, *_FF4, 0x00, 0x00),
+            fast=_fast_read(16))(_read_n(16))
 
 
 # -- WRITE -----------------------------------------------------------------
@@ -217,11 +290,13 @@ def _write_n(size: int):
 
 
 SBC.command(0x2A, "WRITE(10)", 10, direction=Direction.OUT, conflict=Conflict.WRITE,
-            usage=_usage(0x2A, 0x18, *_FF4, 0x00, 0xFF, 0xFF, 0x00))(_write_n(10))
+            usage=_usage(0x2A, 0x18, *_FF4, 0x00, 0xFF, 0xFF, 0x00),
+            fast=_fast_write(10))(_write_n(10))
 SBC.command(0xAA, "WRITE(12)", 12, direction=Direction.OUT, conflict=Conflict.WRITE,
             usage=_usage(0xAA, 0x18, *_FF4, *_FF4, 0x00, 0x00))(_write_n(12))
 SBC.command(0x8A, "WRITE(16)", 16, direction=Direction.OUT, conflict=Conflict.WRITE,
-            usage=_usage(0x8A, 0x18, *_FF8, *_FF4, 0x00, 0x00))(_write_n(16))
+            usage=_usage(0x8A, 0x18, *_FF8, *_FF4, 0x00, 0x00),
+            fast=_fast_write(16))(_write_n(16))
 
 
 # -- VERIFY / WRITE AND VERIFY -------------------------------------------------

@@ -401,11 +401,13 @@ class TargetConnection:
             if data_out is None and pdu.write:
                 data_out = bytearray()
             attr = pdu.attr
+            # Positional, in Command's field order (cdb, lun, data_out,
+            # expected_length, direction, nexus, task_tag, task_attr, needed,
+            # defer_barrier): binding keywords costs per command.
             resp = self.session.target.luns.execute(Command(
-                cdb=cdb, lun=task.lun, data_out=data_out, expected_length=pdu.edtl,
-                direction=_DIRECTIONS[pdu.read + 2 * pdu.write], nexus=self.session.nexus,
-                task_tag=pdu.itt, task_attr=_ATTRS[attr] if attr <= 4 else TaskAttr.SIMPLE,
-                defer_barrier=True))
+                cdb, task.lun, data_out, pdu.edtl, _DIRECTIONS[pdu.read + 2 * pdu.write],
+                self.session.nexus, pdu.itt, _ATTRS[attr] if attr <= 4 else TaskAttr.SIMPLE,
+                None, True))
         pdus = self.datain.respond(pdu, resp, task.r2tsn)
         s = self.session
         exp, mx = s.exp_cmdsn, s.max_cmdsn

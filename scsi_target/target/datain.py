@@ -54,6 +54,9 @@ class DataInSegmenter:
             burst = self.params.max_burst_length
             if n <= seg and n <= burst and good:
                 # The common case: one PDU with the data and the status.
+                if not resp.residual:
+                    return [DataIn(final=True, has_status=True, status=status, lun=cmd.lun,
+                                   itt=cmd.itt, data=data)]
                 under, over, count = residual_fields(resp.residual)
                 return [DataIn(final=True, has_status=True, status=status, lun=cmd.lun,
                                itt=cmd.itt, data=data, underflow=under, overflow=over,
@@ -68,7 +71,8 @@ class DataInSegmenter:
         else:
             out = []
         rsp = ScsiResponse(status=status, itt=cmd.itt, expdatasn=expdatasn)
-        rsp.underflow, rsp.overflow, rsp.residual = residual_fields(resp.residual)
+        if resp.residual:
+            rsp.underflow, rsp.overflow, rsp.residual = residual_fields(resp.residual)
         if resp.sense:
             rsp.data = len(resp.sense).to_bytes(2, "big") + bytes(resp.sense)
         out.append(rsp)
