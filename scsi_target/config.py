@@ -381,6 +381,11 @@ def load_file(path: str | os.PathLike) -> ServerConfig:
         # tomllib parses nested arrays and inline tables recursively.
         raise ConfigError(f"{source}: TOML syntax error: arrays or tables nested too "
                           "deeply") from None
+    except ValueError:
+        # Python's limit on int digits (CVE-2020-10735) inside tomllib; TOML
+        # itself allows only 64-bit integers.
+        raise ConfigError(f"{source}: TOML syntax error: an integer with more digits than "
+                          "any setting can use") from None
     return parse_config(data, source=source, base=p.parent)
 
 
