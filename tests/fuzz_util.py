@@ -12,6 +12,7 @@ first, as a regression case.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import random
 from pathlib import Path
@@ -27,15 +28,22 @@ _INTERESTING_WORDS = (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\x
 
 
 def corpus(parser: str) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every kept input of ``parser``, in name order."""
+    """(name, bytes) of every kept input of ``parser``, in name order (``.gz`` files unpacked)."""
     d = CORPUS / parser
-    return [(p.name, p.read_bytes()) for p in sorted(d.iterdir()) if p.is_file()] \
-        if d.is_dir() else []
+    out = []
+    for p in sorted(d.iterdir()) if d.is_dir() else []:
+        if p.is_file():
+            data = p.read_bytes()
+            out.append((p.name, gzip.decompress(data) if p.suffix == ".gz" else data))
+    return out
 
 
 def save(parser: str, name: str, data: bytes) -> Path:
+    """Keep an input; large ones gzipped (mostly padding, e.g. a tape image's metadata area)."""
     d = CORPUS / parser
     d.mkdir(parents=True, exist_ok=True)
+    if len(data) > 16 << 10:
+        data, name = gzip.compress(data, mtime=0), name + ".gz"
     p = d / name
     p.write_bytes(data)
     return p
