@@ -38,6 +38,12 @@ def corpus(parser: str) -> list[tuple[str, bytes]]:
     return out
 
 
+def cases(parser: str) -> list:
+    """The corpus as pytest parameters (name, data), each named by its file."""
+    import pytest
+    return [pytest.param(name, data, id=name) for name, data in corpus(parser)]
+
+
 def save(parser: str, name: str, data: bytes) -> Path:
     """Keep an input; large ones gzipped (mostly padding, e.g. a tape image's metadata area)."""
     d = CORPUS / parser

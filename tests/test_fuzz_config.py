@@ -100,7 +100,7 @@ def test_the_seed_is_valid(tmp_path, capsys):
     assert "LUN 16383" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, data", F.corpus("config"))
+@pytest.mark.parametrize("name, data", F.cases("config"))
 def test_config_corpus(tmp_path, capsys, name, data):
     _check(tmp_path, capsys, data)
 

@@ -125,7 +125,7 @@ def _segments(rng: random.Random, raw: bytes) -> list[bytes]:
     return [raw]
 
 
-@pytest.mark.parametrize("name, data", F.corpus("login_text"))
+@pytest.mark.parametrize("name, data", F.cases("login_text"))
 def test_login_text_corpus(name, data):
     rng = random.Random(name)
     for _ in range(5):

@@ -73,7 +73,7 @@ def test_seed_sessions_log_in_and_get_answers():
             assert logins[-1].status_class == 2
 
 
-@pytest.mark.parametrize("name, data", F.corpus("pdu"))
+@pytest.mark.parametrize("name, data", F.cases("pdu"))
 def test_pdu_corpus(name, data):
     _run(random.Random(name), data)
 

@@ -167,7 +167,7 @@ def test_clean_streams_restore_exactly(tmp_path, source):
         b.close()
 
 
-@pytest.mark.parametrize("name, data", F.corpus("restore"))
+@pytest.mark.parametrize("name, data", F.cases("restore"))
 def test_restore_corpus(tmp_path, source, name, data):
     _case(tmp_path / "b", random.Random(name), source, data, onto_full=name.startswith("diff"))
 

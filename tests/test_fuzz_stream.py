@@ -56,7 +56,7 @@ def _check(rng: random.Random, data: bytes) -> None:
             assert (it[2], it[3], it[6]) in ORIGINAL, it[:6]       # nothing forged or altered
 
 
-@pytest.mark.parametrize("name, data", F.corpus("stream"))
+@pytest.mark.parametrize("name, data", F.cases("stream"))
 def test_stream_corpus(name, data):
     _check(random.Random(name), data)
 

@@ -70,7 +70,7 @@ def seeds(tmp_path_factory):
     return [_small_seed(tmp_path_factory.mktemp("tape")), gzip.decompress(GOLDEN.read_bytes())]
 
 
-@pytest.mark.parametrize("name, data", F.corpus("tape_image"))
+@pytest.mark.parametrize("name, data", F.cases("tape_image"))
 def test_tape_image_corpus(tmp_path, name, data):
     _open(tmp_path / "t.img", data)
 

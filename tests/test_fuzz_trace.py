@@ -34,7 +34,7 @@ def _load(tmp_path: Path, data: bytes) -> None:
     assert t.header                       # a Trace that says what it is
 
 
-@pytest.mark.parametrize("name, data", F.corpus("trace") or [("none", b"")])
+@pytest.mark.parametrize("name, data", F.cases("trace"))
 def test_trace_corpus(tmp_path, name, data):
     _load(tmp_path, data)
 
