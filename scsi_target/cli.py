@@ -79,6 +79,14 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--cow-size", metavar="SIZE",
                    help="at most this many bytes of such old blocks per disk (e.g. 256M; 0 = "
                    "none); past it the backup stream fails (default: 1G or the disk's size)")
+    s.add_argument("--write-budget", metavar="SIZE",
+                   help="bytes of write data one connection may buffer; writes beyond it wait, "
+                   "a single larger write is refused (default 512M; docs/config.md [limits])")
+    s.add_argument("--target-write-budget", metavar="SIZE",
+                   help="the same, summed over all connections to the target (default 1G)")
+    s.add_argument("--send-queue-bound", metavar="SIZE",
+                   help="bytes of responses queued for a connection above which it stops "
+                   "reading commands until the peer takes them (default 8M)")
     s.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP (secret of 12..16 bytes)")
     s.add_argument("--record", metavar="FILE",
@@ -100,7 +108,10 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
                                      ("--chap", args.chap), ("--cow-dir", args.cow_dir),
                                      ("--cow-size", args.cow_size),
                                      ("--backup-device", args.backup_device),
-                                     ("--tape", args.tape)) if used]
+                                     ("--tape", args.tape),
+                                     ("--write-budget", args.write_budget),
+                                     ("--target-write-budget", args.target_write_budget),
+                                     ("--send-queue-bound", args.send_queue_bound)) if used]
     if args.config:
         if quick:
             raise UsageError(f"--config cannot be combined with {', '.join(quick)}; "
@@ -108,7 +119,10 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
         return C.load_file(args.config)
     return C.from_flags(listen=args.listen, iqn=args.iqn, disks=args.disk,
                         track=args.track, chap=args.chap, backup_device=args.backup_device,
-                        tapes=args.tape, cow_dir=args.cow_dir, cow_size=args.cow_size)
+                        tapes=args.tape, cow_dir=args.cow_dir, cow_size=args.cow_size,
+                        write_budget=args.write_budget,
+                        target_write_budget=args.target_write_budget,
+                        send_queue_bound=args.send_queue_bound)
 
 
 def iscsi_url(host: str, port: int, iqn: str, lun: int) -> str:
@@ -149,8 +163,12 @@ async def serve(cfg: C.ServerConfig, server_factory=None, recorder=None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    bound = list(server.bound_portals)
+    # The addresses actually bound (port 0 resolved), as the operator will see them.
+    for w in C.exposure_warnings(cfg.targets, [C.Portal(h, p) for h, p in bound]):
+        log.warning("%s", w)
     try:
-        for line in describe(cfg, list(server.bound_portals)):
+        for line in describe(cfg, bound):
             print(line, flush=True)
         await stop.wait()
         log.info("shutting down")
@@ -194,7 +212,7 @@ def run_loop(coro, kind: str = "auto"):
 
 def _check(path: str) -> int:
     cfg = C.load_file(path)
-    for w in cfg.warnings:
+    for w in [*cfg.warnings, *C.exposure_warnings(cfg.targets, cfg.portals)]:
         print(f"warning: {w}", file=sys.stderr)
     print(f"{path}: OK")
     for line in describe(cfg, [(p.host, p.port) for p in cfg.portals])[1:]:

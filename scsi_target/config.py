@@ -121,10 +121,49 @@ class ServerConfig:
     nop_interval: float = 30.0
     nop_timeout: float = 15.0
     login_timeout: float = 30.0
+    limits: "Limits" = field(default_factory=lambda: Limits())
 
-    def server_options(self) -> dict[str, float]:
+    def server_options(self) -> dict[str, Any]:
         return {"nop_interval": self.nop_interval, "nop_timeout": self.nop_timeout,
-                "login_timeout": self.login_timeout}
+                "login_timeout": self.login_timeout, **self.limits.server_options()}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Memory bounds (``[limits]``, docs/config.md); None = the server's default.
+
+    The defaults live in scsi_target/target/budget.py, the one place the
+    server reads them; :func:`effective` says what is in force.
+    """
+    connection_write_budget: int | None = None
+    target_write_budget: int | None = None
+    send_queue_bound: int | None = None
+
+    def server_options(self) -> dict[str, int]:
+        # Only what was set: an unset bound stays the server's own default.
+        out = {}
+        for key, option in _LIMIT_OPTIONS.items():
+            v = getattr(self, key)
+            if v is not None:
+                out[option] = v
+        return out
+
+    def effective(self, key: str) -> int:
+        from .target import budget as B
+        v = getattr(self, key)
+        return v if v is not None else getattr(B, _LIMIT_DEFAULTS[key])
+
+
+# [limits] key -> IscsiServer keyword, and the budget.py default it replaces.
+_LIMIT_OPTIONS = {"connection_write_budget": "write_budget",
+                  "target_write_budget": "target_write_budget",
+                  "send_queue_bound": "send_queue_bound"}
+_LIMIT_DEFAULTS = {"connection_write_budget": "CONNECTION_WRITE_BUDGET",
+                   "target_write_budget": "TARGET_WRITE_BUDGET",
+                   "send_queue_bound": "SEND_QUEUE_BOUND"}
+# Below this a bound makes no sense: one Data-Out / Data-In PDU of the
+# default 8 KiB segment length, and no real initiator works with less.
+MIN_LIMIT = 64 << 10
 
 
 # ------------------------------------------------------------ value parsers
@@ -319,7 +358,8 @@ def _tname(v: Any) -> str:
             dict: "table"}.get(type(v), type(v).__name__)
 
 
-_TOP_KEYS = ("portals", "discovery", "target", "timeouts")
+_TOP_KEYS = ("portals", "discovery", "target", "timeouts", "limits")
+_LIMIT_KEYS = tuple(_LIMIT_OPTIONS)
 _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators", "fault", "fault_control")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
@@ -345,6 +385,11 @@ def load_file(path: str | os.PathLike) -> ServerConfig:
         # tomllib parses nested arrays and inline tables recursively.
         raise ConfigError(f"{source}: TOML syntax error: arrays or tables nested too "
                           "deeply") from None
+    except ValueError:
+        # Python's limit on int digits (CVE-2020-10735) inside tomllib; TOML
+        # itself allows only 64-bit integers.
+        raise ConfigError(f"{source}: TOML syntax error: an integer with more digits than "
+                          "any setting can use") from None
     return parse_config(data, source=source, base=p.parent)
 
 
@@ -421,8 +466,77 @@ def parse_config(data: dict, source: str = "<config>", base: Path | None = None)
         targets.append(spec)
     _check_tracking_files([lun for t in targets for lun in t.luns], ".path")
     timeouts = _parse_timeouts(r, data.get("timeouts", {}))
+    limits = _parse_limits(r, data.get("limits", {}))
     return ServerConfig(tuple(targets), portals, disc_chap, disc_mutual, source, tuple(r.warnings),
-                        **timeouts)
+                        limits=limits, **timeouts)
+
+
+def parse_limit(value: Any) -> int:
+    """One memory bound: a size of at least MIN_LIMIT bytes. Raises ValueError."""
+    n = parse_size(value)
+    if n > MAX_SIZE:
+        raise ValueError(f"{value!r} is too large (at most {MAX_SIZE} bytes)")
+    if n < MIN_LIMIT:
+        raise ValueError(f"{value!r} is too small (at least {format_size(MIN_LIMIT)})")
+    return n
+
+
+def check_limits(limits: Limits) -> list[str]:
+    """Warnings for legal bounds with consequences an operator should know."""
+    from .target.dataout import MAX_WRITE_BUFFER
+    out = []
+    conn = limits.effective("connection_write_budget")
+    tgt = limits.effective("target_write_budget")
+    smaller = min(conn, tgt)
+    if smaller < MAX_WRITE_BUFFER:
+        which = "connection_write_budget" if conn <= tgt else "target_write_budget"
+        out.append(f"{which}: writes of more than {format_size(smaller)} in one command are "
+                   "refused (CHECK CONDITION, INVALID FIELD IN CDB); the LUs accept up to "
+                   f"{format_size(MAX_WRITE_BUFFER)}")
+    if conn > tgt:
+        out.append(f"connection_write_budget ({format_size(conn)}) is larger than "
+                   f"target_write_budget ({format_size(tgt)}): the target's budget is the bound")
+    return out
+
+
+def _parse_limits(r: _Reader, raw: Any) -> Limits:
+    d = r.table(raw, "limits", _LIMIT_KEYS)
+    values = {}
+    for k in _LIMIT_KEYS:
+        if k in d:
+            try:
+                values[k] = parse_limit(d[k])
+            except ValueError as e:
+                raise r.fail(_join("limits", k), str(e)) from None
+    limits = Limits(**values)
+    for w in check_limits(limits):
+        r.warn("limits", w)
+    return limits
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False          # a host name: it may resolve to anything
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def exposure_warnings(targets: Iterable[TargetSpec], portals: Iterable[Portal]) -> list[str]:
+    """One line per target a non-loopback portal exposes with neither CHAP nor an ACL.
+
+    Such a target lets anyone who can reach the address read and overwrite
+    its disks; on 127.0.0.0/8 and ::1 only local users can.
+    """
+    open_portals = [p for p in portals if not _is_loopback(p.host)]
+    return [f"target {t.iqn} on portal {p} has neither CHAP nor an initiator ACL: anyone who "
+            "can reach it can log in (set [target.chap] or initiators, or listen on 127.0.0.1)"
+            for t in targets if t.chap is None and t.initiators is None
+            for p in open_portals]
 
 
 _TRACKING_FILES = ("generation map", "write-intent journal", "identity sidecar")
@@ -876,7 +990,9 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                disks: list[str] | None = None, track: bool = True,
                chap: str | None = None, backup_device: bool = False,
                tapes: list[str] | None = None, cow_dir: str | None = None,
-               cow_size: str | None = None) -> ServerConfig:
+               cow_size: str | None = None, write_budget: str | None = None,
+               target_write_budget: str | None = None,
+               send_queue_bound: str | None = None) -> ServerConfig:
     """The configuration the quick flags describe; no flags = the embedded default.
 
     Disks become LUNs 0, 1, ... of one target, tape images (``--tape``) the
@@ -916,6 +1032,17 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
             cow_bytes = parse_cow_size(cow_size)
         except ValueError as e:
             raise ConfigError(f"{src}: --cow-size: {e}") from None
+    values = {}
+    for key, flag, v in (("connection_write_budget", "--write-budget", write_budget),
+                         ("target_write_budget", "--target-write-budget", target_write_budget),
+                         ("send_queue_bound", "--send-queue-bound", send_queue_bound)):
+        if v is not None:
+            try:
+                values[key] = parse_limit(v)
+            except ValueError as e:
+                raise ConfigError(f"{src}: {flag}: {e}") from None
+    limits = Limits(**values)
+    warnings += [f"{src}: {w}" for w in check_limits(limits)]
     if (cow_dir is not None or cow_size is not None) and not track:
         raise ConfigError(f"{src}: --cow-dir/--cow-size need tracking (drop --no-track)")
     if disks:
@@ -969,7 +1096,7 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
             raise ConfigError(f"{where}: {msg}")
         luns.append(spec)
     return ServerConfig((TargetSpec(name, tuple(luns), chap=chap_def),), portals,
-                        source=src, warnings=tuple(warnings))
+                        source=src, warnings=tuple(warnings), limits=limits)
 
 
 # ----------------------------------------------------------------- build

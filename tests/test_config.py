@@ -123,7 +123,7 @@ def test_build_fails_cleanly_on_locked_file(tmp_path, existing):
 # (toml text, key, problem) — message is "<file>: <key>: <problem>"
 BAD = [
     ("bogus = 1\n[[target]]\niqn='iqn.2026-11.org.x'\n", "bogus",
-     "unknown key (allowed: portals, discovery, target, timeouts)"),
+     "unknown key (allowed: portals, discovery, target, timeouts, limits)"),
     ("", "target", "no targets defined (add a [[target]] table)"),
     ("target = 3", "target", "expected an array of tables ([[target]]), got integer"),
     ("[[target]]\niqn = 'iqn.2026-11.org.x'\ncolour = 'red'", "target[0].colour",

@@ -238,6 +238,12 @@ def _records(f: IO[str], name: str) -> Iterator[tuple[int, dict]]:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise TraceFormatError(f"{name}: line {lineno} is not JSON ({e.msg})") from None
+        except RecursionError:
+            # json decodes nested arrays recursively; no record nests more than twice.
+            raise TraceFormatError(f"{name}: line {lineno}: JSON nested too deeply") from None
+        except ValueError as e:
+            # Python's limit on int digits (CVE-2020-10735) surfaces as a bare ValueError.
+            raise TraceFormatError(f"{name}: line {lineno} is not usable JSON ({e})") from None
         if not isinstance(rec, dict):
             raise TraceFormatError(f"{name}: line {lineno} is not a JSON object")
         yield lineno, rec
