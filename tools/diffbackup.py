@@ -6,6 +6,7 @@
     diffbackup verify FILE...
     diffbackup status SOURCE
     diffbackup estimate SOURCE --scope K [--compressed]
+    diffbackup merge FULL|DIFF DIFF... -o FILE
 
 SOURCE/DEST: ``iscsi://host[:port]/iqn/lun`` (the tracked disk's LUN, or its
 backup device's LUN) of a running target -- streams move through the backup
@@ -601,6 +602,29 @@ def cmd_estimate(args) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args) -> int:
+    """A synthetic full (or one differential) from a chain of stream files; no volume involved."""
+    from volume.merge import MergeRefused, merge
+    _require_streams(args.files)
+    if os.path.realpath(args.output) in {os.path.realpath(f) for f in args.files}:
+        raise Failure(f"-o {args.output} is one of the input streams", EXIT_USAGE)
+    total = sum(os.path.getsize(f) for f in args.files)
+    try:
+        with _progress(not args.quiet) as prog:
+            task = prog.add_task("merge", total=total)
+            res = merge(args.files, args.output, progress=lambda n: prog.advance(task, n))
+    except MergeRefused as e:
+        for p in e.problems:
+            out.print(p, markup=False)
+        raise Failure(f"merge refused ({len(e.problems)} problems above); {args.output} not "
+                      f"written") from None
+    kind = "synthetic full" if res.full else "merged differential"
+    out.print(f"{kind} of generations {res.generation_range[0]}..{res.generation_range[1]} from "
+              f"{len(res.inputs)} streams ({res.input_bytes} bytes): {res.blocks} blocks, "
+              f"{res.records} records, {res.bytes_written} bytes -> {res.output} (verified)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Differential backup of tracked volumes (patent "
                 "JP H09-101912): full and differential streams, verified restore.")
@@ -626,10 +650,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("source", metavar="SOURCE")
     e.add_argument("--scope", type=int, required=True, metavar="K")
     e.add_argument("--compressed", action="store_true", help="also estimate compressed size")
+    m = sub.add_parser("merge", help="synthetic full (FULL DIFF...) or one differential "
+                       "(DIFF DIFF...) from a chain of streams, without the volume")
+    m.add_argument("files", metavar="FILE", nargs="+")
+    m.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument("--initiator-name", metavar="IQN",
                    help="iSCSI initiator name to log in with, e.g. one a target's ACL "
                    "lists (default iqn.2026-01.org.scsi-target:initiator)")
-    for sp in (a, d, r, v, s, e):
+    for sp in (a, d, r, v, s, e, m):
         sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars")
         sp.add_argument("--initiator-name", metavar="IQN", default=argparse.SUPPRESS,
@@ -660,6 +688,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_verify(args)
         if cmd == "status":
             return cmd_status(args)
+        if cmd == "merge":
+            return cmd_merge(args)
         return cmd_estimate(args)
     except Failure as e:
         print(f"{PROG}: {' '.join(str(e).split())}", file=sys.stderr)
