@@ -194,7 +194,8 @@ class RemoteVolume:
     def _opname(self, opcode: int) -> str:
         return {0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
                 0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS",
-                0xC5: "SET RESTORE OPTIONS", 0xC6: "REPORT BACKUP STATUS"}.get(opcode, hex(opcode))
+                0xC5: "SET RESTORE OPTIONS", 0xC6: "REPORT BACKUP STATUS",
+                0xC7: "AUDIT TRACKER"}.get(opcode, hex(opcode))
 
     def generations(self, lun: int | None = None):
         return self.L.GenerationsReport.unpack(
@@ -293,6 +294,25 @@ class RemoteVolume:
         if o.state == "running":
             o.errors.append("the stream ended before its trailer (truncated file?)")
         return o
+
+    def audit(self, rate: int, full: bool):
+        from volume.audit import AuditReport
+        L = self.L
+        length = L.AuditHeader.SIZE + L.MAX_EXTENT_DESCRIPTORS * L.ExtentDesc.SIZE
+        try:
+            rep = L.AuditReportData.unpack(self._cmd(
+                L.OP_AUDIT_TRACKER, flags=L.FLAG_FULL if full else 0,
+                scope=0 if full else rate, length=length))
+        except Failure as e:
+            if "COMMAND SEQUENCE ERROR" in str(e).upper():
+                raise Failure(f"cannot audit: {e} (no block CRC table for the current full "
+                              f"backup, or a backup stream is open)") from None
+            raise
+        h = rep.header
+        r = AuditReport(h.rate, h.phase, h.generation, h.candidates, h.checked, h.escalated,
+                        [(e.first_block, e.nblocks) for e in rep.mismatched], h.remarked_blocks,
+                        mismatch_total=h.mismatched_blocks)
+        return r
 
     @staticmethod
     def L_write(lba: int, nbytes: int) -> bytes:

@@ -22,6 +22,7 @@ from bitarray import bitarray
 
 from . import blockcrc
 from .genmap import extents
+from .session import BackupRefused
 from .tracked import TrackingStore
 
 __all__ = ["audit", "AuditReport", "AuditUnavailable", "DEFAULT_RATE"]
@@ -30,8 +31,9 @@ DEFAULT_RATE = 1024
 _READ_BLOCKS = 256                  # blocks read per call (1 MiB of 4 KiB blocks)
 
 
-class AuditUnavailable(Exception):
-    """Nothing to compare against (no table, another full backup, a stream open)."""
+class AuditUnavailable(BackupRefused):
+    """Nothing to compare against (no table, another full backup, a stream open).
+    A refusal like a backup's: the SCSI side answers COMMAND SEQUENCE ERROR."""
 
 
 @dataclass
@@ -45,14 +47,18 @@ class AuditReport:
     mismatched: list[tuple[int, int]] = field(default_factory=list)    # block extents
     remarked: int = 0                # blocks marked for the next differential
     seconds: float = 0.0
+    # set when ``mismatched`` may be cut short (a report over the wire)
+    mismatch_total: int | None = None
 
     @property
     def mismatched_blocks(self) -> int:
+        if self.mismatch_total is not None:
+            return self.mismatch_total
         return sum(k for _a, k in self.mismatched)
 
     @property
     def ok(self) -> bool:
-        return not self.mismatched
+        return self.mismatched_blocks == 0
 
 
 def phase_for(base_id: bytes, generation: int, rate: int) -> int:

@@ -23,6 +23,7 @@ OP_ESTIMATE_BACKUP = 0xC3
 OP_REPORT_RESTORE_RESULTS = 0xC4
 OP_SET_RESTORE_OPTIONS = 0xC5
 OP_REPORT_BACKUP_STATUS = 0xC6
+OP_AUDIT_TRACKER = 0xC7
 CDB_LEN = 12
 
 # CDB byte 1 flags
@@ -36,6 +37,7 @@ CDB_FLAGS_ALLOWED = {
     OP_REPORT_RESTORE_RESULTS: 0,
     OP_SET_RESTORE_OPTIONS: 0,
     OP_REPORT_BACKUP_STATUS: 0,
+    OP_AUDIT_TRACKER: FLAG_FULL,          # FULL: compare every unchanged block
 }
 MAX_SKIP_GENERATIONS = 256
 MAX_BAD_DESCRIPTORS = 1024
@@ -282,3 +284,53 @@ def unpack_restore_options(data) -> list[int]:
     if len(data) < 4 + 4 * count:
         raise ValueError(0)
     return [struct.unpack_from(">I", data, 4 + 4 * i)[0] for i in range(count)]
+
+
+# ------------------------------------------------------------------ tracker audit
+@dataclass(frozen=True)
+class AuditHeader(Struct):
+    """AUDIT TRACKER parameter data header (56 bytes); mismatch extents follow."""
+    additional_length: int = 0
+    mismatch: bool = False
+    escalated: bool = False
+    full: bool = False
+    rate: int = 0
+    phase: int = 0
+    generation: int = 0
+    descriptors: int = 0
+    candidates: int = 0
+    checked: int = 0
+    mismatched_blocks: int = 0
+    remarked_blocks: int = 0
+    FIELDS: ClassVar = (u32("additional_length", 0), bit("mismatch", 4, 0),
+                        bit("escalated", 5, 0), bit("full", 5, 1), u32("rate", 8),
+                        u32("phase", 12), u32("generation", 16), u16("descriptors", 20),
+                        u64("candidates", 24), u64("checked", 32),
+                        u64("mismatched_blocks", 40), u64("remarked_blocks", 48))
+    SIZE: ClassVar = 56
+
+
+@dataclass
+class AuditReportData:
+    header: AuditHeader
+    mismatched: list[ExtentDesc] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        ext = self.mismatched[:MAX_EXTENT_DESCRIPTORS]
+        body = b"".join(e.pack() for e in ext)
+        h = AuditHeader(**{**dict(self.header.items()),
+                           "additional_length": AuditHeader.SIZE - 4 + len(body),
+                           "descriptors": len(ext)})
+        return h.pack() + body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "AuditReportData":
+        h = AuditHeader.unpack(data)
+        ext = []
+        off = AuditHeader.SIZE
+        for _ in range(h.descriptors):
+            if off + ExtentDesc.SIZE > len(data):
+                break
+            ext.append(ExtentDesc.unpack(data, off))
+            off += ExtentDesc.SIZE
+        return cls(h, ext)
