@@ -105,6 +105,8 @@ class Volume(Protocol):
     def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome: ...
     def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome: ...
     def status(self) -> VolumeStatus: ...
+    def map_extents(self) -> list[tuple[int, int, int]]: ...
+    def audit(self, rate: int, full: bool): ...
     def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]: ...
     def close(self) -> None: ...
 
@@ -195,7 +197,7 @@ class RemoteVolume:
         return {0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
                 0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS",
                 0xC5: "SET RESTORE OPTIONS", 0xC6: "REPORT BACKUP STATUS",
-                0xC7: "AUDIT TRACKER"}.get(opcode, hex(opcode))
+                0xC7: "AUDIT TRACKER", 0xC8: "REPORT MAP EXTENTS"}.get(opcode, hex(opcode))
 
     def generations(self, lun: int | None = None):
         return self.L.GenerationsReport.unpack(
@@ -294,6 +296,18 @@ class RemoteVolume:
         if o.state == "running":
             o.errors.append("the stream ended before its trailer (truncated file?)")
         return o
+
+    def map_extents(self) -> list[tuple[int, int, int]]:
+        """Every extent, REPORT MAP EXTENTS page by page (SCOPE = first descriptor)."""
+        L = self.L
+        out: list[tuple[int, int, int]] = []
+        length = L.MapExtentsHeader.SIZE + 65536 * L.MapExtentDesc.SIZE
+        while True:
+            h, ext = L.unpack_map_extents(self._cmd(L.OP_REPORT_MAP_EXTENTS, scope=len(out),
+                                                    length=length))
+            out += ext
+            if not ext or len(out) >= h.total_descriptors:
+                return out
 
     def audit(self, rate: int, full: bool):
         from volume.audit import AuditReport
@@ -431,6 +445,10 @@ class LocalVolume:
         nbytes = B.estimate(m, scope, False)
         packed = B.estimate(m, scope, True, store=self.vol, seed=0) if compressed else 0
         return blocks, nbytes, packed
+
+    def map_extents(self) -> list[tuple[int, int, int]]:
+        from volume.mapview import map_view
+        return map_view(self.vol.map).extents
 
     def audit(self, rate: int, full: bool):
         from volume.audit import AuditUnavailable, audit
@@ -583,12 +601,30 @@ def cmd_verify(args) -> int:
     return EXIT_OK if rep.ok else EXIT_FAILED
 
 
+def _status_json(st: VolumeStatus, ext) -> dict:
+    return {"volume_id": st.volume_id.hex(), "volume_size": st.volume_size,
+            "granularity": st.granularity, "entries": -(-st.volume_size // st.granularity),
+            "current_generation": st.current, "full_done": st.full_done,
+            "pending_lo": st.pending_lo, "stream_open": st.stream_open,
+            "restore_incomplete": st.restore_incomplete,
+            "restore_interrupted": st.restore_interrupted, "unrecovered": st.unrecovered,
+            "counts": {str(g): n for g, n in sorted(st.counts.items())},
+            "extents": [list(e) for e in ext]}
+
+
 def cmd_status(args) -> int:
+    if args.cells < 1:
+        raise Failure("--cells must be at least 1", EXIT_USAGE)
     v = _open(args.source, initiator_name=args.initiator_name)
     try:
         st = v.status()
+        ext = v.map_extents()
     finally:
         v.close()
+    if args.json:
+        import json
+        print(json.dumps(_status_json(st, ext)))
+        return EXIT_FAILED if st.restore_incomplete else EXIT_OK
     counts, cur, gran = st.counts, st.current, st.granularity
     t = Table(title=f"volume {st.volume_id.hex()} ({st.volume_size} bytes, {gran}-byte blocks)")
     t.add_column("generation", justify="right")
@@ -600,6 +636,10 @@ def cmd_status(args) -> int:
             "current (open)" if gen == cur else ""
         t.add_row(str(gen), str(counts[gen]), str(counts[gen] * gran), note)
     out.print(t)
+    from tools.map_render import render
+    for line in render(st.volume_size, gran, -(-st.volume_size // gran), cur, counts, ext,
+                       args.cells):
+        out.print(line)
     pending = st.pending_lo
     out.print(f"current generation {cur}; full backup completed: {'yes' if st.full_done else 'no'}"
               + (f"; an unfinished differential stream from generation {pending} will be "
@@ -698,8 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="don't apply generation G (of stream N only, 1-based); repeatable")
     v = sub.add_parser("verify", help="check streams (and their chain) without restoring")
     v.add_argument("files", metavar="FILE", nargs="+")
-    s = sub.add_parser("status", help="generations and their block counts")
+    s = sub.add_parser("status", help="generations, their block counts and where they lie")
     s.add_argument("source", metavar="SOURCE")
+    s.add_argument("--json", action="store_true",
+                   help="the state, counts and extents (first, blocks, generation) as JSON")
+    s.add_argument("--cells", type=int, default=64, metavar="N",
+                   help="regions in the drawn strip of the volume (default 64)")
     e = sub.add_parser("estimate", help="bytes a differential backup would take (claim 10)")
     e.add_argument("source", metavar="SOURCE")
     e.add_argument("--scope", type=int, required=True, metavar="K")

@@ -1,4 +1,4 @@
-"""Vendor-specific backup commands of the backup pseudo device (opcodes C0h-C7h).
+"""Vendor-specific backup commands of the backup pseudo device (opcodes C0h-C8h).
 
 Layouts live in :mod:`scsi_target.scsi.layouts.backup`; semantics and byte
 tables in docs/vendor-commands.md.
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from volume import backup as B
 from volume.audit import DEFAULT_RATE, audit
+from volume.mapview import map_view
 from volume.session import check_scope
 from volume.stream import HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE
 
@@ -238,3 +239,16 @@ def audit_tracker(lu: "BackupLU", cmd: Command) -> bytes:
                       candidates=rep.candidates, checked=rep.checked,
                       mismatched_blocks=rep.mismatched_blocks, remarked_blocks=rep.remarked)
     return L.AuditReportData(h, [L.ExtentDesc(a, n) for a, n in rep.mismatched]).pack()[:c.length]
+
+
+@VENDOR_BACKUP.command(L.OP_REPORT_MAP_EXTENTS, "REPORT MAP EXTENTS", L.CDB_LEN,
+                       direction=Direction.IN, conflict=Conflict.ALLOWED,
+                       usage=_usage(L.OP_REPORT_MAP_EXTENTS, 0))
+def report_map_extents(lu: "BackupLU", cmd: Command) -> bytes:
+    """Extents of the blocks written since the full backup, by generation; SCOPE
+    is the index of the first descriptor wanted (an answer that does not fit the
+    allocation length is continued from there)."""
+    c = _parse(cmd)
+    v = map_view(lu.tracked.map)
+    return L.pack_map_extents(v.current_generation, v.granularity, v.entries, v.extents,
+                              c.scope, c.length)[:c.length]

@@ -24,6 +24,7 @@ OP_REPORT_RESTORE_RESULTS = 0xC4
 OP_SET_RESTORE_OPTIONS = 0xC5
 OP_REPORT_BACKUP_STATUS = 0xC6
 OP_AUDIT_TRACKER = 0xC7
+OP_REPORT_MAP_EXTENTS = 0xC8
 CDB_LEN = 12
 
 # CDB byte 1 flags
@@ -38,6 +39,7 @@ CDB_FLAGS_ALLOWED = {
     OP_SET_RESTORE_OPTIONS: 0,
     OP_REPORT_BACKUP_STATUS: 0,
     OP_AUDIT_TRACKER: FLAG_FULL,          # FULL: compare every unchanged block
+    OP_REPORT_MAP_EXTENTS: 0,
 }
 MAX_SKIP_GENERATIONS = 256
 MAX_BAD_DESCRIPTORS = 1024
@@ -334,3 +336,61 @@ class AuditReportData:
             ext.append(ExtentDesc.unpack(data, off))
             off += ExtentDesc.SIZE
         return cls(h, ext)
+
+
+# ------------------------------------------------------------------- map extents
+@dataclass(frozen=True)
+class MapExtentsHeader(Struct):
+    """REPORT MAP EXTENTS header (40 bytes); MapExtentDesc descriptors follow."""
+    additional_length: int = 0
+    current_generation: int = 0
+    granularity: int = 0
+    descriptors: int = 0          # returned in this answer
+    entries: int = 0
+    total_descriptors: int = 0    # in the whole map
+    first_descriptor: int = 0     # index of the first one returned (the CDB's SCOPE)
+    FIELDS: ClassVar = (u32("additional_length", 0), u32("current_generation", 4),
+                        u32("granularity", 8), u32("descriptors", 12), u64("entries", 16),
+                        u64("total_descriptors", 24), u64("first_descriptor", 32))
+    SIZE: ClassVar = 40
+
+
+@dataclass(frozen=True)
+class MapExtentDesc(Struct):
+    first_block: int = 0
+    nblocks: int = 0
+    generation: int = 0
+    FIELDS: ClassVar = (u64("first_block", 0), u32("nblocks", 8), u32("generation", 12))
+    SIZE: ClassVar = 16
+
+
+def pack_map_extents(current: int, granularity: int, entries: int,
+                     extents: list[tuple[int, int, int]], first: int, length: int) -> bytes:
+    """The answer for an allocation length: as many whole descriptors from
+    ``first`` as fit (an extent longer than 2^32-1 blocks is split)."""
+    ext = []
+    for a, n, g in extents:
+        while n > 0xFFFFFFFF:
+            ext.append((a, 0xFFFFFFFF, g))
+            a += 0xFFFFFFFF
+            n -= 0xFFFFFFFF
+        ext.append((a, n, g))
+    room = max(0, (length - MapExtentsHeader.SIZE) // MapExtentDesc.SIZE)
+    part = ext[first:first + room]
+    body = b"".join(MapExtentDesc(a, n, g).pack() for a, n, g in part)
+    h = MapExtentsHeader(MapExtentsHeader.SIZE - 4 + len(body), current, granularity, len(part),
+                         entries, len(ext), first)
+    return h.pack() + body
+
+
+def unpack_map_extents(data: bytes) -> tuple[MapExtentsHeader, list[tuple[int, int, int]]]:
+    h = MapExtentsHeader.unpack(data)
+    out = []
+    off = MapExtentsHeader.SIZE
+    for _ in range(h.descriptors):
+        if off + MapExtentDesc.SIZE > len(data):
+            break
+        d = MapExtentDesc.unpack(data, off)
+        out.append((d.first_block, d.nblocks, d.generation))
+        off += MapExtentDesc.SIZE
+    return h, out
