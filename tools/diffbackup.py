@@ -32,6 +32,9 @@ PROG = "diffbackup"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CHUNK_BLOCKS = 8192          # 4 MiB per READ/WRITE to the backup device (never past its capacity)
 DEV_BLOCK = 512
+# READs/WRITEs of the backup device kept outstanding at once (the initiator's
+# CmdSN window allows more); one REPORT BACKUP STATUS per batch, not per chunk.
+PIPELINE = 8
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -193,6 +196,28 @@ class RemoteVolume:
         return bytes(self._exec(cdb, lun=self.dev, read_length=length,
                                 what="READ of the backup stream").data)
 
+    def _batch(self, cmds: list[dict], what: list[str]) -> list:
+        """Commands outstanding together; a UNIT ATTENTION answer (new session,
+        reset) is retried alone, like _exec; any other failure is a Failure.
+        Stream reads and writes address byte offsets, so a retried one lands
+        where it belongs whatever ran in between."""
+        from scsi_target.initiator.errors import ScsiCheckCondition
+        from scsi_target.scsi.sense import SenseKey
+        res = self.c.execute_many(cmds, check=False)
+        for i, r in enumerate(res):
+            if r.good:
+                continue
+            if r.sense_key == SenseKey.UNIT_ATTENTION:
+                res[i] = self._exec(lun=self.dev, what=what[i], **cmds[i])
+                continue
+            try:
+                r.raise_for_status()
+            except ScsiCheckCondition as e:
+                raise Failure(f"target refused {what[i]}: {' '.join(str(e).split())}") from None
+            except Exception as e:     # a transport-level answer
+                raise Failure(f"target failed {what[i]}: {e}") from None
+        return res
+
     def _opname(self, opcode: int) -> str:
         return {0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
                 0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS",
@@ -237,24 +262,39 @@ class RemoteVolume:
         # before its capacity, and its length is known once its end was produced.
         capacity = self.c.read_capacity16(lun=self.dev).blocks * DEV_BLOCK
         pos = 0
+        status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
         with _PartialFile(out_path) as f, _progress(show) as prog:
             task = prog.add_task("backup", total=st.size_bound)
             while True:
-                nblocks = min(CHUNK_BLOCKS, (capacity - pos) // DEV_BLOCK)
-                if nblocks <= 0:
+                # PIPELINE reads in flight, then one status: its TOTAL (once the
+                # encoder reached the end) says where the stream stops; bytes
+                # read past it are the device's zero padding and are dropped.
+                cmds, what, at = [], [], pos
+                while len(cmds) < PIPELINE and at < capacity and \
+                        (not st.total or at < st.total):
+                    nblocks = min(CHUNK_BLOCKS, (capacity - at) // DEV_BLOCK)
+                    cdb = bytes([0x88, 0]) + (at // DEV_BLOCK).to_bytes(8, "big") + \
+                        nblocks.to_bytes(4, "big") + bytes(2)
+                    cmds.append({"cdb": cdb, "read_length": nblocks * DEV_BLOCK,
+                                 "lun": self.dev})
+                    what.append("READ of the backup stream")
+                    at += nblocks * DEV_BLOCK
+                if not cmds:
                     raise Failure(f"the backup stream did not end within the device's "
                                   f"{capacity} bytes")
-                cdb = bytes([0x88, 0]) + (pos // DEV_BLOCK).to_bytes(8, "big") + \
-                    nblocks.to_bytes(4, "big") + bytes(2)
-                data = self._read(cdb, nblocks * DEV_BLOCK)
-                st = self.backup_status()
-                if st.total and pos + len(data) >= st.total:
-                    f.write(memoryview(data)[:st.total - pos])
-                    pos = st.total
-                    break
-                f.write(data)
-                pos += len(data)
+                cmds.append({"cdb": status_cdb, "read_length": 80, "lun": self.dev})
+                what.append("REPORT BACKUP STATUS")
+                res = self._batch(cmds, what)
+                st = L.BackupStatus.unpack(bytes(res[-1].data))
+                for r in res[:-1]:
+                    data = memoryview(r.data)
+                    if st.total:
+                        data = data[:max(0, st.total - pos)]
+                    f.write(data)
+                    pos += len(data)
                 prog.update(task, completed=pos)
+                if st.total and pos >= st.total:
+                    break
             prog.update(task, completed=pos, total=pos)
             if st.state != L.STATE_COMPLETE:
                 raise Failure("the target does not report the backup stream complete")
@@ -267,20 +307,32 @@ class RemoteVolume:
         lba = 0
         refused = None
         with open(path, "rb") as f:
-            while True:
-                chunk = f.read(CHUNK_BLOCKS * DEV_BLOCK)
-                if not chunk:
+            done = False
+            while not done:
+                # PIPELINE writes in flight; the restore takes them at their
+                # offsets (in order or reordered within its bound).  The write
+                # at LBA 0 starts the stream, so it goes alone: a later, shorter
+                # write could otherwise get its data in first and run first.
+                cmds = []
+                limit = 1 if lba == 0 else PIPELINE
+                while len(cmds) < limit:
+                    chunk = f.read(CHUNK_BLOCKS * DEV_BLOCK)
+                    if not chunk:
+                        done = True
+                        break
+                    if len(chunk) % DEV_BLOCK:
+                        chunk += bytes(DEV_BLOCK - len(chunk) % DEV_BLOCK)
+                    cmds.append({"cdb": self.L_write(lba, len(chunk)), "data_out": chunk,
+                                 "lun": self.dev})
+                    lba += len(chunk) // DEV_BLOCK
+                if not cmds:
                     break
-                if len(chunk) % DEV_BLOCK:
-                    chunk += bytes(DEV_BLOCK - len(chunk) % DEV_BLOCK)
                 try:
-                    self._exec(self.L_write(lba, len(chunk)), lun=self.dev, data_out=chunk,
-                               what="WRITE of the restore stream")
+                    self._batch(cmds, ["WRITE of the restore stream"] * len(cmds))
                 except Failure as e:
                     refused = str(e)
                     break
-                lba += len(chunk) // DEV_BLOCK
-                prog.advance(task, len(chunk))
+                prog.advance(task, sum(len(c["data_out"]) for c in cmds))
         rep = L.RestoreReportData.unpack(self._cmd(L.OP_REPORT_RESTORE_RESULTS, length=1 << 20))
         h = rep.header
         o = StreamOutcome(path, rep.state, (h.generation_lo, h.generation_hi), h.full,
