@@ -164,3 +164,34 @@ def test_bad_arguments(tmp_path, capsys):
     assert run("merge", files[0], junk, "-o", tmp_path / "x") == 1
     assert "not a backup stream" in capsys.readouterr().out
     assert run("merge", "-o", tmp_path / "x") == 2
+
+
+def test_compressed_inputs(tmp_path):
+    """zlib records (compressible data) are decompressed, re-checked and merged."""
+    from volume import backup as B
+    from volume.filestore import FileStore
+    from volume.tracked import TrackingStore
+    vol = tmp_path / "text.img"
+    vol.write_bytes((b"compressible line of backup text\n" * 200_000)[:SIZE])
+    files = []
+    for i in range(3):
+        v = TrackingStore.open(FileStore(str(vol)), str(vol))
+        try:
+            if i:
+                for k in range(20):
+                    v.write((k * 67 + i * 13) * 4096, b"changed %d %d " % (i, k) * 300)
+            files.append(tmp_path / f"s{i}.bk")
+            with open(files[-1], "wb") as f:
+                if i == 0:
+                    B.full_backup(v, v.map, f, compress=True)
+                else:
+                    B.differential_backup(v, v.map, 1, f, compress=True)
+        finally:
+            v.close()
+    assert read_header(files[0]).flags & 2
+    assert any(r.kind == 2 for r in StreamDecoder().feed(files[1].read_bytes())
+               if not isinstance(r, Damage))
+    merged = tmp_path / "m.bk"
+    assert run("merge", *files, "-o", merged) == 0
+    assert restored(tmp_path, "a.img", [merged]) == restored(tmp_path, "b.img", files) == \
+        vol.read_bytes()
