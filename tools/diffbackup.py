@@ -6,6 +6,8 @@
     diffbackup verify FILE...
     diffbackup status SOURCE
     diffbackup estimate SOURCE --scope K [--compressed]
+    diffbackup merge FULL|DIFF DIFF... -o FILE
+    diffbackup audit SOURCE [--rate N | --full]
 
 SOURCE/DEST: ``iscsi://host[:port]/iqn/lun`` (the tracked disk's LUN, or its
 backup device's LUN) of a running target -- streams move through the backup
@@ -30,6 +32,14 @@ PROG = "diffbackup"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CHUNK_BLOCKS = 8192          # 4 MiB per READ/WRITE to the backup device (never past its capacity)
 DEV_BLOCK = 512
+# READs/WRITEs of the backup device kept outstanding at once (the initiator's
+# CmdSN window allows more); one REPORT BACKUP STATUS per batch, not per chunk.
+PIPELINE = 8
+# Reads: 7 x 1 MiB in flight, under the target's 8 MiB send-queue bound
+# (scsi_target/target/budget.py).  8 x 4 MiB stalled some backups for ~30 s
+# (2 runs of 5, 512 MiB; the target resumed only at its next timer), 1 MiB
+# reads never did.
+READ_PIPELINE, READ_CHUNK_BLOCKS = 7, 2048
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -103,6 +113,8 @@ class Volume(Protocol):
     def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome: ...
     def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome: ...
     def status(self) -> VolumeStatus: ...
+    def map_extents(self) -> list[tuple[int, int, int]]: ...
+    def audit(self, rate: int, full: bool): ...
     def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]: ...
     def close(self) -> None: ...
 
@@ -189,10 +201,33 @@ class RemoteVolume:
         return bytes(self._exec(cdb, lun=self.dev, read_length=length,
                                 what="READ of the backup stream").data)
 
+    def _batch(self, cmds: list[dict], what: list[str]) -> list:
+        """Commands outstanding together; a UNIT ATTENTION answer (new session,
+        reset) is retried alone, like _exec; any other failure is a Failure.
+        Stream reads and writes address byte offsets, so a retried one lands
+        where it belongs whatever ran in between."""
+        from scsi_target.initiator.errors import ScsiCheckCondition
+        from scsi_target.scsi.sense import SenseKey
+        res = self.c.execute_many(cmds, check=False)
+        for i, r in enumerate(res):
+            if r.good:
+                continue
+            if r.sense_key == SenseKey.UNIT_ATTENTION:
+                res[i] = self._exec(lun=self.dev, what=what[i], **cmds[i])
+                continue
+            try:
+                r.raise_for_status()
+            except ScsiCheckCondition as e:
+                raise Failure(f"target refused {what[i]}: {' '.join(str(e).split())}") from None
+            except Exception as e:     # a transport-level answer
+                raise Failure(f"target failed {what[i]}: {e}") from None
+        return res
+
     def _opname(self, opcode: int) -> str:
         return {0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
                 0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS",
-                0xC5: "SET RESTORE OPTIONS", 0xC6: "REPORT BACKUP STATUS"}.get(opcode, hex(opcode))
+                0xC5: "SET RESTORE OPTIONS", 0xC6: "REPORT BACKUP STATUS",
+                0xC7: "AUDIT TRACKER", 0xC8: "REPORT MAP EXTENTS"}.get(opcode, hex(opcode))
 
     def generations(self, lun: int | None = None):
         return self.L.GenerationsReport.unpack(
@@ -232,24 +267,39 @@ class RemoteVolume:
         # before its capacity, and its length is known once its end was produced.
         capacity = self.c.read_capacity16(lun=self.dev).blocks * DEV_BLOCK
         pos = 0
+        status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
         with _PartialFile(out_path) as f, _progress(show) as prog:
             task = prog.add_task("backup", total=st.size_bound)
             while True:
-                nblocks = min(CHUNK_BLOCKS, (capacity - pos) // DEV_BLOCK)
-                if nblocks <= 0:
+                # PIPELINE reads in flight, then one status: its TOTAL (once the
+                # encoder reached the end) says where the stream stops; bytes
+                # read past it are the device's zero padding and are dropped.
+                cmds, what, at = [], [], pos
+                while len(cmds) < READ_PIPELINE and at < capacity and \
+                        (not st.total or at < st.total):
+                    nblocks = min(READ_CHUNK_BLOCKS, (capacity - at) // DEV_BLOCK)
+                    cdb = bytes([0x88, 0]) + (at // DEV_BLOCK).to_bytes(8, "big") + \
+                        nblocks.to_bytes(4, "big") + bytes(2)
+                    cmds.append({"cdb": cdb, "read_length": nblocks * DEV_BLOCK,
+                                 "lun": self.dev})
+                    what.append("READ of the backup stream")
+                    at += nblocks * DEV_BLOCK
+                if not cmds:
                     raise Failure(f"the backup stream did not end within the device's "
                                   f"{capacity} bytes")
-                cdb = bytes([0x88, 0]) + (pos // DEV_BLOCK).to_bytes(8, "big") + \
-                    nblocks.to_bytes(4, "big") + bytes(2)
-                data = self._read(cdb, nblocks * DEV_BLOCK)
-                st = self.backup_status()
-                if st.total and pos + len(data) >= st.total:
-                    f.write(memoryview(data)[:st.total - pos])
-                    pos = st.total
-                    break
-                f.write(data)
-                pos += len(data)
+                cmds.append({"cdb": status_cdb, "read_length": 80, "lun": self.dev})
+                what.append("REPORT BACKUP STATUS")
+                res = self._batch(cmds, what)
+                st = L.BackupStatus.unpack(bytes(res[-1].data))
+                for r in res[:-1]:
+                    data = memoryview(r.data)
+                    if st.total:
+                        data = data[:max(0, st.total - pos)]
+                    f.write(data)
+                    pos += len(data)
                 prog.update(task, completed=pos)
+                if st.total and pos >= st.total:
+                    break
             prog.update(task, completed=pos, total=pos)
             if st.state != L.STATE_COMPLETE:
                 raise Failure("the target does not report the backup stream complete")
@@ -262,20 +312,32 @@ class RemoteVolume:
         lba = 0
         refused = None
         with open(path, "rb") as f:
-            while True:
-                chunk = f.read(CHUNK_BLOCKS * DEV_BLOCK)
-                if not chunk:
+            done = False
+            while not done:
+                # PIPELINE writes in flight; the restore takes them at their
+                # offsets (in order or reordered within its bound).  The write
+                # at LBA 0 starts the stream, so it goes alone: a later, shorter
+                # write could otherwise get its data in first and run first.
+                cmds = []
+                limit = 1 if lba == 0 else PIPELINE
+                while len(cmds) < limit:
+                    chunk = f.read(CHUNK_BLOCKS * DEV_BLOCK)
+                    if not chunk:
+                        done = True
+                        break
+                    if len(chunk) % DEV_BLOCK:
+                        chunk += bytes(DEV_BLOCK - len(chunk) % DEV_BLOCK)
+                    cmds.append({"cdb": self.L_write(lba, len(chunk)), "data_out": chunk,
+                                 "lun": self.dev})
+                    lba += len(chunk) // DEV_BLOCK
+                if not cmds:
                     break
-                if len(chunk) % DEV_BLOCK:
-                    chunk += bytes(DEV_BLOCK - len(chunk) % DEV_BLOCK)
                 try:
-                    self._exec(self.L_write(lba, len(chunk)), lun=self.dev, data_out=chunk,
-                               what="WRITE of the restore stream")
+                    self._batch(cmds, ["WRITE of the restore stream"] * len(cmds))
                 except Failure as e:
                     refused = str(e)
                     break
-                lba += len(chunk) // DEV_BLOCK
-                prog.advance(task, len(chunk))
+                prog.advance(task, sum(len(c["data_out"]) for c in cmds))
         rep = L.RestoreReportData.unpack(self._cmd(L.OP_REPORT_RESTORE_RESULTS, length=1 << 20))
         h = rep.header
         o = StreamOutcome(path, rep.state, (h.generation_lo, h.generation_hi), h.full,
@@ -291,6 +353,37 @@ class RemoteVolume:
         if o.state == "running":
             o.errors.append("the stream ended before its trailer (truncated file?)")
         return o
+
+    def map_extents(self) -> list[tuple[int, int, int]]:
+        """Every extent, REPORT MAP EXTENTS page by page (SCOPE = first descriptor)."""
+        L = self.L
+        out: list[tuple[int, int, int]] = []
+        length = L.MapExtentsHeader.SIZE + 65536 * L.MapExtentDesc.SIZE
+        while True:
+            h, ext = L.unpack_map_extents(self._cmd(L.OP_REPORT_MAP_EXTENTS, scope=len(out),
+                                                    length=length))
+            out += ext
+            if not ext or len(out) >= h.total_descriptors:
+                return out
+
+    def audit(self, rate: int, full: bool):
+        from volume.audit import AuditReport
+        L = self.L
+        length = L.AuditHeader.SIZE + L.MAX_EXTENT_DESCRIPTORS * L.ExtentDesc.SIZE
+        try:
+            rep = L.AuditReportData.unpack(self._cmd(
+                L.OP_AUDIT_TRACKER, flags=L.FLAG_FULL if full else 0,
+                scope=0 if full else rate, length=length))
+        except Failure as e:
+            if "COMMAND SEQUENCE ERROR" in str(e).upper():
+                raise Failure(f"cannot audit: {e} (no block CRC table for the current full "
+                              f"backup, or a backup stream is open)") from None
+            raise
+        h = rep.header
+        r = AuditReport(h.rate, h.phase, h.generation, h.candidates, h.checked, h.escalated,
+                        [(e.first_block, e.nblocks) for e in rep.mismatched], h.remarked_blocks,
+                        mismatch_total=h.mismatched_blocks)
+        return r
 
     @staticmethod
     def L_write(lba: int, nbytes: int) -> bytes:
@@ -409,6 +502,17 @@ class LocalVolume:
         nbytes = B.estimate(m, scope, False)
         packed = B.estimate(m, scope, True, store=self.vol, seed=0) if compressed else 0
         return blocks, nbytes, packed
+
+    def map_extents(self) -> list[tuple[int, int, int]]:
+        from volume.mapview import map_view
+        return map_view(self.vol.map).extents
+
+    def audit(self, rate: int, full: bool):
+        from volume.audit import AuditUnavailable, audit
+        try:
+            return audit(self.vol, rate=rate, full=full)
+        except AuditUnavailable as e:
+            raise Failure(f"cannot audit: {e}") from None
 
     def close(self) -> None:
         self.vol.close()
@@ -554,12 +658,30 @@ def cmd_verify(args) -> int:
     return EXIT_OK if rep.ok else EXIT_FAILED
 
 
+def _status_json(st: VolumeStatus, ext) -> dict:
+    return {"volume_id": st.volume_id.hex(), "volume_size": st.volume_size,
+            "granularity": st.granularity, "entries": -(-st.volume_size // st.granularity),
+            "current_generation": st.current, "full_done": st.full_done,
+            "pending_lo": st.pending_lo, "stream_open": st.stream_open,
+            "restore_incomplete": st.restore_incomplete,
+            "restore_interrupted": st.restore_interrupted, "unrecovered": st.unrecovered,
+            "counts": {str(g): n for g, n in sorted(st.counts.items())},
+            "extents": [list(e) for e in ext]}
+
+
 def cmd_status(args) -> int:
+    if args.cells < 1:
+        raise Failure("--cells must be at least 1", EXIT_USAGE)
     v = _open(args.source, initiator_name=args.initiator_name)
     try:
         st = v.status()
+        ext = v.map_extents()
     finally:
         v.close()
+    if args.json:
+        import json
+        print(json.dumps(_status_json(st, ext)))
+        return EXIT_FAILED if st.restore_incomplete else EXIT_OK
     counts, cur, gran = st.counts, st.current, st.granularity
     t = Table(title=f"volume {st.volume_id.hex()} ({st.volume_size} bytes, {gran}-byte blocks)")
     t.add_column("generation", justify="right")
@@ -571,6 +693,10 @@ def cmd_status(args) -> int:
             "current (open)" if gen == cur else ""
         t.add_row(str(gen), str(counts[gen]), str(counts[gen] * gran), note)
     out.print(t)
+    from tools.map_render import render
+    for line in render(st.volume_size, gran, -(-st.volume_size // gran), cur, counts, ext,
+                       args.cells):
+        out.print(line)
     pending = st.pending_lo
     out.print(f"current generation {cur}; full backup completed: {'yes' if st.full_done else 'no'}"
               + (f"; an unfinished differential stream from generation {pending} will be "
@@ -601,6 +727,55 @@ def cmd_estimate(args) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args) -> int:
+    """A synthetic full (or one differential) from a chain of stream files; no volume involved."""
+    from volume.merge import MergeRefused, merge
+    _require_streams(args.files)
+    if os.path.realpath(args.output) in {os.path.realpath(f) for f in args.files}:
+        raise Failure(f"-o {args.output} is one of the input streams", EXIT_USAGE)
+    total = sum(os.path.getsize(f) for f in args.files)
+    try:
+        with _progress(not args.quiet) as prog:
+            task = prog.add_task("merge", total=total)
+            res = merge(args.files, args.output, progress=lambda n: prog.advance(task, n))
+    except MergeRefused as e:
+        for p in e.problems:
+            out.print(p, markup=False)
+        raise Failure(f"merge refused ({len(e.problems)} problems above); {args.output} not "
+                      f"written") from None
+    kind = "synthetic full" if res.full else "merged differential"
+    out.print(f"{kind} of generations {res.generation_range[0]}..{res.generation_range[1]} from "
+              f"{len(res.inputs)} streams ({res.input_bytes} bytes): {res.blocks} blocks, "
+              f"{res.records} records, {res.bytes_written} bytes -> {res.output} (verified)")
+    return EXIT_OK
+
+
+def cmd_audit(args) -> int:
+    if args.rate < 1:
+        raise Failure("--rate must be at least 1", EXIT_USAGE)
+    v = _open(args.source, initiator_name=args.initiator_name)
+    try:
+        rep = v.audit(args.rate, args.full)
+    finally:
+        v.close()
+    how = "every unchanged block" if rep.rate == 1 else f"1 block in {rep.rate} (phase {rep.phase})"
+    if rep.ok:
+        out.print(f"audit ok: {rep.checked} of {rep.candidates} blocks unchanged since their "
+                  f"backup checked ({how}), all match what the backups sent "
+                  f"[{rep.seconds:.2f} s]")
+        return EXIT_OK
+    ext = ", ".join(f"{a}..{a + k - 1}" for a, k in rep.mismatched[:10]) + \
+        (" ..." if len(rep.mismatched) > 10 else "")
+    out.print(f"[bold red]AUDIT FAILED: {rep.mismatched_blocks} blocks changed without the "
+              f"tracker seeing it[/] (blocks {ext})")
+    out.print(f"sample: {how}" + ("; escalated to a full compare of all "
+                                  f"{rep.candidates} unchanged blocks" if rep.escalated else ""))
+    out.print(f"the map cannot be trusted: {rep.remarked} blocks marked in generation "
+              f"{rep.generation}, so the next differential carries them; find what writes "
+              f"around the target, and consider a new full backup")
+    return EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Differential backup of tracked volumes (patent "
                 "JP H09-101912): full and differential streams, verified restore.")
@@ -620,16 +795,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="don't apply generation G (of stream N only, 1-based); repeatable")
     v = sub.add_parser("verify", help="check streams (and their chain) without restoring")
     v.add_argument("files", metavar="FILE", nargs="+")
-    s = sub.add_parser("status", help="generations and their block counts")
+    s = sub.add_parser("status", help="generations, their block counts and where they lie")
     s.add_argument("source", metavar="SOURCE")
+    s.add_argument("--json", action="store_true",
+                   help="the state, counts and extents (first, blocks, generation) as JSON")
+    s.add_argument("--cells", type=int, default=64, metavar="N",
+                   help="regions in the drawn strip of the volume (default 64)")
     e = sub.add_parser("estimate", help="bytes a differential backup would take (claim 10)")
     e.add_argument("source", metavar="SOURCE")
     e.add_argument("--scope", type=int, required=True, metavar="K")
     e.add_argument("--compressed", action="store_true", help="also estimate compressed size")
+    m = sub.add_parser("merge", help="synthetic full (FULL DIFF...) or one differential "
+                       "(DIFF DIFF...) from a chain of streams, without the volume")
+    m.add_argument("files", metavar="FILE", nargs="+")
+    m.add_argument("-o", "--output", required=True, metavar="FILE")
+    au = sub.add_parser("audit", help="re-read a sample of the blocks the map calls unchanged "
+                        "and compare them with what the backups sent")
+    au.add_argument("source", metavar="SOURCE")
+    au.add_argument("--rate", type=int, default=1024, metavar="N",
+                    help="check one block in N (default 1024)")
+    au.add_argument("--full", action="store_true", help="check every unchanged block")
     p.add_argument("--initiator-name", metavar="IQN",
                    help="iSCSI initiator name to log in with, e.g. one a target's ACL "
                    "lists (default iqn.2026-01.org.scsi-target:initiator)")
-    for sp in (a, d, r, v, s, e):
+    for sp in (a, d, r, v, s, e, m, au):
         sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars")
         sp.add_argument("--initiator-name", metavar="IQN", default=argparse.SUPPRESS,
@@ -660,6 +849,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_verify(args)
         if cmd == "status":
             return cmd_status(args)
+        if cmd == "merge":
+            return cmd_merge(args)
+        if cmd == "audit":
+            return cmd_audit(args)
         return cmd_estimate(args)
     except Failure as e:
         print(f"{PROG}: {' '.join(str(e).split())}", file=sys.stderr)

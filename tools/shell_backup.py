@@ -1,4 +1,4 @@
-"""scsi-shell commands of the backup engine (vendor-specific opcodes C0h-C6h).
+"""scsi-shell commands of the backup engine (vendor-specific opcodes C0h-C8h).
 
 The CDBs and parameter data come from ``scsi_target.scsi.layouts.backup``; a
 target without the backup engine answers INVALID COMMAND OPERATION CODE, which
@@ -14,6 +14,7 @@ from .shell_commands import CheckCondition, NotSupported, Out, Session, arg, com
 
 # The vendor CDB shape (docs/vendor-commands.md): opcode, flags, scope(4), length(4), 0, control.
 OP_SELECT_BACKUP, OP_REPORT_GENERATIONS, OP_ESTIMATE_BACKUP = 0xC0, 0xC2, 0xC3
+OP_REPORT_MAP_EXTENTS = 0xC8
 FLAG_FULL, FLAG_COMPRESS = 0x01, 0x02
 _ALLOC = 1 << 16
 
@@ -63,12 +64,42 @@ def cmd_gen(s: Session, a) -> Out:
     return Out("Backup generations", f, text=f"current generation {h.current_generation}")
 
 
-@command("counts", "REPORT GENERATIONS: changed blocks per generation", "backup")
+def _map_extents(s: Session, name: str, L) -> list[tuple[int, int, int]] | None:
+    """REPORT MAP EXTENTS page by page; None if the target does not have it."""
+    out: list[tuple[int, int, int]] = []
+    length = L.MapExtentsHeader.SIZE + 4096 * L.MapExtentDesc.SIZE
+    while True:
+        try:
+            r = _run(s, name, _cdb(OP_REPORT_MAP_EXTENTS, scope=len(out), length=length), length)
+        except NotSupported:
+            return None
+        h, ext = L.unpack_map_extents(r.data)
+        out += ext
+        if not ext or len(out) >= h.total_descriptors:
+            return out
+
+
+@command("counts", "REPORT GENERATIONS + MAP EXTENTS: changed blocks per generation, and "
+         "where on the volume they lie", "backup")
+@arg("--cells", type=number, default=64, help="regions in the drawn strip (default 64)")
 def cmd_counts(s: Session, a) -> Out:
     rep = _generations(s, "counts")
-    return Out(f"Changed blocks per generation (current {rep.header.current_generation})",
-               columns=["generation", "blocks"],
-               rows=[[g, n] for g, n in sorted(rep.counts.items())])
+    h = rep.header
+    o = Out(f"Changed blocks per generation (current {h.current_generation})",
+            columns=["generation", "blocks"],
+            rows=[[g, n] for g, n in sorted(rep.counts.items())])
+    if a.cells < 1:
+        raise UsageError("counts: --cells must be at least 1")
+    L = _layouts()
+    ext = _map_extents(s, "counts", L) if L is not None else None
+    if ext is None:
+        o.notes.append("this target does not report map extents (REPORT MAP EXTENTS, C8h)")
+        return o
+    from .map_render import render
+    # the extents themselves, for scripts: `diffbackup status --json`
+    o.text = "\n".join(t.plain for t in render(h.volume_size, h.granularity, h.entries,
+                                               h.current_generation, rep.counts, ext, a.cells))
+    return o
 
 
 def _flags(a) -> int:

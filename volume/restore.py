@@ -162,7 +162,7 @@ def check_chain(headers: Sequence[tuple[str, StreamHeader]], *, start_generation
         if h.full:
             if i:
                 errors.append(f"{name} is a full backup stream; it can only come first")
-            nxt = 1
+            nxt = h.generation_range[1] + 1       # 1, or past a synthetic full's newest
             continue
         if base is not None and h.base_id != base and i:
             errors.append(f"{name} belongs to another full backup ({h.base_id.hex()}) than "
@@ -222,7 +222,7 @@ def chain_problems(name: str, h: StreamHeader, gmap: GenerationMap,
 def _advance(previous: ChainState | _Link | None, h: StreamHeader, gmap: GenerationMap) -> _Link:
     """The link after ``h`` was restored (``gmap`` as it was before)."""
     if h.full:
-        return _Link(h.base_id, 1)
+        return _Link(h.base_id, h.generation_range[1] + 1)
     if previous is None:
         start, base = gmap.current_generation, gmap.base_id
     else:
@@ -594,7 +594,7 @@ class StreamRestorer:
         self._store.flush()
         gmap.save()
         if h.full:
-            nxt = 1
+            nxt = hi + 1                        # a synthetic full continues its chain
         else:
             nxt = max(prev.next_generation if prev is not None else self._start_generation, hi + 1)
         state = ChainState(gmap.volume_id, gmap.base_id, nxt, newest,

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from bitarray import bitarray
 
+from . import blockcrc
 from .genmap import Cut, MapError
 from .pitcut import CutLost, PreservationExhausted, open_cut
 from .restore import ChainState, RestoreRejected as _Rejected, StreamCheck, StreamRestorer
@@ -171,6 +172,9 @@ class BackupReader:
         # copies of blocks written since then included (volume/pitcut.py).
         self.pit = open_cut(vol, cut.plan)
         self.source = self.pit.view
+        self.crcs = _crc_recorder(vol, cut, self.source)
+        if self.crcs is not None:
+            self.source = self.crcs
         self.enc = StreamEncoder(self.source, cut.plan, compress=compress)
         self.header: StreamHeader = self.enc.header
         self._chunks: collections.deque[tuple[int, memoryview]] = collections.deque()
@@ -228,11 +232,15 @@ class BackupReader:
             if self.total is not None and not self.complete and \
                     self.cov.prefix >= max(self.total, self.complete_at or 0):
                 self.complete = True
-                self.cut.commit()
+                self._commit()
                 self._chunks.clear()         # every byte was served: only the head stays
                 if self._on_complete is not None:
                     self._on_complete(self)
             return True
+
+    def _commit(self) -> None:
+        _save_crcs(self)
+        self.cut.commit()
 
     def _copy(self, offset: int, mv: memoryview) -> None:
         end = offset + len(mv)
@@ -384,6 +392,7 @@ class RestoreWriter:
     def _on_start(self, h: StreamHeader) -> None:
         """The header passed every check: mark the volume incomplete before any write."""
         vol = self.vol
+        _forget_crcs(vol)
         with vol.lock:
             st = vol.state
             old = st.restore
@@ -663,5 +672,44 @@ def finish_backup(reader: BackupReader) -> None:
         if reader.abandoned:
             raise StreamGone("the backup stream was abandoned before it was finished")
         reader.complete = True
-        reader.cut.commit()
+        reader._commit()
     reader._on_complete(reader)
+
+
+# ------------------------------------------------------------- audit support
+# The per-block CRC32C of what a backup stream sent (volume/blockcrc.py), for
+# the tracker self-audit (volume/audit.py).  Kept apart: a backup or restore
+# works the same with or without it.
+def _crc_recorder(vol: TrackingStore, cut: Cut, source):
+    if not vol.sidecar:
+        return None                          # a memory volume: nowhere to keep the table
+    plan = cut.plan
+    return blockcrc.CrcRecorder(source, plan.granularity, plan.entries)
+
+
+def _save_crcs(reader: BackupReader) -> None:
+    """Before the cut commits: a crash in between leaves the sent blocks in the
+    open generation, which no audit checks against the table."""
+    rec = reader.crcs
+    if rec is None:
+        return
+    plan = reader.cut.plan
+    path = blockcrc.crc_path(reader.vol.sidecar)
+    try:
+        rec.save(path, full=plan.full, base_id=plan.base_id,
+                 generation=plan.generation_range[1], volume_size=plan.volume_size)
+    except OSError:
+        # An old table would describe blocks this stream sent anew: drop it
+        # (the audit then asks for a full backup) rather than keep it wrong.
+        try:
+            blockcrc.forget(path)
+        except OSError:
+            pass
+
+
+def _forget_crcs(vol: TrackingStore) -> None:
+    if vol.sidecar:
+        try:
+            blockcrc.forget(blockcrc.crc_path(vol.sidecar))
+        except OSError:
+            pass

@@ -137,7 +137,10 @@ class StreamHeader:
             raise StreamError(f"volume size {vsize} and entry count {entries} disagree")
         if not 1 <= vlen <= 32:
             raise StreamError(f"volume identity length {vlen}")
-        if lo > hi or ((flags & FLAG_FULL) and (lo, hi) != (0, 0)):
+        # A full stream starts at generation 0; hi > 0 only for a synthetic full
+        # (volume/merge.py): it holds the volume as of generation hi, and its
+        # records keep the generation of the copy they carry.
+        if lo > hi or ((flags & FLAG_FULL) and lo != 0):
             raise StreamError(f"generation range {lo}..{hi} invalid for this stream type")
         if count > entries:
             raise StreamError(f"{count} blocks announced on a {entries}-block volume")

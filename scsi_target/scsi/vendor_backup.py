@@ -1,4 +1,4 @@
-"""Vendor-specific backup commands of the backup pseudo device (opcodes C0h-C6h).
+"""Vendor-specific backup commands of the backup pseudo device (opcodes C0h-C8h).
 
 Layouts live in :mod:`scsi_target.scsi.layouts.backup`; semantics and byte
 tables in docs/vendor-commands.md.
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from volume import backup as B
+from volume.audit import DEFAULT_RATE, audit
+from volume.mapview import map_view
 from volume.session import check_scope
 from volume.stream import HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE
 
@@ -218,3 +220,35 @@ def set_restore_options(lu: "BackupLU", cmd: Command) -> None:
         raise S.invalid_param_field(2)
     with lu.medium.lock:
         lu.medium.skip_generations = gens
+
+
+@VENDOR_BACKUP.command(L.OP_AUDIT_TRACKER, "AUDIT TRACKER", L.CDB_LEN, direction=Direction.IN,
+                       conflict=Conflict.WRITE, usage=_usage(L.OP_AUDIT_TRACKER, L.FLAG_FULL))
+def audit_tracker(lu: "BackupLU", cmd: Command) -> bytes:
+    """Re-read a sample (SCOPE = rate, 0: 1 in 1024; FULL: all) of the blocks the
+    map calls unchanged and compare with the CRC32C the backups sent; mismatching
+    blocks are re-marked (volume/audit.py).  AuditUnavailable is a BackupRefused:
+    COMMAND SEQUENCE ERROR, through volume_sense."""
+    c = _parse(cmd)
+    full = bool(c.flags & L.FLAG_FULL)
+    if full and c.scope:
+        raise S.invalid_cdb_field(2)
+    rep = audit(lu.tracked, rate=c.scope or DEFAULT_RATE, full=full)
+    h = L.AuditHeader(mismatch=not rep.ok, escalated=rep.escalated, full=rep.rate == 1,
+                      rate=rep.rate, phase=rep.phase, generation=rep.generation,
+                      candidates=rep.candidates, checked=rep.checked,
+                      mismatched_blocks=rep.mismatched_blocks, remarked_blocks=rep.remarked)
+    return L.AuditReportData(h, [L.ExtentDesc(a, n) for a, n in rep.mismatched]).pack()[:c.length]
+
+
+@VENDOR_BACKUP.command(L.OP_REPORT_MAP_EXTENTS, "REPORT MAP EXTENTS", L.CDB_LEN,
+                       direction=Direction.IN, conflict=Conflict.ALLOWED,
+                       usage=_usage(L.OP_REPORT_MAP_EXTENTS, 0))
+def report_map_extents(lu: "BackupLU", cmd: Command) -> bytes:
+    """Extents of the blocks written since the full backup, by generation; SCOPE
+    is the index of the first descriptor wanted (an answer that does not fit the
+    allocation length is continued from there)."""
+    c = _parse(cmd)
+    v = map_view(lu.tracked.map)
+    return L.pack_map_extents(v.current_generation, v.granularity, v.entries, v.extents,
+                              c.scope, c.length)[:c.length]

@@ -23,6 +23,8 @@ OP_ESTIMATE_BACKUP = 0xC3
 OP_REPORT_RESTORE_RESULTS = 0xC4
 OP_SET_RESTORE_OPTIONS = 0xC5
 OP_REPORT_BACKUP_STATUS = 0xC6
+OP_AUDIT_TRACKER = 0xC7
+OP_REPORT_MAP_EXTENTS = 0xC8
 CDB_LEN = 12
 
 # CDB byte 1 flags
@@ -36,6 +38,8 @@ CDB_FLAGS_ALLOWED = {
     OP_REPORT_RESTORE_RESULTS: 0,
     OP_SET_RESTORE_OPTIONS: 0,
     OP_REPORT_BACKUP_STATUS: 0,
+    OP_AUDIT_TRACKER: FLAG_FULL,          # FULL: compare every unchanged block
+    OP_REPORT_MAP_EXTENTS: 0,
 }
 MAX_SKIP_GENERATIONS = 256
 MAX_BAD_DESCRIPTORS = 1024
@@ -282,3 +286,111 @@ def unpack_restore_options(data) -> list[int]:
     if len(data) < 4 + 4 * count:
         raise ValueError(0)
     return [struct.unpack_from(">I", data, 4 + 4 * i)[0] for i in range(count)]
+
+
+# ------------------------------------------------------------------ tracker audit
+@dataclass(frozen=True)
+class AuditHeader(Struct):
+    """AUDIT TRACKER parameter data header (56 bytes); mismatch extents follow."""
+    additional_length: int = 0
+    mismatch: bool = False
+    escalated: bool = False
+    full: bool = False
+    rate: int = 0
+    phase: int = 0
+    generation: int = 0
+    descriptors: int = 0
+    candidates: int = 0
+    checked: int = 0
+    mismatched_blocks: int = 0
+    remarked_blocks: int = 0
+    FIELDS: ClassVar = (u32("additional_length", 0), bit("mismatch", 4, 0),
+                        bit("escalated", 5, 0), bit("full", 5, 1), u32("rate", 8),
+                        u32("phase", 12), u32("generation", 16), u16("descriptors", 20),
+                        u64("candidates", 24), u64("checked", 32),
+                        u64("mismatched_blocks", 40), u64("remarked_blocks", 48))
+    SIZE: ClassVar = 56
+
+
+@dataclass
+class AuditReportData:
+    header: AuditHeader
+    mismatched: list[ExtentDesc] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        ext = self.mismatched[:MAX_EXTENT_DESCRIPTORS]
+        body = b"".join(e.pack() for e in ext)
+        h = AuditHeader(**{**dict(self.header.items()),
+                           "additional_length": AuditHeader.SIZE - 4 + len(body),
+                           "descriptors": len(ext)})
+        return h.pack() + body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "AuditReportData":
+        h = AuditHeader.unpack(data)
+        ext = []
+        off = AuditHeader.SIZE
+        for _ in range(h.descriptors):
+            if off + ExtentDesc.SIZE > len(data):
+                break
+            ext.append(ExtentDesc.unpack(data, off))
+            off += ExtentDesc.SIZE
+        return cls(h, ext)
+
+
+# ------------------------------------------------------------------- map extents
+@dataclass(frozen=True)
+class MapExtentsHeader(Struct):
+    """REPORT MAP EXTENTS header (40 bytes); MapExtentDesc descriptors follow."""
+    additional_length: int = 0
+    current_generation: int = 0
+    granularity: int = 0
+    descriptors: int = 0          # returned in this answer
+    entries: int = 0
+    total_descriptors: int = 0    # in the whole map
+    first_descriptor: int = 0     # index of the first one returned (the CDB's SCOPE)
+    FIELDS: ClassVar = (u32("additional_length", 0), u32("current_generation", 4),
+                        u32("granularity", 8), u32("descriptors", 12), u64("entries", 16),
+                        u64("total_descriptors", 24), u64("first_descriptor", 32))
+    SIZE: ClassVar = 40
+
+
+@dataclass(frozen=True)
+class MapExtentDesc(Struct):
+    first_block: int = 0
+    nblocks: int = 0
+    generation: int = 0
+    FIELDS: ClassVar = (u64("first_block", 0), u32("nblocks", 8), u32("generation", 12))
+    SIZE: ClassVar = 16
+
+
+def pack_map_extents(current: int, granularity: int, entries: int,
+                     extents: list[tuple[int, int, int]], first: int, length: int) -> bytes:
+    """The answer for an allocation length: as many whole descriptors from
+    ``first`` as fit (an extent longer than 2^32-1 blocks is split)."""
+    ext = []
+    for a, n, g in extents:
+        while n > 0xFFFFFFFF:
+            ext.append((a, 0xFFFFFFFF, g))
+            a += 0xFFFFFFFF
+            n -= 0xFFFFFFFF
+        ext.append((a, n, g))
+    room = max(0, (length - MapExtentsHeader.SIZE) // MapExtentDesc.SIZE)
+    part = ext[first:first + room]
+    body = b"".join(MapExtentDesc(a, n, g).pack() for a, n, g in part)
+    h = MapExtentsHeader(MapExtentsHeader.SIZE - 4 + len(body), current, granularity, len(part),
+                         entries, len(ext), first)
+    return h.pack() + body
+
+
+def unpack_map_extents(data: bytes) -> tuple[MapExtentsHeader, list[tuple[int, int, int]]]:
+    h = MapExtentsHeader.unpack(data)
+    out = []
+    off = MapExtentsHeader.SIZE
+    for _ in range(h.descriptors):
+        if off + MapExtentDesc.SIZE > len(data):
+            break
+        d = MapExtentDesc.unpack(data, off)
+        out.append((d.first_block, d.nblocks, d.generation))
+        off += MapExtentDesc.SIZE
+    return h, out

@@ -117,7 +117,7 @@ class OneCommand:
                 "timeouts": self.timeouts.to_dict() if self.timeouts else None}
 
 
-# Names of the operation codes a console shows (SPC-4, SBC-3, SSC-3; vendor C0h-C6h
+# Names of the operation codes a console shows (SPC-4, SBC-3, SSC-3; vendor C0h-C8h
 # are the backup engine's).
 OPCODE_NAMES: dict[int, str] = {
     0x00: "TEST UNIT READY", 0x01: "REWIND", 0x03: "REQUEST SENSE", 0x04: "FORMAT UNIT",
@@ -140,7 +140,7 @@ OPCODE_NAMES: dict[int, str] = {
     0xAA: "WRITE(12)", 0xAE: "WRITE AND VERIFY(12)", 0xAF: "VERIFY(12)", 0xB7: "READ DEFECT DATA(12)",
     0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
     0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS", 0xC5: "SET RESTORE OPTIONS",
-    0xC6: "REPORT BACKUP STATUS",
+    0xC6: "REPORT BACKUP STATUS", 0xC7: "AUDIT TRACKER", 0xC8: "REPORT MAP EXTENTS",
 }
 SERVICE_ACTION_NAMES: dict[tuple[int, int], str] = {
     (0x9E, 0x10): "READ CAPACITY(16)", (0x9E, 0x12): "GET LBA STATUS",

@@ -1,0 +1,139 @@
+"""`diffbackup` over iSCSI against `qemu-img convert` of the same disk LUN (issue 14, item 1).
+
+    python -m tools.bench_backup_iscsi [--size-mib 512] [--rounds 3] [--writes 4096]
+
+One scsi-target (tmpfs volumes of random data, backup devices on), in the same
+run and alternating, medians of ROUNDS:
+
+* backup:  ``qemu-img convert`` of the disk LUN to a file  vs  ``diffbackup full``;
+* restore: ``qemu-img convert`` of a file onto a LUN      vs  ``diffbackup restore``;
+* differential after WRITES scattered 4 KiB writes: ``diffbackup diff --scope 1``
+  rate per byte of changed data vs the backup convert rate.
+
+Ratios are diffbackup's rate over qemu-img's (goal >= 0.9).  A measurement, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+IQN = "iqn.2026-11.org.pyscsi:default"
+MiB = 1 << 20
+
+
+def _run(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr.strip()[-400:]}")
+    return dt
+
+
+class Target:
+    def __init__(self, d: str, size_mib: int) -> None:
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scsi_target", "serve", "--listen", "127.0.0.1:0",
+             "--log-level", "warning", "--disk", f"{d}/vol.img:{size_mib}M",
+             "--disk", f"{d}/spare.img:{size_mib}M", "--backup-device"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=d)
+        first = self.proc.stdout.readline()
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", first)
+        if not m:
+            self.stop()
+            raise SystemExit(f"server did not start: {first!r}")
+        self.port = int(m.group(1))
+        n = 0
+        while n < 4:                                  # two disks, two backup devices
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit("server exited")
+            n += line.strip().startswith("iscsi://")
+
+    def url(self, lun: int) -> str:
+        return f"iscsi://127.0.0.1:{self.port}/{IQN}/{lun}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--writes", type=int, default=4096, help="4 KiB writes before each diff")
+    ap.add_argument("--dir", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+    a = ap.parse_args()
+    for tool in ("qemu-img",):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (Debian package qemu-utils)")
+    size = a.size_mib * MiB
+    d = tempfile.mkdtemp(prefix="bench-bkiscsi-", dir=a.dir)
+    srv = None
+    try:
+        rnd = random.Random(1)
+        src = os.path.join(d, "src.img")
+        with open(os.path.join(d, "vol.img"), "wb") as f, open(src, "wb") as g:
+            for _ in range(0, size, 8 * MiB):
+                f.write(rnd.randbytes(8 * MiB))
+                g.write(rnd.randbytes(8 * MiB))
+        srv = Target(d, a.size_mib)
+        db = [sys.executable, "-m", "tools.diffbackup", "-q"]
+        from scsi_target.initiator.sync import SyncIscsiClient
+        t: dict[str, list[float]] = {k: [] for k in
+                                     ("convert out", "full", "convert in", "restore", "diff")}
+        changed = 0
+        out_img, full_bk = os.path.join(d, "out.img"), os.path.join(d, "full.bk")
+        for _ in range(a.rounds):
+            if os.path.exists(out_img):
+                os.unlink(out_img)
+            t["convert out"].append(_run(["qemu-img", "convert", "-f", "raw", "-O", "raw",
+                                          srv.url(0), out_img]))
+            t["full"].append(_run(db + ["full", srv.url(0), "-o", full_bk]))
+            t["convert in"].append(_run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw",
+                                         src, srv.url(1)]))
+            t["restore"].append(_run(db + ["restore", srv.url(1), full_bk]))
+            with SyncIscsiClient(srv.url(0)) as c:
+                blocks = rnd.sample(range(size // 4096), a.writes)
+                for b in blocks:
+                    c.write(b * 8, rnd.randbytes(4096))
+            changed = a.writes * 4096
+            t["diff"].append(_run(db + ["diff", srv.url(0), "--scope", "1", "-o",
+                                        os.path.join(d, "d.bk")]))
+        med = {k: statistics.median(v) for k, v in t.items()}
+        print(f"{a.size_mib} MiB random volume on tmpfs, {a.rounds} alternating rounds, medians")
+        for k, v in t.items():
+            print(f"  {k:12} {med[k]:7.3f} s  ({', '.join(f'{x:.3f}' for x in v)})")
+        conv_out, conv_in = size / med["convert out"], size / med["convert in"]
+        print(f"backup:  diffbackup full    {size / med['full'] / MiB:7.1f} MiB/s vs qemu-img "
+              f"convert out {conv_out / MiB:7.1f} MiB/s: ratio {med['convert out'] / med['full']:.2f}")
+        print(f"restore: diffbackup restore {size / med['restore'] / MiB:7.1f} MiB/s vs qemu-img "
+              f"convert in  {conv_in / MiB:7.1f} MiB/s: ratio {med['convert in'] / med['restore']:.2f}")
+        print(f"differential of {a.writes} scattered 4 KiB writes ({changed / MiB:.0f} MiB): "
+              f"{changed / med['diff'] / MiB:7.1f} MiB/s of changed data vs convert out "
+              f"{conv_out / MiB:7.1f} MiB/s: ratio {changed / med['diff'] / conv_out:.2f}")
+    finally:
+        if srv is not None:
+            srv.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The CRC32C of every block a backup stream sent, kept beside the map
+(``VOLUME.blockcrc``; docs/backup-audit.md, golden vector tests/golden/blockcrc_*.bin).
+
+    header (64 B) · entries × u32 CRC32C (little-endian) · u32 CRC32C of the table
+
+A backup stream records, for each block it reads for sending, the CRC32C of
+the block's bytes (the partial last block: of its bytes inside the volume);
+the table is written when the stream is complete, *before* its map cut
+commits: a crash in between leaves the sent blocks in the open generation,
+which the audit does not check, so a stale table never causes a false alarm.
+A full backup fills every entry and marks the table complete for its base
+id; a differential updates the entries it sent.  A block whose map entry is
+older than the current generation was, by the map, not written since the
+backup that closed its generation sent it: its data must still have that CRC
+(volume/audit.py).  Any restore deletes the table (the data it describes is
+gone); the next full backup starts it again.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from array import array
+from dataclasses import dataclass
+
+import crc32c
+from bitarray import bitarray
+
+from .store import BlockStore
+
+__all__ = ["BlockCrcs", "CrcRecorder", "BlockCrcError", "crc_path", "load", "forget",
+           "FLAG_COMPLETE", "HEADER_SIZE"]
+
+MAGIC = b"PYBLKCRC"
+VERSION = 1
+HEADER_SIZE = 64
+FLAG_COMPLETE = 0x1          # a full backup filled every entry
+# magic, version, header length, flags, block size, volume size, entries,
+# base id, generation closed by the backup that wrote it; reserved to 60; CRC32C.
+_HEADER = struct.Struct("<8sHHIIQQ16sI")
+SUFFIX = ".blockcrc"
+
+
+class BlockCrcError(Exception):
+    """The table file is damaged or does not describe this volume."""
+
+
+@dataclass
+class BlockCrcs:
+    block_size: int
+    volume_size: int
+    entries: int
+    base_id: bytes
+    generation: int
+    complete: bool
+    table: array                 # 'I', one CRC32C per block
+
+    def pack(self) -> bytes:
+        h = bytearray(HEADER_SIZE)
+        _HEADER.pack_into(h, 0, MAGIC, VERSION, HEADER_SIZE,
+                          FLAG_COMPLETE if self.complete else 0, self.block_size,
+                          self.volume_size, self.entries, self.base_id, self.generation)
+        struct.pack_into("<I", h, HEADER_SIZE - 4, crc32c.crc32c(h[:-4]))
+        t = self.table
+        if t.itemsize != 4:
+            raise ValueError("table entries must be 4 bytes")
+        body = t.tobytes() if sys.byteorder == "little" else _swapped(t)
+        return bytes(h) + body + struct.pack("<I", crc32c.crc32c(body))
+
+    @classmethod
+    def unpack(cls, raw: bytes, name: str = "block CRC table") -> "BlockCrcs":
+        if len(raw) < HEADER_SIZE + 4:
+            raise BlockCrcError(f"{name}: {len(raw)} bytes, shorter than its header")
+        magic, ver, hlen, flags, bs, vsize, entries, base, gen = _HEADER.unpack_from(raw)
+        if magic != MAGIC:
+            raise BlockCrcError(f"{name}: not a block CRC table (magic {magic!r})")
+        if ver != VERSION:
+            raise BlockCrcError(f"{name}: format version {ver}; this release reads {VERSION}")
+        (hcrc,) = struct.unpack_from("<I", raw, HEADER_SIZE - 4)
+        if crc32c.crc32c(raw[:HEADER_SIZE - 4]) != hcrc or hlen != HEADER_SIZE:
+            raise BlockCrcError(f"{name}: header checksum mismatch (damaged)")
+        if bs < 512 or bs & (bs - 1) or entries != -(-vsize // bs):
+            raise BlockCrcError(f"{name}: block size {bs}, volume size {vsize} and {entries} "
+                                f"entries disagree")
+        if len(raw) != HEADER_SIZE + 4 * entries + 4:
+            raise BlockCrcError(f"{name}: {len(raw)} bytes, {HEADER_SIZE + 4 * entries + 4} "
+                                f"expected for {entries} entries (truncated?)")
+        body = raw[HEADER_SIZE:HEADER_SIZE + 4 * entries]
+        (tcrc,) = struct.unpack_from("<I", raw, HEADER_SIZE + 4 * entries)
+        if crc32c.crc32c(body) != tcrc:
+            raise BlockCrcError(f"{name}: table checksum mismatch (damaged)")
+        t = array("I")
+        t.frombytes(body)
+        if sys.byteorder != "little":
+            t.byteswap()
+        return cls(bs, vsize, entries, base, gen, bool(flags & FLAG_COMPLETE), t)
+
+
+def _swapped(t: array) -> bytes:
+    c = array("I", t)
+    c.byteswap()
+    return c.tobytes()
+
+
+def crc_path(sidecar: str) -> str:
+    """The table beside a tracked volume, from its sidecar path (VOLUME.volume)."""
+    base = sidecar[:-len(".volume")] if sidecar.endswith(".volume") else sidecar
+    return base + SUFFIX
+
+
+def load(path: str) -> BlockCrcs | None:
+    """The table at ``path``; None if there is none."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    return BlockCrcs.unpack(raw, path)
+
+
+def _save(path: str, crcs: BlockCrcs) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(crcs.pack())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def forget(path: str) -> None:
+    """The volume's contents were replaced (a restore): the table no longer holds."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class CrcRecorder(BlockStore):
+    """The store a backup stream's encoder reads through: it passes reads on and
+    keeps the CRC32C of every whole block read (a stream reads block-aligned
+    ranges; the volume's partial last block counts as whole)."""
+
+    def __init__(self, inner: BlockStore, block_size: int, entries: int) -> None:
+        self.inner = inner
+        self.size = inner.size
+        self._bs = block_size
+        self._shift = block_size.bit_length() - 1
+        self.table = array("I", bytes(4 * entries))
+        self.sent = bitarray(entries, endian="little")
+        self.sent.setall(0)
+
+    def _note(self, offset: int, view) -> None:
+        bs = self._bs
+        if offset & (bs - 1):
+            return                       # not a stream read (never happens): record nothing
+        mv = memoryview(view).cast("B")
+        n = len(mv)
+        first = offset >> self._shift
+        k = -(-n // bs)
+        if n % bs and offset + n != self.size:
+            k -= 1                       # a block read in part: not known whole
+        if k <= 0:
+            return
+        crc = crc32c.crc32c
+        self.table[first:first + k] = array("I", [crc(mv[i:i + bs]) for i in range(0, k * bs, bs)])
+        self.sent[first:first + k] = 1
+
+    def readinto(self, offset: int, buf) -> int:
+        r = self.inner.readinto(offset, buf)
+        self._note(offset, buf)
+        return r
+
+    def readinto_many(self, offsets, views) -> None:
+        self.inner.readinto_many(offsets, views)
+        for off, v in zip(offsets, views):
+            self._note(off, v)
+
+    def write(self, offset: int, data) -> None:     # a stream source is never written
+        raise OSError("the backup stream's source is read-only")
+
+    def flush(self) -> None:
+        pass
+
+    def save(self, path: str, *, full: bool, base_id: bytes, generation: int,
+             volume_size: int) -> None:
+        """The stream is complete: merge what it sent into the table at ``path``."""
+        entries = len(self.sent)
+        if full:
+            crcs = BlockCrcs(self._bs, volume_size, entries, base_id, generation,
+                             self.sent.all(), self.table)
+        else:
+            try:
+                crcs = load(path)
+            except BlockCrcError:
+                crcs = None
+            if crcs is None or crcs.base_id != base_id or crcs.entries != entries or \
+                    crcs.block_size != self._bs:
+                return                   # no baseline to extend: the next full starts one
+            for a, b in _intervals(self.sent):
+                crcs.table[a:b] = self.table[a:b]
+            crcs.generation = generation
+        _save(path, crcs)
+
+
+def _intervals(bits: bitarray):
+    from .genmap import extents
+    for a, k in extents(bits):
+        yield a, a + k
