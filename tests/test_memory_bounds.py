@@ -125,3 +125,31 @@ def test_write_budgets_per_connection_and_per_target_bound_admitted_buffers(tmp_
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_commands_held_back_by_the_send_bound_go_on_when_the_kernel_took_the_output(tmp_path):
+    """Reads pipelined past the send bound, by a peer that does read: when the kernel
+    takes a batch's output at once, the commands left unread must still be answered
+    at once (they once waited for the next keepalive tick, ~30 s)."""
+    with M.serve(REPO, tmp_path / "d.img", size="64M",
+                 extra=("--send-queue-bound", "64K")) as (_proc, port):
+        pattern = os.urandom(64 * 1024)
+        ini = M.RawInitiator("127.0.0.1", port)
+        try:
+            assert M.write(ini, 0, pattern) == 0
+            count = 32
+            ini.send(*[ini.command(M.read16(0, len(pattern)), read=len(pattern))
+                       for _ in range(count)])
+            got, statuses = bytearray(), []
+            while len(statuses) < count:
+                for p in ini.receive(1, timeout=10):   # a stall fails here, not in 30 s
+                    if isinstance(p, P.DataIn):
+                        got += bytes(p.data)
+                        if p.has_status:
+                            statuses.append(p.status)
+                    elif isinstance(p, P.ScsiResponse):
+                        statuses.append(p.status)
+            assert statuses == [0] * count
+            assert bytes(got) == pattern * count
+        finally:
+            ini.close()

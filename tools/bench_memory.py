@@ -172,15 +172,16 @@ def attack_reads(ini: RawInitiator, count: int = 24, size: int = 32 * MiB) -> No
 
 
 @contextlib.contextmanager
-def serve(tree: Path, disk: Path, size: str = "512M"):
-    """``python -m scsi_target serve`` from ``tree``; yields (process, port)."""
+def serve(tree: Path, disk: Path, size: str = "512M", extra: tuple[str, ...] = ()):
+    """``python -m scsi_target serve`` from ``tree`` (``extra``: more serve flags);
+    yields (process, port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.Popen([sys.executable, "-m", "scsi_target", "serve", "--listen",
                              f"127.0.0.1:{port}", "--iqn", IQN, "--disk", f"{disk}:{size}",
-                             "--no-track", "--log-level", "warning"],
+                             "--no-track", "--log-level", "warning", *extra],
                             cwd=tree, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:

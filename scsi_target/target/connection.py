@@ -142,6 +142,20 @@ class TargetConnection:
         """Received bytes not yet processed (left while :attr:`blocked`)."""
         return self.reader.buffered > 0
 
+    def resume(self) -> bool:
+        """Go on with received commands left unread while :attr:`blocked`.
+
+        True if any input was consumed: the driver then takes the output and asks
+        again.  The driver calls this whenever the send queue may have shrunk, and
+        also right after sending, since the kernel may take a whole batch at once
+        and then no writable event would ever come to wake the waiting commands.
+        """
+        if self.closing or not self.has_input or self.blocked:
+            return False
+        before = self.reader.buffered
+        self.receive_data(b"")          # no new bytes: not a sign of life from the peer
+        return self.reader.buffered != before
+
     def _woken(self) -> None:
         if self.wakeup is not None:
             self.wakeup()

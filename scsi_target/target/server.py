@@ -92,10 +92,13 @@ class _SocketDriver:
 
     def _after_input(self) -> None:
         conn = self.conn
-        out = conn.take_output()
-        if out:
-            self._send(out)
-        conn.unsent = self.pending_bytes
+        while True:
+            out = conn.take_output()
+            if out:
+                self._send(out)
+            conn.unsent = self.pending_bytes
+            if self.closed or not conn.resume():
+                break
         if conn.closing:
             self.close_after_flush = True
             self._pause_reading()
@@ -229,9 +232,8 @@ class _SocketDriver:
             return
         conn = self.conn
         conn.unsent = self.pending_bytes
-        if conn.has_input and not conn.blocked:
+        if conn.resume():
             # Commands left unread while the queue was full: go on with them.
-            conn.receive_data(b"", self.loop.time())
             self._after_input()
         if self.pending_bytes < LOW_WATER and not self.closed and not self.close_after_flush \
                 and not (conn.has_input and conn.blocked):
