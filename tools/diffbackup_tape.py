@@ -199,7 +199,9 @@ def cmd_catalog(args) -> int:
         t.add_column(col)
     for r in rows:
         t.add_row(*r)
-    out.print(t)
+    # Never folded to a narrow terminal: one line a file, for people and for grep.
+    from rich.console import Console
+    Console(highlight=False, width=max(out.width, 160)).print(t)
     out.print(f"{sum(1 for r in rows if r[1] != '-')} backup files, {len(rows)} files")
     return EXIT_FAILED if failed else EXIT_OK
 
