@@ -6,6 +6,11 @@
     diffbackup verify FILE...
     diffbackup status SOURCE
     diffbackup estimate SOURCE --scope K [--compressed]
+    diffbackup full|diff SOURCE ... --tape TAPE [--tape TAPE2]... [--record-size BYTES]
+    diffbackup restore DEST --tape TAPE... --file [C:]N...
+    diffbackup catalog TAPE [--verify]
+
+TAPE: a tape image file or the iscsi:// URL of a tape LUN (docs/tape-backups.md).
 
 SOURCE/DEST: ``iscsi://host[:port]/iqn/lun`` (the tracked disk's LUN, or its
 backup device's LUN) of a running target -- streams move through the backup
