@@ -193,3 +193,39 @@ def test_cli_errors_are_one_line(tmp_path):
     with Server(f"{tmp_path}/disk.img:1M", cwd=tmp_path) as srv:
         r = diffbackup("catalog", srv.url(0))
         assert r.returncode == 1 and "is not a tape LUN" in r.stderr, r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_prompt_for_the_next_cartridge_on_a_tty(tmp_path):
+    """With stdin a terminal and the --tape list used up, diffbackup asks for the next one."""
+    import pty
+    import subprocess
+    import sys
+    import time
+    from backup_harness import REPO, env
+    vol = tmp_path / "local.img"
+    vol.write_bytes(random.Random(11).randbytes(3 << 20))
+    first = _cart(tmp_path / "p1.img", 2 << 20, 256 << 10)
+    second = _cart(tmp_path / "p2.img", 8 << 20)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "tools.diffbackup", "-q", "full", str(vol),
+                          "--tape", first], cwd=REPO, env=env(), stdin=slave,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(slave)
+    try:
+        got = b""
+        deadline = time.monotonic() + 60
+        while b"insert the next one" not in got and time.monotonic() < deadline:
+            got += os.read(p.stderr.fileno(), 4096)
+        assert b"insert the next one" in got, got
+        os.write(master, second.encode() + b"\n")
+        out, err = p.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert f"{first} file 0, {second} file 0".encode() in out, out
+    dest = tmp_path / "back.img"
+    _ok(diffbackup("restore", str(dest), "--tape", first, "--tape", second, "--file", "0"))
+    assert dest.read_bytes() == vol.read_bytes()
