@@ -67,13 +67,15 @@ class Label:
     record_size: int = DEFAULT_RECORD
     part: int = 1
     offset: int = 0               # stream byte at which this part starts
+    crc_known: bool = True        # False: written by the target (no CRC was computed)
 
     @property
     def kind(self) -> int:
         return KIND_FIRST if self.part == 1 else KIND_CONTINUATION
 
     def pack(self) -> bytes:
-        body = _LABEL.pack(LABEL_MAGIC, LABEL_VERSION, self.kind, 1 if self.full else 0,
+        body = _LABEL.pack(LABEL_MAGIC, LABEL_VERSION, self.kind,
+                           (1 if self.full else 0) | (0 if self.crc_known else 2),
                            self.part, self.set_id, self.offset, self.record_size,
                            self.generation[0], self.generation[1], self.scope, self.created,
                            self.volume_id, self.volume_size, self.stream_bytes,
@@ -95,10 +97,11 @@ class Label:
             raise BackupSetError(f"backup label version {ver} kind {kind} is not supported")
         return cls(bool(flags & 1), (glo, ghi), scope, nbytes, crc, vid, vsize,
                    src.rstrip(b"\0").decode("utf-8", "replace"), created, set_id, rsize,
-                   part, offset)
+                   part, offset, not flags & 2)
 
 
-def _end_record(label: Label, parts: int, records: int) -> bytes:
+def end_record(label: Label, parts: int, records: int) -> bytes:
+    """The record that closes a backup (after its last stream byte)."""
     body = _END.pack(END_MAGIC, label.set_id, parts, label.stream_bytes, label.stream_crc,
                      records)
     body += bytes(END_SIZE - 4 - len(body))
@@ -243,7 +246,7 @@ def write_backup(dev: TapeDevice, stream: BinaryIO, label: Label,
     if done != label.stream_bytes:
         raise BackupSetError(f"the stream has {done} bytes, the label says "
                              f"{label.stream_bytes}")
-    n, _ew, over = dev.write([_end_record(label, len(placements), records)])
+    n, _ew, over = dev.write([end_record(label, len(placements), records)])
     if n != 1:
         raise BackupSetError(f"{dev.name}: no room for the end record at end-of-medium")
     dev.write_filemark()
@@ -341,7 +344,7 @@ def read_backup(dev: TapeDevice, file_number: int, sink: BinaryIO,
             raise BackupSetError(f"{dev.name}: part {lab2.part} starts at stream byte "
                                  f"{lab2.offset}, {done} were read")
         lab = lab2
-    if done != first.stream_bytes or crc != first.stream_crc:
+    if done != first.stream_bytes or (first.crc_known and crc != first.stream_crc):
         raise BackupSetError(f"the backup read back has {done} bytes (CRC32C {crc:08x}); its "
                              f"label says {first.stream_bytes} ({first.stream_crc:08x})")
     return first, dev

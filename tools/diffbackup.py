@@ -438,6 +438,9 @@ def _backup_to_tape(args, full: bool) -> int:
     from tools.diffbackup_tape import backup_to_tape
     if args.output:
         raise Failure("give -o FILE or --tape TAPE, not both", EXIT_USAGE)
+    if args.target_side:
+        from tools.diffbackup_tape import backup_target_side
+        return backup_target_side(args, full)
     return backup_to_tape(args, full, _open)
 
 
@@ -463,6 +466,8 @@ def cmd_backup(args, full: bool) -> int:
         return _backup_to_tape(args, full)
     if not args.output:
         raise Failure("give -o FILE or --tape TAPE", EXIT_USAGE)
+    if args.target_side:
+        raise Failure("--target-side goes with --tape", EXIT_USAGE)
     v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
     try:
         res = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
@@ -662,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "FILE; repeat for the cartridges to continue on at early warning")
         sp.add_argument("--record-size", type=_size, default=None, metavar="BYTES",
                         help="tape record size (default 256K; K/M suffixes)")
+        sp.add_argument("--target-side", action="store_true",
+                        help="the target copies the stream to its own tape LUN (EXTENDED COPY): "
+                        "the data does not cross the network")
     r = sub.add_parser("restore", help="apply a full stream and/or differential streams in order")
     r.add_argument("dest", metavar="DEST")
     r.add_argument("files", metavar="FILE", nargs="*")

@@ -225,3 +225,132 @@ def _verify_one(dev, info, BS, B) -> str:
 
 
 __all__ = ["backup_to_tape", "restore_from_tape", "cmd_catalog", "EXIT_USAGE"]
+
+
+# ------------------------------------------------------------ target-side backup
+SEGMENT_BLOCKS = 0xFFFF          # BLOCK DEVICE NUMBER OF BLOCKS is 16 bits
+SEGMENTS_PER_COPY = 64           # the copy manager's MAX SEGMENT DESCRIPTORS
+
+
+def _naa(client, lun: int) -> bytes:
+    """The LU's NAA designation descriptor from VPD page 83h (what a CSCD names)."""
+    d = bytes(client.inquiry(evpd=True, page=0x83, alloc=255, lun=lun))
+    pos = 4
+    while pos + 4 <= len(d):
+        n = d[pos + 3]
+        if d[pos + 1] & 0x0F == 3 and d[pos + 1] & 0x30 == 0:
+            return d[pos:pos + 4 + n]
+        pos += 4 + n
+    raise Failure(f"LUN {lun} reports no NAA designator (VPD 83h): EXTENDED COPY cannot name it")
+
+
+def _copy_list(list_id: int, src: bytes, dst: bytes, segments: list[tuple[int, int]],
+               record: int) -> bytes:
+    """An EXTENDED COPY (LID1) list: CSCD 0 the backup device, CSCD 1 the tape (variable
+    records), one block-to-stream (00h) segment per (lba, blocks)."""
+    def cscd(desig: bytes, dtype: int, block_length: int) -> bytes:
+        return bytes([0xE4, dtype & 0x1F, 0, 0]) + desig.ljust(24, b"\0") + bytes(1) + \
+            block_length.to_bytes(3, "big")
+    cscds = cscd(src, 0x00, 512) + cscd(dst, 0x01, 0)
+    segs = b"".join(bytes([0x00, 0]) + (20).to_bytes(2, "big") + (0).to_bytes(2, "big") +
+                    (1).to_bytes(2, "big") + bytes(1) + record.to_bytes(3, "big") + bytes(2) +
+                    n.to_bytes(2, "big") + lba.to_bytes(8, "big") for lba, n in segments)
+    head = bytes([list_id, 0x00]) + len(cscds).to_bytes(2, "big") + bytes(4) + \
+        len(segs).to_bytes(4, "big") + bytes(4)
+    return head + cscds + segs
+
+
+def backup_target_side(args, full: bool) -> int:
+    """The target copies the backup device's stream to its tape LUN (EXTENDED COPY, segment
+    type 00h); only the label, the end record and the stream's last partial block cross
+    the network."""
+    from scsi_target.initiator.tape import RemoteTape, TapeCommandError
+    from scsi_target.initiator.url import parse_url
+    from tape import backupset as BS
+    from tools.diffbackup import RemoteVolume
+    if len(args.tape) != 1 or not args.tape[0].startswith("iscsi://") or \
+            not args.source.startswith("iscsi://"):
+        raise Failure("--target-side needs an iscsi:// SOURCE and one iscsi:// --tape of the "
+                      "same target", EXIT_USAGE)
+    s, t = parse_url(args.source), parse_url(args.tape[0])
+    if (s.host, s.port, s.target) != (t.host, t.port, t.target):
+        raise Failure("--target-side: the tape LUN must be on the SOURCE's target", EXIT_USAGE)
+    rsize = args.record_size or BS.DEFAULT_RECORD
+    if rsize % 512 or not 0 < rsize <= BS.MAX_RECORD:
+        raise Failure(f"--record-size {rsize}: --target-side needs a multiple of 512 up to "
+                      f"{BS.MAX_RECORD}", EXIT_USAGE)
+    v = RemoteVolume(args.source, args.initiator_name)
+    try:
+        try:
+            tape = RemoteTape(args.tape[0], client=v.c)
+        except TapeCommandError as e:
+            raise Failure(str(e)) from None
+        return _target_side(args, full, v, tape, rsize, BS)
+    finally:
+        v.close()
+
+
+def _target_side(args, full, v, tape, rsize, BS) -> int:
+    from scsi_target.initiator.tape import TapeCommandError
+    L = v.L
+    g = v.generations()
+    h = g.header
+    if not full and (h.restore_incomplete or not h.full_done):
+        raise Failure("no differential now: the volume is incomplete after a restore, or no "
+                      "full backup was completed (see diffbackup status)")
+    src_naa, tape_naa = _naa(v.c, v.dev), _naa(v.c, tape.lun)
+    try:
+        tape.to_eod()
+        fileno = tape.file_number()
+        v._cmd(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL if full else 0,
+               scope=0 if full else args.scope)
+        st = L.BackupStatus.unpack(v._cmd(L.OP_START_BACKUP, length=80))
+        nbytes = st.size_bound
+        label = BS.Label(full, (st.generation_lo, st.generation_hi), 0 if full else args.scope,
+                         nbytes, 0, g.volume_id, h.volume_size, args.source[-64:],
+                         record_size=rsize, crc_known=False)
+        n, _ew, over = tape.write([label.pack()])
+        if n != 1:
+            raise Failure(f"{tape.name}: no room for the backup's label")
+        whole = nbytes // 512
+        per = SEGMENT_BLOCKS // (rsize // 512) * (rsize // 512)   # whole records a segment
+        segs = [(lba, min(per, whole - lba)) for lba in range(0, whole, per)]
+        copied = 0
+        for k in range(0, len(segs), SEGMENTS_PER_COPY):
+            part = segs[k:k + SEGMENTS_PER_COPY]
+            plist = _copy_list(1, src_naa, tape_naa, part, rsize)
+            cdb = bytes([0x83, 0]) + bytes(8) + len(plist).to_bytes(4, "big") + bytes(2)
+            v._exec(cdb, lun=parse_lun(args.source), data_out=plist, what="EXTENDED COPY")
+            # RECEIVE COPY RESULTS (COPY STATUS) says how much the copy manager moved.
+            r = v._exec(bytes([0x84, 0x00, 1]) + bytes(7) + (64).to_bytes(4, "big") + bytes(2),
+                        lun=parse_lun(args.source), read_length=64,
+                        what="RECEIVE COPY RESULTS")
+            cs = bytes(r.data)
+            status, count = cs[4] & 0x7F, int.from_bytes(cs[8:12], "big")
+            if status != 0x01:
+                raise Failure(f"the copy manager reports copy status {status:02x}h")
+            copied += sum(b for _l, b in part) * 512
+            if not args.quiet:
+                print(f"target-side copy: {copied} of {nbytes} bytes "
+                      f"(copy manager: {count} units)", file=sys.stderr)
+        if nbytes % 512:
+            blk = bytes([0x88, 0]) + whole.to_bytes(8, "big") + (1).to_bytes(4, "big") + bytes(2)
+            tail = v._read(blk, 512)[:nbytes % 512]
+            tape.write([tail])
+        st = v.backup_status()
+        if st.state != L.STATE_COMPLETE or st.total != nbytes:
+            raise Failure(f"the backup stream is {st.total} bytes, not the {nbytes} its bound "
+                          f"promised: tape file {fileno} is left without its end record")
+        tape.write([BS.end_record(label, 1, 0)])
+        tape.write_filemark()
+    except TapeCommandError as e:
+        raise Failure(str(e)) from None
+    out.print(f"{'full' if full else f'differential (scope {args.scope})'} backup of "
+              f"generations {st.generation_lo}..{st.generation_hi}: {st.block_count} blocks, "
+              f"{nbytes} bytes -> {tape.name} file {fileno} (copied by the target)")
+    return EXIT_OK
+
+
+def parse_lun(url: str) -> int:
+    from scsi_target.initiator.url import parse_url
+    return parse_url(url).lun
