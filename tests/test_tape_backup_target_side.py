@@ -95,3 +95,59 @@ def test_target_side_usage_errors(tmp_path):
         r = diffbackup(*args)
         assert r.returncode == 2 and text in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(120)
+def test_block_to_stream_segment_refusals(tmp_path):
+    """Each bad block-to-stream list gets its own sense; nothing reaches the tape."""
+    from tools.diffbackup_tape import _copy_list, _naa
+    fill_random(tmp_path / "v.img", 1 << 20, seed=3)
+    cart = str(tmp_path / "r.img")
+    TapeImage.create(cart, 16 << 20).close()
+    with Server(str(tmp_path / "v.img"), cwd=tmp_path,
+                extra=("--backup-device", "--tape", cart)) as srv, \
+            SyncIscsiClient(srv.url(0)) as c:
+        disk, tape = _naa(c, 0), _naa(c, 2)
+
+        def xcopy(plist: bytes):
+            cdb = bytes([0x83, 0]) + bytes(8) + len(plist).to_bytes(4, "big") + bytes(2)
+            for _ in range(3):
+                r = c.execute(cdb, lun=0, data_out=plist)
+                if r.sense_key is None or r.sense_key.name != "UNIT_ATTENTION":
+                    return r
+            return r
+
+        def sense(r):
+            return (r.status, r.sense_key.name if r.sense_key else None, r.asc, r.ascq)
+        good = _copy_list(1, disk, tape, [(0, 128)], 65536)
+        # A tape CSCD with a fixed STREAM BLOCK LENGTH: not supported (variable records).
+        bad_bl = bytearray(good)
+        bad_bl[16 + 32 + 29:16 + 32 + 32] = (512).to_bytes(3, "big")
+        assert sense(xcopy(bytes(bad_bl))) == (2, "COPY_ABORTED", 0x0D, 0x03)
+        # The destination named as a disk (the copy manager's own LU, FFFFh).
+        bad_dst = bytearray(good)
+        bad_dst[16 + 64 + 6:16 + 64 + 8] = b"\xff\xff"
+        assert sense(xcopy(bytes(bad_dst))) == (2, "COPY_ABORTED", 0x0D, 0x03)
+        # Disk to disk through a stream segment (CSCD 1 is a disk LU).
+        assert sense(xcopy(_copy_list(1, disk, disk, [(0, 8)], 65536))) == \
+            (2, "COPY_ABORTED", 0x0D, 0x03)
+        # STREAM DEVICE TRANSFER LENGTH 0 and a descriptor length that is not 20.
+        zero_tl = bytearray(good)
+        zero_tl[16 + 64 + 9:16 + 64 + 12] = bytes(3)
+        assert sense(xcopy(bytes(zero_tl))) == (2, "ILLEGAL_REQUEST", 0x26, 0x00)
+        bad_len = bytearray(good)
+        bad_len[16 + 64 + 3] = 0x18
+        assert sense(xcopy(bytes(bad_len)))[:3] == (2, "ILLEGAL_REQUEST", 0x26)
+        # Past the source's last block.
+        assert sense(xcopy(_copy_list(1, disk, tape, [(2040, 100)], 65536))) == \
+            (2, "COPY_ABORTED", 0x00, 0x00)
+        # Nothing reached the tape; then a good list copies 128 blocks as one 64 KiB record.
+        def position() -> int:
+            for _ in range(3):
+                r = c.execute(bytes([0x34, 0x06]) + bytes(8), lun=2, read_length=32)
+                if r.status == 0:
+                    return int.from_bytes(bytes(r.data)[8:16], "big")
+            raise AssertionError(sense(r))
+        assert position() == 0
+        assert xcopy(good).status == 0
+        assert position() == 1
