@@ -1,5 +1,6 @@
-"""Backup throughput: `diffbackup full` of a served disk to a tape LUN of the same target
-(over iSCSI through our initiator) vs to a stream file, alternating rounds, medians.
+"""Backup throughput: `diffbackup full` of a served disk to a stream file, to a tape LUN of
+the same target through our initiator, and target-side (--target-side: EXTENDED COPY,
+the stream never crosses the network); rotating order, medians.
 
     python -m tools.bench_tape_backup [--mib 64] [--rounds 3] [--record 262144]
 
@@ -36,14 +37,16 @@ def main() -> int:
         for _ in range(a.mib):
             f.write(os.urandom(1 << 20))
     cart = tmp / "cart.img"
-    TapeImage.create(cart, (a.rounds * 2 * a.mib + 256) << 20).close()
-    res: dict[str, list[float]] = {"file": [], "tape": []}
+    TapeImage.create(cart, (a.rounds * 3 * a.mib + 256) << 20).close()
+    res: dict[str, list[float]] = {"file": [], "tape": [], "target": []}
     with Server(str(vol), cwd=tmp, extra=("--backup-device", "--tape", str(cart))) as srv:
         base = [sys.executable, "-m", "tools.diffbackup", "-q", "full", srv.url(0)]
         for k in range(a.rounds):
-            for kind in ("file", "tape") if k % 2 == 0 else ("tape", "file"):
+            kinds = ["file", "tape", "target"]
+            for kind in kinds[k % 3:] + kinds[:k % 3]:
                 dest = ["-o", str(tmp / f"s{k}.stream")] if kind == "file" else \
-                    ["--tape", srv.url(2), "--record-size", str(a.record)]
+                    ["--tape", srv.url(2), "--record-size", str(a.record)] + \
+                    (["--target-side"] if kind == "target" else [])
                 t0 = time.perf_counter()
                 subprocess.run(base + dest, cwd=REPO, env=env(), check=True,
                                capture_output=True)
@@ -52,8 +55,9 @@ def main() -> int:
                     os.unlink(tmp / f"s{k}.stream")
     med = {k: statistics.median(v) for k, v in res.items()}
     for k, v in med.items():
-        print(f"full backup of {a.mib} MiB to {k:4s} {v:7.1f} MB/s  (median of {a.rounds})")
-    print(f"tape/file {med['tape'] / med['file']:.2f}")
+        print(f"full backup of {a.mib} MiB, {k:6s} {v:7.1f} MB/s  (median of {a.rounds})")
+    print(f"tape/file {med['tape'] / med['file']:.2f}  target-side/tape "
+          f"{med['target'] / med['tape']:.2f}")
     return 0
 
 
