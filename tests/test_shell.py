@@ -300,7 +300,7 @@ def test_copy_commands_between_two_luns(tmp_path) -> None:
         params, _, _, xc, st, xc_same, st_same = (json.loads(x) for x in r.stdout.splitlines())
         f = params["fields"]
         assert f["max_segment_descriptors"] == 64 and f["max_cscd_descriptors"] == 16
-        assert f["implemented_descriptors"] == ["02h block->block",
+        assert f["implemented_descriptors"] == ["00h block->stream", "02h block->block",
                                                 "e4h identification descriptor"]
         assert "copied 4 block(s) (2048 bytes) from LUN 0 LBA 10 to LUN 1 LBA 20" in xc["text"]
         assert st["fields"]["status"] == "completed without errors"

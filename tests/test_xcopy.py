@@ -408,10 +408,10 @@ def test_operating_parameters_golden():
     resp = run(m, rcr_cdb(0x03), expected=1024)
     assert resp.ok
     d = bytes(resp.data_in)
-    expect = (struct.pack(">I", 42) + bytes(4)
+    expect = (struct.pack(">I", 43) + bytes(4)
               + struct.pack(">HHIIIII", 16, 64, 4096, 1 << 28, 0, 0, 0)
               + bytes(2) + struct.pack(">HBBBB", 16, 16, 9, 0, 0)
-              + bytes(3) + bytes([2, 0x02, 0xE4]))
+              + bytes(3) + bytes([3, 0x00, 0x02, 0xE4]))
     assert d == expect
     assert resp.residual == 1024 - len(expect)
 
@@ -544,7 +544,7 @@ def test_third_party_copy_vpd_describes_the_implementation():
     assert cmds == {0x83: [0x00], 0x84: [0x00, 0x01, 0x03, 0x04]}
     assert struct.unpack_from(">HHII", descs[0x000C], 4) == (16, 64, 4096, 0)
     sd = descs[0x000D]
-    assert list(sd[1:1 + sd[0]]) == [0x02, 0xE4]
+    assert list(sd[1:1 + sd[0]]) == [0x00, 0x02, 0xE4]     # block->stream, block->block
     ids = descs[0x000E]
     assert ids[:4] == bytes([0, 2, 0xFF, 0xFF])
     assert struct.unpack_from(">IIIB", descs[0x8001], 0) == (16, 16, 1 << 28, 9)

@@ -8,6 +8,11 @@
     diffbackup estimate SOURCE --scope K [--compressed]
     diffbackup merge FULL|DIFF DIFF... -o FILE
     diffbackup audit SOURCE [--rate N | --full]
+    diffbackup full|diff SOURCE ... --tape TAPE [--tape TAPE2]... [--record-size BYTES]
+    diffbackup restore DEST --tape TAPE... --file [C:]N...
+    diffbackup catalog TAPE [--verify]
+
+TAPE: a tape image file or the iscsi:// URL of a tape LUN (docs/tape-backups.md).
 
 SOURCE/DEST: ``iscsi://host[:port]/iqn/lun`` (the tracked disk's LUN, or its
 backup device's LUN) of a running target -- streams move through the backup
@@ -518,6 +523,40 @@ class LocalVolume:
         self.vol.close()
 
 
+# -------------------------------------------------------------------- tape
+def _tape_options(sp, help_text: str) -> None:
+    sp.add_argument("--tape", action="append", default=[], metavar="TAPE",
+                    help=f"tape image file or iscsi://host[:port]/iqn/lun of a tape LUN: "
+                    f"{help_text}")
+
+
+def _size(text: str) -> int:
+    mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:].upper(), 1)
+    try:
+        return int(text[:-1] if mult > 1 else text) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 262144, 256K, 1M)")
+
+
+def _backup_to_tape(args, full: bool) -> int:
+    from tools.diffbackup_tape import backup_to_tape
+    if args.output:
+        raise Failure("give -o FILE or --tape TAPE, not both", EXIT_USAGE)
+    if args.target_side:
+        from tools.diffbackup_tape import backup_target_side
+        return backup_target_side(args, full)
+    return backup_to_tape(args, full, _open)
+
+
+def _restore_from_tape(args) -> int:
+    from tools.diffbackup_tape import restore_from_tape
+    if args.files:
+        raise Failure("give stream FILEs or --tape with --file, not both", EXIT_USAGE)
+    if not args.tape or not args.file:
+        raise Failure("--tape and --file go together", EXIT_USAGE)
+    return restore_from_tape(args, cmd_restore)
+
+
 # -------------------------------------------------------------------- commands
 def _open(spec: str, *, start_tracking: bool = False, create_from=None,
           initiator_name: str | None = None) -> Volume:
@@ -527,6 +566,12 @@ def _open(spec: str, *, start_tracking: bool = False, create_from=None,
 
 
 def cmd_backup(args, full: bool) -> int:
+    if args.tape:
+        return _backup_to_tape(args, full)
+    if not args.output:
+        raise Failure("give -o FILE or --tape TAPE", EXIT_USAGE)
+    if args.target_side:
+        raise Failure("--target-side goes with --tape", EXIT_USAGE)
     v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
     try:
         res = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
@@ -557,6 +602,10 @@ def _parse_skips(items: list[str], nfiles: int) -> list[list[int]]:
 
 
 def cmd_restore(args) -> int:
+    if args.tape or args.file:
+        return _restore_from_tape(args)
+    if not args.files:
+        raise Failure("give stream FILEs, or --tape TAPE --file N", EXIT_USAGE)
     from volume.stream import StreamError, read_header
     skips = _parse_skips(args.skip_generation, len(args.files))
     _require_streams(args.files)
@@ -783,14 +832,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
     a = sub.add_parser("full", help="full backup (every block); starts a new generation 1")
     a.add_argument("source", metavar="SOURCE")
-    a.add_argument("-o", "--output", required=True, metavar="FILE")
+    a.add_argument("-o", "--output", metavar="FILE")
     d = sub.add_parser("diff", help="differential backup of the newest K generations")
     d.add_argument("source", metavar="SOURCE")
     d.add_argument("--scope", type=int, required=True, metavar="K")
-    d.add_argument("-o", "--output", required=True, metavar="FILE")
+    d.add_argument("-o", "--output", metavar="FILE")
+    for sp in (a, d):
+        _tape_options(sp, "append the stream to the cartridge (at end-of-data) instead of a "
+                      "FILE; repeat for the cartridges to continue on at early warning")
+        sp.add_argument("--record-size", type=_size, default=None, metavar="BYTES",
+                        help="tape record size (default 256K; K/M suffixes)")
+        sp.add_argument("--target-side", action="store_true",
+                        help="the target copies the stream to its own tape LUN (EXTENDED COPY): "
+                        "the data does not cross the network")
     r = sub.add_parser("restore", help="apply a full stream and/or differential streams in order")
     r.add_argument("dest", metavar="DEST")
-    r.add_argument("files", metavar="FILE", nargs="+")
+    r.add_argument("files", metavar="FILE", nargs="*")
+    _tape_options(r, "read the streams from tape instead (with --file); repeat for the "
+                  "cartridges a backup spans")
+    r.add_argument("--file", action="append", default=[], metavar="[C:]N",
+                   help="tape file N (of cartridge C, 1-based, default the first); repeatable, "
+                   "applied in order")
     r.add_argument("--skip-generation", action="append", metavar="[N:]G",
                    help="don't apply generation G (of stream N only, 1-based); repeatable")
     v = sub.add_parser("verify", help="check streams (and their chain) without restoring")
@@ -818,7 +880,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initiator-name", metavar="IQN",
                    help="iSCSI initiator name to log in with, e.g. one a target's ACL "
                    "lists (default iqn.2026-01.org.scsi-target:initiator)")
-    for sp in (a, d, r, v, s, e, m, au):
+    c = sub.add_parser("catalog", help="list the backups a cartridge holds")
+    c.add_argument("tape", metavar="TAPE", help="tape image file or iscsi:// tape LUN URL")
+    c.add_argument("--verify", action="store_true",
+                   help="also read every backup back and check it record by record")
+    for sp in (a, d, r, v, s, e, m, au, c):
         sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars")
         sp.add_argument("--initiator-name", metavar="IQN", default=argparse.SUPPRESS,
@@ -853,6 +919,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_merge(args)
         if cmd == "audit":
             return cmd_audit(args)
+        if cmd == "catalog":
+            from tools.diffbackup_tape import cmd_catalog
+            return cmd_catalog(args)
         return cmd_estimate(args)
     except Failure as e:
         print(f"{PROG}: {' '.join(str(e).split())}", file=sys.stderr)
@@ -867,4 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # tools.diffbackup_tape imports this module by name: let it find this one, so
+    # its Failure is the class main() catches.
+    sys.modules.setdefault("tools.diffbackup", sys.modules[__name__])
     raise SystemExit(main())

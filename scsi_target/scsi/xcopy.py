@@ -4,7 +4,12 @@ The LU that receives EXTENDED COPY is the copy manager.  It copies between
 disk LUs of the same target: a copy target (CSCD) is named either by an
 identification descriptor (type E4h) holding the LU's NAA designator from VPD
 page 83h, or by CSCD descriptor ID FFFFh, which names the copy manager's own
-LU.  Only block-to-block segments (type 02h) are supported.
+LU.  Block-to-block segments (type 02h) are supported, and block-to-stream
+segments (type 00h, SPC-4 6.4.6.2) from a disk-like LU -- typically the
+backup device, so a backup stream goes to tape without crossing the network
+(the patent's embodiment 2) -- to a tape LU of the same target, written as
+variable-length records of STREAM DEVICE TRANSFER LENGTH bytes at the tape's
+position.
 
 Copying goes through each LU's ``store`` in bounded chunks (the stores'
 interceptors, e.g. the difference tracker, see every write), never one block
@@ -39,6 +44,8 @@ SA_FAILED_SEGMENT_DETAILS = 0x04
 
 # Descriptor type codes we implement (the layouts live in layouts/xcopy.py).
 SEG_BLOCK_TO_BLOCK = LX.SEG_BLOCK_TO_BLOCK
+SEG_BLOCK_TO_STREAM = 0x00
+SEGMENT_B2S_LEN = 24
 CSCD_IDENTIFICATION = LX.CSCD_IDENTIFICATION
 CSCD_ID_COPY_MANAGER_LU = LX.CSCD_ID_COPY_MANAGER_LU
 
@@ -94,11 +101,22 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class StreamSegment:
+    """One block-to-stream segment descriptor (00h)."""
+    offset: int
+    src_id: int
+    dst_id: int
+    transfer_length: int      # bytes per WRITE to the stream device (one record)
+    blocks: int
+    src_lba: int
+
+
+@dataclass(frozen=True)
 class CopyList:
     list_id: int
     usage: int
     cscds: tuple[Cscd, ...]
-    segments: tuple[Segment, ...]
+    segments: tuple[Segment | StreamSegment, ...]
 
 
 def _plist_error(asc: S.Asc, field: int | None = None, bit: int | None = None) -> S.SenseError:
@@ -163,6 +181,10 @@ def _parse_segments(data: memoryview, start: int, length: int) -> list[Segment]:
         if len(out) == MAX_SEGMENT_DESCRIPTORS:
             raise _plist_error(S.TOO_MANY_SEGMENT_DESCRIPTORS)
         code = data[pos]
+        if code == SEG_BLOCK_TO_STREAM:
+            out.append(_parse_stream_segment(data, pos, end))
+            pos += SEGMENT_B2S_LEN
+            continue
         if code != SEG_BLOCK_TO_BLOCK:
             raise _plist_error(S.UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE, pos)
         if pos + 4 > end:
@@ -251,6 +273,19 @@ def forget(lu: "LogicalUnit", nexus: Nexus | None = None) -> None:
 def _aborted(asc: S.Asc, segment: int) -> S.SenseError:
     # COMMAND-SPECIFIC INFORMATION names the segment being processed (SPC-4 6.4.5).
     return S.SenseError(S.SenseKey.COPY_ABORTED, asc, command_specific=segment)
+
+
+def _parse_stream_segment(data: memoryview, pos: int, end: int) -> StreamSegment:
+    if pos + SEGMENT_B2S_LEN > end:
+        raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, 8)
+    if int.from_bytes(data[pos + 2:pos + 4], "big") != SEGMENT_B2S_LEN - 4:
+        raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, pos + 2)
+    d = bytes(data[pos:pos + SEGMENT_B2S_LEN])
+    tl = int.from_bytes(d[9:12], "big")
+    if tl == 0:
+        raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, pos + 9)
+    return StreamSegment(pos, int.from_bytes(d[4:6], "big"), int.from_bytes(d[6:8], "big"), tl,
+                         int.from_bytes(d[14:16], "big"), int.from_bytes(d[16:24], "big"))
 
 
 def _naa_designator(lu: "LogicalUnit") -> bytes | None:
@@ -347,8 +382,72 @@ def _copy_bytes(src: "LogicalUnit", src_off: int, dst: "LogicalUnit", dst_off: i
         done += n
 
 
+def _resolve_tape(manager: "LogicalUnit", plist: CopyList, cscd_id: int, seg_no: int,
+                  cmd: Command) -> "LogicalUnit":
+    """The destination of a block-to-stream segment: a tape LU named by its CSCD."""
+    if cscd_id >= len(plist.cscds):
+        # FFFFh names the copy manager, which is a disk: never a stream device.
+        raise _aborted(S.UNREACHABLE_COPY_TARGET if cscd_id != CSCD_ID_COPY_MANAGER_LU
+                       else S.INCORRECT_COPY_TARGET_DEVICE_TYPE, seg_no)
+    cscd = plist.cscds[cscd_id]
+    if cscd.nul:
+        raise _aborted(S.COPY_TARGET_DEVICE_NOT_REACHABLE, seg_no)
+    lu = _find_lu(manager, cscd.designator)
+    if lu is None:
+        raise _aborted(S.COPY_TARGET_DEVICE_NOT_REACHABLE, seg_no)
+    # Variable-length records only: STREAM BLOCK LENGTH 0 in the CSCD.
+    if lu.device_type != 0x01 or getattr(lu, "drive", None) is None or \
+            cscd.device_type != 0x01 or cscd.block_length != 0:
+        raise _aborted(S.INCORRECT_COPY_TARGET_DEVICE_TYPE, seg_no)
+    if lu.not_ready_reason() is not None:
+        raise _aborted(S.COPY_TARGET_DEVICE_NOT_REACHABLE, seg_no)
+    if lu.pr.conflicts(cmd.nexus, _WRITE_PROBE, cmd):
+        raise _aborted(S.COPY_TARGET_DEVICE_NOT_REACHABLE, seg_no)
+    return lu
+
+
+def _run_stream_segment(manager: "LogicalUnit", plist: CopyList, seg: StreamSegment,
+                        seg_no: int, cmd: Command) -> int:
+    from tape.errors import TapeError
+    from volume.store import StoreError
+    src = _resolve(manager, plist, seg.src_id, seg_no, cmd, write=False)
+    dst = _resolve_tape(manager, plist, seg.dst_id, seg_no, cmd)
+    if dst.write_protected:
+        raise S.SenseError(S.SenseKey.DATA_PROTECT, S.WRITE_PROTECTED, command_specific=seg_no)
+    tl = seg.transfer_length
+    if tl > dst.max_block_length or tl < dst.min_block_length:
+        raise _plist_error(S.INVALID_FIELD_IN_PARAMETER_LIST, seg.offset + 9)
+    if seg.src_lba + seg.blocks > src.num_blocks:
+        raise _aborted(S.NO_ADDITIONAL_SENSE, seg_no)
+    length = seg.blocks * src.block_size
+    chunk = max(tl, COPY_CHUNK // tl * tl)
+    buf = bytearray(min(chunk, length) if length else 0)
+    mv = memoryview(buf)
+    done = 0
+    off = seg.src_lba * src.block_size
+    while done < length:
+        n = min(len(buf), length - done)
+        try:
+            src.store.readinto(off + done, mv[:n])
+        except StoreError:
+            raise _aborted(S.UNRECOVERED_READ_ERROR, seg_no) from None
+        records = [mv[k:min(k + tl, n)] for k in range(0, n, tl)]
+        try:
+            with dst.lock:
+                r = dst.drive.write_records(records)
+        except TapeError:
+            raise _aborted(S.WRITE_ERROR, seg_no) from None
+        if r.overflow:
+            # End-of-medium: the records written stay; the copy stops here.
+            raise _aborted(S.COPY_TARGET_DEVICE_DATA_OVERRUN, seg_no)
+        done += n
+    return length
+
+
 def _run_segment(manager: "LogicalUnit", plist: CopyList, seg: Segment, seg_no: int,
                  cmd: Command) -> int:
+    if isinstance(seg, StreamSegment):
+        return _run_stream_segment(manager, plist, seg, seg_no, cmd)
     src = _resolve(manager, plist, seg.src_id, seg_no, cmd, write=False)
     dst = _resolve(manager, plist, seg.dst_id, seg_no, cmd, write=True)
     if dst.read_only:
@@ -467,7 +566,8 @@ def operating_parameters_data(lu: "LogicalUnit") -> bytes:
         max_concurrent_copies=MAX_CONCURRENT_COPIES,
         data_segment_granularity=_log2(_granularity(lu)),
     )
-    return LX.OperatingParameters(head, bytes([SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])).pack()
+    codes = bytes([SEG_BLOCK_TO_STREAM, SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])
+    return LX.OperatingParameters(head, codes).pack()
 
 
 def _granularity(lu: "LogicalUnit") -> int:
@@ -533,7 +633,7 @@ def third_party_copy_vpd(lu: "LogicalUnit") -> bytes:
     parameter_data = _tpc_descriptor(0x000C, struct.pack(
         ">4xHHII12x", MAX_CSCD_DESCRIPTORS, MAX_SEGMENT_DESCRIPTORS,
         MAX_DESCRIPTOR_LIST_LENGTH, MAX_INLINE_DATA_LENGTH))
-    codes = bytes([SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])
+    codes = bytes([SEG_BLOCK_TO_STREAM, SEG_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])
     supported_descriptors = _tpc_descriptor(0x000D, bytes([len(codes)]) + codes)
     ids = struct.pack(">H", CSCD_ID_COPY_MANAGER_LU)
     supported_ids = _tpc_descriptor(0x000E, struct.pack(">H", len(ids)) + ids)
