@@ -1,7 +1,8 @@
 # make run   - create .venv, install the project, serve the embedded default target
 #              (RUN_ARGS="--listen 127.0.0.1:3261" etc. adds serve flags)
 # make test  - create .venv, install with test extras (+ Debian interop tools as root), run pytest
-# make bench - benchmark our target against tgt (tools/bench; BENCH_ARGS="--quick" etc.)
+# make bench - benchmark our target against tgt (tools/bench; BENCH_ARGS="--quick" etc.);
+#              installs the test extras: some tools/bench_* reuse the tests' harnesses
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -27,7 +28,7 @@ run: $(VENV)/.stamp-install
 test: $(VENV)/.stamp-test deb-packages
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(VENV)/.stamp-install deb-packages
+bench: $(VENV)/.stamp-test deb-packages
 	tools/bench $(BENCH_ARGS)
 
 $(PY):
