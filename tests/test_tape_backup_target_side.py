@@ -151,3 +151,27 @@ def test_block_to_stream_segment_refusals(tmp_path):
         assert position() == 0
         assert xcopy(good).status == 0
         assert position() == 1
+
+
+@pytest.mark.timeout(300)
+def test_target_side_backup_of_written_zero_blocks_is_padded_not_refused(tmp_path):
+    """Blocks written as zeros (allocated, not holes) are elided by the encoder, so the
+    stream comes out shorter than the bound the label was written with: the tape file is
+    the stream plus zero padding, and it restores byte-exact."""
+    vol = tmp_path / "vol.img"
+    fill_random(vol, 8 << 20, density=0.5, seed=5)
+    with open(vol, "r+b") as f:                 # 4 MiB of allocated zeros amid the data:
+        f.seek(2 << 20)                         # whole records of zeros, elided
+        f.write(bytes(4 << 20))
+    cart = str(tmp_path / "t.img")
+    TapeImage.create(cart, 64 << 20).close()
+    with Server(str(vol), cwd=tmp_path, extra=("--backup-device", "--tape", cart)) as srv:
+        with SyncIscsiClient(srv.url(0)) as c:
+            want = b"".join(bytes(c.read(lba, 2048)) for lba in range(0, 16384, 2048))
+        r = _ok(diffbackup("full", srv.url(0), "--tape", srv.url(2), "--target-side"))
+        assert "file 0 (copied by the target)" in r.stdout
+        cat = _ok(diffbackup("catalog", srv.url(2), "--verify"))
+        assert cat.stdout.count("│ ok ") == 1, cat.stdout
+    dest = tmp_path / "restored.img"
+    _ok(diffbackup("restore", str(dest), "--tape", cart, "--file", "0"))
+    assert dest.read_bytes() == want
