@@ -1,7 +1,6 @@
 """Memory budgets of the target: how much write data may be buffered, and how much read data queued.
 
-Defaults (the lead wires them to the configuration; these are what applies
-until then):
+Defaults, used where the configuration sets no ``[limits]`` (docs/config.md):
 
 ``CONNECTION_WRITE_BUDGET``
     bytes of write buffers one connection may hold: every write that needs a
