@@ -400,10 +400,9 @@ def test_reject_login_rules_take_only_login_keys_and_known_statuses(t):
 
 
 def test_tape_kind_when_the_tree_has_tape_lus():
-    """Registered from the config's LU kinds: present once the SSC tape LU is merged."""
+    """Registered from the config's LU kinds (scsi_target/config.py LU_KINDS)."""
     from scsi_target.testing import LU_KINDS
-    if "tape" not in LU_KINDS:
-        pytest.skip("this tree has no tape LU (scsi_target/config.py LU_KINDS)")
+    assert "tape" in LU_KINDS
     tg = InProcessTarget()
     tg.add_lu("tape", size="16M")
     assert tg.submit(bytes([0x10, 0, 0, 0, 1, 0])).ok          # WRITE FILEMARKS(6), 1

@@ -8,6 +8,7 @@ digests) lives in :mod:`scsi_target.protocol.framing`.
 """
 from __future__ import annotations
 
+import abc
 import struct
 from dataclasses import dataclass, fields
 from enum import IntEnum
@@ -162,11 +163,12 @@ def _codec(cls) -> None:
     exec(compile(source, f"<pdu codec {cls.__name__}>", "exec"), namespace)
     cls.encode_bhs = namespace["encode_bhs"]
     cls.from_bhs = classmethod(namespace["from_bhs"])
+    abc.update_abstractmethods(cls)     # the class is concrete now
     cls._source = source
 
 
 @dataclass(slots=True)
-class Pdu:
+class Pdu(abc.ABC):
     OPCODE: ClassVar[int] = -1
     SPEC: ClassVar[list] = []
     _source: ClassVar[str] = ""   # the generated codec, for reading and debugging
@@ -175,14 +177,14 @@ class Pdu:
     data: bytes | bytearray | memoryview = b""
     ahs: bytes = b""
 
+    @abc.abstractmethod
     def encode_bhs(self) -> bytes:
         """The 48-byte header (generated per PDU type, see _codec)."""
-        raise NotImplementedError(type(self).__name__)
 
     @classmethod
+    @abc.abstractmethod
     def from_bhs(cls, bhs, ahs: bytes = b"", data=b"") -> "Pdu":
         """The PDU a 48-byte header describes (generated per PDU type, see _codec)."""
-        raise NotImplementedError(cls.__name__)
 
 
 _REGISTRY: dict[int, type[Pdu]] = {}
