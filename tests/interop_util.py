@@ -48,6 +48,15 @@ def require_tool(name: str) -> str:
     pytest.skip(msg)
 
 
+def require_root(what: str) -> None:
+    """Skip a test that needs root when not root; fail instead when CI=true (CI runs as root)."""
+    if os.geteuid() == 0:
+        return
+    if on_ci():
+        pytest.fail(f"{what} needs root, and CI=true requires this test", pytrace=False)
+    pytest.skip(f"{what} needs root")
+
+
 def run_tool(args: list[str], timeout: float = 60.0, **kw) -> subprocess.CompletedProcess:
     """Run a program, capturing text output; a hang fails the test with what it printed."""
     try:

@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from interop_util import on_ci, require_tool
+from interop_util import require_root, require_tool
 import iscsi_golden as G
 from scsi_target.initiator.login import DEFAULT_INITIATOR
 from scsi_target.protocol import pdu as P
@@ -92,10 +92,7 @@ def test_compare_finds_disagreements(golden, monkeypatch, change):
 
 def test_live_capture_agrees_with_tshark(tmp_path):
     tools = {n: require_tool(n) for n in ("dumpcap", "tshark", "iscsi-inq", "iscsi-ls")}
-    if os.geteuid() != 0:
-        if on_ci():
-            pytest.fail("capturing on lo needs root, and CI=true requires this test")
-        pytest.skip("capturing on lo needs root")
+    require_root("capturing on lo")
     out = tmp_path / "capture"
     out.mkdir()
     pcap, js, port = G.record(out, dumpcap=tools["dumpcap"], tshark=tools["tshark"],

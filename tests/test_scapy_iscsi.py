@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from interop_util import Lun, Target, on_ci, require_tool
+from interop_util import Lun, Target, require_root, require_tool
 from trace_capture import (GOLDEN, Dumpcap, libiscsi_workload, our_initiator_workload,
                            synthetic_pdus, tshark_pdus, write_synthetic)
 
@@ -252,10 +252,7 @@ def test_golden_synthetic_is_what_the_builder_makes():
 def _live(tmp_path, kind: str):
     require_tool("dumpcap")
     require_tool("tshark")
-    if os.geteuid() != 0:
-        if on_ci():
-            pytest.fail("capturing on loopback needs root, and CI=true requires it")
-        pytest.skip("capturing on loopback needs root")
+    require_root("capturing on loopback")
     cap = tmp_path / f"{kind}.pcapng"
     if kind == "ours":
         from interop_util import ServedTarget

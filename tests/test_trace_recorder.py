@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from interop_util import REPO, Lun, Target, config_toml, on_ci, require_tool
+from interop_util import REPO, Lun, Target, config_toml, require_root, require_tool
 from trace_capture import (Dumpcap, libiscsi_workload, our_initiator_workload, serve,
                            stop_server, tshark_pdus)
 
@@ -115,10 +115,7 @@ def test_recorded_pcapng_decodes_in_tshark_like_a_real_capture(tmp_path):
     """Same CDBs and statuses in tshark from --record-pcapng as from dumpcap on lo."""
     require_tool("dumpcap")
     require_tool("tshark")
-    if os.geteuid() != 0:
-        if on_ci():
-            pytest.fail("capturing on loopback needs root, and CI=true requires it")
-        pytest.skip("capturing on loopback needs root")
+    require_root("capturing on loopback")
     trace_path, rec_pcap, real_pcap = (tmp_path / "rec.jsonl", tmp_path / "rec.pcapng",
                                        tmp_path / "real.pcapng")
     p, port = serve(tmp_path, IQN, "--record", trace_path, "--record-pcapng", rec_pcap)
