@@ -14,8 +14,12 @@ PIP    := $(PY) -m pip
 # noninteractive frontend set below.
 # qemu-system-x86, a Debian cloud kernel, busybox-static and mt-st boot a Linux
 # guest whose st driver is the tape client of tests/test_tape_kernel.py.
+# The Ceph packages boot the single-node cluster of the ceph_cluster fixture
+# (scsi_target/testing/ceph.py); python3-rbd/-rados are the RBD and RADOS
+# bindings, tgt-rbd gives tgt an RBD backing store (the peer for RBD LUNs).
 DEB_PACKAGES := libiscsi-bin qemu-utils qemu-block-extra tgt tshark \
-                qemu-system-x86 linux-image-cloud-amd64 busybox-static mt-st
+                qemu-system-x86 linux-image-cloud-amd64 busybox-static mt-st \
+                ceph-mon ceph-osd ceph-common radosgw python3-rbd python3-rados tgt-rbd
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=

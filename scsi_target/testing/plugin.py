@@ -12,6 +12,9 @@ Fixtures
     ``iscsi_seed_store``  factory ``(size, seed) -> BlockStore``, session cached.
     ``iscsi_server_process``  factory of real server subprocesses
                        (scsi_target/testing/process.py).
+    ``ceph_cluster``   a single-node Ceph cluster with S3 (RADOS Gateway), once
+                       per session (scsi_target/testing/ceph.py); tests using it
+                       are marked ``ceph``.
 
 Markers
     ``@pytest.mark.scsi_lu(kind="disk", lun=None, **options)``  one LU (repeatable)
@@ -39,6 +42,7 @@ def pytest_configure(config) -> None:
         "backing, thin, track, ...)",
         "scsi_target(name=..., chap=(user, secret), faults=[...]): the iscsi_target itself",
         "scsi_seeded(size='1G', seed=1, block_size=512): the seeded volume of iscsi_seeded",
+        "ceph: needs the ceph_cluster fixture (a single-node Ceph cluster from Debian's packages)",
     ):
         config.addinivalue_line("markers", line)
 
@@ -151,3 +155,21 @@ def iscsi_server_process(tmp_path):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory):
+    """A single-node Ceph cluster with a RADOS Gateway, one per session
+    (:class:`~scsi_target.testing.ceph.CephCluster`).  Missing Ceph packages skip
+    the test, or fail it when CI=true."""
+    from .ceph import DEBIAN_PACKAGES, CephCluster, missing_programs
+    missing = missing_programs(rgw=True)
+    if missing:
+        pkgs = " ".join(sorted({DEBIAN_PACKAGES.get(p, p) for p in missing}))
+        msg = f"Ceph is not installed: {', '.join(missing)} missing (Debian packages {pkgs})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{msg}; CI=true requires it", pytrace=False)
+        pytest.skip(msg)
+    cluster = CephCluster(tmp_path_factory.mktemp("ceph"), rgw=True).start()
+    yield cluster
+    cluster.stop()
