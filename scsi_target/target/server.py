@@ -21,6 +21,7 @@ import socket
 
 from .registry import Portal, TargetRegistry
 from .connection import AfterSend, TargetConnection
+from .hooks import Hold
 from .session import SessionTable
 
 log = logging.getLogger("scsi_target.target")
@@ -56,6 +57,7 @@ class _SocketDriver:
         self.closed = False
         self.close_after_flush = False
         self.held: list | None = None    # output held by an injected delay (hold_output)
+        self._hold_token = 0             # which hold a late release belongs to
         self._rbuf = bytearray(LOGIN_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
         self.conn.last_heard = self.conn.opened_at = self.loop.time()
@@ -127,6 +129,14 @@ class _SocketDriver:
         if self.held is not None:
             self.held.extend(items)
             return
+        if self.conn.faults is not None:
+            at = next((i for i, b in enumerate(items) if type(b) is Hold), -1)
+            if at >= 0:
+                if at:
+                    self._send(items[:at])
+                if not self.closed:
+                    self._hold_marked(items[at], items[at + 1:])
+                return
         if self.server.holds and self._hold(items):
             return
         if self.pending:
@@ -159,10 +169,31 @@ class _SocketDriver:
         if until is None:
             return False
         self.held = list(items)
-        self.loop.call_at(until, self._release_held)
+        self._hold_token += 1
+        self.loop.call_at(until, self._release_held, self._hold_token)
         return True
 
-    def _release_held(self) -> None:
+    def _hold_marked(self, mark: Hold, rest: list) -> None:
+        """A stall fault's marker: hold what follows it ``seconds``, or until released."""
+        self.held = list(rest)
+        self._hold_token += 1
+        token = self._hold_token
+        if mark.seconds:
+            self.loop.call_later(mark.seconds, self._release_held, token)
+            return
+        loop = self.loop
+
+        def released() -> None:         # any thread (the rule is cleared by the test)
+            try:
+                loop.call_soon_threadsafe(self._release_held, token)
+            except RuntimeError:        # the loop is gone: so is this connection
+                pass
+        mark.on_release(released)
+
+    def _release_held(self, token: int | None = None) -> None:
+        if token is not None and token != self._hold_token:
+            return                      # a late release of an earlier hold
+        self._hold_token += 1
         items, self.held = self.held, None
         if self.closed or items is None:
             return
