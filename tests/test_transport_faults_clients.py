@@ -316,3 +316,29 @@ def test_server_process_from_toml_and_steered_by_fault_control(iscsi_server_proc
         listed = json.loads(bytes(c.execute(fault_control_cdb(2, 4096), read_length=4096).data))
         assert listed["rules"][1]["fired"] == 1
         assert c.execute(fault_control_cdb(1)).good
+
+
+def test_held_output_counts_against_the_send_bound(iscsi_target):
+    """A response held until cleared while the initiator keeps reading: the target stops
+    executing once the held data reaches its send bound, and goes on when released."""
+    t = iscsi_target
+    with t.serve(send_queue_bound=256 << 10) as server:
+        with SyncIscsiClient(server.url(0)) as c:
+            c.test_unit_ready()
+            rule = t.faults.add(action="stall", pdu="response", opcode="read")
+            t.log.clear()
+            results = {}
+            th = threading.Thread(target=lambda: results.update(r=c.execute_many(
+                [dict(cdb=read10(k * 128, 128), read_length=128 * BS) for k in range(32)])),
+                daemon=True)
+            th.start()
+            deadline = time.monotonic() + 30
+            while rule.fired == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.5)                      # let it run as far as it can
+            executed = len(t.log.select("READ"))
+            assert 1 <= executed <= 8, executed  # 64 KiB each: the bound, not all 32
+            t.faults.clear()
+            th.join(60)
+            assert [r.status for r in results["r"]] == [0] * 32
+    assert len(t.log.select("READ")) == 32
