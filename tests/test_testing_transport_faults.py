@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scsi_target.config import ConfigError, build_registry, parse_config
+from scsi_target.config import ConfigError, build_registry
 from scsi_target.protocol import pdu as P
 from scsi_target.protocol.framing import FramingError, PduReader, encode_pdu
 from scsi_target.protocol.params import SessionParams
@@ -273,15 +273,12 @@ def write6(n: int, fixed: bool = False) -> bytes:
     return bytes([0x0A, int(fixed)]) + n.to_bytes(3, "big") + b"\0"
 
 
-@pytest.fixture
-def tape():
-    t = InProcessTarget()
-    t.add_lu("tape", size="16M")
-    yield t
-    t.close()
+TAPE = pytest.mark.scsi_lu("tape", lun=0, size="16M")     # the plugin's iscsi_target
 
 
-def test_early_warning_at_block_n(tape):
+@TAPE
+def test_early_warning_at_block_n(iscsi_target):
+    tape = iscsi_target
     tape.faults.add(action="tape_early_warning", block=3, times="sticky")
     got = [tape.submit(write6(100), data_out=bytes(100)) for _ in range(4)]
     assert [r.ok for r in got] == [True, True, False, False]
@@ -291,7 +288,9 @@ def test_early_warning_at_block_n(tape):
     assert tape.lu(0).drive.early_warning_at is None     # only while the command runs
 
 
-def test_end_of_medium_at_block_n_fixed_mode_writes_up_to_it(tape):
+@TAPE
+def test_end_of_medium_at_block_n_fixed_mode_writes_up_to_it(iscsi_target):
+    tape = iscsi_target
     assert tape.submit(bytes([0x15, 0x10, 0, 0, 12, 0]),      # MODE SELECT(6): block length 512
                        data_out=bytes([0, 0, 0x10, 8]) + bytes(5) + (512).to_bytes(3, "big")).ok
     tape.faults.add(action="tape_end_of_medium", block=5)
@@ -302,7 +301,9 @@ def test_end_of_medium_at_block_n_fixed_mode_writes_up_to_it(tape):
     assert tape.submit(write6(1, fixed=True), data_out=bytes(512)).ok      # once
 
 
-def test_end_of_medium_filemarks_and_other_initiators(tape):
+@TAPE
+def test_end_of_medium_filemarks_and_other_initiators(iscsi_target):
+    tape = iscsi_target
     from scsi_target.scsi.command import Nexus
     other = Nexus("iqn.2026-12.x:other,i,0x2", initiator_name="iqn.2026-12.x:other")
     tape.faults.add(action="tape_end_of_medium", block=0, initiator="x:other", times="sticky")
@@ -314,20 +315,9 @@ def test_end_of_medium_filemarks_and_other_initiators(tape):
 
 # ------------------------------------------------------------ config and FAULT CONTROL
 def _cfg(tmp_path, faults: str):
-    import tomllib
-    text = f"""
-[[target]]
-iqn = "iqn.2026-12.org.x:t"
-fault_control = true
-[[target.lun]]
-lun = 0
-path = "{tmp_path / 'd.img'}"
-size = "1M"
-create = true
-track = false
-{faults}
-"""
-    return parse_config(tomllib.loads(text), "t.toml", tmp_path)
+    """The one-target config of the SCSI fault tests, with fault_control on."""
+    from test_testing_faults import _cfg as scsi_faults_cfg
+    return scsi_faults_cfg(tmp_path, faults, "fault_control = true")
 
 
 def test_config_transport_rules_reach_the_target_def(tmp_path):
