@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -341,3 +342,34 @@ def test_held_output_counts_against_the_send_bound(iscsi_target):
             th.join(60)
             assert [r.status for r in results["r"]] == [0] * 32
     assert len(t.log.select("READ")) == 32
+
+
+def test_tshark_sees_exactly_the_corrupted_digests(iscsi_server, tmp_path):
+    """The reference decoder agrees: one bad header digest (libiscsi's read) and one bad
+    data digest (our initiator's), each the complement of the right one; the rest good."""
+    from interop_util import require_root
+    from iscsi_golden import capture
+    require_root("capturing on lo")
+    dumpcap, tshark = require_tool("dumpcap"), require_tool("tshark")
+    t = iscsi_server.target
+    opts = image_opts(iscsi_server, **{"header-digest": "crc32c"})
+
+    def traffic():
+        t.faults.add(action="corrupt_digest", digest="header", opcode="read")
+        qemu_io(opts, "read 0 4096")
+        t.faults.add(action="corrupt_digest", digest="data", opcode="read")
+        with SyncIscsiClient(iscsi_server.url(0) + "?data_digest=CRC32C") as c:
+            c.test_unit_ready()
+            with pytest.raises(ProtocolViolation):
+                c.read(0, 8)
+    pcap = tmp_path / "digests.pcap"
+    capture(dumpcap, iscsi_server.port, pcap, traffic)
+    r = run_tool([tshark, "-r", str(pcap), "-d", f"tcp.port=={iscsi_server.port},iscsi", "-V"])
+    lines = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith(
+        ("HeaderDigest: 0x", "DataDigest: 0x"))]
+    bad = [ln for ln in lines if "Bad CRC32" in ln]
+    assert [b.split(":")[0] for b in bad] == ["HeaderDigest", "DataDigest"], "\n".join(lines)
+    for b in bad:          # "HeaderDigest: 0x205fe8e0 (Bad CRC32, should be 0xdfa0171f)"
+        got, want = (int(x, 16) for x in re.findall(r"0x([0-9a-f]{8})", b))
+        assert got ^ want == 0xFFFFFFFF, b
+    assert sum("Good CRC32" in ln for ln in lines) > 10
