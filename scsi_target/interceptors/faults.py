@@ -17,6 +17,7 @@ loop for other sessions.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ..scsi import sense as S
 from ..scsi.command import Command, Response, Status
 from ..scsi.tape_lu import TapeLU
 from .cmdlog import BLOCK_OPS, WRITE_OPS, block_range
+from .transport import ConnectionFaults
 
 FAULT_CONTROL_OPCODE = 0xD5       # vendor specific, 12-byte CDB (docs/vendor-commands.md)
 READ_OPS = frozenset(op for op, v in BLOCK_OPS.items() if not v[3] and "READ" in v[0])
@@ -111,6 +113,7 @@ class FaultRule:
     pdu: str = "response"                        # stall: "r2t" or "response"
     digest: str = "header"                       # corrupt_digest
     # state
+    serial: int = field(default_factory=itertools.count().__next__, repr=False)
     matched: int = 0
     fired: int = 0
     released: bool = False                       # cleared: what it holds goes on
@@ -445,7 +448,6 @@ class FaultInjector:
     def connection(self, initiator: str):
         """TargetDef.transport_faults: the iSCSI-level decisions for one connection of
         ``initiator`` (its port name), read from these rules as they change."""
-        from .transport import ConnectionFaults
         return ConnectionFaults(self, initiator)
 
     def login_check(self, initiator_name: str) -> int | None:

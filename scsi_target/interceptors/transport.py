@@ -36,15 +36,15 @@ class ConnectionFaults:
     def __init__(self, injector: "FaultInjector", initiator: str) -> None:
         self.injector = injector
         self.initiator = initiator
-        self._seen: set[int] = set()        # drop rules considered for this connection
+        self._seen: set[int] = set()        # serials of drop rules considered here
         self._armed: list[list] = []        # [rule, PDUs counted]
 
     # ------------------------------------------------------ drop after N PDUs
     def _arm(self) -> None:
         for rule in self.injector.rules:
-            if rule.action != "drop_after_pdus" or id(rule) in self._seen:
+            if rule.action != "drop_after_pdus" or rule.serial in self._seen:
                 continue
-            self._seen.add(id(rule))
+            self._seen.add(rule.serial)
             if rule.exhausted or (rule.initiator is not None
                                   and rule.initiator not in self.initiator):
                 continue
@@ -54,7 +54,6 @@ class ConnectionFaults:
     def _count(self, direction: str, n: int) -> int | None:
         """Of ``n`` PDUs, how many pass before the connection must close (None: all)."""
         self._arm()
-        allowed = None
         for entry in self._armed:
             rule = entry[0]
             if rule.released or rule.exhausted or rule.direction not in (direction, "any"):
@@ -63,9 +62,9 @@ class ConnectionFaults:
             if left <= n:
                 rule.fire()
                 self._armed.clear()         # the connection ends: nothing more to count
-                return left if allowed is None else min(left, allowed)
+                return left
             entry[1] += n
-        return allowed
+        return None
 
     def received(self) -> bool:
         """One PDU came in; True: the connection closes on it (it is not acted on)."""
