@@ -119,6 +119,25 @@ def test_sticky_stall_is_released_when_the_rule_is_cleared():
     assert released == [1, 2]
 
 
+def test_stall_every_nth_matching_command_n_times():
+    k = Conn([{"action": "stall", "pdu": "response", "seconds": 1, "opcode": "read",
+               "every": 2, "times": 2}])
+    k.send(k.command(bytes(6)))
+    held = [isinstance(k.send(k.command(read10(0, 1), read=512))[0], Hold) for _ in range(7)]
+    assert held == [False, True, False, True, False, False, False]
+    assert isinstance(k.send(k.command(bytes(6)))[0], P.ScsiResponse)     # not a READ
+
+
+def test_delay_nop_in_probability_is_seeded():
+    def run(seed):
+        k = Conn([{"action": "delay_nop_in", "seconds": 1, "probability": 0.5, "seed": seed,
+                   "times": "sticky"}])
+        return [isinstance(k.send(P.NopOut(itt=i + 1, ttt=P.RESERVED_TAG, cmdsn=0,
+                                           immediate=True))[0], Hold) for i in range(40)]
+    a, b, c = run(3), run(3), run(4)
+    assert a == b and a != c and 5 < sum(a) < 35
+
+
 def test_stall_r2t_puts_a_hold_before_the_r2t():
     k = Conn([{"action": "stall", "pdu": "r2t", "seconds": 1}])
     k.send(k.command(bytes(6)))
