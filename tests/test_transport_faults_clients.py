@@ -373,3 +373,16 @@ def test_tshark_sees_exactly_the_corrupted_digests(iscsi_server, tmp_path):
         got, want = (int(x, 16) for x in re.findall(r"0x([0-9a-f]{8})", b))
         assert got ^ want == 0xFFFFFFFF, b
     assert sum("Good CRC32" in ln for ln in lines) > 10
+
+
+def test_a_long_stall_is_not_taken_for_a_dead_initiator(iscsi_target):
+    """The target's keepalive ping would sit behind the held output: while it holds,
+    the initiator's silence does not close the connection."""
+    t = iscsi_target
+    with t.serve(nop_interval=0.2, nop_timeout=0.3) as server:
+        with SyncIscsiClient(server.url(0)) as c:
+            c.test_unit_ready()
+            rule = t.faults.add(action="stall", pdu="response", opcode="read")
+            threading.Timer(2.0, t.faults.clear).start()   # past interval + timeout, twice
+            assert len(c.read(0, 1)) == BS and rule.released
+            assert c.test_unit_ready().good

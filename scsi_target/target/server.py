@@ -310,8 +310,15 @@ class _SocketDriver:
 
     def tick(self, now: float) -> None:
         conn = self.conn
-        conn.keepalive(now, interval=self.server.nop_interval, timeout=self.server.nop_timeout,
-                       login_timeout=self.server.login_timeout)
+        if self.held is not None:
+            # Our own output is held (a stall fault): a ping could not reach the peer,
+            # so its silence proves nothing; the clock restarts when the output goes.
+            conn.last_heard = now
+            conn.ping_ttt = None
+        else:
+            conn.keepalive(now, interval=self.server.nop_interval,
+                           timeout=self.server.nop_timeout,
+                           login_timeout=self.server.login_timeout)
         out = conn.take_output()
         if out:
             self._send(out)
