@@ -369,3 +369,15 @@ def test_fault_control_adds_transport_rules_and_clear_releases_them():
     assert [r["action"] for r in listed["rules"]] == ["stall", "tape_early_warning"]
     assert t.submit(fault_control_cdb(1)).ok and stall.released and not t.faults.rules
     t.close()
+
+
+def test_fault_control_refuses_a_bad_transport_rule_with_its_reason():
+    t = InProcessTarget()
+    t.add_lu("disk", size="1M")
+    doc = json.dumps({"action": "drop_after_pdus", "pdus": 3, "direction": "sideways"}).encode()
+    r = t.submit(fault_control_cdb(0, len(doc)), data_out=doc)
+    assert r.sense == (SenseKey.ILLEGAL_REQUEST, 0x26, 0) and not t.faults.rules
+    listed = json.loads(t.submit(fault_control_cdb(2, 4096), read_length=4096).data)
+    assert listed["last_error"] == ("rule[0].direction: 'sideways' is not one of received, "
+                                    "sent, any")
+    t.close()
