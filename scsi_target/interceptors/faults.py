@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -120,6 +121,8 @@ class FaultRule:
     spec: dict = field(default_factory=dict, repr=False)
     _rng: random.Random | None = field(default=None, repr=False)
     _waiters: list = field(default_factory=list, repr=False)
+    # release() comes from the test's thread, on_release() from the server's loop.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def make(cls, action: str, **kw) -> "FaultRule":
@@ -158,14 +161,16 @@ class FaultRule:
     # -- release: what a stall rule holds goes on once the rule is cleared
     def on_release(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from any thread) when the rule is cleared; now if it is."""
-        if self.released:
-            callback()
-        else:
-            self._waiters.append(callback)
+        with self._lock:
+            if not self.released:
+                self._waiters.append(callback)
+                return
+        callback()
 
     def release(self) -> None:
-        self.released = True
-        waiters, self._waiters = self._waiters, []
+        with self._lock:
+            self.released = True
+            waiters, self._waiters = self._waiters, []
         for cb in waiters:
             cb()
 
