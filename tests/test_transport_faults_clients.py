@@ -386,3 +386,16 @@ def test_a_long_stall_is_not_taken_for_a_dead_initiator(iscsi_target):
             threading.Timer(2.0, t.faults.clear).start()   # past interval + timeout, twice
             assert len(c.read(0, 1)) == BS and rule.released
             assert c.test_unit_ready().good
+
+
+@pytest.mark.timeout(120)
+def test_delay_nop_in_qemu_io_times_out_its_pings_and_reconnects(iscsi_server):
+    """qemu's iSCSI driver pings every 5 s and reconnects with 3 pings unanswered (its
+    MAX_NOP_FAILURES): three held NOP-Ins make it reconnect at ~20 s; the read after works."""
+    assert "wrote 512/512" in qemu_io(iscsi_server.url(0), "write -P 0x44 0 512").stdout
+    rule = iscsi_server.target.faults.add(action="delay_nop_in", seconds=60, times=3)
+    r = qemu_io(iscsi_server.url(0), "sleep 21000", "read -P 0x44 0 512")
+    out = r.stdout + r.stderr
+    assert "iSCSI: NOP timeout. Reconnecting..." in out, out
+    assert "read 512/512" in out and "Pattern verification failed" not in out, out
+    assert rule.fired == 3
