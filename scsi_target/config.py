@@ -1218,6 +1218,7 @@ def build_registry(cfg: ServerConfig) -> TargetRegistry:
                 injector = FaultInjector(parse_rules(list(t.faults)), control=t.fault_control)
                 install(luns, faults=injector)
                 reg.get(t.iqn).login_check = injector.login_check
+                reg.get(t.iqn).transport_faults = injector.connection
     except BaseException:
         reg.close()
         raise

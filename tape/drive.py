@@ -57,6 +57,12 @@ class Counters:
 
 
 class TapeDrive:
+    # Injected boundaries (fault injection in tests), logical object numbers on top
+    # of the cartridge's own byte-measured zone: at or past ``early_warning_at`` a
+    # write reports early warning; no object is written at or past ``end_at``.
+    early_warning_at: int | None = None
+    end_at: int | None = None
+
     def __init__(self, image: TapeImage | None = None) -> None:
         self.image: TapeImage | None = None
         self.slot = Slot.EMPTY
@@ -151,7 +157,16 @@ class TapeDrive:
 
     @property
     def in_early_warning(self) -> bool:
-        return self._medium().in_early_warning(self.pos)
+        return self._ew(self._medium(), self.pos)
+
+    def _ew(self, img: TapeImage, pos: int) -> bool:
+        ew = self.early_warning_at
+        return img.in_early_warning(pos) or (ew is not None and pos >= ew)
+
+    def _room(self, fits: int) -> int:
+        """``fits`` objects that fit the capacity, cut at an injected end of medium."""
+        end = self.end_at
+        return fits if end is None else max(0, min(fits, end - self.pos))
 
     def rewind(self) -> None:
         img = self._medium()
@@ -297,7 +312,7 @@ class TapeDrive:
         img = self._writable()
         room = img.capacity - img.used_at(self.pos)
         sizes = list(accumulate(F.FRAME_SIZE + len(r) for r in records))
-        fits = bisect_left(sizes, room + 1)
+        fits = self._room(bisect_left(sizes, room + 1))
         if fits:
             img.append_records(self.pos, records[:fits])
         elif self.pos < img.count:
@@ -306,11 +321,11 @@ class TapeDrive:
         c = self.load_counters
         c.records_written += fits
         c.bytes_written += sizes[fits - 1] - F.FRAME_SIZE * fits if fits else 0
-        return WriteResult(fits, img.in_early_warning(self.pos), fits < len(records))
+        return WriteResult(fits, self._ew(img, self.pos), fits < len(records))
 
     def write_filemarks(self, count: int, *, sync: bool = True) -> WriteResult:
         img = self._writable()
-        fits = min(count, (img.capacity - img.used_at(self.pos)) // F.FRAME_SIZE)
+        fits = self._room(min(count, (img.capacity - img.used_at(self.pos)) // F.FRAME_SIZE))
         if fits:
             img.append_filemarks(self.pos, fits)
         elif count and self.pos < img.count:
@@ -319,7 +334,7 @@ class TapeDrive:
         self.load_counters.filemarks_written += fits
         if sync:
             img.sync()
-        return WriteResult(fits, img.in_early_warning(self.pos), fits < count)
+        return WriteResult(fits, self._ew(img, self.pos), fits < count)
 
     # ------------------------------------------------- streams (backups to tape)
     def write_stream(self, data, record_size: int, *, batch: int = 64) -> WriteResult:

@@ -60,3 +60,15 @@ def test_snapshot_of_seeded_volume(iscsi_seeded):
     iscsi_seeded.write(0, bytes(4096))
     assert iscsi_seeded.read(0, 8) == bytes(4096)
     assert iscsi_seeded.seed_store.read(0, 4096) == original   # the seed is untouched
+
+
+@pytest.mark.scsi_target(faults=[{"action": "drop_after_pdus", "pdus": 3,
+                                  "direction": "received"}])
+def test_connection_dropped_by_the_target(iscsi_server):
+    from scsi_target.initiator.errors import TransportError
+    with SyncIscsiClient(iscsi_server.url(0)) as c:
+        c.test_unit_ready()         # two PDUs: the power-on unit attention, then the retry
+        with pytest.raises(TransportError):
+            c.test_unit_ready()     # the third: not answered, the connection closes
+        c.reconnect()               # the rule fired once: the new connection stays up
+        assert c.test_unit_ready().good

@@ -42,6 +42,8 @@ class _LoopThread:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
+            if fut.done() and not fut.cancelled():
+                raise       # the client's own IscsiTimeout (a TimeoutError too): precise
             fut.cancel()
             raise IscsiTimeout(f"no answer from the client loop in {timeout:g} s") from None
 

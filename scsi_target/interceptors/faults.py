@@ -17,17 +17,22 @@ loop for other sessions.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..scsi import sense as S
 from ..scsi.command import Command, Response, Status
+from ..scsi.tape_lu import TapeLU
 from .cmdlog import BLOCK_OPS, WRITE_OPS, block_range
+from .transport import ConnectionFaults
 
 FAULT_CONTROL_OPCODE = 0xD5       # vendor specific, 12-byte CDB (docs/vendor-commands.md)
 READ_OPS = frozenset(op for op, v in BLOCK_OPS.items() if not v[3] and "READ" in v[0])
+TAPE_WRITE_OPS = frozenset((0x0A, 0x10))     # WRITE(6), WRITE FILEMARKS(6) (SSC)
 
 ACTIONS = {
     # action: extra keys it takes
@@ -48,8 +53,31 @@ ACTIONS = {
     # Served targets: a normal-session login to this target is refused with
     # ``login_status`` (default 0301h SERVICE UNAVAILABLE); matched by initiator name.
     "reject_login": ("login_status",),
+    # Tape LUs: a write that reaches logical object ``block`` ends in the early
+    # warning (CHECK CONDITION, NO SENSE, EOM, 00h/02h: written) or at end of
+    # medium (VOLUME OVERFLOW, EOM, 00h/02h: objects from ``block`` on not written).
+    "tape_early_warning": ("block",),
+    "tape_end_of_medium": ("block",),
+    # iSCSI level (served targets; scsi_target/interceptors/transport.py):
+    # the connection closes on its ``pdus``-th PDU counted in ``direction``.
+    "drop_after_pdus": ("pdus", "direction"),
+    # the R2T or the SCSI response (with its Data-In) of a matching command
+    # is held ``seconds``, or until the rule is cleared when seconds is absent.
+    "stall": ("pdu", "seconds"),
+    # the header or data digest of a matching command's answer is wrong.
+    "corrupt_digest": ("digest",),
+    # the NOP-In answering an initiator's NOP-Out is held ``seconds``.
+    "delay_nop_in": ("seconds",),
 }
-_LOGIN_KEYS = ("initiator", "every", "probability", "seed", "times", "login_status", "action")
+TAPE_ACTIONS = frozenset(("tape_early_warning", "tape_end_of_medium"))
+# Acted on by the iSCSI connection, never by the LUN map's chain.
+TRANSPORT_ACTIONS = frozenset(("reject_login", "drop_after_pdus", "stall", "corrupt_digest",
+                               "delay_nop_in"))
+_CONNECTION_KEYS = ("initiator", "every", "probability", "seed", "times")
+_LOGIN_KEYS = _CONNECTION_KEYS + ("login_status", "action")
+DIRECTIONS = ("received", "sent", "any")
+STALL_PDUS = ("r2t", "response")
+DIGESTS = ("header", "data")
 LOGIN_STATUSES = (0x0200, 0x0201, 0x0202, 0x0203, 0x0204, 0x0205, 0x0206, 0x0207, 0x0208,
                   0x0209, 0x020A, 0x020B, 0x0300, 0x0301, 0x0302)
 _MATCH_KEYS = ("lun", "lba", "opcode", "initiator", "every", "probability", "seed", "times")
@@ -80,11 +108,21 @@ class FaultRule:
     bits: int = 1
     keep: int | None = None
     login_status: int = 0x0301
+    block: int = 0                               # tape actions: logical object number
+    pdus: int = 0                                # drop_after_pdus
+    direction: str = "any"
+    pdu: str = "response"                        # stall: "r2t" or "response"
+    digest: str = "header"                       # corrupt_digest
     # state
+    serial: int = field(default_factory=itertools.count().__next__, repr=False)
     matched: int = 0
     fired: int = 0
+    released: bool = False                       # cleared: what it holds goes on
     spec: dict = field(default_factory=dict, repr=False)
     _rng: random.Random | None = field(default=None, repr=False)
+    _waiters: list = field(default_factory=list, repr=False)
+    # release() comes from the test's thread, on_release() from the server's loop.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def make(cls, action: str, **kw) -> "FaultRule":
@@ -98,7 +136,9 @@ class FaultRule:
     def describe(self) -> str:
         return json.dumps(self.spec, sort_keys=True, default=str)
 
-    def _fires(self) -> bool:
+    def selects(self) -> bool:
+        """One more match: True when ``every`` and ``probability`` let it act (not counted
+        as fired: :meth:`fire` does that, for rules that act later than they match)."""
         self.matched += 1
         if self.matched % self.every:
             return False
@@ -107,8 +147,32 @@ class FaultRule:
                 self._rng = random.Random(self.seed)
             if self._rng.random() >= self.probability:
                 return False
+        return True
+
+    def fire(self) -> None:
+        self.fired += 1
+
+    def _fires(self) -> bool:
+        if not self.selects():
+            return False
         self.fired += 1
         return True
+
+    # -- release: what a stall rule holds goes on once the rule is cleared
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from any thread) when the rule is cleared; now if it is."""
+        with self._lock:
+            if not self.released:
+                self._waiters.append(callback)
+                return
+        callback()
+
+    def release(self) -> None:
+        with self._lock:
+            self.released = True
+            waiters, self._waiters = self._waiters, []
+        for cb in waiters:
+            cb()
 
     def matches_login(self, initiator_name: str) -> bool:
         if self.action != "reject_login" or self.exhausted:
@@ -117,19 +181,25 @@ class FaultRule:
             return False
         return self._fires()
 
-    def matches(self, cmd: Command, rng: tuple[int, int] | None) -> bool:
-        if self.exhausted or self.action == "reject_login":
+    def applies_to(self, lun: int, cdb, initiator: str, rng: tuple[int, int] | None) -> bool:
+        """The command match (LUN, opcodes, initiator, LBA range), nothing counted."""
+        if self.lun is not None and lun != self.lun:
             return False
-        if self.lun is not None and cmd.lun != self.lun:
-            return False
-        cdb = cmd.cdb
         if self.opcodes is not None and (not cdb or cdb[0] not in self.opcodes):
             return False
-        if self.initiator is not None and self.initiator not in cmd.nexus.initiator:
+        if self.initiator is not None and self.initiator not in initiator:
             return False
         if self.lba is not None:
             if rng is None or rng[0] >= self.lba[1] or rng[0] + max(rng[1], 1) <= self.lba[0]:
                 return False
+        return True
+
+    def matches(self, cmd: Command, rng: tuple[int, int] | None) -> bool:
+        """A SCSI-level rule firing on ``cmd`` (transport and tape rules never do here)."""
+        if self.exhausted or self.action in TRANSPORT_ACTIONS or self.action in TAPE_ACTIONS:
+            return False
+        if not self.applies_to(cmd.lun, cmd.cdb, cmd.nexus.initiator, rng):
+            return False
         return self._fires()
 
     def failing_lba(self, rng: tuple[int, int] | None) -> int | None:
@@ -188,8 +258,7 @@ def parse_rule(spec: Any, where: str = "") -> FaultRule:
     action = spec.get("action")
     if action not in ACTIONS:
         raise FaultRuleError(f"{w}action: {action!r} is not one of {', '.join(ACTIONS)}")
-    allowed = set(_LOGIN_KEYS) if action == "reject_login" else \
-        set(_MATCH_KEYS) | set(ACTIONS[action]) | {"action"}
+    allowed = _allowed_keys(action)
     for k in spec:
         if k not in allowed:
             raise FaultRuleError(f"{w}{k}: not a key of action {action!r} "
@@ -213,6 +282,11 @@ def parse_rule(spec: Any, where: str = "") -> FaultRule:
         r.opcodes = READ_OPS
     elif action == "drop_write":
         r.opcodes = WRITE_OPS
+    elif action in TAPE_ACTIONS:
+        r.opcodes = TAPE_WRITE_OPS
+    if action in TAPE_ACTIONS and r.opcodes - TAPE_WRITE_OPS:
+        raise FaultRuleError(f"{w}opcode: {action} applies to WRITE(6) and WRITE FILEMARKS(6) "
+                             "only")
     if action in ("corrupt_read", "short_transfer") and r.opcodes - READ_OPS:
         raise FaultRuleError(f"{w}opcode: {action} applies to reads only")
     if action == "drop_write" and r.opcodes - WRITE_OPS:
@@ -271,19 +345,64 @@ def parse_rule(spec: Any, where: str = "") -> FaultRule:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 600:
             raise FaultRuleError(f"{w}seconds: {s!r} is not a delay in (0, 600]")
         r.seconds = float(s)
-    elif action == "delay":
-        raise FaultRuleError(f"{w}delay needs seconds")
+    elif action in ("delay", "delay_nop_in"):
+        raise FaultRuleError(f"{w}{action} needs seconds")
     if "bits" in spec:
         r.bits = _int(spec, "bits", 1, 1 << 20, w)
     if "keep" in spec:
         r.keep = _int(spec, "keep", 0, 1 << 40, w)
     if "login_status" in spec:
         st = spec["login_status"]
+        if isinstance(st, (list, tuple)) and len(st) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 0xFF for x in st):
+            st = st[0] << 8 | st[1]          # [status class, status detail]
         if isinstance(st, bool) or not isinstance(st, int) or st not in LOGIN_STATUSES:
             raise FaultRuleError(f"{w}login_status: {st!r} is not a login failure status "
-                                 "(0x0200..0x020b, 0x0300..0x0302)")
+                                 "(0x0200..0x020b, 0x0300..0x0302, or [class, detail])")
         r.login_status = st
+    _parse_transport_keys(spec, r, w)
     return r
+
+
+def _allowed_keys(action: str) -> set[str]:
+    if action == "reject_login":
+        return set(_LOGIN_KEYS)
+    if action in ("drop_after_pdus", "delay_nop_in"):
+        return set(_CONNECTION_KEYS) | set(ACTIONS[action]) | {"action"}
+    keys = set(_MATCH_KEYS) | set(ACTIONS[action]) | {"action"}
+    if action in TAPE_ACTIONS:
+        keys.discard("lba")             # the position is the drive's, not in the CDB
+    return keys
+
+
+def _choice(spec: dict, k: str, choices: tuple[str, ...], w: str) -> str:
+    v = spec[k]
+    if v not in choices:
+        raise FaultRuleError(f"{w}{k}: {v!r} is not one of {', '.join(choices)}")
+    return v
+
+
+def _parse_transport_keys(spec: dict, r: FaultRule, w: str) -> None:
+    """The keys of the tape and iSCSI-level actions (docs/testing.md)."""
+    a = r.action
+    if a in TAPE_ACTIONS:
+        if "block" not in spec:
+            raise FaultRuleError(f"{w}{a} needs block (the logical object number)")
+        r.block = _int(spec, "block", 0, (1 << 63) - 1, w)
+    elif a == "drop_after_pdus":
+        if "pdus" not in spec:
+            raise FaultRuleError(f"{w}drop_after_pdus needs pdus (a count >= 1)")
+        r.pdus = _int(spec, "pdus", 1, 1 << 31, w)
+        if "direction" in spec:
+            r.direction = _choice(spec, "direction", DIRECTIONS, w)
+    elif a == "stall":
+        if "pdu" not in spec:
+            raise FaultRuleError(f"{w}stall needs pdu (\"r2t\" or \"response\")")
+        r.pdu = _choice(spec, "pdu", STALL_PDUS, w)
+    elif a == "corrupt_digest":
+        if "digest" not in spec:
+            raise FaultRuleError(f"{w}corrupt_digest needs digest (\"header\" or \"data\")")
+        r.digest = _choice(spec, "digest", DIGESTS, w)
 
 
 def parse_rules(specs: Any, where: str = "fault") -> list[FaultRule]:
@@ -321,7 +440,20 @@ class FaultInjector:
         return rule
 
     def clear(self) -> None:
+        """Remove every rule; what stall rules hold goes on."""
+        rules = list(self.rules)
         self.rules.clear()
+        for r in rules:
+            r.release()
+
+    def remove(self, rule: FaultRule) -> None:
+        self.rules.remove(rule)
+        rule.release()
+
+    def connection(self, initiator: str):
+        """TargetDef.transport_faults: the iSCSI-level decisions for one connection of
+        ``initiator`` (its port name), read from these rules as they change."""
+        return ConnectionFaults(self, initiator)
 
     def login_check(self, initiator_name: str) -> int | None:
         """TargetDef.login_check: the status refusing this login, or None."""
@@ -339,9 +471,42 @@ class FaultInjector:
             return None, None, 0.0
         rng = block_range(cdb)
         for rule in self.rules:
-            if rule.matches(cmd, rng):
+            if rule.action in TAPE_ACTIONS:
+                if self._tape_boundary(rule, cmd):
+                    return None, rule, 0.0
+            elif rule.matches(cmd, rng):
                 return self._act(rule, cmd, rng)
         return None, None, 0.0
+
+    def _tape_lu(self, lun: int) -> TapeLU | None:
+        lu = self.lunmap.get(lun) if self.lunmap is not None else None
+        return lu if isinstance(lu, TapeLU) else None
+
+    def _tape_boundary(self, rule: FaultRule, cmd: Command) -> bool:
+        """A tape rule fires on a write that reaches its block: the drive then sees an
+        early-warning point or end of medium there for this one command (after() lifts it),
+        and answers with its own conditions (docs/ssc.md)."""
+        cdb = cmd.cdb
+        if rule.exhausted or len(cdb) < 6 or \
+                not rule.applies_to(cmd.lun, cdb, cmd.nexus.initiator, None):
+            return False
+        lu = self._tape_lu(cmd.lun)
+        if lu is None or lu.not_ready_reason() is not None:
+            return False
+        count = int.from_bytes(cdb[2:5], "big")
+        objects = count if cdb[0] == 0x10 or cdb[1] & 1 else min(count, 1)
+        if not objects:
+            return False
+        end = lu.drive.pos + objects
+        if not (end >= rule.block if rule.action == "tape_early_warning" else end > rule.block):
+            return False
+        if not rule._fires():
+            return False
+        if rule.action == "tape_early_warning":
+            lu.drive.early_warning_at = rule.block
+        else:
+            lu.drive.end_at = rule.block
+        return True
 
     def _act(self, rule: FaultRule, cmd: Command, rng):
         a = rule.action
@@ -382,6 +547,11 @@ class FaultInjector:
 
     def after(self, rule: FaultRule, cmd: Command, resp: Response) -> Response:
         a = rule.action
+        if a in TAPE_ACTIONS:
+            lu = self._tape_lu(cmd.lun)
+            if lu is not None:
+                lu.drive.early_warning_at = lu.drive.end_at = None
+            return resp
         if resp.status != Status.GOOD:
             return resp
         if a == "recovered_error":
@@ -434,7 +604,7 @@ class FaultInjector:
         if action == 1:
             if length:
                 return _check(cmd, S.invalid_cdb_field(6))
-            self.rules.clear()
+            self.clear()
             return Response(Status.GOOD)
         if action == 2:
             doc = json.dumps({"rules": [dict(r.spec, matched=r.matched, fired=r.fired)

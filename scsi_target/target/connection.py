@@ -44,6 +44,7 @@ from . import budget as B
 from .datain import DataInSegmenter
 from .dataout import MAX_WRITE_BUFFER, DataOutSequencer, Task
 from .errors import ProtocolError
+from .hooks import Hold, TransportFaults
 from .session import Session, SessionTable
 from .tags import TagAllocator
 
@@ -117,6 +118,9 @@ class TargetConnection:
         self.opened_at = 0.0
         self.ping_ttt: int | None = None
         self.ping_sent = 0.0
+        # Fault injection (hooks.py): set in full feature phase when the target has it.
+        self.faults: TransportFaults | None = None
+        self.dropped = False     # a drop fault fired: nothing more goes out
 
     # ------------------------------------------------------------ plumbing
     def _new_login(self):
@@ -162,7 +166,19 @@ class TargetConnection:
 
     def _put(self, pdu: P.Pdu) -> None:
         p = self.params
+        f = self.faults
+        if f is not None:
+            if self.dropped:
+                return
+            if f.sent(1) is not None:   # this one is the last PDU out
+                self.outbox.extend(encode_pdu(pdu, p.header_digest, p.data_digest))
+                self._drop("connection dropped after its last PDU sent")
+                return
         self.outbox.extend(encode_pdu(pdu, p.header_digest, p.data_digest))
+
+    def _drop(self, why: str) -> None:
+        self.dropped = True
+        self.close(f"fault injection: {why}")
 
     def _answer(self, pdu: P.Pdu) -> None:
         """Send a PDU that carries a status: it takes the next StatSN."""
@@ -269,6 +285,9 @@ class TargetConnection:
                 return
             if pdu is None:
                 return
+            if self.faults is not None and self.faults.received():
+                self._drop("connection dropped on a PDU received")
+                return
             try:
                 self.handle(pdu)
             except ProtocolError as exc:
@@ -352,7 +371,12 @@ class TargetConnection:
         self.reader.max_data = params.max_recv_data_segment_length
         s = self.session
         shared = self.sessions.write_budget(s.target) if s is not None and s.target else None
-        self.dataout = DataOutSequencer(params, self._inform, self.new_ttt,
+        hook = s.target.transport_faults if s is not None and s.target else None
+        if hook is not None:
+            self.faults = hook(s.nexus.initiator)
+        self.dataout = DataOutSequencer(params,
+                                        self._inform if self.faults is None else self._emit_r2t,
+                                        self.new_ttt,
                                         budget=self.write_budget, shared=shared,
                                         woken=self._woken)
         self.datain = DataInSegmenter(params)
@@ -391,6 +415,10 @@ class TargetConnection:
             if task is not None:
                 self._execute(task)
         elif op == P.Op.NOP_OUT:
+            if self.faults is not None:
+                stall = self.faults.nop_in()
+                if stall is not None:
+                    self.outbox.append(Hold(stall))
             self._answer(P.NopIn(lun=pdu.lun, itt=pdu.itt, ttt=P.RESERVED_TAG,
                                  data=bytes(pdu.data)))
         elif op == P.Op.TASK_MGMT_REQUEST:
@@ -423,6 +451,9 @@ class TargetConnection:
                 self.session.nexus, pdu.itt, _ATTRS[attr] if attr <= 4 else TaskAttr.SIMPLE,
                 None, True))
         pdus = self.datain.respond(pdu, resp, task.r2tsn)
+        if self.faults is not None:
+            self._answer_faulted(task, resp, pdus)
+            return
         s = self.session
         exp, mx = s.exp_cmdsn, s.max_cmdsn
         p = self.params
@@ -436,6 +467,52 @@ class TargetConnection:
         self._produced += len(resp.data_in)
         if resp.release is not None:
             out.append(AfterSend(resp.release))
+
+    def _emit_r2t(self, r2t: P.R2T) -> None:
+        """The data-out sequencer's R2Ts, on a connection with transport faults."""
+        task = self.dataout.get(r2t.itt) if self.dataout is not None else None
+        if task is not None:
+            stall = self.faults.r2t(task.lun, task.pdu.cdb)
+            if stall is not None:
+                self.outbox.append(Hold(stall))
+        self._inform(r2t)
+
+    def _answer_faulted(self, task: Task, resp: Response, pdus: list) -> None:
+        """_execute's output on a connection with transport faults: a stall before the
+        answer, a wrong digest in it, or the connection dropped part way."""
+        f = self.faults
+        pdu = task.pdu
+        if self.dropped:
+            if resp.release is not None:
+                resp.release()
+            return
+        s = self.session
+        p = self.params
+        hd, dd = p.header_digest, p.data_digest
+        stall, corrupt = f.response(task.lun, pdu.cdb, header_digest=hd, data_digest=dd,
+                                    has_data=len(resp.data_in) > 0)
+        out = self.outbox
+        if stall is not None:
+            out.append(Hold(stall))
+        pdus[-1].statsn = self.statsn
+        self.statsn = (self.statsn + 1) & MASK32
+        passing = f.sent(len(pdus))
+        for i, d in enumerate(pdus if passing is None else pdus[:passing]):
+            d.expcmdsn, d.maxcmdsn = s.exp_cmdsn, s.max_cmdsn
+            bufs = encode_pdu(d, hd, dd)
+            if corrupt == "header" and i == len(pdus) - 1:
+                k = 2 if d.ahs else 1
+                bufs[k] = _flipped(bufs[k])
+                corrupt = None
+            elif corrupt == "data" and len(d.data):
+                bufs[-1] = _flipped(bufs[-1])
+                corrupt = None
+            out.extend(bufs)
+        self._produced += len(resp.data_in)
+        if resp.release is not None:
+            out.append(AfterSend(resp.release))
+        if passing is not None:
+            self._drop("connection dropped after its last PDU sent")
 
     # ------------------------------------------------------ other requests
     def _task_mgmt(self, pdu: P.TaskMgmtRequest) -> None:
@@ -468,6 +545,11 @@ class TargetConnection:
                                       time2retain=0))
         if response == 0:
             self.close("logout")
+
+
+def _flipped(digest) -> bytes:
+    """A CRC32C digest that cannot match: every bit inverted."""
+    return bytes(b ^ 0xFF for b in bytes(digest))
 
 
 def _extended_cdb(cdb16: bytes, ahs: bytes) -> bytes:

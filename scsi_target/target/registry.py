@@ -6,10 +6,13 @@ iSCSI login (authentication, ACL, SendTargets) and the session (LUN map).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..protocol.names import normalize_name
 from ..scsi.lun import LunMap
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hooks import TransportFaults
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class TargetDef:
     # Testing hook (the reject_login fault, scsi_target/interceptors/faults.py):
     # called with the initiator name at login; a login status (e.g. 0x0301) refuses it.
     login_check: Callable[[str], int | None] | None = None
+    # Testing hook (the iSCSI-level faults, scsi_target/target/hooks.py): called with
+    # the initiator port name when a connection enters full feature phase.
+    transport_faults: Callable[[str], "TransportFaults"] | None = None
 
     def allows(self, initiator_name: str) -> bool:
         """The ACL check of login and discovery; names compare in RFC 3722 form."""

@@ -21,6 +21,7 @@ import socket
 
 from .registry import Portal, TargetRegistry
 from .connection import AfterSend, TargetConnection
+from .hooks import Hold
 from .session import SessionTable
 
 log = logging.getLogger("scsi_target.target")
@@ -34,6 +35,11 @@ HIGH_WATER = 8 << 20
 LOW_WATER = 1 << 20
 IOV_MAX = 1024
 ACCEPT_BACKOFF = 0.5   # seconds without accepting after accept() failed (e.g. EMFILE)
+
+
+def _nbytes(items: list) -> int:
+    return sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in items
+               if not isinstance(b, (AfterSend, Hold)))
 
 
 class _SocketDriver:
@@ -56,6 +62,8 @@ class _SocketDriver:
         self.closed = False
         self.close_after_flush = False
         self.held: list | None = None    # output held by an injected delay (hold_output)
+        self._hold_token = 0             # which hold a late release belongs to
+        self.held_bytes = 0              # counted as unsent: a held peer is a slow peer
         self._rbuf = bytearray(LOGIN_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
         self.conn.last_heard = self.conn.opened_at = self.loop.time()
@@ -96,7 +104,7 @@ class _SocketDriver:
             out = conn.take_output()
             if out:
                 self._send(out)
-            conn.unsent = self.pending_bytes
+            conn.unsent = self.pending_bytes + self.held_bytes
             if self.closed or not conn.resume():
                 break
         if conn.closing:
@@ -117,7 +125,7 @@ class _SocketDriver:
             out = self.conn.take_output()
             if out:
                 self._send(out)
-                self.conn.unsent = self.pending_bytes
+                self.conn.unsent = self.pending_bytes + self.held_bytes
 
     # -- writing --------------------------------------------------------
     def _send(self, items: list) -> None:
@@ -126,7 +134,16 @@ class _SocketDriver:
             return
         if self.held is not None:
             self.held.extend(items)
+            self.held_bytes += _nbytes(items)
             return
+        if self.conn.faults is not None:
+            at = next((i for i, b in enumerate(items) if type(b) is Hold), -1)
+            if at >= 0:
+                if at:
+                    self._send(items[:at])
+                if not self.closed:
+                    self._hold_marked(items[at], items[at + 1:])
+                return
         if self.server.holds and self._hold(items):
             return
         if self.pending:
@@ -159,17 +176,50 @@ class _SocketDriver:
         if until is None:
             return False
         self.held = list(items)
-        self.loop.call_at(until, self._release_held)
+        self.held_bytes = _nbytes(items)
+        self._hold_token += 1
+        self.loop.call_at(until, self._release_held, self._hold_token)
         return True
 
-    def _release_held(self) -> None:
+    def _hold_marked(self, mark: Hold, rest: list) -> None:
+        """A stall fault's marker: hold what follows it ``seconds``, or until released."""
+        self.held = list(rest)
+        self.held_bytes = _nbytes(rest)
+        self._hold_token += 1
+        token = self._hold_token
+        if mark.seconds:
+            self.loop.call_later(mark.seconds, self._release_held, token)
+            return
+        loop = self.loop
+
+        def released() -> None:         # any thread (the rule is cleared by the test)
+            try:
+                loop.call_soon_threadsafe(self._release_held, token)
+            except RuntimeError:        # the loop is gone: so is this connection
+                pass
+        mark.on_release(released)
+
+    def _release_held(self, token: int | None = None) -> None:
+        if token is not None and token != self._hold_token:
+            return                      # a late release of an earlier hold
+        self._hold_token += 1
         items, self.held = self.held, None
+        self.held_bytes = 0
         if self.closed or items is None:
             return
         self._send(items)
-        self.conn.unsent = self.pending_bytes
-        if self.close_after_flush and not self.pending and self.held is None:
-            self._close("connection ended by protocol")
+        conn = self.conn
+        conn.unsent = self.pending_bytes + self.held_bytes
+        if self.close_after_flush:
+            if not self.pending and self.held is None:
+                self._close("connection ended by protocol")
+            return
+        # Commands left unread while the held output counted against the send bound.
+        if self.held is None and conn.resume():
+            self._after_input()
+        if not self.closed and not self.close_after_flush and self.pending_bytes < LOW_WATER \
+                and not (conn.has_input and conn.blocked):
+            self._resume_reading()
 
     def _queue(self, items: list) -> None:
         for b in items:
@@ -231,7 +281,7 @@ class _SocketDriver:
             self._close("connection ended by protocol")
             return
         conn = self.conn
-        conn.unsent = self.pending_bytes
+        conn.unsent = self.pending_bytes + self.held_bytes
         if conn.resume():
             # Commands left unread while the queue was full: go on with them.
             self._after_input()
@@ -260,12 +310,19 @@ class _SocketDriver:
 
     def tick(self, now: float) -> None:
         conn = self.conn
-        conn.keepalive(now, interval=self.server.nop_interval, timeout=self.server.nop_timeout,
-                       login_timeout=self.server.login_timeout)
+        if self.held is not None:
+            # Our own output is held (a stall fault): a ping could not reach the peer,
+            # so its silence proves nothing; the clock restarts when the output goes.
+            conn.last_heard = now
+            conn.ping_ttt = None
+        else:
+            conn.keepalive(now, interval=self.server.nop_interval,
+                           timeout=self.server.nop_timeout,
+                           login_timeout=self.server.login_timeout)
         out = conn.take_output()
         if out:
             self._send(out)
-            conn.unsent = self.pending_bytes
+            conn.unsent = self.pending_bytes + self.held_bytes
         if conn.closing and not self.closed:
             self.close_after_flush = True
             self._pause_reading()

@@ -171,7 +171,8 @@ class InProcessTarget:
         from ..target.registry import Chap, TargetDef
         return TargetDef(self.name, self.luns, chap=Chap(*self.chap) if self.chap else None,
                          mutual_chap=Chap(*self.mutual_chap) if self.mutual_chap else None,
-                         login_check=self.faults.login_check)
+                         login_check=self.faults.login_check,
+                         transport_faults=self.faults.connection)
 
     def registry(self, host: str = "127.0.0.1", port: int = 0):
         from ..target.registry import Portal, TargetRegistry

@@ -40,13 +40,15 @@ class Target:
     luns: list[Lun]
     chap: tuple[str, str] | None = None
     initiators: list[str] | None = None
+    faults: list[dict] = field(default_factory=list)   # [[target.fault]] tables
+    fault_control: bool = False
 
 
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
+    if isinstance(v, (int, float)):
+        return repr(v)
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
@@ -60,6 +62,8 @@ def config_toml(targets: list[Target], workdir: Path, port: int) -> str:
         lines += ["[[target]]", f"iqn = {_toml_value(t.iqn)}"]
         if t.initiators is not None:
             lines.append(f"initiators = {_toml_value(t.initiators)}")
+        if t.fault_control:
+            lines.append("fault_control = true")
         if t.chap:
             lines += ["[target.chap]", f"username = {_toml_value(t.chap[0])}",
                       f"secret = {_toml_value(t.chap[1])}"]
@@ -82,6 +86,9 @@ def config_toml(targets: list[Target], workdir: Path, port: int) -> str:
                 lines += [f"size = {_toml_value(lun.size)}", "create = true"]
             for k, v in opts.items():
                 lines.append(f"{k} = {_toml_value(v)}")
+        for rule in t.faults:
+            lines.append("[[target.fault]]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in rule.items()]
         lines.append("")
     return "\n".join(lines)
 
