@@ -314,7 +314,7 @@ class RbdStore(BlockStore):
         buf[:] = self.read(offset, len(buf))
 
     def write(self, offset: int, data) -> None:
-        payload = _payload(data)
+        payload = data if type(data) is bytes else bytes(byte_view(data))  # the binding's rule
         n = len(payload)
         self._check(offset, n, write=True)
         if not n:
