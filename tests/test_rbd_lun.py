@@ -268,3 +268,27 @@ def test_osd_loss_gives_timeout_sense_within_the_op_timeout(tmp_path):
         finally:
             srv.stop()
         assert srv.proc.returncode is not None
+
+
+def test_a_resized_image_is_announced_and_served_at_its_new_size(pool, tmp_path):
+    image = new_image(pool, "16M")
+    with RbdServer(tmp_path, pool.conf, image) as srv:
+        with SyncIscsiClient(srv.url()) as c:
+            c.execute(bytes(6))
+            assert c.read_capacity16().blocks == 16 * MiB // 512
+            far = 20 * MiB // 512
+            r = c.execute(bytes([0x28, 0]) + far.to_bytes(4, "big") + bytes([0, 0, 1, 0]),
+                          read_length=512)
+            assert (r.sense_key, r.asc) == (SenseKey.ILLEGAL_REQUEST, 0x21)   # out of range
+            pool.run("rbd", "resize", "--size", "24M", f"{POOL}/{image}")
+            deadline = time.monotonic() + 20
+            while True:
+                r = c.execute(bytes(6))
+                if not r.good:
+                    break
+                assert time.monotonic() < deadline, "no unit attention after the resize"
+                time.sleep(0.2)
+            assert (r.sense_key, r.asc, r.ascq) == (SenseKey.UNIT_ATTENTION, 0x2A, 0x09)
+            assert c.read_capacity16().blocks == 24 * MiB // 512
+            assert c.write(far, b"\x99" * 512).good
+            assert bytes(c.read(far, 1)) == b"\x99" * 512
