@@ -121,3 +121,19 @@ def test_check_describes_an_rbd_lun(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "LUN 0: disk rbd:p/i (client.admin, default ceph.conf), 512-byte blocks, " \
            "read-write, exclusive lock, tracking off" in out
+
+
+def test_docs_rbd_example_parses(tmp_path):
+    """The RBD example of docs/config.md is a valid config (paths pointed at files here)."""
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parent.parent / "docs/config.md").read_text()
+    section = doc.split("### RBD-backed disks", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    for name in ("ceph.conf", "ceph.client.iscsi.keyring"):
+        (tmp_path / name).write_text("")
+        example = example.replace(f"/etc/ceph/{name}", str(tmp_path / name))
+    (tmp_path / "site.toml").write_text('[[target]]\niqn = "iqn.2026-12.test:doc"\n' + example)
+    luns = C.load_file(tmp_path / "site.toml").targets[0].luns
+    assert [s.rbd.name for s in luns] == ["rbd:rbd/db0", "rbd:rbd/scratch"]
+    assert (luns[0].rbd.client_id, luns[0].block_size) == ("iscsi", 4096)
+    assert (luns[1].size, luns[1].create, luns[1].rbd.op_timeout) == (64 << 30, True, 10.0)
