@@ -260,3 +260,35 @@ def test_in_process_callers_get_a_finished_response():
     assert bytes(d.wait().data_in) == bytes(o.wait().data_in) == b"\x07" * BS
     assert store.sync_calls == 1                           # the ORDERED one, on the lane
     luns.close()
+
+
+@pytest.mark.parametrize("function", ["abort_task", "lun_reset"])
+def test_task_management_waits_for_commands_on_the_store(served, function):
+    """An aborted command in flight on the store gets no response; the TMF answers
+    only once it has ended (its ITT is then free for reuse)."""
+    from scsi_target.initiator.errors import TaskAborted
+    from scsi_target.protocol.pdu import TmfResponse
+    served.store.delay = lambda off: 0.6
+
+    async def main():
+        c = await IscsiClient.connect(served.url)
+        try:
+            await c.execute(bytes(6))
+            h = await c.submit(_rw10(0x28, 0, 1), read_length=BS)
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            if function == "abort_task":
+                answer = await c.abort_task(h)
+            else:
+                answer = await c.lun_reset()
+            took = time.monotonic() - t0
+            with pytest.raises(TaskAborted):
+                await h.result()
+            served.store.delay = lambda off: 0.0
+            after = [await c.execute(bytes(6)) for _ in range(2)]   # a reset's UA, then GOOD
+            return answer, took, after
+        finally:
+            await c.close()
+    answer, took, after = _run(main())
+    assert answer == TmfResponse.COMPLETE and took >= 0.3
+    assert after[-1].good
