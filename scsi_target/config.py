@@ -861,12 +861,7 @@ def _parse_rbd_lun(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
                              "most 3600")
             opts[k] = float(v)
     spec_rbd = RbdSpec(pool, image, **opts)
-    size = None
-    if "size" in d:
-        try:
-            size = parse_file_size(d["size"])
-        except ValueError as e:
-            raise r.fail(_join(key, "size"), str(e)) from None
+    size = _parse_size_key(r, d, key)
     create = r.typed(d, key, "create", bool, False)
     read_only = r.typed(d, key, "read_only", bool, False)
     if size is not None and not create:
@@ -1008,13 +1003,16 @@ def _parse_backing(r: _Reader, d: dict, key: str) -> tuple[Path, int | None]:
     path = Path(path_s).expanduser()
     if not path.is_absolute():
         path = r.base / path
-    size = None
-    if "size" in d:
-        try:
-            size = parse_file_size(d["size"])
-        except ValueError as e:
-            raise r.fail(_join(key, "size"), str(e)) from None
-    return path, size
+    return path, _parse_size_key(r, d, key)
+
+
+def _parse_size_key(r: _Reader, d: dict, key: str) -> int | None:
+    if "size" not in d:
+        return None
+    try:
+        return parse_file_size(d["size"])
+    except ValueError as e:
+        raise r.fail(_join(key, "size"), str(e)) from None
 
 
 def _parse_parts(r: _Reader, raw: Any, key: str, first: LunSpec) -> tuple:
