@@ -155,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, B._interrupt)
     rows = {t.name: B.Row(t) for t in tests}
     load = {"load_before": list(os.getloadavg())}
-    cluster = None
     try:
         B.check_clients(tests)
-        with tempfile.TemporaryDirectory(prefix="scsi-target-bench-rbd-", dir="/dev/shm") as tmp:
+        with tempfile.TemporaryDirectory(prefix="scsi-target-bench-rbd-", dir="/dev/shm") as tmp, \
+                contextlib.ExitStack() as cleanup:
             work = Path(tmp)
             if args.conf:
                 conf = Path(args.conf).resolve()
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 from scsi_target.testing.ceph import CephCluster, CephError
                 say("[dim]booting a single-node Ceph cluster[/dim]")
                 cluster = CephCluster(work / "ceph", osd_bytes=2 << 30)
+                # Stopped before the directory goes: the daemons' pid files are in it.
+                cleanup.callback(cluster.stop)
                 try:
                     cluster.start()
                     cluster.create_pool(args.pool)
@@ -189,9 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     except B.BenchError as e:
         say(f"[red]{e}[/red]")
         return 2
-    finally:
-        if cluster is not None:
-            cluster.stop()
     load["load_after"] = list(os.getloadavg())
     table = B.render(rows, sides, args.rounds)
     table.title = (f"RBD LUN benchmark: medians of {args.rounds} alternating round(s), "
