@@ -1,12 +1,20 @@
 """Disk (SBC direct-access block device) logical unit."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from volume.store import BlockStore
 
 from . import devices
 from .capabilities import BlockLimits, Geometry, Provisioning
+from .command import Command, Deferred, Response, TaskAttr
 from .dispatch import DispatchTable
+from .lane import WorkerLane
 from .lun import Identity, LogicalUnit
+from .sbc import ASYNC_FAST
+from . import sense as S
+
+_SIMPLE = (TaskAttr.UNTAGGED, TaskAttr.SIMPLE)
 
 
 class DiskLU(LogicalUnit):
@@ -46,6 +54,39 @@ class DiskLU(LogicalUnit):
         self.limits = (limits or BlockLimits()).resolve(self.geometry)
         self.provisioning = provisioning or Provisioning(thin=bool(store.thin))
         self._dispatch = table or devices.disk_table(self.provisioning, self.read_only)
+        # An asynchronous store (RBD): plain READ/WRITE are submitted to it, the
+        # rest runs on the LU's worker lane (lane.py); never on the caller's thread.
+        self._lane = WorkerLane(self, super().execute) if getattr(store, "asynchronous", False) else None
+        if self._lane is not None and hasattr(store, "watch_size"):
+            # A resized image (rbd resize) is adopted between commands; every
+            # initiator then hears CAPACITY DATA HAS CHANGED before its next command.
+            store.watch_size(lambda size: self._lane.call(self._resized, size))
+
+    def _resized(self, size: int) -> None:
+        blocks = size // self.block_size
+        if blocks == self.num_blocks or blocks == 0:
+            return
+        self.store.size = blocks * self.block_size
+        self.geometry = replace(self.geometry, num_blocks=blocks)
+        self.num_blocks = blocks
+        self.ua.establish(S.CAPACITY_DATA_HAS_CHANGED)
+
+    def execute(self, cmd: Command) -> Response | Deferred:
+        lane = self._lane
+        if lane is None:
+            return super().execute(cmd)
+        answer = None
+        cdb = cmd.cdb
+        if cdb and not lane.busy and cmd.task_attr in _SIMPLE:
+            submit = ASYNC_FAST.get(cdb[0])
+            if submit is not None and self.ua.quiet(cmd.nexus) and self.pr.idle \
+                    and self.not_ready_reason() is None:
+                answer = submit(self, cmd)
+        if answer is None:
+            answer = lane.submit(cmd)
+        if isinstance(answer, Deferred) and not cmd.may_defer:
+            return answer.wait()
+        return answer
 
     @property
     def lbppbe(self) -> int:
@@ -60,4 +101,6 @@ class DiskLU(LogicalUnit):
         return self._dispatch
 
     def close(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
         self.store.close()
