@@ -163,7 +163,13 @@ class RemoteVolume:
         from scsi_target.scsi.layouts import backup as L
         self.L = L
         lun = parse_url(url).lun
-        self.c = SyncIscsiClient(url, initiator_name=initiator_name)
+        from scsi_target.initiator.login import LoginOptions
+        # Every byte of a 4 MiB write may go unsolicited (InitialR2T=No): no
+        # R2T round trip per 256 KiB burst; Data-In in 1 MiB PDUs.
+        chunk = CHUNK_BLOCKS * DEV_BLOCK
+        opts = LoginOptions(max_recv_data_segment_length=1 << 20, max_burst_length=chunk,
+                            first_burst_length=chunk)
+        self.c = SyncIscsiClient(url, initiator_name=initiator_name, options=opts)
         try:
             self.dev = self._find_device(lun)
         except BaseException:

@@ -24,10 +24,17 @@ class BlockStore(ABC):
     size: int                 # bytes
     read_only: bool = False
     thin: bool = False        # supports discard that deallocates (thin provisioning)
+    lends: bool = False       # lend() may answer a read without a copy
 
     @abstractmethod
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with ``len(buf)`` bytes from ``offset``."""
+
+    def lend(self, offset: int, length: int):
+        """(read-only view of the ``length`` bytes at ``offset``, release callable),
+        or None: then read with :meth:`readinto`.  Only stores with ``lends`` set
+        are asked; the view stays valid until ``release()`` (or for good)."""
+        return None
 
     def read(self, offset: int, length: int) -> bytearray:
         buf = bytearray(length)

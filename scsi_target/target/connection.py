@@ -42,7 +42,7 @@ from ..scsi.command import Command, Direction, Response, Status, TaskAttr
 from ..scsi.lunaddr import decode_lun
 from . import budget as B
 from .datain import DataInSegmenter
-from .dataout import MAX_WRITE_BUFFER, DataOutSequencer, Task
+from .dataout import MAX_WRITE_BUFFER, WRITE_BUFFERS, DataOutSequencer, Task, take_buffer
 from .errors import ProtocolError
 from .session import Session, SessionTable
 from .tags import TagAllocator
@@ -411,7 +411,7 @@ class TargetConnection:
             cdb = pdu.cdb
             if pdu.ahs:
                 cdb = _extended_cdb(cdb, pdu.ahs)
-            data_out = task.buffer
+            data_out = take_buffer(task)
             if data_out is None and pdu.write:
                 data_out = bytearray()
             attr = pdu.attr
@@ -422,6 +422,9 @@ class TargetConnection:
                 cdb, task.lun, data_out, pdu.edtl, _DIRECTIONS[pdu.read + 2 * pdu.write],
                 self.session.nexus, pdu.itt, _ATTRS[attr] if attr <= 4 else TaskAttr.SIMPLE,
                 None, True))
+            if task.recycled:
+                WRITE_BUFFERS.recycle(data_out)   # unless the LU still holds it
+                data_out = None
         pdus = self.datain.respond(pdu, resp, task.r2tsn)
         s = self.session
         exp, mx = s.exp_cmdsn, s.max_cmdsn
