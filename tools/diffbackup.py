@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, Sequence
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
-                           TransferSpeedColumn)
-from rich.table import Table
 
 PROG = "diffbackup"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -47,8 +44,39 @@ PIPELINE = 8
 READ_PIPELINE, READ_CHUNK_BLOCKS = 8, 8192
 STATUS_EVERY = 4             # reads per REPORT BACKUP STATUS riding in the read pipeline
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+class _Console:
+    """rich's Console, imported when first needed (rich is a fifth of the start-up
+    of a run whose only output is one summary line): a plain line -- no markup,
+    nothing rich would render differently -- to a stream that is no terminal is
+    written as it is."""
+    _PLAIN = re.compile(r"[\[\]]|:\S+:")       # markup or an emoji code
+
+    def __init__(self, **kw) -> None:
+        self._kw = kw
+        self._console = None
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console(**self._kw)
+        return self._console
+
+    def print(self, *objects, **kw) -> None:
+        if self._console is None and not kw and len(objects) == 1 and \
+                type(objects[0]) is str and not self._PLAIN.search(objects[0]):
+            f = sys.stderr if self._kw.get("stderr") else sys.stdout
+            if not f.isatty():
+                f.write(objects[0] + "\n")
+                return
+        self.console.print(*objects, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.console, name)
+
+
+err = _Console(stderr=True, highlight=False)
+out = _Console(highlight=False, soft_wrap=True)
 
 
 class Failure(Exception):
@@ -64,10 +92,33 @@ class _Parser(argparse.ArgumentParser):
         raise Failure(f"{message} (see {self.prog} --help)", EXIT_USAGE)
 
 
-def _progress(enabled: bool) -> Progress:
+class _NoProgress:
+    """What the commands use of rich's Progress, when there is none to show."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def add_task(self, *a, **kw) -> int:
+        return 0
+
+    def update(self, *a, **kw) -> None:
+        pass
+
+    def advance(self, *a, **kw) -> None:
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                               TransferSpeedColumn)
     return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=err,
-                    disable=not enabled, transient=False)
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=err.console,
+                    transient=False)
 
 
 # --------------------------------------------------------------------- results
@@ -165,10 +216,15 @@ class RemoteVolume:
         lun = parse_url(url).lun
         from scsi_target.initiator.login import LoginOptions
         # Every byte of a 4 MiB write may go unsolicited (InitialR2T=No): no
-        # R2T round trip per 256 KiB burst; Data-In in 1 MiB PDUs.
+        # R2T round trip per 256 KiB burst; Data-In in 1 MiB PDUs.  Digests are
+        # offered but not preferred (libiscsi's, so qemu-img's, default): every
+        # record of a stream carries its own CRC32C, checked by verify and by
+        # the target before a restore applies it; a URL's header_digest /
+        # data_digest argument still forces them.
         chunk = CHUNK_BLOCKS * DEV_BLOCK
         opts = LoginOptions(max_recv_data_segment_length=1 << 20, max_burst_length=chunk,
-                            first_burst_length=chunk)
+                            first_burst_length=chunk, header_digest="None,CRC32C",
+                            data_digest="None,CRC32C")
         self.c = SyncIscsiClient(url, initiator_name=initiator_name, options=opts)
         try:
             self.dev = self._find_device(lun)
@@ -692,6 +748,7 @@ def cmd_restore(args) -> int:
 
 
 def _summary(outcomes: list[StreamOutcome]) -> int:
+    from rich.table import Table
     t = Table(title="restore")
     for col in ("stream", "generations", "result", "records applied", "blocks written",
                 "skipped (older)", "skipped (forbidden)", "bad records"):
@@ -744,6 +801,7 @@ def cmd_verify(args) -> int:
     with _progress(not args.quiet) as prog:
         task = prog.add_task("verify", total=total)
         rep = B.verify(args.files, progress=lambda d, t: prog.update(task, completed=d))
+    from rich.table import Table
     t = Table(title="verify")
     for col in ("stream", "type", "generations", "records", "blocks", "result"):
         t.add_column(col)
@@ -790,6 +848,7 @@ def cmd_status(args) -> int:
         print(json.dumps(_status_json(st, ext)))
         return EXIT_FAILED if st.restore_incomplete else EXIT_OK
     counts, cur, gran = st.counts, st.current, st.granularity
+    from rich.table import Table
     t = Table(title=f"volume {st.volume_id.hex()} ({st.volume_size} bytes, {gran}-byte blocks)")
     t.add_column("generation", justify="right")
     t.add_column("blocks", justify="right")
