@@ -135,6 +135,10 @@ class IscsiClient(ScsiConveniences):
         self._window = asyncio.Event()
         self._login_waiter: asyncio.Future | None = None
         self._background: set[asyncio.Task] = set()
+        # Data-Out sequences go out one after the other (FIFO): interleaved,
+        # several writes' data would complete in any order at the target and
+        # execute out of the order they were issued in.
+        self._dataout_lock: asyncio.Lock | None = None
         self._block_size: int | None = None
         self._cid = 0
 
@@ -468,21 +472,25 @@ class IscsiClient(ScsiConveniences):
     async def _send_data_out(self, proto: _Protocol, task: _Task, offset: int, length: int,
                              ttt: int, datasn: int = 0) -> None:
         """One Data-Out sequence, cut at the target's MaxRecvDataSegmentLength."""
+        if self._dataout_lock is None:
+            self._dataout_lock = asyncio.Lock()
         mrdsl = self.params.max_xmit_data_segment_length
         view = task.data_out
         end = offset + length
         lun = _lun_field(task.lun)
         try:
-            while offset < end:
-                n = min(mrdsl, end - offset)
-                if task.itt not in self._pending:
-                    return
-                self._send(proto, P.DataOut(final=offset + n >= end, lun=lun, itt=task.itt,
-                                            ttt=ttt, expstatsn=self._exp_statsn, datasn=datasn,
-                                            offset=offset, data=view[offset:offset + n]))
-                offset += n
-                datasn += 1
-                await self._drain(proto)
+            async with self._dataout_lock:
+                while offset < end:
+                    n = min(mrdsl, end - offset)
+                    if task.itt not in self._pending:
+                        return
+                    self._send(proto, P.DataOut(final=offset + n >= end, lun=lun, itt=task.itt,
+                                                ttt=ttt, expstatsn=self._exp_statsn,
+                                                datasn=datasn, offset=offset,
+                                                data=view[offset:offset + n]))
+                    offset += n
+                    datasn += 1
+                    await self._drain(proto)
         except asyncio.CancelledError:
             raise
         except IscsiError:
