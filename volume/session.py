@@ -164,9 +164,10 @@ class _Chunk:
 
 
 class _ChunkBuffers:
-    """Recycled chunk buffers of one reader (zero fill and first-touch page
-    faults of a fresh multi-megabyte buffer cost as much as encoding into it)."""
-    KEEP = 8
+    """Recycled chunk buffers, shared by the readers of a process (zero fill and
+    first-touch page faults of a fresh multi-megabyte buffer cost as much as
+    encoding into it)."""
+    KEEP = 8                     # per size
 
     def __init__(self) -> None:
         self._free: dict[int, list[bytearray]] = {}
@@ -191,6 +192,9 @@ class _ChunkBuffers:
     def lend(self, chunk: _Chunk) -> None:
         with self._lock:
             chunk.holds += 1
+
+
+_CHUNK_BUFFERS = _ChunkBuffers()
 
 
 class BackupReader:
@@ -227,7 +231,7 @@ class BackupReader:
         self.enc = StreamEncoder(self.source, cut.plan, compress=compress)
         self.header: StreamHeader = self.enc.header
         self._chunks: collections.deque[tuple[int, memoryview, _Chunk]] = collections.deque()
-        self._buffers = _ChunkBuffers()
+        self._buffers = _CHUNK_BUFFERS
         self._lent_max = 0                  # the largest chunk lent so far
         self._head = bytearray()
         self.produced = 0
