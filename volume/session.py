@@ -167,16 +167,19 @@ class _ChunkBuffers:
     """Recycled chunk buffers, shared by the readers of a process (zero fill and
     first-touch page faults of a fresh multi-megabyte buffer cost as much as
     encoding into it)."""
-    KEEP = 8                     # per size
+    MAX_IDLE = 64 << 20          # bytes of free buffers kept (a window's worth)
 
     def __init__(self) -> None:
         self._free: dict[int, list[bytearray]] = {}
+        self._idle = 0
         self._lock = threading.Lock()
 
     def take(self, n: int) -> _Chunk:
         with self._lock:
             free = self._free.get(n)
             buf = free.pop() if free else None
+            if buf is not None:
+                self._idle -= n
         return _Chunk(bytearray(n) if buf is None else buf, self)
 
     def release(self, chunk: _Chunk) -> None:
@@ -184,9 +187,10 @@ class _ChunkBuffers:
             chunk.holds -= 1
             if chunk.holds:
                 return
-            free = self._free.setdefault(len(chunk.buf), [])
-            if len(free) < self.KEEP:
-                free.append(chunk.buf)
+            n = len(chunk.buf)
+            if self._idle + n <= self.MAX_IDLE:
+                self._free.setdefault(n, []).append(chunk.buf)
+                self._idle += n
             chunk.buf = None
 
     def lend(self, chunk: _Chunk) -> None:

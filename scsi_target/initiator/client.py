@@ -50,6 +50,8 @@ __all__ = ["IscsiClient", "ScsiResult", "CommandHandle", "DiscoveredTarget", "Lo
            "Credentials", "discover"]
 
 DEFAULT_TIMEOUT = 30.0
+# PDUs at least this long are handed to the transport piece by piece, not joined.
+_WRITE_APART = 64 * 1024
 MAX_REDIRECTS = 3
 
 
@@ -265,7 +267,14 @@ class IscsiClient(ScsiConveniences):
         bufs: list = []
         for pdu in pdus:
             bufs += encode_pdu(pdu, hd, dd)
-        proto.transport.writelines(bufs)
+        t = proto.transport
+        if len(bufs) > 1 and sum(map(len, bufs)) >= _WRITE_APART:
+            # writelines joins the pieces into one new bytes (a copy of the whole
+            # data segment) before sending; each write() tries the socket first.
+            for b in bufs:
+                t.write(b)
+        else:
+            t.writelines(bufs)
 
     async def _drain(self, proto: _Protocol) -> None:
         if not proto._can_write.is_set():
