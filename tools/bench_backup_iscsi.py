@@ -150,8 +150,9 @@ def main() -> None:
         fixed = med["diff, nothing"]
         beyond = med["diff"] - fixed
         print(f"  of which the fixed cost of a run (a differential of nothing) {fixed:.3f} s; "
-              f"beyond it " + (f"{changed / beyond / MiB:.1f} MiB/s of changed data, ratio "
-                               f"{changed / beyond / conv_out:.2f}" if beyond > 0 else "nothing"))
+              + (f"beyond it {changed / beyond / MiB:.1f} MiB/s of changed data, ratio "
+                 f"{changed / beyond / conv_out:.2f}" if beyond > 0 else
+                 "the differential's own work is within the noise of it"))
     finally:
         if srv is not None:
             srv.stop()
