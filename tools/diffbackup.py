@@ -23,31 +23,60 @@ local volume no server has open.  Exit codes: 0 success, 1 something failed
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, Sequence
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
-                           TransferSpeedColumn)
-from rich.table import Table
 
 PROG = "diffbackup"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CHUNK_BLOCKS = 8192          # 4 MiB per READ/WRITE to the backup device (never past its capacity)
 DEV_BLOCK = 512
-# READs/WRITEs of the backup device kept outstanding at once (the initiator's
-# CmdSN window allows more); one REPORT BACKUP STATUS per batch, not per chunk.
+# READs/WRITEs of the backup device kept outstanding all the time (the
+# initiator's CmdSN window allows more), each with a buffer of its own.  The
+# target executes reads only while less than its send-queue bound (8 MiB,
+# scsi_target/target/budget.py) waits for the socket, and resumes as soon as
+# the queue drains (TargetConnection.resume), so 4 MiB reads are fine.
 PIPELINE = 8
-# Reads: 7 x 1 MiB in flight, under the target's 8 MiB send-queue bound
-# (scsi_target/target/budget.py).  8 x 4 MiB stalled some backups for ~30 s
-# (2 runs of 5, 512 MiB; the target resumed only at its next timer), 1 MiB
-# reads never did.
-READ_PIPELINE, READ_CHUNK_BLOCKS = 7, 2048
+READ_PIPELINE, READ_CHUNK_BLOCKS = 8, 8192
+STATUS_EVERY = 4             # reads per REPORT BACKUP STATUS riding in the read pipeline
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+class _Console:
+    """rich's Console, imported when first needed (rich is a fifth of the start-up
+    of a run whose only output is one summary line): a plain line -- no markup,
+    nothing rich would render differently -- to a stream that is no terminal is
+    written as it is."""
+    _PLAIN = re.compile(r"[\[\]]|:\S+:")       # markup or an emoji code
+
+    def __init__(self, **kw) -> None:
+        self._kw = kw
+        self._console = None
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console(**self._kw)
+        return self._console
+
+    def print(self, *objects, **kw) -> None:
+        if self._console is None and not kw and len(objects) == 1 and \
+                type(objects[0]) is str and not self._PLAIN.search(objects[0]):
+            f = sys.stderr if self._kw.get("stderr") else sys.stdout
+            if not f.isatty():
+                f.write(objects[0] + "\n")
+                return
+        self.console.print(*objects, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.console, name)
+
+
+err = _Console(stderr=True, highlight=False)
+out = _Console(highlight=False, soft_wrap=True)
 
 
 class Failure(Exception):
@@ -63,10 +92,33 @@ class _Parser(argparse.ArgumentParser):
         raise Failure(f"{message} (see {self.prog} --help)", EXIT_USAGE)
 
 
-def _progress(enabled: bool) -> Progress:
+class _NoProgress:
+    """What the commands use of rich's Progress, when there is none to show."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def add_task(self, *a, **kw) -> int:
+        return 0
+
+    def update(self, *a, **kw) -> None:
+        pass
+
+    def advance(self, *a, **kw) -> None:
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                               TransferSpeedColumn)
     return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=err,
-                    disable=not enabled, transient=False)
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=err.console,
+                    transient=False)
 
 
 # --------------------------------------------------------------------- results
@@ -162,7 +214,18 @@ class RemoteVolume:
         from scsi_target.scsi.layouts import backup as L
         self.L = L
         lun = parse_url(url).lun
-        self.c = SyncIscsiClient(url, initiator_name=initiator_name)
+        from scsi_target.initiator.login import LoginOptions
+        # Every byte of a 4 MiB write may go unsolicited (InitialR2T=No): no
+        # R2T round trip per 256 KiB burst; Data-In in 1 MiB PDUs.  Digests are
+        # offered but not preferred (libiscsi's, so qemu-img's, default): every
+        # record of a stream carries its own CRC32C, checked by verify and by
+        # the target before a restore applies it; a URL's header_digest /
+        # data_digest argument still forces them.
+        chunk = CHUNK_BLOCKS * DEV_BLOCK
+        opts = LoginOptions(max_recv_data_segment_length=1 << 20, max_burst_length=chunk,
+                            first_burst_length=chunk, header_digest="None,CRC32C",
+                            data_digest="None,CRC32C")
+        self.c = SyncIscsiClient(url, initiator_name=initiator_name, options=opts)
         try:
             self.dev = self._find_device(lun)
         except BaseException:
@@ -205,28 +268,6 @@ class RemoteVolume:
     def _read(self, cdb: bytes, length: int) -> bytes:
         return bytes(self._exec(cdb, lun=self.dev, read_length=length,
                                 what="READ of the backup stream").data)
-
-    def _batch(self, cmds: list[dict], what: list[str]) -> list:
-        """Commands outstanding together; a UNIT ATTENTION answer (new session,
-        reset) is retried alone, like _exec; any other failure is a Failure.
-        Stream reads and writes address byte offsets, so a retried one lands
-        where it belongs whatever ran in between."""
-        from scsi_target.initiator.errors import ScsiCheckCondition
-        from scsi_target.scsi.sense import SenseKey
-        res = self.c.execute_many(cmds, check=False)
-        for i, r in enumerate(res):
-            if r.good:
-                continue
-            if r.sense_key == SenseKey.UNIT_ATTENTION:
-                res[i] = self._exec(lun=self.dev, what=what[i], **cmds[i])
-                continue
-            try:
-                r.raise_for_status()
-            except ScsiCheckCondition as e:
-                raise Failure(f"target refused {what[i]}: {' '.join(str(e).split())}") from None
-            except Exception as e:     # a transport-level answer
-                raise Failure(f"target failed {what[i]}: {e}") from None
-        return res
 
     def _opname(self, opcode: int) -> str:
         return {0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
@@ -271,78 +312,146 @@ class RemoteVolume:
         # Never read past the device: the stream (at most size_bound bytes) ends
         # before its capacity, and its length is known once its end was produced.
         capacity = self.c.read_capacity16(lun=self.dev).blocks * DEV_BLOCK
-        pos = 0
         status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
+        # READ_PIPELINE reads in flight all the time, each into a buffer of its
+        # own that is reused once its data is in the file; a REPORT BACKUP
+        # STATUS rides along every STATUS_EVERY reads (no round trip of its
+        # own): once the encoder reached the end its TOTAL says where the stream
+        # stops, no read is issued past it, and the device's zero padding read
+        # meanwhile is cut off the file.
+        chunk = READ_CHUNK_BLOCKS * DEV_BLOCK
+        free = collections.deque(bytearray(chunk) for _ in range(READ_PIPELINE))
+        sent: collections.deque = collections.deque()      # (cmd, what, buffer), in order
+        total = st.total or None
+
+        def commands():
+            at = n = 0
+            while at < capacity and (total is None or at < total):
+                nblocks = min(READ_CHUNK_BLOCKS, (capacity - at) // DEV_BLOCK)
+                buf = free.popleft() if free else bytearray(chunk)
+                cmd = {"cdb": _rw16(0x88, at // DEV_BLOCK, nblocks),
+                       "read_length": nblocks * DEV_BLOCK, "lun": self.dev, "read_into": buf}
+                sent.append((cmd, "READ of the backup stream", buf))
+                yield cmd
+                at += nblocks * DEV_BLOCK
+                n += 1
+                if n % STATUS_EVERY == 0 or at >= capacity:
+                    cmd = {"cdb": status_cdb, "read_length": 80, "lun": self.dev}
+                    sent.append((cmd, "REPORT BACKUP STATUS", None))
+                    yield cmd
+
+        pos = 0
         with _PartialFile(out_path) as f, _progress(show) as prog:
             task = prog.add_task("backup", total=st.size_bound)
-            while True:
-                # PIPELINE reads in flight, then one status: its TOTAL (once the
-                # encoder reached the end) says where the stream stops; bytes
-                # read past it are the device's zero padding and are dropped.
-                cmds, what, at = [], [], pos
-                while len(cmds) < READ_PIPELINE and at < capacity and \
-                        (not st.total or at < st.total):
-                    nblocks = min(READ_CHUNK_BLOCKS, (capacity - at) // DEV_BLOCK)
-                    cdb = bytes([0x88, 0]) + (at // DEV_BLOCK).to_bytes(8, "big") + \
-                        nblocks.to_bytes(4, "big") + bytes(2)
-                    cmds.append({"cdb": cdb, "read_length": nblocks * DEV_BLOCK,
-                                 "lun": self.dev})
-                    what.append("READ of the backup stream")
-                    at += nblocks * DEV_BLOCK
-                if not cmds:
-                    raise Failure(f"the backup stream did not end within the device's "
-                                  f"{capacity} bytes")
-                cmds.append({"cdb": status_cdb, "read_length": 80, "lun": self.dev})
-                what.append("REPORT BACKUP STATUS")
-                res = self._batch(cmds, what)
-                st = L.BackupStatus.unpack(bytes(res[-1].data))
-                for r in res[:-1]:
-                    data = memoryview(r.data)
+            fd = f.fileno()
+            for r in self.c.pipeline(commands(), READ_PIPELINE + 1):
+                cmd, what, buf = sent.popleft()
+                r = self._checked(r, cmd, what)
+                if buf is None:
+                    st = L.BackupStatus.unpack(bytes(r.data))
                     if st.total:
-                        data = data[:max(0, st.total - pos)]
-                    f.write(data)
+                        total = st.total
+                else:
+                    data = memoryview(r.data)
+                    if total is not None:
+                        data = data[:max(0, total - pos)]
+                    _write_all(fd, data)
                     pos += len(data)
-                prog.update(task, completed=pos)
-                if st.total and pos >= st.total:
+                    free.append(buf)
+                    prog.update(task, completed=pos)
+                if total is not None and pos >= total:
                     break
+            if total is None or pos < total:
+                raise Failure(f"the backup stream did not end within the device's "
+                              f"{capacity} bytes")
+            if pos > total:                  # zero padding read before TOTAL was known
+                os.ftruncate(fd, total)
+                pos = total
+            st = self.backup_status()
             prog.update(task, completed=pos, total=pos)
             if st.state != L.STATE_COMPLETE:
                 raise Failure("the target does not report the backup stream complete")
         return BackupOutcome(pos, (st.generation_lo, st.generation_hi), st.block_count)
 
+    def _checked(self, r, cmd: dict, what: str):
+        """A pipelined command's result: a UNIT ATTENTION answer (new session,
+        reset) is retried alone, like _exec; any other failure is a Failure.
+        Stream reads and writes address byte offsets, so a retried one lands
+        where it belongs whatever ran in between."""
+        from scsi_target.initiator.errors import ScsiCheckCondition
+        from scsi_target.scsi.sense import SenseKey
+        if r.good:
+            return r
+        if r.sense_key == SenseKey.UNIT_ATTENTION:
+            return self._exec(what=what, **cmd)
+        try:
+            r.raise_for_status()
+        except ScsiCheckCondition as e:
+            raise Failure(f"target refused {what}: {' '.join(str(e).split())}") from None
+        except Exception as e:     # a transport-level answer
+            raise Failure(f"target failed {what}: {e}") from None
+        return r
+
     def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome:
         L = self.L
         self._cmd(L.OP_SET_RESTORE_OPTIONS, length=4 + 4 * len(set(skips)),
                   data_out=L.pack_restore_options(skips))
-        lba = 0
         refused = None
-        with open(path, "rb") as f:
-            done = False
-            while not done:
-                # PIPELINE writes in flight; the restore takes them at their
-                # offsets (in order or reordered within its bound).  The write
-                # at LBA 0 starts the stream, so it goes alone: a later, shorter
-                # write could otherwise get its data in first and run first.
-                cmds = []
-                limit = 1 if lba == 0 else PIPELINE
-                while len(cmds) < limit:
-                    chunk = f.read(CHUNK_BLOCKS * DEV_BLOCK)
-                    if not chunk:
-                        done = True
+        # PIPELINE writes in flight, each from a buffer of its own that is
+        # refilled from the file once its write completed; the restore takes
+        # them at their offsets (in order or reordered within its bound).  The
+        # write at LBA 0 starts the stream, so it goes alone: a later, shorter
+        # write could otherwise get its data in first and run first.
+        chunk = CHUNK_BLOCKS * DEV_BLOCK
+        free = collections.deque(bytearray(chunk) for _ in range(PIPELINE))
+        sent: collections.deque = collections.deque()      # (cmd, buffer, bytes), in order
+        what = "WRITE of the restore stream"
+        with open(path, "rb", buffering=0) as f:
+            def next_write(lba: int) -> dict | None:
+                buf = free.popleft() if free else bytearray(chunk)
+                n = 0
+                while n < chunk:                 # whole chunks, whatever readinto returns
+                    k = f.readinto(memoryview(buf)[n:])
+                    if not k:
                         break
-                    if len(chunk) % DEV_BLOCK:
-                        chunk += bytes(DEV_BLOCK - len(chunk) % DEV_BLOCK)
-                    cmds.append({"cdb": self.L_write(lba, len(chunk)), "data_out": chunk,
-                                 "lun": self.dev})
-                    lba += len(chunk) // DEV_BLOCK
-                if not cmds:
-                    break
+                    n += k
+                if not n:
+                    free.append(buf)
+                    return None
+                if n % DEV_BLOCK:
+                    pad = DEV_BLOCK - n % DEV_BLOCK
+                    buf[n:n + pad] = bytes(pad)
+                    n += pad
+                cmd = {"cdb": _rw16(0x8A, lba, n // DEV_BLOCK),
+                       "data_out": memoryview(buf)[:n], "lun": self.dev}
+                sent.append((cmd, buf, n))
+                return cmd
+
+            def commands():
+                lba = CHUNK_BLOCKS
+                while (cmd := next_write(lba)) is not None:
+                    yield cmd
+                    lba += CHUNK_BLOCKS
+
+            first = next_write(0)
+            if first is not None:
+                cmd, buf, n = sent.popleft()
                 try:
-                    self._batch(cmds, ["WRITE of the restore stream"] * len(cmds))
+                    self._checked(self.c.execute(check=False, **cmd), cmd, what)
                 except Failure as e:
                     refused = str(e)
-                    break
-                prog.advance(task, sum(len(c["data_out"]) for c in cmds))
+                free.append(buf)
+                prog.advance(task, n)
+                if refused is None and n == chunk:
+                    for r in self.c.pipeline(commands(), PIPELINE):
+                        cmd, buf, n = sent.popleft()
+                        try:
+                            self._checked(r, cmd, what)
+                        except Failure as e:
+                            refused = str(e)
+                            break
+                        free.append(buf)
+                        prog.advance(task, n)
         rep = L.RestoreReportData.unpack(self._cmd(L.OP_REPORT_RESTORE_RESULTS, length=1 << 20))
         h = rep.header
         o = StreamOutcome(path, rep.state, (h.generation_lo, h.generation_hi), h.full,
@@ -390,13 +499,18 @@ class RemoteVolume:
                         mismatch_total=h.mismatched_blocks)
         return r
 
-    @staticmethod
-    def L_write(lba: int, nbytes: int) -> bytes:
-        n = nbytes // DEV_BLOCK
-        return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + n.to_bytes(4, "big") + bytes(2)
-
     def close(self) -> None:
         self.c.close()
+
+
+def _rw16(opcode: int, lba: int, nblocks: int) -> bytes:
+    """READ(16)/WRITE(16) of ``nblocks`` at ``lba``."""
+    return bytes([opcode, 0]) + lba.to_bytes(8, "big") + nblocks.to_bytes(4, "big") + bytes(2)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while len(data):
+        data = data[os.write(fd, data):]
 
 
 # ----------------------------------------------------------------------- local
@@ -634,6 +748,7 @@ def cmd_restore(args) -> int:
 
 
 def _summary(outcomes: list[StreamOutcome]) -> int:
+    from rich.table import Table
     t = Table(title="restore")
     for col in ("stream", "generations", "result", "records applied", "blocks written",
                 "skipped (older)", "skipped (forbidden)", "bad records"):
@@ -686,6 +801,7 @@ def cmd_verify(args) -> int:
     with _progress(not args.quiet) as prog:
         task = prog.add_task("verify", total=total)
         rep = B.verify(args.files, progress=lambda d, t: prog.update(task, completed=d))
+    from rich.table import Table
     t = Table(title="verify")
     for col in ("stream", "type", "generations", "records", "blocks", "result"):
         t.add_column(col)
@@ -732,6 +848,7 @@ def cmd_status(args) -> int:
         print(json.dumps(_status_json(st, ext)))
         return EXIT_FAILED if st.restore_incomplete else EXIT_OK
     counts, cur, gran = st.counts, st.current, st.granularity
+    from rich.table import Table
     t = Table(title=f"volume {st.volume_id.hex()} ({st.volume_size} bytes, {gran}-byte blocks)")
     t.add_column("generation", justify="right")
     t.add_column("blocks", justify="right")

@@ -57,6 +57,10 @@ __all__ = ["VolumeSessions", "BackupReader", "RestoreWriter", "RestoreResult", "
 
 CHUNK = 1 << 20                 # stream bytes encoded per step
 WINDOW = 64 << 20               # stream bytes an open backup keeps at most (plus one CHUNK)
+# A sequential read of LEND_MIN..LEND_MAX bytes at the point the stream was
+# produced up to is encoded straight into a buffer of its own that is lent to
+# the front end (no copy), then kept like any other chunk.
+LEND_MIN, LEND_MAX = 64 << 10, 4 << 20
 HEAD_KEEP = 64 << 10            # the stream's first bytes, kept for re-reads of LBA 0
 IMPLICIT_START_BYTES = 64 << 10  # a read at offset 0 at least this long starts a backup
 
@@ -144,6 +148,59 @@ class _Coverage:
             del self._starts[0], self._ends[0]
 
 
+class _Chunk:
+    """A buffer of encoded stream bytes and who holds it: the reader's window
+    and, while a lent view of it is being sent, the front end.  Once neither
+    does it is reused for a later chunk of the same size."""
+    __slots__ = ("buf", "holds", "home")
+
+    def __init__(self, buf: bytearray, home: "_ChunkBuffers") -> None:
+        self.buf = buf
+        self.holds = 1
+        self.home = home
+
+    def release(self) -> None:
+        self.home.release(self)
+
+
+class _ChunkBuffers:
+    """Recycled chunk buffers, shared by the readers of a process (zero fill and
+    first-touch page faults of a fresh multi-megabyte buffer cost as much as
+    encoding into it)."""
+    MAX_IDLE = 64 << 20          # bytes of free buffers kept (a window's worth)
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[bytearray]] = {}
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> _Chunk:
+        with self._lock:
+            free = self._free.get(n)
+            buf = free.pop() if free else None
+            if buf is not None:
+                self._idle -= n
+        return _Chunk(bytearray(n) if buf is None else buf, self)
+
+    def release(self, chunk: _Chunk) -> None:
+        with self._lock:
+            chunk.holds -= 1
+            if chunk.holds:
+                return
+            n = len(chunk.buf)
+            if self._idle + n <= self.MAX_IDLE:
+                self._free.setdefault(n, []).append(chunk.buf)
+                self._idle += n
+            chunk.buf = None
+
+    def lend(self, chunk: _Chunk) -> None:
+        with self._lock:
+            chunk.holds += 1
+
+
+_CHUNK_BUFFERS = _ChunkBuffers()
+
+
 class BackupReader:
     """One backup stream served at byte offsets, made from a pending cut.
 
@@ -177,7 +234,9 @@ class BackupReader:
             self.source = self.crcs
         self.enc = StreamEncoder(self.source, cut.plan, compress=compress)
         self.header: StreamHeader = self.enc.header
-        self._chunks: collections.deque[tuple[int, memoryview]] = collections.deque()
+        self._chunks: collections.deque[tuple[int, memoryview, _Chunk]] = collections.deque()
+        self._buffers = _CHUNK_BUFFERS
+        self._lent_max = 0                  # the largest chunk lent so far
         self._head = bytearray()
         self.produced = 0
         self.total: int | None = None       # known once the encoder finished
@@ -193,20 +252,58 @@ class BackupReader:
 
     @property
     def kept_bytes(self) -> int:
-        return sum(len(c) for _s, c in self._chunks) + len(self._head)
+        return sum(len(c) for _s, c, _k in self._chunks) + len(self._head)
 
     def _produce(self, upto: int) -> None:
         while self.total is None and self.produced < upto:
-            buf = bytearray(CHUNK)
-            k = self.enc.readinto(buf)
-            if k:
-                mv = memoryview(buf)[:k]
-                if self.produced < HEAD_KEEP:
-                    self._head += mv[:HEAD_KEEP - self.produced]
-                self._chunks.append((self.produced, mv))
-                self.produced += k
-            if k == 0 or self.enc.finished:
-                self.total = self.produced
+            self._produce_chunk(CHUNK)
+
+    def _produce_chunk(self, n: int) -> _Chunk:
+        """Encode the next (up to) ``n`` stream bytes into a chunk of their own."""
+        chunk = self._buffers.take(n)
+        try:
+            k = self.enc.readinto(chunk.buf)
+        except BaseException:
+            chunk.release()
+            raise
+        mv = memoryview(chunk.buf)[:k]
+        if k:
+            if self.produced < HEAD_KEEP:
+                self._head += mv[:HEAD_KEEP - self.produced]
+            self._chunks.append((self.produced, mv, chunk))
+            self.produced += k
+        else:
+            chunk.release()
+        if k == 0 or self.enc.finished:
+            self.total = self.produced
+        return chunk
+
+    def lend(self, offset: int, n: int):
+        """(read-only view of the ``n`` stream bytes at ``offset``, release) without
+        a copy, for a read at the point the stream is produced up to; None when
+        the read is anything else (then :meth:`readinto` serves it).  The view
+        stays valid until ``release()`` is called, or for good if it never is."""
+        end = offset + n
+        with self.lock:
+            if self.abandoned or self.total is not None or offset != self.produced or \
+                    offset != self.cov.prefix or not LEND_MIN <= n <= LEND_MAX:
+                return None
+            try:
+                self.pit.check()
+                chunk = self._produce_chunk(n)
+            except CutLost as exc:           # never a silently fuzzy stream (invariant 4)
+                raise StreamCutLost(f"the backup is no longer a point-in-time image: {exc}",
+                                    offset, exhausted=isinstance(exc, PreservationExhausted)) \
+                    from exc
+            k = self.produced - offset
+            if k < n:                        # the stream ended: zeros after it
+                chunk.buf[k:] = bytes(n - k)
+            self._lent_max = max(self._lent_max, n)
+            self._buffers.lend(chunk)
+            view = memoryview(chunk.buf).toreadonly()
+            self.cov.add(offset, end)
+            self._served()
+            return view, chunk.release
 
     def readinto(self, offset: int, mv: memoryview) -> bool:
         """Stream bytes at ``offset`` (zeros past the end); False if served as a probe."""
@@ -228,15 +325,23 @@ class BackupReader:
                     from exc
             self._copy(offset, mv)
             self.cov.add(offset, min(end, self.produced) if self.total is None else end)
-            self._trim()
-            if self.total is not None and not self.complete and \
-                    self.cov.prefix >= max(self.total, self.complete_at or 0):
-                self.complete = True
-                self._commit()
-                self._chunks.clear()         # every byte was served: only the head stays
-                if self._on_complete is not None:
-                    self._on_complete(self)
+            self._served()
             return True
+
+    def _served(self) -> None:
+        self._trim()
+        if self.total is not None and not self.complete and \
+                self.cov.prefix >= max(self.total, self.complete_at or 0):
+            self.complete = True
+            self._commit()
+            self._drop_chunks()          # every byte was served: only the head stays
+            if self._on_complete is not None:
+                self._on_complete(self)
+
+    def _drop_chunks(self) -> None:
+        chunks = self._chunks
+        while chunks:
+            chunks.popleft()[2].release()
 
     def _commit(self) -> None:
         _save_crcs(self)
@@ -251,7 +356,7 @@ class BackupReader:
                 return
             raise StreamGone(f"stream bytes from {offset} were already read and dropped "
                              f"(kept from {lowest}); start the backup again", offset)
-        for start, chunk in self._chunks:
+        for start, chunk, _k in self._chunks:
             cend = start + len(chunk)
             if cend <= offset:
                 continue
@@ -265,11 +370,15 @@ class BackupReader:
             mv[max(0, avail - offset):] = bytes(end - max(avail, offset))
 
     def _trim(self) -> None:
-        keep_from = min(self.cov.prefix, self.produced - WINDOW)
-        while self._chunks:
-            start, chunk = self._chunks[0]
+        # Lent chunks are longer than CHUNK (and only made with nothing unread
+        # before them): keep less behind them, so the bound stays WINDOW + CHUNK.
+        keep_from = min(self.cov.prefix,
+                        self.produced - WINDOW + max(0, self._lent_max - CHUNK))
+        chunks = self._chunks
+        while chunks:
+            start, chunk, _k = chunks[0]
             if start + len(chunk) <= keep_from:
-                self._chunks.popleft()
+                chunks.popleft()[2].release()
             else:
                 break
 
@@ -278,7 +387,7 @@ class BackupReader:
             if self.complete or self.abandoned:
                 return
             self.abandoned = True
-            self._chunks.clear()
+            self._drop_chunks()
             self._head = bytearray()
             self.pit.release()               # writes stop preserving for it
             self.cut.abandon()
@@ -606,6 +715,15 @@ class VolumeSessions:
                 mv[:] = bytes(len(mv))
                 return
         r.readinto(offset, mv)
+
+    def lend(self, offset: int, n: int, *, owner=None):
+        """:meth:`BackupReader.lend` of the open stream, or None: then :meth:`read`
+        (which also starts streams and answers probes)."""
+        with self.lock:
+            r = self.reader
+            if r is None or r.complete or r.abandoned:
+                return None
+        return r.lend(offset, n)
 
     # -- restore ----------------------------------------------------------------
     def start_restore(self, *, skip_generations=(), name: str = "restore stream",

@@ -44,10 +44,17 @@ class BlockStore(ABC):
     # True: the store also offers submit_read/submit_write/submit_flush, which
     # return at once and call ``done`` later, from any thread (volume/rbdstore.py).
     asynchronous: bool = False
+    lends: bool = False       # lend() may answer a read without a copy
 
     @abstractmethod
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with ``len(buf)`` bytes from ``offset``."""
+
+    def lend(self, offset: int, length: int):
+        """(read-only view of the ``length`` bytes at ``offset``, release callable),
+        or None: then read with :meth:`readinto`.  Only stores with ``lends`` set
+        are asked; the view stays valid until ``release()`` (or for good)."""
+        return None
 
     def read(self, offset: int, length: int) -> bytearray:
         buf = bytearray(length)

@@ -22,9 +22,17 @@ from ..scsi.layouts.cdbs import (  # noqa: E402,F401
 # Decoders of the replies to those commands (same layouts the target packs with).
 from ..scsi.layouts.pr import (PrCapabilities, PrReadFullStatus, PrReadKeys,  # noqa: E402,F401
                                PrReadReservation)
-from ..scsi.layouts.xcopy import (CopyStatus, ExtendedCopyList,  # noqa: E402,F401
-                                  FailedSegmentDetails, OperatingParameters, ReceiveData,
-                                  block_copy_list)
+# The EXTENDED COPY ones on first use (PEP 562): their module is a sizeable part of
+# the start-up of every initiator, most of which never copy.
+_XCOPY = frozenset({"CopyStatus", "ExtendedCopyList", "FailedSegmentDetails",
+                    "OperatingParameters", "ReceiveData", "block_copy_list"})
+
+
+def __getattr__(name: str):
+    if name in _XCOPY:
+        from ..scsi.layouts import xcopy
+        return getattr(xcopy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Capacity(NamedTuple):

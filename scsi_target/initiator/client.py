@@ -50,6 +50,8 @@ __all__ = ["IscsiClient", "ScsiResult", "CommandHandle", "DiscoveredTarget", "Lo
            "Credentials", "discover"]
 
 DEFAULT_TIMEOUT = 30.0
+# PDUs at least this long are handed to the transport piece by piece, not joined.
+_WRITE_APART = 64 * 1024
 MAX_REDIRECTS = 3
 
 
@@ -64,7 +66,7 @@ class _Task:
     lun: int
     future: asyncio.Future
     edtl: int = 0
-    read_buf: bytearray | None = None
+    read_buf: bytearray | memoryview | None = None
     data_out: memoryview | None = None
     high: int = 0                       # highest Data-In byte received
     next_datasn: int = 0
@@ -135,6 +137,10 @@ class IscsiClient(ScsiConveniences):
         self._window = asyncio.Event()
         self._login_waiter: asyncio.Future | None = None
         self._background: set[asyncio.Task] = set()
+        # Data-Out sequences go out one after the other (FIFO): interleaved,
+        # several writes' data would complete in any order at the target and
+        # execute out of the order they were issued in.
+        self._dataout_lock: asyncio.Lock | None = None
         self._block_size: int | None = None
         self._cid = 0
 
@@ -261,7 +267,14 @@ class IscsiClient(ScsiConveniences):
         bufs: list = []
         for pdu in pdus:
             bufs += encode_pdu(pdu, hd, dd)
-        proto.transport.writelines(bufs)
+        t = proto.transport
+        if len(bufs) > 1 and sum(map(len, bufs)) >= _WRITE_APART:
+            # writelines joins the pieces into one new bytes (a copy of the whole
+            # data segment) before sending; each write() tries the socket first.
+            for b in bufs:
+                t.write(b)
+        else:
+            t.writelines(bufs)
 
     async def _drain(self, proto: _Protocol) -> None:
         if not proto._can_write.is_set():
@@ -395,7 +408,8 @@ class IscsiClient(ScsiConveniences):
                                         f"{task.edtl} bytes")
             if pdu.datasn != task.next_datasn:
                 raise ProtocolViolation(f"Data-In DataSN {pdu.datasn}, expected {task.next_datasn}")
-            if isinstance(data, memoryview) and data.obj is buf:
+            if isinstance(data, memoryview) and data.obj is (
+                    buf.obj if type(buf) is memoryview else buf):
                 data.release()                      # received in place (rx.py)
                 pdu.data = b""
             else:
@@ -415,6 +429,8 @@ class IscsiClient(ScsiConveniences):
         if buf is None:
             return b""
         if task.high < len(buf):
+            if type(buf) is memoryview:
+                return buf[:task.high]              # the caller's buffer: never resized
             try:
                 del buf[task.high:]
             except BufferError:
@@ -465,21 +481,25 @@ class IscsiClient(ScsiConveniences):
     async def _send_data_out(self, proto: _Protocol, task: _Task, offset: int, length: int,
                              ttt: int, datasn: int = 0) -> None:
         """One Data-Out sequence, cut at the target's MaxRecvDataSegmentLength."""
+        if self._dataout_lock is None:
+            self._dataout_lock = asyncio.Lock()
         mrdsl = self.params.max_xmit_data_segment_length
         view = task.data_out
         end = offset + length
         lun = _lun_field(task.lun)
         try:
-            while offset < end:
-                n = min(mrdsl, end - offset)
-                if task.itt not in self._pending:
-                    return
-                self._send(proto, P.DataOut(final=offset + n >= end, lun=lun, itt=task.itt,
-                                            ttt=ttt, expstatsn=self._exp_statsn, datasn=datasn,
-                                            offset=offset, data=view[offset:offset + n]))
-                offset += n
-                datasn += 1
-                await self._drain(proto)
+            async with self._dataout_lock:
+                while offset < end:
+                    n = min(mrdsl, end - offset)
+                    if task.itt not in self._pending:
+                        return
+                    self._send(proto, P.DataOut(final=offset + n >= end, lun=lun, itt=task.itt,
+                                                ttt=ttt, expstatsn=self._exp_statsn,
+                                                datasn=datasn, offset=offset,
+                                                data=view[offset:offset + n]))
+                    offset += n
+                    datasn += 1
+                    await self._drain(proto)
         except asyncio.CancelledError:
             raise
         except IscsiError:
@@ -540,8 +560,14 @@ class IscsiClient(ScsiConveniences):
     # ---------------------------------------------------------------- commands
     async def submit(self, cdb: bytes, *, data_out=None, read_length: int = 0,
                      lun: int | None = None, attr: TaskAttr = TaskAttr.SIMPLE,
-                     timeout: float | None = None, check: bool = False) -> CommandHandle:
-        """Send one SCSI command; returns once it is on the wire (await the handle)."""
+                     timeout: float | None = None, check: bool = False,
+                     read_into=None) -> CommandHandle:
+        """Send one SCSI command; returns once it is on the wire (await the handle).
+
+        ``read_into``: a writable buffer of at least ``read_length`` bytes that
+        Data-In is received into (the result's data is a view of it) instead of
+        a new bytearray; it must not be touched until the command completed.
+        """
         if self.target is None:
             raise IscsiError("a discovery session cannot carry SCSI commands")
         if not 1 <= len(cdb) <= 260:
@@ -553,12 +579,20 @@ class IscsiClient(ScsiConveniences):
         view = memoryview(data_out).cast("B") if data_out is not None and len(data_out) else None
         edtl = len(view) if view is not None else read_length
         lun = self.lun if lun is None else lun
+        if read_into is not None and read_length:
+            read_buf = memoryview(read_into).cast("B")
+            if read_buf.readonly or len(read_buf) < read_length:
+                raise ValueError(f"read_into must be a writable buffer of at least "
+                                 f"{read_length} bytes")
+            read_buf = read_buf[:read_length]
+        else:
+            read_buf = bytearray(read_length) if read_length else None
         cmdsn = await self._take_cmdsn(proto)
         proto = self._check_usable()
         itt = self._new_itt()
         fut = asyncio.get_running_loop().create_future()
         task = _Task(itt, cmdsn, lun, fut, edtl=edtl, data_out=view,
-                     read_buf=bytearray(read_length) if read_length else None)
+                     read_buf=read_buf)
         cdb16, ahs = bytes(cdb[:16]).ljust(16, b"\x00"), b""
         if len(cdb) > 16:
             # Extended CDB AHS (RFC 7143 11.3.1.3): length counts the type-specific byte.
@@ -590,9 +624,10 @@ class IscsiClient(ScsiConveniences):
 
     async def execute(self, cdb: bytes, *, data_out=None, read_length: int = 0,
                       lun: int | None = None, attr: TaskAttr = TaskAttr.SIMPLE,
-                      timeout: float | None = None, check: bool = False) -> ScsiResult:
+                      timeout: float | None = None, check: bool = False,
+                      read_into=None) -> ScsiResult:
         handle = await self.submit(cdb, data_out=data_out, read_length=read_length, lun=lun,
-                                   attr=attr, timeout=timeout, check=check)
+                                   attr=attr, timeout=timeout, check=check, read_into=read_into)
         return await handle.result()
 
     async def _request(self, pdu, timeout: float | None, what: str):

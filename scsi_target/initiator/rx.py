@@ -15,11 +15,9 @@ import asyncio
 import socket
 from typing import Protocol
 
-import crc32c as _crc32c
-
 from ..protocol import pdu as P
 from .errors import IscsiError, ProtocolViolation
-from ..protocol.framing import FramingError, UnknownOpcode, data_digest_ok, split_header
+from ..protocol.framing import FramingError, UnknownOpcode, crc32c, data_digest_ok, split_header
 
 SCRATCH = 64 * 1024
 # A header (with digest) and the trailer (padding, data digest) of the PDU before it.
@@ -210,8 +208,8 @@ class RxProtocol(asyncio.BufferedProtocol):
         s = self._start
         if self.data_digest:
             pad_end = s + (-self._dlen % 4)
-            crc = _crc32c.crc32c(dest)
-            crc = _crc32c.crc32c(memoryview(self._buf)[s:pad_end], crc)
+            crc = crc32c(dest)
+            crc = crc32c(memoryview(self._buf)[s:pad_end], crc)
             got = int.from_bytes(self._buf[pad_end:pad_end + 4], "little")
             if crc != got:
                 self._dest = self._pdu = None

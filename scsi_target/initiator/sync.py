@@ -12,9 +12,10 @@ pytest-asyncio test calling blocking helpers), where ``asyncio.run`` fails.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..protocol import pdu as P
 from .client import (DEFAULT_TIMEOUT, DiscoveredTarget, IscsiClient, ScsiResult, discover)
@@ -96,9 +97,11 @@ class SyncIscsiClient:
         return self.client.login_result
 
     def execute(self, cdb: bytes, *, data_out=None, read_length: int = 0, lun: int | None = None,
-                timeout: float | None = None, check: bool = False) -> ScsiResult:
+                timeout: float | None = None, check: bool = False,
+                read_into=None) -> ScsiResult:
         return self._call(self.client.execute(cdb, data_out=data_out, read_length=read_length,
-                                              lun=lun, timeout=timeout, check=check), timeout)
+                                              lun=lun, timeout=timeout, check=check,
+                                              read_into=read_into), timeout)
 
     def execute_many(self, commands: Iterable[dict], *, check: bool = False) -> list[ScsiResult]:
         """Several commands outstanding at once; each dict holds execute()'s keywords."""
@@ -106,6 +109,57 @@ class SyncIscsiClient:
             handles = [await self.client.submit(check=check, **cmd) for cmd in commands]
             return [await h for h in handles]
         return self._call(run())
+
+    def start(self, cdb: bytes, *, data_out=None, read_length: int = 0, lun: int | None = None,
+              timeout: float | None = None, check: bool = False,
+              read_into=None) -> concurrent.futures.Future:
+        """Hand one command to the client loop without waiting: its ScsiResult
+        arrives in the returned future.  Commands started one after the other
+        get consecutive CmdSNs (the loop takes them in order)."""
+        return asyncio.run_coroutine_threadsafe(
+            self.client.execute(cdb, data_out=data_out, read_length=read_length, lun=lun,
+                                timeout=timeout, check=check, read_into=read_into),
+            self._lt.loop)
+
+    def result(self, fut: concurrent.futures.Future, timeout: float | None = None) -> ScsiResult:
+        """The result of a :meth:`start`-ed command (the client's own timeouts fire first)."""
+        try:
+            return fut.result((timeout or self.timeout) * 2 + _GRACE)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise IscsiTimeout("no answer from the client loop") from None
+
+    def pipeline(self, commands: Iterable[dict], depth: int, *,
+                 check: bool = False) -> Iterator[ScsiResult]:
+        """Results of ``commands`` (dicts of execute()'s keywords) in their order,
+        with up to ``depth`` of them outstanding: the next command is taken from
+        the iterable (lazily, so it may depend on the results seen so far) as
+        each result is handed out.  Closing the generator early waits for the
+        commands already started."""
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
+        it = iter(commands)
+        inflight: collections.deque = collections.deque()
+        try:
+            for cmd in it:
+                inflight.append(self.start(check=check, **cmd))
+                if len(inflight) >= depth:
+                    break
+            while inflight:
+                res = self.result(inflight.popleft())
+                yield res
+                # Refill after the consumer is done with ``res``: a command may
+                # reuse its buffer.
+                if len(inflight) < depth:
+                    cmd = next(it, None)
+                    if cmd is not None:
+                        inflight.append(self.start(check=check, **cmd))
+        finally:
+            for fut in inflight:
+                try:
+                    self.result(fut)
+                except Exception:        # already failed: the caller saw the first error
+                    pass
 
     def ping(self, data: bytes = b"") -> float:
         return self._call(self.client.ping(data))

@@ -10,16 +10,30 @@ from __future__ import annotations
 
 import struct
 
-import crc32c as _crc32c
-
 from .pdu import BHS_LEN, Pdu, PduFormatError, decode_bhs, header_lengths, pdu_class
 
 _LE32 = struct.Struct("<I")
 _PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 
-def crc32c(data) -> int:
-    return _crc32c.crc32c(data)
+class _Crc32cOnFirstUse:
+    """The crc32c module, imported when a digest is first computed: the import
+    costs an initiator's start-up more than anything else it does (crc32c reads
+    its version through importlib.metadata), and a session without digests
+    never needs it.  The first use puts the module itself in its place."""
+
+    def __getattr__(self, name):
+        global _crc32c
+        import crc32c
+        _crc32c = crc32c
+        return getattr(crc32c, name)
+
+
+_crc32c = _Crc32cOnFirstUse()
+
+
+def crc32c(data, value: int = 0) -> int:
+    return _crc32c.crc32c(data, value)
 
 
 def digest_bytes(*parts) -> bytes:

@@ -59,6 +59,7 @@ class StreamMedium(BlockStore):
 
     read_only = False
     thin = False
+    lends = True              # sequential stream reads go out without a copy
 
     def __init__(self, source: TrackingStore) -> None:
         self.source = source
@@ -88,6 +89,9 @@ class StreamMedium(BlockStore):
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.sessions.read(offset, buf, owner=self.nexus)
+
+    def lend(self, offset: int, length: int):
+        return self.sessions.lend(offset, length, owner=self.nexus)
 
     def write(self, offset: int, data) -> None:
         self.sessions.write(offset, data, skip_generations=self.skip_generations,

@@ -227,7 +227,9 @@ class LogicalUnit:
     def _no_data_residual(self, cmd: Command) -> int:
         return cmd.expected_length or 0
 
-    def _good(self, cmd: Command, result) -> Response:
+    def _good(self, cmd: Command, result, release=None) -> Response:
+        """GOOD with ``result`` (data, None or a whole Response); ``release``: the
+        data's own give-back (else a pooled read buffer goes back to the pool)."""
         if isinstance(result, Response):
             return result
         edtl = cmd.expected_length
@@ -237,7 +239,8 @@ class LogicalUnit:
             return Response(Status.GOOD, residual=edtl or 0)
         data = result
         n = len(data)
-        release = partial(READ_BUFFERS.put, data) if READ_BUFFERS.pooled(data) else None
+        if release is None and READ_BUFFERS.pooled(data):
+            release = partial(READ_BUFFERS.put, data)
         if edtl is None:
             return Response(Status.GOOD, data, release=release)
         if n > edtl:

@@ -266,9 +266,18 @@ def _fast_read(size: int):
             return None
         lba, n = plain
         bs = lu.block_size
+        store = lu.store
+        if store.lends:
+            try:
+                lent = store.lend(lba * bs, n * bs)
+            except StoreError as exc:
+                return lu._check_condition(cmd, _read_error(exc))
+            if lent is not None:
+                # The store's own buffer, not the pool's: given back through its release.
+                return lu._good(cmd, lent[0], lent[1])
         buf = READ_BUFFERS.get(n * bs)
         try:
-            lu.store.readinto(lba * bs, buf)
+            store.readinto(lba * bs, buf)
         except StoreError as exc:
             return lu._check_condition(cmd, _read_error(exc))
         return lu._good(cmd, buf)

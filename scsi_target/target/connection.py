@@ -46,7 +46,7 @@ from ..scsi.command import Command, Deferred, Direction, Response, Status, TaskA
 from ..scsi.lunaddr import decode_lun
 from . import budget as B
 from .datain import DataInSegmenter
-from .dataout import MAX_WRITE_BUFFER, DataOutSequencer, Task
+from .dataout import MAX_WRITE_BUFFER, WRITE_BUFFERS, DataOutSequencer, Task, take_buffer
 from .errors import ProtocolError
 from .hooks import Hold, TransportFaults
 from .session import Session, SessionTable
@@ -455,7 +455,7 @@ class TargetConnection:
             cdb = pdu.cdb
             if pdu.ahs:
                 cdb = _extended_cdb(cdb, pdu.ahs)
-            data_out = task.buffer
+            data_out = take_buffer(task)
             if data_out is None and pdu.write:
                 data_out = bytearray()
             attr = pdu.attr
@@ -469,6 +469,10 @@ class TargetConnection:
                 cdb, task.lun, data_out, pdu.edtl, _DIRECTIONS[pdu.read + 2 * pdu.write],
                 self.session.nexus, pdu.itt, _ATTRS[attr] if attr <= 4 else TaskAttr.SIMPLE,
                 None, True, "execute" not in luns.__dict__))
+            if task.recycled:
+                # Unless the LU still holds it (a deferred write in flight does).
+                WRITE_BUFFERS.recycle(data_out)
+                data_out = None
             if type(resp) is Deferred:
                 self.deferred += 1
                 self._inflight[pdu.itt] = task.lun

@@ -22,6 +22,8 @@ turn comes, and later Data-Out PDUs for it are discarded.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from collections import deque
 from typing import Callable
 
@@ -36,6 +38,52 @@ log = logging.getLogger("scsi_target.target")
 
 # Writes larger than this are refused before any data is accepted (bounds memory).
 MAX_WRITE_BUFFER = 256 << 20   # 65536 blocks of 4 KiB: the largest DiskLU transfer
+
+
+class WriteBuffers:
+    """Recycled write buffers, by exact size.
+
+    A fresh multi-megabyte ``bytearray`` per write costs more than receiving
+    into it (zero fill and a page fault per 4 KiB on first touch).  A buffer
+    comes back through :meth:`recycle` once its command executed, and only if
+    nothing else still refers to it (the LU or an interceptor may keep the
+    data-out it was given, or a view of it): whatever holds a reference holds
+    the buffer.  Contents of a buffer taken again are stale; a write's buffer
+    is filled completely before its command executes.
+    """
+
+    def __init__(self, max_cached: int = 64 << 20) -> None:
+        self._free: dict[int, list[bytearray]] = {}
+        self._cached = 0
+        self._max_cached = max_cached
+        self._lock = threading.Lock()
+
+    def get(self, n: int) -> bytearray:
+        with self._lock:
+            free = self._free.get(n)
+            if free:
+                self._cached -= n
+                return free.pop()
+        return bytearray(n)
+
+    def recycle(self, buf: bytearray) -> bool:
+        """Keep ``buf`` for a later write if the caller's reference is the only
+        one left (the caller must drop it); whether it was kept."""
+        # References: the caller's, this frame's, getrefcount's argument.
+        if type(buf) is not bytearray or sys.getrefcount(buf) != 3:
+            return False
+        n = len(buf)
+        with self._lock:
+            if self._cached + n > self._max_cached:
+                return False
+            self._free.setdefault(n, []).append(buf)
+            self._cached += n
+        return True
+
+
+# Writes smaller than this take a fresh buffer (cheap to allocate).
+MIN_RECYCLED = 64 << 10
+WRITE_BUFFERS = WriteBuffers()
 
 
 class DataSequenceError(Exception):
@@ -76,6 +124,7 @@ class Task:
     outstanding: dict | None = None   # TTT -> R2TState
     reserved = 0                # bytes reserved in the write budgets (0: not admitted)
     early: list | None = None   # (offset, data) that came before admission
+    recycled = False            # ``buffer`` is from WRITE_BUFFERS (give it back after execution)
     # Set when the data-out phase went wrong or the command was refused: it
     # ends in CHECK CONDITION with this error instead of executing.
     error: S.SenseError | None = None
@@ -249,7 +298,7 @@ class DataOutSequencer:
                 if task.received >= task.want:
                     _assemble(task)    # all of it came unsolicited: no R2T, no wait
                 return
-            buf = task.buffer = bytearray(task.want)
+            buf = task.buffer = _new_buffer(task)
         buf[offset:offset + n] = data
         task.received += n
 
@@ -382,9 +431,23 @@ class DataOutSequencer:
             self.shared.give(held)
 
 
+def _new_buffer(task: Task) -> bytearray:
+    n = task.want
+    if n < MIN_RECYCLED:
+        return bytearray(n)
+    task.recycled = True
+    return WRITE_BUFFERS.get(n)
+
+
+def take_buffer(task: Task):
+    """The task's data-out, handed over to execute it; the task keeps no reference."""
+    buf, task.buffer = task.buffer, None
+    return buf
+
+
 def _assemble(task: Task) -> None:
     """The pieces that came before admission, in the task's own buffer."""
-    buf = task.buffer = bytearray(task.want)
+    buf = task.buffer = _new_buffer(task)
     for offset, data in task.early:
         buf[offset:offset + len(data)] = data
     task.early = None

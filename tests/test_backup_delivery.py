@@ -1,0 +1,293 @@
+"""Fast delivery over iSCSI (issue 14, item 1): the pieces that make it fast keep the
+stream exact -- lent (uncopied) reads of the backup device, recycled buffers on both
+ends, pipelined reads and writes, batched block CRCs -- and a backup taken while
+writes continue is still a point-in-time image."""
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+
+from scsi_target import config as C
+from scsi_target.initiator import cdb as cdbs
+from scsi_target.initiator.sync import SyncIscsiClient
+from scsi_target.scsi.command import Command, Nexus
+from scsi_target.scsi.layouts import backup as L
+from scsi_target.target.dataout import WriteBuffers
+from volume import blockcrc
+from volume.session import _CHUNK_BUFFERS, CHUNK, HEAD_KEEP, LEND_MAX, WINDOW
+from volume.stream import StreamDecoder
+
+from backup_harness import SHM, Server, diffbackup, fill_random
+
+MiB = 1 << 20
+BS = 512
+OWNER = Nexus("iqn.2026-01.test:delivery", b"\x00\x02\x3d\x00\x00\x07", "iqn.t", 1)
+
+
+@pytest.fixture
+def shm(tmp_path_factory):
+    if SHM is None:
+        yield tmp_path_factory.mktemp("vol")
+        return
+    import shutil
+    import tempfile
+    from pathlib import Path
+    d = tempfile.mkdtemp(prefix="pyscsi-test-", dir=SHM)
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Rig:
+    """A tracked disk and its backup device, in process."""
+
+    def __init__(self, d, size: int, density: float = 1.0) -> None:
+        self.path = d / "v.img"
+        fill_random(self.path, size, density=density, seed=size)
+        cfg = C.from_flags(listen=["127.0.0.1:0"], disks=[str(self.path)], backup_device=True)
+        self.reg = C.build_registry(cfg)
+        luns = self.reg.targets[C.DEFAULT_IQN].luns
+        self.disk, self.dev = luns.luns[0], luns.luns[1]
+        for lu in (self.disk, self.dev):
+            lu.execute(Command(bytes(6), nexus=OWNER))     # the power-on unit attention
+
+    def vendor(self, op: int, **kw):
+        return self.dev.execute(Command(L.cdb(op, **kw), nexus=OWNER))
+
+    def start_full(self):
+        assert self.vendor(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL).ok
+        assert self.vendor(L.OP_START_BACKUP, length=80).ok
+        return self.dev.medium.sessions.reader
+
+    def read(self, offset: int, n: int):
+        cdb = bytes([0x88, 0]) + (offset // BS).to_bytes(8, "big") + \
+            (n // BS).to_bytes(4, "big") + bytes(2)
+        r = self.dev.execute(Command(cdb, nexus=OWNER, expected_length=n))
+        assert r.ok, r.sense
+        return r
+
+    def close(self) -> None:
+        self.reg.close()
+
+
+def _decode(raw: bytes):
+    dec = StreamDecoder()
+    items = dec.feed(raw)
+    end = dec.finish()
+    assert end.complete and not end.errors, end.errors
+    return items, end
+
+
+def _image_of(items, size: int) -> bytes:
+    img = bytearray(size)
+    for it in items:
+        if getattr(it, "data", None) is not None:
+            img[it.first_block * 4096:it.first_block * 4096 + len(it.data)] = it.data
+    return bytes(img)
+
+
+def test_lent_reads_and_copied_re_reads_give_one_exact_stream(shm):
+    size = 24 * MiB + 3 * 4096          # the last lent read runs past the stream's end
+    rig = Rig(shm, size)
+    r = rig.start_full()
+    cap = rig.dev.medium.size
+    out = bytearray()
+    resp = []
+    while r.total is None or len(out) < r.total:
+        x = rig.read(len(out), min(LEND_MAX, cap - len(out)))
+        assert isinstance(x.data_in, memoryview) and x.data_in.readonly and \
+            x.release is not None                       # lent, not copied
+        resp.append(x)
+        if not r.complete:      # a complete stream keeps only its head
+            # A re-read of what was just lent is served from the window, by copy.
+            again = rig.read(len(out), 64 * 1024)
+            assert bytes(again.data_in) == bytes(x.data_in[:64 * 1024])
+        out += x.data_in
+    assert r.complete
+    stream = bytes(out[:r.total])
+    assert not any(out[r.total:])                       # zeros after the stream
+    items, end = _decode(stream)
+    assert _image_of(items, size) == rig.path.read_bytes()
+    for x in resp:                                      # views stay valid until released
+        x.release()
+
+
+def test_a_lent_view_outlives_the_window_and_its_buffer_is_reused_only_after_release(shm):
+    rig = Rig(shm, 80 * MiB)
+    r = rig.start_full()
+    first = rig.read(0, LEND_MAX)
+    keep = bytes(first.data_in)
+    buf = first.data_in.obj
+    pos = LEND_MAX
+    while pos < 76 * MiB:                               # far past the window
+        x = rig.read(pos, LEND_MAX)
+        assert r.kept_bytes <= WINDOW + CHUNK + HEAD_KEEP
+        x.release()                                     # as the transport does once sent
+        pos += LEND_MAX
+    assert all(c is not buf for _s, _m, c in ((s, m, k.buf) for s, m, k in r._chunks))
+    assert bytes(first.data_in) == keep                 # not reused while lent
+    first.release()
+    # Now it is free: the next chunk of that size may be it.
+    assert any(b is buf for b in _CHUNK_BUFFERS._free.get(LEND_MAX, []))
+
+
+def test_reads_that_are_not_sequential_are_copied_and_stay_correct(shm):
+    rig = Rig(shm, 8 * MiB, density=0.8)
+    r = rig.start_full()
+    a = rig.read(0, 1 * MiB)                    # lent
+    b = rig.read(2 * MiB, 1 * MiB)              # ahead of the stream position: copied
+    assert b.release is None or not b.data_in.readonly
+    c = rig.read(1 * MiB, 1 * MiB)              # fills the hole: copied
+    raw = bytes(a.data_in) + bytes(c.data_in) + bytes(b.data_in)
+    pos, cap = 3 * MiB, rig.dev.medium.size
+    while not r.complete:
+        assert pos < cap
+        raw += bytes(rig.read(pos, min(MiB, cap - pos)).data_in)
+        pos += MiB
+    items, _ = _decode(raw[:r.total])
+    assert _image_of(items, 8 * MiB) == rig.path.read_bytes()
+
+
+def test_batched_block_crcs_equal_the_one_by_one_notes():
+    from volume.memstore import MemoryStore
+    rnd = random.Random(5)
+    size = 1 * MiB + 1000                           # a partial last block
+    store = MemoryStore(size)
+    store.write(0, rnd.randbytes(size))
+    entries = -(-size // 4096)
+    a = blockcrc.CrcRecorder(store, 4096, entries)
+    b = blockcrc.CrcRecorder(store, 4096, entries)
+    blocks = sorted(rnd.sample(range(entries - 1), 50))
+    views = [memoryview(bytearray(4096)) for _ in blocks]
+    a.readinto_many([k * 4096 for k in blocks], views)
+    for k in blocks:
+        b.readinto(k * 4096, memoryview(bytearray(4096)))
+    # A batch that is not all whole blocks takes the general path.
+    last = entries - 1
+    tail = memoryview(bytearray(size - last * 4096))
+    a.readinto_many([0, last * 4096], [memoryview(bytearray(8192)), tail])
+    b.readinto(0, memoryview(bytearray(8192)))
+    b.readinto(last * 4096, memoryview(bytearray(size - last * 4096)))
+    assert a.table == b.table and a.sent == b.sent
+    assert a.sent.count() == len(set(blocks) | {0, 1, last})
+
+
+def test_write_buffers_come_back_only_when_nobody_holds_them():
+    pool = WriteBuffers(max_cached=4 * MiB)
+
+    def run(keep_view: bool, keep_object: list | None = None):
+        data_out = pool.get(MiB)
+        held = memoryview(data_out) if keep_view else None
+        if keep_object is not None:
+            keep_object.append(data_out)
+        kept = pool.recycle(data_out)
+        data_out = None
+        return kept, held
+
+    assert run(False)[0]
+    again = pool.get(MiB)                               # the recycled one
+    assert pool.recycle(again) is True
+    kept, held = run(True)
+    assert not kept and held is not None                # a view is a reference
+    box: list = []
+    assert not run(False, box)[0]                       # so is the object itself
+    assert pool.get(MiB) is not box[0]
+    assert not pool.recycle(bytes(16))                  # only bytearrays
+    big = [bytearray(MiB) for _ in range(6)]
+    assert sum(pool.recycle(big.pop()) for _ in range(6)) <= 4   # bounded
+
+
+def test_pipeline_reads_into_callers_buffers_in_order(shm):
+    vol = shm / "v.img"
+    fill_random(vol, 16 * MiB, seed=3)
+    image = vol.read_bytes()
+    with Server(str(vol), cwd=shm) as srv, SyncIscsiClient(srv.url(0)) as c:
+        c.test_unit_ready()                             # the power-on unit attention
+        bufs = [bytearray(MiB) for _ in range(3)]
+        cmds = [dict(cdb=cdbs.read16(i * (MiB // BS), MiB // BS), read_length=MiB,
+                     read_into=bufs[i % 3]) for i in range(16)]
+        got = []
+        for r in c.pipeline(iter(cmds), 2):     # at most 2 outstanding: 3 buffers suffice
+            assert r.good and type(r.data) is memoryview
+            got.append(bytes(r.data))
+        assert b"".join(got) == image
+        # The result is the caller's buffer; a short buffer is refused.
+        r = c.execute(cdbs.read16(8, 8), read_length=8 * BS, read_into=bufs[0])
+        assert r.data.obj is bufs[0] and bytes(r.data) == image[8 * BS:16 * BS]
+        with pytest.raises(ValueError):
+            c.execute(cdbs.read16(0, 8), read_length=8 * BS, read_into=bytearray(100))
+        # Closing the pipeline early waits for what is outstanding.
+        own = [dict(cdb=cdbs.read16(i * (MiB // BS), MiB // BS), read_length=MiB,
+                    read_into=bytearray(MiB)) for i in range(6)]
+        it = c.pipeline(iter(own), 4)
+        first = next(it)
+        it.close()
+        assert bytes(first.data) == image[:MiB]
+        c.test_unit_ready()
+
+
+def test_pipelined_writes_keep_their_order_at_the_target(shm):
+    """Four 4 MiB writes to the same range, unsolicited data interleaving-free: the
+    last one issued is the one on the medium."""
+    vol = shm / "v.img"
+    fill_random(vol, 8 * MiB, seed=4)
+    datas = [os.urandom(4 * MiB) for _ in range(4)]
+    with Server(str(vol), cwd=shm) as srv, SyncIscsiClient(srv.url(0)) as c:
+        c.test_unit_ready()
+        futs = [c.start(cdbs.write16(0, 4 * MiB // BS), data_out=d) for d in datas]
+        assert all(c.result(f).good for f in futs)
+        assert bytes(c.read(0, 4 * MiB // BS)) == datas[-1]
+
+
+def test_full_backup_over_iscsi_while_writes_continue_is_a_point_in_time_image(shm):
+    size = 48 * MiB
+    vol = shm / "v.img"
+    fill_random(vol, size, seed=8)
+    before = vol.read_bytes()
+    rnd = random.Random(8)
+    targets = rnd.sample(range(size // 4096), 10000)
+    news = [rnd.randbytes(4096) for _ in targets]
+    with Server(str(vol), cwd=shm) as srv:
+        done = threading.Event()
+        written = []
+
+        def writer():
+            with SyncIscsiClient(srv.url(0)) as w:
+                for blk, data in zip(targets, news):
+                    if done.is_set():
+                        break
+                    w.write(blk * 8, data)
+                    written.append(blk)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        r = diffbackup("full", srv.url(0), "-o", str(shm / "full.bin"))
+        done.set()
+        t.join()
+        assert r.returncode == 0, r.stderr
+    items, _ = _decode((shm / "full.bin").read_bytes())
+    img = _image_of(items, size)
+    # The image is the volume at one instant: the writes before it, none after.
+    k = 0
+    for i, (blk, data) in enumerate(zip(targets, news)):
+        got = img[blk * 4096:(blk + 1) * 4096]
+        if got == data:
+            assert k == i, f"write {i} in the image but write {k} is not"
+            k += 1
+        else:
+            assert got == before[blk * 4096:(blk + 1) * 4096]
+    expect = bytearray(before)
+    for blk, data in zip(targets[:k], news[:k]):
+        expect[blk * 4096:(blk + 1) * 4096] = data
+    assert 0 < k < len(written)         # writes before the cut are in, those during it are not
+    assert img == bytes(expect)
+    # And it restores over iSCSI byte for byte.
+    dst = shm / "dst.img"
+    with open(dst, "wb") as f:
+        f.truncate(size)
+    with Server(str(dst), cwd=shm) as srv:
+        r = diffbackup("restore", srv.url(0), str(shm / "full.bin"))
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert dst.read_bytes() == bytes(expect)
