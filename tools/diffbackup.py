@@ -226,21 +226,47 @@ class RemoteVolume:
                             first_burst_length=chunk, header_digest="None,CRC32C",
                             data_digest="None,CRC32C")
         self.c = SyncIscsiClient(url, initiator_name=initiator_name, options=opts)
+        # The device's REPORT GENERATIONS when finding it took one (a disk's URL):
+        # the first generations() of this session answers with it, no round trip.
+        self._first_generations = None
         try:
             self.dev = self._find_device(lun)
         except BaseException:
             self.c.close()
             raise
 
-    def _is_device(self, lun: int) -> bool:
-        data = self.c.inquiry(lun=lun)     # INQUIRY reports no unit attention
-        return bytes(data[16:32]).decode("ascii", "replace").strip() == "DIFF-BACKUP"
+    @staticmethod
+    def _inquiry_cmd(lun: int) -> dict:
+        from scsi_target.initiator.cdb import inquiry
+        return {"cdb": inquiry(alloc=255), "read_length": 255, "lun": lun}
+
+    @staticmethod
+    def _is_device(r) -> bool:
+        r.raise_for_status()               # INQUIRY reports no unit attention
+        return bytes(r.data[16:32]).decode("ascii", "replace").strip() == "DIFF-BACKUP"
 
     def _find_device(self, lun: int) -> int:
-        if self._is_device(lun):
+        """The backup device of ``lun`` (itself when it is one), in at most three round
+        trips: INQUIRY of the LUN with REPORT LUNS, then INQUIRY of every other LUN
+        together, then REPORT GENERATIONS of every device among them together."""
+        from scsi_target.initiator.cdb import parse_report_luns, report_luns
+        inq, rl = self.c.execute_many([self._inquiry_cmd(lun),
+                                       {"cdb": report_luns(4096), "read_length": 4096,
+                                        "lun": 0}])
+        if self._is_device(inq):
             return lun
-        for n in self.c.report_luns():
-            if n != lun and self._is_device(n) and self.generations(n).header.source_lun == lun:
+        others = [n for n in parse_report_luns(bytes(rl.raise_for_status().data)) if n != lun]
+        inqs = self.c.execute_many([self._inquiry_cmd(n) for n in others])
+        devices = [n for n, r in zip(others, inqs) if self._is_device(r)]
+        cdb = self.L.cdb(self.L.OP_REPORT_GENERATIONS, length=1 << 20)
+        gens = self.c.execute_many([{"cdb": cdb, "read_length": 1 << 20, "lun": n}
+                                    for n in devices])
+        for n, r in zip(devices, gens):
+            cmd = {"cdb": cdb, "read_length": 1 << 20, "lun": n}
+            g = self.L.GenerationsReport.unpack(bytes(
+                self._checked(r, cmd, "REPORT GENERATIONS").data))
+            if g.header.source_lun == lun:
+                self._first_generations = g
                 return n
         raise Failure(f"LUN {lun} has no backup device on this target (serve it with "
                       f"--backup-device or a kind = \"backup\" LUN)")
@@ -276,6 +302,9 @@ class RemoteVolume:
                 0xC7: "AUDIT TRACKER", 0xC8: "REPORT MAP EXTENTS"}.get(opcode, hex(opcode))
 
     def generations(self, lun: int | None = None):
+        g, self._first_generations = self._first_generations, None
+        if g is not None and lun is None:
+            return g
         return self.L.GenerationsReport.unpack(
             self._cmd(self.L.OP_REPORT_GENERATIONS, lun=lun, length=1 << 20))
 
@@ -308,10 +337,19 @@ class RemoteVolume:
                 raise Failure("no full backup of this volume was completed since tracking "
                               "began: take a full backup first")
         self._cmd(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL if full else 0, scope=0 if full else scope)
-        st = L.BackupStatus.unpack(self._cmd(L.OP_START_BACKUP, length=80))
-        # Never read past the device: the stream (at most size_bound bytes) ends
-        # before its capacity, and its length is known once its end was produced.
-        capacity = self.c.read_capacity16(lun=self.dev).blocks * DEV_BLOCK
+        # START BACKUP and READ CAPACITY in one round trip (in CmdSN order; READ
+        # CAPACITY changes nothing, and a refused START stops the run below).
+        start = {"cdb": L.cdb(L.OP_START_BACKUP, length=80), "read_length": 80, "lun": self.dev}
+        from scsi_target.initiator.cdb import parse_read_capacity16, read_capacity16
+        rc = {"cdb": read_capacity16(32), "read_length": 32, "lun": self.dev}
+        r_start, r_cap = self.c.execute_many([start, rc])
+        st = L.BackupStatus.unpack(bytes(self._checked(r_start, start, "START BACKUP").data))
+        # Never read past the device, nor past the stream's bound: the stream (at
+        # most size_bound bytes) ends before the device's capacity, and its length
+        # is known once its end was produced.
+        blocks = parse_read_capacity16(bytes(self._checked(r_cap, rc, "READ CAPACITY").data)).blocks
+        capacity = min(blocks * DEV_BLOCK, -(-st.size_bound // DEV_BLOCK) * DEV_BLOCK) \
+            if st.size_bound else blocks * DEV_BLOCK
         status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
         # READ_PIPELINE reads in flight all the time, each into a buffer of its
         # own that is reused once its data is in the file; a REPORT BACKUP
@@ -319,8 +357,10 @@ class RemoteVolume:
         # own): once the encoder reached the end its TOTAL says where the stream
         # stops, no read is issued past it, and the device's zero padding read
         # meanwhile is cut off the file.
+        # Buffers are made as the window first needs them (a stream of a few
+        # kilobytes never zero-fills 32 MiB), then recycled.
         chunk = READ_CHUNK_BLOCKS * DEV_BLOCK
-        free = collections.deque(bytearray(chunk) for _ in range(READ_PIPELINE))
+        free: collections.deque = collections.deque()
         sent: collections.deque = collections.deque()      # (cmd, what, buffer), in order
         total = st.total or None
 
@@ -403,7 +443,7 @@ class RemoteVolume:
         # write at LBA 0 starts the stream, so it goes alone: a later, shorter
         # write could otherwise get its data in first and run first.
         chunk = CHUNK_BLOCKS * DEV_BLOCK
-        free = collections.deque(bytearray(chunk) for _ in range(PIPELINE))
+        free: collections.deque = collections.deque()        # filled as buffers come back
         sent: collections.deque = collections.deque()      # (cmd, buffer, bytes), in order
         what = "WRITE of the restore stream"
         with open(path, "rb", buffering=0) as f:

@@ -2,7 +2,7 @@
 
 Every PDU type is a dataclass whose header layout is declared once as a list
 of fields (byte offset, struct format or bit mask), from which each type's
-``encode_bhs`` and ``from_bhs`` are generated (one struct call each); the data segment travels beside the header as
+``encode_bhs`` and ``from_bhs`` are generated on first use (one struct call each); the data segment travels beside the header as
 ``pdu.data`` and AHS bytes as ``pdu.ahs``.  Framing (lengths, padding,
 digests) lives in :mod:`scsi_target.protocol.framing`.
 """
@@ -169,9 +169,11 @@ def _codec(cls) -> None:
 
 @dataclass(slots=True)
 class Pdu(abc.ABC):
+    """A PDU: its header fields, data segment and AHS (a class docstring spares
+    dataclasses the signature it would render as one)."""
     OPCODE: ClassVar[int] = -1
     SPEC: ClassVar[list] = []
-    _source: ClassVar[str] = ""   # the generated codec, for reading and debugging
+    _source: ClassVar[str] = ""   # the generated codec once used, for reading and debugging
 
     immediate: bool = False
     data: bytes | bytearray | memoryview = b""
@@ -191,7 +193,24 @@ _REGISTRY: dict[int, type[Pdu]] = {}
 
 
 def _register(cls):
-    _codec(cls)
+    """Register a PDU type; its codec is generated on the first encode or decode.
+
+    Generating all eighteen at import was most of the module's import time, a
+    fixed cost of every short-lived program (a ``diffbackup`` run uses five types).
+    Until then ``encode_bhs``/``from_bhs`` are stand-ins that generate the real
+    ones (which replace them on the class) and hand the call on.
+    """
+    def encode_bhs(self):
+        _codec(cls)
+        return cls.encode_bhs(self)
+
+    def from_bhs(kind, bhs, ahs=b"", data=b""):
+        _codec(cls)
+        return cls.from_bhs.__func__(kind, bhs, ahs, data)
+
+    cls.encode_bhs = encode_bhs
+    cls.from_bhs = classmethod(from_bhs)
+    abc.update_abstractmethods(cls)     # concrete: the stand-ins implement both
     _REGISTRY[cls.OPCODE] = cls
     return cls
 
@@ -200,6 +219,7 @@ def _register(cls):
 @_register
 @dataclass(slots=True)
 class NopOut(Pdu):
+    """NOP-Out (RFC 7143 11.18)."""
     OPCODE: ClassVar[int] = Op.NOP_OUT
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
                             ("ttt", 20, "I"), ("cmdsn", 24, "I"), ("expstatsn", 28, "I")]
@@ -214,6 +234,7 @@ class NopOut(Pdu):
 @_register
 @dataclass(slots=True)
 class ScsiCommand(Pdu):
+    """SCSI Command (11.3)."""
     OPCODE: ClassVar[int] = Op.SCSI_COMMAND
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("read", 1, ("bit", 0x40)),
                             ("write", 1, ("bit", 0x20)), ("attr", 1, ("bits", 0x07, 0)),
@@ -234,6 +255,7 @@ class ScsiCommand(Pdu):
 @_register
 @dataclass(slots=True)
 class TaskMgmtRequest(Pdu):
+    """Task Management Function Request (11.5)."""
     OPCODE: ClassVar[int] = Op.TASK_MGMT_REQUEST
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("function", 1, ("bits", 0x7F, 0)),
                             ("lun", 8, "Q"), ("itt", 16, "I"), ("rtt", 20, "I"),
@@ -253,6 +275,7 @@ class TaskMgmtRequest(Pdu):
 @_register
 @dataclass(slots=True)
 class LoginRequest(Pdu):
+    """Login Request (11.12)."""
     OPCODE: ClassVar[int] = Op.LOGIN_REQUEST
     SPEC: ClassVar[list] = [("transit", 1, ("bit", 0x80)), ("cont", 1, ("bit", 0x40)),
                             ("csg", 1, ("bits", 0x0C, 2)), ("nsg", 1, ("bits", 0x03, 0)),
@@ -276,6 +299,7 @@ class LoginRequest(Pdu):
 @_register
 @dataclass(slots=True)
 class TextRequest(Pdu):
+    """Text Request (11.10)."""
     OPCODE: ClassVar[int] = Op.TEXT_REQUEST
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("cont", 1, ("bit", 0x40)),
                             ("lun", 8, "Q"), ("itt", 16, "I"), ("ttt", 20, "I"),
@@ -292,6 +316,7 @@ class TextRequest(Pdu):
 @_register
 @dataclass(slots=True)
 class DataOut(Pdu):
+    """SCSI Data-Out (11.7)."""
     OPCODE: ClassVar[int] = Op.DATA_OUT
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
                             ("ttt", 20, "I"), ("expstatsn", 28, "I"), ("datasn", 36, "I"),
@@ -308,6 +333,7 @@ class DataOut(Pdu):
 @_register
 @dataclass(slots=True)
 class LogoutRequest(Pdu):
+    """Logout Request (11.14)."""
     OPCODE: ClassVar[int] = Op.LOGOUT_REQUEST
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("reason", 1, ("bits", 0x7F, 0)),
                             ("itt", 16, "I"), ("cid", 20, "H"), ("cmdsn", 24, "I"),
@@ -323,6 +349,7 @@ class LogoutRequest(Pdu):
 @_register
 @dataclass(slots=True)
 class SnackRequest(Pdu):
+    """SNACK Request (11.16)."""
     OPCODE: ClassVar[int] = Op.SNACK_REQUEST
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("type", 1, ("bits", 0x0F, 0)),
                             ("lun", 8, "Q"), ("itt", 16, "I"), ("ttt", 20, "I"),
@@ -341,6 +368,7 @@ class SnackRequest(Pdu):
 @_register
 @dataclass(slots=True)
 class NopIn(Pdu):
+    """NOP-In (11.19)."""
     OPCODE: ClassVar[int] = Op.NOP_IN
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
                             ("ttt", 20, "I"), ("statsn", 24, "I"), ("expcmdsn", 28, "I"),
@@ -357,6 +385,7 @@ class NopIn(Pdu):
 @_register
 @dataclass(slots=True)
 class ScsiResponse(Pdu):
+    """SCSI Response (11.4)."""
     OPCODE: ClassVar[int] = Op.SCSI_RESPONSE
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("bidi_overflow", 1, ("bit", 0x10)),
                             ("bidi_underflow", 1, ("bit", 0x08)), ("overflow", 1, ("bit", 0x04)),
@@ -385,6 +414,7 @@ class ScsiResponse(Pdu):
 @_register
 @dataclass(slots=True)
 class TaskMgmtResponse(Pdu):
+    """Task Management Function Response (11.6)."""
     OPCODE: ClassVar[int] = Op.TASK_MGMT_RESPONSE
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("response", 2, "B"), ("itt", 16, "I"),
                             ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I")]
@@ -399,6 +429,7 @@ class TaskMgmtResponse(Pdu):
 @_register
 @dataclass(slots=True)
 class LoginResponse(Pdu):
+    """Login Response (11.13)."""
     OPCODE: ClassVar[int] = Op.LOGIN_RESPONSE
     SPEC: ClassVar[list] = [("transit", 1, ("bit", 0x80)), ("cont", 1, ("bit", 0x40)),
                             ("csg", 1, ("bits", 0x0C, 2)), ("nsg", 1, ("bits", 0x03, 0)),
@@ -425,6 +456,7 @@ class LoginResponse(Pdu):
 @_register
 @dataclass(slots=True)
 class TextResponse(Pdu):
+    """Text Response (11.11)."""
     OPCODE: ClassVar[int] = Op.TEXT_RESPONSE
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("cont", 1, ("bit", 0x40)),
                             ("lun", 8, "Q"), ("itt", 16, "I"), ("ttt", 20, "I"),
@@ -442,6 +474,7 @@ class TextResponse(Pdu):
 @_register
 @dataclass(slots=True)
 class DataIn(Pdu):
+    """SCSI Data-In (11.7)."""
     OPCODE: ClassVar[int] = Op.DATA_IN
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("ack", 1, ("bit", 0x40)),
                             ("overflow", 1, ("bit", 0x04)), ("underflow", 1, ("bit", 0x02)),
@@ -469,6 +502,7 @@ class DataIn(Pdu):
 @_register
 @dataclass(slots=True)
 class LogoutResponse(Pdu):
+    """Logout Response (11.15)."""
     OPCODE: ClassVar[int] = Op.LOGOUT_RESPONSE
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("response", 2, "B"), ("itt", 16, "I"),
                             ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
@@ -486,6 +520,7 @@ class LogoutResponse(Pdu):
 @_register
 @dataclass(slots=True)
 class R2T(Pdu):
+    """Ready To Transfer (11.8)."""
     OPCODE: ClassVar[int] = Op.R2T
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
                             ("ttt", 20, "I"), ("statsn", 24, "I"), ("expcmdsn", 28, "I"),
@@ -506,6 +541,7 @@ class R2T(Pdu):
 @_register
 @dataclass(slots=True)
 class AsyncMessage(Pdu):
+    """Asynchronous Message (11.9)."""
     OPCODE: ClassVar[int] = Op.ASYNC_MESSAGE
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("lun", 8, "Q"), ("itt", 16, "I"),
                             ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
@@ -527,6 +563,7 @@ class AsyncMessage(Pdu):
 @_register
 @dataclass(slots=True)
 class Reject(Pdu):
+    """Reject (11.17)."""
     OPCODE: ClassVar[int] = Op.REJECT
     SPEC: ClassVar[list] = [("final", 1, ("bit", 0x80)), ("reason", 2, "B"), ("itt", 16, "I"),
                             ("statsn", 24, "I"), ("expcmdsn", 28, "I"), ("maxcmdsn", 32, "I"),
