@@ -124,6 +124,7 @@ def _progress(enabled: bool):
 # --------------------------------------------------------------------- results
 @dataclass
 class StreamOutcome:
+    """What applying one stream did (from the target's restore report or the local restorer)."""
     name: str
     state: str = "done"
     generation: tuple[int, int] = (0, 0)
@@ -144,6 +145,7 @@ class StreamOutcome:
 
 @dataclass
 class BackupOutcome:
+    """A finished backup: stream bytes, generation range, blocks carried."""
     nbytes: int
     generation: tuple[int, int]
     blocks: int
@@ -151,6 +153,7 @@ class BackupOutcome:
 
 @dataclass
 class VolumeStatus:
+    """A tracked volume's backup state, as `status` shows it."""
     volume_id: bytes
     volume_size: int
     granularity: int

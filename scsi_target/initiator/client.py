@@ -61,6 +61,7 @@ def _lun_field(lun: int) -> int:
 
 @dataclass(eq=False)
 class _Task:
+    """One outstanding SCSI command of the client."""
     itt: int
     cmdsn: int
     lun: int

@@ -54,6 +54,7 @@ class LoginOptions:
 
 @dataclass
 class Credentials:
+    """CHAP secrets: ours, and the target's for mutual CHAP."""
     user: str
     secret: str
     target_user: str | None = None       # set for mutual CHAP
@@ -66,6 +67,7 @@ class Credentials:
 
 @dataclass
 class GrantedSession:
+    """What a successful login leaves: negotiated parameters and the session's numbers."""
     params: SessionParams
     tsih: int
     statsn: int

@@ -33,6 +33,7 @@ _DIGESTS = {"crc32c": "CRC32C", "none": "None", "crc32c,none": "CRC32C,None",
 
 @dataclass(frozen=True)
 class IscsiUrl:
+    """A parsed iscsi:// URL."""
     host: str
     port: int = DEFAULT_PORT
     target: str | None = None

@@ -67,6 +67,7 @@ def choose_algorithm(offer: str) -> int | None:
 
 @dataclass
 class Challenge:
+    """A CHAP challenge: identifier and challenge bytes."""
     ident: int
     challenge: bytes
 

@@ -124,6 +124,7 @@ class Scope(Enum):
 
 @dataclass(frozen=True)
 class KeyDef:
+    """One negotiable key: its kind, default and negotiation rule."""
     name: str
     kind: Kind
     scope: Scope

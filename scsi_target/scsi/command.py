@@ -73,6 +73,7 @@ class Nexus:
 
 @dataclass(slots=True)
 class Command:
+    """One SCSI command as a front end hands it to an LU."""
     cdb: bytes
     lun: int = 0
     data_out: bytes | bytearray | memoryview | None = None
@@ -96,6 +97,7 @@ class Command:
 
 @dataclass(slots=True)
 class Response:
+    """An LU's answer to a Command: status, data, sense, residuals."""
     status: Status = Status.GOOD
     data_in: bytes | bytearray | memoryview = b""
     sense: bytes = b""

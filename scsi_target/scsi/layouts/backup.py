@@ -49,6 +49,7 @@ MAX_MESSAGE = 4096
 
 @dataclass(frozen=True)
 class VendorCdb(Struct):
+    """The 16-byte CDB of the vendor backup commands."""
     opcode: int
     flags: int = 0
     scope: int = 0
@@ -125,6 +126,7 @@ class GenerationsHeader(Struct):
 
 @dataclass(frozen=True)
 class GenerationCount(Struct):
+    """One REPORT GENERATIONS descriptor: a generation and its block count."""
     generation: int = 0
     blocks: int = 0
     FIELDS: ClassVar = (u32("generation", 0), u64("blocks", 8))
@@ -133,6 +135,7 @@ class GenerationCount(Struct):
 
 @dataclass
 class GenerationsReport:
+    """REPORT GENERATIONS parameter data: header and block counts per generation."""
     header: GenerationsHeader
     counts: dict[int, int]
 
@@ -225,6 +228,7 @@ class BadRecordDesc(Struct):
 
 @dataclass(frozen=True)
 class ExtentDesc(Struct):
+    """An extent of blocks (first block, count)."""
     first_block: int = 0
     nblocks: int = 0
     FIELDS: ClassVar = (u64("first_block", 0), u64("nblocks", 8))
@@ -233,6 +237,7 @@ class ExtentDesc(Struct):
 
 @dataclass
 class RestoreReportData:
+    """REPORT RESTORE RESULTS parameter data: header, bad records, unrecovered extents, message."""
     header: RestoreHeader
     bad: list[BadRecordDesc] = field(default_factory=list)
     unrecovered: list[ExtentDesc] = field(default_factory=list)
@@ -314,6 +319,7 @@ class AuditHeader(Struct):
 
 @dataclass
 class AuditReportData:
+    """AUDIT TRACKER parameter data: header and mismatched extents."""
     header: AuditHeader
     mismatched: list[ExtentDesc] = field(default_factory=list)
 
@@ -357,6 +363,7 @@ class MapExtentsHeader(Struct):
 
 @dataclass(frozen=True)
 class MapExtentDesc(Struct):
+    """One REPORT MAP EXTENTS descriptor: an extent and its generation."""
     first_block: int = 0
     nblocks: int = 0
     generation: int = 0

@@ -9,6 +9,7 @@ from .fields import Struct, bit, bits, u8, u32, u64
 
 @dataclass
 class ReadCapacity10(Struct):
+    """READ CAPACITY (10) parameter data (8 bytes)."""
     last_lba: int = 0               # RETURNED LOGICAL BLOCK ADDRESS (0xFFFFFFFF: use (16))
     block_size: int = 0
 
@@ -18,6 +19,7 @@ class ReadCapacity10(Struct):
 
 @dataclass
 class ReadCapacity16(Struct):
+    """READ CAPACITY (16) parameter data (32 bytes)."""
     last_lba: int = 0
     block_size: int = 0
     p_type: int = 0
@@ -46,6 +48,7 @@ PROVISIONING_NAMES = {MAPPED: "mapped", DEALLOCATED: "deallocated", ANCHORED: "a
 
 @dataclass
 class LbaStatusDescriptor(Struct):
+    """One GET LBA STATUS descriptor (16 bytes)."""
     lba: int = 0
     count: int = 0
     status: int = MAPPED

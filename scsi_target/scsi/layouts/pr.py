@@ -14,6 +14,7 @@ PR_TYPE_NAMES = {1: "Write Exclusive", 3: "Exclusive Access",
 
 @dataclass
 class PrReadKeys:
+    """PERSISTENT RESERVE IN / READ KEYS parameter data."""
     generation: int = 0
     keys: list[int] = field(default_factory=list)
 
@@ -35,6 +36,7 @@ class PrReadKeys:
 
 @dataclass
 class ReservationDescriptor(Struct):
+    """The reservation READ RESERVATION reports (16 bytes)."""
     key: int = 0
     scope: int = 0
     type: int = 0
@@ -45,6 +47,7 @@ class ReservationDescriptor(Struct):
 
 @dataclass
 class PrReadReservation:
+    """PERSISTENT RESERVE IN / READ RESERVATION parameter data."""
     generation: int = 0
     reservation: ReservationDescriptor | None = None
 
@@ -69,6 +72,7 @@ class PrReadReservation:
 
 @dataclass
 class PrCapabilities(Struct):
+    """PERSISTENT RESERVE IN / REPORT CAPABILITIES parameter data (8 bytes)."""
     length: int = 8
     crh: bool = False
     sip_c: bool = False
@@ -134,6 +138,7 @@ class FullStatusDescriptor:
 
 @dataclass
 class PrReadFullStatus:
+    """PERSISTENT RESERVE IN / READ FULL STATUS parameter data."""
     generation: int = 0
     descriptors: list[FullStatusDescriptor] = field(default_factory=list)
 

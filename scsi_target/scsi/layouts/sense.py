@@ -24,6 +24,7 @@ DESC_INFORMATION, DESC_COMMAND_SPECIFIC, DESC_SKS, DESC_FRU, DESC_STREAM = 0, 1,
 
 @dataclass
 class FixedSense(Struct):
+    """Fixed-format sense data (response codes 70h/71h)."""
     valid: bool = False
     response_code: int = 0x70
     filemark: bool = False
@@ -50,6 +51,7 @@ class FixedSense(Struct):
 
 @dataclass
 class DescriptorSenseHeader(Struct):
+    """The 8-byte header of descriptor-format sense data (72h/73h)."""
     response_code: int = 0x72
     sense_key: int = 0
     asc: int = 0
@@ -64,6 +66,7 @@ class DescriptorSenseHeader(Struct):
 
 @dataclass
 class SenseDescriptor:
+    """One descriptor of descriptor-format sense data."""
     type: int
     payload: bytes               # the bytes after the 2-byte descriptor header
 
