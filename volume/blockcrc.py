@@ -176,19 +176,63 @@ class CrcRecorder(BlockStore):
         return r
 
     def readinto_many(self, offsets, views) -> None:
+        self.readinto_many_crcs(offsets, views)
+
+    def readinto_many_crcs(self, offsets, views) -> list[int]:
+        """``readinto_many``, noting every whole block, and the CRC32C of each view.
+
+        A stream encoder reading through the recorder checksums each record's
+        data: a one-block record's CRC is its block's, computed once for both
+        (a scattered differential is thousands of them).  The blocks of every
+        view of the batch are checksummed in one ``map`` over their slices, and
+        the table is updated once.
+        """
         self.inner.readinto_many(offsets, views)
-        bs = self._bs
+        bs, shift = self._bs, self._shift
+        crc = crc32c.crc32c
+        table = self.table
         if all(len(v) == bs for v in views) and not any(off & (bs - 1) for off in offsets):
-            # A scattered differential: one block per record, noted together.
-            shift = self._shift
+            crcs = list(map(crc, views))
             idx = [off >> shift for off in offsets]
-            table = self.table
-            for i, c in zip(idx, map(crc32c.crc32c, views)):
+            for i, c in zip(idx, crcs):
                 table[i] = c
             self.sent[idx] = 1
-            return
+            return crcs
+        if any(off & (bs - 1) for off in offsets):       # not a stream's reads (never happens)
+            for off, v in zip(offsets, views):
+                self._note(off, v)
+            return list(map(crc, views))
+        size = self.size
+        blocks: list = []               # every whole block of the batch, in order
+        whole: list[int] = []           # per view: its block's index in ``blocks`` when the
+        singles: list[int] = []         # view is that one block, else -1
+        runs: list[tuple[int, int, int]] = []     # (first block, blocks, index in ``blocks``)
         for off, v in zip(offsets, views):
-            self._note(off, v)
+            mv = v if type(v) is memoryview and v.format == "B" else memoryview(v).cast("B")
+            n = len(mv)
+            k = -(-n // bs)
+            if n % bs and off + n != size:
+                k -= 1                   # a block read in part: not known whole
+            if k <= 0:
+                whole.append(-1)
+            elif n <= bs:                # the view is that one block
+                whole.append(len(blocks))
+                singles.append(off >> shift)
+                blocks.append(mv)
+            else:
+                whole.append(-1)
+                runs.append((off >> shift, k, len(blocks)))
+                blocks += [mv[i:i + bs] for i in range(0, k * bs, bs)]
+        bcrcs = array("I", map(crc, blocks))
+        sent = self.sent
+        for (first, k, j) in runs:
+            table[first:first + k] = bcrcs[j:j + k]
+            sent[first:first + k] = 1
+        if singles:
+            for i, j in zip(singles, (j for j in whole if j >= 0)):
+                table[i] = bcrcs[j]
+            sent[singles] = 1
+        return [bcrcs[j] if j >= 0 else crc(v) for j, v in zip(whole, views)]
 
     def write(self, offset: int, data) -> None:     # a stream source is never written
         raise OSError("the backup stream's source is read-only")

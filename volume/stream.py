@@ -387,6 +387,7 @@ class StreamEncoder:
         bs, entries, vsize, maxb = self._bs, h.entries, h.volume_size, self._maxb
         store = self._store
         read_many = store.readinto_many
+        read_crcs = getattr(store, "readinto_many_crcs", None)
         crc = crc32c.crc32c
         pack, pack_crc = _RECORD.pack_into, _U32.pack_into
         seed = self._seed
@@ -431,8 +432,11 @@ class StreamEncoder:
                 if not recs:
                     break
                 shifted = False
-                read_many(offs, views)
-                crcs = list(map(crc, views))
+                if read_crcs is not None:       # a store that checksums as it reads
+                    crcs = read_crcs(offs, views)
+                else:
+                    read_many(offs, views)
+                    crcs = list(map(crc, views))
                 k = len(recs)
                 if _LITTLE_ENDIAN and (not elide or {zget(r) or zero_crc_of(r) for r in
                                                      set(map(_RAW, recs))}.isdisjoint(crcs)):
