@@ -371,7 +371,7 @@ class RemoteVolume:
             at = n = 0
             while at < capacity and (total is None or at < total):
                 nblocks = min(READ_CHUNK_BLOCKS, (capacity - at) // DEV_BLOCK)
-                buf = free.popleft() if free else bytearray(chunk)
+                buf = free.popleft() if free else _buffer(chunk)
                 cmd = {"cdb": _rw16(0x88, at // DEV_BLOCK, nblocks),
                        "read_length": nblocks * DEV_BLOCK, "lun": self.dev, "read_into": buf}
                 sent.append((cmd, "READ of the backup stream", buf))
@@ -451,7 +451,7 @@ class RemoteVolume:
         what = "WRITE of the restore stream"
         with open(path, "rb", buffering=0) as f:
             def next_write(lba: int) -> dict | None:
-                buf = free.popleft() if free else bytearray(chunk)
+                buf = free.popleft() if free else _buffer(chunk)
                 n = 0
                 while n < chunk:                 # whole chunks, whatever readinto returns
                     k = f.readinto(memoryview(buf)[n:])
@@ -549,6 +549,14 @@ class RemoteVolume:
 def _rw16(opcode: int, lba: int, nblocks: int) -> bytes:
     """READ(16)/WRITE(16) of ``nblocks`` at ``lba``."""
     return bytes([opcode, 0]) + lba.to_bytes(8, "big") + nblocks.to_bytes(4, "big") + bytes(2)
+
+
+def _buffer(size: int):
+    """A writable buffer for a window slot: anonymous memory, whose pages the
+    kernel supplies zeroed as the first recv or read touches them (a
+    bytearray of 4 MiB is first zero-filled by a pass of its own)."""
+    import mmap
+    return mmap.mmap(-1, size)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -1099,4 +1107,9 @@ if __name__ == "__main__":
     # tools.diffbackup_tape imports this module by name: let it find this one, so
     # its Failure is the class main() catches.
     sys.modules.setdefault("tools.diffbackup", sys.modules[__name__])
+    # A run makes its objects at start-up (the imports) and few after: collections
+    # of the young generation while importing are most of the collector's work and
+    # find nothing to free; collect rarely instead.
+    import gc
+    gc.set_threshold(50_000, 20, 20)
     raise SystemExit(main())
