@@ -317,3 +317,43 @@ def test_full_backup_over_iscsi_while_writes_continue_is_a_point_in_time_image(s
         r = diffbackup("restore", srv.url(0), str(shm / "full.bin"))
         assert r.returncode == 0, r.stdout + r.stderr
     assert dst.read_bytes() == bytes(expect)
+
+
+def test_a_differential_reads_no_further_than_the_streams_size_bound(shm):
+    """START BACKUP's SIZE BOUND caps the reads: a differential of nothing is one
+    512-byte READ (not a 4 MiB one of padding), a small one a READ of its bound;
+    the device is found and started in few round trips, and the stream is exact."""
+    from tools.diffbackup import RemoteVolume
+    vol = shm / "v.img"
+    fill_random(vol, 8 * MiB, seed=9)
+    with Server(str(vol), cwd=shm) as srv:
+        assert diffbackup("full", srv.url(0), "-o", str(shm / "f.bin")).returncode == 0
+        for nblocks in (0, 3):
+            if nblocks:
+                with SyncIscsiClient(srv.url(0)) as c:
+                    c.test_unit_ready()
+                    for b in (5, 700, 1500)[:nblocks]:
+                        c.write(b * 8, os.urandom(4096))
+            v = RemoteVolume(srv.url(0))
+            reads = []
+            real = v.c.pipeline
+
+            def spy(cmds, depth, **kw):
+                def seen():
+                    for cmd in cmds:
+                        if "read_into" in cmd:
+                            reads.append(cmd["read_length"])
+                        yield cmd
+                return real(seen(), depth, **kw)
+
+            v.c.pipeline = spy
+            try:
+                out = shm / f"d{nblocks}.bin"
+                res = v.backup(False, 1, str(out), False)
+            finally:
+                v.close()
+            assert res.blocks == nblocks
+            size = out.stat().st_size
+            assert reads == [-(-size // BS) * BS]
+            items, _ = _decode(out.read_bytes())
+            assert sum(getattr(it, "nblocks", 0) for it in items) == nblocks
