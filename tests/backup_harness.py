@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from interop_util import require_tool  # noqa: F401  (re-exported: one rule for every tool)
+from scsi_target.testing.external import require_tool  # noqa: F401  (re-exported: one rule for every tool)
 
 REPO = Path(__file__).resolve().parent.parent
 IQN = "iqn.2026-11.org.pyscsi:default"

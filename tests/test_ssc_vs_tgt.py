@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from client_targets import TgtFactory
-from interop_util import require_tool
+from scsi_target.testing.external import require_tool
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.layouts import tape as LT
 from scsi_target.scsi.layouts.sense import decode_sense

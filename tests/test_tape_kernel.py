@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from interop_util import require_tool
+from scsi_target.testing.external import require_tool
 from tape import TapeImage
 from tape_guest import boot, build_initramfs, kernel, steps
 from test_ssc_iscsi import TapeServer

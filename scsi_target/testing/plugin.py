@@ -143,12 +143,14 @@ def iscsi_seeded(request, iscsi_seed_store):
 @pytest.fixture
 def iscsi_server_process(tmp_path):
     """Factory: ``iscsi_server_process([Target(iqn, [Lun(0, "64M")])])`` -> a started
-    :class:`~scsi_target.testing.process.ServerProcess` (stopped after the test)."""
+    :class:`~scsi_target.testing.process.ServerProcess` (stopped after the test).
+    ``args=`` adds serve flags; ``iscsi_server_process(None, args=["--disk", ...])``
+    configures the server by its flags alone."""
     from .process import ServerProcess
     started: list[ServerProcess] = []
 
-    def start(targets, subdir: str = "srv") -> ServerProcess:
-        proc = ServerProcess(tmp_path / f"{subdir}{len(started)}", targets)
+    def start(targets, subdir: str = "srv", *, args=()) -> ServerProcess:
+        proc = ServerProcess(tmp_path / f"{subdir}{len(started)}", targets, args=args)
         started.append(proc)
         return proc.start()
 
