@@ -5,12 +5,26 @@ pytest plugin (scsi_target/testing/plugin.py: ``iscsi_target``, ``iscsi_server``
 ``interop_server``  one server process for the whole session with every target
                     the interop modules need (see INTEROP_TARGETS); tests pick
                     the target by IQN and never depend on another test's data.
+``diffbackup``      ``diffbackup(*args, cwd=None, timeout=120)`` runs
+                    ``python -m tools.diffbackup -q ARGS`` (a CompletedProcess, text).
+``shm_dir``         a directory on tmpfs when there is one (volumes of tens of MiB),
+                    else a temporary directory; removed after the test.
 """
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from scsi_target.testing.process import Lun, ServerProcess, Target
+
+REPO = Path(__file__).resolve().parent.parent
+SHM = Path("/dev/shm") if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 IQN_BASE = "iqn.2026-11.org.pyscsi"
 IQN_PLAIN = f"{IQN_BASE}:interop"          # LUN 0 64 MiB, LUN 1 4096-byte blocks
@@ -47,3 +61,23 @@ def interop_server(tmp_path_factory):
     yield srv
     rc = srv.stop()
     assert rc == 0, f"server exit status {rc} after SIGTERM:\n{srv.log_tail()}"
+
+
+def run_diffbackup(*args: str, cwd: Path | None = None, timeout: float = 120):
+    return subprocess.run([sys.executable, "-m", "tools.diffbackup", "-q", *args],
+                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def diffbackup():
+    return run_diffbackup
+
+
+@pytest.fixture
+def shm_dir(tmp_path):
+    if SHM is None:
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="pyscsi-test-", dir=SHM))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

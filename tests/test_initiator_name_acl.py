@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_harness import diffbackup
+from scsi_target.testing.process import ServerProcess
 from scsi_target.testing.process import Lun, ServerProcess, Target
 from scsi_target.testing.external import require_tool, run_tool
 from scsi_target.initiator.errors import InitiatorNameError, LoginError
@@ -85,7 +85,7 @@ def test_libiscsi_initiator_name_case(server):
     assert r.returncode != 0
 
 
-def test_diffbackup_initiator_name(server, tmp_path):
+def test_diffbackup_initiator_name(diffbackup, server, tmp_path):
     url = server.url(0)
     r = diffbackup("status", url)
     assert r.returncode == 1 and "Traceback" not in r.stderr

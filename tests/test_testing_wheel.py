@@ -32,7 +32,8 @@ def test_example_runs_from_installed_wheel(tmp_path):
     # Built from a copy of the files git knows (not ignored): pip builds in the tree it is given,
     # and a build/ left in the checkout would ship modules deleted since.
     src = tmp_path / "src"
-    files = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO).stdout.split("\0")
+    files = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                 cwd=REPO).stdout.split("\0")
     for name in filter(None, files):
         if (REPO / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)

@@ -24,15 +24,11 @@ Markers
 """
 from __future__ import annotations
 
-import os
-import random
-
 import pytest
 
 from .cow import CowStore
 from .inprocess import DEFAULT_IQN, InProcessTarget
-
-SEED_CHUNK = 16 << 20
+from .seed import random_file
 
 
 def pytest_configure(config) -> None:
@@ -111,13 +107,7 @@ def iscsi_seed_store(tmp_path_factory):
         key = (size, seed)
         if key not in made:
             path = tmp_path_factory.mktemp("seeded") / f"seed-{seed}-{size}.img"
-            rng = random.Random(seed)
-            with open(path, "wb") as f:
-                left = size
-                while left:
-                    n = min(left, SEED_CHUNK)
-                    f.write(rng.randbytes(n))
-                    left -= n
+            random_file(path, size, seed=seed)
             made[key] = FileStore(path, read_only=True)
         return made[key]
 
