@@ -16,6 +16,9 @@ def test_flags_mode_serves_the_default_iqn_and_kill_is_sigkill(tmp_path):
     srv = ServerProcess.from_flags(tmp_path / "srv", "--disk", f"{vol}:4M", "--backup-device")
     with srv:
         assert srv.iqn == DEFAULT_IQN and srv.url(1).endswith(f"/{DEFAULT_IQN}/1")
+        urls = [ln.strip() for ln in srv.banner if ln.strip().startswith("iscsi://")]
+        assert urls == [srv.url(0), srv.url(1)], srv.banner     # the whole start-up banner
+        assert srv.banner[0] == f"listening on 127.0.0.1:{srv.port}"
         data = os.urandom(BS)
         with SyncIscsiClient(srv.url(0)) as c:
             c.test_unit_ready()

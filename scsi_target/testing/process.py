@@ -112,6 +112,7 @@ class ServerProcess:
         self.host = HOST
         self.port = 0
         self.proc: subprocess.Popen | None = None
+        self.banner: list[str] = []      # what the server printed at start (URLs, LUNs)
         self.log_path = self.workdir / "server.log"
         self.config_path = self.workdir / "target.toml"
         self.cwd = self.workdir
@@ -158,30 +159,47 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scsi_target", "serve", *where, "--log-level", "warning",
              *self.args],
-            cwd=self.cwd, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
+            cwd=self.cwd, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True,
+            bufsize=0)        # unbuffered: select() sees every line not yet read
         log.close()
-        self.port = self._read_port()
+        self.port = self._read_banner()
         self._wait_accepting()
         return self
 
-    def _read_port(self) -> int:
+    def _lun_count(self) -> int | None:
+        """How many LUN URLs the start-up banner lists (None: not known from here)."""
+        if self.targets is not None:
+            return sum(len(t.luns) for t in self.targets)
+        if "--config" in self.args:
+            return None
+        disks, tapes = self.args.count("--disk"), self.args.count("--tape")
+        if not disks and not tapes:
+            disks = 1                       # the embedded default disk
+        return disks * (2 if "--backup-device" in self.args else 1) + tapes
+
+    def _read_banner(self) -> int:
+        """Read what the server prints once it listens (kept in ``banner``); the port."""
         assert self.proc is not None and self.proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
-        out = b""
+        self.banner = []
+        port, urls, want = None, 0, self._lun_count()
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
             if ready:
                 line = self.proc.stdout.readline()
                 if not line:
                     break
-                out += line
+                self.banner.append(line.decode(errors="replace").rstrip("\n"))
                 m = re.match(rb"listening on [^\s,]*:(\d+)", line)
                 if m:
-                    return int(m.group(1))
+                    port = int(m.group(1))
+                urls += line.strip().startswith(b"iscsi://")
+                if port is not None and (want is None or urls >= want):
+                    return port
             elif self.proc.poll() is not None:
                 break
         self.stop()
-        self.fail(f"server did not start: stdout {out!r}\nlog:\n{self.log_tail()}")
+        self.fail(f"server did not start: stdout {self.banner!r}\nlog:\n{self.log_tail()}")
 
     def _wait_accepting(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
