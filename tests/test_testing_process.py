@@ -55,3 +55,11 @@ def test_spec_lun_serves_an_existing_file_and_args_add_flags(tmp_path):
             assert c.read(0, 1) == b"\x5a" * BS
     assert srv.proc.returncode == 0
     assert trace.stat().st_size > 0                   # --record reached the server
+
+
+def test_flags_that_name_the_portal_get_no_second_one(tmp_path):
+    with ServerProcess.from_flags(tmp_path, "--listen", "127.0.0.1:0", "--disk",
+                                  f"{tmp_path / 'd.img'}:1M", "--no-track") as srv:
+        assert srv.banner[0] == f"listening on 127.0.0.1:{srv.port}"     # one portal
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.test_unit_ready()

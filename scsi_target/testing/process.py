@@ -119,7 +119,8 @@ class ServerProcess:
 
     @classmethod
     def from_flags(cls, workdir: Path, *flags) -> "ServerProcess":
-        """``scsi-target serve FLAGS --listen 127.0.0.1:PORT`` (no config file)."""
+        """``scsi-target serve FLAGS``, with ``--listen 127.0.0.1:PORT`` unless the flags
+        have a ``--listen`` or ``--config`` of their own (the first portal is ``port``)."""
         return cls(workdir, None, args=flags)
 
     @property
@@ -150,7 +151,9 @@ class ServerProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         want = self.port if port is None else port
         if self.targets is None:
-            where = ["--listen", f"{HOST}:{want}"]
+            # The flags choose the portals when they name them (or a config file does).
+            named = "--listen" in self.args or "--config" in self.args
+            where = [] if named else ["--listen", f"{HOST}:{want}"]
         else:
             self.config_path.write_text(config_toml(self.targets, self.workdir, want))
             where = ["--config", str(self.config_path)]
