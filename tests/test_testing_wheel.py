@@ -53,3 +53,4 @@ def test_example_runs_from_installed_wheel(tmp_path):
     assert str(venv) in where.stdout and str(REPO) not in where.stdout, where.stdout
     r = _run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", EXAMPLE.name], cwd=work)
     assert " passed" in r.stdout and "failed" not in r.stdout, r.stdout
+    assert "skipped" not in r.stdout and "error" not in r.stdout, r.stdout
