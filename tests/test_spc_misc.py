@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from scsi_target.scsi.command import Command, Direction, Nexus, Status
+from scsi_target.scsi.command import Direction, Nexus, Status
 from scsi_target.scsi.disk import DiskLU
 from scsi_target.scsi.dispatch import CommandSet, Conflict, DispatchTable, data_out
 from scsi_target.scsi.lun import LogicalUnit
@@ -77,10 +77,8 @@ class Harness:
         """Default: a data-in command with an allocation of 4096 bytes."""
         if direction is None:
             direction = Direction.OUT if data is not None else Direction.IN
-        if length is None:
-            length = len(data) if data is not None else 4096
-        return Result(self.map.execute(Command(cdb=bytes(cdb), expected_length=length,
-                                               direction=direction, data_out=data, nexus=nexus)))
+        return self.target.submit(cdb, data_out=data, read_length=4096 if length is None
+                                  else length, nexus=nexus, direction=direction)
 
     def ok(self, cdb, **kw) -> bytes:
         return self.run(cdb, **kw).expect_good()

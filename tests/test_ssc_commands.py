@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scsi_target.scsi import devices
-from scsi_target.scsi.command import Command, Direction, Nexus, Status
+from scsi_target.scsi.command import Direction, Nexus, Status
 from scsi_target.scsi.layouts import mode as LM, rsoc as LR, tape as LT
 from scsi_target.scsi.lun import Identity
 from scsi_target.scsi.tape_lu import TapeLU
@@ -47,11 +47,9 @@ class TapeHarness:
     def run(self, cdb, *, length: int | None = None, data: bytes | None = None,
             nexus: Nexus = NEXUS1) -> Result:
         """Default: a data-in command with an allocation of 64 KiB."""
-        direction = Direction.OUT if data is not None else Direction.IN
-        if length is None:
-            length = len(data) if data is not None else 1 << 16
-        return Result(self.map.execute(Command(cdb=bytes(cdb), expected_length=length,
-                                               direction=direction, data_out=data, nexus=nexus)))
+        return self.target.submit(cdb, data_out=data, read_length=1 << 16 if length is None
+                                  else length, nexus=nexus,
+                                  direction=Direction.OUT if data is not None else Direction.IN)
 
     def ok(self, cdb, **kw) -> bytes:
         return self.run(cdb, **kw).expect_good()
