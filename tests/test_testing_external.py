@@ -24,8 +24,9 @@ def test_missing_tool_skips_outside_ci(monkeypatch):
         require_tool(MISSING)
 
 
-def test_missing_tool_fails_under_ci(monkeypatch):
-    monkeypatch.setenv("CI", "true")
+@pytest.mark.parametrize("ci", ["true", "TRUE"])
+def test_missing_tool_fails_under_ci(monkeypatch, ci):
+    monkeypatch.setenv("CI", ci)
     with pytest.raises(pytest.fail.Exception, match="CI=true requires every interop tool"):
         require_tool(MISSING)
 

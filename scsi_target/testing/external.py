@@ -24,7 +24,7 @@ PACKAGES = {"iscsi": "libiscsi-bin", "qemu-system": "qemu-system-x86", "qemu": "
 
 def on_ci() -> bool:
     """``CI=true`` in the environment: missing tools and privileges fail instead of skip."""
-    return os.environ.get("CI") == "true"
+    return os.environ.get("CI", "").lower() == "true"
 
 
 def find_tool(name: str) -> str | None:

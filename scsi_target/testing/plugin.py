@@ -155,11 +155,12 @@ def ceph_cluster(tmp_path_factory):
     (:class:`~scsi_target.testing.ceph.CephCluster`).  Missing Ceph packages skip
     the test, or fail it when CI=true."""
     from .ceph import DEBIAN_PACKAGES, CephCluster, missing_programs
+    from .external import on_ci
     missing = missing_programs(rgw=True)
     if missing:
         pkgs = " ".join(sorted({DEBIAN_PACKAGES.get(p, p) for p in missing}))
         msg = f"Ceph is not installed: {', '.join(missing)} missing (Debian packages {pkgs})"
-        if os.environ.get("CI", "").lower() == "true":
+        if on_ci():
             pytest.fail(f"{msg}; CI=true requires it", pytrace=False)
         pytest.skip(msg)
     cluster = CephCluster(tmp_path_factory.mktemp("ceph"), rgw=True).start()
