@@ -5,7 +5,7 @@ pytest plugin (scsi_target/testing/plugin.py: ``iscsi_target``, ``iscsi_server``
 ``interop_server``  one server process for the whole session with every target
                     the interop modules need (see INTEROP_TARGETS); tests pick
                     the target by IQN and never depend on another test's data.
-``diffbackup``      ``diffbackup(*args, cwd=None, timeout=120)`` runs
+``diffbackup``      ``diffbackup(*args, cwd=None, timeout=180)`` runs
                     ``python -m tools.diffbackup -q ARGS`` (a CompletedProcess, text).
 ``shm_dir``         a directory on tmpfs when there is one (volumes of tens of MiB),
                     else a temporary directory; removed after the test.
@@ -63,7 +63,7 @@ def interop_server(tmp_path_factory):
     assert rc == 0, f"server exit status {rc} after SIGTERM:\n{srv.log_tail()}"
 
 
-def run_diffbackup(*args: str, cwd: Path | None = None, timeout: float = 120):
+def run_diffbackup(*args: str, cwd: Path | None = None, timeout: float = 180):
     return subprocess.run([sys.executable, "-m", "tools.diffbackup", "-q", *args],
                           cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
 
