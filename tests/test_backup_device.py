@@ -16,7 +16,9 @@ from volume.filestore import FileStore
 from volume.memstore import MemoryStore
 from volume.stream import Damage, Record, StreamDecoder
 
-from backup_harness import IQN, Server, diffbackup, require_tool
+from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.external import require_tool
+from scsi_target.config import DEFAULT_IQN as IQN
 
 SIZE = 4 << 20
 BS = 512
@@ -285,10 +287,11 @@ def test_server_config_backup_kind(tmp_path):
 
 
 @pytest.mark.interop
-def test_qemu_io_writes_appear_in_next_differential(tmp_path):
+def test_qemu_io_writes_appear_in_next_differential(diffbackup, tmp_path):
     qemu_io = require_tool("qemu-io")
     qemu_img = require_tool("qemu-img")
-    with Server(f"{tmp_path}/vol.img:8M", cwd=tmp_path) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/vol.img:8M",
+                                  "--backup-device") as srv:
         assert diffbackup("full", srv.url(0), "-o", str(tmp_path / "full")).returncode == 0
         ops = [("0x10000", "0x1000"), ("0x123000", "0x3000"), ("0x7ff000", "0x1000")]
         for off, n in ops:
