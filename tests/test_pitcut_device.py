@@ -81,12 +81,38 @@ def check_cut(path, initial: bytearray, log, lo: int, hi: int) -> tuple[int, int
     return k, wrong
 
 
+# The target holds the answer to each stream's first READ (at LBA 0) for a while
+# after executing it (the cut is taken by then), so the writer's writes land after
+# the cut and while the stream is read, however fast the stream is delivered:
+# what the point-in-time check needs.
+SLOW_FIRST_READ = f"""
+portals = ["127.0.0.1:0"]
+[[target]]
+iqn = "{C.DEFAULT_IQN}"
+  [[target.lun]]
+  lun = 0
+  path = "v.img"
+  [[target.lun]]
+  lun = 1
+  kind = "backup"
+  source = 0
+  [[target.fault]]
+  action = "stall"
+  pdu = "response"
+  seconds = 1.0
+  lun = 1
+  opcode = "read"
+  lba = [0, 1]
+  times = "sticky"
+"""
+
+
 @pytest.mark.interop
 def test_full_and_differential_are_point_in_time_while_a_writer_runs(diffbackup, tmp_path):
     initial = initial_image(1)
     (tmp_path / "v.img").write_bytes(initial)
-    with ServerProcess.from_flags(tmp_path, "--disk", str(tmp_path / "v.img"),
-                                  "--backup-device") as srv:
+    (tmp_path / "target.toml").write_text(SLOW_FIRST_READ)
+    with ServerProcess.from_flags(tmp_path, "--config", str(tmp_path / "target.toml")) as srv:
         w = Writer(srv.url(0), 2)
         w.start()
         try:
