@@ -178,15 +178,42 @@ def test_kill_9_of_a_local_restore_then_differentials_never_lie(diffbackup, d):
     assert midway >= 1, "no kill landed during a restore"
 
 
+# The restore's server answers every 4th WRITE to the backup device 0.15 s late, so
+# a 64 MiB restore lasts long enough for the kill to land part way, however fast
+# restores are delivered.
+SLOW_RESTORE = """
+portals = ["127.0.0.1:0"]
+[[target]]
+iqn = "{iqn}"
+  [[target.lun]]
+  lun = 0
+  path = "{disk}"
+  [[target.lun]]
+  lun = 1
+  kind = "backup"
+  source = 0
+  [[target.fault]]
+  action = "stall"
+  pdu = "response"
+  seconds = 0.15
+  lun = 1
+  opcode = "write"
+  every = 4
+  times = "sticky"
+"""
+
+
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
 def test_kill_9_of_the_server_during_a_restore_then_differentials_never_lie(diffbackup, d, delay):
+    from scsi_target.config import DEFAULT_IQN
     size = 64 * MiB
     (full, d1, d2), images = _chain(diffbackup, d, size)
     dst = d / "dst.img"
     with open(dst, "wb") as f:
         f.truncate(size)
-    srv = ServerProcess.from_flags(d, "--disk", str(dst), "--backup-device").start()
+    (d / "slow.toml").write_text(SLOW_RESTORE.format(iqn=DEFAULT_IQN, disk=dst))
+    srv = ServerProcess.from_flags(d, "--config", str(d / "slow.toml")).start()
     try:
         p = _restore_proc(srv.url(0), full)
         assert _wait_for_mark(dst, p), "the restore ended before the server could be killed"
@@ -196,18 +223,16 @@ def test_kill_9_of_the_server_during_a_restore_then_differentials_never_lie(diff
         killed = p.returncode != 0
     finally:
         srv.kill()
+    assert killed, "the restore ended before the kill landed"
     with ServerProcess.from_flags(d, "--disk", str(dst), "--backup-device") as srv:
-        if killed:
-            _failed(diffbackup("status", srv.url(0)), "restore INCOMPLETE")
-            for s in (d1, d2):
-                r = _failed(diffbackup("restore", srv.url(0), s), "interrupted")
-                assert "restore complete" not in r.stdout
-            _failed(diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(d / "x.bin")),
-                    "incomplete")
-            # The full again, then the differentials: whole.
-            _ok(diffbackup("restore", srv.url(0), full, d1))
-        else:                                   # the restore won the race: it is whole
-            _ok(diffbackup("restore", srv.url(0), d1))
+        _failed(diffbackup("status", srv.url(0)), "restore INCOMPLETE")
+        for s in (d1, d2):
+            r = _failed(diffbackup("restore", srv.url(0), s), "interrupted")
+            assert "restore complete" not in r.stdout
+        _failed(diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(d / "x.bin")),
+                "incomplete")
+        # The full again, then the differentials: whole.
+        _ok(diffbackup("restore", srv.url(0), full, d1))
         _ok(diffbackup("restore", srv.url(0), d2))
         st = _ok(diffbackup("status", srv.url(0)))
         assert "restore: complete" in st.stdout
