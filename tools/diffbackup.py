@@ -115,8 +115,8 @@ class VolumeStatus:
 class Volume(Protocol):
     """What every command needs of a tracked volume, local or behind a target."""
 
-    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome: ...
-    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome: ...
+    def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome: ...
+    def restore_one(self, path, skips: list[int], prog, task) -> StreamOutcome: ...
     def status(self) -> VolumeStatus: ...
     def map_extents(self) -> list[tuple[int, int, int]]: ...
     def audit(self, rate: int, full: bool): ...
@@ -124,32 +124,22 @@ class Volume(Protocol):
     def close(self) -> None: ...
 
 
-class _PartialFile:
-    """The backup's output: written as FILE.partial, renamed to FILE only once the
-    stream is complete, removed otherwise (never a truncated FILE)."""
+def _output(out):
+    """The backup's output as a stream-store writer (volume/streamstore.py): a FILE is
+    written as FILE.partial and renamed once complete, an s3:// key is a multipart
+    upload completed only at the end; a failure leaves nothing under the name."""
+    if isinstance(out, (str, os.PathLike)):
+        from volume.streamstore import FileStreams
+        return FileStreams().create(os.fspath(out), force=True)
+    return out
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.tmp = path + ".partial"
-        self.f = open(self.tmp, "wb")
 
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, exc_type, *exc) -> None:
-        try:
-            if exc_type is None:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-        finally:
-            self.f.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-            else:
-                try:
-                    os.unlink(self.tmp)
-                except OSError:
-                    pass
+def _open_stream(src):
+    """A restore's input: a stored stream (volume/streamstore.StreamRef) or a path."""
+    from volume.streamstore import StreamRef
+    if isinstance(src, StreamRef):
+        return src.open()
+    return open(src, "rb")
 
 
 # ---------------------------------------------------------------------- remote
@@ -255,7 +245,7 @@ class RemoteVolume:
             flags=self.L.FLAG_COMPRESS if compressed else 0))
         return e.blocks, e.stream_bytes, e.compressed_bytes
 
-    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome:
+    def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome:
         L = self.L
         if not full:
             h = self.generations().header
@@ -271,9 +261,36 @@ class RemoteVolume:
         # Never read past the device: the stream (at most size_bound bytes) ends
         # before its capacity, and its length is known once its end was produced.
         capacity = self.c.read_capacity16(lun=self.dev).blocks * DEV_BLOCK
-        pos = 0
         status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
-        with _PartialFile(out_path) as f, _progress(show) as prog:
+        from volume.streamstore import StreamStoreError
+        try:
+            return self._read_stream(st, capacity, status_cdb, _output(out), show)
+        except StreamStoreError as e:
+            raise Failure(self._taken_advice(e, full, scope)) from None
+
+    def _taken_advice(self, e: Exception, full: bool, scope: int) -> str:
+        """The output failed after the stream was read.  Over iSCSI the target commits
+        its cut once the stream's last byte was read, which the output's completion
+        (rename, upload completion) necessarily follows: when that fails, say
+        what the map now holds and how the next backup still covers it."""
+        try:
+            st = self.backup_status()
+            taken = st.state == self.L.STATE_COMPLETE
+        except Exception:  # noqa: BLE001 - the connection is gone: the target abandons it
+            taken = False
+        if not taken:
+            return f"{e}; the backup was not taken (the volume's map is unchanged)"
+        if full:
+            return f"{e}; the target already recorded this full backup as taken: take a " \
+                   f"full backup again before any differential"
+        return f"{e}; the target already recorded generations {st.generation_lo}.." \
+               f"{st.generation_hi} as backed up: the next differential must be taken with " \
+               f"--scope {scope + 1} to cover them again"
+
+    def _read_stream(self, st, capacity: int, status_cdb: bytes, sink, show: bool):
+        L = self.L
+        pos = 0
+        with sink as f, _progress(show) as prog:
             task = prog.add_task("backup", total=st.size_bound)
             while True:
                 # PIPELINE reads in flight, then one status: its TOTAL (once the
@@ -310,13 +327,13 @@ class RemoteVolume:
                 raise Failure("the target does not report the backup stream complete")
         return BackupOutcome(pos, (st.generation_lo, st.generation_hi), st.block_count)
 
-    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome:
+    def restore_one(self, path, skips: list[int], prog, task) -> StreamOutcome:
         L = self.L
         self._cmd(L.OP_SET_RESTORE_OPTIONS, length=4 + 4 * len(set(skips)),
                   data_out=L.pack_restore_options(skips))
         lba = 0
         refused = None
-        with open(path, "rb") as f:
+        with _open_stream(path) as f:
             done = False
             while not done:
                 # PIPELINE writes in flight; the restore takes them at their
@@ -345,7 +362,7 @@ class RemoteVolume:
                 prog.advance(task, sum(len(c["data_out"]) for c in cmds))
         rep = L.RestoreReportData.unpack(self._cmd(L.OP_REPORT_RESTORE_RESULTS, length=1 << 20))
         h = rep.header
-        o = StreamOutcome(path, rep.state, (h.generation_lo, h.generation_hi), h.full,
+        o = StreamOutcome(str(path), rep.state, (h.generation_lo, h.generation_hi), h.full,
                           h.records_applied, h.blocks_written, h.skipped_older,
                           h.skipped_forbidden)
         o.bad = [(d.first_block if d.block_valid else None, d.nblocks, d.generation,
@@ -433,7 +450,7 @@ class LocalVolume:
             store.close()
             raise
 
-    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome:
+    def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome:
         from volume import backup as B
         from volume.session import VolumeError
         s = self.vol.sessions
@@ -442,7 +459,9 @@ class LocalVolume:
         except VolumeError as e:
             raise Failure(str(e)) from None
         try:
-            with _PartialFile(out_path) as f, _progress(show) as prog:
+            # The output is complete (renamed, upload completed) before the
+            # cut commits: never a generation recorded without its stream.
+            with _output(out) as f, _progress(show) as prog:
                 task = prog.add_task("backup", total=None)
                 res = B.write_stream(self.vol, reader.cut.plan, f, encoder=reader.enc,
                                      progress=lambda d, t: prog.update(task, completed=d,
@@ -454,13 +473,19 @@ class LocalVolume:
         finish_backup(reader)
         return BackupOutcome(res.bytes_written, res.generation_range, res.blocks)
 
-    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome:
+    def restore_one(self, path, skips: list[int], prog, task) -> StreamOutcome:
         from volume.session import RestoreRejected
-        w = self.vol.sessions.start_restore(skip_generations=skips, name=path)
+        w = self.vol.sessions.start_restore(skip_generations=skips, name=str(path))
+        from volume.streamstore import StreamStoreError
         pos = 0
-        with open(path, "rb") as f:
+        lost = None
+        with _open_stream(path) as f:
             while not w.finished:
-                chunk = f.read(8 << 20)
+                try:
+                    chunk = f.read(8 << 20)
+                except StreamStoreError as e:     # the store failed mid-stream
+                    lost = str(e)
+                    break
                 if not chunk:
                     break
                 try:
@@ -474,13 +499,13 @@ class LocalVolume:
         r = w.result
         chk = r.check
         h = r.header
-        o = StreamOutcome(path, r.state, h.generation_range if h else (0, 0), bool(h and h.full))
+        o = StreamOutcome(str(path), r.state, h.generation_range if h else (0, 0), bool(h and h.full))
         if chk:
             o.applied, o.blocks_written = chk.applied, chk.blocks_written
             o.skipped_older, o.skipped_forbidden = chk.skipped_older, chk.skipped_forbidden
             o.bad = [(d.first_block, d.nblocks, d.generation, d.offset) for d in chk.damage]
             o.errors = [e for e in chk.errors if e not in r.errors]
-        o.errors = list(r.errors) + o.errors
+        o.errors = list(r.errors) + o.errors + ([lost] if lost else [])
         o.unrecovered = list(r.unrecovered)
         o.unrecovered_total = sum(n for _a, n in r.unrecovered)
         return o
@@ -558,6 +583,41 @@ def _restore_from_tape(args) -> int:
 
 
 # -------------------------------------------------------------------- commands
+def _is_s3(name: str) -> bool:
+    return name.startswith("s3://")
+
+
+def _s3_options(args, *, writing: bool = False) -> dict:
+    """S3 client settings from the command line (credentials: boto3's default chain)."""
+    opts: dict = {"endpoint": getattr(args, "s3_endpoint", None)}
+    if writing:
+        if args.part_size is not None:
+            opts["part_size"] = args.part_size
+        if args.s3_uploads is not None:
+            opts["uploads"] = args.s3_uploads
+    return opts
+
+
+def _stream_refs(names, args) -> list:
+    """The streams a restore/verify reads: files or s3:// objects (one client per bucket)."""
+    from volume.streamstore import FileStreams, StreamStoreError
+    refs = []
+    stores: dict = {}
+    try:
+        for n in names:
+            if _is_s3(n):
+                from volume.s3streams import S3Streams, parse_s3_url
+                bucket, key = parse_s3_url(n, want_key=True)
+                if bucket not in stores:
+                    stores[bucket] = S3Streams(bucket, **_s3_options(args))
+                refs.append(stores[bucket].ref(key))
+            else:
+                refs.append(FileStreams().ref(n))
+    except StreamStoreError as e:
+        raise Failure(str(e)) from None
+    return refs
+
+
 def _open(spec: str, *, start_tracking: bool = False, create_from=None,
           initiator_name: str | None = None) -> Volume:
     if spec.startswith("iscsi://"):
@@ -572,10 +632,26 @@ def cmd_backup(args, full: bool) -> int:
         raise Failure("give -o FILE or --tape TAPE", EXIT_USAGE)
     if args.target_side:
         raise Failure("--target-side goes with --tape", EXIT_USAGE)
-    v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
+    from volume.streamstore import StreamStoreError, open_writer
+    # The output first: a missing bucket, bad credentials or an existing key
+    # cost no backup.  Then the volume (a failure there aborts the output).
     try:
-        res = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
+        sink = open_writer(args.output, force=args.force or not _is_s3(args.output),
+                           s3_options=_s3_options(args, writing=True))
+    except StreamStoreError as e:
+        raise Failure(str(e)) from None
+    try:
+        v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
+    except BaseException:
+        sink.abort()
+        raise
+    try:
+        res = v.backup(full, getattr(args, "scope", None) or 1, sink, not args.quiet)
+    except StreamStoreError as e:
+        raise Failure(f"{e}; the backup was not taken (the volume's map is unchanged)") \
+            from None
     finally:
+        sink.abort()          # a no-op once committed
         v.close()
     kind = "full" if full else f"differential (scope {args.scope})"  # noqa
     out.print(f"{kind} backup of generations {res.generation[0]}..{res.generation[1]}: "
@@ -606,16 +682,17 @@ def cmd_restore(args) -> int:
         return _restore_from_tape(args)
     if not args.files:
         raise Failure("give stream FILEs, or --tape TAPE --file N", EXIT_USAGE)
-    from volume.stream import StreamError, read_header
+    from volume.stream import HEADER_SIZE, StreamError, StreamHeader
+    from volume.streamstore import StreamStoreError
     skips = _parse_skips(args.skip_generation, len(args.files))
-    _require_streams(args.files)
-    total = sum(os.path.getsize(f) for f in args.files)
+    refs = _stream_refs(args.files, args)
+    total = sum(r.size() for r in refs)
     outcomes: list[StreamOutcome] = []
     first = None
     if not args.dest.startswith("iscsi://"):
         try:
-            first = read_header(args.files[0])
-        except (StreamError, OSError):
+            first = StreamHeader.unpack(refs[0].read_range(0, HEADER_SIZE))
+        except (StreamError, StreamStoreError, OSError):
             first = None  # the restore below reports the unreadable stream
     v = _open(args.dest, start_tracking=True,
               create_from=first if first is not None and first.full else None,
@@ -623,8 +700,14 @@ def cmd_restore(args) -> int:
     try:
         with _progress(not args.quiet) as prog:
             task = prog.add_task("restore", total=total)
-            for f, sk in zip(args.files, skips):
-                o = v.restore_one(f, sk, prog, task)
+            for f, sk in zip(refs, skips):
+                try:
+                    o = v.restore_one(f, sk, prog, task)
+                except StreamStoreError as e:    # the store failed mid-stream
+                    o = StreamOutcome(str(f), "abandoned", errors=[
+                        f"{e}: the restore of this stream was interrupted; apply it again"])
+                    outcomes.append(o)
+                    break
                 outcomes.append(o)
                 if o.state == "rejected":
                     break             # a stream refused: the later ones cannot follow it
@@ -674,6 +757,9 @@ def _summary(outcomes: list[StreamOutcome]) -> int:
 
 
 def _require_streams(files) -> None:
+    bad = [f for f in files if _is_s3(f)]
+    if bad:
+        raise Failure(f"{bad[0]}: this command takes stream files, not s3:// objects", EXIT_USAGE)
     for f in files:
         if not os.path.isfile(f):
             raise Failure(f"{f}: no such stream file")
@@ -681,11 +767,15 @@ def _require_streams(files) -> None:
 
 def cmd_verify(args) -> int:
     from volume import backup as B
-    _require_streams(args.files)
-    total = sum(os.path.getsize(f) for f in args.files)
-    with _progress(not args.quiet) as prog:
-        task = prog.add_task("verify", total=total)
-        rep = B.verify(args.files, progress=lambda d, t: prog.update(task, completed=d))
+    from volume.streamstore import StreamStoreError
+    refs = _stream_refs(args.files, args)
+    total = sum(r.size() for r in refs)
+    try:
+        with _progress(not args.quiet) as prog:
+            task = prog.add_task("verify", total=total)
+            rep = B.verify(refs, progress=lambda d, t: prog.update(task, completed=d))
+    except StreamStoreError as e:
+        raise Failure(f"verify stopped: {e}") from None
     t = Table(title="verify")
     for col in ("stream", "type", "generations", "records", "blocks", "result"):
         t.add_column(col)
@@ -845,6 +935,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--target-side", action="store_true",
                         help="the target copies the stream to its own tape LUN (EXTENDED COPY): "
                         "the data does not cross the network")
+        sp.add_argument("--force", action="store_true",
+                        help="replace an existing s3:// object (stream files are always replaced)")
+        sp.add_argument("--part-size", type=_size, default=None, metavar="BYTES",
+                        help="S3 multipart part size (default 16M; 5M..1024M): memory is about "
+                        "(parts in flight + 1) x this")
+        sp.add_argument("--s3-uploads", type=int, default=None, metavar="N",
+                        help="S3 parts uploaded at once while the next one fills (default 2)")
     r = sub.add_parser("restore", help="apply a full stream and/or differential streams in order")
     r.add_argument("dest", metavar="DEST")
     r.add_argument("files", metavar="FILE", nargs="*")
@@ -877,18 +974,33 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--rate", type=int, default=1024, metavar="N",
                     help="check one block in N (default 1024)")
     au.add_argument("--full", action="store_true", help="check every unchanged block")
+    p.add_argument("--s3-endpoint", metavar="URL",
+                   help="S3 endpoint for s3:// names (default: AWS_ENDPOINT_URL or the "
+                   "profile's endpoint_url, else AWS); credentials from the AWS environment "
+                   "or profile")
     p.add_argument("--initiator-name", metavar="IQN",
                    help="iSCSI initiator name to log in with, e.g. one a target's ACL "
                    "lists (default iqn.2026-01.org.scsi-target:initiator)")
-    c = sub.add_parser("catalog", help="list the backups a cartridge holds")
-    c.add_argument("tape", metavar="TAPE", help="tape image file or iscsi:// tape LUN URL")
+    c = sub.add_parser("catalog", help="list the backups a cartridge or an S3 prefix holds")
+    c.add_argument("tape", metavar="TAPE|s3://BUCKET/PREFIX",
+                   help="tape image file, iscsi:// tape LUN URL, or s3://BUCKET/PREFIX")
     c.add_argument("--verify", action="store_true",
                    help="also read every backup back and check it record by record")
-    for sp in (a, d, r, v, s, e, m, au, c):
+    cl = sub.add_parser("cleanup", help="abort unfinished S3 uploads (of killed or failed "
+                        "backups) under s3://BUCKET/PREFIX")
+    cl.add_argument("prefix", metavar="s3://BUCKET/PREFIX")
+    cl.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
+                    help="only uploads started at least this long ago (default 3600: a "
+                    "backup running now is left alone); 0 for all")
+    cl.add_argument("--dry-run", action="store_true", help="list them, abort nothing")
+    for sp in (a, d, r, v, s, e, m, au, c, cl):
         sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars")
         sp.add_argument("--initiator-name", metavar="IQN", default=argparse.SUPPRESS,
                         help="iSCSI initiator name to log in with")
+        sp.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS,
+                        help="S3 endpoint for s3:// names (default: AWS_ENDPOINT_URL or the "
+                        "profile's endpoint_url, else AWS)")
     return p
 
 
@@ -920,8 +1032,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cmd == "audit":
             return cmd_audit(args)
         if cmd == "catalog":
+            if _is_s3(args.tape):
+                from tools.diffbackup_s3 import cmd_catalog_s3
+                return cmd_catalog_s3(args)
             from tools.diffbackup_tape import cmd_catalog
             return cmd_catalog(args)
+        if cmd == "cleanup":
+            from tools.diffbackup_s3 import cmd_cleanup
+            return cmd_cleanup(args)
         return cmd_estimate(args)
     except Failure as e:
         print(f"{PROG}: {' '.join(str(e).split())}", file=sys.stderr)
