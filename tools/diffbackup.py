@@ -222,7 +222,8 @@ class RemoteVolume:
         return {0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
                 0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS",
                 0xC5: "SET RESTORE OPTIONS", 0xC6: "REPORT BACKUP STATUS",
-                0xC7: "AUDIT TRACKER", 0xC8: "REPORT MAP EXTENTS"}.get(opcode, hex(opcode))
+                0xC7: "AUDIT TRACKER", 0xC8: "REPORT MAP EXTENTS",
+                0xC9: "COMMIT BACKUP"}.get(opcode, hex(opcode))
 
     def generations(self, lun: int | None = None):
         return self.L.GenerationsReport.unpack(
@@ -256,7 +257,19 @@ class RemoteVolume:
             if not h.full_done:
                 raise Failure("no full backup of this volume was completed since tracking "
                               "began: take a full backup first")
-        self._cmd(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL if full else 0, scope=0 if full else scope)
+        # HOLD: the target commits the cut only at COMMIT BACKUP, sent once the
+        # output is complete (renamed, upload completed), so no generation is
+        # recorded without its stream.  A target before HOLD refuses the bit:
+        # then it commits when the last byte is read, as it always did.
+        flags = L.FLAG_FULL if full else 0
+        try:
+            self._cmd(L.OP_SELECT_BACKUP, flags=flags | L.FLAG_HOLD, scope=0 if full else scope)
+            held = True
+        except Failure as e:
+            if "INVALID FIELD IN CDB" not in str(e).upper():
+                raise
+            self._cmd(L.OP_SELECT_BACKUP, flags=flags, scope=0 if full else scope)
+            held = False
         st = L.BackupStatus.unpack(self._cmd(L.OP_START_BACKUP, length=80))
         # Never read past the device: the stream (at most size_bound bytes) ends
         # before its capacity, and its length is known once its end was produced.
@@ -264,9 +277,17 @@ class RemoteVolume:
         status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
         from volume.streamstore import StreamStoreError
         try:
-            return self._read_stream(st, capacity, status_cdb, _output(out), show)
+            res = self._read_stream(st, capacity, status_cdb, _output(out), show)
         except StreamStoreError as e:
             raise Failure(self._taken_advice(e, full, scope)) from None
+        if held:
+            try:
+                self._cmd(L.OP_COMMIT_BACKUP)
+            except Failure as e:
+                raise Failure(f"{e}: the stream is stored, but the target did not record the "
+                              f"backup; the next differential of the same scope covers its "
+                              f"blocks again") from None
+        return res
 
     def _taken_advice(self, e: Exception, full: bool, scope: int) -> str:
         """The output failed after the stream was read.  Over iSCSI the target commits
@@ -275,7 +296,7 @@ class RemoteVolume:
         what the map now holds and how the next backup still covers it."""
         try:
             st = self.backup_status()
-            taken = st.state == self.L.STATE_COMPLETE
+            taken = st.state == self.L.STATE_COMPLETE     # a held stream is not taken
         except Exception:  # noqa: BLE001 - the connection is gone: the target abandons it
             taken = False
         if not taken:
@@ -323,7 +344,7 @@ class RemoteVolume:
                 if st.total and pos >= st.total:
                     break
             prog.update(task, completed=pos, total=pos)
-            if st.state != L.STATE_COMPLETE:
+            if st.state not in (L.STATE_COMPLETE, L.STATE_HELD):
                 raise Failure("the target does not report the backup stream complete")
         return BackupOutcome(pos, (st.generation_lo, st.generation_hi), st.block_count)
 

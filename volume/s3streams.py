@@ -318,7 +318,7 @@ class S3Writer:
         self._inflight.append((fut, buf))
         self._next += 1
         # Bounded memory: at most `uploads` parts in flight plus the one filling.
-        while len(self._inflight) >= self.store.in_flight:
+        while len(self._inflight) > self.store.in_flight:
             self._reap_one()
         if self._free:
             self._buf = self._free.popleft()
