@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -63,10 +64,21 @@ def _env(extra: dict) -> dict:
     return e
 
 
-def _timed(cmd: list[str], env: dict) -> float:
+CPU: dict[str, list[float]] = {}
+
+
+def _child_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _timed(cmd: list[str], env: dict, what: str = "") -> float:
+    c0 = _child_cpu()
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t0
+    if what:
+        CPU.setdefault(what, []).append(_child_cpu() - c0)
     if r.returncode != 0:
         raise SystemExit(f"bench_s3: {' '.join(cmd[:4])} ... failed: {r.stderr.strip()[-500:]}")
     return dt
@@ -115,18 +127,18 @@ def run(args, env: dict, work: Path) -> None:
                 res["ours_up"].append(_timed(db + ["full", str(vol), "-o",
                                                    f"s3://{BUCKET}/full", "--force",
                                                    "--part-size", part, "--s3-uploads", conc],
-                                             env))
+                                             env, "ours_up"))
             else:
                 res["raw_up"].append(_timed([py, "-c", _RAW, "up", str(raw_src), BUCKET, "raw",
-                                             part, conc], env))
+                                             part, conc], env, "raw_up"))
         for who in order:
             if who == "ours":
                 _fresh_volume(dest)
                 res["ours_down"].append(_timed(db + ["restore", str(dest),
-                                                     f"s3://{BUCKET}/full"], env))
+                                                     f"s3://{BUCKET}/full"], env, "ours_down"))
             else:
                 res["raw_down"].append(_timed([py, "-c", _RAW, "down", str(work / "raw.bin"),
-                                               BUCKET, "raw", part, conc], env))
+                                               BUCKET, "raw", part, conc], env, "raw_down"))
         print(f"round {rnd_i + 1}: " + ", ".join(
             f"{k} {nbytes / res[k][-1] / 1e6:.1f} MB/s" for k in res), flush=True)
     if dest.read_bytes() != vol.read_bytes():
@@ -137,8 +149,14 @@ def run(args, env: dict, work: Path) -> None:
           f"{med['raw_up']:.1f} MB/s, ours/raw {med['ours_up'] / med['raw_up']:.2f}")
     print(f"restore from S3: ours {med['ours_down']:.1f} MB/s, plain boto3 download "
           f"{med['raw_down']:.1f} MB/s, ours/raw {med['ours_down'] / med['raw_down']:.2f}")
+    gib = nbytes / (1 << 30)
+    cpu = {k: statistics.median(v) / gib for k, v in CPU.items()}
+    print(f"client CPU (user+sys) per GiB: backup ours {cpu['ours_up']:.1f} s, raw "
+          f"{cpu['raw_up']:.1f} s; restore ours {cpu['ours_down']:.1f} s, raw "
+          f"{cpu['raw_down']:.1f} s")
     print("(medians of wall clock per run, process start-up included; restore writes the "
-          "volume and its map, the download a plain file)")
+          "volume and its map, the download a plain file; the gateway and OSD run on the "
+          "same cores)")
 
 
 def main(argv=None) -> int:
