@@ -108,6 +108,16 @@ def test_full_and_three_differentials_over_iscsi_restore_byte_identical(tmp_path
     rr = _ok(diffbackup("restore", str(dest), *[s3.url(k) for k in keys]))
     assert "restore complete" in rr.stdout
     assert dest.read_bytes() == final
+    # And onto a volume served over iSCSI, straight from S3.
+    with open(tmp_path / "new.img", "wb") as f:
+        f.truncate(SIZE)
+    with Server(f"{tmp_path}/new.img", cwd=tmp_path) as srv, SyncIscsiClient(srv.url(0)) as c:
+        rr = _ok(diffbackup("restore", srv.url(0), *[s3.url(k) for k in keys]))
+        assert "restore complete" in rr.stdout
+        assert _image(c) == final
+    # merge works on stream files only: an s3:// name is refused in one line.
+    m = diffbackup("merge", s3.url(keys[0]), s3.url(keys[1]), "-o", str(tmp_path / "m"))
+    assert m.returncode == 2 and "not s3:// objects" in m.stderr, m.stderr
 
 
 def test_many_generations_of_a_tiny_volume(tmp_path, s3):

@@ -777,8 +777,8 @@ def _summary(outcomes: list[StreamOutcome]) -> int:
     return EXIT_OK
 
 
-def _require_streams(files) -> None:
-    bad = [f for f in files if _is_s3(f)]
+def _require_streams(files, output: str | None = None) -> None:
+    bad = [f for f in files + [output or ""] if _is_s3(f)]
     if bad:
         raise Failure(f"{bad[0]}: this command takes stream files, not s3:// objects", EXIT_USAGE)
     for f in files:
@@ -890,7 +890,7 @@ def cmd_estimate(args) -> int:
 def cmd_merge(args) -> int:
     """A synthetic full (or one differential) from a chain of stream files; no volume involved."""
     from volume.merge import MergeRefused, merge
-    _require_streams(args.files)
+    _require_streams(args.files, args.output)
     if os.path.realpath(args.output) in {os.path.realpath(f) for f in args.files}:
         raise Failure(f"-o {args.output} is one of the input streams", EXIT_USAGE)
     total = sum(os.path.getsize(f) for f in args.files)
