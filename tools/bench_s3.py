@@ -177,8 +177,10 @@ def main(argv=None) -> int:
             extra = {"AWS_ENDPOINT_URL": args.endpoint}
         else:
             from scsi_target.testing.ceph import CephCluster
-            cluster = CephCluster(work / "ceph", rgw=True, osd_bytes=max(2 << 30,
-                                  6 * args.mib << 20)).start()
+            # Overwritten objects stay in the memstore OSD until RGW's garbage
+            # collection (hours): room for every upload of every round.
+            cluster = CephCluster(work / "ceph", rgw=True, osd_bytes=max(
+                2 << 30, (4 * args.rounds + 4) * args.mib << 20)).start()
             extra = {"AWS_ENDPOINT_URL": cluster.s3_endpoint,
                      "AWS_ACCESS_KEY_ID": cluster.s3_access_key,
                      "AWS_SECRET_ACCESS_KEY": cluster.s3_secret_key,

@@ -28,7 +28,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .streamstore import NoSuchStream, StoredStream, StreamExists, StreamRef, StreamStoreError
+from .streamstore import (CommitOnExit, NoSuchStream, StoredStream, StreamExists, StreamRef,
+                          StreamStoreError)
 
 __all__ = ["S3Streams", "S3Writer", "S3Ref", "Upload", "parse_s3_url", "DEFAULT_PART_SIZE",
            "MIN_PART_SIZE", "MAX_PART_SIZE", "DEFAULT_UPLOADS", "MAX_PARTS"]
@@ -269,7 +270,7 @@ class _PartBody(io.RawIOBase):
         return len(self.mv)
 
 
-class S3Writer:
+class S3Writer(CommitOnExit):
     """One stream being uploaded; see the module doc for the guarantees."""
 
     def __init__(self, store: S3Streams, key: str, upload_id: str, force: bool) -> None:
@@ -383,15 +384,6 @@ class S3Writer:
             self.store.abort_upload(self.key, self.upload_id)
         except StreamStoreError:
             pass          # an unreachable endpoint: the unfinished upload is listed by catalog
-
-    def __enter__(self) -> "S3Writer":
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class S3Ref(StreamRef):

@@ -55,21 +55,11 @@ def describe(ref: StreamRef, modified: float = 0.0) -> CatalogEntry:
     try:
         raw = ref.read_range(0, HEADER_SIZE)
         e.header = StreamHeader.unpack(raw)
-    except StreamError as exc:
-        e.problem = str(exc)
-        return e
-    except StreamStoreError as exc:
+        e.trailer, at = _find_trailer(ref, size, e.header.stream_id)
+    except (StreamError, StreamStoreError) as exc:
         e.problem = str(exc)
         return e
     h = e.header
-    try:
-        e.trailer, at = _find_trailer(ref, size, h.stream_id)
-    except StreamError as exc:
-        e.problem = str(exc)
-        return e
-    except StreamStoreError as exc:
-        e.problem = str(exc)
-        return e
     expect = HEADER_SIZE + e.trailer.record_count * RECORD_HEADER_SIZE + e.trailer.stored_bytes
     if at != expect or e.trailer.block_count != h.block_count:
         e.problem = f"trailer at byte {at} does not match the records it counts (damaged)"

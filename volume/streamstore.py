@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 __all__ = ["StreamStoreError", "StreamExists", "NoSuchStream", "StreamWriter", "StreamRef",
+           "CommitOnExit",
            "StoredStream", "FileStreams", "is_s3_url", "open_ref", "open_writer"]
 
 
@@ -82,8 +83,27 @@ class StreamRef:
         return self.name
 
 
+class CommitOnExit:
+    """``with writer:`` commits on a clean exit and aborts on an exception."""
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
 # ------------------------------------------------------------------------ files
-class _PartialFile:
+class _PartialFile(CommitOnExit):
     """A stream file written as NAME.partial and renamed to NAME only on commit."""
 
     def __init__(self, path: str, force: bool) -> None:
@@ -131,15 +151,6 @@ class _PartialFile:
             os.unlink(self.tmp)
         except OSError:
             pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 class FileRef(StreamRef):
