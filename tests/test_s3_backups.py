@@ -321,3 +321,61 @@ def test_kill_9_mid_upload_leaves_no_object_and_no_generation(tmp_path, s3):
     dest = tmp_path / "restored.img"
     _ok(diffbackup("restore", str(dest), s3.url("k/full"), s3.url("k/diff")))
     assert dest.read_bytes() == final
+
+
+def _race(s3, srv_url: str, key: str):
+    """A differential whose key is taken by another writer while it uploads."""
+    proc = subprocess.Popen([sys.executable, "-m", "tools.diffbackup", "-q", "diff", srv_url,
+                             "--scope", "1", "-o", s3.url(key), "--part-size", PART,
+                             "--s3-uploads", "1"], cwd=REPO, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_parts(s3, key, 1, proc)
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"someone else's")
+    out, errs = proc.communicate(timeout=300)
+    return SimpleNamespace(returncode=proc.returncode, stdout=out, stderr=errs)
+
+
+def _old_target_env(tmp_path, monkeypatch) -> None:
+    """Servers started from here refuse SELECT BACKUP's HOLD bit, like a target before it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "from scsi_target.scsi.layouts import backup as L\n"
+        "L.CDB_FLAGS_ALLOWED[L.OP_SELECT_BACKUP] &= ~L.FLAG_HOLD\n")
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{REPO}")
+
+
+@pytest.mark.parametrize("old_target", [False, True], ids=["held", "before-hold"])
+def test_a_key_taken_during_the_upload_is_not_replaced(tmp_path, s3, monkeypatch, old_target):
+    """Another writer puts KEY while diffbackup uploads: the upload is aborted, the other
+    object stays.  With HOLD the target's map is unchanged; a target before HOLD has
+    committed at the last byte read, and diffbackup names the scope that covers it."""
+    size = 48 << 20
+    fill_random(tmp_path / "vol.img", size, seed=31)
+    if old_target:
+        _old_target_env(tmp_path, monkeypatch)
+    with Server(f"{tmp_path}/vol.img", cwd=tmp_path) as srv, SyncIscsiClient(srv.url(0)) as c:
+        _ok(diffbackup("full", srv.url(0), "-o", s3.url("r/full"), "--part-size", PART))
+        rnd = random.Random(32)
+        for lba in range(0, size // BS, 2048):
+            c.write(lba, rnd.randbytes(2048 * BS))
+        r = _race(s3, srv.url(0), "r/diff")
+        line = _one_line_failure(r, r"appeared while the backup was uploading; not replaced")
+        body = s3.client.get_object(Bucket=s3.bucket, Key="r/diff")["Body"].read()
+        assert body == b"someone else's"
+        assert not s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads")
+        st = _status(srv.url(0))
+        if old_target:
+            assert "--scope 2 to cover them again" in line, line
+            assert "current generation 2;" in st, st
+            scope = "2"
+        else:
+            assert "the backup was not taken" in line, line
+            assert "current generation 1;" in st, st
+            scope = "1"
+        _ok(diffbackup("diff", srv.url(0), "--scope", scope, "-o", s3.url("r/diff2"),
+                       "--part-size", PART))
+        final = _image(c, size)
+    dest = tmp_path / "restored.img"
+    _ok(diffbackup("restore", str(dest), s3.url("r/full"), s3.url("r/diff2")))
+    assert dest.read_bytes() == final
