@@ -43,8 +43,6 @@ def cmd_catalog_s3(args) -> int:
         listed = store.list(prefix)
         entries = []
         for o in listed:
-            if o.name.endswith(".partial"):
-                continue
             ref = store.ref(o.name)
             entries.append(describe(ref, o.modified))
         verified: dict[str, str] = {}

@@ -310,7 +310,7 @@ class S3Writer(CommitOnExit):
         self.written += n
         return n
 
-    def _submit(self) -> None:
+    def _submit(self, last: bool = False) -> None:
         if self._next > MAX_PARTS:
             raise StreamStoreError(f"{self.name}: the stream is longer than {MAX_PARTS} parts of "
                                    f"{self.store.part_size} bytes: use a larger --part-size")
@@ -321,6 +321,8 @@ class S3Writer(CommitOnExit):
         # Bounded memory: at most `uploads` parts in flight plus the one filling.
         while len(self._inflight) > self.store.in_flight:
             self._reap_one()
+        if last:
+            return
         if self._free:
             self._buf = self._free.popleft()
         else:
@@ -349,7 +351,7 @@ class S3Writer(CommitOnExit):
             return
         try:
             if self._fill or self._next == 1:
-                self._submit()
+                self._submit(last=True)
             while self._inflight:
                 self._reap_one()
             s = self.store
