@@ -10,8 +10,9 @@ and torn down at the end; with it, credentials come from the AWS environment.
 Per round, in alternating order (ours first in odd rounds, raw first in even):
 
 * backup: ``diffbackup full VOL -o s3://bench/full --force`` of a random-data
-  local volume of ``--mib`` MiB, vs a plain boto3 ``upload_fileobj`` of a file of
-  the stream's size with the same part size and parts in flight;
+  local volume of ``--mib`` MiB (and the same with ``--no-s3-md5``), vs a plain
+  boto3 ``upload_fileobj`` of a file of the stream's size with the same part size
+  and parts in flight;
 * restore: ``diffbackup restore NEW s3://bench/full`` onto a fresh volume, vs a
   boto3 ``download_fileobj`` of the same object to a file (same part size and
   concurrency).
@@ -115,15 +116,21 @@ def run(args, env: dict, work: Path) -> None:
     _timed(db + ["full", str(vol), "-o", str(stream)], env)
     nbytes = stream.stat().st_size
     raw_src = stream
-    res: dict[str, list[float]] = {k: [] for k in ("ours_up", "raw_up", "ours_down", "raw_down")}
+    res: dict[str, list[float]] = {k: [] for k in ("ours_up", "nomd5_up", "raw_up", "ours_down",
+                                                   "raw_down")}
     print(f"volume {args.mib} MiB random, stream {nbytes} bytes, part {args.part_size} bytes, "
           f"{args.uploads} parts in flight, {args.rounds} rounds")
     print(f"load at start: {_uptime()}")
     dest = work / "restored.img"
     for rnd_i in range(args.rounds):
-        order = ("ours", "raw") if rnd_i % 2 == 0 else ("raw", "ours")
+        order = ("ours", "nomd5", "raw") if rnd_i % 2 == 0 else ("raw", "nomd5", "ours")
         for who in order:
-            if who == "ours":
+            if who == "nomd5":
+                res["nomd5_up"].append(_timed(db + ["full", str(vol), "-o",
+                                                    f"s3://{BUCKET}/full-nomd5", "--force",
+                                                    "--part-size", part, "--s3-uploads", conc,
+                                                    "--no-s3-md5"], env, "nomd5_up"))
+            elif who == "ours":
                 res["ours_up"].append(_timed(db + ["full", str(vol), "-o",
                                                    f"s3://{BUCKET}/full", "--force",
                                                    "--part-size", part, "--s3-uploads", conc],
@@ -132,6 +139,8 @@ def run(args, env: dict, work: Path) -> None:
                 res["raw_up"].append(_timed([py, "-c", _RAW, "up", str(raw_src), BUCKET, "raw",
                                              part, conc], env, "raw_up"))
         for who in order:
+            if who == "nomd5":
+                continue
             if who == "ours":
                 _fresh_volume(dest)
                 res["ours_down"].append(_timed(db + ["restore", str(dest),
@@ -147,11 +156,14 @@ def run(args, env: dict, work: Path) -> None:
     print(f"load at end: {_uptime()}")
     print(f"backup to S3:    ours {med['ours_up']:.1f} MB/s, plain boto3 upload "
           f"{med['raw_up']:.1f} MB/s, ours/raw {med['ours_up'] / med['raw_up']:.2f}")
+    print(f"  --no-s3-md5:   ours {med['nomd5_up']:.1f} MB/s, ours/raw "
+          f"{med['nomd5_up'] / med['raw_up']:.2f}")
     print(f"restore from S3: ours {med['ours_down']:.1f} MB/s, plain boto3 download "
           f"{med['raw_down']:.1f} MB/s, ours/raw {med['ours_down'] / med['raw_down']:.2f}")
     gib = nbytes / (1 << 30)
     cpu = {k: statistics.median(v) / gib for k, v in CPU.items()}
-    print(f"client CPU (user+sys) per GiB: backup ours {cpu['ours_up']:.1f} s, raw "
+    print(f"client CPU (user+sys) per GiB: backup ours {cpu['ours_up']:.1f} s "
+          f"({cpu['nomd5_up']:.1f} s without MD5), raw "
           f"{cpu['raw_up']:.1f} s; restore ours {cpu['ours_down']:.1f} s, raw "
           f"{cpu['raw_down']:.1f} s")
     print("(medians of wall clock per run, process start-up included; restore writes the "
@@ -193,7 +205,7 @@ def main(argv=None) -> int:
         except s3.exceptions.BucketAlreadyOwnedByYou:
             pass
         run(args, env, work)
-        for key in ("full", "raw"):
+        for key in ("full", "full-nomd5", "raw"):
             s3.delete_object(Bucket=BUCKET, Key=key)
     finally:
         if cluster is not None:

@@ -616,6 +616,7 @@ def _s3_options(args, *, writing: bool = False) -> dict:
             opts["part_size"] = args.part_size
         if args.s3_uploads is not None:
             opts["uploads"] = args.s3_uploads
+        opts["md5"] = not args.no_s3_md5
     return opts
 
 
@@ -963,6 +964,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(parts in flight + 1) x this")
         sp.add_argument("--s3-uploads", type=int, default=None, metavar="N",
                         help="S3 parts uploaded at once while the next one fills (default 2)")
+        sp.add_argument("--no-s3-md5", action="store_true",
+                        help="no Content-MD5 per S3 part (less CPU; damage on the way is then "
+                        "found by verify/restore, not refused by the server)")
     r = sub.add_parser("restore", help="apply a full stream and/or differential streams in order")
     r.add_argument("dest", metavar="DEST")
     r.add_argument("files", metavar="FILE", nargs="*")

@@ -120,7 +120,7 @@ class S3Streams:
 
     def __init__(self, bucket: str, *, endpoint: str | None = None,
                  part_size: int = DEFAULT_PART_SIZE, uploads: int = DEFAULT_UPLOADS,
-                 client=None) -> None:
+                 md5: bool = True, client=None) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise StreamStoreError(f"part size {part_size} is not {MIN_PART_SIZE >> 20} MiB.."
                                    f"{MAX_PART_SIZE >> 20} MiB")
@@ -129,6 +129,10 @@ class S3Streams:
         self.bucket = bucket
         self.part_size = part_size
         self.in_flight = uploads
+        # Content-MD5 of every part: the server refuses a part damaged on the way
+        # (boto3 retries it).  Without it the stream's own CRC32C still detect
+        # damage, but only when the stream is verified or restored.
+        self.md5 = md5
         self._client = client if client is not None else self._make_client(endpoint)
 
     @staticmethod
@@ -336,11 +340,11 @@ class S3Writer(CommitOnExit):
         self._free.append(buf)
 
     def _upload_part(self, number: int, mv: memoryview) -> None:
-        md5 = base64.b64encode(hashlib.md5(mv).digest()).decode()
         s = self.store
+        kw = {"ContentMD5": base64.b64encode(hashlib.md5(mv).digest()).decode()} if s.md5 else {}
         r = s._call(f"uploading part {number} of {self.name}", s._client.upload_part,
                     Key=self.key, UploadId=self.upload_id, PartNumber=number,
-                    Body=_PartBody(mv), ContentLength=len(mv), ContentMD5=md5)
+                    Body=_PartBody(mv), ContentLength=len(mv), **kw)
         with self._lock:
             self._parts[number] = r["ETag"]
 
