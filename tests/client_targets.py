@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from interop_util import require_tool  # one rule for every external tool
+from scsi_target.testing.external import require_tool  # one rule for every external tool
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,30 @@
-"""Shared fixtures: the real server as a subprocess.
+"""Shared fixtures.  The targets themselves come from the testing library's
+pytest plugin (scsi_target/testing/plugin.py: ``iscsi_target``, ``iscsi_server``,
+``iscsi_server_process``, ...); this adds what only this suite needs:
 
-``served_target``   one 64 MiB disk LUN, a fresh server per test.
-``serve``           factory: ``serve([Target(...), ...])`` → a started ServedTarget
-                    (stopped after the test).
-``interop_server``  one server for the whole session with every target the
-                    interop modules need (see INTEROP_TARGETS); tests pick the
-                    target by IQN and never depend on another test's data.
+``interop_server``  one server process for the whole session with every target
+                    the interop modules need (see INTEROP_TARGETS); tests pick
+                    the target by IQN and never depend on another test's data.
+``diffbackup``      ``diffbackup(*args, cwd=None, timeout=180)`` runs
+                    ``python -m tools.diffbackup -q ARGS`` (a CompletedProcess, text).
+``shm_dir``         a directory on tmpfs when there is one (volumes of tens of MiB),
+                    else a temporary directory; removed after the test.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 
-from interop_util import Lun, ServedTarget, Target
+from scsi_target.testing.process import Lun, ServerProcess, Target
+
+REPO = Path(__file__).resolve().parent.parent
+SHM = Path("/dev/shm") if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 IQN_BASE = "iqn.2026-11.org.pyscsi"
 IQN_PLAIN = f"{IQN_BASE}:interop"          # LUN 0 64 MiB, LUN 1 4096-byte blocks
@@ -44,26 +57,27 @@ INTEROP_TARGETS = [
 
 @pytest.fixture(scope="session")
 def interop_server(tmp_path_factory):
-    srv = ServedTarget(tmp_path_factory.mktemp("interop"), INTEROP_TARGETS).start()
+    srv = ServerProcess(tmp_path_factory.mktemp("interop"), INTEROP_TARGETS).start()
     yield srv
     rc = srv.stop()
     assert rc == 0, f"server exit status {rc} after SIGTERM:\n{srv.log_tail()}"
 
 
-@pytest.fixture
-def serve(tmp_path):
-    started: list[ServedTarget] = []
-
-    def start(targets: list[Target], subdir: str = "srv") -> ServedTarget:
-        srv = ServedTarget(tmp_path / f"{subdir}{len(started)}", targets)
-        started.append(srv)
-        return srv.start()
-
-    yield start
-    for srv in started:
-        srv.stop()
+def run_diffbackup(*args: str, cwd: Path | None = None, timeout: float = 180):
+    return subprocess.run([sys.executable, "-m", "tools.diffbackup", "-q", *args],
+                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
-def served_target(serve) -> ServedTarget:
-    return serve([Target(f"{IQN_BASE}:served", [Lun(0, "64M")])])
+def diffbackup():
+    return run_diffbackup
+
+
+@pytest.fixture
+def shm_dir(tmp_path):
+    if SHM is None:
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="pyscsi-test-", dir=SHM))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

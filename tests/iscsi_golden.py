@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-# interop_util is imported as the tests import it (tests/ on sys.path), also
+# The suite's helper modules are imported as the tests import them (tests/ on sys.path), also
 # when this runs as a program.
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -528,8 +528,8 @@ def compare(ours: list[WirePdu], theirs: list[tuple[int, dict[str, list]]]) -> l
 def record(out_dir: Path, *, dumpcap: str, tshark: str, libiscsi: dict[str, str],
            workdir: Path) -> tuple[Path, Path, int]:
     """Serve a target, capture :func:`traffic`, write NAME.pcap and NAME.json."""
-    from interop_util import Lun, ServedTarget, Target
-    srv = ServedTarget(workdir, [Target(IQN, [Lun(0, "1M", options={"track": False})])])
+    from scsi_target.testing.process import Lun, ServerProcess, Target
+    srv = ServerProcess(workdir, [Target(IQN, [Lun(0, "1M", options={"track": False})])])
     srv.start()
     pcap = out_dir / "session.pcap"
     try:

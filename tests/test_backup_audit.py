@@ -18,7 +18,7 @@ from volume.audit import phase_for
 from volume.filestore import FileStore
 from volume.tracked import TrackingStore
 
-from backup_harness import fill_random, tracked_writes
+from scsi_target.testing.seed import random_file, tracked_writes
 
 SIZE = (6 << 20) + 2560          # 1537 tracking blocks, the last one partial
 BS = 4096
@@ -49,7 +49,7 @@ def _behind_the_back(vol, blocks, seed=5) -> None:
 
 def _chain(tmp_path, density=1.0):
     vol = tmp_path / "vol.img"
-    fill_random(vol, SIZE, density=density, seed=3)
+    random_file(vol, SIZE, density=density, seed=3)
     files = [tmp_path / "full.bk"]
     assert run("full", vol, "-o", files[0]) == 0
     for i in (1, 2):
@@ -111,7 +111,7 @@ def test_a_miss_outside_the_sample_needs_full(tmp_path, capsys):
 
 def test_nothing_to_compare(tmp_path, capsys):
     vol = tmp_path / "vol.img"
-    fill_random(vol, SIZE, density=0.5, seed=1)
+    random_file(vol, SIZE, density=0.5, seed=1)
     assert run("audit", vol) == 1
     assert "is not a tracked volume" in capsys.readouterr().err
     tracked_writes(vol, SIZE, writes=5, seed=1)

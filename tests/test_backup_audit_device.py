@@ -9,7 +9,7 @@ from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.layouts import backup as L
 from scsi_target.scsi.sense import SenseKey, parse_sense
 
-from backup_harness import Server, diffbackup
+from scsi_target.testing.process import ServerProcess
 from test_backup_device import Rig, _illegal
 
 BS = 512
@@ -85,9 +85,9 @@ def test_rsoc_lists_audit(tmp_path):
         rig.close()
 
 
-def test_diffbackup_audit_over_iscsi(tmp_path):
+def test_diffbackup_audit_over_iscsi(diffbackup, tmp_path):
     vol = tmp_path / "vol.img"
-    with Server(f"{vol}:8M", cwd=tmp_path) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{vol}:8M", "--backup-device") as srv:
         url = srv.url(0)
         rnd = random.Random(5)
         with SyncIscsiClient(url) as c:

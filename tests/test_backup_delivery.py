@@ -20,7 +20,8 @@ from volume import blockcrc
 from volume.session import _CHUNK_BUFFERS, CHUNK, HEAD_KEEP, LEND_MAX, WINDOW
 from volume.stream import StreamDecoder
 
-from backup_harness import SHM, Server, diffbackup, fill_random
+from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.seed import random_file as fill_random
 
 MiB = 1 << 20
 BS = 512
@@ -28,16 +29,8 @@ OWNER = Nexus("iqn.2026-01.test:delivery", b"\x00\x02\x3d\x00\x00\x07", "iqn.t",
 
 
 @pytest.fixture
-def shm(tmp_path_factory):
-    if SHM is None:
-        yield tmp_path_factory.mktemp("vol")
-        return
-    import shutil
-    import tempfile
-    from pathlib import Path
-    d = tempfile.mkdtemp(prefix="pyscsi-test-", dir=SHM)
-    yield Path(d)
-    shutil.rmtree(d, ignore_errors=True)
+def shm(shm_dir):
+    return shm_dir
 
 
 class Rig:
@@ -229,7 +222,7 @@ def test_pipeline_reads_into_callers_buffers_in_order(shm):
     vol = shm / "v.img"
     fill_random(vol, 16 * MiB, seed=3)
     image = vol.read_bytes()
-    with Server(str(vol), cwd=shm) as srv, SyncIscsiClient(srv.url(0)) as c:
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv, SyncIscsiClient(srv.url(0)) as c:
         c.test_unit_ready()                             # the power-on unit attention
         bufs = [bytearray(MiB) for _ in range(3)]
         cmds = [dict(cdb=cdbs.read16(i * (MiB // BS), MiB // BS), read_length=MiB,
@@ -260,14 +253,14 @@ def test_pipelined_writes_keep_their_order_at_the_target(shm):
     vol = shm / "v.img"
     fill_random(vol, 8 * MiB, seed=4)
     datas = [os.urandom(4 * MiB) for _ in range(4)]
-    with Server(str(vol), cwd=shm) as srv, SyncIscsiClient(srv.url(0)) as c:
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv, SyncIscsiClient(srv.url(0)) as c:
         c.test_unit_ready()
         futs = [c.start(cdbs.write16(0, 4 * MiB // BS), data_out=d) for d in datas]
         assert all(c.result(f).good for f in futs)
         assert bytes(c.read(0, 4 * MiB // BS)) == datas[-1]
 
 
-def test_full_backup_over_iscsi_while_writes_continue_is_a_point_in_time_image(shm):
+def test_full_backup_over_iscsi_while_writes_continue_is_a_point_in_time_image(shm, diffbackup):
     size = 48 * MiB
     vol = shm / "v.img"
     fill_random(vol, size, seed=8)
@@ -275,7 +268,7 @@ def test_full_backup_over_iscsi_while_writes_continue_is_a_point_in_time_image(s
     rnd = random.Random(8)
     targets = rnd.sample(range(size // 4096), 10000)
     news = [rnd.randbytes(4096) for _ in targets]
-    with Server(str(vol), cwd=shm) as srv:
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
         done = threading.Event()
         written = []
 
@@ -313,7 +306,7 @@ def test_full_backup_over_iscsi_while_writes_continue_is_a_point_in_time_image(s
     dst = shm / "dst.img"
     with open(dst, "wb") as f:
         f.truncate(size)
-    with Server(str(dst), cwd=shm) as srv:
+    with ServerProcess.from_flags(shm, "--disk", str(dst), "--backup-device") as srv:
         r = diffbackup("restore", srv.url(0), str(shm / "full.bin"))
         assert r.returncode == 0, r.stdout + r.stderr
     assert dst.read_bytes() == bytes(expect)

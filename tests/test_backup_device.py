@@ -16,7 +16,9 @@ from volume.filestore import FileStore
 from volume.memstore import MemoryStore
 from volume.stream import Damage, Record, StreamDecoder
 
-from backup_harness import IQN, Server, diffbackup, require_tool
+from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.external import require_tool
+from scsi_target.config import DEFAULT_IQN as IQN
 
 SIZE = 4 << 20
 BS = 512
@@ -103,7 +105,7 @@ def test_rsoc_lists_vendor_commands(rig):
         ops.add(data[off])
         if data[off] >= 0xC0:
             assert int.from_bytes(data[off + 6:off + 8], "big") == L.CDB_LEN
-    assert {0xC0, 0xC1, 0xC2, 0xC3, 0xC4, 0xC5, 0xC6} <= ops
+    assert {0xC0, 0xC1, 0xC2, 0xC3, 0xC4, 0xC5, 0xC6, 0xC9} <= ops
     assert 0x28 in ops and 0x2A in ops          # READ/WRITE of the stream medium
     # The disk LU itself does not list them.
     r = rig.run(rig.disk, cdb)
@@ -187,6 +189,61 @@ def test_abandoned_differential_changes_nothing_and_the_next_one_misses_no_block
                                                     length=4096).data_in))
     assert not g.header.pending_valid and g.header.current_generation == 2
     assert not g.header.stream_active
+
+
+def _gens(rig):
+    return L.GenerationsReport.unpack(bytes(rig.vendor(L.OP_REPORT_GENERATIONS,
+                                                       length=4096).data_in))
+
+
+def _bstatus(rig):
+    return L.BackupStatus.unpack(bytes(rig.vendor(L.OP_REPORT_BACKUP_STATUS,
+                                                  length=80).data_in))
+
+
+def _read_to_end(rig, st) -> bytes:
+    out = bytearray()
+    while len(out) < st.total or not st.total:
+        out += rig.read_dev(len(out) // BS, 64)
+        st = _bstatus(rig)
+    return bytes(out[:st.total])
+
+
+def test_held_stream_commits_only_at_commit_backup(rig):
+    """SELECT BACKUP with HOLD: the stream read to its end is *held* (state 3), the map
+    unchanged, until COMMIT BACKUP; a held stream abandoned before it commits nothing."""
+    assert rig.vendor(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL).ok
+    rig.read_stream()
+    rig.write(0, b"1" * 4096)                                  # generation 1
+    # COMMIT BACKUP with nothing open, and with bad fields.
+    assert rig.vendor(L.OP_COMMIT_BACKUP).ok                   # the full one: committed
+    _illegal(rig.vendor(L.OP_COMMIT_BACKUP, flags=L.FLAG_FULL), field=1, bit=0)
+    _illegal(rig.vendor(L.OP_COMMIT_BACKUP, scope=1), field=2)
+    _illegal(rig.vendor(L.OP_COMMIT_BACKUP, length=4), field=6)
+    assert rig.vendor(L.OP_SELECT_BACKUP, scope=1, flags=L.FLAG_HOLD).ok
+    st = L.BackupStatus.unpack(bytes(rig.vendor(L.OP_START_BACKUP, length=80).data_in))
+    assert st.state == L.STATE_ACTIVE
+    _illegal(rig.vendor(L.OP_COMMIT_BACKUP), asc=0x2C)         # not read to its end
+    _read_to_end(rig, st)
+    assert _bstatus(rig).state == L.STATE_HELD
+    g = _gens(rig)
+    assert g.header.current_generation == 1 and g.header.stream_active
+    assert rig.vendor(L.OP_COMMIT_BACKUP).ok
+    assert rig.vendor(L.OP_COMMIT_BACKUP).ok                   # repeated: still GOOD
+    assert _bstatus(rig).state == L.STATE_COMPLETE
+    assert _gens(rig).header.current_generation == 2
+    # Held, read through, then abandoned by a new START BACKUP: nothing committed.
+    rig.write(16, b"2" * 4096)                                 # generation 2
+    assert rig.vendor(L.OP_SELECT_BACKUP, scope=1, flags=L.FLAG_HOLD).ok
+    st = L.BackupStatus.unpack(bytes(rig.vendor(L.OP_START_BACKUP, length=80).data_in))
+    _read_to_end(rig, st)
+    assert _bstatus(rig).state == L.STATE_HELD
+    assert rig.vendor(L.OP_SELECT_BACKUP, scope=1).ok
+    st = L.BackupStatus.unpack(bytes(rig.vendor(L.OP_START_BACKUP, length=80).data_in))
+    assert (st.generation_lo, st.generation_hi) == (2, 2)      # the same generation again
+    recs = [i for i in StreamDecoder().feed(_read_to_end(rig, st)) if isinstance(i, Record)]
+    assert {r.first_block for r in recs} == {2}
+    assert _gens(rig).header.current_generation == 3           # not held: committed at its end
 
 
 def test_restore_by_writes_reports_bad_records(tmp_path):
@@ -285,10 +342,11 @@ def test_server_config_backup_kind(tmp_path):
 
 
 @pytest.mark.interop
-def test_qemu_io_writes_appear_in_next_differential(tmp_path):
+def test_qemu_io_writes_appear_in_next_differential(diffbackup, tmp_path):
     qemu_io = require_tool("qemu-io")
     qemu_img = require_tool("qemu-img")
-    with Server(f"{tmp_path}/vol.img:8M", cwd=tmp_path) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/vol.img:8M",
+                                  "--backup-device") as srv:
         assert diffbackup("full", srv.url(0), "-o", str(tmp_path / "full")).returncode == 0
         ops = [("0x10000", "0x1000"), ("0x123000", "0x3000"), ("0x7ff000", "0x1000")]
         for off, n in ops:

@@ -10,7 +10,7 @@ import pytest
 from tools.diffbackup import main
 from volume.stream import Damage, StreamDecoder, read_header
 
-from backup_harness import fill_random, tracked_writes
+from scsi_target.testing.seed import random_file, tracked_writes
 
 # Not a multiple of the 4 KiB tracking block: the last block is partial.
 SIZE = (6 << 20) + 2560
@@ -24,7 +24,7 @@ def chain(tmp_path, *, density: float, scopes=(1, 1, 2, 1, 3), seed: int = 1,
           name: str = "vol.img"):
     """A volume, its full backup and one differential per scope, writes in between."""
     vol = tmp_path / name
-    fill_random(vol, SIZE, density=density, seed=seed)
+    random_file(vol, SIZE, density=density, seed=seed)
     files = [tmp_path / f"{name}.full"]
     assert run("full", vol, "-o", files[0]) == 0
     for i, k in enumerate(scopes, 1):

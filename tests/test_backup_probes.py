@@ -15,7 +15,9 @@ from scsi_target.scsi.sense import SenseKey, parse_sense
 from volume.session import CHUNK, HEAD_KEEP, WINDOW
 from volume.stream import StreamDecoder
 
-from backup_harness import SHM, Server, diffbackup, fill_random, require_tool
+from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.seed import random_file
+from scsi_target.testing.external import require_tool
 
 BS = 512
 MiB = 1 << 20
@@ -27,7 +29,7 @@ BOUND = WINDOW + CHUNK + HEAD_KEEP
 class Rig:
     def __init__(self, d, size: int, density: float = 0.3) -> None:
         path = d / "v.img"
-        fill_random(path, size, density=density, seed=size)
+        random_file(path, size, density=density, seed=size)
         cfg = C.from_flags(listen=["127.0.0.1:0"], disks=[str(path)], backup_device=True)
         self.reg = C.build_registry(cfg)
         luns = self.reg.targets[C.DEFAULT_IQN].luns
@@ -79,16 +81,8 @@ class Rig:
 
 
 @pytest.fixture
-def d(tmp_path_factory):
-    if SHM is None:
-        yield tmp_path_factory.mktemp("probe")
-        return
-    import shutil
-    import tempfile
-    from pathlib import Path
-    p = Path(tempfile.mkdtemp(prefix="pyscsi-probe-", dir=SHM))
-    yield p
-    shutil.rmtree(p, ignore_errors=True)
+def d(shm_dir):
+    return shm_dir
 
 
 def _partition_scan(rig: Rig, zeros: bool) -> None:
@@ -233,10 +227,10 @@ def test_stream_errors_are_sense_not_crashes(d):
 
 
 @pytest.mark.interop
-def test_qemu_img_info_of_the_device_does_not_break_the_next_differential(d):
+def test_qemu_img_info_of_the_device_does_not_break_the_next_differential(diffbackup, d):
     qemu_img = require_tool("qemu-img")
-    fill_random(d / "v.img", 32 * MiB, density=0.2, seed=9)
-    with Server(str(d / "v.img"), cwd=d) as srv:
+    random_file(d / "v.img", 32 * MiB, density=0.2, seed=9)
+    with ServerProcess.from_flags(d, "--disk", str(d / "v.img"), "--backup-device") as srv:
         r = diffbackup("full", srv.url(0), "-o", str(d / "full.bin"))
         assert r.returncode == 0, r.stderr
         for _ in range(2):

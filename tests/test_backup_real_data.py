@@ -16,22 +16,17 @@ import pytest
 from scsi_target.initiator.sync import SyncIscsiClient
 from volume.stream import StreamDecoder
 
-from backup_harness import SHM, Server, diffbackup, fill_random, require_tool, scribble, \
-    tracked_writes
+from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.seed import random_file, scribble, tracked_writes
+from scsi_target.testing.external import require_tool
 
 MiB = 1 << 20
 
 
 @pytest.fixture
-def shm(tmp_path_factory):
+def shm(shm_dir):
     """A directory on tmpfs when there is one (the volumes are tens of MiB)."""
-    if SHM is None:
-        return tmp_path_factory.mktemp("vol")
-    import tempfile
-    import shutil
-    d = tempfile.mkdtemp(prefix="pyscsi-test-", dir=SHM)
-    yield __import__("pathlib").Path(d)
-    shutil.rmtree(d, ignore_errors=True)
+    return shm_dir
 
 
 def _ok(r):
@@ -52,11 +47,11 @@ def _complete_stream(path) -> int:
 @pytest.mark.parametrize("size,density", [(63 * MiB, 1.0), (64 * MiB, 1.0), (100 * MiB, 1.0),
                                           (104 * MiB, 1.0), (32 * MiB, 0.15)],
                          ids=["63M", "64M", "100M", "104M", "32M-15pct"])
-def test_full_backup_over_iscsi_of_a_volume_full_of_data(shm, size, density):
+def test_full_backup_over_iscsi_of_a_volume_full_of_data(diffbackup, shm, size, density):
     """Reproduction 1: full + differential over iSCSI; restored locally byte-identical."""
     vol = shm / "v.img"
-    fill_random(vol, size, density=density, seed=size)
-    with Server(f"{vol}", cwd=shm) as srv:
+    random_file(vol, size, density=density, seed=size)
+    with ServerProcess.from_flags(shm, "--disk", f"{vol}", "--backup-device") as srv:
         r = _ok(diffbackup("full", srv.url(0), "-o", str(shm / "full.bin")))
         assert _complete_stream(shm / "full.bin") == size // 4096
         assert os.path.getsize(shm / "full.bin") > size
@@ -71,11 +66,11 @@ def test_full_backup_over_iscsi_of_a_volume_full_of_data(shm, size, density):
     assert (shm / "r.img").read_bytes() == vol.read_bytes()
 
 
-def test_failed_backup_leaves_no_output_and_no_state(shm):
+def test_failed_backup_leaves_no_output_and_no_state(diffbackup, shm):
     """No truncated FILE, and a refused backup changes nothing the next one depends on."""
     vol = shm / "v.img"
-    fill_random(vol, 8 * MiB, seed=3)
-    with Server(f"{vol}", cwd=shm) as srv:
+    random_file(vol, 8 * MiB, seed=3)
+    with ServerProcess.from_flags(shm, "--disk", f"{vol}", "--backup-device") as srv:
         r = diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(shm / "d.bin"))
         assert r.returncode == 1 and "take a full backup first" in r.stderr, r.stderr
         assert not (shm / "d.bin").exists() and not (shm / "d.bin.partial").exists()
@@ -97,13 +92,13 @@ def test_failed_backup_leaves_no_output_and_no_state(shm):
     assert (shm / "r.img").read_bytes() == vol.read_bytes()
 
 
-def _week_over_iscsi(shm, size: int, seed: int):
+def _week_over_iscsi(diffbackup, shm, size: int, seed: int):
     """full, then three differentials with random writes between; returns the streams
     and the final image."""
     vol = shm / "src.img"
-    fill_random(vol, size, seed=seed)
+    random_file(vol, size, seed=seed)
     names = []
-    with Server(f"{vol}", cwd=shm) as srv:
+    with ServerProcess.from_flags(shm, "--disk", f"{vol}", "--backup-device") as srv:
         _ok(diffbackup("full", srv.url(0), "-o", str(shm / "full.bin")))
         names.append("full.bin")
         with SyncIscsiClient(srv.url(0)) as c:
@@ -115,16 +110,16 @@ def _week_over_iscsi(shm, size: int, seed: int):
     return [str(shm / n) for n in names], vol
 
 
-def test_full_differentials_restore_64m_random_over_iscsi_and_locally(shm):
+def test_full_differentials_restore_64m_random_over_iscsi_and_locally(diffbackup, shm):
     size = 64 * MiB
-    streams, vol = _week_over_iscsi(shm, size, seed=11)
+    streams, vol = _week_over_iscsi(diffbackup, shm, size, seed=11)
     chain = [streams[0], streams[1], streams[3]]       # d3 (scope 2) covers d2's generation
     image = vol.read_bytes()
     # Over iSCSI onto a fresh volume of a second server.
     dst = shm / "dst.img"
     with open(dst, "wb") as f:
         f.truncate(size)
-    with Server(f"{dst}", cwd=shm) as srv:
+    with ServerProcess.from_flags(shm, "--disk", f"{dst}", "--backup-device") as srv:
         r = _ok(diffbackup("restore", srv.url(0), *chain))
         assert "restore complete" in r.stdout
         st = _ok(diffbackup("status", srv.url(0)))
@@ -135,10 +130,10 @@ def test_full_differentials_restore_64m_random_over_iscsi_and_locally(shm):
     assert (shm / "loc.img").read_bytes() == image
 
 
-def test_local_full_and_differentials_of_a_random_volume(shm):
+def test_local_full_and_differentials_of_a_random_volume(diffbackup, shm):
     size = 64 * MiB
     vol = shm / "v.img"
-    fill_random(vol, size, seed=21)
+    random_file(vol, size, seed=21)
     _ok(diffbackup("full", str(vol), "-o", str(shm / "full.bin")))
     streams = [str(shm / "full.bin")]
     for i in range(2):
@@ -152,12 +147,12 @@ def test_local_full_and_differentials_of_a_random_volume(shm):
 
 
 @pytest.mark.interop
-def test_qemu_img_convert_of_the_pseudo_device_is_a_valid_backup(shm):
+def test_qemu_img_convert_of_the_pseudo_device_is_a_valid_backup(diffbackup, shm):
     qemu_img = require_tool("qemu-img")
     size = 64 * MiB
     vol = shm / "v.img"
-    fill_random(vol, size, density=0.5, seed=31)
-    with Server(f"{vol}", cwd=shm) as srv:
+    random_file(vol, size, density=0.5, seed=31)
+    with ServerProcess.from_flags(shm, "--disk", f"{vol}", "--backup-device") as srv:
         # A format probe and a partition scan's reads first: no backup starts.
         p = subprocess.run([qemu_img, "info", srv.url(1)], capture_output=True, text=True,
                            timeout=60)

@@ -9,26 +9,22 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from backup_harness import (SHM, Server, diffbackup, env, fill_random, tracked_writes, REPO)
+from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.seed import random_file, scribble, tracked_writes
+
+REPO = Path(__file__).resolve().parent.parent
 
 MiB = 1 << 20
 SIZE = 32 * MiB                  # 8192 tracking blocks
 
 
 @pytest.fixture
-def d(tmp_path_factory):
-    if SHM is None:
-        yield tmp_path_factory.mktemp("trust")
-        return
-    import shutil
-    import tempfile
-    from pathlib import Path
-    p = Path(tempfile.mkdtemp(prefix="pyscsi-trust-", dir=SHM))
-    yield p
-    shutil.rmtree(p, ignore_errors=True)
+def d(shm_dir):
+    return shm_dir
 
 
 def _ok(r):
@@ -45,11 +41,11 @@ def _failed(r, *words):
     return r
 
 
-def _chain(d, size=SIZE):
+def _chain(diffbackup, d, size=SIZE):
     """A random volume, its full backup and two differentials; returns the stream paths and
     the images after the full, after d1 and after d2."""
     vol = d / "src.img"
-    fill_random(vol, size, seed=size + 1)
+    random_file(vol, size, seed=size + 1)
     images = [vol.read_bytes()]
     _ok(diffbackup("full", str(vol), "-o", str(d / "full.bin")))
     for i in (1, 2):
@@ -74,9 +70,9 @@ def _sidecar(path) -> dict:
         return json.load(f)
 
 
-def test_damaged_full_then_differentials_in_later_runs_never_succeed(d):
+def test_damaged_full_then_differentials_in_later_runs_never_succeed(diffbackup, d):
     """Reproduction 2: a damaged full stream, then each differential in its own run."""
-    (full, d1, d2), images = _chain(d)
+    (full, d1, d2), images = _chain(diffbackup, d)
     _damage_records(full, d / "bad.bin")
     dst = d / "dst.img"
     r = _failed(diffbackup("restore", str(dst), str(d / "bad.bin")), "blocks not recovered")
@@ -98,8 +94,8 @@ def test_damaged_full_then_differentials_in_later_runs_never_succeed(d):
     assert "restore: complete" in st.stdout
 
 
-def test_truncated_full_then_differentials_never_succeed(d):
-    (full, d1, d2), images = _chain(d)
+def test_truncated_full_then_differentials_never_succeed(diffbackup, d):
+    (full, d1, d2), images = _chain(diffbackup, d)
     data = open(full, "rb").read()
     (d / "cut.bin").write_bytes(data[:len(data) // 2])
     dst = d / "dst.img"
@@ -109,8 +105,8 @@ def test_truncated_full_then_differentials_never_succeed(d):
     assert 1000 < mark["unrecovered"]["count"] < 4096 + 100   # later streams replaced some
 
 
-def test_restore_marks_the_volume_before_writing_and_clears_it_when_whole(d):
-    (full, d1, _d2), images = _chain(d)
+def test_restore_marks_the_volume_before_writing_and_clears_it_when_whole(diffbackup, d):
+    (full, d1, _d2), images = _chain(diffbackup, d)
     dst = d / "dst.img"
     _ok(diffbackup("restore", str(dst), full))
     assert _sidecar(dst)["backup"]["restore"] is None
@@ -149,14 +145,14 @@ def _wait_for_mark(path, proc, timeout=30.0) -> bool:
 
 def _restore_proc(*args):
     return subprocess.Popen([sys.executable, "-m", "tools.diffbackup", "-q", "restore", *args],
-                            cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
 
 @pytest.mark.timeout(400)
-def test_kill_9_of_a_local_restore_then_differentials_never_lie(d):
+def test_kill_9_of_a_local_restore_then_differentials_never_lie(diffbackup, d):
     size = 64 * MiB
-    (full, d1, d2), images = _chain(d, size)
+    (full, d1, d2), images = _chain(diffbackup, d, size)
     midway = 0
     for trial in range(4):
         dst = d / f"dst{trial}.img"
@@ -182,15 +178,42 @@ def test_kill_9_of_a_local_restore_then_differentials_never_lie(d):
     assert midway >= 1, "no kill landed during a restore"
 
 
+# The restore's server answers every 4th WRITE to the backup device 0.15 s late, so
+# a 64 MiB restore lasts long enough for the kill to land part way, however fast
+# restores are delivered.
+SLOW_RESTORE = """
+portals = ["127.0.0.1:0"]
+[[target]]
+iqn = "{iqn}"
+  [[target.lun]]
+  lun = 0
+  path = "{disk}"
+  [[target.lun]]
+  lun = 1
+  kind = "backup"
+  source = 0
+  [[target.fault]]
+  action = "stall"
+  pdu = "response"
+  seconds = 0.15
+  lun = 1
+  opcode = "write"
+  every = 4
+  times = "sticky"
+"""
+
+
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
-def test_kill_9_of_the_server_during_a_restore_then_differentials_never_lie(d, delay):
+def test_kill_9_of_the_server_during_a_restore_then_differentials_never_lie(diffbackup, d, delay):
+    from scsi_target.config import DEFAULT_IQN
     size = 64 * MiB
-    (full, d1, d2), images = _chain(d, size)
+    (full, d1, d2), images = _chain(diffbackup, d, size)
     dst = d / "dst.img"
     with open(dst, "wb") as f:
         f.truncate(size)
-    srv = Server(str(dst), cwd=d)
+    (d / "slow.toml").write_text(SLOW_RESTORE.format(iqn=DEFAULT_IQN, disk=dst))
+    srv = ServerProcess.from_flags(d, "--config", str(d / "slow.toml")).start()
     try:
         p = _restore_proc(srv.url(0), full)
         assert _wait_for_mark(dst, p), "the restore ended before the server could be killed"
@@ -200,18 +223,16 @@ def test_kill_9_of_the_server_during_a_restore_then_differentials_never_lie(d, d
         killed = p.returncode != 0
     finally:
         srv.kill()
-    with Server(str(dst), cwd=d) as srv:
-        if killed:
-            _failed(diffbackup("status", srv.url(0)), "restore INCOMPLETE")
-            for s in (d1, d2):
-                r = _failed(diffbackup("restore", srv.url(0), s), "interrupted")
-                assert "restore complete" not in r.stdout
-            _failed(diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(d / "x.bin")),
-                    "incomplete")
-            # The full again, then the differentials: whole.
-            _ok(diffbackup("restore", srv.url(0), full, d1))
-        else:                                   # the restore won the race: it is whole
-            _ok(diffbackup("restore", srv.url(0), d1))
+    assert killed, "the restore ended before the kill landed"
+    with ServerProcess.from_flags(d, "--disk", str(dst), "--backup-device") as srv:
+        _failed(diffbackup("status", srv.url(0)), "restore INCOMPLETE")
+        for s in (d1, d2):
+            r = _failed(diffbackup("restore", srv.url(0), s), "interrupted")
+            assert "restore complete" not in r.stdout
+        _failed(diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(d / "x.bin")),
+                "incomplete")
+        # The full again, then the differentials: whole.
+        _ok(diffbackup("restore", srv.url(0), full, d1))
         _ok(diffbackup("restore", srv.url(0), d2))
         st = _ok(diffbackup("status", srv.url(0)))
         assert "restore: complete" in st.stdout
@@ -219,25 +240,24 @@ def test_kill_9_of_the_server_during_a_restore_then_differentials_never_lie(d, d
 
 
 @pytest.mark.timeout(400)
-def test_kill_9_of_the_server_during_a_backup_then_the_differential_misses_nothing(d):
+def test_kill_9_of_the_server_during_a_backup_then_the_differential_misses_nothing(diffbackup, d):
     """Two-phase backup across a crash: the stream being read when the server died
     changed nothing; the next differential of the same scope holds every write."""
     from scsi_target.initiator.sync import SyncIscsiClient
-    from backup_harness import scribble
     size = 64 * MiB
     vol = d / "src.img"
-    fill_random(vol, size, seed=77)
-    with Server(str(vol), cwd=d) as srv:
+    random_file(vol, size, seed=77)
+    with ServerProcess.from_flags(d, "--disk", str(vol), "--backup-device") as srv:
         _ok(diffbackup("full", srv.url(0), "-o", str(d / "full.bin")))
         with SyncIscsiClient(srv.url(0)) as c:
             scribble(c.write, size, writes=300, seed=78)
     # A full backup, then a differential, each cut short by kill -9 of the server.
     for attempt, kind in enumerate((["full"], ["diff", "--scope", "1"])):
-        srv = Server(str(vol), cwd=d)
+        srv = ServerProcess.from_flags(d, "--disk", str(vol), "--backup-device").start()
         try:
             out = d / f"dead{attempt}.bin"
             p = subprocess.Popen([sys.executable, "-m", "tools.diffbackup", "-q", kind[0],
-                                  srv.url(0), *kind[1:], "-o", str(out)], cwd=REPO, env=env(),
+                                  srv.url(0), *kind[1:], "-o", str(out)], cwd=REPO,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             partial = d / f"dead{attempt}.bin.partial"
             deadline = time.monotonic() + 30
@@ -248,7 +268,7 @@ def test_kill_9_of_the_server_during_a_backup_then_the_differential_misses_nothi
         finally:
             srv.kill()
         assert not out.exists() or p.returncode == 0
-    with Server(str(vol), cwd=d) as srv:
+    with ServerProcess.from_flags(d, "--disk", str(vol), "--backup-device") as srv:
         st = _ok(diffbackup("status", srv.url(0)))
         assert "full backup completed: yes" in st.stdout and "current generation 1" in st.stdout
         _ok(diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(d / "d1.bin")))
@@ -256,15 +276,15 @@ def test_kill_9_of_the_server_during_a_backup_then_the_differential_misses_nothi
     assert (d / "r.img").read_bytes() == vol.read_bytes()
 
 
-def test_kill_9_of_a_local_backup_leaves_no_file_and_changes_nothing(d):
+def test_kill_9_of_a_local_backup_leaves_no_file_and_changes_nothing(diffbackup, d):
     size = 64 * MiB
     vol = d / "src.img"
-    fill_random(vol, size, seed=88)
+    random_file(vol, size, seed=88)
     _ok(diffbackup("full", str(vol), "-o", str(d / "full.bin")))
     tracked_writes(vol, size, writes=300, seed=89)
     before = _sidecar(vol)
     p = subprocess.Popen([sys.executable, "-m", "tools.diffbackup", "-q", "full", str(vol), "-o",
-                          str(d / "dead.bin")], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                          str(d / "dead.bin")], cwd=REPO, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     partial = d / "dead.bin.partial"
     while not partial.exists() and p.poll() is None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,10 @@ from volume.filestore import FileStore
 from volume.mapview import cell_range, strip
 from volume.tracked import TrackingStore
 
-from backup_harness import REPO, Server, diffbackup, env
+from scsi_target.testing.process import ServerProcess
 from test_backup_device import Rig
+
+REPO = Path(__file__).resolve().parent.parent
 
 G = 4096
 
@@ -107,9 +110,9 @@ def test_map_extents_pages(tmp_path):
         rig.close()
 
 
-def test_status_and_counts_over_iscsi(tmp_path):
+def test_status_and_counts_over_iscsi(diffbackup, tmp_path):
     vol = tmp_path / "v.img"
-    with Server(f"{vol}:1M", cwd=tmp_path) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{vol}:1M", "--backup-device") as srv:
         url = srv.url(0)
         with SyncIscsiClient(url) as c:
             c.write(8 * 10, os.urandom(2 * G))
@@ -129,7 +132,7 @@ def test_status_and_counts_over_iscsi(tmp_path):
         r = diffbackup("status", url, "--cells", "16")
         assert "\n|2···········2···|\n" in r.stdout
         sh = subprocess.run([sys.executable, "-m", "tools.shell", srv.url(1), "-c",
-                             "counts --cells 16"], cwd=REPO, env=env(), capture_output=True,
+                             "counts --cells 16"], cwd=REPO, capture_output=True,
                             text=True, timeout=60)
         assert sh.returncode == 0, sh.stderr
         assert "|2···········2···|" in sh.stdout and "2 gen   2 █" in sh.stdout

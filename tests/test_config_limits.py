@@ -9,12 +9,6 @@ the writes that fit.
 from __future__ import annotations
 
 import os
-import re
-import select
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,8 +18,8 @@ from scsi_target import config as C
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.target import budget as B
 from scsi_target.target.server import IscsiServer
+from scsi_target.testing.process import ServerProcess
 
-REPO = Path(__file__).resolve().parent.parent
 IQN = "iqn.2026-11.org.pyscsi:limits"
 MiB = 1 << 20
 
@@ -125,37 +119,6 @@ def test_serve_hands_every_bound_to_the_server(tmp_path):
 
 
 # ---------------------------------------------------------------- behaviour
-@contextmanager
-def _serve(args: list[str], cwd: Path):
-    proc = subprocess.Popen([sys.executable, "-m", "scsi_target", "serve", *args,
-                             "--log-level", "warning"], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO),
-                                                             PYTHONUNBUFFERED="1"),
-                            start_new_session=True)
-    try:
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-            if ready:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                m = re.match(rb"listening on [^\s,]*:(\d+)", line)
-                port = int(m.group(1)) if m else None
-        assert port is not None, proc.stderr.read1().decode() if proc.poll() is not None else ""
-        yield proc, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
-
-
 def _write_sizes_against_budget(port: int) -> None:
     with SyncIscsiClient(f"iscsi://127.0.0.1:{port}/{IQN}/0", timeout=20) as c:
         c.test_unit_ready()                          # takes the power-on unit attention
@@ -170,24 +133,24 @@ def _write_sizes_against_budget(port: int) -> None:
 
 
 def test_configured_connection_budget_refuses_a_larger_write(tmp_path):
-    with _serve(["--listen", "127.0.0.1:0", "--iqn", IQN, "--disk",
-                 f"{tmp_path / 'd.img'}:8M", "--no-track", "--write-budget", "1M"],
-                tmp_path) as (proc, port):
-        _write_sizes_against_budget(port)
-        assert proc.poll() is None
+    with ServerProcess.from_flags(tmp_path, "--listen", "127.0.0.1:0", "--iqn", IQN, "--disk",
+                                  f"{tmp_path / 'd.img'}:8M", "--no-track",
+                                  "--write-budget", "1M") as srv:
+        _write_sizes_against_budget(srv.port)
+        assert srv.alive()
 
 
 def test_configured_target_budget_in_toml_refuses_a_larger_write(tmp_path):
     path = _toml(tmp_path, '[limits]\ntarget_write_budget = "1M"')
-    with _serve(["--config", str(path)], tmp_path) as (proc, port):
-        _write_sizes_against_budget(port)
-        assert proc.poll() is None
+    with ServerProcess.from_flags(tmp_path, "--config", str(path)) as srv:
+        _write_sizes_against_budget(srv.port)
+        assert srv.alive()
 
 
 def test_default_budget_takes_the_same_write(tmp_path):
     """The control: without [limits] the 2 MiB write is fine (so the refusals above are the bound)."""
-    with _serve(["--config", str(_toml(tmp_path, ""))], tmp_path) as (proc, port):
-        with SyncIscsiClient(f"iscsi://127.0.0.1:{port}/{IQN}/0", timeout=20) as c:
+    with ServerProcess.from_flags(tmp_path, "--config", str(_toml(tmp_path, ""))) as srv:
+        with SyncIscsiClient(f"iscsi://127.0.0.1:{srv.port}/{IQN}/0", timeout=20) as c:
             c.test_unit_ready()
             big = os.urandom(2 * MiB)
             assert c.write(0, big).good and bytes(c.read(0, 4096)) == big

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from backup_harness import diffbackup
 
 
 @pytest.mark.parametrize("args", [["status", "{f}"], ["estimate", "{f}", "--scope", "1"],
                                   ["diff", "{f}", "--scope", "1", "-o", "{d}/out.diff"]])
-def test_queries_refuse_an_untracked_file_and_leave_it_alone(tmp_path, args):
+def test_queries_refuse_an_untracked_file_and_leave_it_alone(diffbackup, tmp_path, args):
     f = tmp_path / "plain.img"
     f.write_bytes(b"\x07" * 8192)
     r = diffbackup(*[a.format(f=f, d=tmp_path) for a in args])
@@ -18,7 +17,7 @@ def test_queries_refuse_an_untracked_file_and_leave_it_alone(tmp_path, args):
     assert f.read_bytes() == b"\x07" * 8192
 
 
-def test_full_backup_of_a_local_file_starts_tracking_it(tmp_path):
+def test_full_backup_of_a_local_file_starts_tracking_it(diffbackup, tmp_path):
     f = tmp_path / "vol.img"
     f.write_bytes(bytes(64 << 10))
     r = diffbackup("full", str(f), "-o", str(tmp_path / "full.bin"))
@@ -34,7 +33,7 @@ def test_full_backup_of_a_local_file_starts_tracking_it(tmp_path):
     (["diff", "iscsi://127.0.0.1:1/iqn.2026-11.org.pyscsi.test:x/0", "--scope", "0", "-o", "x"],
      "--scope must be at least 1"),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, args, message):
+def test_bad_input_is_one_clear_line(diffbackup, tmp_path, args, message):
     r = diffbackup(*[a.format(d=tmp_path) for a in args])
     assert r.returncode != 0 and message in (r.stderr + r.stdout)
     assert "Traceback" not in r.stderr

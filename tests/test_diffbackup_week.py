@@ -7,7 +7,7 @@ import pytest
 
 from scsi_target.initiator.sync import SyncIscsiClient
 
-from backup_harness import Server, diffbackup
+from scsi_target.testing.process import ServerProcess
 
 SIZE = 8 << 20
 BS = 512
@@ -26,9 +26,10 @@ def _image(c: SyncIscsiClient) -> bytes:
 
 
 @pytest.mark.timeout(300)
-def test_fig7_week(tmp_path):
+def test_fig7_week(diffbackup, tmp_path):
     rnd = random.Random(7)
-    with Server(f"{tmp_path}/vol.img:8M", f"{tmp_path}/spare.img:8M", cwd=tmp_path) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/vol.img:8M", "--disk",
+                                  f"{tmp_path}/spare.img:8M", "--backup-device") as srv:
         src = srv.url(0)
         with SyncIscsiClient(src) as c:
             hot: list[int] = []
@@ -82,8 +83,8 @@ def test_fig7_week(tmp_path):
     assert r.returncode == 1 and "missing" in r.stdout, r.stdout
 
 
-def test_local_volume_in_use_is_refused(tmp_path):
-    with Server(f"{tmp_path}/vol.img:1M", cwd=tmp_path):
+def test_local_volume_in_use_is_refused(diffbackup, tmp_path):
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/vol.img:1M", "--backup-device"):
         r = diffbackup("status", str(tmp_path / "vol.img"))
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "running server" in r.stderr, r.stderr

@@ -7,47 +7,27 @@ sent to a non-loopback address: the warning is read without connecting.
 """
 from __future__ import annotations
 
-import os
 import re
-import select
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from scsi_target import cli
 from scsi_target import config as C
+from scsi_target.testing.process import ServerProcess
 from scsi_target.target.registry import Portal
 
-REPO = Path(__file__).resolve().parent.parent
 IQN = "iqn.2026-11.org.pyscsi:exposed"
 WARNING = "has neither CHAP nor an initiator ACL"
 
 
 def _serve_stderr(args: list[str], cwd: Path) -> tuple[str, str]:
-    """Start `scsi-target serve`, wait for its "listening on" line, stop it; (stdout, stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "scsi_target", "serve", *args],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1"),
-                            start_new_session=True)
-    out = b""
-    try:
-        deadline = time.monotonic() + 30
-        while b"listening on" not in out and time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-            if ready:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                out += line
-    finally:
-        proc.terminate()
-        rest, err = proc.communicate(timeout=15)
-    assert b"listening on" in out, err.decode()
-    return (out + rest).decode(), err.decode()
+    """Start `scsi-target serve`, wait until it listens, stop it; (stdout banner, stderr)."""
+    with ServerProcess.from_flags(cwd, *args) as srv:
+        pass
+    assert srv.proc.returncode == 0, srv.log_tail()
+    return "\n".join(srv.banner), srv.log_tail(1 << 20)
 
 
 def _warnings(err: str) -> list[str]:

@@ -10,14 +10,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from backup_harness import diffbackup
-from interop_util import REPO, Lun, ServedTarget, Target, require_tool, run_tool
+from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.process import Lun, ServerProcess, Target
+from scsi_target.testing.external import require_tool, run_tool
 from scsi_target.initiator.errors import InitiatorNameError, LoginError
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.protocol.names import name_problem, normalize_name
+
+REPO = Path(__file__).resolve().parent.parent
 
 IQN = "iqn.2026-11.org.pyscsi:acl"
 OPEN_IQN = "iqn.2026-11.org.pyscsi:open"
@@ -27,7 +31,7 @@ SHOUTED = "IQN.2026-11.ORG.PyScsi:Backup-Host"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServedTarget(tmp_path_factory.mktemp("acl"), [
+    srv = ServerProcess(tmp_path_factory.mktemp("acl"), [
         Target(IQN, [Lun(0, "4M"), Lun(1, options={"kind": "backup", "source": 0})],
                initiators=[ALLOWED]),
         Target(OPEN_IQN, [Lun(0, "1M", options={"track": False})]),
@@ -81,7 +85,7 @@ def test_libiscsi_initiator_name_case(server):
     assert r.returncode != 0
 
 
-def test_diffbackup_initiator_name(server, tmp_path):
+def test_diffbackup_initiator_name(diffbackup, server, tmp_path):
     url = server.url(0)
     r = diffbackup("status", url)
     assert r.returncode == 1 and "Traceback" not in r.stderr

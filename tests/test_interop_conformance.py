@@ -16,8 +16,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import IQN_CU, IQN_CU_LU, LUN_4K_PHYSICAL, LUN_READ_ONLY, LUN_REMOVABLE
-from interop_util import cu_summary, require_tool, run_tool, unavoidable
-
+from scsi_target.testing.external import require_tool, run_tool
+from scsi_target.testing.libiscsi import cu_summary, unavoidable
 pytestmark = pytest.mark.interop
 
 # Suites run against the LUN that has the property their tests skip without.

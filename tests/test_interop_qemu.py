@@ -8,8 +8,8 @@ import re
 import pytest
 
 from conftest import IQN_BASE, IQN_QEMU
-from interop_util import Lun, Target, require_tool, run_tool
-
+from scsi_target.testing.process import Lun, Target
+from scsi_target.testing.external import require_tool, run_tool
 pytestmark = pytest.mark.interop
 
 MiB = 1 << 20
@@ -84,10 +84,10 @@ def _verify_patterns(url: str) -> None:
             f"read -P 0 {8 * MiB} {MiB}")
 
 
-def test_qemu_io_patterns_survive_restart(serve):
+def test_qemu_io_patterns_survive_restart(iscsi_server_process):
     require_tool("qemu-io")
     iqn = f"{IQN_BASE}:qemu-io"
-    srv = serve([Target(iqn, [Lun(0, "16M")])])
+    srv = iscsi_server_process([Target(iqn, [Lun(0, "16M")])])
     url = srv.url(0)
     _write_patterns(url)
     _verify_patterns(url)
@@ -95,10 +95,10 @@ def test_qemu_io_patterns_survive_restart(serve):
     _verify_patterns(srv.url(0))
 
 
-def test_qemu_io_detects_wrong_pattern(serve):
+def test_qemu_io_detects_wrong_pattern(iscsi_server_process):
     """The pattern check itself can fail (so the tests above can)."""
     require_tool("qemu-io")
-    srv = serve([Target(f"{IQN_BASE}:qemu-io-neg", [Lun(0, "16M")])])
+    srv = iscsi_server_process([Target(f"{IQN_BASE}:qemu-io-neg", [Lun(0, "16M")])])
     qemu_io(srv.url(0), "write -P 0x5a 4096 4096")
     r = run_tool([require_tool("qemu-io"), "-f", "raw", "-c", "read -P 0xa5 4096 4096",
                   srv.url(0)], timeout=60)

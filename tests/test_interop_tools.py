@@ -8,8 +8,7 @@ import pytest
 
 from conftest import (ALLOWED_INITIATOR, CHAP_SECRET, CHAP_USER, IQN_ACL, IQN_CHAP, IQN_CU_LU,
                       IQN_PLAIN, IQN_QEMU, LUN_4K_PHYSICAL, LUN_REMOVABLE)
-from interop_util import require_tool, run_tool
-
+from scsi_target.testing.external import require_tool, run_tool
 pytestmark = pytest.mark.interop
 
 

@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from interop_util import require_root, require_tool
+from scsi_target.testing.external import require_root, require_tool
 import iscsi_golden as G
 from scsi_target.initiator.login import DEFAULT_INITIATOR
 from scsi_target.protocol import pdu as P

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from interop_util import Lun, ServedTarget, Target
+from scsi_target.testing.process import Lun, ServerProcess, Target
 from scsi_target.identity import XATTR
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.layouts import vpd as V
@@ -20,7 +20,7 @@ from scsi_target.scsi.layouts import vpd as V
 IQN = "iqn.2026-11.org.pyscsi:default"      # what every quick-start server calls itself
 
 
-def identity(srv: ServedTarget, lun: int = 0) -> tuple[str, str]:
+def identity(srv: ServerProcess, lun: int = 0) -> tuple[str, str]:
     """(serial, NAA hex) as an initiator reads them."""
     with SyncIscsiClient(srv.url(lun), timeout=10) as c:
         serial = V.parse_serial(V.VpdPage.unpack(c.inquiry(evpd=True, page=0x80, lun=lun)).body)
@@ -30,11 +30,11 @@ def identity(srv: ServedTarget, lun: int = 0) -> tuple[str, str]:
     return serial, naa[0]
 
 
-def served(workdir, **options) -> ServedTarget:
+def served(workdir, **options) -> ServerProcess:
     luns = [Lun(0, "2M", options=dict(options))]
     if options.get("track", True) and not options.get("read_only"):
         luns.append(Lun(1, options={"kind": "backup", "source": 0}))
-    return ServedTarget(workdir, [Target(IQN, luns)])
+    return ServerProcess(workdir, [Target(IQN, luns)])
 
 
 @pytest.mark.parametrize("options", [{}, {"track": False}, {"read_only": True}],

@@ -21,7 +21,7 @@ from scsi_target.scsi.command import Command
 from scsi_target.scsi.layouts import backup as L
 from scsi_target.scsi.sense import SenseKey, parse_sense
 
-from backup_harness import Server, diffbackup
+from scsi_target.testing.process import ServerProcess
 
 BS = 4096
 SIZE = 128 << 20                 # >= 128 MiB: see the pseudo device capacity bug (issue 8.1)
@@ -81,11 +81,38 @@ def check_cut(path, initial: bytearray, log, lo: int, hi: int) -> tuple[int, int
     return k, wrong
 
 
+# The target holds the answer to each stream's first READ (at LBA 0) for a while
+# after executing it (the cut is taken by then), so the writer's writes land after
+# the cut and while the stream is read, however fast the stream is delivered:
+# what the point-in-time check needs.
+SLOW_FIRST_READ = f"""
+portals = ["127.0.0.1:0"]
+[[target]]
+iqn = "{C.DEFAULT_IQN}"
+  [[target.lun]]
+  lun = 0
+  path = "v.img"
+  [[target.lun]]
+  lun = 1
+  kind = "backup"
+  source = 0
+  [[target.fault]]
+  action = "stall"
+  pdu = "response"
+  seconds = 1.0
+  lun = 1
+  opcode = "read"
+  lba = [0, 1]
+  times = "sticky"
+"""
+
+
 @pytest.mark.interop
-def test_full_and_differential_are_point_in_time_while_a_writer_runs(tmp_path):
+def test_full_and_differential_are_point_in_time_while_a_writer_runs(diffbackup, tmp_path):
     initial = initial_image(1)
     (tmp_path / "v.img").write_bytes(initial)
-    with Server(str(tmp_path / "v.img"), cwd=tmp_path) as srv:
+    (tmp_path / "target.toml").write_text(SLOW_FIRST_READ)
+    with ServerProcess.from_flags(tmp_path, "--config", str(tmp_path / "target.toml")) as srv:
         w = Writer(srv.url(0), 2)
         w.start()
         try:
@@ -119,11 +146,11 @@ def test_full_and_differential_are_point_in_time_while_a_writer_runs(tmp_path):
 
 
 @pytest.mark.interop
-def test_exhausted_preservation_space_fails_diffbackup_and_completes_nothing(tmp_path):
+def test_exhausted_preservation_space_fails_diffbackup_and_completes_nothing(diffbackup, tmp_path):
     initial = initial_image(3)
     (tmp_path / "v.img").write_bytes(initial)
-    with Server(str(tmp_path / "v.img"), cwd=tmp_path,
-                extra=("--backup-device", "--cow-size", "64K")) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", str(tmp_path / "v.img"), "--backup-device",
+                                  "--cow-size", "64K") as srv:
         w = Writer(srv.url(0), 4)
         w.start()
         try:
@@ -146,7 +173,7 @@ def test_exhausted_preservation_space_fails_diffbackup_and_completes_nothing(tmp
             last = {b: data for b, data in w.log}
             for b in random.Random(0).sample(sorted(last), min(200, len(last))):
                 assert bytes(c.read(b * (BS // 512), BS // 512)) == last[b]
-    assert "preservation space exhausted" in srv.proc.stderr.read()     # the server says why
+    assert "preservation space exhausted" in srv.log_tail(1 << 20)      # the server says why
 
 
 # -- the preservation bound through the SCSI layer (in process) ---------------------
@@ -221,13 +248,13 @@ def test_cow_flags_reach_the_volume_and_bad_values_are_one_line(tmp_path, capsys
 
 
 @pytest.mark.interop
-def test_kill_9_during_a_backup_leaves_no_preservation_file(tmp_path):
+def test_kill_9_during_a_backup_leaves_no_preservation_file(diffbackup, tmp_path):
     initial = initial_image(5)
     (tmp_path / "v.img").write_bytes(initial)
     cow = tmp_path / "cow"
     cow.mkdir()
-    srv = Server(str(tmp_path / "v.img"), cwd=tmp_path,
-                 extra=("--backup-device", "--cow-dir", str(cow), "--cow-size", "512M"))
+    srv = ServerProcess.from_flags(tmp_path, "--disk", str(tmp_path / "v.img"), "--backup-device",
+                                   "--cow-dir", str(cow), "--cow-size", "512M").start()
     try:
         with SyncIscsiClient(srv.url(1), timeout=30) as dev, \
                 SyncIscsiClient(srv.url(0), timeout=30) as disk:
@@ -250,8 +277,8 @@ def test_kill_9_during_a_backup_leaves_no_preservation_file(tmp_path):
         srv.kill()
     assert os.listdir(cow) == []
     # Restart: the abandoned backup is not completed, a new full one works.
-    with Server(str(tmp_path / "v.img"), cwd=tmp_path,
-                extra=("--backup-device", "--cow-dir", str(cow))) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", str(tmp_path / "v.img"), "--backup-device",
+                                  "--cow-dir", str(cow)) as srv:
         r = diffbackup("diff", "--scope", "1", srv.url(1), "-o", str(tmp_path / "d.bin"))
         assert r.returncode != 0 and "no full backup" in r.stderr, r.stderr       # no full backup was completed
         r = diffbackup("full", srv.url(1), "-o", str(tmp_path / "f.bin"), timeout=300)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from interop_util import cu_summary, require_tool, run_tool
+from scsi_target.testing.external import require_tool, run_tool
+from scsi_target.testing.libiscsi import cu_summary
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.sense import SenseKey
 from test_sbc_libiscsi import SBC_SUITES, skip_audit

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from interop_util import Lun, Target, config_toml
-from trace_capture import (GOLDEN, libiscsi_workload, our_initiator_workload, serve,
-                           stop_server)
+from scsi_target.testing.process import Lun, ServerProcess, Target, config_toml
+from trace_capture import GOLDEN, libiscsi_workload, our_initiator_workload
 
 from scsi_target.trace.records import Exchange, Nexus, Trace, header, read_trace, write_trace
 from tools.replay import main
@@ -56,13 +55,14 @@ def test_our_target_replays_identically_on_a_fresh_target_of_ours(tmp_path, caps
     the SCSI layer cannot make it stale the way a stored capture would.
     """
     rec = tmp_path / "rec.pcapng"
-    (tmp_path / "a").mkdir()
-    p, port = serve(tmp_path / "a", TRACE_IQN, "--record-pcapng", rec)
+    srv = ServerProcess(tmp_path / "a", [Target(TRACE_IQN, [Lun(0, "16M")])],
+                        args=("--record-pcapng", rec)).start()
     try:
-        libiscsi_workload("127.0.0.1", port, TRACE_IQN, 0)
-        our_initiator_workload(f"iscsi://127.0.0.1:{port}/{TRACE_IQN}/0")
+        libiscsi_workload("127.0.0.1", srv.port, TRACE_IQN, 0)
+        our_initiator_workload(srv.url(0))
     finally:
-        stop_server(p)
+        rc = srv.stop()             # SIGTERM; exit 0 also closes the --record files
+    assert rc == 0, srv.log_tail()
     rc, rep = _json(capsys, rec, "--config", _config(tmp_path), *IGNORE_IDENTITY)
     assert rep["differences"] == [] and rc == 0
     assert rep["replayed"] == rep["matched"] == rep["trace"]["commands"] > 30

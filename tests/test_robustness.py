@@ -18,8 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import IQN_BASE
-from interop_util import Lun, ServedTarget, Target
-
+from scsi_target.testing.process import Lun, ServerProcess, Target
 IQN = f"{IQN_BASE}:robust"
 INITIATOR = f"{IQN_BASE}:abuser"
 BS = 512
@@ -245,7 +244,7 @@ def write10(lba: int, blocks: int) -> bytes:
 # --------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServedTarget(tmp_path_factory.mktemp("robust"),
+    srv = ServerProcess(tmp_path_factory.mktemp("robust"),
                        [Target(IQN, [Lun(0, "16M"), Lun(1, "16M")])]).start()
     yield srv
     rc = srv.stop()
@@ -265,7 +264,7 @@ def witness(server):
     w.close()
 
 
-def still_served(server: ServedTarget, w: Raw) -> None:
+def still_served(server: ServerProcess, w: Raw) -> None:
     assert server.alive(), f"server died:\n{server.log_tail()}"
     status, sense, data = w.scsi(read10(100, 8), read=8 * BS)
     if status == 2 and len(sense) > 13 and sense[2] & 0x0F == 6 and sense[12:14] == b"\x29\x00":

@@ -7,14 +7,14 @@ tests, with 512- and 4096-byte blocks.  Any failed test fails this one, and
 so does any change in what libiscsi skips: it reports a test it could not
 run as *passed* with a "[SKIPPED] reason" note, so the notes are parsed and
 must be exactly :data:`EXPECTED_SKIPS`.  Missing libiscsi-bin skips the test,
-or fails it under CI=true (tests/interop_util.require_tool).
+or fails it under CI=true (scsi_target.testing.external.require_tool).
 """
 from __future__ import annotations
 
 import pytest
 
-from interop_util import cu_summary, require_tool, run_tool
-
+from scsi_target.testing.external import require_tool, run_tool
+from scsi_target.testing.libiscsi import cu_summary
 IQN = "iqn.2026-11.test:sbc-conformance"
 
 SBC_SUITES = ",".join([

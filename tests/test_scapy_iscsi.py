@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from interop_util import Lun, Target, require_root, require_tool
+from scsi_target.testing.process import Lun, Target
+from scsi_target.testing.external import require_root, require_tool
 from trace_capture import (GOLDEN, Dumpcap, libiscsi_workload, our_initiator_workload,
                            synthetic_pdus, tshark_pdus, write_synthetic)
 
@@ -255,8 +256,8 @@ def _live(tmp_path, kind: str):
     require_root("capturing on loopback")
     cap = tmp_path / f"{kind}.pcapng"
     if kind == "ours":
-        from interop_util import ServedTarget
-        srv = ServedTarget(tmp_path / "srv", [Target("iqn.2026-12.org.pyscsi:cap",
+        from scsi_target.testing.process import ServerProcess
+        srv = ServerProcess(tmp_path / "srv", [Target("iqn.2026-12.org.pyscsi:cap",
                                                      [Lun(0, "16M")])]).start()
         try:
             with Dumpcap(cap, srv.port):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from scsi_target.testing import InProcessTarget
 from tests.client_targets import TgtFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,45 +27,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """Our target served in process by the testing library (scsi_target.testing):
-    ``kill()`` stops it mid-session, ``start()`` serves the same LUs on the same port."""
-
-    def __init__(self, tmp: Path, port: int | None = None, backup: bool = False,
-                 disks: int = 1) -> None:
-        self.tmp = tmp
-        self.port = port or 0
-        self.target = InProcessTarget(IQN, power_on_ua=True, fault_control=False)
-        for i in range(disks):
-            self.target.add_lu("disk", i, size="16M", track=backup)
-        if backup:
-            for i in range(disks):
-                self.target.add_lu("backup", disks + i, source=i)
-        self.served = None
-        self.start()
-
-    def start(self) -> None:
-        self.served = self.target.serve(port=self.port).start()
-        self.port = self.served.port
-
-    def url(self, lun: int = 0) -> str:
-        return self.served.url(lun)
-
-    def kill(self) -> None:
-        if self.served is not None:
-            self.served.stop()
-            self.served = None
-
-    def close(self) -> None:
-        self.kill()
-        self.target.close()
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    yield s
-    s.close()
+# Our target comes from the testing library's pytest plugin: every test's LUs are
+# 16 MiB disks (markers), served in process with the power-on unit attention.
+pytestmark = pytest.mark.scsi_target(name=IQN, power_on_ua=True, fault_control=False)
+DISK = pytest.mark.scsi_disk(size="16M")
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -95,8 +59,9 @@ def _no_traceback(text: str) -> None:
 
 
 # ----------------------------------------------------------------- interactive
-def test_console_completion_wrong_command_and_check_condition(server, tmp_path) -> None:
-    c = spawn(server.url(), tmp_path)
+@DISK
+def test_console_completion_wrong_command_and_check_condition(iscsi_server, tmp_path) -> None:
+    c = spawn(iscsi_server.url(), tmp_path)
     try:
         c.send("modes\t")                          # command name completes
         c.expect_exact("modesense ")
@@ -129,8 +94,9 @@ def test_console_completion_wrong_command_and_check_condition(server, tmp_path) 
     assert c.exitstatus == 0
 
 
-def test_console_history_survives_restart(server, tmp_path) -> None:
-    c = spawn(server.url(), tmp_path)
+@DISK
+def test_console_history_survives_restart(iscsi_server, tmp_path) -> None:
+    c = spawn(iscsi_server.url(), tmp_path)
     c.sendline("luns")
     c.expect("LUN")
     c.expect_exact("scsi> ")
@@ -142,7 +108,7 @@ def test_console_history_survives_restart(server, tmp_path) -> None:
     c.close()
     hist = (tmp_path / ".scsi_shell_history").read_text().splitlines()
     assert hist[-2:] == ["luns", "tur"]
-    c = spawn(server.url(), tmp_path)
+    c = spawn(iscsi_server.url(), tmp_path)
     try:
         c.send("\x1b[A\x1b[A")                     # Up, Up: back to 'luns'
         c.expect_exact("luns")
@@ -154,21 +120,22 @@ def test_console_history_survives_restart(server, tmp_path) -> None:
         c.close(force=True)
 
 
-def test_console_dropped_connection_and_reconnect(tmp_path) -> None:
-    srv = Server(tmp_path)
+@DISK
+def test_console_dropped_connection_and_reconnect(iscsi_target, tmp_path) -> None:
+    srv = iscsi_target.serve().start()
     c = spawn(srv.url(), tmp_path)
     try:
         c.sendline("tur")
         c.expect_exact("ready")
         c.expect_exact("scsi> ")
-        srv.kill()                                 # the target dies mid-session
+        srv.stop()                                 # the target dies mid-session
         c.sendline("tur")
         c.expect("connection: connection lost: .*\\(type 'reconnect' to log in again\\)")
         c.expect_exact("scsi> ")
         c.sendline("reconnect")                    # nothing listens: a clear failure
         c.expect("connection: cannot connect to 127.0.0.1:\\d+")
         c.expect_exact("scsi> ")
-        srv.start()                                # back on the same port
+        srv = iscsi_target.serve(port=srv.port).start()    # back on the same port
         c.sendline("reconnect")
         c.expect("connected to iscsi://127.0.0.1")
         c.expect_exact("scsi> ")
@@ -180,37 +147,39 @@ def test_console_dropped_connection_and_reconnect(tmp_path) -> None:
         _no_traceback(c.before)
     finally:
         c.close(force=True)
-        srv.close()
+        srv.stop()
 
 
 # ------------------------------------------------------------------- scripting
-def test_c_commands_and_exit_codes(server, tmp_path) -> None:
-    r = shell(server.url(), "-c", "inq; readcap; write 3 --pattern 0xa5 --count 2; read 3 1",
-              tmp=tmp_path)
+@DISK
+def test_c_commands_and_exit_codes(iscsi_server, tmp_path) -> None:
+    r = shell(iscsi_server.url(), "-c",
+              "inq; readcap; write 3 --pattern 0xa5 --count 2; read 3 1", tmp=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "PYSCSI" in r.stdout and "blocks" in r.stdout
     assert "wrote 2 block(s) (1024 bytes) at LBA 3" in r.stdout
     assert "00000000  a5 a5 a5 a5" in r.stdout
-    r = shell(server.url(), "-c", "tur; read 99999999 1; tur", tmp=tmp_path)
+    r = shell(iscsi_server.url(), "-c", "tur; read 99999999 1; tur", tmp=tmp_path)
     assert r.returncode == 1
     assert "CHECK CONDITION: ILLEGAL REQUEST, ASC/ASCQ 21h/00h" in r.stderr
     assert r.stdout.count("ready") == 2             # the line goes on after a failure
-    r = shell(server.url(), "-c", "inq --vpd zz", tmp=tmp_path)
+    r = shell(iscsi_server.url(), "-c", "inq --vpd zz", tmp=tmp_path)
     assert r.returncode == 2 and "not a hex page code: 'zz'" in r.stderr
     r = shell(f"iscsi://127.0.0.1:{_free_port()}/{IQN}/0", "-c", "tur", tmp=tmp_path)
     assert r.returncode == 3 and "cannot connect to 127.0.0.1" in r.stderr
-    r = shell(server.url().replace(IQN, "iqn.2026-11.org.pyscsi:nosuch"), "-c", "tur",
+    r = shell(iscsi_server.url().replace(IQN, "iqn.2026-11.org.pyscsi:nosuch"), "-c", "tur",
               tmp=tmp_path)
     assert r.returncode == 3 and "login to" in r.stderr and "failed" in r.stderr
     for res in (r,):
         _no_traceback(res.stderr + res.stdout)
 
 
-def test_json_and_batch(server, tmp_path) -> None:
+@DISK
+def test_json_and_batch(iscsi_server, tmp_path) -> None:
     batch = tmp_path / "cmds.txt"
     batch.write_text("# a comment\ninq --vpd 80\nmodesense control\n\nread 99999999 1\n"
                      "raw 1200000024 00 --in 36\nluns\n")
-    r = shell(server.url(), "--batch", str(batch), "--json", tmp=tmp_path)
+    r = shell(iscsi_server.url(), "--batch", str(batch), "--json", tmp=tmp_path)
     assert r.returncode == 1
     objs = [json.loads(line) for line in r.stdout.splitlines()]
     assert [o["command"] for o in objs] == ["inq --vpd 80", "modesense control",
@@ -221,28 +190,26 @@ def test_json_and_batch(server, tmp_path) -> None:
     assert objs[2]["sense"]["asc_name"] == "LOGICAL BLOCK ADDRESS OUT OF RANGE"
     assert objs[3]["fields"]["bytes"] == 36 and objs[3]["data"].startswith("00")
     assert objs[4]["table"] == [{"LUN": 0, "address": "0000000000000000"}]
-    r = shell(server.url(), "--batch", "-", tmp=tmp_path, stdin="tur\ntur\n")
+    r = shell(iscsi_server.url(), "--batch", "-", tmp=tmp_path, stdin="tur\ntur\n")
     assert r.returncode == 0 and r.stdout.count("ready") == 2
 
 
-def test_backup_commands_on_backup_lun(tmp_path) -> None:
-    server = Server(tmp_path, backup=True)
-    try:
-        _backup_commands(server, tmp_path)
-    finally:
-        server.close()
+@pytest.mark.scsi_disk(lun=0, size="16M", track=True)
+@pytest.mark.scsi_lu("backup", lun=1, source=0)
+def test_backup_commands_on_backup_lun(iscsi_server, tmp_path) -> None:
+    _backup_commands(iscsi_server, tmp_path)
 
 
-def _backup_commands(server: Server, tmp_path: Path) -> None:
-    shell(server.url(0), "-c", "write 0 --pattern 1 --count 8", tmp=tmp_path)
-    r = shell(server.url(1), "--json", "-c", "gen; counts; estimate 1; scope 1", tmp=tmp_path)
+def _backup_commands(iscsi_server, tmp_path: Path) -> None:
+    shell(iscsi_server.url(0), "-c", "write 0 --pattern 1 --count 8", tmp=tmp_path)
+    r = shell(iscsi_server.url(1), "--json", "-c", "gen; counts; estimate 1; scope 1", tmp=tmp_path)
     assert r.returncode == 0, r.stderr
     gen, counts, est, scope = (json.loads(x) for x in r.stdout.splitlines())
     assert gen["fields"]["current_generation"] >= 1
     assert sum(row["blocks"] for row in counts["table"]) == gen["fields"]["entries"]
     assert est["fields"]["blocks"] >= 1
     assert scope["text"].startswith("selected differential backup from generation 1")
-    r = shell(server.url(0), "-c", "gen", tmp=tmp_path)     # a disk LUN has no backup commands
+    r = shell(iscsi_server.url(0), "-c", "gen", tmp=tmp_path)  # a disk LUN has no backup commands
     assert r.returncode == 1 and "gen: not supported by this target" in r.stderr
 
 
@@ -260,13 +227,14 @@ def test_in_process_config(tmp_path) -> None:
     _no_traceback(r.stderr)
 
 
-def test_prin_actions(server, tmp_path) -> None:
+@DISK
+def test_prin_actions(iscsi_server, tmp_path) -> None:
     """prin keys/reservation/caps/fullstatus before and after a registration and a
     reservation made in the same session (raw PERSISTENT RESERVE OUT)."""
     import struct
     reg = struct.pack(">QQIBBH", 0, 0xABC, 0, 0, 0, 0).hex()
     res = struct.pack(">QQIBBH", 0xABC, 0, 0, 0, 0, 0).hex()
-    r = shell(server.url(), "--json", "-c",
+    r = shell(iscsi_server.url(), "--json", "-c",
               "prin fullstatus; prin keys; prin reservation; prin caps; "
               f"raw 5f06 0000 0000 0000 1800 --data {reg}; raw 5f01 0300 0000 0000 1800 --data {res}; "
               "prin keys; prin reservation; prin fullstatus", tmp=tmp_path)
@@ -282,53 +250,51 @@ def test_prin_actions(server, tmp_path) -> None:
     assert row["key"] == "0x0000000000000abc" and row["holder"] == "yes"
     assert row["type"] == "Exclusive Access" and row["rel. port"] == 1
     assert row["transport ID"].startswith("iqn.") and ",i,0x" in row["transport ID"]
-    r = shell(server.url(), "-c", "prin everything", tmp=tmp_path)
+    r = shell(iscsi_server.url(), "-c", "prin everything", tmp=tmp_path)
     assert r.returncode == 2 and "invalid choice" in r.stderr
     _no_traceback(r.stderr + r.stdout)
 
 
-def test_copy_commands_between_two_luns(tmp_path) -> None:
+@pytest.mark.scsi_disk(lun=0, size="16M")
+@pytest.mark.scsi_disk(lun=1, size="16M")
+def test_copy_commands_between_two_luns(iscsi_server, tmp_path) -> None:
     """xcopy between LUN 0 and LUN 1 of our target (CSCDs from VPD 83h NAA designators),
     then copystatus, copyparams, and a copy that fails with its failed-segment sense."""
-    server = Server(tmp_path, disks=2)
-    try:
-        r = shell(server.url(0), "--json", "-c",
-                  "copyparams; write 10 --pattern 0x5a --count 4; write 40 --pattern 0x33; "
-                  "xcopy 0:10 1:20 4 --id 7; copystatus 7; xcopy 0:40 0:41 1 --id 8; copystatus 8",
-                  tmp=tmp_path)
-        assert r.returncode == 0, r.stderr
-        params, _, _, xc, st, xc_same, st_same = (json.loads(x) for x in r.stdout.splitlines())
-        f = params["fields"]
-        assert f["max_segment_descriptors"] == 64 and f["max_cscd_descriptors"] == 16
-        assert f["implemented_descriptors"] == ["00h block->stream", "02h block->block",
-                                                "e4h identification descriptor"]
-        assert "copied 4 block(s) (2048 bytes) from LUN 0 LBA 10 to LUN 1 LBA 20" in xc["text"]
-        assert st["fields"]["status"] == "completed without errors"
-        assert st["fields"]["segments_processed"] == 1 and st["fields"]["bytes"] == 2048
-        assert st_same["fields"]["bytes"] == 512
-        r = shell(server.url(1), "-c", "read 19 6", tmp=tmp_path)
-        assert r.returncode == 0, r.stderr
-        # LBA 19 untouched, 20-23 copied, 24 untouched: the dump shows exactly 4 blocks of 5a.
-        assert r.stdout.count("5a 5a 5a 5a") >= 1 and "00000200  5a 5a" in r.stdout
-        assert "00000a00  00 00" in r.stdout
-        r = shell(server.url(0), "-c", "read 41 1", tmp=tmp_path)
-        assert "00000000  33 33 33 33" in r.stdout
-        # Past the end of LUN 1 (16 MiB = 32768 blocks): the copy is aborted.
-        r = shell(server.url(0), "-c", "xcopy 0:0 1:32767 2 --id 9; copystatus 9", tmp=tmp_path)
-        assert r.returncode == 1
-        assert "CHECK CONDITION: COPY ABORTED" in r.stderr
-        assert "completed with errors" in r.stdout and "failed: COPY ABORTED" in r.stdout
-        r = shell(server.url(0), "-c", "copystatus 99", tmp=tmp_path)
-        assert r.returncode == 1 and "INVALID FIELD IN CDB" in r.stderr
-        r = shell(server.url(0), "-c", "xcopy 0:0 5:0 1", tmp=tmp_path)
-        assert r.returncode == 1 and "LUN 5 is not available" in r.stderr, r.stderr
-        r = shell(server.url(0), "-c", "xcopy 0-0 1:0 1", tmp=tmp_path)
-        assert r.returncode == 2 and "expected LUN:LBA" in r.stderr
-        r = shell(server.url(0), "-c", "xcopy 0:0 1:0 70000", tmp=tmp_path)
-        assert r.returncode == 2 and "0..65535" in r.stderr
-        _no_traceback(r.stderr + r.stdout)
-    finally:
-        server.close()
+    r = shell(iscsi_server.url(0), "--json", "-c",
+              "copyparams; write 10 --pattern 0x5a --count 4; write 40 --pattern 0x33; "
+              "xcopy 0:10 1:20 4 --id 7; copystatus 7; xcopy 0:40 0:41 1 --id 8; copystatus 8",
+              tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    params, _, _, xc, st, xc_same, st_same = (json.loads(x) for x in r.stdout.splitlines())
+    f = params["fields"]
+    assert f["max_segment_descriptors"] == 64 and f["max_cscd_descriptors"] == 16
+    assert f["implemented_descriptors"] == ["00h block->stream", "02h block->block",
+                                            "e4h identification descriptor"]
+    assert "copied 4 block(s) (2048 bytes) from LUN 0 LBA 10 to LUN 1 LBA 20" in xc["text"]
+    assert st["fields"]["status"] == "completed without errors"
+    assert st["fields"]["segments_processed"] == 1 and st["fields"]["bytes"] == 2048
+    assert st_same["fields"]["bytes"] == 512
+    r = shell(iscsi_server.url(1), "-c", "read 19 6", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    # LBA 19 untouched, 20-23 copied, 24 untouched: the dump shows exactly 4 blocks of 5a.
+    assert r.stdout.count("5a 5a 5a 5a") >= 1 and "00000200  5a 5a" in r.stdout
+    assert "00000a00  00 00" in r.stdout
+    r = shell(iscsi_server.url(0), "-c", "read 41 1", tmp=tmp_path)
+    assert "00000000  33 33 33 33" in r.stdout
+    # Past the end of LUN 1 (16 MiB = 32768 blocks): the copy is aborted.
+    r = shell(iscsi_server.url(0), "-c", "xcopy 0:0 1:32767 2 --id 9; copystatus 9", tmp=tmp_path)
+    assert r.returncode == 1
+    assert "CHECK CONDITION: COPY ABORTED" in r.stderr
+    assert "completed with errors" in r.stdout and "failed: COPY ABORTED" in r.stdout
+    r = shell(iscsi_server.url(0), "-c", "copystatus 99", tmp=tmp_path)
+    assert r.returncode == 1 and "INVALID FIELD IN CDB" in r.stderr
+    r = shell(iscsi_server.url(0), "-c", "xcopy 0:0 5:0 1", tmp=tmp_path)
+    assert r.returncode == 1 and "LUN 5 is not available" in r.stderr, r.stderr
+    r = shell(iscsi_server.url(0), "-c", "xcopy 0-0 1:0 1", tmp=tmp_path)
+    assert r.returncode == 2 and "expected LUN:LBA" in r.stderr
+    r = shell(iscsi_server.url(0), "-c", "xcopy 0:0 1:0 70000", tmp=tmp_path)
+    assert r.returncode == 2 and "0..65535" in r.stderr
+    _no_traceback(r.stderr + r.stdout)
 
 
 # ------------------------------------------------------------------ tgt (tape)

@@ -211,8 +211,8 @@ def test_report_luns_select_report(luns):
 # -- the same over iSCSI, as a Linux guest sends them -------------------------------------
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from interop_util import Lun, ServedTarget, Target
-    srv = ServedTarget(tmp_path_factory.mktemp("conformance-iscsi"),
+    from scsi_target.testing.process import Lun, ServerProcess, Target
+    srv = ServerProcess(tmp_path_factory.mktemp("conformance-iscsi"),
                        [Target(f"{IQN}-iscsi", [Lun(0, "4M"), Lun(1, "4M")])])
     srv.start()
     yield srv

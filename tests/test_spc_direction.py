@@ -16,7 +16,7 @@ import struct
 import pytest
 
 from conftest import IQN_BASE
-from interop_util import Lun, ServedTarget, Target
+from scsi_target.testing.process import Lun, ServerProcess, Target
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.command import Command, Direction, Status
 from scsi_target.scsi.disk import DiskLU
@@ -100,7 +100,7 @@ def test_matching_and_unstated_directions_still_work(luns):
 # -------------------------------------------------------------------- over iSCSI
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    srv = ServedTarget(tmp_path_factory.mktemp("direction"), [Target(IQN, [Lun(0, "4M")])])
+    srv = ServerProcess(tmp_path_factory.mktemp("direction"), [Target(IQN, [Lun(0, "4M")])])
     srv.start()
     yield srv
     rc = srv.stop()

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 from scsi_target.scsi.command import Status
 from scsi_target.scsi.sense import parse_sense
 from scsi_target.scsi.spc import SPC
-from spc_harness import NEXUS1, NEXUS2, Harness, TestTape
+from test_spc_misc import NEXUS1, NEXUS2, Harness, TestTape
 
 ENTRIES = sorted(SPC, key=lambda e: (e.opcode, e.service_action or 0))
 

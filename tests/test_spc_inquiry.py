@@ -9,7 +9,7 @@ from scsi_target.scsi.capabilities import BlockLimits
 from scsi_target.scsi.dispatch import DispatchTable
 from scsi_target.scsi.sense import SenseKey
 from scsi_target.scsi.xcopy import XCOPY
-from spc_harness import FAKE_MEDIUM, Harness, TestDisk, TestTape
+from test_spc_misc import FAKE_MEDIUM, Harness, TestDisk, TestTape
 from scsi_target.scsi.spc import SPC
 from volume.memstore import MemoryStore
 

@@ -6,13 +6,88 @@ import struct
 
 import pytest
 
-from scsi_target.scsi.command import Status
+from scsi_target.scsi.command import Direction, Nexus, Status
+from scsi_target.scsi.disk import DiskLU
+from scsi_target.scsi.dispatch import CommandSet, Conflict, DispatchTable, data_out
+from scsi_target.scsi.lun import LogicalUnit
 from scsi_target.scsi.sense import SenseKey
 from scsi_target.scsi.spc import SPC
-from spc_harness import NEXUS1, NEXUS2, Harness, TestTape
+from scsi_target.testing import InProcessTarget, Result, nexus
+from volume.memstore import MemoryStore
 
 TUR = [0, 0, 0, 0, 0, 0]
 ILLEGAL = SenseKey.ILLEGAL_REQUEST
+
+# ------------------------------------------------ the SPC tests' target (every test_spc_*)
+# A disk LU with SPC plus stand-in READ/WRITE: the stand-in medium commands exist only
+# so reservation access rules can be exercised without depending on the SBC command set.
+FAKE_MEDIUM = CommandSet("fake-medium")
+
+
+@FAKE_MEDIUM.command(0x28, "READ(10)", 10, direction=Direction.IN, conflict=Conflict.READ)
+def _read10(lu, cmd):
+    return bytes(512 * int.from_bytes(cmd.cdb[7:9], "big"))
+
+
+@FAKE_MEDIUM.command(0x2A, "WRITE(10)", 10, direction=Direction.OUT, conflict=Conflict.WRITE)
+def _write10(lu, cmd):
+    data_out(cmd, 512 * int.from_bytes(cmd.cdb[7:9], "big"))
+
+
+SPC_IQN = "iqn.2026-11.test:t"
+NEXUS1 = nexus("iqn.2026-11.test:init1", 1, target=SPC_IQN)
+NEXUS2 = nexus("iqn.2026-11.test:init2", 2, target=SPC_IQN)
+
+
+class TestDisk(DiskLU):
+    __test__ = False
+    table = DispatchTable([SPC, FAKE_MEDIUM])
+
+
+class ThickStore(MemoryStore):
+    thin = False
+
+
+class TestTape(LogicalUnit):
+    """A non-disk LU: no block geometry, so no disk VPD pages or block descriptors."""
+    __test__ = False
+    device_type = 0x01
+    removable = True
+    table = DispatchTable([SPC])
+
+
+class Harness:
+    """One LU (default a 1 MiB TestDisk) on the testing library's InProcessTarget
+    (command log in ``.target.log``); every nexus, NEXUS1 included, gets its power-on
+    unit attention, which ``clear_ua`` takes for NEXUS1 and NEXUS2 first."""
+
+    def __init__(self, lu: LogicalUnit | None = None, *, thin: bool = True,
+                 clear_ua: bool = True) -> None:
+        store = MemoryStore(1 << 20) if thin else ThickStore(1 << 20)
+        self.lu = lu if lu is not None else TestDisk(store, 512)
+        self.target = InProcessTarget(SPC_IQN, power_on_ua=True, fault_control=False)
+        self.target.attach(0, self.lu)
+        self.map = self.target.luns
+        if clear_ua:
+            self.clear_ua(NEXUS1)
+            self.clear_ua(NEXUS2)
+
+    def run(self, cdb, *, length: int | None = None, data: bytes | None = None,
+            nexus: Nexus = NEXUS1, direction: Direction | None = None) -> Result:
+        """Default: a data-in command with an allocation of 4096 bytes."""
+        if direction is None:
+            direction = Direction.OUT if data is not None else Direction.IN
+        return self.target.submit(cdb, data_out=data, read_length=4096 if length is None
+                                  else length, nexus=nexus, direction=direction)
+
+    def ok(self, cdb, **kw) -> bytes:
+        return self.run(cdb, **kw).expect_good()
+
+    def check(self, cdb, key: SenseKey, asc: int, ascq: int = 0, **kw) -> Result:
+        return self.run(cdb, **kw).expect_sense(key, asc, ascq)
+
+    def clear_ua(self, nexus: Nexus = NEXUS1) -> None:
+        self.target.clear_unit_attentions(nexus=nexus)
 
 
 def test_first_command_sees_power_on_ua_then_ready():

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from scsi_target.scsi.command import Status
 from scsi_target.scsi.sense import SenseError, SenseKey
-from spc_harness import NEXUS1, NEXUS2, Harness, TestTape
+from test_spc_misc import NEXUS1, NEXUS2, Harness, TestTape
 
 ILLEGAL = SenseKey.ILLEGAL_REQUEST
 

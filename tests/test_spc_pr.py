@@ -7,7 +7,7 @@ import pytest
 
 from scsi_target.scsi.command import Status
 from scsi_target.scsi.sense import SenseKey
-from spc_harness import NEXUS1, NEXUS2, Harness
+from test_spc_misc import NEXUS1, NEXUS2, Harness
 
 EA, WE, EARO, WERO, EAAR, WEAR = 3, 1, 6, 5, 8, 7
 REG, RES, REL, CLEAR, PREEMPT, PREEMPT_ABORT, REG_IGNORE = 0, 1, 2, 3, 4, 5, 6

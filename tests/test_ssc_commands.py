@@ -1,15 +1,89 @@
 """SSC commands of the tape LU, in process (LunMap.execute): one group per command."""
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
 
 import pytest
 
-from scsi_target.scsi.command import Status
+from scsi_target.scsi import devices
+from scsi_target.scsi.command import Direction, Nexus, Status
 from scsi_target.scsi.layouts import mode as LM, rsoc as LR, tape as LT
-from tape_harness import NEXUS2, TUR, TapeHarness, blob
+from scsi_target.scsi.lun import Identity
+from scsi_target.scsi.tape_lu import TapeLU
+from scsi_target.testing import InProcessTarget, Result, nexus
+from tape import TapeImage
 
 NO_SENSE, NOT_READY, MEDIUM, ILLEGAL, UA, PROTECT, BLANK, OVERFLOW = 0, 2, 3, 5, 6, 7, 8, 0xD
+
+# ------------------------------------------------ the SSC tests' target (every test_ssc_*)
+SSC_IQN = "iqn.2026-11.test:t"
+NEXUS1 = nexus("iqn.2026-11.test:init1", 1, target=SSC_IQN)
+NEXUS2 = nexus("iqn.2026-11.test:init2", 2, target=SSC_IQN)
+TUR = bytes(6)
+
+
+class TapeHarness:
+    """A TapeLU on a fresh image (or ``image``) on the testing library's InProcessTarget;
+    NEXUS1 and NEXUS2 have taken their power-on unit attention."""
+
+    def __init__(self, tmp: Path, capacity: int = 8 << 20, *, early_warning: int | None = None,
+                 crc: bool = True, image: TapeImage | None = None, name: str = "t.img",
+                 **create) -> None:
+        self.path = Path(tmp) / name
+        if image is None:
+            image = TapeImage.create(self.path, capacity, early_warning=early_warning, crc=crc,
+                                     **create)
+        self.lu = TapeLU(image, identity=Identity.derive(SSC_IQN, 0, product="VIRTUAL-TAPE"),
+                         table=devices.TAPE)
+        self.target = InProcessTarget(SSC_IQN, power_on_ua=True, fault_control=False)
+        self.target.attach(0, self.lu)
+        self.map = self.target.luns
+        for n in (NEXUS1, NEXUS2):
+            r = self.run(TUR, nexus=n)
+            assert r.status == Status.CHECK_CONDITION and r.sense_data.key == 6  # power on
+
+    def run(self, cdb, *, length: int | None = None, data: bytes | None = None,
+            nexus: Nexus = NEXUS1) -> Result:
+        """Default: a data-in command with an allocation of 64 KiB."""
+        return self.target.submit(cdb, data_out=data, read_length=1 << 16 if length is None
+                                  else length, nexus=nexus,
+                                  direction=Direction.OUT if data is not None else Direction.IN)
+
+    def ok(self, cdb, **kw) -> bytes:
+        return self.run(cdb, **kw).expect_good()
+
+    def check(self, cdb, key: int, asc: int, ascq: int = 0, **kw) -> Result:
+        return self.run(cdb, **kw).expect_sense(key, asc, ascq)
+
+    # -- shorthands --------------------------------------------------------
+    def write(self, data: bytes, **kw) -> Result:
+        return self.run(LT.write6(len(data)), data=data, **kw)
+
+    def write_fixed(self, data: bytes, bl: int) -> Result:
+        return self.run(LT.write6(len(data) // bl, fixed=True), data=data)
+
+    def read(self, n: int, *, sili: bool = False) -> Result:
+        return self.run(LT.read6(n, sili=sili), length=n)
+
+    def wfm(self, n: int = 1) -> bytes:
+        return self.ok(bytes([0x10, 0]) + n.to_bytes(3, "big") + b"\x00")
+
+    def rewind(self) -> bytes:
+        return self.ok(bytes([0x01, 0, 0, 0, 0, 0]))
+
+    def position(self) -> LT.ReadPositionLong:
+        return LT.ReadPositionLong.unpack(self.ok(bytes([0x34, 6, 0, 0, 0, 0, 0, 0, 32, 0]),
+                                                  length=32))
+
+    def set_block_length(self, bl: int) -> None:
+        bd = bytes([0x80, 0, 0, 0, 0]) + bl.to_bytes(3, "big")
+        self.ok(bytes([0x15, 0x10, 0, 0, 12, 0]), data=bytes([0, 0, 0x10, 8]) + bd)
+
+
+def blob(n: int) -> bytes:
+    return os.urandom(n)
 
 
 @pytest.fixture
@@ -103,7 +177,7 @@ def test_mode_select_sets_fixed_block_length(h):
     assert mp.block_descriptors[0].block_length == 1024
     # the other nexus learns about it
     r = h.run(TUR, nexus=NEXUS2)
-    assert r.triple == (UA, 0x2A, 0x01)
+    assert r.sense == (UA, 0x2A, 0x01)
     h.set_block_length(0)
     assert LM.ModeParameters.unpack(h.ok([0x1A, 0, 0x10, 0, 255, 0]), False,
                                     sequential=True).block_descriptors[0].block_length == 0
@@ -113,7 +187,7 @@ def test_mode_select_refuses_bad_descriptor(h):
     head = bytes([0, 0, 0x10, 8])
     bad_density = bytes([0x44, 0, 0, 0, 0, 0, 2, 0])
     r = h.check([0x15, 0x10, 0, 0, 12, 0], ILLEGAL, 0x26, data=head + bad_density)
-    assert r.sense.field_pointer.field == 4 and not r.sense.field_pointer.in_cdb
+    assert r.sense_data.field_pointer.field == 4 and not r.sense_data.field_pointer.in_cdb
     too_big = bytes([0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF])
     h.set_block_length(512)
     # 0xFFFFFF is the maximum: accepted
@@ -158,7 +232,7 @@ def test_fixed_without_block_length_and_sili_with_fixed_are_refused(h):
     h.check(LT.read6(1, fixed=True), ILLEGAL, 0x24)
     h.set_block_length(512)
     r = h.check(bytes([0x08, 0x03, 0, 0, 1, 0]), ILLEGAL, 0x24)
-    assert r.sense.field_pointer.field == 1
+    assert r.sense_data.field_pointer.field == 1
 
 
 def test_zero_length_transfers_do_nothing(h):
@@ -227,7 +301,7 @@ def test_space16_counts_64_bits(h):
     h.ok(LT.space16(-1, 0))
     assert h.position().logical_object == 8
     r = h.check(LT.space16(-1, 0), NO_SENSE, 0, 1)  # the filemark before file 2
-    assert r.sense.filemark and r.sense.information == 1
+    assert r.sense_data.filemark and r.sense_data.information == 1
     assert h.position().logical_object == 7
     h.check(LT.space16(1 << 40, 0), NO_SENSE, 0, 1)
     h.check(bytes([0x91, 0, 0, 0] + [0] * 7 + [1, 0, 4, 0, 0]), ILLEGAL, 0x24)  # param length
@@ -409,7 +483,7 @@ def test_write_attribute_persists_and_refuses_read_only(tmp_path):
     assert got[0x0808].value == pool.value and got[0x1400].value == b"\x01\x02\x03"
     bad = LT.attribute_values([LT.MamAttribute(0x0401, 1, b"X" * 32)])
     r = h.check(LT.write_attribute(len(bad)), ILLEGAL, 0x26, data=bad)
-    assert r.sense.field_pointer.field == 4
+    assert r.sense_data.field_pointer.field == 4
     wrong_len = LT.attribute_values([LT.MamAttribute(0x0806, 1, b"SHORT")])
     h.check(LT.write_attribute(len(wrong_len)), ILLEGAL, 0x26, data=wrong_len)
     h.check(LT.write_attribute(3), ILLEGAL, 0x1A, data=b"\x00\x00\x00")
@@ -437,7 +511,7 @@ def test_rsoc_lists_the_ssc_commands(h):
 def test_bad_cdb_fields_get_precise_answers(h):
     h.set_block_length(1 << 20)
     r = h.check(LT.read6(100, fixed=True), ILLEGAL, 0x24)  # 100 MiB in one command
-    assert r.sense.field_pointer.field == 2
+    assert r.sense_data.field_pointer.field == 2
     h.set_block_length(0)
     h.check([0x0A, 0x02, 0, 0, 1, 0], ILLEGAL, 0x24, data=b"x")      # reserved bit
     h.check([0x08, 0x04, 0, 0, 1, 0], ILLEGAL, 0x24)                  # reserved bit

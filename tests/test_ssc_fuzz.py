@@ -10,7 +10,7 @@ from scsi_target.scsi.command import Status
 from scsi_target.scsi.layouts.sense import decode_sense
 from scsi_target.scsi.ssc import SSC
 from scsi_target.scsi.devices import TAPE
-from tape_harness import NEXUS1, NEXUS2, TapeHarness
+from test_ssc_commands import NEXUS1, NEXUS2, TapeHarness
 
 ENTRIES = TAPE.entries()  # SPC and SSC, as the tape LU dispatches them
 SSC_ENTRIES = list(SSC)

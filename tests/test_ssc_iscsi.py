@@ -8,67 +8,23 @@ stream of acknowledged writes.
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.layouts import mode as LM, tape as LT
 from scsi_target.scsi.layouts.sense import decode_sense
+from scsi_target.testing.process import ServerProcess
 from tape import TapeImage
-
-REPO = Path(__file__).resolve().parent.parent
-IQN = "iqn.2026-11.org.pyscsi:default"
-
-
-class TapeServer:
-    def __init__(self, *tapes: Path, cwd: Path) -> None:
-        args = [sys.executable, "-m", "scsi_target", "serve", "--listen", "127.0.0.1:0",
-                "--log-level", "warning"]
-        for t in tapes:
-            args += ["--tape", str(t)]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        lines: list[str] = []
-        deadline = time.monotonic() + 30
-        while sum(1 for ln in lines if ln.strip().startswith("iscsi://")) < len(tapes):
-            line = self.proc.stdout.readline()
-            if not line or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"server did not start: {lines} {self.proc.stderr.read()}")
-            lines.append(line.rstrip("\n"))
-        self.lines = lines
-        self.port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", lines[0]).group(1))
-
-    def url(self, lun: int = 0) -> str:
-        return f"iscsi://127.0.0.1:{self.port}/{IQN}/{lun}"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture
 def served(tmp_path):
     img = tmp_path / "t.img"
     TapeImage.create(img, 64 << 20, barcode="ISCSI1").close()
-    srv = TapeServer(img, cwd=tmp_path)
+    srv = ServerProcess.from_flags(tmp_path, "--tape", img).start()
     try:
         yield srv, img
     finally:
@@ -83,7 +39,7 @@ def _ok(c, cdb, **kw):
 
 def test_stream_write_read_position_over_iscsi(served):
     srv, img = served
-    assert "LUN 0: tape" in "\n".join(srv.lines)
+    assert "LUN 0: tape" in "\n".join(srv.banner)
     recs = [os.urandom(256 << 10) for _ in range(6)]
     with SyncIscsiClient(srv.url()) as c:
         c.test_unit_ready()  # power-on unit attention
@@ -138,7 +94,7 @@ def test_stream_write_read_position_over_iscsi(served):
 def test_kill_9_server_during_writes_keeps_acknowledged_records(tmp_path):
     img = tmp_path / "crash.img"
     TapeImage.create(img, 1 << 30).close()
-    srv = TapeServer(img, cwd=tmp_path)
+    srv = ServerProcess.from_flags(tmp_path, "--tape", img).start()
     acked: list[int] = []
     errors: list[BaseException] = []
 

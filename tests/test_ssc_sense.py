@@ -10,7 +10,7 @@ from scsi_target.scsi.layouts import tape as LT
 from scsi_target.scsi.layouts.sense import decode_sense
 from tape import TapeImage
 from tape import format as F
-from tape_harness import NEXUS2, TUR, TapeHarness, blob
+from test_ssc_commands import NEXUS2, TUR, TapeHarness, blob
 
 NO_SENSE, NOT_READY, MEDIUM, ILLEGAL, UA, PROTECT, BLANK, OVERFLOW = 0, 2, 3, 5, 6, 7, 8, 0xD
 
@@ -32,7 +32,7 @@ def test_read_variable_at_filemark(h):
     h.wfm()
     h.rewind()
     r = h.check(LT.read6(100), NO_SENSE, 0, 1, length=100)
-    assert r.sense.filemark and not r.sense.eom and r.sense.information == 100
+    assert r.sense_data.filemark and not r.sense_data.eom and r.sense_data.information == 100
     assert r.resp.residual == 100 and r.data == b""
     assert h.position().logical_object == 1  # past the filemark, on its EOP side
 
@@ -44,7 +44,7 @@ def test_read_fixed_stops_at_filemark_with_the_blocks_before_it(h):
     h.wfm()
     h.rewind()
     r = h.check(LT.read6(5, fixed=True), NO_SENSE, 0, 1, length=5 * 512)
-    assert r.data == data and r.sense.information == 2 and r.sense.filemark
+    assert r.data == data and r.sense_data.information == 2 and r.sense_data.filemark
     assert r.resp.residual == 2 * 512
     assert h.position().logical_object == 4
 
@@ -53,7 +53,7 @@ def test_read_fixed_stops_at_filemark_with_the_blocks_before_it(h):
 def test_read_at_eod_is_blank_check(h):
     h.write(blob(10))
     r = h.check(LT.read6(10), BLANK, 0, 5, length=10)
-    assert r.sense.information == 10 and not r.sense.filemark
+    assert r.sense_data.information == 10 and not r.sense_data.filemark
     assert h.position().logical_object == 1  # stays at EOD
 
 
@@ -63,7 +63,7 @@ def test_read_fixed_reaching_eod(h):
     h.write_fixed(data, 1024)
     h.rewind()
     r = h.check(LT.read6(3, fixed=True), BLANK, 0, 5, length=3072)
-    assert r.data == data and r.sense.information == 1
+    assert r.data == data and r.sense_data.information == 1
 
 
 def test_space_forward_to_eod_is_blank_check_with_residue(h):
@@ -71,9 +71,9 @@ def test_space_forward_to_eod_is_blank_check_with_residue(h):
         h.write(blob(10))
     h.rewind()
     r = h.check([0x11, 0, 0, 0, 5, 0], BLANK, 0, 5)
-    assert r.sense.information == 2
+    assert r.sense_data.information == 2
     r = h.check([0x11, 1, 0, 0, 1, 0], BLANK, 0, 5)
-    assert r.sense.information == 1
+    assert r.sense_data.information == 1
 
 
 def test_space_blocks_over_filemark_reports_it(h):
@@ -82,7 +82,7 @@ def test_space_blocks_over_filemark_reports_it(h):
     h.write(blob(10))
     h.rewind()
     r = h.check([0x11, 0, 0, 0, 3, 0], NO_SENSE, 0, 1)
-    assert r.sense.filemark and r.sense.information == 2
+    assert r.sense_data.filemark and r.sense_data.information == 2
     assert h.position().logical_object == 2
 
 
@@ -91,7 +91,7 @@ def test_space_back_into_bop(h):
     h.write(blob(10))
     h.write(blob(10))
     r = h.check([0x11, 0, 0xFF, 0xFF, 0xFB, 0], NO_SENSE, 0, 4)  # -5
-    assert r.sense.eom and r.sense.information == 3
+    assert r.sense_data.eom and r.sense_data.information == 3
     assert h.position().bop
 
 
@@ -101,7 +101,7 @@ def test_ili_underlength_without_sili(h):
     h.write(rec)
     h.rewind()
     r = h.check(LT.read6(500), NO_SENSE, 0, 0, length=500)
-    assert r.sense.ili and r.sense.information == 200 and r.data == rec
+    assert r.sense_data.ili and r.sense_data.information == 200 and r.data == rec
     assert r.resp.residual == 200
 
 
@@ -118,8 +118,8 @@ def test_ili_overlength_reports_negative_residue(h):
     h.write(rec)
     h.rewind()
     r = h.check(LT.read6(500), NO_SENSE, 0, 0, length=500)
-    assert r.sense.ili and r.data == rec[:500]
-    assert r.sense.information == (500 - 700) & 0xFFFFFFFF  # two's complement
+    assert r.sense_data.ili and r.data == rec[:500]
+    assert r.sense_data.information == (500 - 700) & 0xFFFFFFFF  # two's complement
     assert h.position().logical_object == 1  # past the record
 
 
@@ -130,7 +130,7 @@ def test_sili_overlength_depends_on_mode_block_length(h):
     assert h.read(500, sili=True).status == Status.GOOD  # block length 0: no error
     h.set_block_length(512)
     r = h.check(LT.read6(500, sili=True), NO_SENSE, 0, 0, length=500)
-    assert r.sense.ili
+    assert r.sense_data.ili
 
 
 def test_fixed_read_incorrect_length_block(h):
@@ -142,7 +142,7 @@ def test_fixed_read_incorrect_length_block(h):
     h.set_block_length(512)
     h.rewind()
     r = h.check(LT.read6(3, fixed=True), NO_SENSE, 0, 0, length=1536)
-    assert r.sense.ili and r.sense.information == 2 and r.data == good
+    assert r.sense_data.ili and r.sense_data.information == 2 and r.data == good
     assert h.position().logical_object == 2
 
 
@@ -157,15 +157,18 @@ def test_early_warning_on_write_then_volume_overflow(tmp_path):
     results = []
     for _ in range(40):
         results.append(h.write(rec))
-        if results[-1].status == Status.CHECK_CONDITION and results[-1].sense.key == OVERFLOW:
+        last = results[-1]
+        if last.status == Status.CHECK_CONDITION and last.sense_data.key == OVERFLOW:
             break
     goods = [r for r in results if r.status == Status.GOOD]
-    ew = [r for r in results if r.status == Status.CHECK_CONDITION and r.sense.key == NO_SENSE]
+    ew = [r for r in results
+          if r.status == Status.CHECK_CONDITION and r.sense_data.key == NO_SENSE]
     assert goods and ew, "never reached early warning"
     for r in ew:  # written, but in the early-warning zone
-        assert r.triple == (NO_SENSE, 0, 2) and r.sense.eom and r.sense.information == 0
+        assert r.sense == (NO_SENSE, 0, 2) and r.sense_data.eom and r.sense_data.information == 0
     last = results[-1]
-    assert last.triple == (OVERFLOW, 0, 2) and last.sense.eom and last.sense.information == 4000
+    assert last.sense == (OVERFLOW, 0, 2)
+    assert last.sense_data.eom and last.sense_data.information == 4000
     written = len(goods) + len(ew)
     p = h.position()
     assert p.logical_object == written and p.eop
@@ -181,7 +184,7 @@ def test_fixed_write_at_end_of_medium_writes_what_fits(tmp_path):
     per = F.FRAME_SIZE + 1024
     fits = (64 << 10) // per
     r = h.run(LT.write6(fits + 5, fixed=True), data=blob(1024 * (fits + 5)))
-    assert r.triple == (OVERFLOW, 0, 2) and r.sense.eom and r.sense.information == 5
+    assert r.sense == (OVERFLOW, 0, 2) and r.sense_data.eom and r.sense_data.information == 5
     assert h.position().logical_object == fits
 
 
@@ -189,7 +192,7 @@ def test_filemarks_in_early_warning_zone(tmp_path):
     h = _small(tmp_path)
     h.write(blob(50000))
     r = h.check([0x10, 0, 0, 0, 1, 0], NO_SENSE, 0, 2)
-    assert r.sense.eom
+    assert r.sense_data.eom
     assert h.position().logical_file == 1
 
 
@@ -247,7 +250,7 @@ def test_corrupt_record_is_medium_error_and_position_moves_past_it(tmp_path):
         f.write(bytes([c[0] ^ 0xFF]))
     h2 = TapeHarness(tmp_path, image=TapeImage.open(h.path))
     r = h2.check(LT.read6(1000), MEDIUM, 0x11, length=1000)
-    assert r.sense.information == 1000
+    assert r.sense_data.information == 1000
     assert h2.ok(LT.read6(1000), length=1000) == b  # the next record still reads
     p = {}
     page = h2.ok(LT.log_sense(0x2E))
@@ -270,7 +273,7 @@ def test_fixed_read_transfers_the_blocks_before_a_corrupt_one(tmp_path):
     h2 = TapeHarness(tmp_path, image=TapeImage.open(h.path))
     h2.set_block_length(512)
     r = h2.check(LT.read6(4, fixed=True), MEDIUM, 0x11, length=2048)
-    assert r.data == data[:1024] and r.sense.information == 2
+    assert r.data == data[:1024] and r.sense_data.information == 2
     assert h2.ok(LT.read6(1, fixed=True), length=512) == data[1536:]  # block 3
 
 
@@ -282,10 +285,10 @@ def test_descriptor_sense_carries_stream_bits_and_information(h):
     h.rewind()
     r = h.run(LT.read6(500), length=500)
     assert r.resp.sense[0] == 0x72
-    s = r.sense
+    s = r.sense_data
     assert s.ili and s.information == 200 and s.descriptor_format
     r = h.run(LT.read6(500), length=500)
-    assert r.resp.sense[0] == 0x72 and r.sense.filemark and r.sense.information == 500
+    assert r.resp.sense[0] == 0x72 and r.sense_data.filemark and r.sense_data.information == 500
 
 
 def test_request_sense_after_a_delivered_condition_reports_no_sense(h):

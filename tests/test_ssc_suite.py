@@ -11,7 +11,7 @@ import pytest
 from tape import TapeImage
 from tools import ssc_suite
 
-from test_ssc_iscsi import TapeServer
+from scsi_target.testing.process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_suite_passes_against_ours(tmp_path):
     img = tmp_path / "s.img"
     TapeImage.create(img, 64 << 20, barcode="SUITE1").close()
-    srv = TapeServer(img, cwd=tmp_path)
+    srv = ServerProcess.from_flags(tmp_path, "--tape", img).start()
     try:
         log: list[str] = []
         res = ssc_suite.run(srv.url(), log=log.append)

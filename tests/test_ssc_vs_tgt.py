@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from client_targets import TgtFactory
-from interop_util import require_tool
+from scsi_target.testing.external import require_tool
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.layouts import tape as LT
 from scsi_target.scsi.layouts.sense import decode_sense
 from tape import TapeImage
-from test_ssc_iscsi import TapeServer
+from scsi_target.testing.process import ServerProcess
 
 pytestmark = pytest.mark.interop
 
@@ -127,7 +127,7 @@ def tgt_tape(tmp_path):
 def test_same_sequence_against_tgt_and_ours(tgt_tape, tmp_path: Path):
     img = tmp_path / "ours.img"
     TapeImage.create(img, 64 << 20).close()
-    srv = TapeServer(img, cwd=tmp_path)
+    srv = ServerProcess.from_flags(tmp_path, "--tape", img).start()
     try:
         ours = _answers(srv.url())
     finally:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import random
 import re
+from pathlib import Path
 
 import pytest
 
 from scsi_target.initiator.sync import SyncIscsiClient
 from tape import TapeImage
 
-from backup_harness import Server, diffbackup
+from scsi_target.testing.process import ServerProcess
+
+REPO = Path(__file__).resolve().parent.parent
 
 SIZE = 8 << 20
 BS = 512
@@ -48,7 +51,7 @@ def _ok(r):
 
 
 @pytest.mark.timeout(300)
-def test_patent_week_on_tape_tuesday_cartridge_damaged(tmp_path):
+def test_patent_week_on_tape_tuesday_cartridge_damaged(diffbackup, tmp_path):
     """Full on Sunday, differentials with scope 2 (Monday's scope 1: one generation
     exists), one cartridge a day; Tuesday's cartridge is damaged, and Sunday + Monday +
     Wednesday still restore Wednesday byte-exact (Wednesday's scope 2 holds Tuesday)."""
@@ -56,7 +59,8 @@ def test_patent_week_on_tape_tuesday_cartridge_damaged(tmp_path):
     _sparse_volume(tmp_path / "vol.img", rnd)
     days = ("sun", "mon", "tue", "wed")
     carts = {d: _cart(tmp_path / f"{d}.img") for d in days}
-    with Server(f"{tmp_path}/vol.img", cwd=tmp_path) as srv, SyncIscsiClient(srv.url(0)) as c:
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/vol.img",
+                                  "--backup-device") as srv, SyncIscsiClient(srv.url(0)) as c:
         _ok(diffbackup("full", srv.url(0), "--tape", carts["sun"], "--record-size", "64K"))
         for day, scope in (("mon", 1), ("tue", 2), ("wed", 2)):
             _write_day(c, rnd, 30)
@@ -85,7 +89,7 @@ def test_patent_week_on_tape_tuesday_cartridge_damaged(tmp_path):
     assert dest.read_bytes() == wednesday
 
 
-def _tape_luns(srv: Server, n: int) -> list[str]:
+def _tape_luns(srv: ServerProcess, n: int) -> list[str]:
     """The tape LUNs follow the disks and their backup devices in the server's listing."""
     return [srv.url(srv.first_tape + k) for k in range(n)]
 
@@ -97,8 +101,8 @@ def served(tmp_path):
     a = _cart(tmp_path / "a.img")
     b = _cart(tmp_path / "b.img", 6 << 20, 1 << 20)
     c = _cart(tmp_path / "c.img", 6 << 20, 1 << 20)
-    with Server(f"{tmp_path}/vol.img", cwd=tmp_path,
-                extra=("--backup-device", "--tape", a, "--tape", b, "--tape", c)) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/vol.img", "--backup-device",
+                                  "--tape", a, "--tape", b, "--tape", c) as srv:
         srv.first_tape = 2
         with SyncIscsiClient(srv.url(2)) as t:
             assert t.inquiry(lun=2)[0] & 0x1F == 1     # LUN 2 is the first tape LUN
@@ -106,7 +110,7 @@ def served(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_full_and_three_differentials_to_one_tape_lun(served, tmp_path):
+def test_full_and_three_differentials_to_one_tape_lun(diffbackup, served, tmp_path):
     srv, rnd = served
     tape = _tape_luns(srv, 1)[0]
     with SyncIscsiClient(srv.url(0)) as c:
@@ -129,7 +133,7 @@ def test_full_and_three_differentials_to_one_tape_lun(served, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_backup_spanning_two_tape_luns(served, tmp_path):
+def test_backup_spanning_two_tape_luns(diffbackup, served, tmp_path):
     srv, _rnd = served
     _a, b, c = _tape_luns(srv, 3)
     with SyncIscsiClient(srv.url(0)) as cl:
@@ -148,7 +152,7 @@ def test_backup_spanning_two_tape_luns(served, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_tape_full_without_next_cartridge_keeps_the_stream(served, tmp_path):
+def test_tape_full_without_next_cartridge_keeps_the_stream(diffbackup, served, tmp_path):
     srv, rnd = served
     _a, b, _c = _tape_luns(srv, 3)
     r = diffbackup("full", srv.url(0), "--tape", b, cwd=tmp_path)
@@ -159,7 +163,7 @@ def test_tape_full_without_next_cartridge_keeps_the_stream(served, tmp_path):
     assert "ok" in v.stdout
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(diffbackup, tmp_path):
     img = _cart(tmp_path / "e.img")
     cases = [
         (("full", str(tmp_path / "nope.img"), "--tape", img, "-o", "x"), 2, "not both"),
@@ -190,26 +194,26 @@ def test_cli_errors_are_one_line(tmp_path):
     r = diffbackup("catalog", str(junk))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     # A disk LUN given as a tape.
-    with Server(f"{tmp_path}/disk.img:1M", cwd=tmp_path) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/disk.img:1M",
+                                  "--backup-device") as srv:
         r = diffbackup("catalog", srv.url(0))
         assert r.returncode == 1 and "is not a tape LUN" in r.stderr, r.stderr
 
 
 @pytest.mark.timeout(120)
-def test_prompt_for_the_next_cartridge_on_a_tty(tmp_path):
+def test_prompt_for_the_next_cartridge_on_a_tty(diffbackup, tmp_path):
     """With stdin a terminal and the --tape list used up, diffbackup asks for the next one."""
     import pty
     import subprocess
     import sys
     import time
-    from backup_harness import REPO, env
     vol = tmp_path / "local.img"
     vol.write_bytes(random.Random(11).randbytes(3 << 20))
     first = _cart(tmp_path / "p1.img", 2 << 20, 256 << 10)
     second = _cart(tmp_path / "p2.img", 8 << 20)
     master, slave = pty.openpty()
     p = subprocess.Popen([sys.executable, "-m", "tools.diffbackup", "-q", "full", str(vol),
-                          "--tape", first], cwd=REPO, env=env(), stdin=slave,
+                          "--tape", first], cwd=REPO, stdin=slave,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.close(slave)
     try:

@@ -13,7 +13,8 @@ from scsi_target.initiator.sync import SyncIscsiClient
 from tape import TapeImage
 from tape import backupset as BS
 
-from backup_harness import Server, diffbackup, fill_random
+from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.seed import random_file
 
 
 def _ok(r):
@@ -32,13 +33,13 @@ def _stream(cart: str, n: int) -> bytes:
 
 
 @pytest.mark.timeout(300)
-def test_target_side_full_and_differential_match_client_side(tmp_path):
-    fill_random(tmp_path / "vol.img", 8 << 20, density=0.4, seed=21)
+def test_target_side_full_and_differential_match_client_side(diffbackup, tmp_path):
+    random_file(tmp_path / "vol.img", 8 << 20, density=0.4, seed=21)
     cart = str(tmp_path / "t.img")
     TapeImage.create(cart, 128 << 20).close()
     rnd = random.Random(21)
-    with Server(str(tmp_path / "vol.img"), cwd=tmp_path,
-                extra=("--backup-device", "--tape", cart)) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", str(tmp_path / "vol.img"), "--backup-device",
+                                  "--tape", cart) as srv:
         tape = srv.url(2)
         # The client-side stream first, then the target's copy of the same state.
         _ok(diffbackup("full", srv.url(0), "-o", str(tmp_path / "full.stream")))
@@ -79,7 +80,7 @@ def test_target_side_full_and_differential_match_client_side(tmp_path):
     assert dest.read_bytes() == final
 
 
-def test_target_side_usage_errors(tmp_path):
+def test_target_side_usage_errors(diffbackup, tmp_path):
     img = str(tmp_path / "l.img")
     TapeImage.create(img, 1 << 20).close()
     for args, text in (
@@ -101,11 +102,11 @@ def test_target_side_usage_errors(tmp_path):
 def test_block_to_stream_segment_refusals(tmp_path):
     """Each bad block-to-stream list gets its own sense; nothing reaches the tape."""
     from tools.diffbackup_tape import _copy_list, _naa
-    fill_random(tmp_path / "v.img", 1 << 20, seed=3)
+    random_file(tmp_path / "v.img", 1 << 20, seed=3)
     cart = str(tmp_path / "r.img")
     TapeImage.create(cart, 16 << 20).close()
-    with Server(str(tmp_path / "v.img"), cwd=tmp_path,
-                extra=("--backup-device", "--tape", cart)) as srv, \
+    with ServerProcess.from_flags(tmp_path, "--disk", str(tmp_path / "v.img"), "--backup-device",
+                                  "--tape", cart) as srv, \
             SyncIscsiClient(srv.url(0)) as c:
         disk, tape = _naa(c, 0), _naa(c, 2)
 
@@ -154,18 +155,19 @@ def test_block_to_stream_segment_refusals(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_target_side_backup_of_written_zero_blocks_is_padded_not_refused(tmp_path):
+def test_target_side_backup_of_written_zero_blocks_is_padded_not_refused(diffbackup, tmp_path):
     """Blocks written as zeros (allocated, not holes) are elided by the encoder, so the
     stream comes out shorter than the bound the label was written with: the tape file is
     the stream plus zero padding, and it restores byte-exact."""
     vol = tmp_path / "vol.img"
-    fill_random(vol, 8 << 20, density=0.5, seed=5)
+    random_file(vol, 8 << 20, density=0.5, seed=5)
     with open(vol, "r+b") as f:                 # 4 MiB of allocated zeros amid the data:
         f.seek(2 << 20)                         # whole records of zeros, elided
         f.write(bytes(4 << 20))
     cart = str(tmp_path / "t.img")
     TapeImage.create(cart, 64 << 20).close()
-    with Server(str(vol), cwd=tmp_path, extra=("--backup-device", "--tape", cart)) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", str(vol), "--backup-device", "--tape",
+                                  cart) as srv:
         with SyncIscsiClient(srv.url(0)) as c:
             want = b"".join(bytes(c.read(lba, 2048)) for lba in range(0, 16384, 2048))
         r = _ok(diffbackup("full", srv.url(0), "--tape", srv.url(2), "--target-side"))

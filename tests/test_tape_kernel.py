@@ -12,10 +12,10 @@ import re
 
 import pytest
 
-from interop_util import require_tool
+from scsi_target.testing.external import require_tool
 from tape import TapeImage
 from tape_guest import boot, build_initramfs, kernel, steps
-from test_ssc_iscsi import TapeServer
+from scsi_target.testing.process import ServerProcess
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -83,7 +83,7 @@ def console(tmp_path_factory):
     TapeImage.create(big, 32 << 20).close()
     TapeImage.create(small, 2 << 20, early_warning=256 << 10).close()
     initrd = build_initramfs(tmp / "initrd.cpio", GUEST)
-    srv = TapeServer(big, small, cwd=tmp)
+    srv = ServerProcess.from_flags(tmp, "--tape", big, "--tape", small).start()
     try:
         out = boot(initrd, srv.url(0), extra_luns=[srv.url(1)], log=tmp / "console.log")
     finally:

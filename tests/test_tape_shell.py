@@ -5,13 +5,13 @@ import json
 
 from tape import TapeImage
 from tests.test_shell import shell
-from test_ssc_iscsi import TapeServer
+from scsi_target.testing.process import ServerProcess
 
 
 def test_tape_commands_against_ours(tmp_path) -> None:
     img = tmp_path / "t.img"
     TapeImage.create(img, 8 << 20, barcode="SHELL1").close()
-    srv = TapeServer(img, cwd=tmp_path)
+    srv = ServerProcess.from_flags(tmp_path, "--tape", img).start()
     try:
         url = srv.url()
         r = shell(url, "--json", "-c", "load; inq; rewind; blocklimits; pos; "

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from interop_util import require_tool, run_tool
+from scsi_target.testing.external import require_tool, run_tool
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.testing import fault_control_cdb
 

@@ -7,12 +7,14 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from interop_util import REPO, Lun, Target, config_toml, require_root, require_tool
-from trace_capture import (Dumpcap, libiscsi_workload, our_initiator_workload, serve,
-                           stop_server, tshark_pdus)
+from scsi_target.testing.process import Lun, ServerProcess, Target, config_toml
+from scsi_target.testing.external import require_root, require_tool
+from trace_capture import (Dumpcap, libiscsi_workload, our_initiator_workload,
+                           tshark_pdus)
 
 from scsi_target.config import LunSpec, build_lu
 from scsi_target.scsi.command import Command, Direction, Nexus
@@ -20,6 +22,8 @@ from scsi_target.scsi.lun import LunMap
 from scsi_target.trace.extract import trace_from_capture
 from scsi_target.trace.recorder import Recorder
 from scsi_target.trace.records import read_trace
+
+REPO = Path(__file__).resolve().parent.parent
 
 IQN = "iqn.2026-12.org.pyscsi:rec"
 
@@ -118,13 +122,16 @@ def test_recorded_pcapng_decodes_in_tshark_like_a_real_capture(tmp_path):
     require_root("capturing on loopback")
     trace_path, rec_pcap, real_pcap = (tmp_path / "rec.jsonl", tmp_path / "rec.pcapng",
                                        tmp_path / "real.pcapng")
-    p, port = serve(tmp_path, IQN, "--record", trace_path, "--record-pcapng", rec_pcap)
+    srv = ServerProcess(tmp_path / "srv", [Target(IQN, [Lun(0, "16M")])],
+                        args=("--record", trace_path, "--record-pcapng", rec_pcap)).start()
+    port = srv.port
     try:
         with Dumpcap(real_pcap, port):
             libiscsi_workload("127.0.0.1", port, IQN, 0)
             our_initiator_workload(f"iscsi://127.0.0.1:{port}/{IQN}/0")
     finally:
-        stop_server(p)
+        rc = srv.stop()             # SIGTERM; exit 0 also closes the --record files
+    assert rc == 0, srv.log_tail()
 
     def exchanges(pdus):
         cmds, out = {}, []

@@ -11,7 +11,7 @@ import pytest
 from scsi_target.initiator.sync import SyncIscsiClient
 from volume.stream import Record, StreamDecoder
 
-from backup_harness import Server, diffbackup
+from scsi_target.testing.process import ServerProcess
 
 SIZE = 16 << 20
 BS = 512
@@ -42,15 +42,15 @@ def _blocks_in(path) -> set[int]:
 
 
 @pytest.mark.timeout(600)
-def test_kill9_during_writes_never_loses_a_block(tmp_path):
+def test_kill9_during_writes_never_loses_a_block(diffbackup, tmp_path):
     rnd = random.Random(1)
     disk = f"{tmp_path}/vol.img:16M"
-    with Server(disk, cwd=tmp_path) as srv:
+    with ServerProcess.from_flags(tmp_path, "--disk", disk, "--backup-device") as srv:
         r = diffbackup("full", srv.url(0), "-o", str(tmp_path / "full"))
         assert r.returncode == 0, r.stderr
     total_acked = 0
     for it in range(20):
-        srv = Server(disk, cwd=tmp_path)
+        srv = ServerProcess.from_flags(tmp_path, "--disk", disk, "--backup-device").start()
         acked: list = []
         stop = threading.Event()
         t = threading.Thread(target=_load, args=(srv.url(0), random.Random(it), acked, stop))
@@ -61,7 +61,7 @@ def test_kill9_during_writes_never_loses_a_block(tmp_path):
         t.join(30)
         snapshot = list(acked)
         total_acked += len(snapshot)
-        with Server(disk, cwd=tmp_path) as srv2:
+        with ServerProcess.from_flags(tmp_path, "--disk", disk, "--backup-device") as srv2:
             out = tmp_path / f"diff{it}"
             r = diffbackup("diff", srv2.url(0), "--scope", "1", "-o", str(out))
             assert r.returncode == 0, r.stderr

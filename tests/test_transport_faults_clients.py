@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from interop_util import require_tool, run_tool
+from scsi_target.testing.external import require_tool, run_tool
 from scsi_target.initiator.errors import (IscsiTimeout, LoginError, ProtocolViolation,
                                           TransportError)
 from scsi_target.initiator.sync import SyncIscsiClient
@@ -46,11 +46,6 @@ def read10(lba: int, n: int) -> bytes:
 def sessions_ended(log) -> int:
     """Sessions that ended (logout or a lost connection): the log's I_T NEXUS LOSS records."""
     return sum(1 for r in log if r.name == "I_T NEXUS LOSS")
-
-
-def diffbackup(*args, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.diffbackup", "-q", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def one_line(r: subprocess.CompletedProcess) -> str:
@@ -91,7 +86,7 @@ def test_drop_after_pdus_sent_qemu_io_reconnects_and_retries(iscsi_server):
 
 @pytest.mark.scsi_lu("disk", lun=0, size="8M", track=True)
 @pytest.mark.scsi_lu("backup", lun=1, source=0)
-def test_drop_and_stall_during_a_backup_diffbackup(iscsi_server, tmp_path):
+def test_drop_and_stall_during_a_backup_diffbackup(diffbackup, iscsi_server, tmp_path):
     t = iscsi_server.target
     assert t.write(0, os.urandom(256 * BS)).ok
     rule = t.faults.add(action="drop_after_pdus", pdus=12, direction="sent")
@@ -258,7 +253,8 @@ def test_tape_boundaries_seen_by_our_initiator(iscsi_server):
 @pytest.mark.scsi_lu("backup", lun=1, source=0)
 @pytest.mark.scsi_lu("tape", lun=2, size="64M")
 @pytest.mark.scsi_lu("tape", lun=3, size="64M")
-def test_tape_early_warning_makes_diffbackup_span_cartridges(iscsi_server, tmp_path):
+def test_tape_early_warning_makes_diffbackup_span_cartridges(diffbackup, iscsi_server,
+                                                             tmp_path):
     t = iscsi_server.target
     vol = os.urandom(4 << 20)
     assert t.write(0, vol).ok
@@ -276,14 +272,13 @@ def test_tape_early_warning_makes_diffbackup_span_cartridges(iscsi_server, tmp_p
 @pytest.mark.scsi_lu("disk", lun=0, size="8M", track=True)
 @pytest.mark.scsi_lu("backup", lun=1, source=0)
 @pytest.mark.scsi_lu("tape", lun=2, size="64M")
-def test_tape_end_of_medium_without_a_next_cartridge_is_one_line(iscsi_server, tmp_path):
+def test_tape_end_of_medium_without_a_next_cartridge_is_one_line(diffbackup, iscsi_server,
+                                                                 tmp_path):
     t = iscsi_server.target
     assert t.write(0, os.urandom(4 << 20)).ok
     t.faults.add(action="tape_end_of_medium", lun=2, block=3, times="sticky")
-    r = subprocess.run([sys.executable, "-m", "tools.diffbackup", "-q", "full",
-                        iscsi_server.url(0), "--tape", iscsi_server.url(2),
-                        "--record-size", "256K"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=180, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    r = diffbackup("full", iscsi_server.url(0), "--tape", iscsi_server.url(2),
+                   "--record-size", "256K", cwd=tmp_path)
     assert r.returncode == 1
     err = one_line(r)
     assert "kept in" in err, err
@@ -347,7 +342,7 @@ def test_held_output_counts_against_the_send_bound(iscsi_target):
 def test_tshark_sees_exactly_the_corrupted_digests(iscsi_server, tmp_path):
     """The reference decoder agrees: one bad header digest (libiscsi's read) and one bad
     data digest (our initiator's), each the complement of the right one; the rest good."""
-    from interop_util import require_root
+    from scsi_target.testing.external import require_root
     from iscsi_golden import capture
     require_root("capturing on lo")
     dumpcap, tshark = require_tool("dumpcap"), require_tool("tshark")

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from interop_util import require_tool, run_tool  # noqa: E402
+from scsi_target.testing.external import require_tool, run_tool  # noqa: E402
 
 GOLDEN = HERE / "golden" / "trace"
 
@@ -110,42 +110,6 @@ def tshark_pdus(path: Path, ports) -> list[dict]:
     return out
 
 
-# ------------------------------------------------------------------ our server
-def serve(tmp_path: Path, iqn: str, *extra) -> tuple[subprocess.Popen, int]:
-    """`scsi-target serve` with one 16 MiB LUN and ``extra`` flags; (process, port)."""
-    import re
-    import select
-    import pytest
-    from interop_util import REPO, Lun, Target, config_toml
-    cfg = tmp_path / "t.toml"
-    cfg.write_text(config_toml([Target(iqn, [Lun(0, "16M")])], tmp_path, 0))
-    p = subprocess.Popen([sys.executable, "-m", "scsi_target", "serve", "--config", str(cfg),
-                          "--log-level", "warning", *map(str, extra)], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([p.stdout], [], [], 0.5)
-        if r:
-            m = re.match(rb"listening on [^\s,]*:(\d+)", p.stdout.readline())
-            if m:
-                return p, int(m.group(1))
-        if p.poll() is not None:
-            break
-    p.kill()
-    pytest.fail(f"server did not start: {p.stderr.read().decode()}")
-
-
-def stop_server(p: subprocess.Popen) -> None:
-    """SIGTERM; the server must exit 0 (which also closes --record files)."""
-    p.send_signal(signal.SIGTERM)
-    p.wait(20)
-    p.stdout.close()
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    assert p.returncode == 0, err
-
-
 # ------------------------------------------------------------------ workloads
 def libiscsi_workload(host: str, port: int, iqn: str, lun: int) -> None:
     url = f"iscsi://{host}:{port}/{iqn}/{lun}"
@@ -181,12 +145,12 @@ def our_initiator_workload(url: str, seed: int = 10) -> None:
 
 def make_goldens() -> None:
     import tempfile
-    from interop_util import Lun, ServedTarget, Target
+    from scsi_target.testing.process import Lun, ServerProcess, Target
     from client_targets import TgtFactory
     GOLDEN.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        srv = ServedTarget(tmp / "ours", [Target("iqn.2026-12.org.pyscsi:trace",
+        srv = ServerProcess(tmp / "ours", [Target("iqn.2026-12.org.pyscsi:trace",
                                                  [Lun(0, "16M")])]).start()
         try:
             with Dumpcap(GOLDEN / "ours_session.pcapng", srv.port):

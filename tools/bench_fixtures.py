@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     def med(test, phase, skip_first=False):
         d = times.get((test, phase), {})
         vals = [v for k, v in sorted(d.items()) if not (skip_first and k == 0)]
-        vals += [0.0] * ((a.tests - (1 if skip_first else 0)) - len(vals))
+        want = a.tests - (1 if skip_first else 0)
+        if len(vals) != want:     # a missing time is not a zero
+            raise SystemExit(f"{test} {phase}: {len(vals)} times recorded, expected {want}")
         return statistics.median(vals) * 1e3
     print(f"iscsi_server  (served 64 MiB target), {a.tests} tests: median set-up "
           f"{med('test_served', 'setup'):.1f} ms, tear-down {med('test_served', 'teardown'):.1f} ms")

@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     from client_targets import TgtFactory
-    from test_ssc_iscsi import TapeServer
+    from scsi_target.testing.process import ServerProcess
     from tape import TapeImage
     records = [os.urandom(a.record) for _ in range(a.mib * (1 << 20) // a.record)]
     tmp = Path(tempfile.mkdtemp(prefix="bench-tape-"))
@@ -66,7 +66,7 @@ def main() -> int:
     factory.adm("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL")
     ours_img = tmp / "ours.img"
     TapeImage.create(ours_img, (2 * a.mib + 64) << 20).close()
-    srv = TapeServer(ours_img, cwd=tmp)
+    srv = ServerProcess.from_flags(tmp, "--tape", ours_img).start()
     res: dict[str, list[tuple[float, float]]] = {"tgt": [], "ours": []}
     try:
         for _ in range(a.rounds):

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def main() -> int:
@@ -29,7 +28,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--record", type=int, default=256 << 10)
     a = ap.parse_args()
-    from backup_harness import Server, env
+    from scsi_target.testing.process import ServerProcess
     from tape import TapeImage
     tmp = Path(tempfile.mkdtemp(prefix="bench-tape-backup-"))
     vol = tmp / "vol.img"
@@ -39,7 +38,8 @@ def main() -> int:
     cart = tmp / "cart.img"
     TapeImage.create(cart, (a.rounds * 3 * a.mib + 256) << 20).close()
     res: dict[str, list[float]] = {"file": [], "tape": [], "target": []}
-    with Server(str(vol), cwd=tmp, extra=("--backup-device", "--tape", str(cart))) as srv:
+    with ServerProcess.from_flags(tmp, "--disk", str(vol), "--backup-device",
+                                  "--tape", str(cart)) as srv:
         base = [sys.executable, "-m", "tools.diffbackup", "-q", "full", srv.url(0)]
         for k in range(a.rounds):
             kinds = ["file", "tape", "target"]
@@ -48,7 +48,7 @@ def main() -> int:
                     ["--tape", srv.url(2), "--record-size", str(a.record)] + \
                     (["--target-side"] if kind == "target" else [])
                 t0 = time.perf_counter()
-                subprocess.run(base + dest, cwd=REPO, env=env(), check=True,
+                subprocess.run(base + dest, cwd=REPO, check=True,
                                capture_output=True)
                 res[kind].append(a.mib * 1.048576 / (time.perf_counter() - t0))
                 if kind == "file":

@@ -170,8 +170,8 @@ class VolumeStatus:
 class Volume(Protocol):
     """What every command needs of a tracked volume, local or behind a target."""
 
-    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome: ...
-    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome: ...
+    def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome: ...
+    def restore_one(self, path, skips: list[int], prog, task) -> StreamOutcome: ...
     def status(self) -> VolumeStatus: ...
     def map_extents(self) -> list[tuple[int, int, int]]: ...
     def audit(self, rate: int, full: bool): ...
@@ -179,32 +179,22 @@ class Volume(Protocol):
     def close(self) -> None: ...
 
 
-class _PartialFile:
-    """The backup's output: written as FILE.partial, renamed to FILE only once the
-    stream is complete, removed otherwise (never a truncated FILE)."""
+def _output(out):
+    """The backup's output as a stream-store writer (volume/streamstore.py): a FILE is
+    written as FILE.partial and renamed once complete, an s3:// key is a multipart
+    upload completed only at the end; a failure leaves nothing under the name."""
+    if isinstance(out, (str, os.PathLike)):
+        from volume.streamstore import FileStreams
+        return FileStreams().create(os.fspath(out), force=True)
+    return out
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.tmp = path + ".partial"
-        self.f = open(self.tmp, "wb")
 
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, exc_type, *exc) -> None:
-        try:
-            if exc_type is None:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-        finally:
-            self.f.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-            else:
-                try:
-                    os.unlink(self.tmp)
-                except OSError:
-                    pass
+def _open_stream(src):
+    """A restore's input: a stored stream (volume/streamstore.StreamRef) or a path."""
+    from volume.streamstore import StreamRef
+    if isinstance(src, StreamRef):
+        return src.open()
+    return open(src, "rb", buffering=0)
 
 
 # ---------------------------------------------------------------------- remote
@@ -302,7 +292,8 @@ class RemoteVolume:
         return {0xC0: "SELECT BACKUP", 0xC1: "START BACKUP", 0xC2: "REPORT GENERATIONS",
                 0xC3: "ESTIMATE BACKUP", 0xC4: "REPORT RESTORE RESULTS",
                 0xC5: "SET RESTORE OPTIONS", 0xC6: "REPORT BACKUP STATUS",
-                0xC7: "AUDIT TRACKER", 0xC8: "REPORT MAP EXTENTS"}.get(opcode, hex(opcode))
+                0xC7: "AUDIT TRACKER", 0xC8: "REPORT MAP EXTENTS",
+                0xC9: "COMMIT BACKUP"}.get(opcode, hex(opcode))
 
     def generations(self, lun: int | None = None):
         g, self._first_generations = self._first_generations, None
@@ -328,7 +319,7 @@ class RemoteVolume:
             flags=self.L.FLAG_COMPRESS if compressed else 0))
         return e.blocks, e.stream_bytes, e.compressed_bytes
 
-    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome:
+    def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome:
         L = self.L
         if not full:
             h = self.generations().header
@@ -339,7 +330,19 @@ class RemoteVolume:
             if not h.full_done:
                 raise Failure("no full backup of this volume was completed since tracking "
                               "began: take a full backup first")
-        self._cmd(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL if full else 0, scope=0 if full else scope)
+        # HOLD: the target commits the cut only at COMMIT BACKUP, sent once the
+        # output is complete (renamed, upload completed), so no generation is
+        # recorded without its stream.  A target before HOLD refuses the bit:
+        # then it commits when the last byte is read, as it always did.
+        flags = L.FLAG_FULL if full else 0
+        try:
+            self._cmd(L.OP_SELECT_BACKUP, flags=flags | L.FLAG_HOLD, scope=0 if full else scope)
+            held = True
+        except Failure as e:
+            if "INVALID FIELD IN CDB" not in str(e).upper():
+                raise
+            self._cmd(L.OP_SELECT_BACKUP, flags=flags, scope=0 if full else scope)
+            held = False
         # START BACKUP and READ CAPACITY in one round trip (in CmdSN order; READ
         # CAPACITY changes nothing, and a refused START stops the run below).
         start = {"cdb": L.cdb(L.OP_START_BACKUP, length=80), "read_length": 80, "lun": self.dev}
@@ -354,12 +357,49 @@ class RemoteVolume:
         capacity = min(blocks * DEV_BLOCK, -(-st.size_bound // DEV_BLOCK) * DEV_BLOCK) \
             if st.size_bound else blocks * DEV_BLOCK
         status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
+        from volume.streamstore import StreamStoreError
+        try:
+            res = self._read_stream(st, capacity, status_cdb, _output(out), show)
+        except StreamStoreError as e:
+            raise Failure(self._taken_advice(e, full, scope)) from None
+        if held:
+            try:
+                self._cmd(L.OP_COMMIT_BACKUP)
+            except Failure as e:
+                raise Failure(f"{e}: the stream is stored, but the target did not record the "
+                              f"backup; the next differential of the same scope covers its "
+                              f"blocks again") from None
+        return res
+
+    def _taken_advice(self, e: Exception, full: bool, scope: int) -> str:
+        """The output failed after the stream was read.  Over iSCSI the target commits
+        its cut once the stream's last byte was read, which the output's completion
+        (rename, upload completion) necessarily follows: when that fails, say
+        what the map now holds and how the next backup still covers it."""
+        try:
+            st = self.backup_status()
+            taken = st.state == self.L.STATE_COMPLETE     # a held stream is not taken
+        except Exception:  # noqa: BLE001 - the connection is gone: the target abandons it
+            taken = False
+        if not taken:
+            return f"{e}; the backup was not taken (the volume's map is unchanged)"
+        if full:
+            return f"{e}; the target already recorded this full backup as taken: take a " \
+                   f"full backup again before any differential"
+        return f"{e}; the target already recorded generations {st.generation_lo}.." \
+               f"{st.generation_hi} as backed up: the next differential must be taken with " \
+               f"--scope {scope + 1} to cover them again"
+
+    def _read_stream(self, st, capacity: int, status_cdb: bytes, sink, show: bool):
+        L = self.L
         # READ_PIPELINE reads in flight all the time, each into a buffer of its
-        # own that is reused once its data is in the file; a REPORT BACKUP
-        # STATUS rides along every STATUS_EVERY reads (no round trip of its
-        # own): once the encoder reached the end its TOTAL says where the stream
-        # stops, no read is issued past it, and the device's zero padding read
-        # meanwhile is cut off the file.
+        # own that is reused once its data is stored; a REPORT BACKUP STATUS
+        # rides along every STATUS_EVERY reads (no round trip of its own): once
+        # the encoder reached the end its TOTAL says where the stream stops and
+        # no read is issued past it.  Data read is held until a status says it
+        # lies inside the stream (a status without TOTAL: the encoder had not
+        # reached the end, so every read before it was stream), so the device's
+        # zero padding never reaches the output (an upload cannot be truncated).
         # Buffers are made as the window first needs them (a stream of a few
         # kilobytes never zero-fills 32 MiB), then recycled.
         chunk = READ_CHUNK_BLOCKS * DEV_BLOCK
@@ -384,9 +424,9 @@ class RemoteVolume:
                     yield cmd
 
         pos = 0
-        with _PartialFile(out_path) as f, _progress(show) as prog:
+        with sink as f, _progress(show) as prog:
             task = prog.add_task("backup", total=st.size_bound)
-            fd = f.fileno()
+            pending: collections.deque = collections.deque()   # (data, buffer) read, not yet stored
             for r in self.c.pipeline(commands(), READ_PIPELINE + 1):
                 cmd, what, buf = sent.popleft()
                 r = self._checked(r, cmd, what)
@@ -395,24 +435,24 @@ class RemoteVolume:
                     if st.total:
                         total = st.total
                 else:
-                    data = memoryview(r.data)
-                    if total is not None:
-                        data = data[:max(0, total - pos)]
-                    _write_all(fd, data)
-                    pos += len(data)
-                    free.append(buf)
+                    pending.append((memoryview(r.data), buf))
+                if buf is None or total is not None:
+                    while pending:
+                        data, b = pending.popleft()
+                        if total is not None:
+                            data = data[:max(0, total - pos)]
+                        f.write(data)
+                        pos += len(data)
+                        free.append(b)
                     prog.update(task, completed=pos)
                 if total is not None and pos >= total:
                     break
             if total is None or pos < total:
                 raise Failure(f"the backup stream did not end within the device's "
                               f"{capacity} bytes")
-            if pos > total:                  # zero padding read before TOTAL was known
-                os.ftruncate(fd, total)
-                pos = total
             st = self.backup_status()
             prog.update(task, completed=pos, total=pos)
-            if st.state != L.STATE_COMPLETE:
+            if st.state not in (L.STATE_COMPLETE, L.STATE_HELD):
                 raise Failure("the target does not report the backup stream complete")
         return BackupOutcome(pos, (st.generation_lo, st.generation_hi), st.block_count)
 
@@ -435,7 +475,7 @@ class RemoteVolume:
             raise Failure(f"target failed {what}: {e}") from None
         return r
 
-    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome:
+    def restore_one(self, path, skips: list[int], prog, task) -> StreamOutcome:
         L = self.L
         self._cmd(L.OP_SET_RESTORE_OPTIONS, length=4 + 4 * len(set(skips)),
                   data_out=L.pack_restore_options(skips))
@@ -449,7 +489,7 @@ class RemoteVolume:
         free: collections.deque = collections.deque()        # filled as buffers come back
         sent: collections.deque = collections.deque()      # (cmd, buffer, bytes), in order
         what = "WRITE of the restore stream"
-        with open(path, "rb", buffering=0) as f:
+        with _open_stream(path) as f:
             def next_write(lba: int) -> dict | None:
                 buf = free.popleft() if free else _buffer(chunk)
                 n = 0
@@ -497,7 +537,7 @@ class RemoteVolume:
                         prog.advance(task, n)
         rep = L.RestoreReportData.unpack(self._cmd(L.OP_REPORT_RESTORE_RESULTS, length=1 << 20))
         h = rep.header
-        o = StreamOutcome(path, rep.state, (h.generation_lo, h.generation_hi), h.full,
+        o = StreamOutcome(str(path), rep.state, (h.generation_lo, h.generation_hi), h.full,
                           h.records_applied, h.blocks_written, h.skipped_older,
                           h.skipped_forbidden)
         o.bad = [(d.first_block if d.block_valid else None, d.nblocks, d.generation,
@@ -559,11 +599,6 @@ def _buffer(size: int):
     return mmap.mmap(-1, size)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while len(data):
-        data = data[os.write(fd, data):]
-
-
 # ----------------------------------------------------------------------- local
 class LocalVolume:
     """A tracked volume file no server has open, driven through its session state machine."""
@@ -598,7 +633,7 @@ class LocalVolume:
             store.close()
             raise
 
-    def backup(self, full: bool, scope: int, out_path: str, show: bool) -> BackupOutcome:
+    def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome:
         from volume import backup as B
         from volume.session import VolumeError
         s = self.vol.sessions
@@ -607,7 +642,9 @@ class LocalVolume:
         except VolumeError as e:
             raise Failure(str(e)) from None
         try:
-            with _PartialFile(out_path) as f, _progress(show) as prog:
+            # The output is complete (renamed, upload completed) before the
+            # cut commits: never a generation recorded without its stream.
+            with _output(out) as f, _progress(show) as prog:
                 task = prog.add_task("backup", total=None)
                 res = B.write_stream(self.vol, reader.cut.plan, f, encoder=reader.enc,
                                      progress=lambda d, t: prog.update(task, completed=d,
@@ -619,13 +656,19 @@ class LocalVolume:
         finish_backup(reader)
         return BackupOutcome(res.bytes_written, res.generation_range, res.blocks)
 
-    def restore_one(self, path: str, skips: list[int], prog, task) -> StreamOutcome:
+    def restore_one(self, path, skips: list[int], prog, task) -> StreamOutcome:
         from volume.session import RestoreRejected
-        w = self.vol.sessions.start_restore(skip_generations=skips, name=path)
+        w = self.vol.sessions.start_restore(skip_generations=skips, name=str(path))
+        from volume.streamstore import StreamStoreError
         pos = 0
-        with open(path, "rb") as f:
+        lost = None
+        with _open_stream(path) as f:
             while not w.finished:
-                chunk = f.read(8 << 20)
+                try:
+                    chunk = f.read(8 << 20)
+                except StreamStoreError as e:     # the store failed mid-stream
+                    lost = str(e)
+                    break
                 if not chunk:
                     break
                 try:
@@ -639,13 +682,13 @@ class LocalVolume:
         r = w.result
         chk = r.check
         h = r.header
-        o = StreamOutcome(path, r.state, h.generation_range if h else (0, 0), bool(h and h.full))
+        o = StreamOutcome(str(path), r.state, h.generation_range if h else (0, 0), bool(h and h.full))
         if chk:
             o.applied, o.blocks_written = chk.applied, chk.blocks_written
             o.skipped_older, o.skipped_forbidden = chk.skipped_older, chk.skipped_forbidden
             o.bad = [(d.first_block, d.nblocks, d.generation, d.offset) for d in chk.damage]
             o.errors = [e for e in chk.errors if e not in r.errors]
-        o.errors = list(r.errors) + o.errors
+        o.errors = list(r.errors) + o.errors + ([lost] if lost else [])
         o.unrecovered = list(r.unrecovered)
         o.unrecovered_total = sum(n for _a, n in r.unrecovered)
         return o
@@ -723,6 +766,42 @@ def _restore_from_tape(args) -> int:
 
 
 # -------------------------------------------------------------------- commands
+def _is_s3(name: str) -> bool:
+    return name.startswith("s3://")
+
+
+def _s3_options(args, *, writing: bool = False) -> dict:
+    """S3 client settings from the command line (credentials: boto3's default chain)."""
+    opts: dict = {"endpoint": getattr(args, "s3_endpoint", None)}
+    if writing:
+        if args.part_size is not None:
+            opts["part_size"] = args.part_size
+        if args.s3_uploads is not None:
+            opts["uploads"] = args.s3_uploads
+        opts["md5"] = not args.no_s3_md5
+    return opts
+
+
+def _stream_refs(names, args) -> list:
+    """The streams a restore/verify reads: files or s3:// objects (one client per bucket)."""
+    from volume.streamstore import FileStreams, StreamStoreError
+    refs = []
+    stores: dict = {}
+    try:
+        for n in names:
+            if _is_s3(n):
+                from volume.s3streams import S3Streams, parse_s3_url
+                bucket, key = parse_s3_url(n, want_key=True)
+                if bucket not in stores:
+                    stores[bucket] = S3Streams(bucket, **_s3_options(args))
+                refs.append(stores[bucket].ref(key))
+            else:
+                refs.append(FileStreams().ref(n))
+    except StreamStoreError as e:
+        raise Failure(str(e)) from None
+    return refs
+
+
 def _open(spec: str, *, start_tracking: bool = False, create_from=None,
           initiator_name: str | None = None) -> Volume:
     if spec.startswith("iscsi://"):
@@ -737,10 +816,26 @@ def cmd_backup(args, full: bool) -> int:
         raise Failure("give -o FILE or --tape TAPE", EXIT_USAGE)
     if args.target_side:
         raise Failure("--target-side goes with --tape", EXIT_USAGE)
-    v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
+    from volume.streamstore import StreamStoreError, open_writer
+    # The output first: a missing bucket, bad credentials or an existing key
+    # cost no backup.  Then the volume (a failure there aborts the output).
     try:
-        res = v.backup(full, getattr(args, "scope", None) or 1, args.output, not args.quiet)
+        sink = open_writer(args.output, force=args.force or not _is_s3(args.output),
+                           s3_options=_s3_options(args, writing=True))
+    except StreamStoreError as e:
+        raise Failure(str(e)) from None
+    try:
+        v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
+    except BaseException:
+        sink.abort()
+        raise
+    try:
+        res = v.backup(full, getattr(args, "scope", None) or 1, sink, not args.quiet)
+    except StreamStoreError as e:
+        raise Failure(f"{e}; the backup was not taken (the volume's map is unchanged)") \
+            from None
     finally:
+        sink.abort()          # a no-op once committed
         v.close()
     kind = "full" if full else f"differential (scope {args.scope})"  # noqa
     out.print(f"{kind} backup of generations {res.generation[0]}..{res.generation[1]}: "
@@ -771,16 +866,17 @@ def cmd_restore(args) -> int:
         return _restore_from_tape(args)
     if not args.files:
         raise Failure("give stream FILEs, or --tape TAPE --file N", EXIT_USAGE)
-    from volume.stream import StreamError, read_header
+    from volume.stream import HEADER_SIZE, StreamError, StreamHeader
+    from volume.streamstore import StreamStoreError
     skips = _parse_skips(args.skip_generation, len(args.files))
-    _require_streams(args.files)
-    total = sum(os.path.getsize(f) for f in args.files)
+    refs = _stream_refs(args.files, args)
+    total = sum(r.size() for r in refs)
     outcomes: list[StreamOutcome] = []
     first = None
     if not args.dest.startswith("iscsi://"):
         try:
-            first = read_header(args.files[0])
-        except (StreamError, OSError):
+            first = StreamHeader.unpack(refs[0].read_range(0, HEADER_SIZE))
+        except (StreamError, StreamStoreError, OSError):
             first = None  # the restore below reports the unreadable stream
     v = _open(args.dest, start_tracking=True,
               create_from=first if first is not None and first.full else None,
@@ -788,8 +884,14 @@ def cmd_restore(args) -> int:
     try:
         with _progress(not args.quiet) as prog:
             task = prog.add_task("restore", total=total)
-            for f, sk in zip(args.files, skips):
-                o = v.restore_one(f, sk, prog, task)
+            for f, sk in zip(refs, skips):
+                try:
+                    o = v.restore_one(f, sk, prog, task)
+                except StreamStoreError as e:    # the store failed mid-stream
+                    o = StreamOutcome(str(f), "abandoned", errors=[
+                        f"{e}: the restore of this stream was interrupted; apply it again"])
+                    outcomes.append(o)
+                    break
                 outcomes.append(o)
                 if o.state == "rejected":
                     break             # a stream refused: the later ones cannot follow it
@@ -839,7 +941,10 @@ def _summary(outcomes: list[StreamOutcome]) -> int:
     return EXIT_OK
 
 
-def _require_streams(files) -> None:
+def _require_streams(files, output: str | None = None) -> None:
+    bad = [f for f in files + [output or ""] if _is_s3(f)]
+    if bad:
+        raise Failure(f"{bad[0]}: this command takes stream files, not s3:// objects", EXIT_USAGE)
     for f in files:
         if not os.path.isfile(f):
             raise Failure(f"{f}: no such stream file")
@@ -847,11 +952,15 @@ def _require_streams(files) -> None:
 
 def cmd_verify(args) -> int:
     from volume import backup as B
-    _require_streams(args.files)
-    total = sum(os.path.getsize(f) for f in args.files)
-    with _progress(not args.quiet) as prog:
-        task = prog.add_task("verify", total=total)
-        rep = B.verify(args.files, progress=lambda d, t: prog.update(task, completed=d))
+    from volume.streamstore import StreamStoreError
+    refs = _stream_refs(args.files, args)
+    total = sum(r.size() for r in refs)
+    try:
+        with _progress(not args.quiet) as prog:
+            task = prog.add_task("verify", total=total)
+            rep = B.verify(refs, progress=lambda d, t: prog.update(task, completed=d))
+    except StreamStoreError as e:
+        raise Failure(f"verify stopped: {e}") from None
     from rich.table import Table
     t = Table(title="verify")
     for col in ("stream", "type", "generations", "records", "blocks", "result"):
@@ -947,7 +1056,7 @@ def cmd_estimate(args) -> int:
 def cmd_merge(args) -> int:
     """A synthetic full (or one differential) from a chain of stream files; no volume involved."""
     from volume.merge import MergeRefused, merge
-    _require_streams(args.files)
+    _require_streams(args.files, args.output)
     if os.path.realpath(args.output) in {os.path.realpath(f) for f in args.files}:
         raise Failure(f"-o {args.output} is one of the input streams", EXIT_USAGE)
     total = sum(os.path.getsize(f) for f in args.files)
@@ -1013,6 +1122,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--target-side", action="store_true",
                         help="the target copies the stream to its own tape LUN (EXTENDED COPY): "
                         "the data does not cross the network")
+        sp.add_argument("--force", action="store_true",
+                        help="replace an existing s3:// object (stream files are always replaced)")
+        sp.add_argument("--part-size", type=_size, default=None, metavar="BYTES",
+                        help="S3 multipart part size (default 16M; 5M..1024M): memory is about "
+                        "(parts in flight + 1) x this")
+        sp.add_argument("--s3-uploads", type=int, default=None, metavar="N",
+                        help="S3 parts uploaded at once while the next one fills (default 2)")
+        sp.add_argument("--no-s3-md5", action="store_true",
+                        help="no Content-MD5 per S3 part (less CPU; damage on the way is then "
+                        "found by verify/restore, not refused by the server)")
     r = sub.add_parser("restore", help="apply a full stream and/or differential streams in order")
     r.add_argument("dest", metavar="DEST")
     r.add_argument("files", metavar="FILE", nargs="*")
@@ -1045,18 +1164,33 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--rate", type=int, default=1024, metavar="N",
                     help="check one block in N (default 1024)")
     au.add_argument("--full", action="store_true", help="check every unchanged block")
+    p.add_argument("--s3-endpoint", metavar="URL",
+                   help="S3 endpoint for s3:// names (default: AWS_ENDPOINT_URL or the "
+                   "profile's endpoint_url, else AWS); credentials from the AWS environment "
+                   "or profile")
     p.add_argument("--initiator-name", metavar="IQN",
                    help="iSCSI initiator name to log in with, e.g. one a target's ACL "
                    "lists (default iqn.2026-01.org.scsi-target:initiator)")
-    c = sub.add_parser("catalog", help="list the backups a cartridge holds")
-    c.add_argument("tape", metavar="TAPE", help="tape image file or iscsi:// tape LUN URL")
+    c = sub.add_parser("catalog", help="list the backups a cartridge or an S3 prefix holds")
+    c.add_argument("tape", metavar="TAPE|s3://BUCKET/PREFIX",
+                   help="tape image file, iscsi:// tape LUN URL, or s3://BUCKET/PREFIX")
     c.add_argument("--verify", action="store_true",
                    help="also read every backup back and check it record by record")
-    for sp in (a, d, r, v, s, e, m, au, c):
+    cl = sub.add_parser("cleanup", help="abort unfinished S3 uploads (of killed or failed "
+                        "backups) under s3://BUCKET/PREFIX")
+    cl.add_argument("prefix", metavar="s3://BUCKET/PREFIX")
+    cl.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
+                    help="only uploads started at least this long ago (default 3600: a "
+                    "backup running now is left alone); 0 for all")
+    cl.add_argument("--dry-run", action="store_true", help="list them, abort nothing")
+    for sp in (a, d, r, v, s, e, m, au, c, cl):
         sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars")
         sp.add_argument("--initiator-name", metavar="IQN", default=argparse.SUPPRESS,
                         help="iSCSI initiator name to log in with")
+        sp.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS,
+                        help="S3 endpoint for s3:// names (default: AWS_ENDPOINT_URL or the "
+                        "profile's endpoint_url, else AWS)")
     return p
 
 
@@ -1088,8 +1222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cmd == "audit":
             return cmd_audit(args)
         if cmd == "catalog":
+            if _is_s3(args.tape):
+                from tools.diffbackup_s3 import cmd_catalog_s3
+                return cmd_catalog_s3(args)
             from tools.diffbackup_tape import cmd_catalog
             return cmd_catalog(args)
+        if cmd == "cleanup":
+            from tools.diffbackup_s3 import cmd_cleanup
+            return cmd_cleanup(args)
         return cmd_estimate(args)
     except Failure as e:
         print(f"{PROG}: {' '.join(str(e).split())}", file=sys.stderr)

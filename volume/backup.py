@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Sequence
 
 from .genmap import BackupPlan, GenerationMap, extents
 from .store import BlockStore
+from .streamstore import StreamRef
 from .restore import (BadRecord, ChainState, RestoreRejected, RestoreReport, StreamCheck,
                       StreamRestorer, _advance, apply_record, bad_record, chain_problems,
                       check_chain, identity_problems, skip_sets, target_problems)
@@ -82,6 +83,8 @@ class VerifyReport:
 def _name(src, index: int) -> str:
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src)
+    if isinstance(src, StreamRef):
+        return src.name
     return str(getattr(src, "name", f"stream {index}"))
 
 
@@ -229,6 +232,8 @@ def _check_pair(store: BlockStore, gmap: GenerationMap) -> None:
 def _open(src):
     if isinstance(src, (str, os.PathLike)):
         return open(src, "rb"), True
+    if isinstance(src, StreamRef):          # a stored stream (volume/streamstore.py)
+        return src.open(), True
     return src, False
 
 
@@ -259,6 +264,8 @@ def _stream_size(src) -> int:
     try:
         if isinstance(src, (str, os.PathLike)):
             return os.path.getsize(src)
+        if isinstance(src, StreamRef):
+            return src.size()
         return os.fstat(src.fileno()).st_size
     except (OSError, AttributeError, ValueError):
         return 0

@@ -214,8 +214,12 @@ class BackupReader:
 
     def __init__(self, vol: TrackingStore, cut: Cut, *, compress: bool = False,
                  owner=None, implicit: bool = False, complete_at: int | None = None,
-                 on_complete=None) -> None:
+                 on_complete=None, hold: bool = False) -> None:
         self.vol = vol
+        # Held: reading the end does not commit; the reader stores the stream
+        # first and then asks (VolumeSessions.commit_backup).
+        self.hold = hold
+        self.read_through = False
         # Bytes that must have been read for the stream to count as taken: the
         # stream itself, or (implicitly started streams) the whole device, as
         # dd and qemu-img convert read it -- a probe never does.
@@ -332,6 +336,10 @@ class BackupReader:
         self._trim()
         if self.total is not None and not self.complete and \
                 self.cov.prefix >= max(self.total, self.complete_at or 0):
+            if self.hold:
+                self.read_through = True
+                self._drop_chunks()      # every byte was served: only the head stays
+                return
             self.complete = True
             self._commit()
             self._drop_chunks()          # every byte was served: only the head stays
@@ -642,7 +650,7 @@ class VolumeSessions:
 
     # -- backup ---------------------------------------------------------------
     def start_backup(self, *, full: bool, scope: int | None = None, compress: bool = False,
-                     owner=None, implicit: bool = False) -> BackupReader:
+                     owner=None, implicit: bool = False, hold: bool = False) -> BackupReader:
         """Freeze the volume for a backup stream (the map changes when it is read to its end).
 
         ``implicit``: started by a read (see :meth:`read`); it is taken (the cut
@@ -679,8 +687,20 @@ class VolumeSessions:
             self.reader = BackupReader(vol, cut, compress=compress, owner=owner,
                                        implicit=implicit,
                                        complete_at=self.device_size if implicit else None,
-                                       on_complete=self._backup_done)
+                                       on_complete=self._backup_done, hold=hold)
             return self.reader
+
+    def commit_backup(self) -> None:
+        """Commit the held stream once it was read to its end (idempotent after that)."""
+        with self.lock:
+            r = self.reader
+            if r is None or r.abandoned:
+                raise StreamGone("no backup stream is open to commit")
+            if r.complete:
+                return
+            if not r.read_through:
+                raise StreamGone("the backup stream was not read to its end; nothing committed")
+            finish_backup(r)
 
     def _backup_done(self, reader: BackupReader) -> None:
         vol = self.vol

@@ -221,6 +221,18 @@ def read_header(f) -> StreamHeader:
     return StreamHeader.unpack(f.read(HEADER_SIZE))
 
 
+def parse_trailer(raw, stream_id: bytes) -> Trailer:
+    """The 80-byte trailer of the stream ``stream_id``; StreamError if it is not one."""
+    tv = memoryview(raw)
+    if len(tv) != TRAILER_SIZE or bytes(tv[:4]) != TRAILER_SYNC:
+        raise StreamError("no trailer (stream truncated?)")
+    (crc,) = struct.unpack_from("<I", tv, TRAILER_SIZE - 4)
+    if crc32c.crc32c(tv[:-4], _seed(stream_id)) != crc:
+        raise StreamError("trailer checksum mismatch")
+    _, rc, bc, sb, dg = _TRAILER.unpack_from(tv)
+    return Trailer(rc, bc, sb, dg)
+
+
 # ---------------------------------------------------------------------------
 # Encoder
 # ---------------------------------------------------------------------------

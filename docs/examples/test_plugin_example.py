@@ -8,7 +8,9 @@ import os
 import pytest
 
 from scsi_target.initiator.sync import SyncIscsiClient
+from scsi_target.scsi.sense import SenseKey
 from scsi_target.testing import FaultRule
+from scsi_target.testing.process import Lun, Target
 
 
 def test_in_process(iscsi_target):
@@ -72,3 +74,35 @@ def test_connection_dropped_by_the_target(iscsi_server):
             c.test_unit_ready()     # the third: not answered, the connection closes
         c.reconnect()               # the rule fired once: the new connection stays up
         assert c.test_unit_ready().good
+
+
+def test_seed_store_is_built_once_per_session(iscsi_seed_store):
+    store = iscsi_seed_store(1 << 20, seed=3)
+    assert iscsi_seed_store(1 << 20, seed=3) is store
+    assert store.read(0, 4096) != bytes(4096)
+
+
+@pytest.mark.scsi_lu("tape", size="8M")
+def test_tape_lu_and_its_command_log(iscsi_target):
+    record = os.urandom(1000)
+    write6 = bytes([0x0A, 0]) + len(record).to_bytes(3, "big") + b"\0"    # variable block
+    assert iscsi_target.submit(write6, data_out=record).ok
+    iscsi_target.submit(bytes([0x10, 0, 0, 0, 1, 0])).expect_good()      # WRITE FILEMARKS(6)
+    iscsi_target.submit(bytes([0x01, 0, 0, 0, 0, 0])).expect_good()      # REWIND
+    read6 = bytes([0x08, 0]) + len(record).to_bytes(3, "big") + b"\0"
+    assert iscsi_target.submit(read6, read_length=len(record)).expect_good() == record
+    r = iscsi_target.submit(read6, read_length=len(record))             # the filemark
+    assert r.sense_data.filemark and r.sense[0] == SenseKey.NO_SENSE
+    iscsi_target.log.assert_once("WRITE FILEMARKS")
+
+
+def test_real_server_process_keeps_data_across_restart(iscsi_server_process):
+    srv = iscsi_server_process([Target("iqn.2026-12.com.example:proc", [Lun(0, "4M")])])
+    data = os.urandom(512)
+    with SyncIscsiClient(srv.url(0)) as c:
+        c.test_unit_ready()
+        c.write(7, data)
+    srv.restart()                       # SIGTERM (exit status 0), then the same files again
+    with SyncIscsiClient(srv.url(0)) as c:
+        c.test_unit_ready()
+        assert c.read(7, 1) == data

@@ -87,12 +87,14 @@ def install(lunmap, *, cmdlog: CommandLog | None = None,
     chain = Interception(lunmap, cmdlog=cmdlog, faults=faults)
     lunmap.execute = chain.execute
     lunmap.interception = chain
+    lunmap.intercepted = True
     return chain
 
 
 def uninstall(lunmap) -> None:
     lunmap.__dict__.pop("execute", None)
     lunmap.__dict__.pop("interception", None)
+    lunmap.intercepted = False
 
 
 def command_name(lunmap, lun: int, cdb: bytes) -> str:

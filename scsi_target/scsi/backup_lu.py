@@ -70,6 +70,7 @@ class StreamMedium(BlockStore):
         self.lock = threading.RLock()
         self.skip_generations: list[int] = []
         self.nexus = None            # the I_T nexus of the command being executed
+        self.hold = False            # SELECT BACKUP's HOLD: commit at COMMIT BACKUP
 
     @property
     def reader(self):
@@ -79,13 +80,14 @@ class StreamMedium(BlockStore):
     def last_restore(self):
         return self.sessions.last_restore
 
-    def select(self, full: bool, scope: int, compress: bool) -> None:
+    def select(self, full: bool, scope: int, compress: bool, hold: bool = False) -> None:
         self.sessions.selection = (full, scope, compress)
+        self.hold = hold
 
     def start_backup(self):
         full, scope, compress = self.sessions.selection
         return self.sessions.start_backup(full=full, scope=scope, compress=compress,
-                                          owner=self.nexus)
+                                          owner=self.nexus, hold=self.hold)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.sessions.read(offset, buf, owner=self.nexus)

@@ -53,14 +53,16 @@ def _no_data(c: L.VendorCdb) -> None:
 
 
 @VENDOR_BACKUP.command(L.OP_SELECT_BACKUP, "SELECT BACKUP", L.CDB_LEN, conflict=Conflict.WRITE,
-                       usage=_usage(L.OP_SELECT_BACKUP, L.FLAG_FULL | L.FLAG_COMPRESS))
+                       usage=_usage(L.OP_SELECT_BACKUP,
+                                    L.FLAG_FULL | L.FLAG_COMPRESS | L.FLAG_HOLD))
 def select_backup(lu: "BackupLU", cmd: Command) -> None:
     c = _parse(cmd)
     if c.length:
         raise S.invalid_cdb_field(6)
     full = bool(c.flags & L.FLAG_FULL)
     _check_scope(lu, c, full)
-    lu.medium.select(full, c.scope, bool(c.flags & L.FLAG_COMPRESS))
+    lu.medium.select(full, c.scope, bool(c.flags & L.FLAG_COMPRESS),
+                     bool(c.flags & L.FLAG_HOLD))
 
 
 def _status(lu: "BackupLU") -> L.BackupStatus:
@@ -68,7 +70,9 @@ def _status(lu: "BackupLU") -> L.BackupStatus:
     if r is None:
         return L.BackupStatus()
     lo, hi = r.header.generation_range
-    return L.BackupStatus(state=L.STATE_COMPLETE if r.complete else L.STATE_ACTIVE,
+    state = L.STATE_COMPLETE if r.complete else L.STATE_HELD if r.read_through else \
+        L.STATE_ACTIVE
+    return L.BackupStatus(state=state,
                           full=r.header.full, compressed=r.compress, generation_lo=lo,
                           generation_hi=hi, block_count=r.header.block_count,
                           size_bound=r.size_bound, produced=r.produced,
@@ -84,6 +88,18 @@ def start_backup(lu: "BackupLU", cmd: Command) -> bytes:
     with lu.medium.lock:
         lu.medium.start_backup()
         return _status(lu).pack()[:c.length]
+
+
+@VENDOR_BACKUP.command(L.OP_COMMIT_BACKUP, "COMMIT BACKUP", L.CDB_LEN, conflict=Conflict.WRITE,
+                       usage=_usage(L.OP_COMMIT_BACKUP, 0))
+def commit_backup(lu: "BackupLU", cmd: Command) -> None:
+    """Commit a held stream read to its end (the reader has stored it)."""
+    c = _parse(cmd)
+    _no_data(c)
+    if c.length:
+        raise S.invalid_cdb_field(6)
+    with lu.medium.lock:
+        lu.medium.sessions.commit_backup()
 
 
 @VENDOR_BACKUP.command(L.OP_REPORT_BACKUP_STATUS, "REPORT BACKUP STATUS", L.CDB_LEN,

@@ -12,9 +12,9 @@ from ..interceptors.faults import (FAULT_CONTROL_OPCODE, FaultInjector, FaultRul
                                    FaultRuleError, fault_control_cdb, parse_rules)
 from .cow import CowStore
 from .kinds import LU_KINDS, BuildContext, LuKind, LuSpecError, register_lu_kind
-from .inprocess import AsyncServer, InProcessTarget, Result, ThreadedServer
+from .inprocess import AsyncServer, InProcessTarget, Result, ThreadedServer, nexus
 
 __all__ = ["AsyncServer", "BuildContext", "CommandLog", "CommandRecord", "CowStore",
            "FAULT_CONTROL_OPCODE", "FaultInjector", "FaultRule", "FaultRuleError",
            "InProcessTarget", "LU_KINDS", "LuKind", "LuSpecError", "Result", "ThreadedServer",
-           "fault_control_cdb", "parse_rules", "register_lu_kind"]
+           "fault_control_cdb", "nexus", "parse_rules", "register_lu_kind"]

@@ -33,6 +33,8 @@ DEBIAN_PACKAGES = {"ceph-mon": "ceph-mon", "ceph-osd": "ceph-osd", "monmaptool":
                    "radosgw-admin": "radosgw"}
 COMMAND_TIMEOUT = 60.0
 START_TIMEOUT = 60.0
+TRANSIENT_MON_ERROR = b"problem getting command descriptions"
+TRANSIENT_RETRIES = 10
 
 
 class CephError(RuntimeError):
@@ -92,11 +94,17 @@ class CephCluster:
         """Run a Ceph CLI (``ceph``, ``rbd``, ``rados``, ``radosgw-admin``) on this cluster."""
         prog = _which(args[0]) or args[0]
         cmd = [prog, "-c", str(self.conf), *args[1:]]
-        try:
-            res = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input)
-        except subprocess.TimeoutExpired:
-            raise CephError(f"{' '.join(args)}: no answer in {timeout:.0f} s"
-                            f"{self._log_hint()}") from None
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                res = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input)
+            except subprocess.TimeoutExpired:
+                raise CephError(f"{' '.join(args)}: no answer in {timeout:.0f} s"
+                                f"{self._log_hint()}") from None
+            # A monitor still settling after start answers some commands with this
+            # EPERM; the same command a moment later succeeds.
+            if res.returncode == 0 or TRANSIENT_MON_ERROR not in res.stderr:
+                break
+            time.sleep(0.5)
         if check and res.returncode != 0:
             raise CephError(f"{' '.join(args)} failed ({res.returncode}): "
                             f"{res.stderr.decode(errors='replace').strip()[-800:]}")

@@ -32,9 +32,16 @@ from ..scsi.lun import LogicalUnit, LunMap
 from .kinds import BuildContext, LuSpecError, build_lu
 
 DEFAULT_IQN = "iqn.2026-12.org.pyscsi.test:target"
-LOCAL = Nexus("iqn.2026-12.org.pyscsi.test:initiator,i,0x000000000001",
-              f"{DEFAULT_IQN},t,0x0001", initiator_name="iqn.2026-12.org.pyscsi.test:initiator",
-              isid=1)
+
+
+def nexus(initiator: str, isid: int = 1, target: str = DEFAULT_IQN, tpgt: int = 1) -> Nexus:
+    """The I_T nexus of ``initiator``'s session ``isid`` with ``target`` (``submit(nexus=)``:
+    reservations, unit attentions and other per-initiator state)."""
+    return Nexus(f"{initiator},i,0x{isid:012x}", f"{target},t,0x{tpgt:04x}",
+                 initiator_name=initiator, isid=isid)
+
+
+LOCAL = nexus("iqn.2026-12.org.pyscsi.test:initiator")
 
 
 @dataclass
@@ -63,8 +70,28 @@ class Result:
         return S.parse_sense(self.resp.sense) if self.resp.sense else None
 
     @property
+    def sense_data(self):
+        """The whole sense decoded (:class:`~scsi_target.scsi.layouts.sense.SenseData`:
+        key, ASC/ASCQ, information, ILI/EOM/filemark bits...), or None."""
+        return decode_sense(self.resp.sense) if self.resp.sense else None
+
+    @property
     def information(self) -> int | None:
         return decode_sense(self.resp.sense).information if self.resp.sense else None
+
+    def expect_good(self) -> bytes:
+        """The data-in of a GOOD answer; AssertionError with the decoded sense otherwise."""
+        if not self.ok:
+            raise AssertionError(f"expected GOOD, got {self!r}")
+        return self.data
+
+    def expect_sense(self, key: int, asc: int, ascq: int = 0) -> "Result":
+        """This answer is CHECK CONDITION with sense (key, ASC, ASCQ); AssertionError otherwise."""
+        if self.status != Status.CHECK_CONDITION or self.sense != (key, asc, ascq):
+            want = S.SenseKey(key).name if key in S.SenseKey._value2member_map_ else key
+            raise AssertionError(f"expected CHECK CONDITION {want} {asc:02X}h/{ascq:02X}h, "
+                                 f"got {self!r}")
+        return self
 
     def __repr__(self) -> str:
         extra = f" {S.describe_sense(self.resp.sense)}" if self.resp.sense else ""
@@ -131,14 +158,18 @@ class InProcessTarget:
 
     # ----------------------------------------------------------- commands
     def submit(self, cdb, *, lun: int = 0, data_out=None, read_length: int | None = None,
-               nexus: Nexus | None = None) -> Result:
-        """Run one CDB through the LUN map (the path every iSCSI command takes)."""
+               nexus: Nexus | None = None, direction: Direction | None = None) -> Result:
+        """Run one CDB through the LUN map (the path every iSCSI command takes).
+
+        The data direction follows from ``data_out`` / ``read_length`` unless
+        ``direction`` says otherwise (to send a command with the wrong one)."""
         if data_out is not None:
-            direction, edtl = Direction.OUT, len(data_out)
+            guess, edtl = Direction.OUT, len(data_out)
         elif read_length:
-            direction, edtl = Direction.IN, read_length
+            guess, edtl = Direction.IN, read_length
         else:
-            direction, edtl = Direction.NONE, 0
+            guess, edtl = Direction.NONE, 0
+        direction = guess if direction is None else direction
         return Result(self.luns.execute(Command(
             cdb=bytes(cdb), lun=lun, data_out=data_out, expected_length=edtl,
             direction=direction, nexus=nexus or self.nexus)))

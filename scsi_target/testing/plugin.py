@@ -24,15 +24,11 @@ Markers
 """
 from __future__ import annotations
 
-import os
-import random
-
 import pytest
 
 from .cow import CowStore
 from .inprocess import DEFAULT_IQN, InProcessTarget
-
-SEED_CHUNK = 16 << 20
+from .seed import random_file
 
 
 def pytest_configure(config) -> None:
@@ -111,13 +107,7 @@ def iscsi_seed_store(tmp_path_factory):
         key = (size, seed)
         if key not in made:
             path = tmp_path_factory.mktemp("seeded") / f"seed-{seed}-{size}.img"
-            rng = random.Random(seed)
-            with open(path, "wb") as f:
-                left = size
-                while left:
-                    n = min(left, SEED_CHUNK)
-                    f.write(rng.randbytes(n))
-                    left -= n
+            random_file(path, size, seed=seed)
             made[key] = FileStore(path, read_only=True)
         return made[key]
 
@@ -143,12 +133,14 @@ def iscsi_seeded(request, iscsi_seed_store):
 @pytest.fixture
 def iscsi_server_process(tmp_path):
     """Factory: ``iscsi_server_process([Target(iqn, [Lun(0, "64M")])])`` -> a started
-    :class:`~scsi_target.testing.process.ServerProcess` (stopped after the test)."""
+    :class:`~scsi_target.testing.process.ServerProcess` (stopped after the test).
+    ``args=`` adds serve flags; ``iscsi_server_process(None, args=["--disk", ...])``
+    configures the server by its flags alone."""
     from .process import ServerProcess
     started: list[ServerProcess] = []
 
-    def start(targets, subdir: str = "srv") -> ServerProcess:
-        proc = ServerProcess(tmp_path / f"{subdir}{len(started)}", targets)
+    def start(targets, subdir: str = "srv", *, args=()) -> ServerProcess:
+        proc = ServerProcess(tmp_path / f"{subdir}{len(started)}", targets, args=args)
         started.append(proc)
         return proc.start()
 
@@ -163,11 +155,12 @@ def ceph_cluster(tmp_path_factory):
     (:class:`~scsi_target.testing.ceph.CephCluster`).  Missing Ceph packages skip
     the test, or fail it when CI=true."""
     from .ceph import DEBIAN_PACKAGES, CephCluster, missing_programs
+    from .external import on_ci
     missing = missing_programs(rgw=True)
     if missing:
         pkgs = " ".join(sorted({DEBIAN_PACKAGES.get(p, p) for p in missing}))
         msg = f"Ceph is not installed: {', '.join(missing)} missing (Debian packages {pkgs})"
-        if os.environ.get("CI", "").lower() == "true":
+        if on_ci():
             pytest.fail(f"{msg}; CI=true requires it", pytrace=False)
         pytest.skip(msg)
     cluster = CephCluster(tmp_path_factory.mktemp("ceph"), rgw=True).start()

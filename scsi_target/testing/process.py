@@ -2,8 +2,13 @@
 
 For tests that need a separate process: kill -9 / SIGTERM exit status, restart
 from the backing files, the server's RSS.  The config is written from small
-specs (:class:`Lun`, :class:`Target`); ``start()`` returns once the port accepts.
-The pytest plugin's ``iscsi_server_process`` fixture is a factory of these.
+specs (:class:`Lun`, :class:`Target`; ``Lun(path=...)`` serves an existing
+file), or the server takes ``serve``'s own flags
+(``ServerProcess.from_flags(workdir, "--disk", "v.img:8M", "--backup-device")``);
+``args`` adds flags to either (``--record``, ``--cow-size``...).  ``start()``
+returns once the port accepts; ``kill()`` is kill -9; the object is a context
+manager.  The pytest plugin's ``iscsi_server_process`` fixture is a factory of
+these.
 """
 from __future__ import annotations
 
@@ -30,8 +35,9 @@ class ServerStartError(RuntimeError):
 @dataclass
 class Lun:
     lun: int
-    size: str = "16M"
+    size: str | None = "16M"        # None: the file at ``path`` must exist
     options: dict = field(default_factory=dict)   # extra [[target.lun]] keys
+    path: Path | str | None = None  # default: a file named for the target in the workdir
 
 
 @dataclass
@@ -69,7 +75,7 @@ def config_toml(targets: list[Target], workdir: Path, port: int) -> str:
                       f"secret = {_toml_value(t.chap[1])}"]
         for lun in t.luns:
             name = re.sub(r"[^a-z0-9]+", "_", t.iqn.split(":")[-1]) + f"_lun{lun.lun}.img"
-            path = workdir / name
+            path = Path(lun.path) if lun.path is not None else workdir / name
             opts = dict(lun.options)
             if opts.get("kind") == "backup":   # no backing file: only lun, kind, source
                 lines += ["[[target.lun]]", f"lun = {lun.lun}"]
@@ -82,7 +88,7 @@ def config_toml(targets: list[Target], workdir: Path, port: int) -> str:
                     from scsi_target.config import parse_size
                     with open(path, "wb") as f:
                         f.truncate(parse_size(lun.size))
-            else:
+            elif lun.size is not None:
                 lines += [f"size = {_toml_value(lun.size)}", "create = true"]
             for k, v in opts.items():
                 lines.append(f"{k} = {_toml_value(v)}")
@@ -97,20 +103,34 @@ def config_toml(targets: list[Target], workdir: Path, port: int) -> str:
 class ServerProcess:
     """The real server as a subprocess; ``start()`` returns once the port accepts."""
 
-    def __init__(self, workdir: Path, targets: list[Target]) -> None:
+    def __init__(self, workdir: Path, targets: list[Target] | None, *,
+                 args: tuple[str, ...] | list[str] = ()) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.targets = targets
+        self.targets = targets           # None: configured by ``args`` alone (serve's flags)
+        self.args = [str(a) for a in args]
         self.host = HOST
         self.port = 0
         self.proc: subprocess.Popen | None = None
+        self.banner: list[str] = []      # what the server printed at start (URLs, LUNs)
         self.log_path = self.workdir / "server.log"
         self.config_path = self.workdir / "target.toml"
         self.cwd = self.workdir
 
+    @classmethod
+    def from_flags(cls, workdir: Path, *flags) -> "ServerProcess":
+        """``scsi-target serve FLAGS``, with ``--listen 127.0.0.1:PORT`` unless the flags
+        have a ``--listen`` or ``--config`` of their own (the first portal is ``port``)."""
+        return cls(workdir, None, args=flags)
+
     @property
     def iqn(self) -> str:
-        return self.targets[0].iqn
+        if self.targets:
+            return self.targets[0].iqn
+        if "--iqn" in self.args:
+            return self.args[self.args.index("--iqn") + 1]
+        from scsi_target.config import DEFAULT_IQN
+        return DEFAULT_IQN
 
     @property
     def pid(self) -> int:
@@ -130,36 +150,59 @@ class ServerProcess:
         """Start on ``port`` (default: the previous one, or any free port the first time)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         want = self.port if port is None else port
-        self.config_path.write_text(config_toml(self.targets, self.workdir, want))
+        if self.targets is None:
+            # The flags choose the portals when they name them (or a config file does).
+            named = "--listen" in self.args or "--config" in self.args
+            where = [] if named else ["--listen", f"{HOST}:{want}"]
+        else:
+            self.config_path.write_text(config_toml(self.targets, self.workdir, want))
+            where = ["--config", str(self.config_path)]
         log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scsi_target", "serve", "--config", str(self.config_path),
-             "--log-level", "warning"],
-            cwd=self.cwd, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
+            [sys.executable, "-m", "scsi_target", "serve", *where, "--log-level", "warning",
+             *self.args],
+            cwd=self.cwd, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True,
+            bufsize=0)        # unbuffered: select() sees every line not yet read
         log.close()
-        self.port = self._read_port()
+        self.port = self._read_banner()
         self._wait_accepting()
         return self
 
-    def _read_port(self) -> int:
+    def _lun_count(self) -> int | None:
+        """How many LUN URLs the start-up banner lists (None: not known from here)."""
+        if self.targets is not None:
+            return sum(len(t.luns) for t in self.targets)
+        if "--config" in self.args:
+            return None
+        disks, tapes = self.args.count("--disk"), self.args.count("--tape")
+        if not disks and not tapes:
+            disks = 1                       # the embedded default disk
+        return disks * (2 if "--backup-device" in self.args else 1) + tapes
+
+    def _read_banner(self) -> int:
+        """Read what the server prints once it listens (kept in ``banner``); the port."""
         assert self.proc is not None and self.proc.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
-        out = b""
+        self.banner = []
+        port, urls, want = None, 0, self._lun_count()
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
             if ready:
                 line = self.proc.stdout.readline()
                 if not line:
                     break
-                out += line
+                self.banner.append(line.decode(errors="replace").rstrip("\n"))
                 m = re.match(rb"listening on [^\s,]*:(\d+)", line)
                 if m:
-                    return int(m.group(1))
+                    port = int(m.group(1))
+                urls += line.strip().startswith(b"iscsi://")
+                if port is not None and (want is None or urls >= want):
+                    return port
             elif self.proc.poll() is not None:
                 break
         self.stop()
-        self.fail(f"server did not start: stdout {out!r}\nlog:\n{self.log_tail()}")
+        self.fail(f"server did not start: stdout {self.banner!r}\nlog:\n{self.log_tail()}")
 
     def _wait_accepting(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -206,6 +249,26 @@ class ServerProcess:
         if p.stdout:
             p.stdout.close()
         return p.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL (no shutdown path runs); returns the exit status."""
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        if p.stdout:
+            p.stdout.close()
+        return p.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        if not self.alive():
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def restart(self) -> None:
         rc = self.stop()

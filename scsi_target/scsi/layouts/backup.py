@@ -25,13 +25,17 @@ OP_SET_RESTORE_OPTIONS = 0xC5
 OP_REPORT_BACKUP_STATUS = 0xC6
 OP_AUDIT_TRACKER = 0xC7
 OP_REPORT_MAP_EXTENTS = 0xC8
+OP_COMMIT_BACKUP = 0xC9
 CDB_LEN = 12
 
 # CDB byte 1 flags
 FLAG_FULL = 0x01
 FLAG_COMPRESS = 0x02
+# SELECT BACKUP: the stream's cut commits at COMMIT BACKUP, not when its end is read
+# (the reader stores the stream first: docs/vendor-commands.md, "Held streams").
+FLAG_HOLD = 0x04
 CDB_FLAGS_ALLOWED = {
-    OP_SELECT_BACKUP: FLAG_FULL | FLAG_COMPRESS,
+    OP_SELECT_BACKUP: FLAG_FULL | FLAG_COMPRESS | FLAG_HOLD,
     OP_START_BACKUP: 0,
     OP_REPORT_GENERATIONS: 0,
     OP_ESTIMATE_BACKUP: FLAG_FULL | FLAG_COMPRESS,
@@ -40,6 +44,7 @@ CDB_FLAGS_ALLOWED = {
     OP_REPORT_BACKUP_STATUS: 0,
     OP_AUDIT_TRACKER: FLAG_FULL,          # FULL: compare every unchanged block
     OP_REPORT_MAP_EXTENTS: 0,
+    OP_COMMIT_BACKUP: 0,
 }
 MAX_SKIP_GENERATIONS = 256
 MAX_BAD_DESCRIPTORS = 1024
@@ -66,7 +71,7 @@ def cdb(opcode: int, *, flags: int = 0, scope: int = 0, length: int = 0) -> byte
 
 
 # ---------------------------------------------------------------- backup status
-STATE_NONE, STATE_ACTIVE, STATE_COMPLETE = 0, 1, 2
+STATE_NONE, STATE_ACTIVE, STATE_COMPLETE, STATE_HELD = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,199 @@
+"""Where backup streams are kept: one small interface, a file and an S3 implementation.
+
+A *stream store* holds finished backup streams under names (a path, an S3
+key).  It knows nothing of SCSI or of the stream format beyond what a catalog
+needs; the backup engine writes into a :class:`StreamWriter` and the readers
+(restore, verify, merge, catalog) open a :class:`StreamRef`.
+
+The one promise every writer keeps: the name shows a stream only once the
+writer was closed without an error (:meth:`StreamWriter.commit`); any failure
+(:meth:`StreamWriter.abort`, an exception in the ``with`` block, a killed
+process) leaves nothing under the name.  Files get it from ``NAME.partial``
+plus a rename, S3 from a multipart upload completed only at the end
+(``volume/s3streams.py``).  A backup commits its map cut only after
+``commit()`` returned, so no generation is ever recorded as backed up without
+its stream in place.
+
+Tapes are not a stream store: a tape backup set has labels, spanning and
+file numbers (``tape/backupset.py``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+__all__ = ["StreamStoreError", "StreamExists", "NoSuchStream", "StreamWriter", "StreamRef",
+           "CommitOnExit",
+           "StoredStream", "FileStreams", "is_s3_url", "open_ref", "open_writer"]
+
+
+class StreamStoreError(Exception):
+    """A stream store refused or failed; the message is one line for the user."""
+
+
+class StreamExists(StreamStoreError):
+    """The name already holds a stream and overwriting was not asked for."""
+
+
+class NoSuchStream(StreamStoreError):
+    """No stream under that name."""
+
+
+class StreamWriter(Protocol):
+    """A stream being stored: ``write`` its bytes, then ``commit`` or ``abort``.
+
+    As a context manager: commit on a clean exit, abort on an exception."""
+    name: str
+    written: int
+
+    def write(self, data) -> int: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> "StreamWriter": ...
+    def __exit__(self, exc_type, exc, tb) -> None: ...
+
+
+@dataclass
+class StoredStream:
+    """One stream as a catalog sees it (without reading it)."""
+    name: str
+    size: int
+    modified: float          # Unix seconds
+
+
+class StreamRef:
+    """A stored stream to read: ``open()`` may be called more than once (verify reads
+    the header first, then the whole stream)."""
+    name: str
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def open(self) -> BinaryIO:
+        raise NotImplementedError
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (fewer at the end); for headers and trailers."""
+        with self.open() as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CommitOnExit:
+    """``with writer:`` commits on a clean exit and aborts on an exception."""
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+# ------------------------------------------------------------------------ files
+class _PartialFile(CommitOnExit):
+    """A stream file written as NAME.partial and renamed to NAME only on commit."""
+
+    def __init__(self, path: str, force: bool) -> None:
+        self.name = path
+        if not force and os.path.exists(path):
+            raise StreamExists(f"{path} exists (give --force to replace it)")
+        self.tmp = path + ".partial"
+        try:
+            self.f = open(self.tmp, "wb")
+        except OSError as e:
+            raise StreamStoreError(f"{self.tmp}: {e.strerror}") from None
+        self.written = 0
+        self.done = False
+
+    def write(self, data) -> int:
+        n = self.f.write(data)
+        self.written += n
+        return n
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def commit(self) -> None:
+        if self.done:
+            return
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except BaseException:
+            self.abort()
+            raise
+        self.f.close()
+        os.replace(self.tmp, self.name)
+        self.done = True
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.f.close()
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+class FileRef(StreamRef):
+    def __init__(self, path: str) -> None:
+        self.name = path
+
+    def size(self) -> int:
+        return os.path.getsize(self.name)
+
+    def open(self) -> BinaryIO:
+        return open(self.name, "rb")
+
+
+class FileStreams:
+    """Stream files in a directory tree (the names are paths)."""
+
+    def create(self, path: str, *, force: bool = False) -> _PartialFile:
+        return _PartialFile(path, force)
+
+    def ref(self, path: str) -> FileRef:
+        if not os.path.isfile(path):
+            raise NoSuchStream(f"{path}: no such stream file")
+        return FileRef(path)
+
+
+# ---------------------------------------------------------------------- dispatch
+def is_s3_url(text: str) -> bool:
+    return text.startswith("s3://")
+
+
+def open_writer(name: str, *, force: bool = False, s3_options: dict | None = None) -> StreamWriter:
+    """A writer for a path or an ``s3://BUCKET/KEY``."""
+    if is_s3_url(name):
+        from .s3streams import S3Streams, parse_s3_url
+        bucket, key = parse_s3_url(name, want_key=True)
+        return S3Streams(bucket, **(s3_options or {})).create(key, force=force)
+    return FileStreams().create(name, force=force)
+
+
+def open_ref(name: str, *, s3_options: dict | None = None) -> StreamRef:
+    """A stored stream to read, by path or ``s3://BUCKET/KEY``; :class:`NoSuchStream` if absent."""
+    if is_s3_url(name):
+        from .s3streams import S3Streams, parse_s3_url
+        bucket, key = parse_s3_url(name, want_key=True)
+        return S3Streams(bucket, **(s3_options or {})).ref(key)
+    return FileStreams().ref(name)
