@@ -312,14 +312,14 @@ def test_full_backup_over_iscsi_while_writes_continue_is_a_point_in_time_image(s
     assert dst.read_bytes() == bytes(expect)
 
 
-def test_a_differential_reads_no_further_than_the_streams_size_bound(shm):
+def test_a_differential_reads_no_further_than_the_streams_size_bound(shm, diffbackup):
     """START BACKUP's SIZE BOUND caps the reads: a differential of nothing is one
     512-byte READ (not a 4 MiB one of padding), a small one a READ of its bound;
     the device is found and started in few round trips, and the stream is exact."""
     from tools.diffbackup import RemoteVolume
     vol = shm / "v.img"
     fill_random(vol, 8 * MiB, seed=9)
-    with Server(str(vol), cwd=shm) as srv:
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
         assert diffbackup("full", srv.url(0), "-o", str(shm / "f.bin")).returncode == 0
         for nblocks in (0, 3):
             if nblocks:
