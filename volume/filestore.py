@@ -18,7 +18,7 @@ import fcntl
 import os
 from typing import Iterator
 
-from .store import BlockStore, StoreError, byte_view
+from .store import BlockStore, StoreError, StoreLockedError, byte_view
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -35,8 +35,7 @@ _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY}
 _IOV_MAX = 1024
 
 
-class StoreLockedError(StoreError):
-    """Another process (another server) already serves this file."""
+__all__ = ["FileStore", "StoreLockedError"]
 
 
 def _falloc(fd: int, mode: int, offset: int, length: int) -> int:

@@ -20,10 +20,30 @@ class StoreError(Exception):
     """An I/O failure of the backing medium (maps to MEDIUM/HARDWARE ERROR)."""
 
 
+class StoreLockedError(StoreError):
+    """Another process (another server) already serves this volume."""
+
+
+class StoreTimeout(StoreError):
+    """The medium did not answer in time (a network store: an OSD or monitor timeout)."""
+
+
+class StoreNoSpace(StoreError):
+    """The medium has no space left for the write (a full pool, a quota)."""
+
+
+class StoreFenced(StoreError):
+    """This process may no longer write the medium: its lock was taken away or its
+    client was blocklisted.  Nothing it does will succeed until it reopens."""
+
+
 class BlockStore(ABC):
     size: int                 # bytes
     read_only: bool = False
     thin: bool = False        # supports discard that deallocates (thin provisioning)
+    # True: the store also offers submit_read/submit_write/submit_flush, which
+    # return at once and call ``done`` later, from any thread (volume/rbdstore.py).
+    asynchronous: bool = False
 
     @abstractmethod
     def readinto(self, offset: int, buf: memoryview) -> None:
