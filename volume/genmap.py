@@ -373,6 +373,7 @@ class GenerationMap:
         # Journal pages whose fine bits changed since the last barrier, for a
         # storage that does not keep them across a crash by itself (RADOS).
         self._pending_pages: set[int] | None = None
+        self._guard = None
         self._slots = []
         self._coarse_slots: list = []
         self._coarse = None
@@ -471,6 +472,7 @@ class GenerationMap:
         # with it, and the shared mapping already survives kill -9.
         self._msync_marks = sync and storage.needs_sync
         self._fine_volatile = self._msync_marks and storage.volatile_fine
+        self._guard = storage.check_writable if storage.volatile_fine else None
         self._planes_shared = False
         self._unsaved = False
         self._counts_cache: list[int] | None = None
@@ -709,6 +711,8 @@ class GenerationMap:
             if length == 0 and 0 <= offset <= self._size:
                 return
             raise ValueError(f"range {offset}+{length} outside the {self._size}-byte volume")
+        if self._guard is not None:
+            self._guard()          # a fenced map refuses before the data is written
         a = offset >> self._shift
         b = ((offset + length - 1) >> self._shift) + 1
         with self._mark_lock:
