@@ -64,7 +64,16 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--iqn", metavar="IQN", help=f"target name (default {C.DEFAULT_IQN})")
     s.add_argument("--disk", metavar="PATH[:SIZE]", action="append",
                    help="backing file of the next LUN (0, 1, ...); with SIZE (e.g. 64M, 1G) "
-                   "it is created sparse if missing (repeatable)")
+                   "it is created sparse if missing (repeatable). rbd:POOL/IMAGE[:SIZE]: a "
+                   "Ceph RBD image instead (exclusive lock, untracked; docs/rbd.md)")
+    s.add_argument("--ceph-conf", metavar="FILE",
+                   help="ceph.conf for the --disk rbd:POOL/IMAGE disks (default: librados' "
+                   "own: $CEPH_CONF, /etc/ceph/ceph.conf)")
+    s.add_argument("--ceph-id", metavar="ID",
+                   help="Ceph client id of the RBD disks, e.g. admin for client.admin "
+                   "(default admin)")
+    s.add_argument("--ceph-keyring", metavar="FILE",
+                   help="keyring of that client (default: what ceph.conf says)")
     s.add_argument("--no-track", dest="track", action="store_false",
                    help="don't record changed blocks for differential backup")
     s.add_argument("--backup-device", action="store_true",
@@ -111,7 +120,10 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
                                      ("--tape", args.tape),
                                      ("--write-budget", args.write_budget),
                                      ("--target-write-budget", args.target_write_budget),
-                                     ("--send-queue-bound", args.send_queue_bound)) if used]
+                                     ("--send-queue-bound", args.send_queue_bound),
+                                     ("--ceph-conf", args.ceph_conf),
+                                     ("--ceph-id", args.ceph_id),
+                                     ("--ceph-keyring", args.ceph_keyring)) if used]
     if args.config:
         if quick:
             raise UsageError(f"--config cannot be combined with {', '.join(quick)}; "
@@ -119,6 +131,8 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
         return C.load_file(args.config)
     return C.from_flags(listen=args.listen, iqn=args.iqn, disks=args.disk,
                         track=args.track, chap=args.chap, backup_device=args.backup_device,
+                        ceph_conf=args.ceph_conf, ceph_id=args.ceph_id,
+                        ceph_keyring=args.ceph_keyring,
                         tapes=args.tape, cow_dir=args.cow_dir, cow_size=args.cow_size,
                         write_budget=args.write_budget,
                         target_write_budget=args.target_write_budget,

@@ -89,9 +89,19 @@ class LunSpec:
     # the volume id (scsi_target/identity.py).
     serial: str | None = None
     where: str = ""                  # "file: target[0].lun[1]" for error messages
+    # A disk on a Ceph RBD image (volume.rbdstore.RbdSpec) instead of a file;
+    # ``path`` is then unused, ``size`` with ``create`` the size of a new image.
+    rbd: Any = None
 
     def backing_paths(self) -> list[Path]:
+        if self.rbd is not None:
+            return []
         return [self.path] + [p for p, _ in self.parts]
+
+    @property
+    def backing(self) -> str:
+        """What backs the LU, for messages: the file or ``rbd:POOL/IMAGE``."""
+        return str(self.rbd) if self.rbd is not None else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -364,8 +374,12 @@ _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators", "fault", "fault_control")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
              "source", "removable", "physical_block_size", "write_same_zero", "parts",
-             "track_granularity", "serial", "cow_dir", "cow_size")
+             "track_granularity", "serial", "cow_dir", "cow_size", "rbd")
 _PART_KEYS = ("path", "size")
+_RBD_KEYS = ("pool", "image", "conf", "client_id", "keyring", "op_timeout", "mount_timeout")
+# What an RBD-backed [[target.lun]] takes besides its [target.lun.rbd] table.
+_RBD_LUN_KEYS = ("lun", "kind", "rbd", "size", "create", "block_size", "read_only", "track",
+                 "removable", "physical_block_size", "write_same_zero", "serial")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
 
@@ -692,6 +706,11 @@ def _parse_target(r: _Reader, raw: Any, key: str, seen_path: dict[str, str]) -> 
         if spec.kind == "backup":
             luns.append(spec)
             continue
+        if spec.rbd is not None:
+            if spec.backing in seen_path:
+                raise r.fail(_join(lkey, "rbd"), f"{spec.backing} is already used by "
+                             f"{seen_path[spec.backing]}")
+            seen_path[spec.backing] = lkey
         for path in spec.backing_paths():
             real = os.path.realpath(path)
             if real in seen_path:
@@ -765,6 +784,8 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
         raise r.fail(_join(key, "source"), "only for kind = \"backup\"")
     if kind == "tape":
         return _parse_tape(r, d, key, lun)
+    if "rbd" in d:
+        return _parse_rbd_lun(r, d, key, lun)
     path, size = _parse_backing(r, d, key)
     block_size = r.typed(d, key, "block_size", int, 512)
     if block_size not in BLOCK_SIZES:
@@ -796,6 +817,87 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
     if "parts" in d:
         spec = replace(spec, parts=_parse_parts(r, d["parts"], _join(key, "parts"), spec))
     return spec
+
+
+def _parse_rbd_lun(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
+    """A disk on an RBD image: ``rbd = { pool, image, conf, client_id, keyring, ... }``."""
+    from volume.rbdstore import RbdSpec, parse_rbd_name
+    extra = [k for k in d if k not in _RBD_LUN_KEYS]
+    if extra:
+        why = ("the generation map of RBD volumes is not kept here"
+               if extra[0] in ("track_granularity", "cow_dir", "cow_size") else
+               "an RBD-backed LUN has no backing file" if extra[0] in ("path", "parts") else
+               "not allowed with rbd")
+        raise r.fail(_join(key, extra[0]), f"{why} (allowed: {', '.join(_RBD_LUN_KEYS)})")
+    if d.get("kind", "disk") != "disk":
+        raise r.fail(_join(key, "kind"), "rbd backs disks only")
+    rkey = _join(key, "rbd")
+    t = r.table(d["rbd"], rkey, _RBD_KEYS)
+    pool = r.required(t, rkey, "pool", str)
+    image = r.required(t, rkey, "image", str)
+    try:
+        parse_rbd_name(f"{pool}/{image}")
+    except ValueError as e:
+        raise r.fail(rkey, str(e)) from None
+    opts: dict[str, Any] = {}
+    for k in ("conf", "keyring"):
+        v = r.typed(t, rkey, k, str)
+        if v is not None:
+            path = Path(v).expanduser()
+            if not path.is_absolute():
+                path = r.base / path
+            if not path.is_file():
+                raise r.fail(_join(rkey, k), f"{path} does not exist or is not a file")
+            opts[k] = str(path)
+    client = r.typed(t, rkey, "client_id", str)
+    if client is not None:
+        if not client or client.startswith("client.") or any(c.isspace() for c in client):
+            raise r.fail(_join(rkey, "client_id"), f"{client!r}: expected the id alone, "
+                         "e.g. \"admin\" for client.admin")
+        opts["client_id"] = client
+    for k in ("op_timeout", "mount_timeout"):
+        if k in t:
+            v = t[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
+                raise r.fail(_join(rkey, k), f"{v!r}: expected seconds, more than 0 and at "
+                             "most 3600")
+            opts[k] = float(v)
+    spec_rbd = RbdSpec(pool, image, **opts)
+    size = None
+    if "size" in d:
+        try:
+            size = parse_file_size(d["size"])
+        except ValueError as e:
+            raise r.fail(_join(key, "size"), str(e)) from None
+    create = r.typed(d, key, "create", bool, False)
+    read_only = r.typed(d, key, "read_only", bool, False)
+    if size is not None and not create:
+        raise r.fail(_join(key, "size"), "the capacity comes from the image (rbd resize); "
+                     "size only sets the size of an image created with create = true")
+    if create and size is None:
+        raise r.fail(_join(key, "create"), "needs a size for the new image")
+    if create and read_only:
+        raise r.fail(_join(key, "create"), "a read-only LUN cannot create its image")
+    if r.typed(d, key, "track", bool, False):
+        raise r.fail(_join(key, "track"), "changed-block tracking of RBD volumes is not "
+                     "available yet; set track = false")
+    block_size = r.typed(d, key, "block_size", int, 512)
+    if block_size not in BLOCK_SIZES:
+        raise r.fail(_join(key, "block_size"), f"{block_size} is not supported (use 512 or 4096)")
+    if size is not None and size % block_size:
+        raise r.fail(_join(key, "size"), f"{size} bytes is not a multiple of the block size "
+                     f"{block_size}")
+    phys = r.typed(d, key, "physical_block_size", int, block_size)
+    ratio = phys // block_size
+    if phys % block_size or ratio < 1 or ratio & (ratio - 1) or ratio > 1 << 15:
+        raise r.fail(_join(key, "physical_block_size"), f"{phys} is not a power-of-two "
+                     f"multiple of the block size {block_size}")
+    return LunSpec(lun=lun, path=Path(), size=size, block_size=block_size, read_only=read_only,
+                   create=create, removable=r.typed(d, key, "removable", bool, False),
+                   physical_block_size=phys if phys != block_size else None,
+                   write_same_zero=r.typed(d, key, "write_same_zero", bool, False),
+                   track=False, serial=_parse_serial(r, d, key), kind="disk",
+                   where=f"{r.source}: {key}", rbd=spec_rbd)
 
 
 def _parse_serial(r: _Reader, d: dict, key: str) -> str | None:
@@ -986,8 +1088,39 @@ def parse_disk_arg(text: str) -> tuple[Path, int | None]:
     return Path(text).expanduser(), None
 
 
+def parse_rbd_disk_arg(text: str, conf: str | None = None, client_id: str | None = None,
+                       keyring: str | None = None):
+    """"rbd:POOL/IMAGE[:SIZE]" as (RbdSpec, size or None); ValueError says what is wrong."""
+    from volume.rbdstore import RbdSpec, parse_rbd_name
+    body = text[len("rbd:"):]
+    name, sep, size_s = body.rpartition(":")
+    size = None
+    if sep:
+        size = parse_file_size(size_s)
+    else:
+        name = body
+    pool, image = parse_rbd_name(name)
+    opts: dict[str, Any] = {}
+    for flag, k, v in (("--ceph-conf", "conf", conf), ("--ceph-keyring", "keyring", keyring)):
+        if v is not None:
+            path = Path(v).expanduser()
+            if not path.is_file():
+                raise ValueError(f"{flag} {v}: does not exist or is not a file")
+            opts[k] = str(path)
+    if client_id is not None:
+        if not client_id or client_id.startswith("client.") or \
+                any(c.isspace() for c in client_id):
+            raise ValueError(f"--ceph-id {client_id!r}: expected the id alone, e.g. admin")
+        opts["client_id"] = client_id
+    if size is not None and size % 512:
+        raise ValueError(f"{size} bytes is not a multiple of the block size 512")
+    return RbdSpec(pool, image, **opts), size
+
+
 def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                disks: list[str] | None = None, track: bool = True,
+               ceph_conf: str | None = None, ceph_id: str | None = None,
+               ceph_keyring: str | None = None,
                chap: str | None = None, backup_device: bool = False,
                tapes: list[str] | None = None, cow_dir: str | None = None,
                cow_size: str | None = None, write_budget: str | None = None,
@@ -1045,11 +1178,18 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
     warnings += [f"{src}: {w}" for w in check_limits(limits)]
     if (cow_dir is not None or cow_size is not None) and not track:
         raise ConfigError(f"{src}: --cow-dir/--cow-size need tracking (drop --no-track)")
+    if not any(d.startswith("rbd:") for d in disks or []):
+        for flag, v in (("--ceph-conf", ceph_conf), ("--ceph-id", ceph_id),
+                        ("--ceph-keyring", ceph_keyring)):
+            if v is not None:
+                raise ConfigError(f"{src}: {flag} applies to RBD disks only "
+                                  "(--disk rbd:POOL/IMAGE)")
     if disks:
         items = []
         for d in disks:
             try:
-                items.append(parse_disk_arg(d))
+                items.append(parse_rbd_disk_arg(d, ceph_conf, ceph_id, ceph_keyring)
+                             if d.startswith("rbd:") else parse_disk_arg(d))
             except ValueError as e:
                 raise ConfigError(f"{src}: --disk {d}: {e}") from None
     elif tapes:
@@ -1059,6 +1199,17 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
     luns = []
     seen: dict[str, int] = {}
     for n, (path, size) in enumerate(items):
+        if not isinstance(path, Path):        # an RbdSpec: untracked (not yet in RADOS)
+            where = f"{src}: --disk {path}"
+            if str(path) in seen:
+                raise ConfigError(f"{where}: already used by LUN {seen[str(path)]}")
+            seen[str(path)] = n
+            if backup_device:
+                raise ConfigError(f"{where}: --backup-device needs tracking, which RBD disks "
+                                  "do not have yet")
+            luns.append(LunSpec(lun=n, path=Path(), size=size, create=size is not None,
+                                track=False, where=where, rbd=path))
+            continue
         where = f"{src}: --disk {path}" if disks else f"{src}: default disk"
         real = os.path.realpath(path)
         if real in seen:
@@ -1127,6 +1278,8 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
         return _build_tape(spec, target_iqn)
     if spec.kind != "disk":  # parse rejects these; guards callers building specs by hand
         raise ConfigError(f"{spec.where}: kind {spec.kind!r} is not supported")
+    if spec.rbd is not None:
+        return _build_rbd(spec, target_iqn)
     members = []
     try:
         for path, size in [(spec.path, spec.size), *spec.parts]:
@@ -1162,6 +1315,34 @@ def build_lu(spec: LunSpec, target_iqn: str, luns=None):
         return DiskLU(store, spec.block_size, spec.read_only,
                       identity=identity, removable=spec.removable,
                       physical_block_size=spec.physical_block_size,
+                      limits=BlockLimits(write_same_non_zero=not spec.write_same_zero))
+    except BaseException:
+        store.close()
+        raise
+
+
+def _build_rbd(spec: LunSpec, target_iqn: str):
+    """A disk LU on an RBD image: the image's exclusive lock is taken here, so a second
+    server for the same image stops with one line naming the holder."""
+    from volume.ceph_bindings import CephUnavailable
+    from volume.rbdstore import RbdStore
+    from volume.store import StoreError
+    from .scsi.capabilities import BlockLimits
+    from .scsi.disk import DiskLU
+    from .scsi.lun import Identity
+    try:
+        store = RbdStore(spec.rbd, read_only=spec.read_only,
+                         create_size=spec.size if spec.create else None)
+    except (StoreError, CephUnavailable) as e:
+        raise ConfigError(f"{spec.where}: {e}") from None
+    try:
+        if store.size % spec.block_size:
+            raise ConfigError(f"{spec.where}: {spec.rbd} holds {store.size} bytes, not a "
+                              f"multiple of the block size {spec.block_size}")
+        identity = Identity.derive(target_iqn, spec.lun, serial=spec.serial,
+                                   volume_id=store.volume_id)
+        return DiskLU(store, spec.block_size, spec.read_only, identity=identity,
+                      removable=spec.removable, physical_block_size=spec.physical_block_size,
                       limits=BlockLimits(write_same_non_zero=not spec.write_same_zero))
     except BaseException:
         store.close()
@@ -1243,6 +1424,13 @@ def lun_summary(spec: LunSpec) -> str:
         new = (f", new {format_size(spec.size)} image"
                if spec.size and not spec.path.exists() else "")
         return f"LUN {spec.lun}: tape {spec.path}{new}, {mode}"
+    if spec.rbd is not None:
+        r = spec.rbd
+        mode = "read-only" if spec.read_only else "read-write"
+        new = f", created at {format_size(spec.size)} if missing" if spec.create else ""
+        return (f"LUN {spec.lun}: disk {r} (client.{r.client_id}, "
+                f"{r.conf or 'default ceph.conf'}){new}, {spec.block_size}-byte blocks, "
+                f"{mode}, exclusive lock, tracking off")
     sizes = [sz if sz is not None else _file_size(p)
              for p, sz in [(spec.path, spec.size), *spec.parts]]
     size = sum(sizes) if all(sizes) else 0

@@ -48,6 +48,14 @@ DEFAULT_MOUNT_TIMEOUT = 30.0
 ALLOCATION_SCAN = 1 << 30
 
 
+def create_features(rbd) -> int:
+    """Features of images this store creates: the lock, and the object map that makes
+    allocation queries (GET LBA STATUS) cheap."""
+    return (rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK
+            | rbd.RBD_FEATURE_OBJECT_MAP | rbd.RBD_FEATURE_FAST_DIFF
+            | rbd.RBD_FEATURE_DEEP_FLATTEN)
+
+
 def parse_rbd_name(text: str) -> tuple[str, str]:
     """``POOL/IMAGE`` as (pool, image), or ValueError saying what is wrong."""
     pool, sep, image = text.partition("/")
@@ -141,7 +149,8 @@ class RbdStore(BlockStore):
     thin = True
     asynchronous = True
 
-    def __init__(self, spec: RbdSpec, read_only: bool = False, *, lock: bool = True) -> None:
+    def __init__(self, spec: RbdSpec, read_only: bool = False, *, lock: bool = True,
+                 create_size: int | None = None) -> None:
         self.spec = spec
         self.read_only = read_only
         self.rados = ceph_bindings.load("rados")
@@ -155,9 +164,10 @@ class RbdStore(BlockStore):
             except self.rados.Error as exc:
                 raise self._open_error(exc, f"cannot open pool {spec.pool!r}") from None
             try:
-                self.image = self.rbd.Image(self.ioctx, spec.image, read_only=read_only)
-            except self.rbd.Error as exc:
-                raise self._open_error(exc, f"cannot open image {spec.name}") from None
+                self.image = self._open_image(read_only, create_size)
+            except BaseException:
+                self.ioctx.close()
+                raise
             try:
                 self._settle(lock and not read_only)
             except BaseException:
@@ -192,6 +202,28 @@ class RbdStore(BlockStore):
             raise self._open_error(exc, f"cannot connect to the Ceph cluster as "
                                         f"client.{spec.client_id}") from None
         return cluster
+
+    def _open_image(self, read_only: bool, create_size: int | None):
+        rbd, spec = self.rbd, self.spec
+        try:
+            return rbd.Image(self.ioctx, spec.image, read_only=read_only)
+        except rbd.ImageNotFound:
+            if not create_size or read_only:
+                raise StoreError(f"{spec.name}: the image does not exist"
+                                 + ("" if read_only else " (give a size to create it)")) from None
+        except rbd.Error as exc:
+            raise self._open_error(exc, f"cannot open image {spec.name}") from None
+        try:
+            rbd.RBD().create(self.ioctx, spec.image, create_size, old_format=False,
+                             features=create_features(rbd))
+        except rbd.ImageExists:
+            pass            # created meanwhile by someone else: open theirs
+        except rbd.Error as exc:
+            raise self._open_error(exc, f"cannot create image {spec.name}") from None
+        try:
+            return rbd.Image(self.ioctx, spec.image, read_only=read_only)
+        except rbd.Error as exc:
+            raise self._open_error(exc, f"cannot open image {spec.name}") from None
 
     def _open_error(self, exc, what: str) -> StoreError:
         code = getattr(exc, "errno", None)

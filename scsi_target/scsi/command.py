@@ -6,6 +6,7 @@ gets a :class:`Response`.  Nothing here knows about iSCSI.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
@@ -88,6 +89,9 @@ class Command:
     # the response (group commit over a batch of commands); otherwise the LU
     # runs it before returning.
     defer_barrier: bool = False
+    # The front end takes a :class:`Deferred` answer (completed later, from any
+    # thread) from LUs over asynchronous stores; otherwise they wait for it.
+    may_defer: bool = False
 
 
 @dataclass(slots=True)
@@ -112,3 +116,47 @@ class Response:
     @property
     def overflow(self) -> int:
         return -self.residual if self.residual < 0 else 0
+
+
+class Deferred:
+    """The answer of a command still running on an asynchronous store.
+
+    The LU completes it exactly once, from whichever thread finished the I/O;
+    the front end either registers a callback (:meth:`then`) or waits.
+    """
+    __slots__ = ("response", "_callback", "_event", "_lock")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self._callback: Callable[[Response], None] | None = None
+        self._event: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def complete(self, response: Response) -> None:
+        with self._lock:
+            if self.response is not None:
+                return
+            self.response = response
+            callback, event = self._callback, self._event
+        if callback is not None:
+            callback(response)
+        if event is not None:
+            event.set()
+
+    def then(self, callback: Callable[[Response], None]) -> None:
+        """Call ``callback(response)`` once: now if complete, else on completion."""
+        with self._lock:
+            if self.response is None:
+                self._callback = callback
+                return
+        callback(self.response)
+
+    def wait(self) -> Response:
+        with self._lock:
+            if self.response is not None:
+                return self.response
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        event.wait()
+        return self.response

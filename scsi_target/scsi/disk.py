@@ -5,8 +5,13 @@ from volume.store import BlockStore
 
 from . import devices
 from .capabilities import BlockLimits, Geometry, Provisioning
+from .command import Command, Deferred, Response, TaskAttr
 from .dispatch import DispatchTable
+from .lane import WorkerLane
 from .lun import Identity, LogicalUnit
+from .sbc import ASYNC_FAST
+
+_SIMPLE = (TaskAttr.UNTAGGED, TaskAttr.SIMPLE)
 
 
 class DiskLU(LogicalUnit):
@@ -46,6 +51,26 @@ class DiskLU(LogicalUnit):
         self.limits = (limits or BlockLimits()).resolve(self.geometry)
         self.provisioning = provisioning or Provisioning(thin=bool(store.thin))
         self._dispatch = table or devices.disk_table(self.provisioning, self.read_only)
+        # An asynchronous store (RBD): plain READ/WRITE are submitted to it, the
+        # rest runs on the LU's worker lane (lane.py); never on the caller's thread.
+        self._lane = WorkerLane(self, super().execute) if getattr(store, "asynchronous", False) else None
+
+    def execute(self, cmd: Command) -> Response | Deferred:
+        lane = self._lane
+        if lane is None:
+            return super().execute(cmd)
+        answer = None
+        cdb = cmd.cdb
+        if cdb and not lane.busy and cmd.task_attr in _SIMPLE:
+            submit = ASYNC_FAST.get(cdb[0])
+            if submit is not None and self.ua.quiet(cmd.nexus) and self.pr.idle \
+                    and self.not_ready_reason() is None:
+                answer = submit(self, cmd)
+        if answer is None:
+            answer = lane.submit(cmd)
+        if isinstance(answer, Deferred) and not cmd.may_defer:
+            return answer.wait()
+        return answer
 
     @property
     def lbppbe(self) -> int:
@@ -60,4 +85,6 @@ class DiskLU(LogicalUnit):
         return self._dispatch
 
     def close(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
         self.store.close()

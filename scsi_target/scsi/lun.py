@@ -18,7 +18,7 @@ from volume import durability
 from volume.buffers import READ_BUFFERS
 
 from .capabilities import BlockLimits, Geometry, Placement, Provisioning
-from .command import Command, Nexus, Response, Status
+from .command import Command, Deferred, Nexus, Response, Status
 from .dispatch import DispatchTable, check_direction
 from .layouts.luns import ReportLuns
 from .modepages import ModePages
@@ -324,12 +324,14 @@ class LunMap:
     def get(self, lun: int) -> LogicalUnit:
         return self.luns.get(lun, self._missing)
 
-    def execute(self, cmd: Command) -> Response:
+    def execute(self, cmd: Command) -> Response | Deferred:
         """Run one command; never raises (invariant 3).
 
         This is the one never-crash guard for every front end (the iSCSI
         connection, the in-process API, tools): a bug below turns into
         HARDWARE ERROR / INTERNAL TARGET FAILURE for that command only.
+        Only with ``cmd.may_defer`` may the answer be a :class:`Deferred`
+        (a LU over an asynchronous store, scsi_target/scsi/lane.py).
         """
         rec = self.recorder
         t0 = rec.clock() if rec is not None else 0.0
@@ -343,7 +345,10 @@ class LunMap:
             resp = Response(Status.CHECK_CONDITION, sense=S.render_sense(err),
                             residual=cmd.expected_length or 0)
         if rec is not None:
-            rec.command(cmd, resp, t0)      # never raises
+            if isinstance(resp, Deferred):
+                resp.then(lambda r: rec.command(cmd, r, t0))
+            else:
+                rec.command(cmd, resp, t0)      # never raises
         return resp
 
     def commit(self) -> None:

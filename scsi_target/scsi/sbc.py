@@ -14,11 +14,11 @@ import struct
 from typing import TYPE_CHECKING
 
 from volume.buffers import READ_BUFFERS
-from volume.store import StoreError, byte_view
+from volume.store import StoreError, StoreFenced, StoreNoSpace, StoreTimeout, byte_view
 
 from . import cdb as C
 from . import sense as S
-from .command import Command, Direction
+from .command import Command, Deferred, Direction
 from .dispatch import CommandSet, Conflict, data_out
 from .layouts import capacity as LC
 
@@ -62,12 +62,34 @@ def _check_transfer(lu: "DiskLU", nblocks: int, field: int) -> None:
         raise S.invalid_cdb_field(field)
 
 
+def store_sense(exc: StoreError, write: bool) -> S.SenseError:
+    """A store's error as sense data: the one mapping for every disk command.
+
+    * timeout (a network store's OSD/monitor did not answer): ABORTED COMMAND,
+      LOGICAL UNIT COMMUNICATION TIME-OUT (08h/01h) -- initiators retry it;
+    * no space (a full pool or quota): DATA PROTECT, SPACE ALLOCATION FAILED
+      WRITE PROTECT (27h/07h), the thin-provisioning out-of-space answer;
+    * fenced (lock lost, client blocklisted): NOT READY, LOGICAL UNIT NOT
+      ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE (04h/0Ch), which sends a
+      multipath initiator to another path (the target now holding the lock);
+    * anything else: MEDIUM ERROR, UNRECOVERED READ ERROR / WRITE ERROR.
+    """
+    if isinstance(exc, StoreTimeout):
+        return S.SenseError(S.SenseKey.ABORTED_COMMAND, S.LOGICAL_UNIT_COMMUNICATION_TIMEOUT)
+    if isinstance(exc, StoreNoSpace):
+        return S.SenseError(S.SenseKey.DATA_PROTECT, S.SPACE_ALLOCATION_FAILED_WRITE_PROTECT)
+    if isinstance(exc, StoreFenced):
+        return S.SenseError(S.SenseKey.NOT_READY, S.LU_NOT_ACCESSIBLE_TARGET_PORT_UNAVAILABLE)
+    return S.SenseError(S.SenseKey.MEDIUM_ERROR, S.WRITE_ERROR if write
+                        else S.UNRECOVERED_READ_ERROR)
+
+
 def _read_error(exc: StoreError) -> S.SenseError:
-    return S.SenseError(S.SenseKey.MEDIUM_ERROR, S.UNRECOVERED_READ_ERROR)
+    return store_sense(exc, False)
 
 
 def _write_error(exc: StoreError) -> S.SenseError:
-    return S.SenseError(S.SenseKey.MEDIUM_ERROR, S.WRITE_ERROR)
+    return store_sense(exc, True)
 
 
 def _read_blocks(lu: "DiskLU", lba: int, nblocks: int) -> bytearray:
@@ -201,15 +223,48 @@ def _fast_lba_len(cdb: bytes, size: int) -> tuple[int, int]:
     return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
 
 
+def _plain_read(lu: "DiskLU", cmd: Command, size: int) -> tuple[int, int] | None:
+    """(lba, blocks) of a READ the fast path may carry out, else None."""
+    cdb = cmd.cdb
+    if len(cdb) < size or cdb[size - 1] & _NACA_LINK or cdb[1] & _PROTECT \
+            or cmd.direction == _BIDI:
+        return None
+    lba, n = _fast_lba_len(cdb, size)
+    if not n or lba + n > lu.num_blocks or n > lu.limits.max_transfer_blocks:
+        return None
+    return lba, n
+
+
+def _plain_write(lu: "DiskLU", cmd: Command, size: int) -> tuple[int, memoryview] | None:
+    """(lba, data) of a WRITE the fast path may carry out, else None."""
+    cdb = cmd.cdb
+    if len(cdb) < size or cdb[size - 1] & _NACA_LINK or cdb[1] & _PROTECT:
+        return None
+    direction = cmd.direction
+    if direction != _OUT and direction != _NONE:
+        return None
+    if lu.read_only or lu.mode.software_write_protect:
+        return None
+    lba, n = _fast_lba_len(cdb, size)
+    if not n or lba + n > lu.num_blocks or n > lu.limits.max_transfer_blocks:
+        return None
+    need = n * lu.block_size
+    data = cmd.data_out
+    if cmd.expected_length != need or data is None or len(data) != need:
+        return None   # residuals and short data: the general path's business
+    mv = byte_view(data)
+    if len(mv) != need:
+        return None
+    cmd.needed = need
+    return lba, mv
+
+
 def _fast_read(size: int):
     def fast(lu: "DiskLU", cmd: Command):
-        cdb = cmd.cdb
-        if len(cdb) < size or cdb[size - 1] & _NACA_LINK or cdb[1] & _PROTECT \
-                or cmd.direction == _BIDI:
+        plain = _plain_read(lu, cmd, size)
+        if plain is None:
             return None
-        lba, n = _fast_lba_len(cdb, size)
-        if not n or lba + n > lu.num_blocks or n > lu.limits.max_transfer_blocks:
-            return None
+        lba, n = plain
         bs = lu.block_size
         buf = READ_BUFFERS.get(n * bs)
         try:
@@ -222,34 +277,73 @@ def _fast_read(size: int):
 
 def _fast_write(size: int):
     def fast(lu: "DiskLU", cmd: Command):
-        cdb = cmd.cdb
-        if len(cdb) < size or cdb[size - 1] & _NACA_LINK or cdb[1] & _PROTECT:
+        plain = _plain_write(lu, cmd, size)
+        if plain is None:
             return None
-        direction = cmd.direction
-        if direction != _OUT and direction != _NONE:
-            return None
-        if lu.read_only or lu.mode.software_write_protect:
-            return None
-        lba, n = _fast_lba_len(cdb, size)
-        if not n or lba + n > lu.num_blocks or n > lu.limits.max_transfer_blocks:
-            return None
-        need = n * lu.block_size
-        data = cmd.data_out
-        if cmd.expected_length != need or data is None or len(data) != need:
-            return None   # residuals and short data: the general path's business
-        mv = byte_view(data)
-        if len(mv) != need:
-            return None
-        cmd.needed = need
+        lba, mv = plain
         try:
             with lu.lock:
                 lu.store.write(lba * lu.block_size, mv)
-                if cdb[1] & 0x08:   # FUA
+                if cmd.cdb[1] & 0x08:   # FUA
                     lu.store.flush()
         except StoreError as exc:
             return lu._check_condition(cmd, _write_error(exc))
         return lu._good(cmd, None)
     return fast
+
+
+# -- asynchronous fast path ------------------------------------------------------
+# The same plain READ/WRITE(10/16) on a store with submit_read/submit_write
+# (volume/rbdstore.py): the I/O is submitted and the command answered from the
+# store's completion, on whichever thread that runs.  Returns a Deferred, a
+# Response (refused at submission), or None (not plain: the LU's worker lane
+# runs the general path).
+def _async_read(size: int):
+    def submit(lu: "DiskLU", cmd: Command):
+        plain = _plain_read(lu, cmd, size)
+        if plain is None:
+            return None
+        lba, n = plain
+        bs = lu.block_size
+        deferred = Deferred()
+
+        def done(data, err) -> None:
+            if err is not None:
+                deferred.complete(lu._check_condition(cmd, _read_error(err)))
+            else:
+                deferred.complete(lu._good(cmd, data))
+        try:
+            lu.store.submit_read(lba * bs, n * bs, done)
+        except StoreError as exc:
+            return lu._check_condition(cmd, _read_error(exc))
+        return deferred
+    return submit
+
+
+def _async_write(size: int):
+    def submit(lu: "DiskLU", cmd: Command):
+        plain = _plain_write(lu, cmd, size)
+        if plain is None:
+            return None
+        lba, mv = plain
+        deferred = Deferred()
+
+        def done(err) -> None:
+            if err is not None:
+                deferred.complete(lu._check_condition(cmd, _write_error(err)))
+            else:
+                deferred.complete(lu._good(cmd, None))
+        try:
+            lu.store.submit_write(lba * lu.block_size, mv, done, fua=bool(cmd.cdb[1] & 0x08))
+        except StoreError as exc:
+            return lu._check_condition(cmd, _write_error(exc))
+        return deferred
+    return submit
+
+
+# Opcode -> asynchronous fast handler (DiskLU over an asynchronous store).
+ASYNC_FAST = {0x28: _async_read(10), 0x88: _async_read(16),
+              0x2A: _async_write(10), 0x8A: _async_write(16)}
 
 
 SBC.command(0x28, "READ(10)", 10, direction=Direction.IN, conflict=Conflict.READ,

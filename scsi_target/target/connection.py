@@ -5,7 +5,10 @@ accumulate in :attr:`outbox` (take them with :meth:`take_output`), and
 :attr:`closing` says the driver must close the socket after sending them.
 SCSI commands are executed synchronously against the session's LUN map
 (the SCSI layer does no network I/O either), which also makes each command
-atomic with respect to the others.
+atomic with respect to the others -- except on LUs over an asynchronous store
+(an RBD image), which may answer with a :class:`~..scsi.command.Deferred`: its
+response is sent when the store completes it (:meth:`TargetConnection.post`,
+set by the driver, brings the completion back to the connection's thread).
 
 The parts, each sans I/O and each reading the one negotiated-parameters
 record :attr:`params`:
@@ -30,6 +33,7 @@ bytes to go on).
 """
 from __future__ import annotations
 
+import collections
 import logging
 from typing import TYPE_CHECKING, Callable
 
@@ -38,7 +42,7 @@ from ..protocol import pdu as P
 from ..protocol.framing import FramingError, PduReader, UnknownOpcode, encode_pdu
 from ..protocol.serial import MASK32
 from ..scsi import sense as S
-from ..scsi.command import Command, Direction, Response, Status, TaskAttr
+from ..scsi.command import Command, Deferred, Direction, Response, Status, TaskAttr
 from ..scsi.lunaddr import decode_lun
 from . import budget as B
 from .datain import DataInSegmenter
@@ -111,6 +115,12 @@ class TargetConnection:
         # Set by the driver: output appeared outside receive_data (R2Ts for a
         # write that waited for the target's budget another connection freed).
         self.wakeup: Callable[[], None] | None = None
+        # Set by the driver: run a function on the connection's thread soon,
+        # callable from any thread (deferred completions); None: run it at once.
+        self.post: Callable[[Callable[[], None]], None] | None = None
+        self.deferred = 0        # commands answered later by an asynchronous store
+        self._done: collections.deque = collections.deque()
+        self._posted = False
         # Liveness (see keepalive()): when the peer last sent anything, and the
         # NOP-In ping we are waiting an answer for.
         self.last_heard = 0.0
@@ -415,13 +425,24 @@ class TargetConnection:
             if data_out is None and pdu.write:
                 data_out = bytearray()
             attr = pdu.attr
+            luns = self.session.target.luns
             # Positional, in Command's field order (cdb, lun, data_out,
             # expected_length, direction, nexus, task_tag, task_attr, needed,
-            # defer_barrier): binding keywords costs per command.
-            resp = self.session.target.luns.execute(Command(
+            # defer_barrier, may_defer): binding keywords costs per command.
+            # Interceptors (installed on the map instance) see answers only
+            # synchronously: with them every command completes before the next.
+            resp = luns.execute(Command(
                 cdb, task.lun, data_out, pdu.edtl, _DIRECTIONS[pdu.read + 2 * pdu.write],
                 self.session.nexus, pdu.itt, _ATTRS[attr] if attr <= 4 else TaskAttr.SIMPLE,
-                None, True))
+                None, True, "execute" not in luns.__dict__))
+            if type(resp) is Deferred:
+                self.deferred += 1
+                resp.then(lambda r, task=task: self._completed(task, r))
+                return
+        self._respond(task, resp)
+
+    def _respond(self, task: Task, resp: Response) -> None:
+        pdu = task.pdu
         pdus = self.datain.respond(pdu, resp, task.r2tsn)
         s = self.session
         exp, mx = s.exp_cmdsn, s.max_cmdsn
@@ -436,6 +457,35 @@ class TargetConnection:
         self._produced += len(resp.data_in)
         if resp.release is not None:
             out.append(AfterSend(resp.release))
+
+    # ------------------------------------------------- deferred completions
+    def _completed(self, task: Task, resp: Response) -> None:
+        """A deferred command is answered (any thread): queue it for the connection's."""
+        self._done.append((task, resp))
+        if not self._posted:
+            self._posted = True
+            if self.post is None:
+                self.finish_deferred()
+            else:
+                self.post(self.finish_deferred)
+
+    def finish_deferred(self) -> None:
+        """Send the responses of deferred commands completed so far."""
+        self._posted = False
+        done = self._done
+        if not done:
+            return
+        s = self.session
+        live = s is not None and s.target is not None and not self.closing
+        if live:
+            s.target.luns.commit()   # invariant 1, as for a batch of input
+        while done:
+            task, resp = done.popleft()
+            self.deferred -= 1
+            if live:
+                self._respond(task, resp)
+            elif resp.release is not None:
+                resp.release()
 
     # ------------------------------------------------------ other requests
     def _task_mgmt(self, pdu: P.TaskMgmtRequest) -> None:

@@ -49,6 +49,7 @@ class _SocketDriver:
                                      write_budget=server.write_budget,
                                      send_bound=server.send_queue_bound)
         self.conn.wakeup = self._wakeup
+        self.conn.post = self._post
         self.pending: collections.deque = collections.deque()
         self.pending_bytes = 0
         self.reading = False
@@ -111,6 +112,18 @@ class _SocketDriver:
         """Output appeared outside our own input handling (see TargetConnection.wakeup)."""
         if not self.closed:
             self.loop.call_soon(self._flush)
+
+    def _post(self, fn) -> None:
+        """From any thread (a store's completion): run ``fn`` on the loop, then send."""
+        try:
+            self.loop.call_soon_threadsafe(self._run_posted, fn)
+        except RuntimeError:      # the loop is closed: the server is gone
+            pass
+
+    def _run_posted(self, fn) -> None:
+        fn()                      # a closed connection drops what it completes
+        if not self.closed:
+            self._after_input()
 
     def _flush(self) -> None:
         if not self.closed:
