@@ -374,6 +374,15 @@ class GenerationMap:
         # storage that does not keep them across a crash by itself (RADOS).
         self._pending_pages: set[int] | None = None
         self._guard = None
+        # Group commit for asynchronous writers (mark_async): pending pages form
+        # batch ``_batch``; a batch taken for flushing gets the next number.
+        # ``_durable``: every batch up to it is in the storage.  ``_waiters``:
+        # (batch, callback) of marks waiting for their batch.
+        self._batch = 1
+        self._durable = 0
+        self._done_batches: set[int] = set()
+        self._waiters: list = []
+        self._aio_inflight = False
         self._slots = []
         self._coarse_slots: list = []
         self._coarse = None
@@ -790,16 +799,24 @@ class GenerationMap:
             with self._sync_lock:
                 with self._mark_lock:
                     pages, self._pending_pages = self._pending_pages, set()
-                if not pages or self._closed:
+                    batch = self._batch
+                    self._batch += 1
+                if not pages:
+                    self._batch_done(batch, None)
+                    return
+                if self._closed:
+                    self._batch_done(batch, MapError(f"generation map {self._path} is closed"))
                     return
                 try:
                     self._storage.flush_extents(_page_extents(pages))
-                except BaseException:
+                except BaseException as exc:
                     # Not durable: the next barrier must try these again.
                     with self._mark_lock:
                         self._pending_pages |= pages
                     durability.note_unsynced(self)
+                    self._batch_done(batch, exc)
                     raise
+                self._batch_done(batch, None)
             return
         if self._unsynced is None:
             return
@@ -818,6 +835,70 @@ class GenerationMap:
                                               max(u[1], self._unsynced[1])]
                     durability.note_unsynced(self)
                     raise
+
+    # -- asynchronous group commit ----------------------------------------------
+    def mark_async(self, offset: int, length: int, done) -> None:
+        """``mark`` for a writer that answers from a completion: ``done(None)`` once
+        the mark is durable, ``done(error)`` if it cannot be made so; from any
+        thread.  On a storage that flushes journal pages (RADOS), the pages of
+        every mark waiting go out together in one write op while the data write
+        is in flight (group commit without blocking the caller); elsewhere
+        (files: a shared mapping plus msync) the mark is made durable at once.
+        Raises like ``mark`` (a fenced map refuses before anything is written)."""
+        if self._pending_pages is None:
+            self.mark(offset, length, sync=True)
+            done(None)
+            return
+        self.mark(offset, length, sync=False)
+        with self._mark_lock:
+            key = self._batch if self._pending_pages else self._batch - 1
+            if key <= self._durable:
+                ready = True
+            else:
+                ready = False
+                self._waiters.append((key, done))
+        if ready:
+            done(None)
+            return
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start the next asynchronous journal write unless one is in flight."""
+        with self._mark_lock:
+            if self._aio_inflight or not self._pending_pages or self._closed:
+                return
+            pages, self._pending_pages = self._pending_pages, set()
+            batch = self._batch
+            self._batch += 1
+            self._aio_inflight = True
+
+        def written(exc) -> None:
+            if exc is not None:
+                with self._mark_lock:
+                    self._pending_pages |= pages
+                durability.note_unsynced(self)
+            with self._mark_lock:
+                self._aio_inflight = False
+            self._batch_done(batch, exc)
+            self._kick()
+        try:
+            self._storage.flush_extents_async(_page_extents(pages), written)
+        except BaseException as exc:  # refused at submission (fenced, closed)
+            written(exc)
+
+    def _batch_done(self, batch: int, exc) -> None:
+        """Batch ``batch`` was written (exc None) or failed: answer its waiters."""
+        with self._mark_lock:
+            self._done_batches.add(batch)
+            while self._durable + 1 in self._done_batches:
+                self._durable += 1
+                self._done_batches.discard(self._durable)
+            limit = batch if exc is not None else self._durable
+            ready = [cb for k, cb in self._waiters if k <= limit]
+            if ready:
+                self._waiters = [(k, cb) for k, cb in self._waiters if k > limit]
+        for cb in ready:
+            cb(exc)
 
     # -- queries --------------------------------------------------------------
     def _check_open(self) -> None:
@@ -1198,7 +1279,13 @@ class GenerationMap:
     def close(self) -> None:
         if self._cut is not None and not self._closed:
             self._cut.abandon()
-        self.sync_marks()
+        try:
+            self.sync_marks()       # answers every mark_async waiter too
+        finally:
+            with self._mark_lock:
+                left, self._waiters = self._waiters, []
+            for _, cb in left:
+                cb(MapError(f"generation map {self._path} closed before the mark was durable"))
         durability.forget(self)
         with self._lock:
             if self._closed:

@@ -80,6 +80,17 @@ class MapStorage(ABC):
         for off, n in extents:
             self.flush(off, n)
 
+    def flush_extents_async(self, extents: list[tuple[int, int]], done) -> None:
+        """``flush_extents`` that returns at once and calls ``done(None or error)`` when
+        the ranges are durable (from any thread).  Storages without an asynchronous
+        write do it now."""
+        try:
+            self.flush_extents(extents)
+        except Exception as exc:
+            done(exc)
+            return
+        done(None)
+
     def release(self, offset: int, length: int) -> None:
         """The journal range will not be read for a while (drop its cached pages)."""
 

@@ -43,6 +43,7 @@ import crc32c
 
 from .genmap import MapBusy, MapCorrupt, MapError
 from .mapstorage import MapStorage
+from .store import StoreFenced
 
 __all__ = ["RadosMapStorage", "MapFenced", "LOCK_NAME", "DEFAULT_LOCK_DURATION",
            "journal_object", "POINTER_FORMAT", "OWNER_FORMAT"]
@@ -57,7 +58,7 @@ _LOCK_RENEW = 1             # LIBRADOS_LOCK_FLAG_MAY_RENEW
 ESHUTDOWN = getattr(errno, "ESHUTDOWN", 108)
 
 
-class MapFenced(MapError):
+class MapFenced(MapError, StoreFenced):
     """Another target took the map over (or this one's lease lapsed): nothing more
     may be written by this process."""
 
@@ -251,15 +252,13 @@ class RadosMapStorage(MapStorage):
                 self.ioctx.operate_write_op(op, self.jobj)
         except r.Error as exc:
             code = abs(getattr(exc, "errno", 0) or 0)
-            if code == errno.ECANCELED:
-                self._fence("another target took the map over (its epoch is newer)")
-                raise MapFenced(f"{self.name}: {what} refused: another target took the map "
-                                f"over") from None
-            if code == ESHUTDOWN or isinstance(exc, getattr(r, "ConnectionShutdown", ())):
-                self._fence("this client was blocklisted by another target")
-                raise MapFenced(f"{self.name}: {what} refused: this client was blocklisted "
-                                f"by another target") from None
-            raise MapError(f"{self.name}: {what} failed: {exc}") from None
+            if code not in (errno.ECANCELED, ESHUTDOWN) and \
+                    isinstance(exc, getattr(r, "ConnectionShutdown", ())):
+                code = ESHUTDOWN
+            err = self._op_error(code, what)
+            if not isinstance(err, MapFenced):
+                err = MapError(f"{self.name}: {what} failed: {exc}")
+            raise err from None
 
     def _read_object(self, obj: str, length: int) -> bytes:
         parts = []
@@ -396,6 +395,43 @@ class RadosMapStorage(MapStorage):
                 op.write(data, off)
         with self._lock:
             self._guarded(build, "journal write")
+
+    def flush_extents_async(self, extents: list[tuple[int, int]], done) -> None:
+        r = self.rados
+        buf = self._buf
+        if buf is None:
+            raise MapError(f"{self.name} is closed")
+        self.check_writable()
+        size = len(buf)
+        op = self.ioctx.create_write_op()
+        try:
+            op.omap_cmp("epoch", _epoch_text(self.epoch), r.LIBRADOS_CMPXATTR_OP_EQ)
+            for off, n in extents:
+                if off < size:
+                    op.write(bytes(buf[off:min(off + n, size)]), off)
+        except BaseException:
+            self.ioctx.release_write_op(op)
+            raise
+
+        def complete(comp) -> None:
+            rc = comp.get_return_value()
+            self.ioctx.release_write_op(op)
+            done(None if rc >= 0 else self._op_error(-rc, "journal write"))
+        try:
+            self.ioctx.operate_aio_write_op(op, self.jobj, oncomplete=complete)
+        except r.Error as exc:
+            self.ioctx.release_write_op(op)
+            raise self._op_error(abs(getattr(exc, "errno", 0) or 0), "journal write") from None
+
+    def _op_error(self, code: int, what: str) -> MapError:
+        if code == errno.ECANCELED:
+            self._fence("another target took the map over (its epoch is newer)")
+            return MapFenced(f"{self.name}: {what} refused: another target took the map over")
+        if code == ESHUTDOWN:
+            self._fence("this client was blocklisted by another target")
+            return MapFenced(f"{self.name}: {what} refused: this client was blocklisted by "
+                             f"another target")
+        return MapError(f"{self.name}: {what} failed: {os.strerror(code) if code else '?'}")
 
     # -- the sidecar ------------------------------------------------------------
     def read_sidecar(self) -> bytes | None:

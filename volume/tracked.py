@@ -42,7 +42,7 @@ from bitarray import bitarray
 
 from .genmap import GenerationMap, MapError, journal_path
 from .pitcut import CowSettings, PitCut
-from .store import BlockStore
+from .store import BlockStore, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import VolumeSessions
@@ -216,6 +216,35 @@ def _write_json_atomic(path: str, doc: dict, sync: bool) -> None:
             os.close(dfd)
 
 
+class _Both:
+    """Calls ``done`` once the mark and the data write both completed (the first
+    error wins; a map error becomes a StoreError, the LU's write error)."""
+    __slots__ = ("done", "left", "error", "lock")
+
+    def __init__(self, done) -> None:
+        self.done = done
+        self.left = 2
+        self.error = None
+        self.lock = threading.Lock()
+
+    def mark_done(self, exc) -> None:
+        if exc is not None and not isinstance(exc, StoreError):
+            exc = StoreError(f"write intent not recorded: {exc}")
+        self._part(exc)
+
+    def data_done(self, exc) -> None:
+        self._part(exc)
+
+    def _part(self, exc) -> None:
+        with self.lock:
+            if exc is not None and self.error is None:
+                self.error = exc
+            self.left -= 1
+            if self.left:
+                return
+        self.done(self.error)
+
+
 class _FilePlace:
     """Map files and sidecar beside the backing file ``path``."""
     local = True
@@ -275,6 +304,7 @@ class TrackingStore(BlockStore):
                  cow: CowSettings | None = None, place=None) -> None:
         self.inner = inner
         self.size = inner.size
+        self.asynchronous = getattr(inner, "asynchronous", False)
         self._map = gmap
         self._mark = gmap.mark
         # A local path whose stem names per-volume files (the audit's CRC table);
@@ -487,6 +517,29 @@ class TrackingStore(BlockStore):
             self.cow.before_write(offset, n)
         self.inner.write(offset, data)
 
+    # An asynchronous inner store (RBD): a write's mark and its data go out
+    # together; the command is answered when both are durable (invariant 1).
+    def submit_read(self, offset: int, length: int, done) -> None:
+        self.inner.submit_read(offset, length, done)
+
+    def submit_write(self, offset: int, data, done, fua: bool = False) -> None:
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        join = _Both(done)
+        self._map.mark_async(offset, n, join.mark_done)
+        if self.cow is not None:
+            self.cow.before_write(offset, n)
+        self.inner.submit_write(offset, data, join.data_done, fua)
+
+    def submit_flush(self, done) -> None:
+        self.inner.submit_flush(done)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        return self.inner.drain(timeout)
+
+    @property
+    def inflight(self) -> int:
+        return self.inner.inflight
+
     def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
         self.inner.readinto_many(offsets, bufs)
 
@@ -526,6 +579,13 @@ class TrackingStore(BlockStore):
         if self.cow is not None:
             self.cow.release()
         try:
+            if self._place is not None and not self._place.local:
+                # The map shares the store's RADOS client: it goes first.
+                try:
+                    self._map.close()
+                finally:
+                    self.inner.close()
+                return
             try:
                 self.inner.close()
             finally:
