@@ -461,6 +461,9 @@ class GenerationMap:
 
     def _init_geometry(self, storage: MapStorage, volume_size: int, granularity: int,
                        volume_id: bytes, sync: bool) -> None:
+        if storage.volatile_fine and not sync:
+            raise ValueError(f"{storage.name}: sync=False keeps nothing durable on this "
+                             f"storage (it is for maps in RAM files)")
         self._storage = storage
         self._path = storage.name
         self._jpath = storage.journal_name
@@ -789,6 +792,19 @@ class GenerationMap:
         if not pending:
             durability.note_unsynced(self)
         pending |= pages
+
+    def _note_cleared(self, a: int, b: int) -> None:
+        """Cleared fine bits reach a volatile-fine storage with the next barrier (a
+        stale 1 there would only be a false positive, but the map would then differ
+        from the same map in files after a reopen)."""
+        if self._pending_pages is None or b <= a:
+            return
+        fbase = self._slot_off[self._active]
+        pages = range((fbase + (a >> 3)) >> _FLUSH_SHIFT, ((fbase + ((b - 1) >> 3)) >> _FLUSH_SHIFT) + 1)
+        with self._mark_lock:
+            if not self._pending_pages:
+                durability.note_unsynced(self)
+            self._pending_pages.update(pages)
 
     def sync_marks(self) -> None:
         """Make every mark made with ``sync=False`` so far durable (one msync, or one
@@ -1199,6 +1215,7 @@ class GenerationMap:
                 p[first_block:end] = (generation >> i) & 1
             # Clearing a dirty bit needs no msync: a stale 1 is a false positive.
             self._dirty[first_block:end] = 0
+            self._note_cleared(first_block, end)
             self._plane_counts = None
             self._counts_cache = None
             if generation >= self._current:
@@ -1230,6 +1247,7 @@ class GenerationMap:
                 else:
                     p[first_block:end] &= inv
             self._dirty[first_block:end] &= inv
+            self._note_cleared(first_block, end)
             self._plane_counts = None
             self._counts_cache = None
             if generation >= self._current:

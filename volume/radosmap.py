@@ -46,7 +46,7 @@ from .mapstorage import MapStorage
 from .store import StoreFenced
 
 __all__ = ["RadosMapStorage", "MapFenced", "LOCK_NAME", "DEFAULT_LOCK_DURATION",
-           "journal_object", "POINTER_FORMAT", "OWNER_FORMAT"]
+           "journal_object", "POINTER_FORMAT", "OWNER_FORMAT", "pointer_record", "parse_pointer"]
 
 LOCK_NAME = "pyscsi-genmap"
 DEFAULT_LOCK_DURATION = 20.0
@@ -287,17 +287,7 @@ class RadosMapStorage(MapStorage):
         raw = self._omap().get("map")
         if raw is None:
             return None
-        try:
-            ptr = json.loads(raw.decode())
-            if ptr.get("format") != POINTER_FORMAT:
-                raise ValueError("not a map pointer")
-            if ptr.get("version") != 1:
-                raise ValueError(f"pointer version {ptr.get('version')!r}, this release reads 1")
-            ptr["object"], ptr["length"], ptr["crc32c"] = (str(ptr["object"]), int(ptr["length"]),
-                                                           int(ptr["crc32c"]))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise MapCorrupt(f"{self.journal_name}: malformed map pointer ({exc})") from None
-        return ptr
+        return parse_pointer(raw, self.journal_name)
 
     def read_map(self) -> bytes:
         self._acquire()
@@ -336,9 +326,7 @@ class RadosMapStorage(MapStorage):
         except self.rados.Error as exc:
             raise MapError(f"{self.name}: cannot write map object {obj} ({len(data)} bytes): "
                            f"{exc}") from None
-        ptr = json.dumps({"format": POINTER_FORMAT, "version": 1, "object": obj,
-                          "length": len(data), "crc32c": crc32c.crc32c(data)},
-                         sort_keys=True).encode()
+        ptr = pointer_record(obj, data)
         try:
             self._guarded(lambda op: self.ioctx.set_omap(op, ("map",), (ptr,)), "map update")
         except MapError:
@@ -471,6 +459,32 @@ class RadosMapStorage(MapStorage):
             except MapError:
                 pass
         self._unlock()
+
+
+def pointer_record(obj: str, data) -> bytes:
+    """The ``map`` omap value naming the map object that holds ``data``."""
+    return json.dumps({"format": POINTER_FORMAT, "version": 1, "object": obj,
+                       "length": len(data), "crc32c": crc32c.crc32c(data)},
+                      sort_keys=True).encode()
+
+
+def parse_pointer(raw: bytes, where: str) -> dict:
+    """The fields of a ``map`` omap value; MapCorrupt/MapMismatch saying what is wrong."""
+    from .genmap import MapMismatch
+    try:
+        ptr = json.loads(raw.decode())
+        if not isinstance(ptr, dict) or ptr.get("format") != POINTER_FORMAT:
+            raise ValueError("not a map pointer")
+        if ptr.get("version") != 1:
+            raise MapMismatch(f"{where}: map pointer version {ptr.get('version')!r}, this "
+                              f"release reads version 1")
+        out = {"format": POINTER_FORMAT, "version": 1, "object": str(ptr["object"]),
+               "length": int(ptr["length"]), "crc32c": int(ptr["crc32c"])}
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise MapCorrupt(f"{where}: malformed map pointer ({exc})") from None
+    if out["length"] < 0 or not out["object"]:
+        raise MapCorrupt(f"{where}: malformed map pointer (length {out['length']})")
+    return out
 
 
 def _parse_owner(raw: bytes) -> dict | None:

@@ -254,6 +254,7 @@ class _FilePlace:
         self.where, _, self.sidecar_label = map_paths(path)
         self.map_label = self.where
         self.map_glob = f"{self.where}*"
+        self.everything = f"{self.map_glob} and {self.sidecar_label}"
         self.stem = self.sidecar_label
 
     def have_map(self) -> bool:
@@ -268,6 +269,9 @@ class _FilePlace:
     def write_doc(self, doc: dict, sync: bool) -> None:
         _write_json_atomic(self.sidecar_label, doc, sync)
 
+    def abandon(self) -> None:
+        pass
+
 
 class _RadosPlace:
     """Map, journal and sidecar in RADOS objects (volume/radosmap.py)."""
@@ -278,8 +282,9 @@ class _RadosPlace:
         self.volume_label = volume
         self.map_label = storage.name
         self.sidecar_label = f"{storage.journal_name} (omap key sidecar)"
-        self.map_glob = (f"the objects {storage.base}.genmap.* in pool {storage.pool} "
-                         f"(rados -p {storage.pool} rm {storage.jobj})")
+        self.map_glob = (f"the RADOS objects {storage.base}.genmap.* in pool {storage.pool} "
+                         f"(rados -p {storage.pool} ls; rados -p {storage.pool} rm OBJECT)")
+        self.everything = self.map_glob          # the sidecar is in the journal's omap
         self.stem = stem
 
     def have_map(self) -> bool:
@@ -291,6 +296,9 @@ class _RadosPlace:
 
     def write_doc(self, doc: dict, sync: bool) -> None:
         self.where.write_sidecar(sidecar_bytes(doc))
+
+    def abandon(self) -> None:
+        self.where.close()
 
 
 class TrackingStore(BlockStore):
@@ -363,6 +371,17 @@ class TrackingStore(BlockStore):
     def _open_at(cls, inner: BlockStore, place: "_FilePlace | _RadosPlace", *,
                  granularity: int | None, sync: bool, volume_id: bytes | None,
                  cow: CowSettings | None) -> "TrackingStore":
+        try:
+            return cls._open_place(inner, place, granularity=granularity, sync=sync,
+                                   volume_id=volume_id, cow=cow)
+        except BaseException:
+            place.abandon()       # a RADOS map's lock goes with the failed open
+            raise
+
+    @classmethod
+    def _open_place(cls, inner: BlockStore, place: "_FilePlace | _RadosPlace", *,
+                    granularity: int | None, sync: bool, volume_id: bytes | None,
+                    cow: CowSettings | None) -> "TrackingStore":
         mpath, spath, vname = place.map_label, place.sidecar_label, place.volume_label
         try:
             have_map = place.have_map()
@@ -393,13 +412,13 @@ class TrackingStore(BlockStore):
             raise TrackingError(
                 f"{vname} is {inner.size} bytes but its generation map was made for "
                 f"{doc['volume_size']} bytes: resizing a tracked volume is refused; restore its "
-                f"size, or delete {place.map_glob} and {spath} to start tracking afresh (then "
+                f"size, or delete {place.everything} to start tracking afresh (then "
                 f"take a full backup)")
         gran = int(doc["granularity"])
         if granularity is not None and granularity != gran:
             raise TrackingError(
                 f"{vname} is tracked at {gran}-byte granularity, not {granularity}: "
-                f"changing it needs a new map — delete {place.map_glob} and {spath}, then take "
+                f"changing it needs a new map — delete {place.everything}, then take "
                 f"a full backup")
         b = doc.get("backup") or {}
         entries = -(-inner.size // gran)
