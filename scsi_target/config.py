@@ -381,7 +381,8 @@ _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators", "fault", "fault_control")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
              "source", "removable", "physical_block_size", "write_same_zero", "parts",
-             "track_granularity", "serial", "cow_dir", "cow_size", "rbd")
+             "track_granularity", "serial", "cow_dir", "cow_size", "rbd", "track_map",
+             "track_map_path", "track_map_lock")
 _PART_KEYS = ("path", "size")
 _RBD_KEYS = ("pool", "image", "conf", "client_id", "keyring", "op_timeout", "mount_timeout")
 # What an RBD-backed [[target.lun]] takes besides its [target.lun.rbd] table.
@@ -798,6 +799,10 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
         return _parse_tape(r, d, key, lun)
     if "rbd" in d:
         return _parse_rbd_lun(r, d, key, lun)
+    rbd_only = next((k for k in ("track_map", "track_map_path", "track_map_lock") if k in d), None)
+    if rbd_only:
+        raise r.fail(_join(key, rbd_only), "only for RBD-backed LUNs ([target.lun.rbd]); a file "
+                     "LUN's map is always beside its backing file")
     path, size = _parse_backing(r, d, key)
     block_size = r.typed(d, key, "block_size", int, 512)
     if block_size not in BLOCK_SIZES:
