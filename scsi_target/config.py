@@ -844,8 +844,6 @@ def _parse_rbd_lun(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
         why = ("an RBD-backed LUN has no backing file" if extra[0] in ("path", "parts") else
                "not allowed with rbd")
         raise r.fail(_join(key, extra[0]), f"{why} (allowed: {', '.join(_RBD_LUN_KEYS)})")
-    if d.get("kind", "disk") != "disk":
-        raise r.fail(_join(key, "kind"), "rbd backs disks only")
     rkey = _join(key, "rbd")
     t = r.table(d["rbd"], rkey, _RBD_KEYS)
     pool = r.required(t, rkey, "pool", str)

@@ -157,6 +157,8 @@ class RbdStore(BlockStore):
         self.rbd = ceph_bindings.load("rbd")
         self._closed = True
         self._inflight = _Counter()
+        self._size_stop = threading.Event()
+        self._size_thread: threading.Thread | None = None
         self.cluster = self._connect()
         try:
             try:
@@ -314,7 +316,7 @@ class RbdStore(BlockStore):
         buf[:] = self.read(offset, len(buf))
 
     def write(self, offset: int, data) -> None:
-        payload = _payload(data)
+        payload = data if type(data) is bytes else bytes(byte_view(data))  # the binding's rule
         n = len(payload)
         self._check(offset, n, write=True)
         if not n:
@@ -466,11 +468,38 @@ class RbdStore(BlockStore):
         """Wait until no submitted operation is in flight; False on timeout."""
         return self._inflight.wait_idle(timeout)
 
+    # -- resizes ----------------------------------------------------------------
+    def watch_size(self, changed: Callable[[int], None], interval: float = 2.0) -> None:
+        """Call ``changed(new_size)`` from a watcher thread when the image's size changes
+        (``rbd resize``).  ``size`` itself is left alone: the caller adopts the new size
+        when it is ready to (the disk LU does, between commands)."""
+        if self._size_thread is not None:
+            raise StoreError(f"{self.spec.name}: its size is watched already")
+        seen = self.size
+
+        def run() -> None:
+            nonlocal seen
+            while not self._size_stop.wait(interval):
+                try:
+                    # librbd refreshes the header when its watch saw a resize notice.
+                    now = self.image.size()
+                except self.rbd.Error:
+                    continue
+                if now != seen:
+                    seen = now
+                    changed(now)
+        self._size_thread = threading.Thread(target=run, daemon=True,
+                                             name=f"rbd-size-{self.spec.image}")
+        self._size_thread.start()
+
     # -- closing ----------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._size_stop.set()
+        if self._size_thread is not None and self._size_thread is not threading.current_thread():
+            self._size_thread.join()
         # librbd completes what was submitted; wait for it (bounded by the op timeout).
         self.drain(self.spec.op_timeout + 5)
         try:

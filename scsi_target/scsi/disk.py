@@ -1,6 +1,8 @@
 """Disk (SBC direct-access block device) logical unit."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from volume.store import BlockStore
 
 from . import devices
@@ -10,6 +12,7 @@ from .dispatch import DispatchTable
 from .lane import WorkerLane
 from .lun import Identity, LogicalUnit
 from .sbc import ASYNC_FAST
+from . import sense as S
 
 _SIMPLE = (TaskAttr.UNTAGGED, TaskAttr.SIMPLE)
 
@@ -54,6 +57,19 @@ class DiskLU(LogicalUnit):
         # An asynchronous store (RBD): plain READ/WRITE are submitted to it, the
         # rest runs on the LU's worker lane (lane.py); never on the caller's thread.
         self._lane = WorkerLane(self, super().execute) if getattr(store, "asynchronous", False) else None
+        if self._lane is not None and hasattr(store, "watch_size"):
+            # A resized image (rbd resize) is adopted between commands; every
+            # initiator then hears CAPACITY DATA HAS CHANGED before its next command.
+            store.watch_size(lambda size: self._lane.call(self._resized, size))
+
+    def _resized(self, size: int) -> None:
+        blocks = size // self.block_size
+        if blocks == self.num_blocks or blocks == 0:
+            return
+        self.store.size = blocks * self.block_size
+        self.geometry = replace(self.geometry, num_blocks=blocks)
+        self.num_blocks = blocks
+        self.ua.establish(S.CAPACITY_DATA_HAS_CHANGED)
 
     def execute(self, cmd: Command) -> Response | Deferred:
         lane = self._lane

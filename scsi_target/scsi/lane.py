@@ -45,17 +45,28 @@ class WorkerLane:
 
     def submit(self, cmd: Command) -> Deferred:
         deferred = Deferred()
+        if not self._enter():
+            deferred.complete(_failure(cmd, S.not_ready(S.LUN_NOT_READY_INIT_REQUIRED)))
+            return deferred
+        self._queue.put((cmd, deferred))
+        return deferred
+
+    def _enter(self) -> bool:
         with self._lock:
             if self._closed:
-                deferred.complete(_failure(cmd, S.not_ready(S.LUN_NOT_READY_INIT_REQUIRED)))
-                return deferred
+                return False
             self._held += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, daemon=True,
                                                 name=f"lu-lane-{id(self.lu):x}")
                 self._thread.start()
-        self._queue.put((cmd, deferred))
-        return deferred
+        return True
+
+    def call(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the lane, alone: after the I/O in flight, before later
+        commands (a capacity change)."""
+        if self._enter():
+            self._queue.put((fn, args))
 
     def _work(self) -> None:
         store = self.lu.store
@@ -64,6 +75,15 @@ class WorkerLane:
             if item is None:
                 return
             cmd, deferred = item
+            if callable(cmd):
+                try:
+                    store.drain()
+                    cmd(*deferred)
+                except Exception:
+                    log.exception("LU maintenance on the lane failed")
+                with self._lock:
+                    self._held -= 1
+                continue
             try:
                 store.drain()
                 resp = self._run(cmd)

@@ -121,6 +121,12 @@ class TargetConnection:
         self.deferred = 0        # commands answered later by an asynchronous store
         self._done: collections.deque = collections.deque()
         self._posted = False
+        # Deferred commands in flight: ITT -> LUN; those a task management
+        # function aborted (their responses are dropped), and the TMF responses
+        # that wait for them (SAM-5: a TMF completes once its tasks have ended).
+        self._inflight: dict[int, int] = {}
+        self._aborted: set[int] = set()
+        self._held_tmf: list[tuple[P.TaskMgmtRequest, P.TmfResponse, set[int]]] = []
         # Liveness (see keepalive()): when the peer last sent anything, and the
         # NOP-In ping we are waiting an answer for.
         self.last_heard = 0.0
@@ -437,6 +443,7 @@ class TargetConnection:
                 None, True, "execute" not in luns.__dict__))
             if type(resp) is Deferred:
                 self.deferred += 1
+                self._inflight[pdu.itt] = task.lun
                 resp.then(lambda r, task=task: self._completed(task, r))
                 return
         self._respond(task, resp)
@@ -482,14 +489,61 @@ class TargetConnection:
         while done:
             task, resp = done.popleft()
             self.deferred -= 1
+            itt = task.pdu.itt
+            self._inflight.pop(itt, None)
+            if itt in self._aborted:
+                self._aborted.discard(itt)
+                if resp.release is not None:
+                    resp.release()
+                if live:
+                    self._tmf_task_ended(itt)
+                continue
             if live:
                 self._respond(task, resp)
             elif resp.release is not None:
                 resp.release()
 
+    def _tmf_task_ended(self, itt: int) -> None:
+        held = []
+        for pdu, response, waiting in self._held_tmf:
+            waiting.discard(itt)
+            if waiting:
+                held.append((pdu, response, waiting))
+            else:
+                self._answer_tmf(pdu, response)
+        self._held_tmf = held
+
     # ------------------------------------------------------ other requests
     def _task_mgmt(self, pdu: P.TaskMgmtRequest) -> None:
-        response = self.sessions.task_manager.request(self.session, pdu)
+        waiting = self._inflight_for(pdu)
+        if waiting and pdu.function == P.TmfFunction.ABORT_TASK:
+            response = P.TmfResponse.COMPLETE      # running on the store, not in the task set
+        else:
+            response = self.sessions.task_manager.request(self.session, pdu)
+        if waiting and response == P.TmfResponse.COMPLETE:
+            # Deferred commands cannot be called back from the store: they end
+            # without a response, and the TMF is answered once they have ended.
+            self._aborted |= waiting
+            self._held_tmf.append((pdu, response, set(waiting)))
+            return
+        self._answer_tmf(pdu, response)
+
+    def _inflight_for(self, pdu: P.TaskMgmtRequest) -> set[int]:
+        """ITTs of this connection's deferred commands that ``pdu`` would abort."""
+        if not self._inflight:
+            return set()
+        fn = pdu.function
+        F = P.TmfFunction
+        if fn in (F.TARGET_WARM_RESET, F.TARGET_COLD_RESET):
+            return set(self._inflight)
+        lun = decode_lun(pdu.lun.to_bytes(8, "big"))
+        if fn == F.ABORT_TASK:
+            return {pdu.rtt} if self._inflight.get(pdu.rtt) == lun else set()
+        if fn in (F.ABORT_TASK_SET, F.CLEAR_TASK_SET, F.LOGICAL_UNIT_RESET):
+            return {itt for itt, ln in self._inflight.items() if ln == lun}
+        return set()
+
+    def _answer_tmf(self, pdu: P.TaskMgmtRequest, response: P.TmfResponse) -> None:
         self._answer(P.TaskMgmtResponse(response=int(response), itt=pdu.itt))
         if pdu.function == P.TmfFunction.TARGET_COLD_RESET and \
                 response == P.TmfResponse.COMPLETE:

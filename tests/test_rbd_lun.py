@@ -1,0 +1,294 @@
+"""RBD-backed disk LUNs served by the real server process, exercised by real clients.
+
+qemu-img/qemu-io (libiscsi inside qemu), libiscsi's iscsi-test-cu SBC suites,
+our initiator; the exclusive lock between two server processes; and an OSD
+killed under the LUN, which must become sense data within the op timeout.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from interop_util import cu_summary, require_tool, run_tool
+from scsi_target.initiator.sync import SyncIscsiClient
+from scsi_target.scsi.sense import SenseKey
+from test_sbc_libiscsi import SBC_SUITES, skip_audit
+
+pytestmark = pytest.mark.ceph
+
+MiB = 1 << 20
+POOL = "pyscsi-rbd-lun"
+IQN = "iqn.2026-12.test:rbd"
+
+
+class RbdServer:
+    """``scsi-target serve --config`` of one target with one RBD LUN."""
+
+    def __init__(self, workdir: Path, conf: Path, image: str, *, rbd_extra: str = "",
+                 lun_extra: str = "") -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / f"{image}.toml"
+        self.config.write_text(
+            'portals = ["127.0.0.1:0"]\n[[target]]\n'
+            f'iqn = "{IQN}"\n[[target.lun]]\nlun = 0\n{lun_extra}\n'
+            f'rbd = {{ pool = "{POOL}", image = "{image}", conf = "{conf}"{rbd_extra} }}\n')
+        self.log = workdir / f"{image}.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> "RbdServer":
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scsi_target", "serve", "--config", str(self.config),
+             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=log,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                m = re.match(rb"listening on [^\s,]*:(\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
+                    return self
+                if not line:
+                    break
+            elif self.proc.poll() is not None:
+                break
+        self.stop()
+        raise AssertionError(f"server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def url(self) -> str:
+        return f"iscsi://127.0.0.1:{self.port}/{IQN}/0"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> "RbdServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@pytest.fixture(scope="module")
+def pool(ceph_cluster):
+    ceph_cluster.create_pool(POOL)
+    return ceph_cluster
+
+
+def new_image(cluster, size: str = "64M") -> str:
+    name = f"lun-{uuid.uuid4().hex[:10]}"
+    cluster.run("rbd", "create", f"{POOL}/{name}", "--size", size)
+    return name
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_qemu_img_convert_roundtrip_lands_in_the_image(pool, tmp_path):
+    qemu_img = require_tool("qemu-img")
+    image = new_image(pool, "64M")
+    src, back, exported = tmp_path / "src.raw", tmp_path / "back.raw", tmp_path / "exp.raw"
+    src.write_bytes(os.urandom(48 * MiB))
+    with RbdServer(tmp_path, pool.conf, image) as srv:
+        r = run_tool([qemu_img, "convert", "-n", "-f", "raw", "-O", "raw", str(src), srv.url()],
+                     timeout=180)
+        assert r.returncode == 0, r.stderr
+        r = run_tool([qemu_img, "info", srv.url()], timeout=30)
+        assert r.returncode == 0 and "64 MiB" in r.stdout, r.stdout + r.stderr
+        r = run_tool([qemu_img, "convert", "-O", "raw", "--image-opts",
+                      f"driver=raw,size={48 * MiB},file.driver=iscsi,file.transport=tcp,"
+                      f"file.portal=127.0.0.1:{srv.port},file.target={IQN},file.lun=0",
+                      str(back)], timeout=180)
+        assert r.returncode == 0, r.stderr
+    assert sha256(back) == sha256(src)
+    # What the initiator wrote is in the RBD image itself, read without our target.
+    pool.run("rbd", "export", f"{POOL}/{image}", str(exported), timeout=120)
+    assert hashlib.sha256(exported.read_bytes()[:48 * MiB]).hexdigest() == sha256(src)
+
+
+def qemu_io(url: str, *commands: str) -> str:
+    args = [require_tool("qemu-io"), "-f", "raw"]
+    for c in commands:
+        args += ["-c", c]
+    r = run_tool(args + [url], timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    bad = [ln for ln in out.splitlines() if re.search(r"fail|error|mismatch|Pattern", ln, re.I)]
+    assert not bad, out
+    return out
+
+
+def test_qemu_io_large_aio_discard_and_zeroes(pool, tmp_path):
+    image = new_image(pool, "96M")
+    with RbdServer(tmp_path, pool.conf, image) as srv:
+        qemu_io(srv.url(),
+                "write -P 0xa5 0 4M", "aio_write -P 0x5a 16M 16M", "aio_write -P 0x3c 40M 64k",
+                "aio_flush", "read -P 0xa5 0 4M", "read -P 0x5a 16M 16M",
+                "read -P 0x3c 40M 64k", "flush")
+        # qemu-io's discard is UNMAP, write -z is WRITE SAME with zeroes: both read back 0.
+        qemu_io(srv.url(), "discard 16M 8M", "read -P 0 16M 8M", "read -P 0x5a 24M 8M",
+                "write -z 1M 2M", "read -P 0 1M 2M", "read -P 0xa5 0 1M", "read -P 0xa5 3M 1M")
+        # unaligned for the 4 MiB objects, aligned for the 512-byte blocks
+        qemu_io(srv.url(), "write -P 0x77 4095k 3k", "read -P 0x77 4095k 3k",
+                "read -P 0xa5 4094k 1k")
+
+
+def test_libiscsi_sbc_suites_pass_on_an_rbd_lun(pool, tmp_path):
+    exe = require_tool("iscsi-test-cu")
+    image = new_image(pool, "64M")
+    with RbdServer(tmp_path, pool.conf, image) as srv:
+        out = run_tool([exe, "-V", "--dataloss", "-t", SBC_SUITES, srv.url()], timeout=600)
+    output = out.stdout + out.stderr
+    s = cu_summary(output)
+    assert s.failed == 0 and not s.failures, f"{s.failures}\n{output[-4000:]}"
+    assert s.ran >= 100 and s.passed == s.ran, s
+    # The same skips as a file-backed disk: nothing is missing on RBD.
+    problems = skip_audit(s.skipped)
+    assert not problems, "\n".join(problems)
+
+
+def test_capacity_provisioning_and_identity_come_from_the_image(pool, tmp_path):
+    image = new_image(pool, "40M")
+    with RbdServer(tmp_path, pool.conf, image) as srv:
+        with SyncIscsiClient(srv.url()) as c:
+            c.execute(bytes(6))                  # the power-on unit attention
+            cap = c.read_capacity16()
+            assert (cap.blocks, cap.block_size, cap.tpe) == (40 * MiB // 512, 512, True)
+            serial = c.execute(bytes([0x12, 1, 0x80, 0, 255, 0]), read_length=255).data[4:]
+    with RbdServer(tmp_path, pool.conf, image, lun_extra="block_size = 4096") as srv:
+        with SyncIscsiClient(srv.url()) as c:
+            c.execute(bytes(6))
+            cap = c.read_capacity16()
+            assert (cap.blocks, cap.block_size) == (40 * MiB // 4096, 4096)
+            # The same image is the same device, whichever host serves it.
+            assert c.execute(bytes([0x12, 1, 0x80, 0, 255, 0]), read_length=255).data[4:] \
+                == serial
+
+
+def _serve_flags(pool, image: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scsi_target", "serve", "--disk",
+                           f"rbd:{POOL}/{image}", "--ceph-conf", str(pool.conf), "--listen",
+                           "127.0.0.1:0", *extra], capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_server_for_the_same_image_is_refused_in_one_line(pool, tmp_path):
+    image = new_image(pool, "16M")
+    with RbdServer(tmp_path, pool.conf, image) as srv:
+        r = _serve_flags(pool, image)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert re.fullmatch(rf"scsi-target: error: command line: --disk rbd:{POOL}/{image}: "
+                            rf"rbd:{POOL}/{image} is already served by another client "
+                            rf"\(exclusive lock held by 127\.0\.0\.1:0/\d+\)", lines[0]), lines
+        with SyncIscsiClient(srv.url()) as c:     # the first one still serves
+            c.execute(bytes(6))
+            assert c.write(0, b"\x42" * 512).good
+    # Once the first server stopped, the image is free for the next one.
+    srv2 = RbdServer(tmp_path / "b", pool.conf, image).start()
+    try:
+        with SyncIscsiClient(srv2.url()) as c:
+            c.execute(bytes(6))
+            assert bytes(c.read(0, 1)) == b"\x42" * 512
+    finally:
+        srv2.stop()
+
+
+def test_missing_image_and_tracking_are_one_line_errors(pool, tmp_path):
+    r = _serve_flags(pool, "no-such-image")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"scsi-target: error: command line: --disk rbd:{POOL}/"
+                                f"no-such-image: rbd:{POOL}/no-such-image: the image does not "
+                                "exist (give a size to create it)")
+    name = f"made-{uuid.uuid4().hex[:6]}"
+    srv = RbdServer(tmp_path, pool.conf, name, lun_extra='size = "8M"\ncreate = true').start()
+    try:
+        with SyncIscsiClient(srv.url()) as c:
+            c.execute(bytes(6))
+            assert c.read_capacity16().blocks == 8 * MiB // 512
+    finally:
+        srv.stop()
+
+
+# -- a dead OSD: timeouts become sense data, never a hang -----------------------------
+def test_osd_loss_gives_timeout_sense_within_the_op_timeout(tmp_path):
+    from scsi_target.testing.ceph import CephCluster, missing_programs
+    if missing_programs():
+        pytest.skip("Ceph is not installed")
+    with CephCluster(tmp_path / "ceph") as cluster:      # private: this test kills its OSD
+        cluster.create_pool(POOL)
+        image = new_image(cluster, "16M")
+        srv = RbdServer(tmp_path, cluster.conf, image,
+                        rbd_extra=", op_timeout = 3, mount_timeout = 5").start()
+        try:
+            with SyncIscsiClient(srv.url(), timeout=30) as c:
+                c.execute(bytes(6))
+                assert c.write(0, os.urandom(8 * 512)).good
+                cluster.kill_daemon("osd.0")
+                time.sleep(0.5)
+                for cdb, data, read_len in [
+                        (bytes([0x28, 0, 0, 0, 0, 64, 0, 0, 8, 0]), None, 4096),   # READ(10)
+                        (bytes([0x2A, 0, 0, 0, 0, 64, 0, 0, 8, 0]), bytes(4096), 0),  # WRITE(10)
+                        (bytes([0x35] + [0] * 9), None, 0)]:                    # SYNC CACHE
+                    t0 = time.monotonic()
+                    r = c.execute(cdb, data_out=data, read_length=read_len, timeout=30)
+                    took = time.monotonic() - t0
+                    if cdb[0] == 0x35 and r.good:
+                        continue        # nothing left to flush: nothing to wait for
+                    assert (r.status, r.sense_key, r.asc, r.ascq) == \
+                        (2, SenseKey.ABORTED_COMMAND, 0x08, 0x01), r
+                    assert took < 15, f"{cdb.hex()} took {took:.1f} s"
+                # The server still answers what needs no medium.
+                assert c.execute(bytes([0x12, 0, 0, 0, 36, 0]), read_length=36).good
+            assert srv.proc.poll() is None
+        finally:
+            srv.stop()
+        assert srv.proc.returncode is not None
+
+
+def test_a_resized_image_is_announced_and_served_at_its_new_size(pool, tmp_path):
+    image = new_image(pool, "16M")
+    with RbdServer(tmp_path, pool.conf, image) as srv:
+        with SyncIscsiClient(srv.url()) as c:
+            c.execute(bytes(6))
+            assert c.read_capacity16().blocks == 16 * MiB // 512
+            far = 20 * MiB // 512
+            r = c.execute(bytes([0x28, 0]) + far.to_bytes(4, "big") + bytes([0, 0, 1, 0]),
+                          read_length=512)
+            assert (r.sense_key, r.asc) == (SenseKey.ILLEGAL_REQUEST, 0x21)   # out of range
+            pool.run("rbd", "resize", "--size", "24M", f"{POOL}/{image}")
+            deadline = time.monotonic() + 20
+            while True:
+                r = c.execute(bytes(6))
+                if not r.good:
+                    break
+                assert time.monotonic() < deadline, "no unit attention after the resize"
+                time.sleep(0.2)
+            assert (r.sense_key, r.asc, r.ascq) == (SenseKey.UNIT_ATTENTION, 0x2A, 0x09)
+            assert c.read_capacity16().blocks == 24 * MiB // 512
+            assert c.write(far, b"\x99" * 512).good
+            assert bytes(c.read(far, 1)) == b"\x99" * 512
