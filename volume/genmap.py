@@ -383,6 +383,7 @@ class GenerationMap:
         self._done_batches: set[int] = set()
         self._waiters: list = []
         self._aio_inflight = False
+        self._registered = False    # noted with volume.durability for pending pages
         self._slots = []
         self._coarse_slots: list = []
         self._coarse = None
@@ -710,7 +711,8 @@ class GenerationMap:
         return a, ((offset + length - 1) >> self._shift) + 1 - a
 
     # -- hot path -------------------------------------------------------------
-    def mark(self, offset: int, length: int, *, sync: bool = True) -> None:
+    def mark(self, offset: int, length: int, *, sync: bool = True,
+             register: bool = True) -> None:
         """Record that ``length`` bytes at ``offset`` are (about to be) written.
 
         With ``sync`` (the default) the mark is durable when this returns.
@@ -738,7 +740,7 @@ class GenerationMap:
                     return
                 d[a:b] = 1
             if self._fine_volatile:
-                self._note_fine(a, b, sync)
+                self._note_fine(a, b, sync, register)
             elif self._msync_marks:
                 # Fine bits live in the shared mapping (kill -9 safe as is); for
                 # power loss only the coarse intent bit must be durable.
@@ -768,7 +770,7 @@ class GenerationMap:
                     if hi > u[1]:
                         u[1] = hi
 
-    def _note_fine(self, a: int, b: int, sync: bool) -> None:
+    def _note_fine(self, a: int, b: int, sync: bool, register: bool = True) -> None:
         """Marks of blocks a..b-1 on a storage that keeps fine bits only when they are
         flushed (RADOS): their journal pages, fine and coarse, go out at the barrier.
         Called with the mark lock held."""
@@ -788,10 +790,12 @@ class GenerationMap:
         if sync:
             self._storage.flush_extents(_page_extents(pages))
             return
-        pending = self._pending_pages
-        if not pending:
+        self._pending_pages |= pages
+        if register and not self._registered:
+            # The next barrier flushes; marks of mark_async are flushed by their
+            # own group commit and never make a barrier wait.
+            self._registered = True
             durability.note_unsynced(self)
-        pending |= pages
 
     def _note_cleared(self, a: int, b: int) -> None:
         """Cleared fine bits reach a volatile-fine storage with the next barrier (a
@@ -802,9 +806,10 @@ class GenerationMap:
         fbase = self._slot_off[self._active]
         pages = range((fbase + (a >> 3)) >> _FLUSH_SHIFT, ((fbase + ((b - 1) >> 3)) >> _FLUSH_SHIFT) + 1)
         with self._mark_lock:
-            if not self._pending_pages:
-                durability.note_unsynced(self)
             self._pending_pages.update(pages)
+            if not self._registered:
+                self._registered = True
+                durability.note_unsynced(self)
 
     def sync_marks(self) -> None:
         """Make every mark made with ``sync=False`` so far durable (one msync, or one
@@ -815,6 +820,7 @@ class GenerationMap:
             with self._sync_lock:
                 with self._mark_lock:
                     pages, self._pending_pages = self._pending_pages, set()
+                    self._registered = False
                     batch = self._batch
                     self._batch += 1
                 if not pages:
@@ -829,6 +835,7 @@ class GenerationMap:
                     # Not durable: the next barrier must try these again.
                     with self._mark_lock:
                         self._pending_pages |= pages
+                        self._registered = True
                     durability.note_unsynced(self)
                     self._batch_done(batch, exc)
                     raise
@@ -865,7 +872,7 @@ class GenerationMap:
             self.mark(offset, length, sync=True)
             done(None)
             return
-        self.mark(offset, length, sync=False)
+        self.mark(offset, length, sync=False, register=False)
         with self._mark_lock:
             key = self._batch if self._pending_pages else self._batch - 1
             if key <= self._durable:
@@ -891,8 +898,7 @@ class GenerationMap:
         def written(exc) -> None:
             if exc is not None:
                 with self._mark_lock:
-                    self._pending_pages |= pages
-                durability.note_unsynced(self)
+                    self._pending_pages |= pages   # the next mark's commit retries them
             with self._mark_lock:
                 self._aio_inflight = False
             self._batch_done(batch, exc)

@@ -43,9 +43,9 @@ import crc32c
 
 from .genmap import MapBusy, MapCorrupt, MapError
 from .mapstorage import MapStorage
-from .store import StoreFenced
+from .store import StoreFenced, StoreNoSpace, StoreTimeout
 
-__all__ = ["RadosMapStorage", "MapFenced", "LOCK_NAME", "DEFAULT_LOCK_DURATION",
+__all__ = ["RadosMapStorage", "MapFenced", "MapTimeout", "MapNoSpace", "LOCK_NAME", "DEFAULT_LOCK_DURATION",
            "journal_object", "POINTER_FORMAT", "OWNER_FORMAT", "pointer_record", "parse_pointer"]
 
 LOCK_NAME = "pyscsi-genmap"
@@ -61,6 +61,14 @@ ESHUTDOWN = getattr(errno, "ESHUTDOWN", 108)
 class MapFenced(MapError, StoreFenced):
     """Another target took the map over (or this one's lease lapsed): nothing more
     may be written by this process."""
+
+
+class MapTimeout(MapError, StoreTimeout):
+    """The cluster did not take a map write in time (the write is not acknowledged)."""
+
+
+class MapNoSpace(MapError, StoreNoSpace):
+    """The pool has no space (or quota) left for a map write."""
 
 
 def journal_object(base: str) -> str:
@@ -255,8 +263,10 @@ class RadosMapStorage(MapStorage):
             if code not in (errno.ECANCELED, ESHUTDOWN) and \
                     isinstance(exc, getattr(r, "ConnectionShutdown", ())):
                 code = ESHUTDOWN
+            if not code and isinstance(exc, getattr(r, "TimedOut", ())):
+                code = errno.ETIMEDOUT
             err = self._op_error(code, what)
-            if not isinstance(err, MapFenced):
+            if type(err) is MapError:
                 err = MapError(f"{self.name}: {what} failed: {exc}")
             raise err from None
 
@@ -419,7 +429,12 @@ class RadosMapStorage(MapStorage):
             self._fence("this client was blocklisted by another target")
             return MapFenced(f"{self.name}: {what} refused: this client was blocklisted by "
                              f"another target")
-        return MapError(f"{self.name}: {what} failed: {os.strerror(code) if code else '?'}")
+        detail = f"{self.name}: {what} failed: {os.strerror(code) if code else '?'}"
+        if code == errno.ETIMEDOUT:
+            return MapTimeout(detail)
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return MapNoSpace(detail)
+        return MapError(detail)
 
     # -- the sidecar ------------------------------------------------------------
     def read_sidecar(self) -> bytes | None:
