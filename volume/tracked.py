@@ -216,35 +216,6 @@ def _write_json_atomic(path: str, doc: dict, sync: bool) -> None:
             os.close(dfd)
 
 
-class _Both:
-    """Calls ``done`` once the mark and the data write both completed (the first
-    error wins; a map error becomes a StoreError, the LU's write error)."""
-    __slots__ = ("done", "left", "error", "lock")
-
-    def __init__(self, done) -> None:
-        self.done = done
-        self.left = 2
-        self.error = None
-        self.lock = threading.Lock()
-
-    def mark_done(self, exc) -> None:
-        if exc is not None and not isinstance(exc, StoreError):
-            exc = StoreError(f"write intent not recorded: {exc}")
-        self._part(exc)
-
-    def data_done(self, exc) -> None:
-        self._part(exc)
-
-    def _part(self, exc) -> None:
-        with self.lock:
-            if exc is not None and self.error is None:
-                self.error = exc
-            self.left -= 1
-            if self.left:
-                return
-        self.done(self.error)
-
-
 class _FilePlace:
     """Map files and sidecar beside the backing file ``path``."""
     local = True
@@ -313,6 +284,14 @@ class TrackingStore(BlockStore):
         self.inner = inner
         self.size = inner.size
         self.asynchronous = getattr(inner, "asynchronous", False)
+        self._pending = 0                      # async writes submitted, not yet done
+        self._pending_cond = threading.Condition()
+        self._submitter = None
+        if self.asynchronous:
+            import queue
+            self._submitter = queue.SimpleQueue()
+            threading.Thread(target=self._submit_loop, daemon=True,
+                             name="tracked-submit").start()
         self._map = gmap
         self._mark = gmap.mark
         # A local path whose stem names per-volume files (the audit's CRC table);
@@ -541,23 +520,70 @@ class TrackingStore(BlockStore):
     def submit_read(self, offset: int, length: int, done) -> None:
         self.inner.submit_read(offset, length, done)
 
+    # Write intent first: the data write is submitted only once its mark is
+    # durable (a block already marked in this generation goes at once), so a
+    # crash can never leave a changed block that the map does not hold -- not
+    # even one whose write was never answered.
     def submit_write(self, offset: int, data, done, fua: bool = False) -> None:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
-        join = _Both(done)
-        self._map.mark_async(offset, n, join.mark_done)
         if self.cow is not None:
             self.cow.before_write(offset, n)
-        self.inner.submit_write(offset, data, join.data_done, fua)
+        with self._pending_cond:
+            self._pending += 1
+
+        def finished(exc) -> None:
+            with self._pending_cond:
+                self._pending -= 1
+                self._pending_cond.notify_all()
+            done(exc)
+
+        def marked(exc) -> None:
+            if exc is not None:
+                finished(exc if isinstance(exc, StoreError)
+                         else StoreError(f"write intent not recorded: {exc}"))
+                return
+            self._submitter.put((offset, data, finished, fua))
+
+        try:
+            self._map.mark_async(offset, n, marked)
+        except BaseException:
+            with self._pending_cond:
+                self._pending -= 1
+                self._pending_cond.notify_all()
+            raise
+
+    def _submit_loop(self) -> None:
+        """Submits data writes whose marks became durable (off librados' callback
+        threads, which must not block in librbd)."""
+        while True:
+            item = self._submitter.get()
+            if item is None:
+                return
+            offset, data, finished, fua = item
+            try:
+                self.inner.submit_write(offset, data, finished, fua)
+            except StoreError as exc:
+                finished(exc)
+            except Exception as exc:  # never lose a completion
+                finished(StoreError(f"write at {offset}: {exc}"))
 
     def submit_flush(self, done) -> None:
         self.inner.submit_flush(done)
 
     def drain(self, timeout: float | None = None) -> bool:
-        return self.inner.drain(timeout)
+        import time
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._pending_cond:
+            while self._pending:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._pending_cond.wait(left)
+        return self.inner.drain(None if end is None else max(0.0, end - time.monotonic()))
 
     @property
     def inflight(self) -> int:
-        return self.inner.inflight
+        return self._pending + self.inner.inflight
 
     def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
         self.inner.readinto_many(offsets, bufs)
@@ -595,6 +621,9 @@ class TrackingStore(BlockStore):
         if self._sessions is not None:
             self._sessions.close()
         self._closed = True
+        if self._submitter is not None:
+            self.drain(60)
+            self._submitter.put(None)
         if self.cow is not None:
             self.cow.release()
         try:
