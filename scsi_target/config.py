@@ -92,6 +92,13 @@ class LunSpec:
     # A disk on a Ceph RBD image (volume.rbdstore.RbdSpec) instead of a file;
     # ``path`` is then unused, ``size`` with ``create`` the size of a new image.
     rbd: Any = None
+    # Where an RBD volume's generation map lives (docs/rados-maps.md): "rados"
+    # (objects beside the image; the default) or "file" (track_map_path.genmap,
+    # .genmap.dirty and .volume on this host).  track_map_lock: seconds a
+    # stopped target keeps others from taking the RADOS map over (None = 20).
+    track_map: str = "rados"
+    track_map_path: Path | None = None
+    track_map_lock: float | None = None
 
     def backing_paths(self) -> list[Path]:
         if self.rbd is not None:
@@ -374,12 +381,15 @@ _TIMEOUT_KEYS = ("nop_interval", "nop_timeout", "login_timeout")
 _TARGET_KEYS = ("iqn", "alias", "lun", "chap", "initiators", "fault", "fault_control")
 _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track", "kind",
              "source", "removable", "physical_block_size", "write_same_zero", "parts",
-             "track_granularity", "serial", "cow_dir", "cow_size", "rbd")
+             "track_granularity", "serial", "cow_dir", "cow_size", "rbd", "track_map",
+             "track_map_path", "track_map_lock")
 _PART_KEYS = ("path", "size")
 _RBD_KEYS = ("pool", "image", "conf", "client_id", "keyring", "op_timeout", "mount_timeout")
 # What an RBD-backed [[target.lun]] takes besides its [target.lun.rbd] table.
 _RBD_LUN_KEYS = ("lun", "kind", "rbd", "size", "create", "block_size", "read_only", "track",
-                 "removable", "physical_block_size", "write_same_zero", "serial")
+                 "removable", "physical_block_size", "write_same_zero", "serial",
+                 "track_granularity", "cow_dir", "cow_size", "track_map", "track_map_path",
+                 "track_map_lock")
 _CHAP_KEYS = ("username", "secret", "mutual_username", "mutual_secret")
 _DISCOVERY_KEYS = ("chap",)
 
@@ -567,7 +577,10 @@ def _check_tracking_files(luns: list[LunSpec], key_suffix: str) -> None:
     owned: dict[str, str] = {}
     for spec in luns:
         if spec.kind == "disk" and spec.track and not spec.read_only:
-            for what, side in zip(_TRACKING_FILES, map_paths(os.path.realpath(spec.path))):
+            if spec.rbd is not None and spec.track_map_path is None:
+                continue                        # the map is in RADOS
+            stem = spec.track_map_path if spec.rbd is not None else spec.path
+            for what, side in zip(_TRACKING_FILES, map_paths(os.path.realpath(stem))):
                 owned[side] = f"the {what} of {spec.where.split(': ', 1)[-1]} ({spec.path})"
     for spec in luns:
         if spec.kind != "disk":
@@ -786,6 +799,10 @@ def _parse_lun(r: _Reader, raw: Any, key: str) -> LunSpec:
         return _parse_tape(r, d, key, lun)
     if "rbd" in d:
         return _parse_rbd_lun(r, d, key, lun)
+    rbd_only = next((k for k in ("track_map", "track_map_path", "track_map_lock") if k in d), None)
+    if rbd_only:
+        raise r.fail(_join(key, rbd_only), "only for RBD-backed LUNs ([target.lun.rbd]); a file "
+                     "LUN's map is always beside its backing file")
     path, size = _parse_backing(r, d, key)
     block_size = r.typed(d, key, "block_size", int, 512)
     if block_size not in BLOCK_SIZES:
@@ -824,9 +841,7 @@ def _parse_rbd_lun(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
     from volume.rbdstore import RbdSpec, parse_rbd_name
     extra = [k for k in d if k not in _RBD_LUN_KEYS]
     if extra:
-        why = ("the generation map of RBD volumes is not kept here"
-               if extra[0] in ("track_granularity", "cow_dir", "cow_size") else
-               "an RBD-backed LUN has no backing file" if extra[0] in ("path", "parts") else
+        why = ("an RBD-backed LUN has no backing file" if extra[0] in ("path", "parts") else
                "not allowed with rbd")
         raise r.fail(_join(key, extra[0]), f"{why} (allowed: {', '.join(_RBD_LUN_KEYS)})")
     rkey = _join(key, "rbd")
@@ -871,9 +886,37 @@ def _parse_rbd_lun(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
         raise r.fail(_join(key, "create"), "needs a size for the new image")
     if create and read_only:
         raise r.fail(_join(key, "create"), "a read-only LUN cannot create its image")
-    if r.typed(d, key, "track", bool, False):
-        raise r.fail(_join(key, "track"), "changed-block tracking of RBD volumes is not "
-                     "available yet; set track = false")
+    track = r.typed(d, key, "track", bool, True)
+    track_map = r.typed(d, key, "track_map", str, "rados")
+    if track_map not in ("rados", "file"):
+        raise r.fail(_join(key, "track_map"), f"{track_map!r}: expected \"rados\" (the map "
+                     "in objects beside the image) or \"file\" (in files at track_map_path)")
+    map_path = r.typed(d, key, "track_map_path", str)
+    if map_path is not None:
+        if track_map != "file":
+            raise r.fail(_join(key, "track_map_path"), "only with track_map = \"file\"")
+        map_path = Path(map_path).expanduser()
+        if not map_path.is_absolute():
+            map_path = r.base / map_path
+    elif track_map == "file":
+        raise r.fail(_join(key, "track_map"), "\"file\" needs track_map_path (the stem of "
+                     "the map files: PATH.genmap, PATH.genmap.dirty, PATH.volume)")
+    lock = None
+    if "track_map_lock" in d:
+        lock = d["track_map_lock"]
+        if isinstance(lock, bool) or not isinstance(lock, (int, float)) or not 2 <= lock <= 3600:
+            raise r.fail(_join(key, "track_map_lock"), f"{lock!r}: expected seconds, 2 to 3600")
+        if track_map != "rados":
+            raise r.fail(_join(key, "track_map_lock"), "only with track_map = \"rados\"")
+        lock = float(lock)
+    granularity = _parse_granularity(r, d, key)
+    cow_dir, cow_size = _parse_cow_dir(r, d, key), _parse_cow_size(r, d, key)
+    if not track or read_only:
+        for k in ("track_granularity", "cow_dir", "cow_size", "track_map", "track_map_path",
+                  "track_map_lock"):
+            if k in d:
+                raise r.fail(_join(key, k), "only for tracked disks (track = true, not "
+                             "read-only)")
     block_size = r.typed(d, key, "block_size", int, 512)
     if block_size not in BLOCK_SIZES:
         raise r.fail(_join(key, "block_size"), f"{block_size} is not supported (use 512 or 4096)")
@@ -889,8 +932,10 @@ def _parse_rbd_lun(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
                    create=create, removable=r.typed(d, key, "removable", bool, False),
                    physical_block_size=phys if phys != block_size else None,
                    write_same_zero=r.typed(d, key, "write_same_zero", bool, False),
-                   track=False, serial=_parse_serial(r, d, key), kind="disk",
-                   where=f"{r.source}: {key}", rbd=spec_rbd)
+                   track=track, serial=_parse_serial(r, d, key), kind="disk",
+                   where=f"{r.source}: {key}", rbd=spec_rbd, track_granularity=granularity,
+                   cow_dir=cow_dir, cow_size=cow_size, track_map=track_map,
+                   track_map_path=map_path, track_map_lock=lock)
 
 
 def _parse_serial(r: _Reader, d: dict, key: str) -> str | None:
@@ -1195,16 +1240,14 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
     luns = []
     seen: dict[str, int] = {}
     for n, (path, size) in enumerate(items):
-        if not isinstance(path, Path):        # an RbdSpec: untracked (not yet in RADOS)
+        if not isinstance(path, Path):        # an RbdSpec: its map in RADOS when tracked
             where = f"{src}: --disk {path}"
             if str(path) in seen:
                 raise ConfigError(f"{where}: already used by LUN {seen[str(path)]}")
             seen[str(path)] = n
-            if backup_device:
-                raise ConfigError(f"{where}: --backup-device needs tracking, which RBD disks "
-                                  "do not have yet")
             luns.append(LunSpec(lun=n, path=Path(), size=size, create=size is not None,
-                                track=False, where=where, rbd=path))
+                                track=track, where=where, rbd=path, cow_dir=cow_path,
+                                cow_size=cow_bytes))
             continue
         where = f"{src}: --disk {path}" if disks else f"{src}: default disk"
         real = os.path.realpath(path)
@@ -1335,14 +1378,42 @@ def _build_rbd(spec: LunSpec, target_iqn: str):
         if store.size % spec.block_size:
             raise ConfigError(f"{spec.where}: {spec.rbd} holds {store.size} bytes, not a "
                               f"multiple of the block size {spec.block_size}")
-        identity = Identity.derive(target_iqn, spec.lun, serial=spec.serial,
-                                   volume_id=store.volume_id)
+        vid = store.volume_id
+        if spec.track and not spec.read_only:
+            store = _track_rbd(spec, store)
+            vid = store.volume_id
+        identity = Identity.derive(target_iqn, spec.lun, serial=spec.serial, volume_id=vid)
         return DiskLU(store, spec.block_size, spec.read_only, identity=identity,
                       removable=spec.removable, physical_block_size=spec.physical_block_size,
                       limits=BlockLimits(write_same_non_zero=not spec.write_same_zero))
     except BaseException:
         store.close()
         raise
+
+
+def _track_rbd(spec: LunSpec, store):
+    """The RBD store with its generation map: in RADOS beside the image (sharing the
+    store's client, so fencing the old holder fences its image writes and its map
+    writes together), or in files at ``track_map_path``."""
+    from volume.genmap import MapError
+    from volume.pitcut import CowSettings
+    from volume.tracked import TrackingError, TrackingStore
+    cow = CowSettings(dir=str(spec.cow_dir) if spec.cow_dir is not None else None,
+                      size=spec.cow_size)
+    try:
+        if spec.track_map == "file":
+            return TrackingStore.open(store, spec.track_map_path,
+                                      granularity=spec.track_granularity, cow=cow,
+                                      volume_id=store.volume_id)
+        from volume.radosmap import DEFAULT_LOCK_DURATION, RadosMapStorage
+        storage = RadosMapStorage(store.cluster, store.ioctx, store.object_name("genmap")
+                                  .rsplit(".", 1)[0],
+                                  lock_duration=spec.track_map_lock or DEFAULT_LOCK_DURATION)
+        return TrackingStore.open_rados(store, storage, volume=str(spec.rbd),
+                                        granularity=spec.track_granularity, cow=cow,
+                                        volume_id=store.volume_id)
+    except (TrackingError, MapError, ValueError) as e:
+        raise ConfigError(f"{spec.where}: {e}") from None
 
 
 def _build_tape(spec: LunSpec, target_iqn: str):
@@ -1412,6 +1483,14 @@ def _reason(e: BaseException, path: Path) -> str:
     return f"cannot open {path}: {text or type(e).__name__}"
 
 
+def _rbd_tracking(spec: LunSpec) -> str:
+    if not spec.track or spec.read_only:
+        return "tracking off"
+    if spec.track_map == "file":
+        return f"tracking on (map in {spec.track_map_path}.genmap)"
+    return f"tracking on (map in RADOS: {spec.rbd.pool}/rbd_map.{spec.rbd.image}.genmap.*)"
+
+
 def lun_summary(spec: LunSpec) -> str:
     """One line for the operator, e.g. 'LUN 0: disk var/disk0.img, 64 MiB ...'."""
     if spec.kind == "backup":
@@ -1427,7 +1506,7 @@ def lun_summary(spec: LunSpec) -> str:
         new = f", created at {format_size(spec.size)} if missing" if spec.create else ""
         return (f"LUN {spec.lun}: disk {r} (client.{r.client_id}, "
                 f"{r.conf or 'default ceph.conf'}){new}, {spec.block_size}-byte blocks, "
-                f"{mode}, exclusive lock, tracking off")
+                f"{mode}, exclusive lock, {_rbd_tracking(spec)}")
     sizes = [sz if sz is not None else _file_size(p)
              for p, sz in [(spec.path, spec.size), *spec.parts]]
     size = sum(sizes) if all(sizes) else 0

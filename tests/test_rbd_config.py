@@ -27,9 +27,25 @@ def test_rbd_table_becomes_the_spec(tmp_path):
         ("rbd", "vol0", "iscsi", 10.0, 7.5)
     assert r.conf == str(tmp_path / "ceph.conf") and r.keyring == str(tmp_path / "kr")
     assert (spec.track, spec.block_size, spec.serial, spec.backing) == \
-        (False, 4096, "VOL0", "rbd:rbd/vol0")
+        (True, 4096, "VOL0", "rbd:rbd/vol0")
+    assert (spec.track_map, spec.track_map_path, spec.track_map_lock) == ("rados", None, None)
     assert C.lun_summary(spec) == (f"LUN 0: disk rbd:rbd/vol0 (client.iscsi, {tmp_path}/ceph.conf),"
-                                   " 4096-byte blocks, read-write, exclusive lock, tracking off")
+                                   " 4096-byte blocks, read-write, exclusive lock, tracking on "
+                                   "(map in RADOS: rbd/rbd_map.vol0.genmap.*)")
+
+
+def test_rbd_tracking_options(tmp_path):
+    """Where an RBD volume's map lives (docs/rados-maps.md): RADOS by default, files on
+    request; tracking off like a file LUN."""
+    spec = _load(tmp_path, 'rbd = { pool = "p", image = "i" }\ntrack_map_lock = 5\n'
+                           'track_granularity = "64K"\ncow_size = "8M"').targets[0].luns[0]
+    assert (spec.track_map_lock, spec.track_granularity, spec.cow_size) == (5.0, 65536, 8 << 20)
+    spec = _load(tmp_path, 'rbd = { pool = "p", image = "i" }\ntrack_map = "file"\n'
+                           'track_map_path = "maps/vol"').targets[0].luns[0]
+    assert (spec.track_map, spec.track_map_path) == ("file", tmp_path / "maps/vol")
+    assert C.lun_summary(spec).endswith(f"tracking on (map in {tmp_path}/maps/vol.genmap)")
+    spec = _load(tmp_path, 'rbd = { pool = "p", image = "i" }\ntrack = false').targets[0].luns[0]
+    assert not spec.track and C.lun_summary(spec).endswith("tracking off")
 
 
 def test_rbd_subtable_form_and_defaults(tmp_path):
@@ -50,10 +66,20 @@ def test_rbd_subtable_form_and_defaults(tmp_path):
     ('rbd = { pool = "p", image = "i", op_timeout = true }', r"rbd\.op_timeout: True"),
     ('rbd = { pool = "p", image = "i" }\npath = "x.img"',
      r"lun\[0\]\.path: an RBD-backed LUN has no backing file"),
-    ('rbd = { pool = "p", image = "i" }\ncow_size = "1M"',
-     r"lun\[0\]\.cow_size: the generation map of RBD volumes is not kept here"),
-    ('rbd = { pool = "p", image = "i" }\ntrack = true',
-     r"lun\[0\]\.track: changed-block tracking of RBD volumes is not available yet"),
+    ('rbd = { pool = "p", image = "i" }\ntrack = false\ncow_size = "1M"',
+     r"lun\[0\]\.cow_size: only for tracked disks"),
+    ('rbd = { pool = "p", image = "i" }\ntrack_map = "s3"',
+     r"lun\[0\]\.track_map: 's3': expected \"rados\""),
+    ('rbd = { pool = "p", image = "i" }\ntrack_map = "file"',
+     r"lun\[0\]\.track_map: \"file\" needs track_map_path"),
+    ('rbd = { pool = "p", image = "i" }\ntrack_map_path = "x"',
+     r"lun\[0\]\.track_map_path: only with track_map = \"file\""),
+    ('rbd = { pool = "p", image = "i" }\ntrack_map_lock = 1',
+     r"lun\[0\]\.track_map_lock: 1: expected seconds, 2 to 3600"),
+    ('rbd = { pool = "p", image = "i" }\nread_only = true\ntrack_map_lock = 9',
+     r"lun\[0\]\.track_map_lock: only for tracked disks"),
+    ('path = "x.img"\nsize = "1M"\ncreate = true\ntrack_map = "rados"',
+     r"lun\[0\]\.track_map: only for RBD-backed LUNs"),
     ('rbd = { pool = "p", image = "i" }\nsize = "1G"',
      r"lun\[0\]\.size: the capacity comes from the image"),
     ('rbd = { pool = "p", image = "i" }\ncreate = true', r"lun\[0\]\.create: needs a size"),
@@ -87,7 +113,7 @@ def test_quick_flag_rbd_disks(tmp_path):
                        ceph_conf=str(conf), ceph_id="iscsi")
     a, b, f = cfg.targets[0].luns
     assert (a.rbd.name, a.size, a.create, a.track, a.rbd.conf, a.rbd.client_id) == \
-        ("rbd:rbd/a", None, False, False, str(conf), "iscsi")
+        ("rbd:rbd/a", None, False, True, str(conf), "iscsi")
     assert (b.rbd.name, b.size, b.create) == ("rbd:rbd/b", 1 << 30, True)
     assert f.rbd is None and f.track
 
@@ -102,7 +128,8 @@ def test_quick_flag_rbd_disks(tmp_path):
     (dict(disks=["rbd:p/i"], ceph_conf="/nonexistent/ceph.conf"),
      r"--ceph-conf /nonexistent/ceph.conf: does not exist"),
     (dict(disks=["rbd:p/i"], ceph_id="client.x"), r"--ceph-id 'client.x': expected the id alone"),
-    (dict(disks=["rbd:p/i"], backup_device=True), r"--backup-device needs tracking, which RBD"),
+    (dict(disks=["rbd:p/i"], backup_device=True, track=False),
+     r"--backup-device needs tracking \(drop --no-track\)"),
 ])
 def test_bad_quick_flags_get_one_line(kw, message):
     with pytest.raises(C.ConfigError, match=message):
@@ -120,7 +147,15 @@ def test_check_describes_an_rbd_lun(tmp_path, capsys):
     assert cli.main(["check", str(tmp_path / "site.toml")]) == 0
     out = capsys.readouterr().out
     assert "LUN 0: disk rbd:p/i (client.admin, default ceph.conf), 512-byte blocks, " \
-           "read-write, exclusive lock, tracking off" in out
+           "read-write, exclusive lock, tracking on (map in RADOS: p/rbd_map.i.genmap.*)" in out
+
+
+def test_quick_flags_track_rbd_disks_like_files():
+    cfg = C.from_flags(disks=["rbd:p/i"], backup_device=True)
+    disk, backup = cfg.targets[0].luns
+    assert disk.track and disk.track_map == "rados"
+    assert (backup.kind, backup.source) == ("backup", 0)
+    assert not C.from_flags(disks=["rbd:p/i"], track=False).targets[0].luns[0].track
 
 
 def test_docs_rbd_example_parses(tmp_path):

@@ -15,8 +15,12 @@ Without ``--conf`` a single-node cluster is booted for the run
 (scsi_target/testing/ceph.py: one monitor, one memstore OSD) and stopped at
 the end; with ``--conf`` an existing cluster is used (``--pool`` must exist).
 
+``--side tracking`` measures the cost of change tracking instead: the same LUN
+untracked and tracked with its generation map in RADOS (docs/rados-maps.md),
+alternating, each tracked round from an empty map; tgt is not run.
+
 tgt needs root (tgtd) and Debian's tgt-rbd.  Usage: ``tools/bench_rbd.py
-[--quick] [--rounds N] [--only PATTERN] [--side ours|tgt|both] [--conf FILE
+[--quick] [--rounds N] [--only PATTERN] [--side ours|tgt|both|tracking] [--conf FILE
 --pool POOL] [--json FILE]``.
 """
 from __future__ import annotations
@@ -50,19 +54,36 @@ TESTS = [
 ]
 
 
+def drop_map(conf: Path, pool: str) -> None:
+    """Delete the image's generation map in RADOS (rbd_map.IMAGE.genmap.*), so a
+    tracked round starts from an empty map and pays for every first mark."""
+    rados = shutil.which("rados") or "rados"
+    r = subprocess.run([rados, "-c", str(conf), "-p", pool, "ls"], capture_output=True,
+                       text=True, timeout=120)
+    for name in r.stdout.split():
+        if name.startswith(f"rbd_map.{IMAGE}.genmap."):
+            subprocess.run([rados, "-c", str(conf), "-p", pool, "rm", name],
+                           capture_output=True, timeout=120)
+
+
 @contextlib.contextmanager
-def run_ours(conf: Path, pool: str, logdir: Path) -> Iterator[B.Side]:
+def run_ours(conf: Path, pool: str, logdir: Path, *, track: bool = False,
+             name: str = "ours") -> Iterator[B.Side]:
+    """Our target on the image: untracked (--no-track), or tracked with the generation
+    map in RADOS beside the image (a fresh map each time)."""
     port = B.free_port()
-    log = logdir / "ours-rbd.log"
+    log = logdir / f"{name}-rbd.log"
+    if track:
+        drop_map(conf, pool)
     cmd = [sys.executable, "-m", "scsi_target", "serve", "--listen", f"127.0.0.1:{port}",
            "--iqn", BENCH_IQN, "--disk", f"rbd:{pool}/{IMAGE}", "--ceph-conf", str(conf),
-           "--log-level", "warning"]
+           "--log-level", "warning"] + ([] if track else ["--no-track"])
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=B.REPO, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
         B.wait_port("127.0.0.1", port, proc, log, timeout=60)
-        yield B.Side("ours", "127.0.0.1", port, BENCH_IQN, 0, proc, log)
+        yield B.Side(name, "127.0.0.1", port, BENCH_IQN, 0, proc, log)
     finally:
         # SIGTERM: the server closes the image, which releases its exclusive lock.
         B.stop_process(proc, grace=30)
@@ -129,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench_rbd", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
     ap.add_argument("--only", metavar="PATTERN", help="run tests whose name contains PATTERN")
-    ap.add_argument("--side", choices=("both", "ours", "tgt"), default="both")
+    ap.add_argument("--side", choices=("both", "ours", "tgt", "tracking"), default="both",
+                    help="both: ours (untracked) vs tgt; tracking: our LUN tracked with its "
+                         "map in RADOS vs the same LUN untracked")
     ap.add_argument("--rounds", type=int, default=3, metavar="N",
                     help="alternating rounds per side; figures are medians (default 3)")
     ap.add_argument("--conf", metavar="FILE", help="ceph.conf of an existing cluster "
@@ -150,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.rounds <= 50:
         say("[red]--rounds takes a number from 1 to 50[/red]")
         return 2
-    sides = ["ours", "tgt"] if args.side == "both" else [args.side]
+    sides = {"both": ["ours", "tgt"], "tracking": ["untracked", "tracked"]}.get(args.side,
+                                                                              [args.side])
     signal.signal(signal.SIGTERM, B._interrupt)
     signal.signal(signal.SIGINT, B._interrupt)
     rows = {t.name: B.Row(t) for t in tests}
@@ -180,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             logs.mkdir(parents=True, exist_ok=True)
             st = B.Settings(args.quick, work, work / "unused", work / "unused-back")
             starters = {"ours": lambda: run_ours(conf, args.pool, logs),
-                        "tgt": lambda: run_tgt(conf, args.pool, logs)}
+                        "tgt": lambda: run_tgt(conf, args.pool, logs),
+                        "untracked": lambda: run_ours(conf, args.pool, logs, name="untracked"),
+                        "tracked": lambda: run_ours(conf, args.pool, logs, track=True,
+                                                    name="tracked")}
             for rnd in range(args.rounds):
                 for name in sides:
                     say(f"[dim]round {rnd + 1}/{args.rounds}[/dim]")
@@ -196,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     table.title = (f"RBD LUN benchmark: medians of {args.rounds} alternating round(s), "
                    f"same image {args.pool}/{IMAGE}, one target at a time")
     say(table)
+    if args.side == "tracking":
+        for row in rows.values():
+            a, b = row.median("tracked"), row.median("untracked")
+            if a is not None and b:
+                say(f"{row.test.name}: tracked/untracked = {a / b:.2f} "
+                    f"({a:,.0f} vs {b:,.0f} {row.test.unit})")
     say(f"cores: {os.cpu_count()}, load average before {load['load_before'][0]:.2f}, "
         f"after {load['load_after'][0]:.2f}")
     if args.json:

@@ -97,7 +97,8 @@ def audit(vol: TrackingStore, *, rate: int = DEFAULT_RATE, full: bool = False,
     if rate < 1:
         raise ValueError("rate must be at least 1")
     if not vol.sidecar:
-        raise AuditUnavailable("a memory volume keeps no block CRC table")
+        raise AuditUnavailable("this volume keeps no block CRC table (a memory volume, or an "
+                               "RBD volume whose map is in RADOS)")
     path = blockcrc.crc_path(vol.sidecar)
     try:
         crcs = blockcrc.load(path)

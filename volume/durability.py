@@ -40,5 +40,14 @@ def barrier() -> None:
     with _lock:
         objs = list(_pending)
         _pending.clear()
+    failed: BaseException | None = None
     for obj in objs:
-        obj.sync_marks()
+        try:
+            obj.sync_marks()
+        except BaseException as exc:   # the others must still become durable
+            if failed is None:
+                failed = exc
+    if failed is not None:
+        # The failing map kept its marks pending (it re-notes itself), so the
+        # next barrier tries again; nothing of this batch may be acknowledged.
+        raise failed

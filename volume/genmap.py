@@ -46,6 +46,7 @@ from bitarray import bitarray
 from bitarray.util import count_and
 
 from . import durability
+from .mapstorage import FileMapStorage, MapStorage, journal_path
 
 __all__ = ["GenerationMap", "BackupPlan", "Cut", "MapError", "MapMismatch", "MapCorrupt", "MapBusy",
            "extents", "journal_path"]
@@ -85,10 +86,6 @@ class MapCorrupt(MapError):
 
 class MapBusy(MapError):
     """Another process has the map open."""
-
-
-def journal_path(path: str | os.PathLike) -> str:
-    return os.fspath(path) + ".dirty"
 
 
 def _round_up(n: int, m: int) -> int:
@@ -372,7 +369,21 @@ class GenerationMap:
         self._sync_lock = threading.Lock()
         self._closed = True
         self._mm = None
-        self._jfd = -1
+        self._storage: MapStorage | None = None
+        # Journal pages whose fine bits changed since the last barrier, for a
+        # storage that does not keep them across a crash by itself (RADOS).
+        self._pending_pages: set[int] | None = None
+        self._guard = None
+        # Group commit for asynchronous writers (mark_async): pending pages form
+        # batch ``_batch``; a batch taken for flushing gets the next number.
+        # ``_durable``: every batch up to it is in the storage.  ``_waiters``:
+        # (batch, callback) of marks waiting for their batch.
+        self._batch = 1
+        self._durable = 0
+        self._done_batches: set[int] = set()
+        self._waiters: list = []
+        self._aio_inflight = False
+        self._registered = False    # noted with volume.durability for pending pages
         self._slots = []
         self._coarse_slots: list = []
         self._coarse = None
@@ -392,21 +403,24 @@ class GenerationMap:
             raise ValueError(f"volume identity must be 1..{MAX_VOLUME_ID} bytes")
 
     @classmethod
-    def create(cls, path: str | os.PathLike, *, volume_size: int, granularity: int = 4096,
-               volume_id: bytes, overwrite: bool = False, sync: bool = True) -> "GenerationMap":
+    def create(cls, path: "str | os.PathLike | MapStorage", *, volume_size: int,
+               granularity: int = 4096, volume_id: bytes, overwrite: bool = False,
+               sync: bool = True) -> "GenerationMap":
         """A new map: every block generation 0, current generation 1.
 
+        ``path``: the map file (its journal beside it), or a :class:`MapStorage`
+        (volume/mapstorage.py) holding the same bytes elsewhere.
         Call ``begin_full`` (and keep its stream) before relying on differential
         backups: until then generation 0 means "never backed up".
         """
         cls._check_args(volume_size, granularity, volume_id)
-        path = os.fspath(path)
+        storage = _storage(path)
         if not overwrite:
-            for p in (path, journal_path(path)):
-                if os.path.exists(p):
-                    raise MapError(f"{p} already exists (open it, or create with overwrite=True)")
+            p = storage.existing()
+            if p is not None:
+                raise MapError(f"{p} already exists (open it, or create with overwrite=True)")
         self = cls._blank()
-        self._init_geometry(path, volume_size, granularity, bytes(volume_id), sync)
+        self._init_geometry(storage, volume_size, granularity, bytes(volume_id), sync)
         self._current = 1
         self._seq = 1
         self._base_id = bytes(16)
@@ -418,17 +432,12 @@ class GenerationMap:
         return self
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, volume_size: int, volume_id: bytes,
+    def open(cls, path: "str | os.PathLike | MapStorage", *, volume_size: int, volume_id: bytes,
              granularity: int | None = None, sync: bool = True) -> "GenerationMap":
-        path = os.fspath(path)
+        storage = _storage(path)
+        path = storage.name
         self = cls._blank()
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            raise MapError(f"no generation map at {path}") from None
-        except OSError as exc:
-            raise MapError(f"cannot read generation map {path}: {exc.strerror}") from exc
+        raw = storage.read_map()
         hdr = self._parse_map(path, raw)
         (_, _, _, _, gran, nplanes, _, vsize, entries, current, ngen, seq, base_id,
          vlen, vid) = hdr
@@ -440,7 +449,7 @@ class GenerationMap:
                               f"the volume has {volume_size} bytes")
         if granularity is not None and gran != granularity:
             raise MapMismatch(f"{path} tracks {gran}-byte blocks, not {granularity}")
-        self._init_geometry(path, vsize, gran, vid, sync)
+        self._init_geometry(storage, vsize, gran, vid, sync)
         if entries != self._entries:
             raise MapCorrupt(f"{path}: entry count {entries} does not match {vsize} bytes "
                              f"at {gran}-byte blocks ({self._entries})")
@@ -451,10 +460,14 @@ class GenerationMap:
         self._open_journal(fresh=False)
         return self
 
-    def _init_geometry(self, path: str, volume_size: int, granularity: int, volume_id: bytes,
-                       sync: bool) -> None:
-        self._path = path
-        self._jpath = journal_path(path)
+    def _init_geometry(self, storage: MapStorage, volume_size: int, granularity: int,
+                       volume_id: bytes, sync: bool) -> None:
+        if storage.volatile_fine and not sync:
+            raise ValueError(f"{storage.name}: sync=False keeps nothing durable on this "
+                             f"storage (it is for maps in RAM files)")
+        self._storage = storage
+        self._path = storage.name
+        self._jpath = storage.journal_name
         self._size = volume_size
         self._gran = granularity
         self._shift = granularity.bit_length() - 1
@@ -470,7 +483,9 @@ class GenerationMap:
         # Marks need an msync for power-loss durability, except on a RAM
         # filesystem: there a power loss takes the volume (beside its map)
         # with it, and the shared mapping already survives kill -9.
-        self._msync_marks = sync and not on_ram_filesystem(path)
+        self._msync_marks = sync and storage.needs_sync
+        self._fine_volatile = self._msync_marks and storage.volatile_fine
+        self._guard = storage.check_writable if storage.volatile_fine else None
         self._planes_shared = False
         self._unsaved = False
         self._counts_cache: list[int] | None = None
@@ -551,21 +566,8 @@ class GenerationMap:
                          *(crc32c.crc32c(memoryview(p)) for p in self._planes))
         struct.pack_into(f"<{ngen}Q", table, 4 * nplanes, *counts)
         struct.pack_into("<I", table, table_len - 4, crc32c.crc32c(memoryview(table)[:-4]))
-        tmp = self._path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            _write_all(fd, hdr)
-            _write_all(fd, table)
-            _write_all(fd, bytes(planes_off - _MAP_HDR_LEN - table_len))
-            for p in self._planes:
-                _write_all(fd, memoryview(p))
-            if self._sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._path)
-        if self._sync:
-            _fsync_dir(self._path)
+        self._storage.write_map([hdr, table, bytes(planes_off - _MAP_HDR_LEN - table_len),
+                                 *(memoryview(p) for p in self._planes)], self._sync)
         self._unsaved = False
 
     # -- journal --------------------------------------------------------------
@@ -573,23 +575,9 @@ class GenerationMap:
         return _PAGE + 2 * self._slot_bytes + 2 * self._coarse_slot_bytes
 
     def _create_journal(self) -> None:
-        size = self._journal_size()
-        fd = os.open(self._jpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            # Real zeroes, not a sparse file: an msync of a page must never need
-            # to allocate blocks at power-loss time.
-            chunk = bytes(min(size, 1 << 20))
-            done = 0
-            while done < size:
-                done += os.write(fd, chunk[:min(len(chunk), size - done)])
-            hdr = self._journal_header(running=0, seqs=(self._seq, 0))
-            os.pwrite(fd, hdr, 0)
-            if self._sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        if self._sync:
-            _fsync_dir(self._jpath)
+        self._storage.create_journal(self._journal_size(),
+                                     self._journal_header(running=0, seqs=(self._seq, 0)),
+                                     self._sync)
 
     def _journal_header(self, running: int, seqs: tuple[int, int]) -> bytes:
         hdr = bytearray(_JRN_HDR_LEN)
@@ -600,25 +588,9 @@ class GenerationMap:
         return bytes(hdr)
 
     def _open_journal(self, fresh: bool) -> None:
-        import fcntl
-        try:
-            fd = os.open(self._jpath, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise MapCorrupt(f"write-intent journal {self._jpath} is missing") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise MapBusy(f"{self._path} is open in another process") from None
-            size = os.fstat(fd).st_size
-            want = self._journal_size()
-            if size != want:
-                raise MapCorrupt(f"{self._jpath}: {size} bytes, expected {want}")
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._jfd, self._mm = fd, mm
+        self._mm = self._storage.open_journal(self._journal_size())
+        if self._fine_volatile:
+            self._pending_pages = set()
         try:
             self._check_journal(fresh)
         except BaseException:
@@ -650,7 +622,7 @@ class GenerationMap:
                               for o in self._coarse_off]
         seqs = [s0, s1]
         self.recovered = bool(running) and not fresh
-        if self.recovered and boot != _boot_id():
+        if self.recovered and boot != _boot_id() and not self._storage.volatile_fine:
             # The machine restarted while the map was open (power loss, crash):
             # fine bits that were never msynced may be stale.  Every region
             # whose coarse intent bit is durable counts as written — false
@@ -689,8 +661,7 @@ class GenerationMap:
     def _flush_range(self, offset: int, length: int) -> None:
         if not self._sync:
             return
-        start = offset & ~(_PAGE - 1)
-        self._mm.flush(start, offset + length - start)
+        self._storage.flush(offset, length)
 
     # -- properties -----------------------------------------------------------
     @property
@@ -740,7 +711,8 @@ class GenerationMap:
         return a, ((offset + length - 1) >> self._shift) + 1 - a
 
     # -- hot path -------------------------------------------------------------
-    def mark(self, offset: int, length: int, *, sync: bool = True) -> None:
+    def mark(self, offset: int, length: int, *, sync: bool = True,
+             register: bool = True) -> None:
         """Record that ``length`` bytes at ``offset`` are (about to be) written.
 
         With ``sync`` (the default) the mark is durable when this returns.
@@ -753,6 +725,8 @@ class GenerationMap:
             if length == 0 and 0 <= offset <= self._size:
                 return
             raise ValueError(f"range {offset}+{length} outside the {self._size}-byte volume")
+        if self._guard is not None:
+            self._guard()          # a fenced map refuses before the data is written
         a = offset >> self._shift
         b = ((offset + length - 1) >> self._shift) + 1
         with self._mark_lock:
@@ -765,7 +739,9 @@ class GenerationMap:
                 if d.count(1, a, b) == b - a:
                     return
                 d[a:b] = 1
-            if self._msync_marks:
+            if self._fine_volatile:
+                self._note_fine(a, b, sync, register)
+            elif self._msync_marks:
                 # Fine bits live in the shared mapping (kill -9 safe as is); for
                 # power loss only the coarse intent bit must be durable.
                 ca = a >> COARSE_SHIFT
@@ -783,8 +759,7 @@ class GenerationMap:
                 lo = base + (ca >> 3)
                 hi = base + ((cb - 1) >> 3) + 1
                 if sync:
-                    start = lo & ~(_PAGE - 1)
-                    self._mm.flush(start, hi - start)
+                    self._storage.flush(lo, hi - lo)
                 elif self._unsynced is None:
                     self._unsynced = [lo, hi]
                     durability.note_unsynced(self)
@@ -795,16 +770,157 @@ class GenerationMap:
                     if hi > u[1]:
                         u[1] = hi
 
+    def _note_fine(self, a: int, b: int, sync: bool, register: bool = True) -> None:
+        """Marks of blocks a..b-1 on a storage that keeps fine bits only when they are
+        flushed (RADOS): their journal pages, fine and coarse, go out at the barrier.
+        Called with the mark lock held."""
+        ca = a >> COARSE_SHIFT
+        cb = ((b - 1) >> COARSE_SHIFT) + 1
+        c = self._coarse
+        if cb - ca == 1:
+            c[ca] = 1
+        else:
+            c[ca:cb] = 1
+        fbase = self._slot_off[self._active]
+        cbase = self._coarse_off[self._active]
+        pages = {*range((fbase + (a >> 3)) >> _FLUSH_SHIFT,
+                        ((fbase + ((b - 1) >> 3)) >> _FLUSH_SHIFT) + 1),
+                 *range((cbase + (ca >> 3)) >> _FLUSH_SHIFT,
+                        ((cbase + ((cb - 1) >> 3)) >> _FLUSH_SHIFT) + 1)}
+        if sync:
+            self._storage.flush_extents(_page_extents(pages))
+            return
+        self._pending_pages |= pages
+        if register and not self._registered:
+            # The next barrier flushes; marks of mark_async are flushed by their
+            # own group commit and never make a barrier wait.
+            self._registered = True
+            durability.note_unsynced(self)
+
+    def _note_cleared(self, a: int, b: int) -> None:
+        """Cleared fine bits reach a volatile-fine storage with the next barrier (a
+        stale 1 there would only be a false positive, but the map would then differ
+        from the same map in files after a reopen)."""
+        if self._pending_pages is None or b <= a:
+            return
+        fbase = self._slot_off[self._active]
+        pages = range((fbase + (a >> 3)) >> _FLUSH_SHIFT, ((fbase + ((b - 1) >> 3)) >> _FLUSH_SHIFT) + 1)
+        with self._mark_lock:
+            self._pending_pages.update(pages)
+            if not self._registered:
+                self._registered = True
+                durability.note_unsynced(self)
+
     def sync_marks(self) -> None:
-        """Make every mark made with ``sync=False`` so far durable (one msync)."""
+        """Make every mark made with ``sync=False`` so far durable (one msync, or one
+        RADOS write of the journal pages they changed)."""
+        if self._pending_pages is not None:
+            if not self._pending_pages:
+                return
+            with self._sync_lock:
+                with self._mark_lock:
+                    pages, self._pending_pages = self._pending_pages, set()
+                    self._registered = False
+                    batch = self._batch
+                    self._batch += 1
+                if not pages:
+                    self._batch_done(batch, None)
+                    return
+                if self._closed:
+                    self._batch_done(batch, MapError(f"generation map {self._path} is closed"))
+                    return
+                try:
+                    self._storage.flush_extents(_page_extents(pages))
+                except BaseException as exc:
+                    # Not durable: the next barrier must try these again.
+                    with self._mark_lock:
+                        self._pending_pages |= pages
+                        self._registered = True
+                    durability.note_unsynced(self)
+                    self._batch_done(batch, exc)
+                    raise
+                self._batch_done(batch, None)
+            return
         if self._unsynced is None:
             return
         with self._sync_lock:
             with self._mark_lock:
                 u, self._unsynced = self._unsynced, None
             if u is not None and not self._closed:
-                start = u[0] & ~(_PAGE - 1)
-                self._mm.flush(start, u[1] - start)
+                try:
+                    self._storage.flush(u[0], u[1] - u[0])
+                except BaseException:
+                    with self._mark_lock:
+                        if self._unsynced is None:
+                            self._unsynced = u
+                        else:
+                            self._unsynced = [min(u[0], self._unsynced[0]),
+                                              max(u[1], self._unsynced[1])]
+                    durability.note_unsynced(self)
+                    raise
+
+    # -- asynchronous group commit ----------------------------------------------
+    def mark_async(self, offset: int, length: int, done) -> None:
+        """``mark`` for a writer that answers from a completion: ``done(None)`` once
+        the mark is durable, ``done(error)`` if it cannot be made so; from any
+        thread.  On a storage that flushes journal pages (RADOS), the pages of
+        every mark waiting go out together in one write op while the data write
+        is in flight (group commit without blocking the caller); elsewhere
+        (files: a shared mapping plus msync) the mark is made durable at once.
+        Raises like ``mark`` (a fenced map refuses before anything is written)."""
+        if self._pending_pages is None:
+            self.mark(offset, length, sync=True)
+            done(None)
+            return
+        self.mark(offset, length, sync=False, register=False)
+        with self._mark_lock:
+            key = self._batch if self._pending_pages else self._batch - 1
+            if key <= self._durable:
+                ready = True
+            else:
+                ready = False
+                self._waiters.append((key, done))
+        if ready:
+            done(None)
+            return
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start the next asynchronous journal write unless one is in flight."""
+        with self._mark_lock:
+            if self._aio_inflight or not self._pending_pages or self._closed:
+                return
+            pages, self._pending_pages = self._pending_pages, set()
+            batch = self._batch
+            self._batch += 1
+            self._aio_inflight = True
+
+        def written(exc) -> None:
+            if exc is not None:
+                with self._mark_lock:
+                    self._pending_pages |= pages   # the next mark's commit retries them
+            with self._mark_lock:
+                self._aio_inflight = False
+            self._batch_done(batch, exc)
+            self._kick()
+        try:
+            self._storage.flush_extents_async(_page_extents(pages), written)
+        except BaseException as exc:  # refused at submission (fenced, closed)
+            written(exc)
+
+    def _batch_done(self, batch: int, exc) -> None:
+        """Batch ``batch`` was written (exc None) or failed: answer its waiters."""
+        with self._mark_lock:
+            self._done_batches.add(batch)
+            while self._durable + 1 in self._done_batches:
+                self._durable += 1
+                self._done_batches.discard(self._durable)
+            limit = batch if exc is not None else self._durable
+            ready = [cb for k, cb in self._waiters if k <= limit]
+            if ready:
+                self._waiters = [(k, cb) for k, cb in self._waiters if k > limit]
+        for cb in ready:
+            cb(exc)
 
     # -- queries --------------------------------------------------------------
     def _check_open(self) -> None:
@@ -933,11 +1049,7 @@ class GenerationMap:
         return old
 
     def _release_slot_pages(self, slot_index: int) -> None:
-        if hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            try:
-                self._mm.madvise(mmap.MADV_DONTNEED, self._slot_off[slot_index], self._slot_bytes)
-            except OSError:
-                pass
+        self._storage.release(self._slot_off[slot_index], self._slot_bytes)
 
     def _folded(self, old: bitarray, gen: int) -> tuple[list[bitarray], list[int]]:
         """(planes, counts) with the blocks in ``old`` set to ``gen`` (claim 9); the
@@ -1109,6 +1221,7 @@ class GenerationMap:
                 p[first_block:end] = (generation >> i) & 1
             # Clearing a dirty bit needs no msync: a stale 1 is a false positive.
             self._dirty[first_block:end] = 0
+            self._note_cleared(first_block, end)
             self._plane_counts = None
             self._counts_cache = None
             if generation >= self._current:
@@ -1140,6 +1253,7 @@ class GenerationMap:
                 else:
                     p[first_block:end] &= inv
             self._dirty[first_block:end] &= inv
+            self._note_cleared(first_block, end)
             self._plane_counts = None
             self._counts_cache = None
             if generation >= self._current:
@@ -1182,20 +1296,20 @@ class GenerationMap:
         self._frozen = None
         self._coarse_slots = []
         self._coarse = None
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass
-            self._mm = None
-        if self._jfd >= 0:
-            os.close(self._jfd)   # drops the flock
-            self._jfd = -1
+        self._mm = None
+        if self._storage is not None:
+            self._storage.close()     # drops the flock (files) or the lock (RADOS)
 
     def close(self) -> None:
         if self._cut is not None and not self._closed:
             self._cut.abandon()
-        self.sync_marks()
+        try:
+            self.sync_marks()       # answers every mark_async waiter too
+        finally:
+            with self._mark_lock:
+                left, self._waiters = self._waiters, []
+            for _, cb in left:
+                cb(MapError(f"generation map {self._path} closed before the mark was durable"))
         durability.forget(self)
         with self._lock:
             if self._closed:
@@ -1239,6 +1353,26 @@ def _expand_coarse(coarse: bitarray, fine: bitarray, entries: int) -> None:
             fine[start * span:min(stop * span, entries)] = 1
 
 
+_FLUSH_SHIFT = 12          # journal bytes reach a volatile-fine storage in 4 KiB pages
+
+
+def _page_extents(pages) -> list[tuple[int, int]]:
+    """Sorted (offset, length) runs of whole flush pages."""
+    out: list[tuple[int, int]] = []
+    size = 1 << _FLUSH_SHIFT
+    for p in sorted(pages):
+        off = p << _FLUSH_SHIFT
+        if out and out[-1][0] + out[-1][1] == off:
+            out[-1] = (out[-1][0], out[-1][1] + size)
+        else:
+            out.append((off, size))
+    return out
+
+
+def _storage(where) -> MapStorage:
+    return where if isinstance(where, MapStorage) else FileMapStorage(where)
+
+
 _RAM_FS = frozenset({"tmpfs", "ramfs"})
 
 
@@ -1262,17 +1396,4 @@ def on_ram_filesystem(path: str) -> bool:
     return fstype in _RAM_FS
 
 
-def _write_all(fd: int, data) -> None:
-    mv = memoryview(data).cast("B")
-    while len(mv):
-        n = os.write(fd, mv)
-        mv = mv[n:]
 
-
-def _fsync_dir(path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,7 +42,7 @@ from bitarray import bitarray
 
 from .genmap import GenerationMap, MapError, journal_path
 from .pitcut import CowSettings, PitCut
-from .store import BlockStore
+from .store import BlockStore, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import VolumeSessions
@@ -162,10 +162,24 @@ class BackupState:
 def read_sidecar(path: str) -> dict:
     try:
         with open(path, "rb") as f:
-            doc = json.loads(f.read().decode("utf-8"))
+            raw = f.read()
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise TrackingError(f"{path}: unreadable volume identity sidecar ({exc})") from None
+    return parse_sidecar(raw, path)
+
+
+def sidecar_bytes(doc: dict) -> bytes:
+    """The sidecar's bytes, the same in a file and in RADOS."""
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+def parse_sidecar(raw: bytes, path: str) -> dict:
+    """A sidecar document from its bytes (``path`` names it in messages)."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
         raise TrackingError(f"{path}: unreadable volume identity sidecar ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
         raise TrackingError(f"{path} is not a volume identity sidecar")
@@ -185,7 +199,7 @@ def read_sidecar(path: str) -> dict:
 
 def _write_json_atomic(path: str, doc: dict, sync: bool) -> None:
     tmp = path + ".tmp"
-    data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+    data = sidecar_bytes(doc)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, data)
@@ -202,6 +216,62 @@ def _write_json_atomic(path: str, doc: dict, sync: bool) -> None:
             os.close(dfd)
 
 
+class _FilePlace:
+    """Map files and sidecar beside the backing file ``path``."""
+    local = True
+
+    def __init__(self, path) -> None:
+        self.volume_label = os.fspath(path)
+        self.where, _, self.sidecar_label = map_paths(path)
+        self.map_label = self.where
+        self.map_glob = f"{self.where}*"
+        self.everything = f"{self.map_glob} and {self.sidecar_label}"
+        self.stem = self.sidecar_label
+
+    def have_map(self) -> bool:
+        return os.path.exists(self.where)
+
+    def read_doc(self) -> dict | None:
+        try:
+            return read_sidecar(self.sidecar_label)
+        except FileNotFoundError:
+            return None
+
+    def write_doc(self, doc: dict, sync: bool) -> None:
+        _write_json_atomic(self.sidecar_label, doc, sync)
+
+    def abandon(self) -> None:
+        pass
+
+
+class _RadosPlace:
+    """Map, journal and sidecar in RADOS objects (volume/radosmap.py)."""
+    local = False
+
+    def __init__(self, storage, volume: str, stem: str | None) -> None:
+        self.where = storage
+        self.volume_label = volume
+        self.map_label = storage.name
+        self.sidecar_label = f"{storage.journal_name} (omap key sidecar)"
+        self.map_glob = (f"the RADOS objects {storage.base}.genmap.* in pool {storage.pool} "
+                         f"(rados -p {storage.pool} ls; rados -p {storage.pool} rm OBJECT)")
+        self.everything = self.map_glob          # the sidecar is in the journal's omap
+        self.stem = stem
+
+    def have_map(self) -> bool:
+        return self.where.existing() == self.where.name
+
+    def read_doc(self) -> dict | None:
+        raw = self.where.read_sidecar()
+        return None if raw is None else parse_sidecar(raw, self.sidecar_label)
+
+    def write_doc(self, doc: dict, sync: bool) -> None:
+        self.where.write_sidecar(sidecar_bytes(doc))
+
+    def abandon(self) -> None:
+        self.where.close()
+
+
 class TrackingStore(BlockStore):
     """``inner`` with every data change marked in ``self.map`` first.
 
@@ -210,12 +280,25 @@ class TrackingStore(BlockStore):
 
     def __init__(self, inner: BlockStore, gmap: GenerationMap, *, sidecar: str | None,
                  state: BackupState, tmpdir: str | None = None, sync: bool = True,
-                 cow: CowSettings | None = None) -> None:
+                 cow: CowSettings | None = None, place=None) -> None:
         self.inner = inner
         self.size = inner.size
+        self.asynchronous = getattr(inner, "asynchronous", False)
+        self._pending = 0                      # async writes submitted, not yet done
+        self._pending_cond = threading.Condition()
+        self._submitter = None
+        if self.asynchronous:
+            import queue
+            self._submitter = queue.SimpleQueue()
+            threading.Thread(target=self._submit_loop, daemon=True,
+                             name="tracked-submit").start()
         self._map = gmap
         self._mark = gmap.mark
+        # A local path whose stem names per-volume files (the audit's CRC table);
+        # for a file volume, its sidecar.  None: nowhere local (memory volumes).
         self.sidecar = sidecar
+        # Where the map and sidecar live (_FilePlace, _RadosPlace; None: memory).
+        self._place = place
         self.state = state
         self._tmpdir = tmpdir
         self._sync = sync
@@ -225,7 +308,7 @@ class TrackingStore(BlockStore):
         self.cow: PitCut | None = None
         # Beside the volume unless the caller says where (memory volumes: in memory).
         cow = cow or CowSettings()
-        if cow.dir is None and sidecar:
+        if cow.dir is None and sidecar and place is not None and place.local:
             cow = CowSettings(dir=os.path.dirname(os.path.abspath(sidecar)), size=cow.size)
         self.cow_settings = cow
         # Serialises map replacement (reidentify) and sidecar writes.
@@ -244,16 +327,50 @@ class TrackingStore(BlockStore):
         tracking starts; an existing map with another granularity is refused.
         ``volume_id`` is only used when tracking starts (no map, no sidecar).
         """
-        mpath, jpath, spath = map_paths(path)
-        have_map = os.path.exists(mpath)
+        return cls._open_at(inner, _FilePlace(path), granularity=granularity, sync=sync,
+                            volume_id=volume_id, cow=cow)
+
+    @classmethod
+    def open_rados(cls, inner: BlockStore, storage, *, volume: str,
+                   granularity: int | None = None, volume_id: bytes | None = None,
+                   cow: CowSettings | None = None,
+                   crc_stem: str | None = None) -> "TrackingStore":
+        """Track ``inner`` with its map, journal and sidecar in RADOS
+        (``storage``: a volume.radosmap.RadosMapStorage beside the image).
+
+        ``volume`` names the volume in messages (e.g. ``rbd:POOL/IMAGE``);
+        ``crc_stem``, a local path stem for the audit's block CRC table (None:
+        no audit table).  Copy-on-write preservation files go to ``cow.dir``
+        (None: memory).
+        """
+        return cls._open_at(inner, _RadosPlace(storage, volume, crc_stem), granularity=granularity,
+                            sync=True, volume_id=volume_id, cow=cow or CowSettings())
+
+    @classmethod
+    def _open_at(cls, inner: BlockStore, place: "_FilePlace | _RadosPlace", *,
+                 granularity: int | None, sync: bool, volume_id: bytes | None,
+                 cow: CowSettings | None) -> "TrackingStore":
         try:
-            doc = read_sidecar(spath)
-        except FileNotFoundError:
-            doc = None
+            return cls._open_place(inner, place, granularity=granularity, sync=sync,
+                                   volume_id=volume_id, cow=cow)
+        except BaseException:
+            place.abandon()       # a RADOS map's lock goes with the failed open
+            raise
+
+    @classmethod
+    def _open_place(cls, inner: BlockStore, place: "_FilePlace | _RadosPlace", *,
+                    granularity: int | None, sync: bool, volume_id: bytes | None,
+                    cow: CowSettings | None) -> "TrackingStore":
+        mpath, spath, vname = place.map_label, place.sidecar_label, place.volume_label
+        try:
+            have_map = place.have_map()
+            doc = place.read_doc()
+        except MapError as exc:
+            raise TrackingError(f"generation map of {vname}: {exc}") from None
         if doc is None and have_map:
             raise TrackingError(
                 f"{mpath} exists but its identity sidecar {spath} is missing: cannot tell "
-                f"whether the map belongs to {os.fspath(path)}; delete {mpath}* to start tracking "
+                f"whether the map belongs to {vname}; delete {place.map_glob} to start tracking "
                 f"afresh (then take a full backup)")
         if doc is None:
             granularity = granularity or DEFAULT_GRANULARITY
@@ -261,25 +378,27 @@ class TrackingStore(BlockStore):
             state = BackupState()
             doc = cls._sidecar_doc(vid, inner.size, granularity, state)
             try:
-                gmap = GenerationMap.create(mpath, volume_size=inner.size, granularity=granularity,
-                                            volume_id=vid, overwrite=True, sync=sync)
+                gmap = GenerationMap.create(place.where, volume_size=inner.size,
+                                            granularity=granularity, volume_id=vid,
+                                            overwrite=True, sync=sync)
+                place.write_doc(doc, sync)
             except (MapError, OSError) as exc:
                 raise TrackingError(f"cannot create generation map {mpath}: {exc}") from None
-            _write_json_atomic(spath, doc, sync)
-            return cls(inner, gmap, sidecar=spath, state=state, sync=sync, cow=cow)
+            return cls(inner, gmap, sidecar=place.stem, state=state, sync=sync, cow=cow,
+                       place=place)
         vid = bytes.fromhex(doc["volume_id"])
         if int(doc["volume_size"]) != inner.size:
             raise TrackingError(
-                f"{os.fspath(path)} is {inner.size} bytes but its generation map was made for "
+                f"{vname} is {inner.size} bytes but its generation map was made for "
                 f"{doc['volume_size']} bytes: resizing a tracked volume is refused; restore its "
-                f"size, or delete {mpath}* and {spath} to start tracking afresh (then take a "
-                f"full backup)")
+                f"size, or delete {place.everything} to start tracking afresh (then "
+                f"take a full backup)")
         gran = int(doc["granularity"])
         if granularity is not None and granularity != gran:
             raise TrackingError(
-                f"{os.fspath(path)} is tracked at {gran}-byte granularity, not {granularity}: "
-                f"changing it needs a new map — delete {mpath}* and {spath}, then take a full "
-                f"backup")
+                f"{vname} is tracked at {gran}-byte granularity, not {granularity}: "
+                f"changing it needs a new map — delete {place.everything}, then take "
+                f"a full backup")
         b = doc.get("backup") or {}
         entries = -(-inner.size // gran)
         state = BackupState(bool(b.get("full_done")), b.get("pending_lo"), b.get("active"),
@@ -290,19 +409,23 @@ class TrackingStore(BlockStore):
             # incomplete restore stays on record: the data is still wrong.
             state = BackupState(restore=state.restore)
             try:
-                gmap = GenerationMap.create(mpath, volume_size=inner.size, granularity=gran,
+                gmap = GenerationMap.create(place.where, volume_size=inner.size, granularity=gran,
                                             volume_id=vid, overwrite=True, sync=sync)
             except (MapError, OSError) as exc:
                 raise TrackingError(f"cannot create generation map {mpath}: {exc}") from None
         else:
             try:
-                gmap = GenerationMap.open(mpath, volume_size=inner.size, volume_id=vid,
+                gmap = GenerationMap.open(place.where, volume_size=inner.size, volume_id=vid,
                                           granularity=gran, sync=sync)
             except MapError as exc:
-                raise TrackingError(f"generation map of {os.fspath(path)}: {exc}") from None
+                raise TrackingError(f"generation map of {vname}: {exc}") from None
         state.settle_abandoned()
-        self = cls(inner, gmap, sidecar=spath, state=state, sync=sync, cow=cow)
-        self.save_state()
+        self = cls(inner, gmap, sidecar=place.stem, state=state, sync=sync, cow=cow, place=place)
+        try:
+            self.save_state()
+        except MapError as exc:
+            gmap.close()
+            raise TrackingError(f"generation map of {vname}: {exc}") from None
         return self
 
     @classmethod
@@ -348,17 +471,17 @@ class TrackingStore(BlockStore):
     def save_state(self) -> None:
         """Persist ``state`` (atomically) in the sidecar; memory volumes keep it in memory."""
         with self.lock:
-            if self.sidecar is None:
+            if self._place is None:
                 return
             doc = self._sidecar_doc(self._map.volume_id, self.size, self._map.granularity,
                                     self.state)
-            _write_json_atomic(self.sidecar, doc, self._sync)
+            self._place.write_doc(doc, self._sync)
 
     def reidentify(self, volume_id: bytes, granularity: int | None = None) -> None:
         """Become volume ``volume_id`` (a full restore of its backup): a new, empty map."""
         with self.lock:
             gran = granularity or self._map.granularity
-            path = self._map.path
+            path = self._place.where if self._place is not None else self._map.path
             self._map.close()
             gmap = GenerationMap.create(path, volume_size=self.size, granularity=gran,
                                         volume_id=bytes(volume_id), overwrite=True,
@@ -391,6 +514,76 @@ class TrackingStore(BlockStore):
         if self.cow is not None:
             self.cow.before_write(offset, n)
         self.inner.write(offset, data)
+
+    # An asynchronous inner store (RBD): a write's mark and its data go out
+    # together; the command is answered when both are durable (invariant 1).
+    def submit_read(self, offset: int, length: int, done) -> None:
+        self.inner.submit_read(offset, length, done)
+
+    # Write intent first: the data write is submitted only once its mark is
+    # durable (a block already marked in this generation goes at once), so a
+    # crash can never leave a changed block that the map does not hold -- not
+    # even one whose write was never answered.
+    def submit_write(self, offset: int, data, done, fua: bool = False) -> None:
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if self.cow is not None:
+            self.cow.before_write(offset, n)
+        with self._pending_cond:
+            self._pending += 1
+
+        def finished(exc) -> None:
+            with self._pending_cond:
+                self._pending -= 1
+                self._pending_cond.notify_all()
+            done(exc)
+
+        def marked(exc) -> None:
+            if exc is not None:
+                finished(exc if isinstance(exc, StoreError)
+                         else StoreError(f"write intent not recorded: {exc}"))
+                return
+            self._submitter.put((offset, data, finished, fua))
+
+        try:
+            self._map.mark_async(offset, n, marked)
+        except BaseException:
+            with self._pending_cond:
+                self._pending -= 1
+                self._pending_cond.notify_all()
+            raise
+
+    def _submit_loop(self) -> None:
+        """Submits data writes whose marks became durable (off librados' callback
+        threads, which must not block in librbd)."""
+        while True:
+            item = self._submitter.get()
+            if item is None:
+                return
+            offset, data, finished, fua = item
+            try:
+                self.inner.submit_write(offset, data, finished, fua)
+            except StoreError as exc:
+                finished(exc)
+            except Exception as exc:  # never lose a completion
+                finished(StoreError(f"write at {offset}: {exc}"))
+
+    def submit_flush(self, done) -> None:
+        self.inner.submit_flush(done)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        import time
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._pending_cond:
+            while self._pending:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._pending_cond.wait(left)
+        return self.inner.drain(None if end is None else max(0.0, end - time.monotonic()))
+
+    @property
+    def inflight(self) -> int:
+        return self._pending + self.inner.inflight
 
     def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
         self.inner.readinto_many(offsets, bufs)
@@ -428,9 +621,19 @@ class TrackingStore(BlockStore):
         if self._sessions is not None:
             self._sessions.close()
         self._closed = True
+        if self._submitter is not None:
+            self.drain(60)
+            self._submitter.put(None)
         if self.cow is not None:
             self.cow.release()
         try:
+            if self._place is not None and not self._place.local:
+                # The map shares the store's RADOS client: it goes first.
+                try:
+                    self._map.close()
+                finally:
+                    self.inner.close()
+                return
             try:
                 self.inner.close()
             finally:

@@ -1,0 +1,251 @@
+"""Invariant 1 across hosts: an RBD-backed tracked LUN keeps its generation map in RADOS,
+so when target A dies (kill -9) under a write load, target B -- another process with
+another state directory, same pool and image -- takes the volume over and its next
+differential holds every block A acknowledged.  And a paused A (SIGSTOP) that comes back
+after B took over is fenced: its writes are refused and B's map stays B's."""
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from scsi_target.initiator.sync import SyncIscsiClient
+
+from backup_harness import IQN, diffbackup, env
+
+pytestmark = [pytest.mark.ceph, pytest.mark.timeout(900)]
+
+POOL = "failover"
+SIZE = 16 << 20
+BLOCK = 4096
+BLOCKS = SIZE // BLOCK
+LOCK = 4                       # track_map_lock of the servers, seconds
+
+
+@pytest.fixture(scope="module")
+def cluster(ceph_cluster):
+    try:
+        ceph_cluster.create_pool(POOL)
+    except Exception:
+        pass
+    # B starts once librbd breaks the dead A's image lock (A's watch times out:
+    # about 30 s); by then A's map lock (track_map_lock) has lapsed too.
+    yield ceph_cluster
+
+
+class Target:
+    """``scsi-target serve --config`` in its own state directory (one "host")."""
+
+    def __init__(self, state: Path, conf: str, image: str, *, attempts_until: float = 90):
+        state.mkdir(parents=True, exist_ok=True)
+        cfg = state / "target.toml"
+        cfg.write_text(
+            'portals = ["127.0.0.1:0"]\n\n[[target]]\n'
+            f'iqn = "{IQN}"\n\n[[target.lun]]\nlun = 0\ntrack_map_lock = {LOCK}\n'
+            f'[target.lun.rbd]\npool = "{POOL}"\nimage = "{image}"\nconf = "{conf}"\n\n'
+            '[[target.lun]]\nlun = 1\nkind = "backup"\nsource = 0\n')
+        deadline = time.monotonic() + attempts_until
+        while True:
+            # Until A's image lock is broken, B is refused ("already served"): retry.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "scsi_target", "serve", "--config", str(cfg),
+                 "--log-level", "warning"], cwd=state, env=env(), stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            lines = []
+            while len([l for l in lines if "iscsi://" in l]) < 2:
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+            if len([l for l in lines if "iscsi://" in l]) == 2:
+                break
+            err = self.proc.stderr.read()
+            self.proc.wait()
+            if time.monotonic() > deadline or "already served" not in err:
+                raise AssertionError(f"target did not start: {lines} {err}")
+            time.sleep(1)
+        self.port = int(re.search(r"127\.0\.0\.1:(\d+)", lines[0]).group(1))
+        self.started = time.monotonic()
+
+    def url(self, lun: int) -> str:
+        return f"iscsi://127.0.0.1:{self.port}/{IQN}/{lun}"
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _content(block: int, version: int) -> bytes:
+    return struct.pack("<QQ", block, version) * (BLOCK // 16)
+
+
+class Load:
+    """Random 4 KiB writes with versioned content from ``threads`` sessions; every
+    acknowledged write is recorded (block -> last acknowledged version), and so is
+    every write sent (it may have landed without an answer)."""
+
+    def __init__(self, url: str, seed: int, versions: dict, threads: int = 4):
+        self.acked: dict[int, int] = {}
+        self.sent: dict[int, list[int]] = {}
+        self.count = 0
+        self.versions = versions
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(url, random.Random(seed * 31 + i), i,
+                                                                 threads), daemon=True)
+                        for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, url: str, rnd: random.Random, lane: int, lanes: int) -> None:
+        try:
+            with SyncIscsiClient(url, timeout=10) as c:
+                while not self.stop.is_set():
+                    block = rnd.randrange(lane, BLOCKS, lanes)     # disjoint per session
+                    with self.lock:
+                        v = self.versions.get(block, 0) + 1
+                        self.versions[block] = v
+                        self.sent.setdefault(block, []).append(v)
+                    r = c.write(block * 8, _content(block, v))
+                    if not r.good:
+                        return
+                    with self.lock:
+                        self.acked[block] = v
+                        self.count += 1
+        except Exception:
+            pass                      # the target died under us
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def _restore(tmp: Path, streams: list[Path], name: str) -> bytes:
+    out = tmp / name
+    r = diffbackup("restore", str(out), *map(str, streams), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out.read_bytes()
+
+
+def test_kill9_failover_keeps_every_acknowledged_block(cluster, tmp_path):
+    conf = str(cluster.conf)
+    image = "vol-kill"
+    cluster.run("rbd", "create", f"{POOL}/{image}", "--size", "16M")
+    first = Target(tmp_path / "host0", conf, image)
+    streams = [tmp_path / "full"]
+    r = diffbackup("full", first.url(0), "-o", str(streams[0]))
+    assert r.returncode == 0, r.stderr
+    serving = first
+    versions: dict[int, int] = {}
+    expect: dict[int, int] = {}          # block -> last acknowledged version, all hosts
+    in_flight: dict[int, set[int]] = {}  # versions sent after it (may have landed)
+    kills = acked_total = 0
+    missed: list = []
+    takeover = []
+    rnd = random.Random(15)
+    for it in range(1, 5):
+        load = Load(serving.url(0), it, versions)
+        time.sleep(rnd.uniform(1.0, 3.0))
+        serving.kill()                   # kill -9 mid-load: no shutdown path runs
+        kills += 1
+        load.finish()
+        acked_total += load.count
+        for block, sent in load.sent.items():
+            a = load.acked.get(block)
+            if a is not None:
+                expect[block] = a
+                in_flight[block] = {v for v in sent if v > a}
+            else:
+                in_flight.setdefault(block, set()).update(sent)
+        t0 = time.monotonic()
+        serving = Target(tmp_path / f"host{it}", conf, image)      # another "host"
+        takeover.append(time.monotonic() - t0)
+        streams.append(tmp_path / f"diff{it}")
+        r = diffbackup("diff", serving.url(0), "--scope", "1", "-o", str(streams[-1]))
+        assert r.returncode == 0, r.stdout + r.stderr
+        restored = _restore(tmp_path, streams, f"restored{it}")
+        for block, v in expect.items():
+            got = restored[block * BLOCK:(block + 1) * BLOCK]
+            if got != _content(block, v) and \
+                    not any(got == _content(block, w) for w in in_flight.get(block, ())):
+                missed.append((it, block, v))
+        # The restore is the volume as B serves it (the diff is its point in time).
+        with SyncIscsiClient(serving.url(0), timeout=30) as c:
+            live = bytes(c.read(0, SIZE // 512))
+        diff_blocks = [b for b in range(BLOCKS)
+                       if live[b * BLOCK:(b + 1) * BLOCK] != restored[b * BLOCK:(b + 1) * BLOCK]]
+        assert not diff_blocks, f"kill {it}: restore differs from the volume at {diff_blocks[:8]}"
+    serving.stop()
+    print(f"\nfailover: {acked_total} acknowledged writes, {kills} kills, {len(missed)} missed "
+          f"blocks; takeover {', '.join(f'{t:.1f}' for t in takeover)} s")
+    assert not missed, f"acknowledged blocks missing from the restore: {missed[:10]}"
+    assert acked_total > 100 and kills == 4
+
+
+def test_a_paused_target_is_fenced_after_another_takes_over(cluster, tmp_path):
+    conf = str(cluster.conf)
+    image = "vol-pause"
+    cluster.run("rbd", "create", f"{POOL}/{image}", "--size", "16M")
+    a = Target(tmp_path / "hostA", conf, image)
+    b = None
+    try:
+        full = tmp_path / "full"
+        assert diffbackup("full", a.url(0), "-o", str(full)).returncode == 0
+        ca = SyncIscsiClient(a.url(0), timeout=60)
+        ca.__enter__()
+        assert ca.write(0, _content(0, 1)).good               # A serves
+        a.signal(signal.SIGSTOP)
+        b = Target(tmp_path / "hostB", conf, image)          # waits out A's locks
+        with SyncIscsiClient(b.url(0), timeout=30) as cb:
+            for blk in (1, 2, 3):
+                assert cb.write(blk * 8, _content(blk, 2)).good
+        a.signal(signal.SIGCONT)
+        refused = 0
+        for blk in (2, 3, 4):
+            try:
+                r = ca.write(blk * 8, _content(blk, 99))
+                refused += not r.good
+            except Exception:
+                refused += 1                                  # or A dropped the session
+        assert refused == 3, "a stale target acknowledged a write after the takeover"
+        try:
+            ca.__exit__(None, None, None)
+        except Exception:
+            pass
+        diff = tmp_path / "diff"
+        r = diffbackup("diff", b.url(0), "--scope", "1", "-o", str(diff))
+        assert r.returncode == 0, r.stdout + r.stderr
+        restored = _restore(tmp_path, [full, diff], "restored")
+        with SyncIscsiClient(b.url(0), timeout=30) as cb:
+            live = bytes(cb.read(0, SIZE // 512))
+        assert restored == live
+        for blk, v in ((0, 1), (1, 2), (2, 2), (3, 2)):
+            assert live[blk * BLOCK:(blk + 1) * BLOCK] == _content(blk, v)
+        assert live[4 * BLOCK:5 * BLOCK] == bytes(BLOCK)     # A's refused write is not there
+    finally:
+        a.kill()
+        if b is not None:
+            b.stop()
