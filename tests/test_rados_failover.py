@@ -5,13 +5,9 @@ differential holds every block A acknowledged.  And a paused A (SIGSTOP) that co
 after B took over is fenced: its writes are refused and B's map stays B's."""
 from __future__ import annotations
 
-import os
 import random
-import re
 import signal
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +16,9 @@ import pytest
 
 from scsi_target.initiator.sync import SyncIscsiClient
 
-from backup_harness import IQN, diffbackup, env
+from conftest import run_diffbackup as diffbackup
+from scsi_target.config import DEFAULT_IQN
+from scsi_target.testing.process import ServerProcess, ServerStartError
 
 pytestmark = [pytest.mark.ceph, pytest.mark.timeout(900)]
 
@@ -42,7 +40,7 @@ def cluster(ceph_cluster):
     yield ceph_cluster
 
 
-class Target:
+class Target(ServerProcess):
     """``scsi-target serve --config`` in its own state directory (one "host")."""
 
     def __init__(self, state: Path, conf: str, image: str, *, attempts_until: float = 90):
@@ -50,51 +48,30 @@ class Target:
         cfg = state / "target.toml"
         cfg.write_text(
             'portals = ["127.0.0.1:0"]\n\n[[target]]\n'
-            f'iqn = "{IQN}"\n\n[[target.lun]]\nlun = 0\ntrack_map_lock = {LOCK}\n'
+            f'iqn = "{DEFAULT_IQN}"\n\n[[target.lun]]\nlun = 0\ntrack_map_lock = {LOCK}\n'
             f'[target.lun.rbd]\npool = "{POOL}"\nimage = "{image}"\nconf = "{conf}"\n\n'
             '[[target.lun]]\nlun = 1\nkind = "backup"\nsource = 0\n')
+        super().__init__(state, None, args=("--config", str(cfg)))
+        self.start_timeout = attempts_until     # B's start waits out A's image lock
         deadline = time.monotonic() + attempts_until
         while True:
             # Until A's image lock is broken, B is refused ("already served"): retry.
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "scsi_target", "serve", "--config", str(cfg),
-                 "--log-level", "warning"], cwd=state, env=env(), stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True)
-            lines = []
-            while len([l for l in lines if "iscsi://" in l]) < 2:
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                lines.append(line)
-            if len([l for l in lines if "iscsi://" in l]) == 2:
+            try:
+                self.start()
                 break
-            err = self.proc.stderr.read()
-            self.proc.wait()
-            if time.monotonic() > deadline or "already served" not in err:
-                raise AssertionError(f"target did not start: {lines} {err}")
+            except ServerStartError as e:
+                if time.monotonic() > deadline or "already served" not in str(e):
+                    raise
             time.sleep(1)
-        self.port = int(re.search(r"127\.0\.0\.1:(\d+)", lines[0]).group(1))
         self.started = time.monotonic()
 
-    def url(self, lun: int) -> str:
-        return f"iscsi://127.0.0.1:{self.port}/{IQN}/{lun}"
-
     def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
+        if self.alive():
             self.proc.send_signal(sig)
 
-    def kill(self) -> None:
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def kill(self) -> int | None:
+        self.signal(signal.SIGCONT)      # a stopped process takes SIGKILL too, but wait() on it
+        return super().kill()
 
 
 def _content(block: int, version: int) -> bytes:

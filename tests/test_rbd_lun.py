@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import select
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from scsi_target.config import DEFAULT_IQN
+from scsi_target.testing.process import ServerProcess
 from scsi_target.testing.external import require_tool, run_tool
 from scsi_target.testing.libiscsi import cu_summary
 from scsi_target.initiator.sync import SyncIscsiClient
@@ -29,68 +29,18 @@ pytestmark = pytest.mark.ceph
 
 MiB = 1 << 20
 POOL = "pyscsi-rbd-lun"
-IQN = "iqn.2026-12.test:rbd"
 
 
-class RbdServer:
-    """``scsi-target serve --config`` of one target with one RBD LUN."""
-
-    def __init__(self, workdir: Path, conf: Path, image: str, *, rbd_extra: str = "",
-                 lun_extra: str = "") -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config = workdir / f"{image}.toml"
-        self.config.write_text(
-            'portals = ["127.0.0.1:0"]\n[[target]]\n'
-            f'iqn = "{IQN}"\n[[target.lun]]\nlun = 0\n{lun_extra}\n'
-            f'rbd = {{ pool = "{POOL}", image = "{image}", conf = "{conf}"{rbd_extra} }}\n')
-        self.log = workdir / f"{image}.log"
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> "RbdServer":
-        log = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scsi_target", "serve", "--config", str(self.config),
-             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=log,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                m = re.match(rb"listening on [^\s,]*:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
-                    return self
-                if not line:
-                    break
-            elif self.proc.poll() is not None:
-                break
-        self.stop()
-        raise AssertionError(f"server did not start:\n{self.log.read_text()[-3000:]}")
-
-    def url(self) -> str:
-        return f"iscsi://127.0.0.1:{self.port}/{IQN}/0"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> "RbdServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+def rbd_server(workdir: Path, conf: Path, image: str, *, rbd_extra: str = "",
+               lun_extra: str = "") -> ServerProcess:
+    """``scsi-target serve --config`` of one target with one RBD LUN (not started)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / f"{image}.toml"
+    config.write_text(
+        'portals = ["127.0.0.1:0"]\n[[target]]\n'
+        f'iqn = "{DEFAULT_IQN}"\n[[target.lun]]\nlun = 0\n{lun_extra}\n'
+        f'rbd = {{ pool = "{POOL}", image = "{image}", conf = "{conf}"{rbd_extra} }}\n')
+    return ServerProcess.from_flags(workdir, "--config", str(config))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +64,7 @@ def test_qemu_img_convert_roundtrip_lands_in_the_image(pool, tmp_path):
     image = new_image(pool, "64M")
     src, back, exported = tmp_path / "src.raw", tmp_path / "back.raw", tmp_path / "exp.raw"
     src.write_bytes(os.urandom(48 * MiB))
-    with RbdServer(tmp_path, pool.conf, image) as srv:
+    with rbd_server(tmp_path, pool.conf, image) as srv:
         r = run_tool([qemu_img, "convert", "-n", "-f", "raw", "-O", "raw", str(src), srv.url()],
                      timeout=180)
         assert r.returncode == 0, r.stderr
@@ -122,7 +72,7 @@ def test_qemu_img_convert_roundtrip_lands_in_the_image(pool, tmp_path):
         assert r.returncode == 0 and "64 MiB" in r.stdout, r.stdout + r.stderr
         r = run_tool([qemu_img, "convert", "-O", "raw", "--image-opts",
                       f"driver=raw,size={48 * MiB},file.driver=iscsi,file.transport=tcp,"
-                      f"file.portal=127.0.0.1:{srv.port},file.target={IQN},file.lun=0",
+                      f"file.portal=127.0.0.1:{srv.port},file.target={DEFAULT_IQN},file.lun=0",
                       str(back)], timeout=180)
         assert r.returncode == 0, r.stderr
     assert sha256(back) == sha256(src)
@@ -145,7 +95,7 @@ def qemu_io(url: str, *commands: str) -> str:
 
 def test_qemu_io_large_aio_discard_and_zeroes(pool, tmp_path):
     image = new_image(pool, "96M")
-    with RbdServer(tmp_path, pool.conf, image) as srv:
+    with rbd_server(tmp_path, pool.conf, image) as srv:
         qemu_io(srv.url(),
                 "write -P 0xa5 0 4M", "aio_write -P 0x5a 16M 16M", "aio_write -P 0x3c 40M 64k",
                 "aio_flush", "read -P 0xa5 0 4M", "read -P 0x5a 16M 16M",
@@ -161,7 +111,7 @@ def test_qemu_io_large_aio_discard_and_zeroes(pool, tmp_path):
 def test_libiscsi_sbc_suites_pass_on_an_rbd_lun(pool, tmp_path):
     exe = require_tool("iscsi-test-cu")
     image = new_image(pool, "64M")
-    with RbdServer(tmp_path, pool.conf, image) as srv:
+    with rbd_server(tmp_path, pool.conf, image) as srv:
         out = run_tool([exe, "-V", "--dataloss", "-t", SBC_SUITES, srv.url()], timeout=600)
     output = out.stdout + out.stderr
     s = cu_summary(output)
@@ -174,13 +124,13 @@ def test_libiscsi_sbc_suites_pass_on_an_rbd_lun(pool, tmp_path):
 
 def test_capacity_provisioning_and_identity_come_from_the_image(pool, tmp_path):
     image = new_image(pool, "40M")
-    with RbdServer(tmp_path, pool.conf, image) as srv:
+    with rbd_server(tmp_path, pool.conf, image) as srv:
         with SyncIscsiClient(srv.url()) as c:
             c.execute(bytes(6))                  # the power-on unit attention
             cap = c.read_capacity16()
             assert (cap.blocks, cap.block_size, cap.tpe) == (40 * MiB // 512, 512, True)
             serial = c.execute(bytes([0x12, 1, 0x80, 0, 255, 0]), read_length=255).data[4:]
-    with RbdServer(tmp_path, pool.conf, image, lun_extra="block_size = 4096") as srv:
+    with rbd_server(tmp_path, pool.conf, image, lun_extra="block_size = 4096") as srv:
         with SyncIscsiClient(srv.url()) as c:
             c.execute(bytes(6))
             cap = c.read_capacity16()
@@ -198,7 +148,7 @@ def _serve_flags(pool, image: str, *extra: str) -> subprocess.CompletedProcess:
 
 def test_a_second_server_for_the_same_image_is_refused_in_one_line(pool, tmp_path):
     image = new_image(pool, "16M")
-    with RbdServer(tmp_path, pool.conf, image) as srv:
+    with rbd_server(tmp_path, pool.conf, image) as srv:
         r = _serve_flags(pool, image)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -210,7 +160,7 @@ def test_a_second_server_for_the_same_image_is_refused_in_one_line(pool, tmp_pat
             c.execute(bytes(6))
             assert c.write(0, b"\x42" * 512).good
     # Once the first server stopped, the image is free for the next one.
-    srv2 = RbdServer(tmp_path / "b", pool.conf, image).start()
+    srv2 = rbd_server(tmp_path / "b", pool.conf, image).start()
     try:
         with SyncIscsiClient(srv2.url()) as c:
             c.execute(bytes(6))
@@ -226,7 +176,7 @@ def test_missing_image_and_tracking_are_one_line_errors(pool, tmp_path):
                                 f"no-such-image: rbd:{POOL}/no-such-image: the image does not "
                                 "exist (give a size to create it)")
     name = f"made-{uuid.uuid4().hex[:6]}"
-    srv = RbdServer(tmp_path, pool.conf, name, lun_extra='size = "8M"\ncreate = true').start()
+    srv = rbd_server(tmp_path, pool.conf, name, lun_extra='size = "8M"\ncreate = true').start()
     try:
         with SyncIscsiClient(srv.url()) as c:
             c.execute(bytes(6))
@@ -243,7 +193,7 @@ def test_osd_loss_gives_timeout_sense_within_the_op_timeout(tmp_path):
     with CephCluster(tmp_path / "ceph") as cluster:      # private: this test kills its OSD
         cluster.create_pool(POOL)
         image = new_image(cluster, "16M")
-        srv = RbdServer(tmp_path, cluster.conf, image,
+        srv = rbd_server(tmp_path, cluster.conf, image,
                         rbd_extra=", op_timeout = 3, mount_timeout = 5").start()
         try:
             with SyncIscsiClient(srv.url(), timeout=30) as c:
@@ -274,7 +224,7 @@ def test_osd_loss_gives_timeout_sense_within_the_op_timeout(tmp_path):
 def test_a_resized_image_is_announced_and_served_at_its_new_size(pool, tmp_path):
     image = new_image(pool, "16M")
     # Untracked: a tracked volume keeps the size its generation map was made for.
-    with RbdServer(tmp_path, pool.conf, image, lun_extra="track = false") as srv:
+    with rbd_server(tmp_path, pool.conf, image, lun_extra="track = false") as srv:
         with SyncIscsiClient(srv.url()) as c:
             c.execute(bytes(6))
             assert c.read_capacity16().blocks == 16 * MiB // 512

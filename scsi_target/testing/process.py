@@ -116,6 +116,9 @@ class ServerProcess:
         self.log_path = self.workdir / "server.log"
         self.config_path = self.workdir / "target.toml"
         self.cwd = self.workdir
+        # How long start() waits for the banner and the port (a server that first
+        # waits for a lock, e.g. an RBD image's, may need longer).
+        self.start_timeout = START_TIMEOUT
 
     @classmethod
     def from_flags(cls, workdir: Path, *flags) -> "ServerProcess":
@@ -183,7 +186,7 @@ class ServerProcess:
     def _read_banner(self) -> int:
         """Read what the server prints once it listens (kept in ``banner``); the port."""
         assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         self.banner = []
         port, urls, want = None, 0, self._lun_count()
         while time.monotonic() < deadline:
@@ -205,7 +208,7 @@ class ServerProcess:
         self.fail(f"server did not start: stdout {self.banner!r}\nlog:\n{self.log_tail()}")
 
     def _wait_accepting(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             try:
                 socket.create_connection((self.host, self.port), timeout=1).close()
