@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.process import Lun, ServerProcess, Target
 from scsi_target.testing.seed import random_file, scribble, tracked_writes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,26 +181,8 @@ def test_kill_9_of_a_local_restore_then_differentials_never_lie(diffbackup, d):
 # The restore's server answers every 4th WRITE to the backup device 0.15 s late, so
 # a 64 MiB restore lasts long enough for the kill to land part way, however fast
 # restores are delivered.
-SLOW_RESTORE = """
-portals = ["127.0.0.1:0"]
-[[target]]
-iqn = "{iqn}"
-  [[target.lun]]
-  lun = 0
-  path = "{disk}"
-  [[target.lun]]
-  lun = 1
-  kind = "backup"
-  source = 0
-  [[target.fault]]
-  action = "stall"
-  pdu = "response"
-  seconds = 0.15
-  lun = 1
-  opcode = "write"
-  every = 4
-  times = "sticky"
-"""
+SLOW_RESTORE = {"action": "stall", "pdu": "response", "seconds": 0.15, "lun": 1,
+                "opcode": "write", "every": 4, "times": "sticky"}
 
 
 @pytest.mark.timeout(400)
@@ -212,8 +194,9 @@ def test_kill_9_of_the_server_during_a_restore_then_differentials_never_lie(diff
     dst = d / "dst.img"
     with open(dst, "wb") as f:
         f.truncate(size)
-    (d / "slow.toml").write_text(SLOW_RESTORE.format(iqn=DEFAULT_IQN, disk=dst))
-    srv = ServerProcess.from_flags(d, "--config", str(d / "slow.toml")).start()
+    srv = ServerProcess(d, [Target(DEFAULT_IQN, [Lun(0, None, path=dst),
+                                                 Lun(1, None, {"kind": "backup", "source": 0})],
+                                   faults=[SLOW_RESTORE])]).start()
     try:
         p = _restore_proc(srv.url(0), full)
         assert _wait_for_mark(dst, p), "the restore ended before the server could be killed"

@@ -21,7 +21,7 @@ from scsi_target.scsi.command import Command
 from scsi_target.scsi.layouts import backup as L
 from scsi_target.scsi.sense import SenseKey, parse_sense
 
-from scsi_target.testing.process import ServerProcess
+from scsi_target.testing.process import Lun, ServerProcess, Target
 
 BS = 4096
 SIZE = 128 << 20                 # >= 128 MiB: see the pseudo device capacity bug (issue 8.1)
@@ -85,34 +85,18 @@ def check_cut(path, initial: bytearray, log, lo: int, hi: int) -> tuple[int, int
 # after executing it (the cut is taken by then), so the writer's writes land after
 # the cut and while the stream is read, however fast the stream is delivered:
 # what the point-in-time check needs.
-SLOW_FIRST_READ = f"""
-portals = ["127.0.0.1:0"]
-[[target]]
-iqn = "{C.DEFAULT_IQN}"
-  [[target.lun]]
-  lun = 0
-  path = "v.img"
-  [[target.lun]]
-  lun = 1
-  kind = "backup"
-  source = 0
-  [[target.fault]]
-  action = "stall"
-  pdu = "response"
-  seconds = 1.0
-  lun = 1
-  opcode = "read"
-  lba = [0, 1]
-  times = "sticky"
-"""
+SLOW_FIRST_READ = {"action": "stall", "pdu": "response", "seconds": 1.0, "lun": 1,
+                   "opcode": "read", "lba": [0, 1], "times": "sticky"}
 
 
 @pytest.mark.interop
 def test_full_and_differential_are_point_in_time_while_a_writer_runs(diffbackup, tmp_path):
     initial = initial_image(1)
     (tmp_path / "v.img").write_bytes(initial)
-    (tmp_path / "target.toml").write_text(SLOW_FIRST_READ)
-    with ServerProcess.from_flags(tmp_path, "--config", str(tmp_path / "target.toml")) as srv:
+    target = Target(C.DEFAULT_IQN, [Lun(0, None, path=tmp_path / "v.img"),
+                                    Lun(1, None, {"kind": "backup", "source": 0})],
+                    faults=[SLOW_FIRST_READ])
+    with ServerProcess(tmp_path, [target]) as srv:
         w = Writer(srv.url(0), 2)
         w.start()
         try:
