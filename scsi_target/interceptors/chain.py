@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Callable
 
-from ..scsi.command import Command, Nexus, Response
+from ..scsi.command import Command, Deferred, Nexus, Response
 from .cmdlog import CommandLog
 from .faults import FaultInjector
 
@@ -37,18 +37,19 @@ class Interception:
         self.drop_sink: Callable[[Nexus], None] | None = None
         self._inner = type(lunmap).execute.__get__(lunmap)
 
-    def execute(self, cmd: Command) -> Response:
+    def execute(self, cmd: Command) -> Response | Deferred:
+        """Run ``cmd`` through the rules and the log.  A LU over an asynchronous
+        store may answer with a :class:`Deferred`: the connection's own actions
+        (a drop, a delay of its output) are taken now, on the caller's thread;
+        rewriting the answer and logging it happen when the store completes it."""
         inner = self._inner
-        clog = self.cmdlog
         faults = self.faults
         t0 = time.perf_counter()
         if faults is None:
             resp = inner(cmd)
-            if clog is not None:
-                try:
-                    clog.record(cmd, resp, time.perf_counter() - t0)
-                except Exception:
-                    log.exception("command log failed")
+            if type(resp) is Deferred:
+                return self._later(resp, cmd, None, t0)
+            self._log(cmd, resp, t0, None)
             return resp
         rule = None
         delay = 0.0
@@ -58,11 +59,6 @@ class Interception:
             log.exception("fault injector failed before a command")
             early = None
         resp = early if early is not None else inner(cmd)
-        if rule is not None and early is None:
-            try:
-                resp = faults.after(rule, cmd, resp)
-            except Exception:
-                log.exception("fault injector failed after a command")
         if rule is not None and rule.action == "drop_connection" and self.drop_sink is not None:
             self.drop_sink(cmd.nexus)
         if delay:
@@ -70,13 +66,41 @@ class Interception:
                 self.delay_sink(cmd.nexus, delay)
             else:
                 time.sleep(delay)
-        if clog is not None:
-            try:
-                clog.record(cmd, resp, time.perf_counter() - t0,
-                            rule.action if rule is not None else "")
-            except Exception:
-                log.exception("command log failed")
+        if type(resp) is Deferred:
+            return self._later(resp, cmd, rule, t0)
+        if rule is not None and early is None:
+            resp = self._after(rule, cmd, resp)
+        self._log(cmd, resp, t0, rule)
         return resp
+
+    def _later(self, pending: Deferred, cmd: Command, rule, t0: float) -> Deferred:
+        """The answer of a deferred command, rewritten and logged once it completes
+        (on the store's completion thread: both are thread-safe)."""
+        out = Deferred()
+
+        def completed(resp: Response) -> None:
+            if rule is not None:
+                resp = self._after(rule, cmd, resp)
+            self._log(cmd, resp, t0, rule)
+            out.complete(resp)
+        pending.then(completed)
+        return out
+
+    def _after(self, rule, cmd: Command, resp: Response) -> Response:
+        try:
+            return self.faults.after(rule, cmd, resp)
+        except Exception:
+            log.exception("fault injector failed after a command")
+            return resp
+
+    def _log(self, cmd: Command, resp: Response, t0: float, rule) -> None:
+        clog = self.cmdlog
+        if clog is None:
+            return
+        try:
+            clog.record(cmd, resp, time.perf_counter() - t0, rule.action if rule is not None else "")
+        except Exception:
+            log.exception("command log failed")
 
 
 def install(lunmap, *, cmdlog: CommandLog | None = None,
@@ -87,14 +111,12 @@ def install(lunmap, *, cmdlog: CommandLog | None = None,
     chain = Interception(lunmap, cmdlog=cmdlog, faults=faults)
     lunmap.execute = chain.execute
     lunmap.interception = chain
-    lunmap.intercepted = True
     return chain
 
 
 def uninstall(lunmap) -> None:
     lunmap.__dict__.pop("execute", None)
     lunmap.__dict__.pop("interception", None)
-    lunmap.intercepted = False
 
 
 def command_name(lunmap, lun: int, cdb: bytes) -> str:

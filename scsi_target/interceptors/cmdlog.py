@@ -12,6 +12,7 @@ interceptors pays nothing.
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -137,25 +138,29 @@ class CommandLog:
         self._ring: collections.deque[tuple] = collections.deque(maxlen=maxlen)
         self.seq = 0
         self._name_of = name_of
+        # Deferred commands are recorded from their store's completion threads.
+        self._lock = threading.Lock()
 
     # -- the interceptor -------------------------------------------------
     def record(self, cmd: Command, resp: Response, latency: float, fault: str = "") -> None:
-        self.seq += 1
         d = cmd.data_out
         cdb = cmd.cdb
         if type(cdb) is not bytes:      # a view of a receive buffer would change under us
             cdb = bytes(cdb)
-        self._ring.append((self.seq, cmd.nexus.initiator, cmd.lun, cdb,
-                           0 if d is None else len(d) if not isinstance(d, memoryview)
-                           else d.nbytes, resp.status, resp.sense, latency, fault))
+        dlen = 0 if d is None else len(d) if not isinstance(d, memoryview) else d.nbytes
+        with self._lock:
+            self.seq += 1
+            self._ring.append((self.seq, cmd.nexus.initiator, cmd.lun, cdb, dlen, resp.status,
+                               resp.sense, latency, fault))
 
     def nexus_lost(self, nexus, lun: int) -> None:
         """Mark the end of an I_T nexus (logout, dropped connection) on ``lun``."""
         if nexus is None:          # a LU reset, not the end of a session
             return
-        self.seq += 1
-        self._ring.append((self.seq, nexus.initiator, lun, b"", 0, Status.GOOD, b"", 0.0,
-                           NEXUS_LOSS))
+        with self._lock:
+            self.seq += 1
+            self._ring.append((self.seq, nexus.initiator, lun, b"", 0, Status.GOOD, b"", 0.0,
+                               NEXUS_LOSS))
 
     @property
     def dropped(self) -> int:

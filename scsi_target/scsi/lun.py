@@ -315,9 +315,6 @@ class LunMap:
         self._missing = NoSuchLun(self)
         # Trace recorder (scsi_target.trace.recorder): sees every command here.
         self.recorder = None
-        # Set while interceptors wrap execute (scsi_target.interceptors.chain):
-        # they see answers only synchronously, so no command may be deferred.
-        self.intercepted = False
 
     def add(self, lun: int, lu: LogicalUnit) -> None:
         if lun in self.luns:

@@ -463,12 +463,10 @@ class TargetConnection:
             # Positional, in Command's field order (cdb, lun, data_out,
             # expected_length, direction, nexus, task_tag, task_attr, needed,
             # defer_barrier, may_defer): binding keywords costs per command.
-            # Interceptors see answers only synchronously (LunMap.intercepted):
-            # with them every command completes before the next.
             resp = luns.execute(Command(
                 cdb, task.lun, data_out, pdu.edtl, _DIRECTIONS[pdu.read + 2 * pdu.write],
                 self.session.nexus, pdu.itt, _ATTRS[attr] if attr <= 4 else TaskAttr.SIMPLE,
-                None, True, not luns.intercepted))
+                None, True, True))
             if task.recycled:
                 # Unless the LU still holds it (a deferred write in flight does).
                 WRITE_BUFFERS.recycle(data_out)
