@@ -48,6 +48,16 @@ def sessions_ended(log) -> int:
     return sum(1 for r in log if r.name == "I_T NEXUS LOSS")
 
 
+def clear_after_session_ends(log) -> None:
+    """Clear the log once the session of the client that just exited has ended at
+    the target too (its logout is handled after the client process is gone)."""
+    deadline = time.monotonic() + 10
+    while sessions_ended(log) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sessions_ended(log) >= 1, log.format()
+    log.clear()
+
+
 def one_line(r: subprocess.CompletedProcess) -> str:
     err = r.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -77,7 +87,7 @@ def test_drop_after_pdus_sent_qemu_io_reconnects_and_retries(iscsi_server):
     assert "wrote 65536/65536" in qemu_io(iscsi_server.url(0), "write -P 0x3e 0 65536").stdout
     rule = iscsi_server.target.faults.add(action="drop_after_pdus", pdus=4, direction="sent")
     log = iscsi_server.target.log
-    log.clear()
+    clear_after_session_ends(log)
     r = qemu_io(iscsi_server.url(0), *[f"read -P 0x3e {k * 4096} 4096" for k in range(8)])
     out = r.stdout + r.stderr
     assert out.count("read 4096/4096") == 8 and "Pattern verification failed" not in out, out
@@ -174,7 +184,7 @@ def test_corrupt_header_digest_libiscsi_sees_a_checksum_error_and_reconnects(isc
     opts = image_opts(iscsi_server, **{"header-digest": "crc32c"})
     assert "wrote 4096/4096" in qemu_io(opts, "write -P 0x2c 0 4096").stdout
     rule = t.faults.add(action="corrupt_digest", digest="header", opcode="read")
-    t.log.clear()
+    clear_after_session_ends(t.log)
     r = qemu_io(opts, "read -P 0x2c 0 4096", env={"LIBISCSI_DEBUG": "1"})
     out = r.stdout + r.stderr
     assert "header checksum verification failed" in out, out
