@@ -148,21 +148,25 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+async def _write_all_then_read(url: str, blocks: list[bytes]) -> list[bytes]:
+    """Every block written at once (8 blocks of BS each), then every block read at once."""
+    c = await IscsiClient.connect(url)
+    try:
+        await c.execute(bytes(6))                  # power-on unit attention
+        hs = [await c.submit(_rw10(0x2A, 8 * i, 8), data_out=b) for i, b in enumerate(blocks)]
+        res = [await h.result() for h in hs]
+        assert all(r.good for r in res), res
+        hs = [await c.submit(_rw10(0x28, 8 * i, 8), read_length=8 * BS)
+              for i in range(len(blocks))]
+        return [bytes((await h.result()).data) for h in hs]
+    finally:
+        await c.close()
+
+
 def test_concurrent_plain_io_completes_out_of_order_and_correctly(served):
     blocks = [os.urandom(8 * BS) for _ in range(32)]
 
-    async def main():
-        c = await IscsiClient.connect(served.url)
-        try:
-            await c.execute(bytes(6))                  # power-on unit attention
-            hs = [await c.submit(_rw10(0x2A, 8 * i, 8), data_out=blocks[i]) for i in range(32)]
-            res = [await h.result() for h in hs]
-            assert all(r.good for r in res), res
-            hs = [await c.submit(_rw10(0x28, 8 * i, 8), read_length=8 * BS) for i in range(32)]
-            return [bytes((await h.result()).data) for h in hs]
-        finally:
-            await c.close()
-    assert _run(main()) == blocks
+    assert _run(_write_all_then_read(served.url, blocks)) == blocks
     writes = [off for kind, off in served.store.order if kind == "w"]
     assert writes != sorted(writes)                  # really completed out of order
     assert served.store.submitted == 64 and served.store.sync_calls == 0
@@ -307,18 +311,7 @@ def test_command_log_and_faults_keep_commands_deferred(served):
     chain.install(served.luns, cmdlog=clog, faults=faults)
     blocks = [os.urandom(8 * BS) for _ in range(32)]
 
-    async def main():
-        c = await IscsiClient.connect(served.url)
-        try:
-            await c.execute(bytes(6))
-            hs = [await c.submit(_rw10(0x2A, 8 * i, 8), data_out=blocks[i]) for i in range(32)]
-            res = [await h.result() for h in hs]
-            assert all(r.good for r in res), res
-            hs = [await c.submit(_rw10(0x28, 8 * i, 8), read_length=8 * BS) for i in range(32)]
-            return [bytes((await h.result()).data) for h in hs]
-        finally:
-            await c.close()
-    got = _run(main())
+    got = _run(_write_all_then_read(served.url, blocks))
     writes = [off for kind, off in served.store.order if kind == "w"]
     assert writes != sorted(writes)                   # still completed out of order
     assert served.store.submitted == 64 and served.store.sync_calls == 0
