@@ -23,6 +23,7 @@ from scsi_target.testing.external import require_tool, run_tool
 from scsi_target.testing.libiscsi import cu_summary
 from scsi_target.initiator.sync import SyncIscsiClient
 from scsi_target.scsi.sense import SenseKey
+from conftest import run_diffbackup
 from test_sbc_libiscsi import SBC_SUITES, skip_audit
 
 pytestmark = pytest.mark.ceph
@@ -187,9 +188,8 @@ def test_missing_image_and_tracking_are_one_line_errors(pool, tmp_path):
 
 # -- a dead OSD: timeouts become sense data, never a hang -----------------------------
 def test_osd_loss_gives_timeout_sense_within_the_op_timeout(tmp_path):
-    from scsi_target.testing.ceph import CephCluster, missing_programs
-    if missing_programs():
-        pytest.skip("Ceph is not installed")
+    from scsi_target.testing.ceph import CephCluster, require_ceph
+    require_ceph()
     with CephCluster(tmp_path / "ceph") as cluster:      # private: this test kills its OSD
         cluster.create_pool(POOL)
         image = new_image(cluster, "16M")
@@ -244,3 +244,46 @@ def test_a_resized_image_is_announced_and_served_at_its_new_size(pool, tmp_path)
             assert c.read_capacity16().blocks == 24 * MiB // 512
             assert c.write(far, b"\x99" * 512).good
             assert bytes(c.read(far, 1)) == b"\x99" * 512
+
+
+# -- tracked RBD LUN under sustained queue-depth-32 writes ----------------------------
+def test_tracked_lun_completes_sustained_qd32_writes_and_the_map_holds_them(pool, tmp_path):
+    """Tracking on (the map in RADOS), qemu-img bench's 4 KiB writes at queue depth 32,
+    three runs of 20000: every run completes (a lost completion wakeup once left the
+    LUN silent after a few thousand), and a full + differential restore equals the
+    image -- the map holds every block written."""
+    qemu_img = require_tool("qemu-img")
+    image = new_image(pool, "96M")      # 20000 x 4 KiB = 78 MiB: the rest stays as seeded
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = state / "target.toml"
+    cfg.write_text(
+        'portals = ["127.0.0.1:0"]\n[[target]]\n'
+        f'iqn = "{DEFAULT_IQN}"\n[[target.lun]]\nlun = 0\n'
+        f'rbd = {{ pool = "{POOL}", image = "{image}", conf = "{pool.conf}" }}\n'
+        '[[target.lun]]\nlun = 1\nkind = "backup"\nsource = 0\n')
+    src = tmp_path / "base.raw"
+    src.write_bytes(os.urandom(96 * MiB))
+    written = 20000 * 4096
+    full, diff = tmp_path / "full.pyb", tmp_path / "diff.pyb"
+    with ServerProcess.from_flags(state, "--config", str(cfg)) as srv:
+        r = run_tool([qemu_img, "convert", "-n", "-f", "raw", "-O", "raw", str(src), srv.url()],
+                     timeout=180)
+        assert r.returncode == 0, r.stderr
+        r = run_diffbackup("full", srv.url(0), "-o", str(full))
+        assert r.returncode == 0, r.stderr
+        for pattern in (0x11, 0x22, 0x33):
+            r = run_tool([qemu_img, "bench", "-f", "raw", "-t", "none", "-w", "-c", "20000",
+                          "-d", "32", "-s", "4096", f"--pattern={pattern}", srv.url()],
+                         timeout=120)
+            assert r.returncode == 0 and "Run completed" in r.stdout, r.stdout + r.stderr
+        r = run_diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(diff))
+        assert r.returncode == 0, r.stderr
+        qemu_io(srv.url(), f"read -P 0x33 0 {written}")
+    restored, exported = tmp_path / "restored.raw", tmp_path / "exported.raw"
+    restored.write_bytes(bytes(96 * MiB))
+    r = run_diffbackup("restore", str(restored), str(full), str(diff), timeout=300)
+    assert r.returncode == 0, r.stderr
+    pool.run("rbd", "export", f"{POOL}/{image}", str(exported), timeout=120)
+    assert sha256(restored) == sha256(exported)
+    assert exported.read_bytes()[written:] == src.read_bytes()[written:]

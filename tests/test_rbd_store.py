@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from scsi_target.testing.ceph import require_ceph
 from volume.rbdstore import RbdSpec, RbdStore, parse_rbd_name, rbd_error
 from volume.store import (StoreError, StoreFenced, StoreLockedError, StoreNoSpace,
                           StoreTimeout)
@@ -222,11 +223,7 @@ def test_missing_pool_or_image_is_one_line(pool, spec_args, message):
 
 
 def test_missing_conf_file_is_refused_before_connecting(tmp_path):
-    from volume import ceph_bindings
-    try:
-        ceph_bindings.load("rados")
-    except ceph_bindings.CephUnavailable as e:
-        pytest.skip(str(e))
+    require_ceph(bindings=True)
     with pytest.raises(StoreError, match="ceph.conf .*nope.conf does not exist"):
         RbdStore(RbdSpec("p", "i", conf=str(tmp_path / "nope.conf")))
 

@@ -373,11 +373,16 @@ class _Completions:
                 pass
 
     def _run(self) -> None:
-        self.signaled = False
+        # Read the eventfd before clearing the flag: cleared first, a post landing
+        # between the two would write a wakeup that this read swallows, leaving the
+        # flag set with nothing on the fd -- every later post would then skip its
+        # write and the loop would sleep on completions forever.  In this order a
+        # post before the clear is drained below; one after it writes a new wakeup.
         try:
             os.eventfd_read(self.fd)
         except BlockingIOError:
             pass
+        self.signaled = False
         queue = self.queue
         while queue:
             fn, arg = queue.popleft()

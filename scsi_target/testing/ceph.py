@@ -47,6 +47,30 @@ def missing_programs(rgw: bool = False) -> list[str]:
     return [p for p in need if _which(p) is None]
 
 
+def require_ceph(rgw: bool = False, bindings: bool = False) -> None:
+    """Skip the calling test when Ceph's programs (with ``bindings``: and its Python
+    bindings) are missing here; fail it instead when CI=true, which requires them."""
+    import pytest
+    from .external import on_ci
+    missing = missing_programs(rgw=rgw)
+    if missing:
+        pkgs = " ".join(sorted({DEBIAN_PACKAGES.get(p, p) for p in missing}))
+        msg = f"Ceph is not installed: {', '.join(missing)} missing (Debian packages {pkgs})"
+    elif bindings:
+        from volume import ceph_bindings
+        try:
+            ceph_bindings.load("rados")
+            ceph_bindings.load("rbd")
+            return
+        except ceph_bindings.CephUnavailable as exc:
+            msg = str(exc)
+    else:
+        return
+    if on_ci():
+        pytest.fail(f"{msg}; CI=true requires it", pytrace=False)
+    pytest.skip(msg)
+
+
 def _which(name: str) -> str | None:
     return shutil.which(name) or next(
         (p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.path.exists(p)), None)

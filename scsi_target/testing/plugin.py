@@ -154,15 +154,8 @@ def ceph_cluster(tmp_path_factory):
     """A single-node Ceph cluster with a RADOS Gateway, one per session
     (:class:`~scsi_target.testing.ceph.CephCluster`).  Missing Ceph packages skip
     the test, or fail it when CI=true."""
-    from .ceph import DEBIAN_PACKAGES, CephCluster, missing_programs
-    from .external import on_ci
-    missing = missing_programs(rgw=True)
-    if missing:
-        pkgs = " ".join(sorted({DEBIAN_PACKAGES.get(p, p) for p in missing}))
-        msg = f"Ceph is not installed: {', '.join(missing)} missing (Debian packages {pkgs})"
-        if on_ci():
-            pytest.fail(f"{msg}; CI=true requires it", pytrace=False)
-        pytest.skip(msg)
+    from .ceph import CephCluster, require_ceph
+    require_ceph(rgw=True)
     cluster = CephCluster(tmp_path_factory.mktemp("ceph"), rgw=True).start()
     yield cluster
     cluster.stop()
