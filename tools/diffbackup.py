@@ -202,7 +202,7 @@ class RemoteVolume:
     """A tracked disk served by a running target, reached through its backup device."""
 
     def __init__(self, url: str, initiator_name: str | None = None) -> None:
-        from scsi_target.initiator.sync import SyncIscsiClient
+        from scsi_target.initiator.blocking import BlockingIscsiClient
         from scsi_target.initiator.url import parse_url
         from scsi_target.scsi.layouts import backup as L
         self.L = L
@@ -218,7 +218,10 @@ class RemoteVolume:
         opts = LoginOptions(max_recv_data_segment_length=1 << 20, max_burst_length=chunk,
                             first_burst_length=chunk, header_digest="None,CRC32C",
                             data_digest="None,CRC32C")
-        self.c = SyncIscsiClient(url, initiator_name=initiator_name, options=opts)
+        # The blocking client: no event loop or thread to start, commands sent
+        # and answers received from this thread (the CmdSN window and Data-In
+        # into the window's buffers as the asyncio client has them).
+        self.c = BlockingIscsiClient(url, initiator_name=initiator_name, options=opts)
         # The device's REPORT GENERATIONS when finding it took one (a disk's URL):
         # the first generations() of this session answers with it, no round trip.
         self._first_generations = None
