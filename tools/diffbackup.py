@@ -427,7 +427,7 @@ class RemoteVolume:
                     yield cmd
 
         pos = 0
-        with sink as f, _progress(show) as prog:
+        with sink as f, _progress(show) as prog, _Writer(f, free) as out:
             task = prog.add_task("backup", total=st.size_bound)
             pending: collections.deque = collections.deque()   # (data, buffer) read, not yet stored
             for r in self.c.pipeline(commands(), READ_PIPELINE + 1):
@@ -444,15 +444,15 @@ class RemoteVolume:
                         data, b = pending.popleft()
                         if total is not None:
                             data = data[:max(0, total - pos)]
-                        f.write(data)
+                        out.write(data, b)          # b comes back to free once written
                         pos += len(data)
-                        free.append(b)
                     prog.update(task, completed=pos)
                 if total is not None and pos >= total:
                     break
             if total is None or pos < total:
                 raise Failure(f"the backup stream did not end within the device's "
                               f"{capacity} bytes")
+            out.close()                                 # all stored (or its error raised)
             st = self.backup_status()
             prog.update(task, completed=pos, total=pos)
             if st.state not in (L.STATE_COMPLETE, L.STATE_HELD):
@@ -587,6 +587,55 @@ class RemoteVolume:
 
     def close(self) -> None:
         self.c.close()
+
+
+class _Writer:
+    """The backup's output written from a thread of its own, so that storing one
+    chunk (a file write, an upload part) overlaps receiving the next: the two
+    are about equal costs of a full backup, both outside the GIL.  At most
+    ``DEPTH`` chunks wait; each buffer goes back to ``free`` once written.  The
+    first error of the output is raised in the caller, by the next ``write``
+    or by ``close``; leaving the ``with`` block waits for the thread."""
+    DEPTH = 4
+
+    def __init__(self, f, free: collections.deque) -> None:
+        import queue
+        import threading
+        self.f, self.free = f, free
+        self.error: BaseException | None = None
+        self._q: queue.Queue = queue.Queue(self.DEPTH)
+        self._t = threading.Thread(target=self._run, name="diffbackup-output", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            data, buf = item
+            if self.error is None:
+                try:
+                    self.f.write(data)
+                except BaseException as e:      # noqa: BLE001 - raised in the caller
+                    self.error = e
+            self.free.append(buf)
+
+    def write(self, data, buf) -> None:
+        if self.error is not None:
+            raise self.error
+        self._q.put((data, buf))
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
 
 
 def _rw16(opcode: int, lba: int, nblocks: int) -> bytes:
