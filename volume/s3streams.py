@@ -28,8 +28,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .streamstore import (CommitOnExit, NoSuchStream, StoredStream, StreamExists, StreamRef,
-                          StreamStoreError)
+from .streamstore import (NoSuchStream, StoredStream, StreamExists, StreamRef, StreamStoreError,
+                          StreamWriter)
 
 __all__ = ["S3Streams", "S3Writer", "S3Ref", "Upload", "parse_s3_url", "DEFAULT_PART_SIZE",
            "MIN_PART_SIZE", "MAX_PART_SIZE", "DEFAULT_UPLOADS", "MAX_PARTS"]
@@ -274,7 +274,7 @@ class _PartBody(io.RawIOBase):
         return len(self.mv)
 
 
-class S3Writer(CommitOnExit):
+class S3Writer(StreamWriter):
     """One stream being uploaded; see the module doc for the guarantees."""
 
     def __init__(self, store: S3Streams, key: str, upload_id: str, force: bool) -> None:
@@ -394,6 +394,7 @@ class S3Writer(CommitOnExit):
 
 class S3Ref(StreamRef):
     """A stream object to read."""
+    cheap_seek = False               # a seek is a new ranged GET
 
     def __init__(self, store: S3Streams, key: str, head: dict) -> None:
         self.store = store
