@@ -204,8 +204,8 @@ class _Payloads:
 
 
 class _Writer:
-    """Stream format v1 records and trailer, handed to the output store in chunks;
-    every chunk is decoded again on the way (the output's check before commit)."""
+    """Stream format v1 records and trailer, handed to the output store as they come;
+    every piece is decoded again on the way (the output's check before commit)."""
 
     def __init__(self, sink: StreamWriter, header: StreamHeader) -> None:
         self.sink = sink
@@ -214,9 +214,8 @@ class _Writer:
         self.hash = hashlib.sha256()
         self.records = self.blocks = self.stored = 0
         self.bytes = 0
-        self._buf = bytearray(_OUT_CHUNK)     # never resized: the check borrows views of it
-        self._view = memoryview(self._buf)
-        self._fill = 0
+        self._pieces: list = []
+        self._held = 0
         self._check = StreamDecoder(borrow=True)
         self._bad: list[str] = []
         self._put(header.pack())
@@ -225,23 +224,21 @@ class _Writer:
         if isinstance(item, Damage) and len(self._bad) < 3:
             self._bad.append(item.reason)
 
-    def _flush(self) -> None:
-        if self._fill:
-            chunk = self._view[:self._fill]
-            self.sink.write(chunk)
-            self._check.feed(chunk, self._checked)
-            self._fill = 0
-
     def _put(self, b) -> None:
-        mv = memoryview(b).cast("B")
-        self.bytes += len(mv)
-        while mv:
-            k = min(len(mv), _OUT_CHUNK - self._fill)
-            self._buf[self._fill:self._fill + k] = mv[:k]
-            self._fill += k
-            mv = mv[k:]
-            if self._fill == _OUT_CHUNK:
-                self._flush()
+        # Pieces are joined into chunks: the store and its check (the decoder's
+        # column path) each take a few large writes instead of thousands of small.
+        self._pieces.append(b)
+        self._held += len(b)
+        self.bytes += len(b)
+        if self._held >= _OUT_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        chunk = b"".join(self._pieces)
+        self._pieces.clear()
+        self._held = 0
+        self.sink.write(chunk)
+        self._check.feed(chunk, self._checked)
 
     def record(self, first: int, n: int, gen: int, parts: list) -> None:
         if parts is None:

@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 
 from bitarray import bitarray
 
-from .genmap import GenerationMap, _ge, _ones, _zeros
+from .genmap import GenerationMap, _ge, _ones, store_masked
 
 __all__ = ["RestoredGenerations", "GenerationPlanes", "taken", "leaves_generation"]
 
@@ -79,14 +79,5 @@ class GenerationPlanes(RestoredGenerations):
         return ~_ge(planes, generation, nblocks) if nblocks else bitarray(0, endian="little")
 
     def apply_restored_mask(self, first_block: int, mask: bitarray, generation: int) -> None:
-        if not mask.any():
-            return
-        end = first_block + len(mask)
-        while generation >= 1 << len(self._planes):
-            self._planes.append(_zeros(self.entries))
-        inv = ~mask
-        for i, p in enumerate(self._planes):
-            if (generation >> i) & 1:
-                p[first_block:end] |= mask
-            else:
-                p[first_block:end] &= inv
+        if mask.any():
+            store_masked(self._planes, first_block, mask, generation, self.entries)
