@@ -19,8 +19,8 @@ N = 64
                                                                 max_size=40),
                               st.integers(0, 40)), min_size=1, max_size=10))
 def test_planes_answer_as_the_map(tmp_path, ops):
-    m = GenerationMap.create(tmp_path / "v.genmap", volume_size=N * G, granularity=G, volume_id=b"prec",
-                             sync=False, overwrite=True)
+    m = GenerationMap.create(tmp_path / "v.genmap", volume_size=N * G, granularity=G,
+                             volume_id=b"prec", sync=False, overwrite=True)
     p = GenerationPlanes(N)
     try:
         m.reset(bytes(range(16)))                   # as a full restore leaves it: all 0
