@@ -225,6 +225,33 @@ def test_merge_of_a_damaged_object_reports_it_in_one_line_and_stores_nothing(tmp
     assert sorted(_keys(s3)) == sorted(keys) and not _uploads(s3)
 
 
+def test_an_object_replaced_between_the_passes_stops_the_merge(tmp_path, s3):
+    """merge() in process: the full object is replaced once pass 1 has read it; pass 2's
+    reads are pinned to the ETag pass 1 read, so the merge fails and stores nothing."""
+    from volume.merge import merge
+    from volume.streamstore import StreamStoreError
+    vol = tmp_path / "vol.img"
+    fill_random(vol, 2 << 20, seed=13)
+    _ok(diffbackup("full", str(vol), "-o", s3.url("p/full")))
+    tracked_writes(str(vol), 2 << 20, writes=20, seed=14)
+    _ok(diffbackup("diff", str(vol), "--scope", "1", "-o", s3.url("p/d1")))
+    first = _size(s3, "p/full")
+    replaced = []
+
+    def progress(done: int, _total: int) -> None:
+        if done > first and not replaced:             # pass 1 is past the full stream
+            body = bytearray(s3.client.get_object(Bucket=s3.bucket, Key="p/full")["Body"].read())
+            body[1000] ^= 1                           # in the first record's data
+            s3.client.put_object(Bucket=s3.bucket, Key="p/full", Body=bytes(body))
+            replaced.append(True)
+    with pytest.raises(StreamStoreError, match=r"p/full: the object was replaced since it was "
+                       r"first read"):
+        merge([s3.url("p/full"), s3.url("p/d1")], s3.url("p/synth"), progress=progress,
+              s3_options={"endpoint": s3.endpoint})
+    assert replaced
+    assert sorted(_keys(s3)) == ["p/d1", "p/full"] and not _uploads(s3)
+
+
 def test_many_generations_of_a_tiny_volume(tmp_path, s3):
     """Twelve differentials of a 1 MiB local volume, each a stream smaller than a part,
     then a full larger than the volume; the chain restores from S3."""

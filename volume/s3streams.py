@@ -91,6 +91,9 @@ def _describe(exc: BaseException, bucket: str, what: str) -> str:
             return f"{what}: access denied to {where} (bad credentials or no permission)"
         if code in ("NoSuchUpload",):
             return f"{what}: the multipart upload is gone (aborted by someone else?)"
+        if code in ("PreconditionFailed",) or status == 412:
+            # reads are pinned to the ETag of the object first seen (S3Ref.etag)
+            return f"{what}: the object was replaced since it was first read"
         return f"{what}: {code or status} {' '.join(msg.split())}".rstrip()
     if isinstance(exc, E.BotoCoreError):
         return f"{what}: {' '.join(str(exc).split())}"
