@@ -1,7 +1,7 @@
 """Backups to and from S3 (docs/s3-backups.md) against a real RADOS Gateway: `diffbackup
-full|diff -o s3://...`, restore/verify/catalog/cleanup of s3:// streams, memory bound,
-and every bad input (bucket, credentials, endpoint, existing key, damaged or truncated
-object, a backup killed mid-upload)."""
+full|diff -o s3://...`, restore/verify/catalog/cleanup of s3:// streams, merge of s3://
+streams (docs/backup-merge.md), memory bounds, and every bad input (bucket, credentials,
+endpoint, existing key, damaged or truncated object, a backup killed mid-upload)."""
 from __future__ import annotations
 
 import os
@@ -21,6 +21,7 @@ from scsi_target.initiator.sync import SyncIscsiClient
 from conftest import REPO, run_diffbackup as diffbackup
 from scsi_target.testing.process import ServerProcess
 from scsi_target.testing.seed import random_file as fill_random, scribble, tracked_writes
+from volume.stream import Damage, StreamDecoder
 
 pytestmark = [pytest.mark.ceph, pytest.mark.timeout(600)]
 
@@ -83,23 +84,41 @@ def _status(source: str) -> str:
     return _ok(diffbackup("status", source)).stdout
 
 
-# ------------------------------------------------------------------ round trip
-def test_full_and_three_differentials_over_iscsi_restore_byte_identical(tmp_path, s3):
+def _chain_over_iscsi(tmp_path, s3, prefix: str, seed: int) -> tuple[list[str], bytes]:
     """A random-data volume served over iSCSI, a full and three differentials to S3 in
-    5 MiB parts (the full stream spans two parts and is longer than the volume),
-    restored from S3 alone to a fresh volume: byte-identical to the last backup."""
-    fill_random(tmp_path / "vol.img", SIZE, seed=3)
-    keys = ["vol/0-full", "vol/1-diff", "vol/2-diff", "vol/3-diff"]
+    5 MiB parts (the full stream spans two parts and is longer than the volume): the
+    keys and the volume's final contents."""
+    fill_random(tmp_path / "vol.img", SIZE, seed=seed)
+    keys = [f"{prefix}0-full", f"{prefix}1-diff", f"{prefix}2-diff", f"{prefix}3-diff"]
     with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/vol.img",
                                   "--backup-device") as srv, SyncIscsiClient(srv.url(0)) as c:
         r = _ok(diffbackup("full", srv.url(0), "-o", s3.url(keys[0]), "--part-size", PART))
         assert f"-> {s3.url(keys[0])}" in r.stdout
         for n, key in enumerate(keys[1:], 1):
-            scribble(c.write, SIZE, writes=40 * n, seed=n)
+            scribble(c.write, SIZE, writes=40 * n, seed=seed * 10 + n)
             _ok(diffbackup("diff", srv.url(0), "--scope", "1", "-o", s3.url(key),
                            "--part-size", PART))
         final = _image(c)
     assert _size(s3, keys[0]) > max(SIZE, 5 << 20)
+    return keys, final
+
+
+def _restored(tmp_path, name: str, streams) -> bytes:
+    dest = tmp_path / name
+    r = _ok(diffbackup("restore", str(dest), *map(str, streams)))
+    assert "restore complete" in r.stdout, r.stdout
+    return dest.read_bytes()
+
+
+def _uploads(s3) -> list:
+    return s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
+
+
+# ------------------------------------------------------------------ round trip
+def test_full_and_three_differentials_over_iscsi_restore_byte_identical(tmp_path, s3):
+    """The chain of _chain_over_iscsi, restored from S3 alone to a fresh volume:
+    byte-identical to the last backup."""
+    keys, final = _chain_over_iscsi(tmp_path, s3, "vol/", seed=3)
     assert sorted(_keys(s3)) == keys
     v = _ok(diffbackup("verify", *[s3.url(k) for k in keys]))
     assert v.stdout.count(" ok ") == 4, v.stdout
@@ -119,9 +138,118 @@ def test_full_and_three_differentials_over_iscsi_restore_byte_identical(tmp_path
         rr = _ok(diffbackup("restore", srv.url(0), *[s3.url(k) for k in keys]))
         assert "restore complete" in rr.stdout
         assert _image(c) == final
-    # merge works on stream files only: an s3:// name is refused in one line.
-    m = diffbackup("merge", s3.url(keys[0]), s3.url(keys[1]), "-o", str(tmp_path / "m"))
-    assert m.returncode == 2 and "not s3:// objects" in m.stderr, m.stderr
+
+
+# ---------------------------------------------------------------------- merge
+def test_merge_s3_to_s3_to_file_and_file_to_s3_restores_like_the_chain(tmp_path, s3):
+    """A synthetic full of a chain taken over iSCSI into S3, merged s3 -> s3, s3 -> file,
+    file -> s3 and mixed; the three differentials merged into one, s3 -> s3.  Every
+    merged stream restores byte-identical to the restore of the chain."""
+    keys, final = _chain_over_iscsi(tmp_path, s3, "m/", seed=4)
+    urls = [s3.url(k) for k in keys]
+    files = []
+    for k in keys:
+        files.append(tmp_path / k.replace("/", "-"))
+        s3.client.download_file(s3.bucket, k, str(files[-1]))
+    r = _ok(diffbackup("merge", *urls, "-o", s3.url("m/synth"), "--part-size", PART))
+    assert "synthetic full of generations 0..3 from 4 streams" in r.stdout, r.stdout
+    assert f"-> {s3.url('m/synth')} (verified)" in r.stdout
+    assert _size(s3, "m/synth") > 5 << 20                # a multipart upload of 2 parts
+    _ok(diffbackup("merge", *urls, "-o", str(tmp_path / "synth.bk")))
+    _ok(diffbackup("merge", *map(str, files), "-o", s3.url("m/from-files")))
+    _ok(diffbackup("merge", str(files[0]), *urls[1:], "-o", s3.url("m/mixed"),
+                   "--s3-uploads", "1", "--no-s3-md5"))
+    r = _ok(diffbackup("merge", *urls[1:], "-o", s3.url("m/d1-3")))
+    assert "merged differential of generations 1..3 from 3 streams" in r.stdout, r.stdout
+    by_chain = _restored(tmp_path, "chain.img", urls)
+    assert by_chain == final
+    for i, streams in enumerate([[s3.url("m/synth")], [tmp_path / "synth.bk"],
+                                 [s3.url("m/from-files")], [s3.url("m/mixed")],
+                                 [urls[0], s3.url("m/d1-3")],
+                                 [files[0], s3.url("m/d1-3")]]):
+        assert _restored(tmp_path, f"merged{i}.img", streams) == by_chain, streams
+    # A synthetic full of the synthetic full: still the same volume.
+    _ok(diffbackup("merge", s3.url("m/synth"), "-o", s3.url("m/synth2")))
+    assert _restored(tmp_path, "again.img", [s3.url("m/synth2")]) == by_chain
+    # An existing key is refused (and kept) unless --force; the output may not be an input.
+    before = s3.client.head_object(Bucket=s3.bucket, Key="m/synth")["ETag"]
+    _one_line_failure(diffbackup("merge", *urls, "-o", s3.url("m/synth")),
+                      r"m/synth exists \(give --force")
+    assert s3.client.head_object(Bucket=s3.bucket, Key="m/synth")["ETag"] == before
+    _ok(diffbackup("merge", *urls, "-o", s3.url("m/synth"), "--force"))
+    bad = diffbackup("merge", *urls, "-o", urls[2])
+    assert bad.returncode == 2 and "one of the input streams" in bad.stderr, bad.stderr
+    assert not _uploads(s3)
+    assert sorted(_keys(s3)) == sorted(keys + ["m/synth", "m/from-files", "m/mixed", "m/d1-3",
+                                               "m/synth2"])
+
+
+def _damage_record(s3, key: str, generation: int):
+    """Flip bytes inside the data of one record of ``generation`` of object ``key`` and
+    put the object back: the record, as the decoder saw it intact."""
+    body = bytearray(s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    rec = next(i for i in StreamDecoder().feed(bytes(body))
+               if not isinstance(i, Damage) and i.kind == 0 and i.generation == generation)
+    for k in range(rec.offset + 40 + 100, rec.offset + 40 + 116):
+        body[k] ^= 0x5A
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(body))
+    return rec
+
+
+def test_merge_of_a_damaged_object_reports_it_in_one_line_and_stores_nothing(tmp_path, s3):
+    vol = tmp_path / "vol.img"
+    fill_random(vol, 4 << 20, seed=12)
+    keys = ["x/full", "x/d1", "x/d2"]
+    _ok(diffbackup("full", str(vol), "-o", s3.url(keys[0])))
+    for g, key in enumerate(keys[1:], 1):
+        tracked_writes(str(vol), 4 << 20, writes=30, seed=40 + g)
+        _ok(diffbackup("diff", str(vol), "--scope", "1", "-o", s3.url(key)))
+    rec = _damage_record(s3, "x/d2", 2)
+    last = rec.first_block + rec.nblocks - 1
+    urls = [s3.url(k) for k in keys]
+    for out in (s3.url("x/synth"), str(tmp_path / "synth.bk")):
+        r = diffbackup("merge", *urls, "-o", out, "--part-size", PART)
+        line = _one_line_failure(r, "merge refused: ")
+        assert f"{s3.url('x/d2')} at byte {rec.offset}: record {rec.seq}: data checksum " \
+            f"mismatch (blocks {rec.first_block}..{last}, generation 2)" in line, line
+        assert f"{out} not written" in line, line
+        assert f"{rec.nblocks} blocks have a damaged newest copy: {rec.first_block}..{last};" \
+            in r.stdout, r.stdout
+    assert sorted(_keys(s3)) == sorted(keys)              # no x/synth
+    assert not _uploads(s3)                               # its upload was aborted
+    assert not list(tmp_path.glob("synth.bk*"))           # nor a file, nor its .partial
+    # Damage in a copy that newer ones replace still refuses: the medium is suspect.
+    s3.client.put_object(Bucket=s3.bucket, Key="x/d2", Body=b"")
+    _one_line_failure(diffbackup("merge", *urls, "-o", s3.url("x/synth")),
+                      r"merge refused: s3://\S+/x/d2: .*; s3://\S+/x/synth not written")
+    assert sorted(_keys(s3)) == sorted(keys) and not _uploads(s3)
+
+
+def test_an_object_replaced_between_the_passes_stops_the_merge(tmp_path, s3):
+    """merge() in process: the full object is replaced once pass 1 has read it; pass 2's
+    reads are pinned to the ETag pass 1 read, so the merge fails and stores nothing."""
+    from volume.merge import merge
+    from volume.streamstore import StreamStoreError
+    vol = tmp_path / "vol.img"
+    fill_random(vol, 2 << 20, seed=13)
+    _ok(diffbackup("full", str(vol), "-o", s3.url("p/full")))
+    tracked_writes(str(vol), 2 << 20, writes=20, seed=14)
+    _ok(diffbackup("diff", str(vol), "--scope", "1", "-o", s3.url("p/d1")))
+    first = _size(s3, "p/full")
+    replaced = []
+
+    def progress(done: int, _total: int) -> None:
+        if done > first and not replaced:             # pass 1 is past the full stream
+            body = bytearray(s3.client.get_object(Bucket=s3.bucket, Key="p/full")["Body"].read())
+            body[1000] ^= 1                           # in the first record's data
+            s3.client.put_object(Bucket=s3.bucket, Key="p/full", Body=bytes(body))
+            replaced.append(True)
+    with pytest.raises(StreamStoreError, match=r"p/full: the object was replaced since it was "
+                       r"first read"):
+        merge([s3.url("p/full"), s3.url("p/d1")], s3.url("p/synth"), progress=progress,
+              s3_options={"endpoint": s3.endpoint})
+    assert replaced
+    assert sorted(_keys(s3)) == ["p/d1", "p/full"] and not _uploads(s3)
 
 
 def test_many_generations_of_a_tiny_volume(tmp_path, s3):
@@ -180,6 +308,29 @@ def test_upload_memory_is_bounded_by_the_parts_not_the_stream(tmp_path, s3):
     # Reading it back is bounded too.
     peak_verify = _peak_kib("verify", s3.url("m/big"))
     assert peak_verify - base < 40 << 10, (base, peak_verify)
+
+
+def test_merge_memory_is_bounded_by_the_parts_not_the_streams(tmp_path, s3):
+    """A synthetic full of a 96 MiB full and a differential, s3 -> s3 in 5 MiB parts
+    (the output 20 parts, one in flight), raises the diffbackup process's peak RSS by
+    less than 40 MiB over the merge of a 1 MiB chain: neither the inputs nor the
+    output are held whole, nor in a temporary file."""
+    peaks = {}
+    for name, size in (("small", 1 << 20), ("big", 96 << 20)):
+        vol = tmp_path / f"{name}.img"
+        fill_random(vol, size, seed=len(name))
+        _ok(diffbackup("full", str(vol), "-o", s3.url(f"mm/{name}-full"), "--part-size", PART))
+        tracked_writes(str(vol), size, writes=200, seed=9)
+        _ok(diffbackup("diff", str(vol), "--scope", "1", "-o", s3.url(f"mm/{name}-d1")))
+        peaks[name] = _peak_kib("merge", s3.url(f"mm/{name}-full"), s3.url(f"mm/{name}-d1"),
+                                "-o", s3.url(f"mm/{name}-synth"), "--part-size", PART,
+                                "--s3-uploads", "1")
+    assert _size(s3, "mm/big-synth") > 96 << 20
+    assert peaks["big"] - peaks["small"] < 40 << 10, peaks
+    assert not list(tmp_path.glob("*.partial"))
+    dest = tmp_path / "back.img"
+    _ok(diffbackup("restore", str(dest), s3.url("mm/big-synth")))
+    assert dest.read_bytes() == (tmp_path / "big.img").read_bytes()
 
 
 # ------------------------------------------------------------------ bad input

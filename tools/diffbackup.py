@@ -993,15 +993,6 @@ def _summary(outcomes: list[StreamOutcome]) -> int:
     return EXIT_OK
 
 
-def _require_streams(files, output: str | None = None) -> None:
-    bad = [f for f in files + [output or ""] if _is_s3(f)]
-    if bad:
-        raise Failure(f"{bad[0]}: this command takes stream files, not s3:// objects", EXIT_USAGE)
-    for f in files:
-        if not os.path.isfile(f):
-            raise Failure(f"{f}: no such stream file")
-
-
 def cmd_verify(args) -> int:
     from volume import backup as B
     from volume.streamstore import StreamStoreError
@@ -1106,21 +1097,37 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    """A synthetic full (or one differential) from a chain of stream files; no volume involved."""
-    from volume.merge import MergeRefused, merge
-    _require_streams(args.files, args.output)
-    if os.path.realpath(args.output) in {os.path.realpath(f) for f in args.files}:
+    """A synthetic full (or one differential) from a chain of stored streams (files,
+    s3:// objects); no volume involved.  The output is stored only once it verified."""
+    from volume.merge import MergeError, MergeRefused, merge
+    from volume.streamstore import StreamStoreError, open_writer, same_stream
+    if any(same_stream(args.output, f) for f in args.files):
         raise Failure(f"-o {args.output} is one of the input streams", EXIT_USAGE)
-    total = sum(os.path.getsize(f) for f in args.files)
+    refs = _stream_refs(args.files, args)
+    total = sum(r.size() for r in refs)
+    # The output before any input is read: a missing bucket or an existing key
+    # costs no merge.  merge() commits it, or aborts it on any failure.
+    try:
+        sink = open_writer(args.output, force=args.force or not _is_s3(args.output),
+                           s3_options=_s3_options(args, writing=True))
+    except StreamStoreError as e:
+        raise Failure(str(e)) from None
     try:
         with _progress(not args.quiet) as prog:
             task = prog.add_task("merge", total=total)
-            res = merge(args.files, args.output, progress=lambda n: prog.advance(task, n))
+            res = merge(refs, sink, progress=lambda d, t: prog.update(task, completed=d))
     except MergeRefused as e:
         for p in e.problems:
             out.print(p, markup=False)
-        raise Failure(f"merge refused ({len(e.problems)} problems above); {args.output} not "
+        more = f" (+{len(e.problems) - 1} more above)" if len(e.problems) > 1 else ""
+        raise Failure(f"merge refused: {e.problems[0]}{more}; {args.output} not "
                       f"written") from None
+    except MergeError as e:              # its message says nothing was written
+        raise Failure(f"merge failed: {e}") from None
+    except StreamStoreError as e:
+        raise Failure(f"merge failed: {e}; {args.output} not written") from None
+    finally:
+        sink.abort()          # a no-op once committed
     kind = "synthetic full" if res.full else "merged differential"
     out.print(f"{kind} of generations {res.generation_range[0]}..{res.generation_range[1]} from "
               f"{len(res.inputs)} streams ({res.input_bytes} bytes): {res.blocks} blocks, "
@@ -1154,6 +1161,20 @@ def cmd_audit(args) -> int:
     return EXIT_FAILED
 
 
+def _s3_output_options(sp) -> None:
+    """The options of a command whose -o may be an s3:// object."""
+    sp.add_argument("--force", action="store_true",
+                    help="replace an existing s3:// object (stream files are always replaced)")
+    sp.add_argument("--part-size", type=_size, default=None, metavar="BYTES",
+                    help="S3 multipart part size (default 16M; 5M..1024M): memory is about "
+                    "(parts in flight + 1) x this")
+    sp.add_argument("--s3-uploads", type=int, default=None, metavar="N",
+                    help="S3 parts uploaded at once while the next one fills (default 2)")
+    sp.add_argument("--no-s3-md5", action="store_true",
+                    help="no Content-MD5 per S3 part (less CPU; damage on the way is then "
+                    "found by verify/restore, not refused by the server)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Differential backup of tracked volumes (patent "
                 "JP H09-101912): full and differential streams, verified restore.")
@@ -1174,16 +1195,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--target-side", action="store_true",
                         help="the target copies the stream to its own tape LUN (EXTENDED COPY): "
                         "the data does not cross the network")
-        sp.add_argument("--force", action="store_true",
-                        help="replace an existing s3:// object (stream files are always replaced)")
-        sp.add_argument("--part-size", type=_size, default=None, metavar="BYTES",
-                        help="S3 multipart part size (default 16M; 5M..1024M): memory is about "
-                        "(parts in flight + 1) x this")
-        sp.add_argument("--s3-uploads", type=int, default=None, metavar="N",
-                        help="S3 parts uploaded at once while the next one fills (default 2)")
-        sp.add_argument("--no-s3-md5", action="store_true",
-                        help="no Content-MD5 per S3 part (less CPU; damage on the way is then "
-                        "found by verify/restore, not refused by the server)")
+        _s3_output_options(sp)
     r = sub.add_parser("restore", help="apply a full stream and/or differential streams in order")
     r.add_argument("dest", metavar="DEST")
     r.add_argument("files", metavar="FILE", nargs="*")
@@ -1208,8 +1220,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compressed", action="store_true", help="also estimate compressed size")
     m = sub.add_parser("merge", help="synthetic full (FULL DIFF...) or one differential "
                        "(DIFF DIFF...) from a chain of streams, without the volume")
-    m.add_argument("files", metavar="FILE", nargs="+")
-    m.add_argument("-o", "--output", required=True, metavar="FILE")
+    m.add_argument("files", metavar="FILE", nargs="+", help="stream files or s3://BUCKET/KEY")
+    m.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="a stream file or s3://BUCKET/KEY (stored only once it verified)")
+    _s3_output_options(m)
     au = sub.add_parser("audit", help="re-read a sample of the blocks the map calls unchanged "
                         "and compare them with what the backups sent")
     au.add_argument("source", metavar="SOURCE")

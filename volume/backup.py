@@ -44,7 +44,8 @@ from .stream import (HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE, Damage, Reco
 
 __all__ = ["BackupResult", "VerifyReport", "StreamCheck", "RestoreReport", "BadRecord",
            "full_backup", "differential_backup", "write_stream", "verify", "restore",
-           "estimate", "check_chain", "StreamRestorer", "ChainState", "RestoreRejected"]
+           "estimate", "check_chain", "StreamRestorer", "ChainState", "RestoreRejected",
+           "decode_stream"]
 
 Progress = Callable[[int, int], None]
 StreamSource = "str | os.PathLike | BinaryIO"
@@ -325,8 +326,11 @@ def _pump(src, feed: Callable[[memoryview], None], progress: Progress | None, do
     return n
 
 
-def _decode(src, on_item: Callable[[Record | Damage], None], progress: Progress | None,
-            done_before: int, total: int) -> tuple[StreamEnd, int]:
+def decode_stream(src, on_item: Callable[[Record | Damage], None], progress: Progress | None = None,
+                  done_before: int = 0, total: int = 0) -> tuple[StreamEnd, int]:
+    """Decode a whole stream (a path, a :class:`StreamRef` or a binary file), handing each
+    Record and Damage to ``on_item``; returns the decoder's end and the bytes read.
+    Record data is a view valid only inside ``on_item``."""
     dec = StreamDecoder(borrow=True)          # records are consumed before the next read
 
     n = _pump(src, lambda chunk: dec.feed(chunk, on_item), progress, done_before, total)
@@ -373,7 +377,7 @@ def verify(stream_files: Sequence, *, progress: Progress | None = None) -> Verif
         def on_item(item, chk=chk, name=name):
             if isinstance(item, Damage):
                 chk.damage.append(_bad(name, item))
-        end, n = _decode(src, on_item, progress, done, total)
+        end, n = decode_stream(src, on_item, progress, done, total)
         done += n
         chk.bytes = n
         chk.records, chk.blocks = end.records, end.blocks

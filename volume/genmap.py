@@ -188,6 +188,22 @@ def _ge(planes: list[bitarray], v: int, nbits: int, tmp: bitarray | None = None)
     return gt
 
 
+def store_masked(planes: list[bitarray], first: int, mask: bitarray, generation: int,
+                 nbits: int) -> bitarray:
+    """Set the bit-sliced value of blocks ``first + i`` with ``mask[i]`` to ``generation``,
+    adding planes of ``nbits`` as it needs; returns ``~mask``.  One operation per plane."""
+    while generation >= 1 << len(planes):
+        planes.append(_zeros(nbits))
+    end = first + len(mask)
+    inv = ~mask
+    for i, p in enumerate(planes):
+        if (generation >> i) & 1:
+            p[first:end] |= mask
+        else:
+            p[first:end] &= inv
+    return inv
+
+
 def _in_range(planes: list[bitarray], lo: int, hi: int, nbits: int, top: int | None = None) -> bitarray:
     """Values in lo..hi; ``top`` (the largest value present, if known) skips a comparator."""
     sel = _ge(planes, lo, nbits)
@@ -1244,14 +1260,7 @@ class GenerationMap:
             if self._planes_shared:
                 self._planes = [p.copy() for p in self._planes]
                 self._planes_shared = False
-            while generation >= 1 << len(self._planes):
-                self._planes.append(_zeros(self._nbits))
-            inv = ~mask
-            for i, p in enumerate(self._planes):
-                if (generation >> i) & 1:
-                    p[first_block:end] |= mask
-                else:
-                    p[first_block:end] &= inv
+            inv = store_masked(self._planes, first_block, mask, generation, self._nbits)
             self._dirty[first_block:end] &= inv
             self._note_cleared(first_block, end)
             self._plane_counts = None

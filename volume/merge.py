@@ -1,29 +1,34 @@
 """Synthetic full and merged differentials: one stream built from a chain of
-stream files, without the volume (docs/backup-merge.md).
+stored streams, without the volume (docs/backup-merge.md).
 
     merge(["full.bk", "d1.bk", ..., "d5.bk"], "new-full.bk")   -> a full stream
     merge(["d1.bk", "d2.bk", "d3.bk"], "d1-3.bk")               -> one differential
+    merge(["s3://b/full", "d1.bk"], "s3://b/new-full")          -> any stream store
 
-The output holds, for every block, the copy a restore of the chain would
-leave there -- the same rule as ``volume.restore`` (a full stream's records
-always apply; a differential record applies to blocks whose restored entry is
-older than its generation) -- so restoring it is byte-identical to restoring
-the chain.  Records keep the generation of the copy they carry; a synthetic
-full's header range is ``0..hi`` (hi = the chain's newest generation), so the
-differentials the target takes after the chain continue it
-(docs/backup-stream-format.md).
+Inputs and output are stream stores (``volume/streamstore.py``): stream files
+and ``s3://BUCKET/KEY`` objects, mixed.  The output holds, for every block,
+the copy a restore of the chain would leave there -- chosen by the rule
+restore itself applies (``volume/precedence.py``) -- so restoring it is
+byte-identical to restoring the chain.  Records keep the generation of the
+copy they carry; a synthetic full's header range is ``0..hi`` (hi = the
+chain's newest generation), so the differentials the target takes after the
+chain continue it (docs/backup-stream-format.md).
 
 Nothing is merged from damaged input: every input is decoded in full first
 (pass 1), and any damage, truncation, trailer or chain problem refuses the
 merge and names the blocks whose newest copy was lost.  Falling back to an
 older copy of such a block would be wrong (the newer generation overwrote it),
 so there is no fallback.  Pass 2 re-reads each chosen record by its offset
-and checks its header and data CRCs again (the files may not change between
-the passes); the output is written as OUT.partial, decoded once more, and
-renamed only when it checks out.
+(reading forward; an S3 object through one GET pinned to the ETag pass 1
+read) and checks its header and data CRCs again (the inputs may not change
+between the passes).  Every byte handed to the output is decoded once more as
+it is written, and the output is committed (a file renamed from
+``OUT.partial``, an S3 multipart upload completed) only when that decode
+checks out; any failure aborts it and leaves nothing.
 
-Memory: two 4-byte entries per block (which record holds the newest copy,
-and that copy's restore-map generation) plus one record per input.
+Memory: two 4-byte entries per block (which record holds the copy kept) plus
+the restored generations as bit planes, one record per input, the output's
+buffers (one chunk here; an S3 upload's parts in flight) -- never a stream.
 """
 from __future__ import annotations
 
@@ -38,22 +43,30 @@ from itertools import groupby
 from typing import Callable, Sequence
 
 import crc32c
+from bitarray import bitarray
 
+from .backup import decode_stream
 from .genmap import extents
+from .precedence import GenerationPlanes, leaves_generation, taken
 from .restore import check_chain
-from .stream import (FLAG_FULL, HEADER_SIZE, KIND_DATA, KIND_ZERO, KIND_ZLIB,
-                     MAX_RECORD_BYTES, RECORD_HEADER_SIZE, RECORD_SYNC, TRAILER_SIZE, TRAILER_SYNC,
-                     Damage, Record, StreamDecoder, StreamError, StreamHeader, _RECORD, _RECORD_CRC,
-                     _TRAILER, _seed)
+from .stream import (FLAG_FULL, HEADER_SIZE, KIND_DATA, KIND_ZERO, KIND_ZLIB, RECORD_HEADER_SIZE,
+                     RECORD_SYNC, TRAILER_SIZE, TRAILER_SYNC, Damage, Record, StreamDecoder,
+                     StreamError, StreamHeader, _RECORD, _RECORD_CRC, _TRAILER, _seed)
+from .streamstore import (StreamRef, StreamStoreError, StreamWriter, is_s3_url, open_ref,
+                          open_writer, same_stream)
 
 __all__ = ["merge", "MergeResult", "MergeRefused", "MergeError"]
 
-_CHUNK = 8 << 20
+_CHUNK = 8 << 20          # read size while reading through a gap
+_OUT_CHUNK = 4 << 20      # output bytes handed to the store (and its check) at once
+_SKIP_READ = 1 << 20      # gaps read through rather than seeked over where a seek is a request
 _NONE = -1
+Progress = Callable[[int, int], None]
 
 
 class MergeError(Exception):
-    """The merge could not be carried out (I/O, an input changed under it)."""
+    """The merge could not be carried out (an input changed under it, the output did
+    not verify); nothing was written."""
 
 
 class MergeRefused(MergeError):
@@ -80,30 +93,19 @@ class MergeResult:
 
 @dataclass
 class _Input:
-    name: str
+    ref: StreamRef
     header: StreamHeader | None = None
     size: int = 0
     damage: list[Damage] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
 
 # A record chosen in pass 1: (input index, stream offset, seq, first, n, generation, kind).
 _Rec = tuple[int, int, int, int, int, int, int]
-
-
-def _decode_file(path: str, sink: Callable, progress: Callable[[int], None] | None):
-    dec = StreamDecoder()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(_CHUNK)
-            if not chunk:
-                break
-            dec.feed(chunk, sink)
-            n += len(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    return dec, dec.finish(), n
 
 
 def _identity(inp: _Input, ref: _Input) -> list[str]:
@@ -124,34 +126,69 @@ def _identity(inp: _Input, ref: _Input) -> list[str]:
     return e
 
 
+class _ForwardReader:
+    """One input read by offset, mostly forward: one open reader (one GET for an S3
+    object); short gaps are read through where a seek costs a new request."""
+
+    def __init__(self, ref: StreamRef) -> None:
+        self.f = ref.open()
+        self.pos = 0
+        self.skip = 0 if ref.cheap_seek else _SKIP_READ
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        gap = offset - self.pos
+        if 0 < gap <= self.skip:
+            while gap > 0:
+                k = len(self.f.read(min(gap, _CHUNK)))
+                if not k:
+                    break
+                gap -= k
+                self.pos += k
+        if self.pos != offset:
+            self.f.seek(offset)
+        data = self.f.read(length)
+        self.pos = offset + len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
 class _Payloads:
     """Pass 2: the data of chosen records, re-read by offset and re-checked."""
 
     def __init__(self, inputs: list[_Input]) -> None:
-        self._files = [open(i.name, "rb") for i in inputs]
+        self._inputs = inputs
+        self._readers: list[_ForwardReader | None] = [None] * len(inputs)
         self._seeds = [_seed(i.header.stream_id) for i in inputs]
-        self._names = [i.name for i in inputs]
         self._cache: list[tuple[int, memoryview] | None] = [None] * len(inputs)
 
     def close(self) -> None:
-        for f in self._files:
-            f.close()
+        for r in self._readers:
+            if r is not None:
+                r.close()
+        self._readers = [None] * len(self._readers)
+
+    def _reader(self, i: int) -> _ForwardReader:
+        r = self._readers[i]
+        if r is None:
+            r = self._readers[i] = _ForwardReader(self._inputs[i].ref)
+        return r
 
     def data(self, rid: int, rec: _Rec, raw: int) -> memoryview:
         i, off, seq, first, n, gen, kind = rec
         hit = self._cache[i]
         if hit is not None and hit[0] == rid:
             return hit[1]
-        f = self._files[i]
-        f.seek(off)
-        hdr = f.read(RECORD_HEADER_SIZE)
+        reader = self._reader(i)
+        hdr = reader.read_at(off, RECORD_HEADER_SIZE)
         bad = len(hdr) < RECORD_HEADER_SIZE
         if not bad:
             sync, s2, f2, n2, g2, k2, stored, dcrc, hcrc = _RECORD_CRC.unpack(hdr)
             bad = (sync != RECORD_SYNC or (s2, f2, n2, g2, k2) != (seq, first, n, gen, kind) or
                    crc32c.crc32c(hdr[:-4], self._seeds[i]) != hcrc)
         if not bad:
-            payload = f.read(stored)
+            payload = reader.read_at(off + RECORD_HEADER_SIZE, stored)
             if kind == KIND_ZLIB:
                 try:
                     payload = zlib.decompress(payload)
@@ -159,27 +196,49 @@ class _Payloads:
                     payload = b""
             bad = len(payload) != raw or crc32c.crc32c(payload) != dcrc
         if bad:
-            raise MergeError(f"{self._names[i]} changed while it was merged (record {seq} at "
-                             f"byte {off} no longer checks out); nothing written")
+            raise MergeError(f"{self._inputs[i].name} changed while it was merged (record {seq} "
+                             f"at byte {off} no longer checks out); nothing written")
         mv = memoryview(payload)
         self._cache[i] = (rid, mv)
         return mv
 
 
 class _Writer:
-    """Stream format v1 records and trailer, written as they come."""
+    """Stream format v1 records and trailer, handed to the output store as they come;
+    every piece is decoded again on the way (the output's check before commit)."""
 
-    def __init__(self, f, header: StreamHeader) -> None:
-        self.f = f
+    def __init__(self, sink: StreamWriter, header: StreamHeader) -> None:
+        self.sink = sink
+        self.header = header
         self.seed = _seed(header.stream_id)
         self.hash = hashlib.sha256()
         self.records = self.blocks = self.stored = 0
         self.bytes = 0
+        self._pieces: list = []
+        self._held = 0
+        self._check = StreamDecoder(borrow=True)
+        self._bad: list[str] = []
         self._put(header.pack())
 
+    def _checked(self, item) -> None:
+        if isinstance(item, Damage) and len(self._bad) < 3:
+            self._bad.append(item.reason)
+
     def _put(self, b) -> None:
-        self.f.write(b)
+        # Pieces are joined into chunks: the store and its check (the decoder's
+        # column path) each take a few large writes instead of thousands of small.
+        self._pieces.append(b)
+        self._held += len(b)
         self.bytes += len(b)
+        if self._held >= _OUT_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        chunk = b"".join(self._pieces)
+        self._pieces.clear()
+        self._held = 0
+        self.sink.write(chunk)
+        self._check.feed(chunk, self._checked)
 
     def record(self, first: int, n: int, gen: int, parts: list) -> None:
         if parts is None:
@@ -200,39 +259,106 @@ class _Writer:
         self.blocks += n
         self.stored += stored
 
-    def trailer(self) -> None:
+    def finish(self) -> str:
+        """Write the trailer; what the check of everything written found wrong ("" if nothing)."""
         b = bytearray(TRAILER_SIZE)
         _TRAILER.pack_into(b, 0, TRAILER_SYNC, self.records, self.blocks, self.stored,
                            self.hash.digest())
         struct.pack_into("<I", b, TRAILER_SIZE - 4, crc32c.crc32c(b[:-4], self.seed))
         self._put(b)
+        self._flush()
+        end = self._check.finish()
+        bad = self._bad + end.errors
+        if not bad and end.trailer is None:
+            bad.append("no trailer")
+        if not bad and (end.records, end.blocks) != (self.records, self.header.block_count):
+            bad.append(f"{end.records} records of {end.blocks} blocks, {self.records} of "
+                       f"{self.header.block_count} expected")
+        return "; ".join(bad)
 
 
-def merge(stream_files: Sequence[str], output: str, *,
-          progress: Callable[[int], None] | None = None) -> MergeResult:
-    """Merge a chain (a full stream then differentials, or differentials only)
-    into one stream at ``output``.  Raises MergeRefused (nothing written) for
-    damaged, mismatched or out-of-order inputs."""
-    if not stream_files:
-        raise MergeRefused(["no streams to merge"])
-    out_real = os.path.realpath(output)
-    for s in stream_files:
-        if os.path.realpath(s) == out_real:
-            raise MergeRefused([f"the output {output} is one of the inputs"])
-    inputs = [_Input(str(s)) for s in stream_files]
+def _as_ref(src, s3_options: dict | None) -> StreamRef:
+    if isinstance(src, StreamRef):
+        return src
+    return open_ref(os.fspath(src), s3_options=s3_options)
+
+
+def _read_headers(streams: Sequence, s3_options: dict | None) -> list[_Input]:
+    inputs: list[_Input] = []
     problems: list[str] = []
-    for inp in inputs:
+    for src in streams:
         try:
-            with open(inp.name, "rb") as f:
-                inp.header = StreamHeader.unpack(f.read(HEADER_SIZE))
-            inp.size = os.path.getsize(inp.name)
+            ref = _as_ref(src, s3_options)
+        except StreamStoreError as e:
+            problems.append(str(e))
+            continue
+        inp = _Input(ref)
+        inputs.append(inp)
+        try:
+            inp.size = ref.size()
+            inp.header = StreamHeader.unpack(ref.read_range(0, HEADER_SIZE))
         except StreamError as e:
             problems.append(f"{inp.name}: {e}")
+        except StreamStoreError as e:
+            problems.append(str(e))
         except OSError as e:
             problems.append(f"{inp.name}: {e.strerror or e}")
     if problems:
         raise MergeRefused(problems)
+    return inputs
+
+
+def merge(streams: Sequence, output, *, progress: Progress | None = None, force: bool = False,
+          s3_options: dict | None = None) -> MergeResult:
+    """Merge a chain (a full stream then differentials, or differentials only) into
+    one stream at ``output``.
+
+    ``streams``: paths, ``s3://BUCKET/KEY`` names or :class:`StreamRef` s.
+    ``output``: a path or ``s3://`` name (opened with ``force``: an existing S3 key
+    is refused without it, a file is replaced) or a :class:`StreamWriter`, which
+    the merge commits once the merged stream verified and aborts otherwise.
+    ``progress(done, total)``: bytes of pass 1.  Raises MergeRefused (nothing
+    written) for damaged, mismatched or out-of-order inputs, MergeError when an
+    input changed between the passes or the output did not verify, and
+    :class:`StreamStoreError` when a store failed; the output is aborted then.
+    """
+    if not streams:
+        raise MergeRefused(["no streams to merge"])
+    sink = output if isinstance(output, StreamWriter) else None
+    try:
+        out_name = sink.name if sink is not None else os.fspath(output)
+        for s in streams:
+            name = s.name if isinstance(s, StreamRef) else os.fspath(s)
+            if same_stream(name, out_name):
+                raise MergeRefused([f"the output {out_name} is one of the inputs"])
+        inputs = _read_headers(streams, s3_options)
+        _check_inputs(inputs)
+        if sink is None:
+            sink = open_writer(out_name, force=force or not is_s3_url(out_name),
+                               s3_options=s3_options)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    with sink:                      # committed only when everything below returned
+        owner, recs = _choose(inputs, progress)
+        header, grange = _merged_header(inputs, owner)
+        payloads = _Payloads(inputs)
+        try:
+            w = _Writer(sink, header)
+            _write_records(w, owner, recs, payloads, header)
+            check = w.finish()
+        finally:
+            payloads.close()
+        if check:
+            raise MergeError(f"the merged stream did not verify ({check}); nothing written")
+    return MergeResult(sink.name, header.full, grange, w.blocks, w.records, w.bytes,
+                       sum(i.size for i in inputs), [i.name for i in inputs])
+
+
+def _check_inputs(inputs: list[_Input]) -> None:
     ref = inputs[0]
+    problems: list[str] = []
     for inp in inputs[1:]:
         problems += _identity(inp, ref)
     if problems:
@@ -241,44 +367,52 @@ def merge(stream_files: Sequence[str], output: str, *,
     if problems:
         raise MergeRefused(problems)
 
-    h0 = ref.header
-    entries, bs, vsize = h0.entries, h0.block_size, h0.volume_size
+
+def _choose(inputs: list[_Input], progress: Progress | None) -> tuple[array, list[_Rec]]:
+    """Pass 1: decode every input in full; per block, the record a restore of the
+    chain keeps (``owner``, an index into the records).  Any damage refuses."""
+    entries = inputs[0].header.entries
     owner = array("i", [_NONE]) * entries       # index into recs of the copy kept
-    restored = array("i", [_NONE]) * entries    # that copy's entry in a restored map
+    held = GenerationPlanes(entries)            # that copy's generation in a restored map
+    lost = bitarray(entries, endian="little")   # newest copy damaged, none taken since
+    lost.setall(0)
     recs: list[_Rec] = []
-    # Damaged copies: (first, n, generation, input index); checked after pass 1.
-    damaged: list[tuple[int, int, int, int]] = []
-    unknown = False                               # damage whose blocks are unknown
+    problems: list[str] = []
+    unknown = False                             # damage whose blocks are unknown
+    damaged = False                             # some of lost set
+    total = sum(i.size for i in inputs)
+    done = 0
 
     for idx, inp in enumerate(inputs):
         full = inp.header.full
 
         def sink(item, idx=idx, inp=inp, full=full) -> None:
-            nonlocal unknown
+            nonlocal unknown, damaged
             if isinstance(item, Damage):
                 inp.damage.append(item)
                 if item.first_block is None:
                     unknown = True
                 else:
-                    damaged.append((item.first_block, item.nblocks, item.generation, idx))
+                    a, n = item.first_block, item.nblocks
+                    lost[a:a + n] |= taken(held, full, a, n, item.generation)
+                    damaged = True
                 return
             rec: Record = item
             rid = len(recs)
             first, n, g = rec.first_block, rec.nblocks, rec.generation
             recs.append((idx, rec.offset, rec.seq, first, n, g, rec.kind))
-            if full:                              # applies everywhere; a restored map says 0
-                owner[first:first + n] = array("i", [rid]) * n
-                restored[first:first + n] = array("i", [0]) * n
-                return
-            for b in range(first, first + n):
-                if restored[b] < g:
-                    owner[b] = rid
-                    restored[b] = g
+            take = taken(held, full, first, n, g)
+            runs = ((0, n),) if take.all() else tuple(extents(take))
+            for a, k in runs:
+                owner[first + a:first + a + k] = array("i", [rid]) * k
+            if damaged:
+                lost[first:first + n] &= ~take
+            leaves = leaves_generation(full, g)
+            if leaves is not None and runs:
+                held.apply_restored_mask(first, take, leaves)
 
-        try:
-            _dec, end, _n = _decode_file(inp.name, sink, progress)
-        except OSError as e:
-            raise MergeError(f"{inp.name}: {e.strerror or e}") from None
+        end, n = decode_stream(inp.ref, sink, progress, done, total)
+        done += n
         inp.errors += end.errors
         for d in inp.damage:
             where = f"blocks {d.first_block}..{d.first_block + d.nblocks - 1}, generation " \
@@ -286,119 +420,81 @@ def merge(stream_files: Sequence[str], output: str, *,
             problems.append(f"{inp.name} at byte {d.offset}: {d.reason} ({where})")
         problems += [f"{inp.name}: {e}" for e in inp.errors]
 
-    lost: list[tuple[int, int]] = []
     if problems:
-        # Which blocks' newest copy is among the damage: no intact copy of that
-        # generation or newer was kept.  (Fuzzy damage taints the whole chain.)
-        from bitarray import bitarray
-        bad = bitarray(entries, endian="little")
-        bad.setall(0)
-        for first, n, g, idx in damaged:
-            full = inputs[idx].header.full
-            for b in range(first, min(first + n, entries)):
-                o = owner[b]
-                if o == _NONE or (not full and recs[o][5] < g) or (full and recs[o][0] < idx):
-                    bad[b] = 1
-        lost = list(extents(bad))
-        if lost:
-            nl = sum(k for _a, k in lost)
+        # The blocks whose newest copy is among the damage: no intact copy of that
+        # generation or newer was taken after it.  (Fuzzy damage taints the chain.)
+        lost_ext = list(extents(lost))
+        if lost_ext:
+            nl = sum(k for _a, k in lost_ext)
             problems.append(f"{nl} blocks have a damaged newest copy: " +
-                            ", ".join(f"{a}..{a + k - 1}" for a, k in lost[:10]) +
-                            (" ..." if len(lost) > 10 else "") +
+                            ", ".join(f"{a}..{a + k - 1}" for a, k in lost_ext[:10]) +
+                            (" ..." if len(lost_ext) > 10 else "") +
                             "; an older copy would be wrong data, so they cannot be merged")
         if unknown:
             problems.append("records with unreadable headers were lost: the blocks they held "
                             "are unknown")
-        raise MergeRefused(problems, lost)
+        raise MergeRefused(problems, lost_ext)
+    return owner, recs
 
+
+def _merged_header(inputs: list[_Input], owner: array) -> tuple[StreamHeader, tuple[int, int]]:
+    h0 = inputs[0].header
     full = h0.full
     los = [i.header.generation_range[0] for i in inputs]
     his = [i.header.generation_range[1] for i in inputs]
     grange = (0, max(his)) if full else (min(los), max(his))
     if full:
-        missing = [(a, k) for a, k in _runs_of(owner, _NONE)]
+        missing = [(a, k) for v, a, k in _runs(owner) if v == _NONE]
         if missing:
-            raise MergeRefused([f"{ref.name}: the full stream does not cover blocks " +
+            raise MergeRefused([f"{inputs[0].name}: the full stream does not cover blocks " +
                                 ", ".join(f"{a}..{a + k - 1}" for a, k in missing[:10])])
-    covered = entries - owner.count(_NONE)
+    covered = h0.entries - owner.count(_NONE)
     maxb = max(i.header.max_record_blocks for i in inputs)
-    header = StreamHeader(h0.volume_id, bs, vsize, entries, grange, covered,
-                          FLAG_FULL if full else 0, maxb, h0.base_id, os.urandom(16),
+    header = StreamHeader(h0.volume_id, h0.block_size, h0.volume_size, h0.entries, grange,
+                          covered, FLAG_FULL if full else 0, maxb, h0.base_id, os.urandom(16),
                           time.time_ns())
-
-    tmp = output + ".partial"
-    payloads = _Payloads(inputs)
-    try:
-        with open(tmp, "wb") as f:
-            w = _Writer(f, header)
-            pend: list | None = None        # [first, n, gen, parts or None]
-            pos = 0
-            for rid, grp in groupby(owner):
-                k = sum(1 for _ in grp)
-                a = pos
-                pos += k
-                if rid == _NONE:
-                    continue
-                rec = recs[rid]
-                _i, _off, _seq, first, n, gen, kind = rec
-                while k:
-                    take = min(k, maxb)
-                    if kind == KIND_ZERO:
-                        piece = None
-                    else:
-                        raw = min((first + n) * bs, vsize) - first * bs
-                        data = payloads.data(rid, rec, raw)
-                        lo_b = (a - first) * bs
-                        piece = data[lo_b:min((a + take) * bs, vsize) - first * bs]
-                    if (pend is not None and pend[0] + pend[1] == a and pend[2] == gen and
-                            (pend[3] is None) == (piece is None) and pend[1] + take <= maxb):
-                        pend[1] += take
-                        if piece is not None:
-                            pend[3].append(piece)
-                    else:
-                        if pend is not None:
-                            w.record(*pend)
-                        pend = [a, take, gen, None if piece is None else [piece]]
-                    a += take
-                    k -= take
-            if pend is not None:
-                w.record(*pend)
-            w.trailer()
-            f.flush()
-            os.fsync(f.fileno())
-        payloads.close()
-        check = _check_output(tmp, header)
-        if check:
-            raise MergeError(f"the merged stream did not verify ({check}); nothing written")
-        os.replace(tmp, output)
-    except BaseException:
-        payloads.close()
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return MergeResult(output, full, grange, w.blocks, w.records, w.bytes,
-                       sum(i.size for i in inputs), [i.name for i in inputs])
+    return header, grange
 
 
-def _runs_of(a: array, value: int):
+def _write_records(w: _Writer, owner: array, recs: list[_Rec], payloads: _Payloads,
+                   header: StreamHeader) -> None:
+    """Pass 2: the kept copies in block order, neighbours of one generation joined
+    up to the largest record size."""
+    bs, vsize, maxb = header.block_size, header.volume_size, header.max_record_blocks
+    pend: list | None = None        # [first, n, gen, parts or None]
+    for rid, a, k in _runs(owner):
+        if rid == _NONE:
+            continue
+        rec = recs[rid]
+        _i, _off, _seq, first, n, gen, kind = rec
+        while k:
+            take = min(k, maxb)
+            if kind == KIND_ZERO:
+                piece = None
+            else:
+                raw = min((first + n) * bs, vsize) - first * bs
+                data = payloads.data(rid, rec, raw)
+                lo_b = (a - first) * bs
+                piece = data[lo_b:min((a + take) * bs, vsize) - first * bs]
+            if (pend is not None and pend[0] + pend[1] == a and pend[2] == gen and
+                    (pend[3] is None) == (piece is None) and pend[1] + take <= maxb):
+                pend[1] += take
+                if piece is not None:
+                    pend[3].append(piece)
+            else:
+                if pend is not None:
+                    w.record(*pend)
+                pend = [a, take, gen, None if piece is None else [piece]]
+            a += take
+            k -= take
+    if pend is not None:
+        w.record(*pend)
+
+
+def _runs(a: array):
+    """(value, first, count) of each run of equal entries."""
     pos = 0
     for v, grp in groupby(a):
-        k = sum(1 for _ in grp)
-        if v == value:
-            yield pos, k
+        k = len(list(grp))
+        yield v, pos, k
         pos += k
-
-
-def _check_output(path: str, header: StreamHeader) -> str:
-    bad: list[str] = []
-
-    def sink(item) -> None:
-        if isinstance(item, Damage) and len(bad) < 3:
-            bad.append(item.reason)
-    _dec, end, _n = _decode_file(path, sink, None)
-    bad += end.errors
-    if not bad and end.blocks != header.block_count:
-        bad.append(f"{end.blocks} blocks, {header.block_count} expected")
-    return "; ".join(bad)

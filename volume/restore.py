@@ -11,9 +11,10 @@ drive the same :class:`StreamRestorer`, so the rules live here once
   the previous stream of the chain, or the target map when it is the first:
   same full backup, no missing generation, not older than what is restored).
 * A record is applied once it is complete and its checksums verify (the
-  decoder hands out nothing else), and only to blocks whose map entry is older
-  than the record's generation (a full stream's records always apply); the map
-  entry is set with the data.  Damaged records are reported and skipped.
+  decoder hands out nothing else), and only to the blocks the chain rule of
+  ``volume/precedence.py`` takes it for (a full stream's records always apply;
+  a differential's where the map entry is older than the record's generation);
+  the map entry is set with the data.  Damaged records are reported and skipped.
 * ``finish()`` reports truncation, blocks left unrecovered (their newest copy
   was damaged and nothing later replaced it) and blocks left uncertain (they
   may have been in records lost unread).  The :class:`ChainState` in the
@@ -36,6 +37,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 from bitarray import bitarray
 
 from .genmap import GenerationMap, extents
+from .precedence import leaves_generation, taken
 from .store import BlockStore
 from .stream import (KIND_DATA, KIND_ZERO, Damage, Record, StreamDecoder, StreamError,
                      StreamHeader)
@@ -399,8 +401,8 @@ class StreamRestorer:
         if self._gap_open and upto > self._gap_from:
             self._bookkeeping = True
             a, n = self._gap_from, upto - self._gap_from
-            self._uncertain[a:a + n] |= self._gmap.blocks_older_than(
-                a, n, self.header.generation_range[1])
+            self._uncertain[a:a + n] |= taken(self._gmap, self.header.full, a, n,
+                                              self.header.generation_range[1])
         self._gap_open = False
 
     def _damage(self, d: Damage) -> None:
@@ -418,10 +420,8 @@ class StreamRestorer:
         a, n = d.first_block, d.nblocks
         self._close_gap(a)
         self._gap_from = a + n
-        if self.header.full:
-            self._lost[a:a + n] = 1
-        else:
-            self._lost[a:a + n] |= self._gmap.blocks_older_than(a, n, d.generation)
+        # The blocks this copy would have been taken for have lost their newest copy.
+        self._lost[a:a + n] |= taken(self._gmap, self.header.full, a, n, d.generation)
 
     def _record(self, rec: Record) -> None:
         first, n = rec.first_block, rec.nblocks
@@ -482,7 +482,7 @@ class StreamRestorer:
         lo = batch[0][0]
         span = self._batch_end - lo
         gmap, store, chk = self._gmap, self._store, self.check
-        bs, vsize = self.header.block_size, self.header.volume_size
+        full, bs, vsize = self.header.full, self.header.block_size, self.header.volume_size
         older: dict[int, bitarray] = {}
         written: dict[int, bitarray] = {}
         single: dict[int, list[int]] = {}       # one-block records applied, by generation
@@ -496,7 +496,7 @@ class StreamRestorer:
             if g != last_g:
                 o = older.get(g)
                 if o is None:
-                    o = older[g] = gmap.blocks_older_than(lo, span, g)
+                    o = older[g] = taken(gmap, full, lo, span, g)
                     written[g] = _zeros(span)
                     single[g] = []
                 ones = single[g]
@@ -546,7 +546,7 @@ class StreamRestorer:
         for g, w in written.items():
             if single[g]:
                 w[single[g]] = 1
-            gmap.apply_restored_mask(lo, w, g)
+            gmap.apply_restored_mask(lo, w, leaves_generation(full, g))
             done = w if done is None else done | w
         if done is not None and self._bookkeeping:
             keep = ~done
@@ -617,14 +617,12 @@ def apply_record(store: BlockStore, gmap: GenerationMap, h: StreamHeader, rec: R
         chk.skipped_forbidden += 1
         return
     bs = h.block_size
-    if h.full:
-        runs = ((first, n),)
-    else:
-        older = gmap.blocks_older_than(first, n, g)
-        if not older.any():
-            chk.skipped_older += 1
-            return
-        runs = ((first, n),) if older.all() else tuple((first + a, k) for a, k in extents(older))
+    take = taken(gmap, h.full, first, n, g)
+    if not take.any():
+        chk.skipped_older += 1
+        return
+    runs = ((first, n),) if take.all() else tuple((first + a, k) for a, k in extents(take))
+    leaves = leaves_generation(h.full, g)
     data = None if rec.data is None else memoryview(rec.data)
     for a, k in runs:
         off = a * bs
@@ -634,8 +632,8 @@ def apply_record(store: BlockStore, gmap: GenerationMap, h: StreamHeader, rec: R
         else:
             rel = off - first * bs
             store.write(off, data[rel:rel + length])
-        if not h.full:
-            gmap.apply_restored(a, k, g)
+        if leaves is not None:
+            gmap.apply_restored(a, k, leaves)
         lost[a:a + k] = 0
         uncertain[a:a + k] = 0
         chk.blocks_written += k

@@ -28,8 +28,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .streamstore import (CommitOnExit, NoSuchStream, StoredStream, StreamExists, StreamRef,
-                          StreamStoreError)
+from .streamstore import (NoSuchStream, StoredStream, StreamExists, StreamRef, StreamStoreError,
+                          StreamWriter)
 
 __all__ = ["S3Streams", "S3Writer", "S3Ref", "Upload", "parse_s3_url", "DEFAULT_PART_SIZE",
            "MIN_PART_SIZE", "MAX_PART_SIZE", "DEFAULT_UPLOADS", "MAX_PARTS"]
@@ -91,6 +91,9 @@ def _describe(exc: BaseException, bucket: str, what: str) -> str:
             return f"{what}: access denied to {where} (bad credentials or no permission)"
         if code in ("NoSuchUpload",):
             return f"{what}: the multipart upload is gone (aborted by someone else?)"
+        if code in ("PreconditionFailed",) or status == 412:
+            # reads are pinned to the ETag of the object first seen (S3Ref.etag)
+            return f"{what}: the object was replaced since it was first read"
         return f"{what}: {code or status} {' '.join(msg.split())}".rstrip()
     if isinstance(exc, E.BotoCoreError):
         return f"{what}: {' '.join(str(exc).split())}"
@@ -274,7 +277,7 @@ class _PartBody(io.RawIOBase):
         return len(self.mv)
 
 
-class S3Writer(CommitOnExit):
+class S3Writer(StreamWriter):
     """One stream being uploaded; see the module doc for the guarantees."""
 
     def __init__(self, store: S3Streams, key: str, upload_id: str, force: bool) -> None:
@@ -394,6 +397,7 @@ class S3Writer(CommitOnExit):
 
 class S3Ref(StreamRef):
     """A stream object to read."""
+    cheap_seek = False               # a seek is a new ranged GET
 
     def __init__(self, store: S3Streams, key: str, head: dict) -> None:
         self.store = store

@@ -6,8 +6,8 @@ needs; the backup engine writes into a :class:`StreamWriter` and the readers
 (restore, verify, merge, catalog) open a :class:`StreamRef`.
 
 The one promise every writer keeps: the name shows a stream only once the
-writer was closed without an error (:meth:`StreamWriter.commit`); any failure
-(:meth:`StreamWriter.abort`, an exception in the ``with`` block, a killed
+writer was closed without an error (:meth:`CommitOnExit.commit`); any failure
+(:meth:`CommitOnExit.abort`, an exception in the ``with`` block, a killed
 process) leaves nothing under the name.  Files get it from ``NAME.partial``
 plus a rename, S3 from a multipart upload completed only at the end
 (``volume/s3streams.py``).  A backup commits its map cut only after
@@ -20,12 +20,13 @@ file numbers (``tape/backupset.py``).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 __all__ = ["StreamStoreError", "StreamExists", "NoSuchStream", "StreamWriter", "StreamRef",
            "CommitOnExit",
-           "StoredStream", "FileStreams", "is_s3_url", "open_ref", "open_writer"]
+           "StoredStream", "FileStreams", "is_s3_url", "same_stream", "open_ref", "open_writer"]
 
 
 class StreamStoreError(Exception):
@@ -40,57 +41,18 @@ class NoSuchStream(StreamStoreError):
     """No stream under that name."""
 
 
-class StreamWriter(Protocol):
-    """A stream being stored: ``write`` its bytes, then ``commit`` or ``abort``.
+class CommitOnExit(ABC):
+    """Something that ends in ``commit`` or ``abort``; ``with`` it commits on a clean
+    exit and aborts on an exception.  Both are idempotent: once one of them has
+    finished, later calls do nothing (callers may ``abort()`` in a ``finally``)."""
 
-    As a context manager: commit on a clean exit, abort on an exception."""
-    name: str
-    written: int
-
-    def write(self, data) -> int: ...
-    def commit(self) -> None: ...
-    def abort(self) -> None: ...
-    def __enter__(self) -> "StreamWriter": ...
-    def __exit__(self, exc_type, exc, tb) -> None: ...
-
-
-@dataclass
-class StoredStream:
-    """One stream as a catalog sees it (without reading it)."""
-    name: str
-    size: int
-    modified: float          # Unix seconds
-
-
-class StreamRef:
-    """A stored stream to read: ``open()`` may be called more than once (verify reads
-    the header first, then the whole stream)."""
-    name: str
-
-    def size(self) -> int:
-        raise NotImplementedError
-
-    def open(self) -> BinaryIO:
-        raise NotImplementedError
-
-    def read_range(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset`` (fewer at the end); for headers and trailers."""
-        with self.open() as f:
-            f.seek(offset)
-            return f.read(length)
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class CommitOnExit:
-    """``with writer:`` commits on a clean exit and aborts on an exception."""
-
+    @abstractmethod
     def commit(self) -> None:
-        raise NotImplementedError
+        """Make the result visible under its name (only now)."""
 
+    @abstractmethod
     def abort(self) -> None:
-        raise NotImplementedError
+        """Drop everything written; nothing appears under the name."""
 
     def __enter__(self):
         return self
@@ -102,8 +64,57 @@ class CommitOnExit:
             self.abort()
 
 
+class StreamWriter(CommitOnExit):
+    """A stream being stored: ``write`` its bytes, then ``commit`` or ``abort``.
+
+    ``name`` is what the user gave (a path, an ``s3://`` URL); ``written`` counts
+    the bytes taken so far."""
+    name: str
+    written: int
+
+    @abstractmethod
+    def write(self, data) -> int:
+        """Take the next bytes of the stream (bytes-like); returns their length."""
+
+
+@dataclass
+class StoredStream:
+    """One stream as a catalog sees it (without reading it)."""
+    name: str
+    size: int
+    modified: float          # Unix seconds
+
+
+class StreamRef(ABC):
+    """A stored stream to read: ``open()`` may be called more than once (verify reads
+    the header first, then the whole stream; merge reads it twice).
+
+    ``cheap_seek``: a seek of the opened stream costs no more than a read of a
+    few bytes (a file).  Where it does not (S3: a new ranged GET), readers that
+    skip short gaps read through them instead."""
+    name: str
+    cheap_seek: bool = True
+
+    @abstractmethod
+    def size(self) -> int:
+        """The stream's length in bytes."""
+
+    @abstractmethod
+    def open(self) -> BinaryIO:
+        """A new binary file object over the stream, positioned at byte 0 (seekable)."""
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (fewer at the end); for headers and trailers."""
+        with self.open() as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def __str__(self) -> str:
+        return self.name
+
+
 # ------------------------------------------------------------------------ files
-class _PartialFile(CommitOnExit):
+class _PartialFile(StreamWriter):
     """A stream file written as NAME.partial and renamed to NAME only on commit."""
 
     def __init__(self, path: str, force: bool) -> None:
@@ -179,6 +190,13 @@ class FileStreams:
 # ---------------------------------------------------------------------- dispatch
 def is_s3_url(text: str) -> bool:
     return text.startswith("s3://")
+
+
+def same_stream(a: str, b: str) -> bool:
+    """Do two names denote the same stream (one path spelt two ways, or one S3 URL)?"""
+    if is_s3_url(a) or is_s3_url(b):
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def open_writer(name: str, *, force: bool = False, s3_options: dict | None = None) -> StreamWriter:
