@@ -598,15 +598,14 @@ class TrackingStore(BlockStore):
                 if busy is not None:
                     raise TrackingBusy(f"{self._label()} grew to {size} bytes while {busy} is "
                                        f"open: the growth waits until it ends")
-            if restoring:
-                grow_inner = getattr(self.inner, "grow", None)
-                if grow_inner is None:
-                    raise TrackingError(f"{self._label()} holds {self.size} bytes and cannot "
-                                        f"grow to the stream's {size} bytes: resize it first")
-                grow_inner(size)
-            elif self.inner.size < size:
-                raise TrackingError(f"{self._label()}: the store holds {self.inner.size} bytes, "
-                                    f"not {size}")
+            grow_inner = getattr(self.inner, "grow", None)
+            if grow_inner is not None:
+                grow_inner(size)                # a file: extended (sparse) if it is not yet
+            elif restoring:
+                raise TrackingError(f"{self._label()} holds {self.size} bytes and cannot "
+                                    f"grow to the stream's {size} bytes: resize it first")
+            else:
+                self.inner.size = size          # an RBD image the watcher saw grow
             try:
                 self._map.grow(size, mark_new=not restoring)
             except MapError as exc:
@@ -620,8 +619,14 @@ class TrackingStore(BlockStore):
 
     def limit_to(self, end: int | None) -> None:
         """I/O past byte ``end`` fails with StoreOutOfRange (the image shrank under a
-        tracked LU, which keeps serving its old size); None: no limit."""
-        self._limit = end if end is not None and end < self.size else None
+        tracked LU, which keeps serving its old size); None: no limit.  The range past
+        ``end`` is marked first: its data is gone (an image grown back reads zeroes
+        there), so the next differential must carry it."""
+        if end is None or end >= self.size:
+            self._limit = None
+            return
+        self._mark(end, self.size - end, sync=True)
+        self._limit = end
 
     def _check_limit(self, offset: int, n: int) -> None:
         if offset + n > self._limit:
