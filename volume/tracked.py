@@ -48,7 +48,8 @@ from .store import BlockStore, StoreError, StoreOutOfRange
 if TYPE_CHECKING:  # pragma: no cover
     from .session import VolumeSessions
 
-__all__ = ["TrackingStore", "TrackingError", "TrackingBusy", "BackupState", "RestoreMark", "map_paths",
+__all__ = ["TrackingStore", "TrackingError", "TrackingBusy", "BackupState", "RestoreMark",
+           "map_paths",
            "read_sidecar", "MAP_SUFFIX", "SIDECAR_SUFFIX", "DEFAULT_GRANULARITY"]
 
 MAP_SUFFIX = ".genmap"
@@ -588,7 +589,7 @@ class TrackingStore(BlockStore):
                 return
             if size < self.size:
                 raise TrackingError(
-                    f"{self._label()} shrank from {self.size} to {size} bytes: shrinking a "
+                    f"{self.volume_label()} shrank from {self.size} to {size} bytes: shrinking a "
                     f"tracked volume is refused (the generation map cannot drop blocks that "
                     f"backups hold)")
             if not restoring:
@@ -596,20 +597,20 @@ class TrackingStore(BlockStore):
                 if busy is None and self._map.pending_cut is not None:
                     busy = "a backup stream"
                 if busy is not None:
-                    raise TrackingBusy(f"{self._label()} grew to {size} bytes while {busy} is "
-                                       f"open: the growth waits until it ends")
+                    raise TrackingBusy(f"{self.volume_label()} grew to {size} bytes while "
+                                       f"{busy} is open: the growth waits until it ends")
             grow_inner = getattr(self.inner, "grow", None)
             if grow_inner is not None:
                 grow_inner(size)                # a file: extended (sparse) if it is not yet
             elif restoring:
-                raise TrackingError(f"{self._label()} holds {self.size} bytes and cannot "
+                raise TrackingError(f"{self.volume_label()} holds {self.size} bytes and cannot "
                                     f"grow to the stream's {size} bytes: resize it first")
             else:
                 self.inner.size = size          # an RBD image the watcher saw grow
             try:
                 self._map.grow(size, mark_new=not restoring)
             except MapError as exc:
-                raise TrackingError(f"generation map of {self._label()}: {exc}") from None
+                raise TrackingError(f"generation map of {self.volume_label()}: {exc}") from None
             if self.state.restore is not None:
                 self.state.restore.grow(self._map.entries)
             self.size = size
@@ -630,17 +631,17 @@ class TrackingStore(BlockStore):
 
     def _check_limit(self, offset: int, n: int) -> None:
         if offset + n > self._limit:
-            raise StoreOutOfRange(f"{self._label()}: bytes {offset}+{n} lie past the image's "
-                                  f"end at {self._limit} (it shrank while tracked)")
+            raise StoreOutOfRange(f"{self.volume_label()}: bytes {offset}+{n} lie past the "
+                                  f"image's end at {self._limit} (it shrank while tracked)")
 
-    def _label(self) -> str:
+    def volume_label(self) -> str:
         return self._place.volume_label if self._place is not None else "the memory volume"
 
     def watch_size(self, changed, interval: float = 2.0) -> None:
         """The inner store's size watcher (an RBD image's ``rbd resize``), if it has one."""
         watch = getattr(self.inner, "watch_size", None)
         if watch is None:
-            raise StoreError(f"{self._label()}: its size is not watched")
+            raise StoreError(f"{self.volume_label()}: its size is not watched")
         watch(changed, interval)
 
     # -- BlockStore -----------------------------------------------------------

@@ -65,6 +65,16 @@ class DiskLU(LogicalUnit):
             # A resized image (rbd resize) is adopted between commands; every
             # initiator then hears CAPACITY DATA HAS CHANGED before its next command.
             store.watch_size(lambda size: self._lane.call(self._resized, size))
+        listeners = getattr(store, "grow_listeners", None)
+        if listeners is not None:
+            # A tracked volume that grew (its image resized, or a restore of the grown
+            # volume's differential onto it) is served at its new size from then on.
+            listeners.append(self._store_grew)
+
+    def _store_grew(self, size: int) -> None:
+        blocks = size // self.block_size
+        if blocks > self.num_blocks:
+            self.adopt_capacity(blocks)
 
     def _resized(self, size: int) -> None:
         """On the lane, alone: adopt an image size the watcher saw (``rbd resize``).
@@ -104,8 +114,8 @@ class DiskLU(LogicalUnit):
                 return
             log.info("%s grew to %d bytes: generation map grown, new blocks marked changed",
                      self._volume_label(), new)
-        else:
-            self.store.size = blocks * self.block_size
+            return                              # served from now on: _store_grew
+        self.store.size = blocks * self.block_size
         self.adopt_capacity(blocks)
 
     def adopt_capacity(self, blocks: int) -> None:
@@ -124,7 +134,7 @@ class DiskLU(LogicalUnit):
         t.start()
 
     def _volume_label(self) -> str:
-        label = getattr(self.store, "_label", None)
+        label = getattr(self.store, "volume_label", None)
         return label() if callable(label) else "the volume"
 
     def execute(self, cmd: Command) -> Response | Deferred:
