@@ -780,6 +780,10 @@ class VolumeSessions:
             self.last_restore = w.result
             return w
 
+    def volume_grew(self, size: int) -> None:
+        """Streams of the grown volume may be longer: so may the pseudo device."""
+        self.device_size = max(self.device_size, capacity_bound(size, self.vol.map.granularity))
+
     def busy_with(self) -> str | None:
         """What stream is open (a volume cannot grow under it), or None."""
         with self.lock:

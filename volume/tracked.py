@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Iterator
 from bitarray import bitarray
 
 from . import blockcrc
-from .genmap import GenerationMap, MapCorrupt, MapError, journal_path
+from .genmap import GenerationMap, MapBusy, MapCorrupt, MapError, journal_path
 from .pitcut import CowSettings, PitCut
 from .store import BlockStore, StoreError, StoreOutOfRange
 
@@ -584,6 +584,9 @@ class TrackingStore(BlockStore):
         generation 0, for the stream's records to fill.  Raises TrackingBusy while a
         backup or restore stream is open (the caller retries), TrackingError for a
         shrink (refused: the map cannot drop blocks that backups hold)."""
+        # The sessions' lock is taken before the volume's elsewhere: ask it first.
+        busy = self._sessions.busy_with() if self._sessions is not None and not restoring \
+            else None
         with self.lock:
             if size == self.size:
                 return
@@ -592,13 +595,11 @@ class TrackingStore(BlockStore):
                     f"{self.volume_label()} shrank from {self.size} to {size} bytes: shrinking a "
                     f"tracked volume is refused (the generation map cannot drop blocks that "
                     f"backups hold)")
-            if not restoring:
-                busy = self._sessions.busy_with() if self._sessions is not None else None
-                if busy is None and self._map.pending_cut is not None:
-                    busy = "a backup stream"
-                if busy is not None:
-                    raise TrackingBusy(f"{self.volume_label()} grew to {size} bytes while "
-                                       f"{busy} is open: the growth waits until it ends")
+            if not restoring and busy is None and self._map.pending_cut is not None:
+                busy = "a backup stream"
+            if busy is not None:
+                raise TrackingBusy(f"{self.volume_label()} grew to {size} bytes while "
+                                   f"{busy} is open: the growth waits until it ends")
             grow_inner = getattr(self.inner, "grow", None)
             if grow_inner is not None:
                 grow_inner(size)                # a file: extended (sparse) if it is not yet
@@ -609,12 +610,17 @@ class TrackingStore(BlockStore):
                 self.inner.size = size          # an RBD image the watcher saw grow
             try:
                 self._map.grow(size, mark_new=not restoring)
+            except MapBusy:                     # a backup began since the question above
+                raise TrackingBusy(f"{self.volume_label()} grew to {size} bytes while a backup "
+                                   f"stream is open: the growth waits until it ends") from None
             except MapError as exc:
                 raise TrackingError(f"generation map of {self.volume_label()}: {exc}") from None
             if self.state.restore is not None:
                 self.state.restore.grow(self._map.entries)
             self.size = size
             self.save_state()
+            if self._sessions is not None:
+                self._sessions.volume_grew(size)
         for fn in list(self.grow_listeners):
             fn(size)
 

@@ -65,6 +65,8 @@ class DiskLU(LogicalUnit):
             # A resized image (rbd resize) is adopted between commands; every
             # initiator then hears CAPACITY DATA HAS CHANGED before its next command.
             store.watch_size(lambda size: self._lane.call(self._resized, size))
+        self._grow_waits = False
+        self._wanted_size = store.size
         listeners = getattr(store, "grow_listeners", None)
         if listeners is not None:
             # A tracked volume that grew (its image resized, or a restore of the grown
@@ -105,13 +107,16 @@ class DiskLU(LogicalUnit):
             try:
                 grow(new)
             except TrackingBusy as exc:
-                log.warning("%s; retrying in %g s", exc, _GROW_RETRY)
+                if not self._grow_waits:        # said once per growth, retried quietly
+                    log.warning("%s; retrying every %g s", exc, _GROW_RETRY)
+                self._grow_waits = True
                 self._retry_resize()
                 return
             except TrackingError as exc:
                 log.error("%s: the growth to %d bytes failed, keeping %d bytes: %s",
                           self._volume_label(), new, self.num_blocks * self.block_size, exc)
                 return
+            self._grow_waits = False
             log.info("%s grew to %d bytes: generation map grown, new blocks marked changed",
                      self._volume_label(), new)
             return                              # served from now on: _store_grew
