@@ -65,7 +65,7 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--disk", metavar="PATH[:SIZE]", action="append",
                    help="backing file of the next LUN (0, 1, ...); with SIZE (e.g. 64M, 1G) "
                    "it is created sparse if missing (repeatable). rbd:POOL/IMAGE[:SIZE]: a "
-                   "Ceph RBD image instead (exclusive lock, untracked; docs/rbd.md)")
+                   "Ceph RBD image instead (exclusive lock; tracked with its map in RADOS; docs/rbd.md)")
     s.add_argument("--ceph-conf", metavar="FILE",
                    help="ceph.conf for the --disk rbd:POOL/IMAGE disks (default: librados' "
                    "own: $CEPH_CONF, /etc/ceph/ceph.conf)")
@@ -74,6 +74,10 @@ def _add_serve_args(s: argparse.ArgumentParser) -> None:
                    "(default admin)")
     s.add_argument("--ceph-keyring", metavar="FILE",
                    help="keyring of that client (default: what ceph.conf says)")
+    s.add_argument("--rbd-take-over", action="store_true",
+                   help="serve the RBD disks even if another target holds them: fence that "
+                   "client (blocklist) and break its image and map locks at once, instead of "
+                   "refusing (for a failover manager that knows the holder is dead or must stop)")
     s.add_argument("--no-track", dest="track", action="store_false",
                    help="don't record changed blocks for differential backup")
     s.add_argument("--backup-device", action="store_true",
@@ -123,7 +127,8 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
                                      ("--send-queue-bound", args.send_queue_bound),
                                      ("--ceph-conf", args.ceph_conf),
                                      ("--ceph-id", args.ceph_id),
-                                     ("--ceph-keyring", args.ceph_keyring)) if used]
+                                     ("--ceph-keyring", args.ceph_keyring),
+                                     ("--rbd-take-over", args.rbd_take_over)) if used]
     if args.config:
         if quick:
             raise UsageError(f"--config cannot be combined with {', '.join(quick)}; "
@@ -132,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> C.ServerConfig:
     return C.from_flags(listen=args.listen, iqn=args.iqn, disks=args.disk,
                         track=args.track, chap=args.chap, backup_device=args.backup_device,
                         ceph_conf=args.ceph_conf, ceph_id=args.ceph_id,
-                        ceph_keyring=args.ceph_keyring,
+                        ceph_keyring=args.ceph_keyring, rbd_take_over=args.rbd_take_over,
                         tapes=args.tape, cow_dir=args.cow_dir, cow_size=args.cow_size,
                         write_budget=args.write_budget,
                         target_write_budget=args.target_write_budget,

@@ -384,7 +384,8 @@ _LUN_KEYS = ("lun", "path", "size", "block_size", "read_only", "create", "track"
              "track_granularity", "serial", "cow_dir", "cow_size", "rbd", "track_map",
              "track_map_path", "track_map_lock")
 _PART_KEYS = ("path", "size")
-_RBD_KEYS = ("pool", "image", "conf", "client_id", "keyring", "op_timeout", "mount_timeout")
+_RBD_KEYS = ("pool", "image", "conf", "client_id", "keyring", "op_timeout", "mount_timeout",
+             "take_over")
 # What an RBD-backed [[target.lun]] takes besides its [target.lun.rbd] table.
 _RBD_LUN_KEYS = ("lun", "kind", "rbd", "size", "create", "block_size", "read_only", "track",
                  "removable", "physical_block_size", "write_same_zero", "serial",
@@ -875,6 +876,8 @@ def _parse_rbd_lun(r: _Reader, d: dict, key: str, lun: int) -> LunSpec:
                 raise r.fail(_join(rkey, k), f"{v!r}: expected seconds, more than 0 and at "
                              "most 3600")
             opts[k] = float(v)
+    if r.typed(t, rkey, "take_over", bool, False):
+        opts["take_over"] = True
     spec_rbd = RbdSpec(pool, image, **opts)
     size = _parse_size_key(r, d, key)
     create = r.typed(d, key, "create", bool, False)
@@ -1130,7 +1133,7 @@ def parse_disk_arg(text: str) -> tuple[Path, int | None]:
 
 
 def parse_rbd_disk_arg(text: str, conf: str | None = None, client_id: str | None = None,
-                       keyring: str | None = None):
+                       keyring: str | None = None, take_over: bool = False):
     """"rbd:POOL/IMAGE[:SIZE]" as (RbdSpec, size or None); ValueError says what is wrong."""
     from volume.rbdstore import RbdSpec, parse_rbd_name
     body = text[len("rbd:"):]
@@ -1155,13 +1158,15 @@ def parse_rbd_disk_arg(text: str, conf: str | None = None, client_id: str | None
         opts["client_id"] = client_id
     if size is not None and size % 512:
         raise ValueError(f"{size} bytes is not a multiple of the block size 512")
+    if take_over:
+        opts["take_over"] = True
     return RbdSpec(pool, image, **opts), size
 
 
 def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
                disks: list[str] | None = None, track: bool = True,
                ceph_conf: str | None = None, ceph_id: str | None = None,
-               ceph_keyring: str | None = None,
+               ceph_keyring: str | None = None, rbd_take_over: bool = False,
                chap: str | None = None, backup_device: bool = False,
                tapes: list[str] | None = None, cow_dir: str | None = None,
                cow_size: str | None = None, write_budget: str | None = None,
@@ -1221,7 +1226,8 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
         raise ConfigError(f"{src}: --cow-dir/--cow-size need tracking (drop --no-track)")
     if not any(d.startswith("rbd:") for d in disks or []):
         for flag, v in (("--ceph-conf", ceph_conf), ("--ceph-id", ceph_id),
-                        ("--ceph-keyring", ceph_keyring)):
+                        ("--ceph-keyring", ceph_keyring),
+                        ("--rbd-take-over", True if rbd_take_over else None)):
             if v is not None:
                 raise ConfigError(f"{src}: {flag} applies to RBD disks only "
                                   "(--disk rbd:POOL/IMAGE)")
@@ -1229,7 +1235,8 @@ def from_flags(*, listen: list[str] | None = None, iqn: str | None = None,
         items = []
         for d in disks:
             try:
-                items.append(parse_rbd_disk_arg(d, ceph_conf, ceph_id, ceph_keyring)
+                items.append(parse_rbd_disk_arg(d, ceph_conf, ceph_id, ceph_keyring,
+                                                take_over=rbd_take_over)
                              if d.startswith("rbd:") else parse_disk_arg(d))
             except ValueError as e:
                 raise ConfigError(f"{src}: --disk {d}: {e}") from None
@@ -1408,7 +1415,8 @@ def _track_rbd(spec: LunSpec, store):
         from volume.radosmap import DEFAULT_LOCK_DURATION, RadosMapStorage
         storage = RadosMapStorage(store.cluster, store.ioctx, store.object_name("genmap")
                                   .rsplit(".", 1)[0],
-                                  lock_duration=spec.track_map_lock or DEFAULT_LOCK_DURATION)
+                                  lock_duration=spec.track_map_lock or DEFAULT_LOCK_DURATION,
+                                  take_over=spec.rbd.take_over)
         return TrackingStore.open_rados(store, storage, volume=str(spec.rbd),
                                         granularity=spec.track_granularity, cow=cow,
                                         volume_id=store.volume_id)

@@ -133,8 +133,12 @@ def test_full_and_differential_are_point_in_time_while_a_writer_runs(diffbackup,
 def test_exhausted_preservation_space_fails_diffbackup_and_completes_nothing(diffbackup, tmp_path):
     initial = initial_image(3)
     (tmp_path / "v.img").write_bytes(initial)
-    with ServerProcess.from_flags(tmp_path, "--disk", str(tmp_path / "v.img"), "--backup-device",
-                                  "--cow-size", "64K") as srv:
+    # The stall holds the stream's first read after the cut, so the writer overruns the
+    # 64 KiB of preservation space however fast the rest is delivered.
+    target = Target(C.DEFAULT_IQN, [Lun(0, None, {"cow_size": "64K"}, path=tmp_path / "v.img"),
+                                    Lun(1, None, {"kind": "backup", "source": 0})],
+                    faults=[SLOW_FIRST_READ])
+    with ServerProcess(tmp_path, [target]) as srv:
         w = Writer(srv.url(0), 4)
         w.start()
         try:

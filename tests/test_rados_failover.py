@@ -43,13 +43,15 @@ def cluster(ceph_cluster):
 class Target(ServerProcess):
     """``scsi-target serve --config`` in its own state directory (one "host")."""
 
-    def __init__(self, state: Path, conf: str, image: str, *, attempts_until: float = 90):
+    def __init__(self, state: Path, conf: str, image: str, *, attempts_until: float = 90,
+                 take_over: bool = False):
         state.mkdir(parents=True, exist_ok=True)
         cfg = state / "target.toml"
         cfg.write_text(
             'portals = ["127.0.0.1:0"]\n\n[[target]]\n'
             f'iqn = "{DEFAULT_IQN}"\n\n[[target.lun]]\nlun = 0\ntrack_map_lock = {LOCK}\n'
-            f'[target.lun.rbd]\npool = "{POOL}"\nimage = "{image}"\nconf = "{conf}"\n\n'
+            f'[target.lun.rbd]\npool = "{POOL}"\nimage = "{image}"\nconf = "{conf}"\n'
+            f'take_over = {"true" if take_over else "false"}\n\n'
             '[[target.lun]]\nlun = 1\nkind = "backup"\nsource = 0\n')
         super().__init__(state, None, args=("--config", str(cfg)))
         self.start_timeout = attempts_until     # B's start waits out A's image lock
@@ -127,9 +129,14 @@ def _restore(tmp: Path, streams: list[Path], name: str) -> bytes:
     return out.read_bytes()
 
 
-def test_kill9_failover_keeps_every_acknowledged_block(cluster, tmp_path):
+TAKE_OVER = pytest.mark.parametrize("take_over", [False, True], ids=["waits", "takes-over"])
+
+
+@TAKE_OVER
+def test_kill9_failover_keeps_every_acknowledged_block(cluster, tmp_path, take_over):
+    """B waits for A's locks to lapse, or (take_over) fences A and breaks them at once."""
     conf = str(cluster.conf)
-    image = "vol-kill"
+    image = f"vol-kill-{take_over:d}"
     cluster.run("rbd", "create", f"{POOL}/{image}", "--size", "16M")
     first = Target(tmp_path / "host0", conf, image)
     streams = [tmp_path / "full"]
@@ -158,7 +165,8 @@ def test_kill9_failover_keeps_every_acknowledged_block(cluster, tmp_path):
             else:
                 in_flight.setdefault(block, set()).update(sent)
         t0 = time.monotonic()
-        serving = Target(tmp_path / f"host{it}", conf, image)      # another "host"
+        serving = Target(tmp_path / f"host{it}", conf, image,      # another "host"
+                         take_over=take_over)
         takeover.append(time.monotonic() - t0)
         streams.append(tmp_path / f"diff{it}")
         r = diffbackup("diff", serving.url(0), "--scope", "1", "-o", str(streams[-1]))
@@ -180,11 +188,14 @@ def test_kill9_failover_keeps_every_acknowledged_block(cluster, tmp_path):
           f"blocks; takeover {', '.join(f'{t:.1f}' for t in takeover)} s")
     assert not missed, f"acknowledged blocks missing from the restore: {missed[:10]}"
     assert acked_total > 100 and kills == 4
+    if take_over:
+        assert max(takeover) < 15, f"take-over took {takeover} s"
 
 
-def test_a_paused_target_is_fenced_after_another_takes_over(cluster, tmp_path):
+@TAKE_OVER
+def test_a_paused_target_is_fenced_after_another_takes_over(cluster, tmp_path, take_over):
     conf = str(cluster.conf)
-    image = "vol-pause"
+    image = f"vol-pause-{take_over:d}"
     cluster.run("rbd", "create", f"{POOL}/{image}", "--size", "16M")
     a = Target(tmp_path / "hostA", conf, image)
     b = None
@@ -195,7 +206,11 @@ def test_a_paused_target_is_fenced_after_another_takes_over(cluster, tmp_path):
         ca.__enter__()
         assert ca.write(0, _content(0, 1)).good               # A serves
         a.signal(signal.SIGSTOP)
-        b = Target(tmp_path / "hostB", conf, image)          # waits out A's locks
+        t0 = time.monotonic()
+        b = Target(tmp_path / "hostB", conf, image,          # waits out A's locks,
+                   take_over=take_over)                      # or breaks them at once
+        if take_over:
+            assert time.monotonic() - t0 < 15, "take-over of a paused holder took too long"
         with SyncIscsiClient(b.url(0), timeout=30) as cb:
             for blk in (1, 2, 3):
                 assert cb.write(blk * 8, _content(blk, 2)).good

@@ -89,6 +89,7 @@ def test_rbd_subtable_form_and_defaults(tmp_path):
      r'lun\[0\]\.rbd: not allowed for kind = "tape"'),
     ('rbd = { pool = "p", image = "i" }\nblock_size = 1000', r"block_size: 1000 is not supported"),
     ('rbd = "p/i"', r"lun\[0\]\.rbd: expected a table"),
+    ('rbd = { pool = "p", image = "i", take_over = "yes" }', r"rbd\.take_over: "),
 ])
 def test_bad_rbd_luns_get_one_line(tmp_path, body, message):
     with pytest.raises(C.ConfigError, match=message) as e:
@@ -128,6 +129,7 @@ def test_quick_flag_rbd_disks(tmp_path):
     (dict(disks=["rbd:p/i"], ceph_conf="/nonexistent/ceph.conf"),
      r"--ceph-conf /nonexistent/ceph.conf: does not exist"),
     (dict(disks=["rbd:p/i"], ceph_id="client.x"), r"--ceph-id 'client.x': expected the id alone"),
+    (dict(disks=["x.img:1M"], rbd_take_over=True), r"--rbd-take-over applies to RBD disks only"),
     (dict(disks=["rbd:p/i"], backup_device=True, track=False),
      r"--backup-device needs tracking \(drop --no-track\)"),
 ])
@@ -172,3 +174,13 @@ def test_docs_rbd_example_parses(tmp_path):
     assert [s.rbd.name for s in luns] == ["rbd:rbd/db0", "rbd:rbd/scratch"]
     assert (luns[0].rbd.client_id, luns[0].block_size) == ("iscsi", 4096)
     assert (luns[1].size, luns[1].create, luns[1].rbd.op_timeout) == (64 << 30, True, 10.0)
+
+
+def test_take_over_from_the_table_and_the_flag(tmp_path):
+    """take_over: break another holder's locks instead of refusing (docs/rbd.md)."""
+    spec = _load(tmp_path, 'rbd = { pool = "p", image = "i", take_over = true }').targets[0].luns[0]
+    assert spec.rbd.take_over
+    assert not _load(tmp_path, 'rbd = { pool = "p", image = "i" }').targets[0].luns[0].rbd.take_over
+    a, f = C.from_flags(disks=["rbd:p/i", str(tmp_path / "f.img:1M")],
+                        rbd_take_over=True).targets[0].luns
+    assert a.rbd.take_over and f.rbd is None

@@ -52,6 +52,21 @@ def test_a_remote_volume_session_needs_none_of_them_either():
     assert not loaded
 
 
+def test_the_backup_path_client_needs_no_event_loop():
+    # RemoteVolume's client is the blocking one: no asyncio, no thread to start.
+    mods = _fresh(
+        "import json, sys, tools.diffbackup\n"
+        "from scsi_target.initiator.blocking import BlockingIscsiClient\n"
+        "from scsi_target.initiator.url import parse_url\n"
+        "from scsi_target.initiator.cdb import inquiry, report_luns, read_capacity16\n"
+        "from scsi_target.scsi.layouts import backup\n"
+        "print(json.dumps(sorted(sys.modules)))")
+    assert not [m for m in ("asyncio", "concurrent.futures", "threading", "ssl")
+                if m in mods]
+    loaded = [m for m in _NOT_FOR_A_BACKUP if any(x == m or x.startswith(m + ".") for x in mods)]
+    assert not loaded
+
+
 def test_pdu_codecs_are_generated_on_first_use_and_only_for_that_type():
     out = _fresh(
         "import json\n"

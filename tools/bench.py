@@ -450,7 +450,9 @@ def _num(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
 
 
-def render(rows: dict[str, Row], sides: list[str], rounds: int):
+def render(rows: dict[str, Row], sides: list[str], rounds: int,
+           ratio: tuple[str, str] = ("ours", "tgt")):
+    """The results table; with two sides, a column of ratio[0]'s median over ratio[1]'s."""
     from rich.table import Table
     table = Table(title=f"iSCSI target benchmark: medians of {rounds} alternating round(s), "
                         "same tmpfs image, one target at a time")
@@ -460,7 +462,7 @@ def render(rows: dict[str, Row], sides: list[str], rounds: int):
         table.add_column(f"{s} (min–max)", justify="right")
         table.add_column(f"{s} CPU µs/cmd", justify="right")
     if len(sides) == 2:
-        table.add_column("ours/tgt", justify="right")
+        table.add_column(f"{ratio[0]}/{ratio[1]}", justify="right")
     for row in rows.values():
         cells = []
         for s in sides:
@@ -473,16 +475,16 @@ def render(rows: dict[str, Row], sides: list[str], rounds: int):
             cpu = row.cpu_us(s)
             cells.append("-" if cpu is None else f"{cpu:,.1f}")
         if len(sides) == 2:
-            ratio = row_ratio(row)
-            cells.append("-" if ratio is None else
-                         f"[{'green' if ratio >= 1 else 'yellow' if ratio >= 0.5 else 'red'}]"
-                         f"{ratio:.2f}[/]")
+            r = row_ratio(row, *ratio)
+            cells.append("-" if r is None else
+                         f"[{'green' if r >= 1 else 'yellow' if r >= 0.5 else 'red'}]"
+                         f"{r:.2f}[/]")
         table.add_row(row.test.name, row.test.unit, *cells)
     return table
 
 
-def row_ratio(row: Row) -> float | None:
-    a, b = row.median("ours"), row.median("tgt")
+def row_ratio(row: Row, top: str = "ours", bottom: str = "tgt") -> float | None:
+    a, b = row.median(top), row.median(bottom)
     if a is not None and b:
         return a / b
     return None

@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"[red]{e}[/red]")
         return 2
     load["load_after"] = list(os.getloadavg())
-    table = B.render(rows, sides, args.rounds)
+    table = B.render(rows, sides, args.rounds,
+                     ("tracked", "untracked") if args.side == "tracking" else ("ours", "tgt"))
     table.title = (f"RBD LUN benchmark: medians of {args.rounds} alternating round(s), "
                    f"same image {args.pool}/{IMAGE}, one target at a time")
     say(table)

@@ -202,7 +202,7 @@ class RemoteVolume:
     """A tracked disk served by a running target, reached through its backup device."""
 
     def __init__(self, url: str, initiator_name: str | None = None) -> None:
-        from scsi_target.initiator.sync import SyncIscsiClient
+        from scsi_target.initiator.blocking import BlockingIscsiClient
         from scsi_target.initiator.url import parse_url
         from scsi_target.scsi.layouts import backup as L
         self.L = L
@@ -218,7 +218,10 @@ class RemoteVolume:
         opts = LoginOptions(max_recv_data_segment_length=1 << 20, max_burst_length=chunk,
                             first_burst_length=chunk, header_digest="None,CRC32C",
                             data_digest="None,CRC32C")
-        self.c = SyncIscsiClient(url, initiator_name=initiator_name, options=opts)
+        # The blocking client: no event loop or thread to start, commands sent
+        # and answers received from this thread (the CmdSN window and Data-In
+        # into the window's buffers as the asyncio client has them).
+        self.c = BlockingIscsiClient(url, initiator_name=initiator_name, options=opts)
         # The device's REPORT GENERATIONS when finding it took one (a disk's URL):
         # the first generations() of this session answers with it, no round trip.
         self._first_generations = None
@@ -424,7 +427,7 @@ class RemoteVolume:
                     yield cmd
 
         pos = 0
-        with sink as f, _progress(show) as prog:
+        with sink as f, _progress(show) as prog, _Writer(f, free) as out:
             task = prog.add_task("backup", total=st.size_bound)
             pending: collections.deque = collections.deque()   # (data, buffer) read, not yet stored
             for r in self.c.pipeline(commands(), READ_PIPELINE + 1):
@@ -441,15 +444,15 @@ class RemoteVolume:
                         data, b = pending.popleft()
                         if total is not None:
                             data = data[:max(0, total - pos)]
-                        f.write(data)
+                        out.write(data, b)          # b comes back to free once written
                         pos += len(data)
-                        free.append(b)
                     prog.update(task, completed=pos)
                 if total is not None and pos >= total:
                     break
             if total is None or pos < total:
                 raise Failure(f"the backup stream did not end within the device's "
                               f"{capacity} bytes")
+            out.close()                                 # all stored (or its error raised)
             st = self.backup_status()
             prog.update(task, completed=pos, total=pos)
             if st.state not in (L.STATE_COMPLETE, L.STATE_HELD):
@@ -584,6 +587,55 @@ class RemoteVolume:
 
     def close(self) -> None:
         self.c.close()
+
+
+class _Writer:
+    """The backup's output written from a thread of its own, so that storing one
+    chunk (a file write, an upload part) overlaps receiving the next: the two
+    are about equal costs of a full backup, both outside the GIL.  At most
+    ``DEPTH`` chunks wait; each buffer goes back to ``free`` once written.  The
+    first error of the output is raised in the caller, by the next ``write``
+    or by ``close``; leaving the ``with`` block waits for the thread."""
+    DEPTH = 4
+
+    def __init__(self, f, free: collections.deque) -> None:
+        import queue
+        import threading
+        self.f, self.free = f, free
+        self.error: BaseException | None = None
+        self._q: queue.Queue = queue.Queue(self.DEPTH)
+        self._t = threading.Thread(target=self._run, name="diffbackup-output", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            data, buf = item
+            if self.error is None:
+                try:
+                    self.f.write(data)
+                except BaseException as e:      # noqa: BLE001 - raised in the caller
+                    self.error = e
+            self.free.append(buf)
+
+    def write(self, data, buf) -> None:
+        if self.error is not None:
+            raise self.error
+        self._q.put((data, buf))
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
 
 
 def _rw16(opcode: int, lba: int, nblocks: int) -> bytes:

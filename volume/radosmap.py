@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -44,6 +46,8 @@ import crc32c
 from .genmap import MapBusy, MapCorrupt, MapError
 from .mapstorage import MapStorage
 from .store import StoreFenced, StoreNoSpace, StoreTimeout
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RadosMapStorage", "MapFenced", "MapTimeout", "MapNoSpace", "LOCK_NAME", "DEFAULT_LOCK_DURATION",
            "journal_object", "POINTER_FORMAT", "OWNER_FORMAT", "pointer_record", "parse_pointer"]
@@ -95,11 +99,15 @@ class RadosMapStorage(MapStorage):
     ``takeover_timeout`` how long opening waits for a held lock (default: a
     little more than one duration).  ``blocklist``: fence the previous holder's
     client at the OSDs when taking over from a holder that did not close.
+    ``take_over``: do not wait for a held lock to lapse -- fence its holder
+    (blocklist) and break the lock at once; for an operator or failover manager
+    that knows the holder is dead or must be stopped.
     """
     volatile_fine = True
 
     def __init__(self, cluster, ioctx, base: str, *, lock_duration: float = DEFAULT_LOCK_DURATION,
-                 takeover_timeout: float | None = None, blocklist: bool = True) -> None:
+                 takeover_timeout: float | None = None, blocklist: bool = True,
+                 take_over: bool = False) -> None:
         from . import ceph_bindings
         self.rados = ceph_bindings.load("rados")
         if lock_duration < 2:
@@ -116,6 +124,7 @@ class RadosMapStorage(MapStorage):
         self.takeover_timeout = (lock_duration * 1.25 + 2 if takeover_timeout is None
                                  else float(takeover_timeout))
         self.blocklist = blocklist
+        self.take_over = take_over
         self.cookie = uuid.uuid4().hex
         self.epoch = 0
         self.took_over_from: dict | None = None   # the owner record found at takeover
@@ -134,6 +143,7 @@ class RadosMapStorage(MapStorage):
             return
         r = self.rados
         deadline = time.monotonic() + self.takeover_timeout
+        broken = False
         while True:
             try:
                 self.ioctx.lock_exclusive(self.jobj, LOCK_NAME, self.cookie,
@@ -142,6 +152,10 @@ class RadosMapStorage(MapStorage):
                                           duration=int(self.lock_duration + 0.999))
                 break
             except (r.ObjectBusy, r.ObjectExists):
+                if self.take_over and not broken:
+                    broken = self._break_holder()
+                    if broken:
+                        continue
                 if time.monotonic() >= deadline:
                     owner = self._omap().get("owner")
                     who = _owner_text(owner)
@@ -169,6 +183,7 @@ class RadosMapStorage(MapStorage):
             self.epoch = epoch + 1
             record = json.dumps({"format": OWNER_FORMAT, "version": 1, "cookie": self.cookie,
                                  "addr": mine.split(",")[0] if mine else "",
+                                 "client": self._client_name(),
                                  "host": socket.gethostname(), "pid": os.getpid(),
                                  "epoch": self.epoch, "since": int(time.time())},
                                 sort_keys=True).encode()
@@ -185,6 +200,38 @@ class RadosMapStorage(MapStorage):
         self._renewer = threading.Thread(target=self._renew_loop, name=f"renew {self.jobj}",
                                          daemon=True)
         self._renewer.start()
+
+    def _client_name(self) -> str:
+        try:
+            return f"client.{int(self.cluster.get_instance_id())}"
+        except Exception:
+            return ""
+
+    def _break_holder(self) -> bool:
+        """Fence the lock's holder (its address blocklisted) and break its lock, from
+        the owner record it left; False when the record does not say enough to."""
+        r = self.rados
+        owner = _parse_owner(self._omap().get("owner") or b"")
+        client, cookie = (owner or {}).get("client"), (owner or {}).get("cookie")
+        if not client or not cookie or not client.startswith("client."):
+            log.warning("%s: cannot take over at once: the holder's record names no client "
+                        "(waiting for its lock to lapse)", self.name)
+            return False
+        addr = owner.get("addr")
+        try:
+            if addr and addr not in self._addrs():
+                self.cluster.blocklist_add(addr, int(self.lock_duration * 30))
+            self.ioctx.execute(self.jobj, "lock", "break_lock",
+                               _break_lock_op(LOCK_NAME, int(client[7:]), cookie))
+        except r.ObjectNotFound:
+            pass                      # released meanwhile
+        except (r.Error, ValueError) as exc:
+            log.warning("%s: breaking the lock of %s failed (%s); waiting for it to lapse",
+                        self.name, _owner_text(self._omap().get("owner")), exc)
+            return False
+        log.warning("%s: took the lock over from %s (fenced: %s)", self.name,
+                    _owner_text(json.dumps(owner).encode()), addr or "?")
+        return True
 
     def _addrs(self) -> str:
         try:
@@ -634,6 +681,19 @@ def parse_pointer(raw: bytes, where: str) -> dict:
     if out["length"] < 0 or not out["object"]:
         raise MapCorrupt(f"{where}: malformed map pointer (length {out['length']})")
     return out
+
+
+_ENTITY_CLIENT = 0x08     # CEPH_ENTITY_TYPE_CLIENT
+
+
+def _break_lock_op(name: str, client_num: int, cookie: str) -> bytes:
+    """The input of cls_lock's ``break_lock``: a versioned struct (v1, compat 1) of the
+    lock name, the locker (entity type and number) and its cookie."""
+    def text(v: str) -> bytes:
+        b = v.encode()
+        return struct.pack("<I", len(b)) + b
+    body = text(name) + struct.pack("<Bq", _ENTITY_CLIENT, client_num) + text(cookie)
+    return struct.pack("<BBI", 1, 1, len(body)) + body
 
 
 def _parse_owner(raw: bytes) -> dict | None:

@@ -28,14 +28,18 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from . import ceph_bindings
 from .store import (BlockStore, StoreError, StoreFenced, StoreLockedError, StoreNoSpace,
                     StoreTimeout, byte_view)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RbdSpec", "RbdStore", "parse_rbd_name", "rbd_error"]
 
@@ -81,6 +85,7 @@ class RbdSpec:
     keyring: str | None = None       # None: what ceph.conf says
     op_timeout: float = DEFAULT_OP_TIMEOUT      # rados_osd_op_timeout / rados_mon_op_timeout
     mount_timeout: float = DEFAULT_MOUNT_TIMEOUT  # client_mount_timeout (connecting)
+    take_over: bool = False          # break a holder's locks (fencing it) instead of refusing
 
     @classmethod
     def parse(cls, text: str, **options) -> "RbdSpec":
@@ -255,13 +260,43 @@ class RbdStore(BlockStore):
             raise StoreError(f"{self.spec.name}: the image lacks the exclusive-lock feature, "
                              f"so another target could serve it too (enable it: rbd feature "
                              f"enable {self.spec.pool}/{self.spec.image} exclusive-lock)")
+        if self.spec.take_over:
+            # Before asking: lock_acquire would wait (about 30 s) for a dead holder's
+            # watch to time out.
+            self._take_over()
+            return
         try:
             image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
-        except (rbd.ReadOnlyImage, rbd.ImageBusy) as exc:
+        except (rbd.ReadOnlyImage, rbd.ImageBusy):
             raise StoreLockedError(f"{self.spec.name} is already served by another client "
                                    f"(exclusive lock held by {self._holder()})") from None
         except rbd.Error as exc:
             raise rbd_error(exc, f"{self.spec.name}: cannot take the exclusive lock") from None
+
+    def _take_over(self, attempts: int = 20) -> None:
+        """Break the exclusive lock of whoever holds it -- librbd blocklists that client
+        (rbd_blocklist_on_break_lock), so a stalled holder that wakes up is fenced --
+        and take it.  Retried briefly: the holder's release may still be settling."""
+        rbd, image, name = self.rbd, self.image, self.spec.name
+        broken: list[str] = []
+        for attempt in range(attempts):
+            try:
+                for owner in image.lock_get_owners():
+                    who = owner.get("owner", "?")
+                    image.lock_break(rbd.RBD_LOCK_MODE_EXCLUSIVE, who)
+                    broken.append(who)
+                image.lock_acquire(rbd.RBD_LOCK_MODE_EXCLUSIVE)
+                break
+            except (rbd.ReadOnlyImage, rbd.ImageBusy, rbd.ImageNotFound):
+                time.sleep(0.25)
+            except rbd.Error as exc:
+                raise rbd_error(exc, f"{name}: cannot take the exclusive lock over") from None
+        else:
+            raise StoreLockedError(f"{name}: could not take the exclusive lock over from "
+                                   f"{self._holder()} in {attempts} attempts")
+        if broken:
+            log.warning("%s: took the exclusive lock over from %s (blocklisted)", name,
+                        ", ".join(broken))
 
     def _holder(self) -> str:
         try:

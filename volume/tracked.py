@@ -704,12 +704,18 @@ class TrackingStore(BlockStore):
                 self._pending_cond.notify_all()
             done(exc)
 
+        caller = threading.get_ident()
+
         def marked(exc) -> None:
             if exc is not None:
                 finished(exc if isinstance(exc, StoreError)
                          else StoreError(f"write intent not recorded: {exc}"))
-                return
-            self._submitter.put((offset, data, finished, fua))
+            elif threading.get_ident() == caller:
+                # Durable already (a block marked earlier in this generation): the
+                # data write goes out from the submitting thread, no hop.
+                self._submit_data(offset, data, finished, fua)
+            else:
+                self._submitter.put((offset, data, finished, fua))
 
         try:
             self._map.mark_async(offset, n, marked)
@@ -726,13 +732,15 @@ class TrackingStore(BlockStore):
             item = self._submitter.get()
             if item is None:
                 return
-            offset, data, finished, fua = item
-            try:
-                self.inner.submit_write(offset, data, finished, fua)
-            except StoreError as exc:
-                finished(exc)
-            except Exception as exc:  # never lose a completion
-                finished(StoreError(f"write at {offset}: {exc}"))
+            self._submit_data(*item)
+
+    def _submit_data(self, offset: int, data, finished, fua: bool) -> None:
+        try:
+            self.inner.submit_write(offset, data, finished, fua)
+        except StoreError as exc:
+            finished(exc)
+        except Exception as exc:  # never lose a completion
+            finished(StoreError(f"write at {offset}: {exc}"))
 
     def submit_flush(self, done) -> None:
         self.inner.submit_flush(done)

@@ -19,19 +19,21 @@ from ..scsi.layouts.cdbs import (  # noqa: E402,F401
     PRIN_REPORT_CAPABILITIES, RCR_COPY_STATUS, RCR_FAILED_SEGMENT_DETAILS,
     RCR_OPERATING_PARAMETERS, RCR_RECEIVE_DATA, RECEIVE_COPY_RESULTS, extended_copy, pr_in,
     pr_out, receive_copy_results)
-# Decoders of the replies to those commands (same layouts the target packs with).
-from ..scsi.layouts.pr import (PrCapabilities, PrReadFullStatus, PrReadKeys,  # noqa: E402,F401
-                               PrReadReservation)
-# The EXTENDED COPY ones on first use (PEP 562): their module is a sizeable part of
-# the start-up of every initiator, most of which never copy.
+# Decoders of the replies to those commands (same layouts the target packs with), on
+# first use (PEP 562): the PERSISTENT RESERVE and EXTENDED COPY layouts are a sizeable
+# part of the start-up of every initiator, most of which never reserve or copy.
 _XCOPY = frozenset({"CopyStatus", "ExtendedCopyList", "FailedSegmentDetails",
                     "OperatingParameters", "ReceiveData", "block_copy_list"})
+_PR = frozenset({"PrCapabilities", "PrReadFullStatus", "PrReadKeys", "PrReadReservation"})
 
 
 def __getattr__(name: str):
     if name in _XCOPY:
         from ..scsi.layouts import xcopy
         return getattr(xcopy, name)
+    if name in _PR:
+        from ..scsi.layouts import pr
+        return getattr(pr, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

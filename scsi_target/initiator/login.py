@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..protocol import chap
 from ..protocol import pdu as P
 from .errors import LoginError, NegotiationError
 from ..protocol.params import (IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, Kind, SessionParams, TextError,
@@ -27,6 +26,21 @@ MAX_ROUNDS = 32
 MAX_LOGIN_TEXT = 64 * 1024
 
 DEFAULT_INITIATOR = "iqn.2026-01.org.scsi-target:initiator"
+
+
+class _ChapOnFirstUse:
+    """The CHAP helpers (hashlib, hmac), imported when a login first runs CHAP: most
+    sessions authenticate with AuthMethod=None, and a short-lived program's start-up
+    should not pay for them."""
+
+    def __getattr__(self, name):
+        global chap
+        from ..protocol import chap as module
+        chap = module
+        return getattr(module, name)
+
+
+chap = _ChapOnFirstUse()
 
 
 def new_isid() -> bytes:

@@ -4,9 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..scsi.command import Status
 from ..scsi.sense import SenseKey
 from .errors import ScsiCheckCondition, ScsiCommandError
+
+
+# SCSI status codes (scsi.command.Status; that module, with the target's command
+# records, is more than a client's start-up needs).
+_GOOD, _CHECK_CONDITION = 0x00, 0x02
 
 
 @dataclass
@@ -29,14 +33,15 @@ class ScsiResult:
 
     @property
     def good(self) -> bool:
-        return self.response == 0 and self.status == Status.GOOD
+        return self.response == 0 and self.status == _GOOD
 
     def raise_for_status(self) -> "ScsiResult":
         if self.response != 0:
             raise ScsiCommandError(f"iSCSI response 0x{self.response:02x} (target failure)", self)
-        if self.status == Status.CHECK_CONDITION:
+        if self.status == _CHECK_CONDITION:
             raise ScsiCheckCondition(self)
-        if self.status != Status.GOOD:
+        if self.status != _GOOD:
+            from ..scsi.command import Status
             try:
                 name = Status(self.status).name
             except ValueError:

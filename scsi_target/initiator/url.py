@@ -21,7 +21,6 @@ qemu and our tools)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from .errors import UrlError
 
@@ -108,7 +107,10 @@ def parse_url(url: str, *, need_target: bool = True) -> IscsiUrl:
         target_s, slash2, lun_s = path.partition("/")
         if not target_s:
             raise UrlError(f"empty target name in {url!r}")
-        target = unquote(target_s)
+        if "%" in target_s:          # urllib.parse only for an escaped name (start-up)
+            from urllib.parse import unquote
+            target_s = unquote(target_s)
+        target = target_s
         if slash2 or need_target:
             if not lun_s.isdigit():
                 raise UrlError(f"missing or bad LUN in {url!r}")

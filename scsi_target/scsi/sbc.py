@@ -312,47 +312,44 @@ def _fast_write(size: int):
 # store's completion, on whichever thread that runs.  Returns a Deferred, a
 # Response (refused at submission), or None (not plain: the LU's worker lane
 # runs the general path).
-def _async_read(size: int):
+def _async_io(size: int, plain, start, error):
+    """The asynchronous handler of one opcode: ``plain(lu, cmd, size)`` picks the
+    command apart (None: not plain), ``start(lu, cmd, parsed, finish)`` submits the
+    I/O with ``finish(err, data)`` as its completion, ``error`` maps a store error."""
     def submit(lu: "DiskLU", cmd: Command):
-        plain = _plain_read(lu, cmd, size)
-        if plain is None:
+        parsed = plain(lu, cmd, size)
+        if parsed is None:
             return None
-        lba, n = plain
-        bs = lu.block_size
         deferred = Deferred()
 
-        def done(data, err) -> None:
-            if err is not None:
-                deferred.complete(lu._check_condition(cmd, _read_error(err)))
-            else:
-                deferred.complete(lu._good(cmd, data))
+        def finish(err, data=None) -> None:
+            deferred.complete(lu._good(cmd, data) if err is None
+                              else lu._check_condition(cmd, error(err)))
         try:
-            lu.store.submit_read(lba * bs, n * bs, done)
+            start(lu, cmd, parsed, finish)
         except StoreError as exc:
-            return lu._check_condition(cmd, _read_error(exc))
+            return lu._check_condition(cmd, error(exc))
         return deferred
     return submit
+
+
+def _start_read(lu: "DiskLU", cmd: Command, parsed, finish) -> None:
+    lba, n = parsed
+    bs = lu.block_size
+    lu.store.submit_read(lba * bs, n * bs, lambda data, err: finish(err, data))
+
+
+def _start_write(lu: "DiskLU", cmd: Command, parsed, finish) -> None:
+    lba, mv = parsed
+    lu.store.submit_write(lba * lu.block_size, mv, finish, fua=bool(cmd.cdb[1] & 0x08))
+
+
+def _async_read(size: int):
+    return _async_io(size, _plain_read, _start_read, _read_error)
 
 
 def _async_write(size: int):
-    def submit(lu: "DiskLU", cmd: Command):
-        plain = _plain_write(lu, cmd, size)
-        if plain is None:
-            return None
-        lba, mv = plain
-        deferred = Deferred()
-
-        def done(err) -> None:
-            if err is not None:
-                deferred.complete(lu._check_condition(cmd, _write_error(err)))
-            else:
-                deferred.complete(lu._good(cmd, None))
-        try:
-            lu.store.submit_write(lba * lu.block_size, mv, done, fua=bool(cmd.cdb[1] & 0x08))
-        except StoreError as exc:
-            return lu._check_condition(cmd, _write_error(exc))
-        return deferred
-    return submit
+    return _async_io(size, _plain_write, _start_write, _write_error)
 
 
 # Opcode -> asynchronous fast handler (DiskLU over an asynchronous store).
