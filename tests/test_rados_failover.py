@@ -295,7 +295,7 @@ def test_the_audit_table_is_in_rados_and_b_finds_a_write_behind_the_trackers_bac
     with SyncIscsiClient(a.url(0), timeout=30) as c:
         assert c.write(3 * 8, _content(3, 2)).good
     a.kill()
-    b = Target(tmp_path / "hostB", conf, image)   # another host: no local table
+    b = Target(tmp_path / "hostB", conf, image, take_over=True)   # another host, no local table
     try:
         r = diffbackup("audit", b.url(0), "--full")
         out = r.stdout + r.stderr
