@@ -430,3 +430,115 @@ def test_a_tracked_volume_keeps_its_sidecar_in_rados(rados_io):
     t0 = time.monotonic()
     TrackingStore.open_rados(MemoryStore(SIZE), _storage(rados_io, base), volume="x").close()
     assert time.monotonic() - t0 < 3
+
+
+# ------------------------------------------------------------- growth (rbd resize)
+def _grown(where) -> GenerationMap:
+    m = GenerationMap.create(where, volume_size=SIZE, granularity=G, volume_id=VID, sync=True)
+    m.mark(0, 3 * G)
+    m.begin_full()
+    m.set_base_id(BASE)
+    m.save()
+    m.mark(5 * G, 2 * G)
+    m.begin_differential(1)
+    m.mark(9 * G, G)
+    m.grow(3 * SIZE)
+    m.mark(3 * SIZE - G, G)
+    m.sync_marks()
+    return m
+
+
+def test_a_map_grows_in_rados_with_the_bytes_of_a_grown_file_map(rados_io, shm_dir):
+    base = _name()
+    fm = _grown(shm_dir / "m")
+    rm = _grown(_storage(rados_io, base))
+    try:
+        objs = _objects(rados_io, base)
+        versions = [k for k in objs if ".genmap.map." in k]
+        assert len(versions) == 1                         # the old version went
+        ptr = json.loads(_omap(rados_io, base)["map"])
+        assert ptr["object"] == versions[0]
+        assert objs[versions[0]] == (shm_dir / "m").read_bytes()
+        assert _fine_journal(objs[journal_object(base)]) == \
+            _fine_journal((shm_dir / "m.dirty").read_bytes())
+        assert rm.counts() == fm.counts()
+    finally:
+        rm.close()
+        fm.close()
+    m = GenerationMap.open(_storage(rados_io, base), volume_size=3 * SIZE, volume_id=VID)
+    try:
+        first_new = SIZE // G                             # the old partial block
+        assert list(m.blocks_in_generations(2, 2).search(1)) == \
+            [9, *range(first_new, m.entries)]
+    finally:
+        m.close()
+
+
+def test_a_fenced_holder_cannot_grow_the_map(rados_io):
+    base = _name()
+    st1 = _storage(rados_io, base)
+    m = GenerationMap.create(st1, volume_size=SIZE, volume_id=VID)
+    before = _omap(rados_io, base)["map"]
+    try:
+        st1._fence("test: taken over")
+        with pytest.raises(MapFenced):
+            m.grow(2 * SIZE)
+        assert _omap(rados_io, base)["map"] == before
+        assert [k for k in _objects(rados_io, base) if ".genmap.map." in k] == \
+            [json.loads(before)["object"]]
+    finally:
+        st1._fenced = None
+        m.close()
+
+
+def test_a_tracked_volume_in_rados_grows_at_open_and_refuses_a_shrink(rados_io):
+    base = _name()
+    t = TrackingStore.open_rados(MemoryStore(SIZE), _storage(rados_io, base), volume="rbd:maps/g",
+                                 volume_id=VID)
+    t.write(0, b"a" * G)
+    t.close()
+    t = TrackingStore.open_rados(MemoryStore(2 * SIZE), _storage(rados_io, base),
+                                 volume="rbd:maps/g")
+    try:
+        assert t.size == 2 * SIZE and t.map.volume_size == 2 * SIZE
+        assert list(t.map.blocks_in_generations(1, 1).search(1)) == \
+            [0, *range(SIZE // G, t.map.entries)]
+    finally:
+        t.close()
+    assert json.loads(_omap(rados_io, base)["sidecar"])["volume_size"] == 2 * SIZE
+    with pytest.raises(TrackingError, match="shrinking a tracked volume is refused"):
+        TrackingStore.open_rados(MemoryStore(SIZE), _storage(rados_io, base), volume="rbd:maps/g")
+
+
+# ------------------------------------------------ the audit's block CRC table in RADOS
+def test_the_block_crc_table_lives_beside_the_map_in_rados(rados_io):
+    from volume import blockcrc
+    golden = (GOLDEN / "blockcrc_v1.bin").read_bytes()
+    crcs = blockcrc.BlockCrcs.unpack(golden)
+    base = _name()
+    st = _storage(rados_io, base)
+    t = TrackingStore.open_rados(MemoryStore(SIZE), st, volume="rbd:maps/c", volume_id=VID)
+    try:
+        assert t.keeps_crcs and t.load_crcs() is None
+        t.save_crcs(crcs)
+        objs = _objects(rados_io, base)
+        tables = [k for k in objs if ".genmap.blockcrc." in k]
+        assert len(tables) == 1 and objs[tables[0]] == golden      # the file's bytes
+        assert json.loads(_omap(rados_io, base)["blockcrc"])["object"] == tables[0]
+        t.save_crcs(crcs)                                           # a new version...
+        assert [k for k in _objects(rados_io, base) if ".genmap.blockcrc." in k] != tables
+        assert len([k for k in _objects(rados_io, base) if ".genmap.blockcrc." in k]) == 1
+        st._fence("test: taken over")                               # ...fenced like the map
+        with pytest.raises(MapFenced):
+            t.save_crcs(crcs)
+        st._fenced = None
+    finally:
+        t.close()
+    t = TrackingStore.open_rados(MemoryStore(SIZE), _storage(rados_io, base), volume="x")
+    try:
+        assert t.load_crcs() == crcs                                # another opener reads it
+        t.forget_crcs()
+        assert t.load_crcs() is None
+        assert not [k for k in _objects(rados_io, base) if ".genmap.blockcrc." in k]
+    finally:
+        t.close()

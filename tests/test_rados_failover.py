@@ -241,3 +241,75 @@ def test_a_paused_target_is_fenced_after_another_takes_over(cluster, tmp_path, t
         a.kill()
         if b is not None:
             b.stop()
+
+
+def _write_behind_the_back(conf: str, image: str, offset: int, data: bytes) -> None:
+    """A write the tracker never sees: straight into the image with the python rbd
+    binding, while no target holds it."""
+    from volume import ceph_bindings
+    rados, rbd = ceph_bindings.load("rados"), ceph_bindings.load("rbd")
+    c = rados.Rados(conffile=conf, conf={"rados_osd_op_timeout": "30",
+                                         "rados_mon_op_timeout": "30"})
+    c.connect(timeout=30)
+    try:
+        io = c.open_ioctx(POOL)
+        try:
+            img = rbd.Image(io, image)
+            try:
+                assert img.write(data, offset) == len(data)
+                img.flush()
+            finally:
+                img.close()
+        finally:
+            io.close()
+    finally:
+        c.shutdown()
+
+
+def test_the_audit_table_is_in_rados_and_b_finds_a_write_behind_the_trackers_back(cluster,
+                                                                                 tmp_path):
+    """The block CRC table of A's full backup is kept in RADOS beside the map; a write
+    straight into the image (python rbd binding) while no target served it is found by
+    `diffbackup audit` on target B after a kill -9 of A: exit 1, the block named and
+    re-marked, and B's next differential restores, with the full, equal to rbd export."""
+    conf = str(cluster.conf)
+    image = "vol-audit"
+    cluster.run("rbd", "create", f"{POOL}/{image}", "--size", "16M")
+    a = Target(tmp_path / "hostA", conf, image)
+    full, diff = tmp_path / "full", tmp_path / "diff"
+    try:
+        with SyncIscsiClient(a.url(0), timeout=30) as c:
+            for blk in range(0, BLOCKS, 7):
+                assert c.write(blk * 8, _content(blk, 1)).good
+        r = diffbackup("full", a.url(0), "-o", str(full))
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = diffbackup("audit", a.url(0), "--full")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        a.stop()                                  # a clean stop: the image is free
+    objects = cluster.run("rados", "-p", POOL, "ls", timeout=60).stdout.decode()
+    assert f"rbd_map.{image}.genmap.blockcrc." in objects, objects
+    missed = 701                                  # a block the map calls unchanged
+    _write_behind_the_back(conf, image, missed * BLOCK + 100, b"\xee" * 200)
+    a = Target(tmp_path / "hostA", conf, image)   # A serves again, and dies
+    with SyncIscsiClient(a.url(0), timeout=30) as c:
+        assert c.write(3 * 8, _content(3, 2)).good
+    a.kill()
+    b = Target(tmp_path / "hostB", conf, image, take_over=True)   # another host, no local table
+    try:
+        r = diffbackup("audit", b.url(0), "--full")
+        out = r.stdout + r.stderr
+        assert r.returncode == 1, out
+        assert "AUDIT FAILED: 1 blocks changed without the tracker seeing it" in out, out
+        assert f"blocks {missed}..{missed}" in out, out
+        r = diffbackup("diff", b.url(0), "--scope", "1", "-o", str(diff))
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = diffbackup("audit", b.url(0), "--full")          # the table follows the diff
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        b.stop()
+    restored = _restore(tmp_path, [full, diff], "restored")
+    exported = tmp_path / "exported"
+    cluster.run("rbd", "export", f"{POOL}/{image}", str(exported), timeout=120)
+    assert restored == exported.read_bytes()
+    assert restored[missed * BLOCK + 100:missed * BLOCK + 300] == b"\xee" * 200

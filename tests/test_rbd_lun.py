@@ -287,3 +287,132 @@ def test_tracked_lun_completes_sustained_qd32_writes_and_the_map_holds_them(pool
     pool.run("rbd", "export", f"{POOL}/{image}", str(exported), timeout=120)
     assert sha256(restored) == sha256(exported)
     assert exported.read_bytes()[written:] == src.read_bytes()[written:]
+
+
+# -- a tracked RBD LUN follows rbd resize ---------------------------------------------
+def _tracked_config(state: Path, conf: Path, image: str) -> Path:
+    state.mkdir(parents=True, exist_ok=True)
+    cfg = state / "target.toml"
+    cfg.write_text(
+        'portals = ["127.0.0.1:0"]\n[[target]]\n'
+        f'iqn = "{DEFAULT_IQN}"\n[[target.lun]]\nlun = 0\ntrack_map_lock = 4\n'
+        f'rbd = {{ pool = "{POOL}", image = "{image}", conf = "{conf}", take_over = true }}\n'
+        '[[target.lun]]\nlun = 1\nkind = "backup"\nsource = 0\n')
+    return cfg
+
+
+def _start_after_kill(srv: ServerProcess, until: float = 120) -> None:
+    """Start again after a kill -9 (with ``take_over`` the dead holder's locks are
+    broken at once; without, librbd waits about 30 s for its watch to time out)."""
+    from scsi_target.testing.process import ServerStartError
+    deadline = time.monotonic() + until
+    srv.start_timeout = until            # librbd may first wait for the dead holder's lock
+    while True:
+        try:
+            srv.start()
+            return
+        except ServerStartError as e:
+            if time.monotonic() > deadline or "already served" not in str(e):
+                raise
+        time.sleep(1)
+
+
+def _wait_capacity_change(c: SyncIscsiClient, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = c.execute(bytes(6))
+        if not r.good:
+            return r
+        assert time.monotonic() < deadline, "no unit attention after the resize"
+        time.sleep(0.2)
+
+
+def _write16(lba: int, data: bytes) -> bytes:
+    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + (len(data) // 512).to_bytes(4, "big") \
+        + bytes(2)
+
+
+def _restored_equals_export(pool, tmp_path: Path, image: str, streams: list[Path], name: str):
+    restored, exported = tmp_path / f"{name}.raw", tmp_path / f"{name}.export"
+    r = run_diffbackup("restore", str(restored), *map(str, streams), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pool.run("rbd", "export", f"{POOL}/{image}", str(exported), timeout=120)
+    assert restored.stat().st_size == exported.stat().st_size
+    assert sha256(restored) == sha256(exported), f"{name}: restore differs from rbd export"
+    exported.unlink()
+
+
+def test_a_tracked_lun_grows_with_its_image_and_differentials_carry_the_new_blocks(pool,
+                                                                                   tmp_path):
+    """rbd resize under a tracked LUN served by the server process: the map grows (in
+    RADOS) before the new size is served, qemu-io writes in the new area, and the
+    chain full + differentials restores onto a file growing with it equal to rbd
+    export -- also across a kill -9 right after a growth.  A shrink is refused:
+    the old size stays served, I/O past the image's end is LBA OUT OF RANGE, and
+    the lost range counts as changed."""
+    image = new_image(pool, "16M")
+    state = tmp_path / "state"
+    srv = ServerProcess.from_flags(state, "--config", str(_tracked_config(state, pool.conf, image)))
+    srv.start()
+    streams = [tmp_path / "full.pyb"]
+    try:
+        qemu_io(srv.url(), "write -P 0x11 0 16M")
+        r = run_diffbackup("full", srv.url(0), "-o", str(streams[0]))
+        assert r.returncode == 0, r.stderr
+        with SyncIscsiClient(srv.url()) as c:
+            c.execute(bytes(6))
+            assert c.read_capacity16().blocks == 16 * MiB // 512
+            pool.run("rbd", "resize", "--size", "24M", f"{POOL}/{image}")
+            r = _wait_capacity_change(c)
+            assert (r.sense_key, r.asc, r.ascq) == (SenseKey.UNIT_ATTENTION, 0x2A, 0x09)
+            assert c.read_capacity16().blocks == 24 * MiB // 512
+        qemu_io(srv.url(), "write -P 0x22 20M 1M", "write -P 0x33 15M 2M",
+                "read -P 0 17M 3M", "read -P 0x22 20M 1M")
+        streams.append(tmp_path / "d1.pyb")
+        r = run_diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(streams[-1]))
+        assert r.returncode == 0, r.stderr
+        _restored_equals_export(pool, tmp_path, image, streams, "after-growth")
+
+        # A shrink while tracked: refused, the old size served, the lost range marked.
+        pool.run("rbd", "resize", "--size", "20M", "--allow-shrink", f"{POOL}/{image}")
+        deadline = time.monotonic() + 20
+        while "shrank from" not in srv.log_tail(20000):
+            assert time.monotonic() < deadline, srv.log_tail()
+            time.sleep(0.2)
+        assert f"shrank from {24 * MiB} to {20 * MiB} bytes while tracked" in srv.log_tail(20000)
+        with SyncIscsiClient(srv.url()) as c:
+            c.execute(bytes(6))
+            assert c.read_capacity16().blocks == 24 * MiB // 512
+            r = c.execute(_write16(22 * MiB // 512, b"\x55" * 4096), data_out=b"\x55" * 4096)
+            assert (r.sense_key, r.asc, r.ascq) == (SenseKey.ILLEGAL_REQUEST, 0x21, 0x00)
+            assert c.write(MiB // 512, b"\x66" * 4096).good
+            pool.run("rbd", "resize", "--size", "24M", f"{POOL}/{image}")    # back again
+            deadline = time.monotonic() + 20
+            while not c.execute(_write16(22 * MiB // 512, b"\x55" * 4096),
+                                data_out=b"\x55" * 4096).good:
+                assert time.monotonic() < deadline, "writes past the old shrink still refused"
+                time.sleep(0.3)
+        streams.append(tmp_path / "d2.pyb")
+        r = run_diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(streams[-1]))
+        assert r.returncode == 0, r.stderr
+        _restored_equals_export(pool, tmp_path, image, streams, "after-shrink")
+
+        # kill -9 during or right after a growth: the restarted target serves the new
+        # size with a consistent map (grown at open if the kill came first).
+        pool.run("rbd", "resize", "--size", "32M", f"{POOL}/{image}")
+        time.sleep(2.1)
+        srv.kill()
+    finally:
+        srv.kill()
+    _start_after_kill(srv)
+    try:
+        with SyncIscsiClient(srv.url()) as c:
+            c.execute(bytes(6))
+            assert c.read_capacity16().blocks == 32 * MiB // 512
+        qemu_io(srv.url(), "write -P 0x44 30M 1M", "write -P 0x45 23M 2M")
+        streams.append(tmp_path / "d3.pyb")
+        r = run_diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(streams[-1]))
+        assert r.returncode == 0, r.stderr
+        _restored_equals_export(pool, tmp_path, image, streams, "after-kill")
+    finally:
+        srv.stop()

@@ -96,19 +96,20 @@ def audit(vol: TrackingStore, *, rate: int = DEFAULT_RATE, full: bool = False,
     """Audit ``vol`` (rate: check one block in ``rate``; full: all of them)."""
     if rate < 1:
         raise ValueError("rate must be at least 1")
-    if not vol.sidecar:
-        raise AuditUnavailable("this volume keeps no block CRC table (a memory volume, or an "
-                               "RBD volume whose map is in RADOS)")
-    path = blockcrc.crc_path(vol.sidecar)
+    if not vol.keeps_crcs:
+        raise AuditUnavailable("this volume keeps no block CRC table (a memory volume)")
     try:
-        crcs = blockcrc.load(path)
+        crcs = vol.load_crcs()
     except blockcrc.BlockCrcError as e:
         raise AuditUnavailable(f"{e}; take a full backup to start a new one") from None
     gmap = vol.map
     if crcs is None:
         raise AuditUnavailable("no backup recorded block CRCs for this volume yet (the table "
                                "starts with the next full backup)")
-    if not crcs.complete or crcs.base_id != gmap.base_id or crcs.entries != gmap.entries or \
+    # A table shorter than the map: the volume grew since; its added blocks are in
+    # the current generation until the next differential sends them (and the
+    # table grows), so only the table's blocks are candidates.
+    if not crcs.complete or crcs.base_id != gmap.base_id or crcs.entries > gmap.entries or \
             crcs.block_size != gmap.granularity:
         raise AuditUnavailable("the block CRC table belongs to another full backup than the "
                                "map's: take a full backup")
@@ -120,6 +121,9 @@ def audit(vol: TrackingStore, *, rate: int = DEFAULT_RATE, full: bool = False,
     cur = gmap.current_generation
     entries, bs = gmap.entries, gmap.granularity
     unchanged = gmap.blocks_older_than(0, entries, cur)
+    if crcs.entries < entries:
+        # the old partial last block too: its bytes past the old end are new
+        unchanged[crcs.volume_size // bs:] = 0
     phase = phase_for(gmap.base_id, cur, rate)
     rep = AuditReport(rate, phase, cur, unchanged.count())
     sample = bitarray(entries, endian="little")

@@ -28,7 +28,7 @@ from bitarray import bitarray
 
 from .store import BlockStore
 
-__all__ = ["BlockCrcs", "CrcRecorder", "BlockCrcError", "crc_path", "load", "forget",
+__all__ = ["BlockCrcs", "CrcRecorder", "BlockCrcError", "crc_path", "load", "save", "forget",
            "FLAG_COMPLETE", "HEADER_SIZE"]
 
 MAGIC = b"PYBLKCRC"
@@ -118,7 +118,8 @@ def load(path: str) -> BlockCrcs | None:
     return BlockCrcs.unpack(raw, path)
 
 
-def _save(path: str, crcs: BlockCrcs) -> None:
+def save(path: str, crcs: BlockCrcs) -> None:
+    """Write the table file at ``path`` (temp file, fsync, rename, directory fsync)."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(crcs.pack())
@@ -240,25 +241,45 @@ class CrcRecorder(BlockStore):
     def flush(self) -> None:
         pass
 
-    def save(self, path: str, *, full: bool, base_id: bytes, generation: int,
-             volume_size: int) -> None:
-        """The stream is complete: merge what it sent into the table at ``path``."""
+    def merged(self, previous: "BlockCrcs | None", *, full: bool, base_id: bytes,
+               generation: int, volume_size: int) -> "BlockCrcs | None":
+        """The stream is complete: the table with what it sent merged into
+        ``previous`` (the stored one; a full stream's replaces it).  None: a
+        differential without a baseline to extend (the next full starts one).
+
+        A volume that grew since the table was written: the first differential
+        after the growth sent every added block (the growth marked them, and the
+        old partial last block), so the table grows with it; otherwise it stays."""
         entries = len(self.sent)
         if full:
-            crcs = BlockCrcs(self._bs, volume_size, entries, base_id, generation,
+            return BlockCrcs(self._bs, volume_size, entries, base_id, generation,
                              self.sent.all(), self.table)
-        else:
-            try:
-                crcs = load(path)
-            except BlockCrcError:
-                crcs = None
-            if crcs is None or crcs.base_id != base_id or crcs.entries != entries or \
-                    crcs.block_size != self._bs:
-                return                   # no baseline to extend: the next full starts one
-            for a, b in _intervals(self.sent):
-                crcs.table[a:b] = self.table[a:b]
-            crcs.generation = generation
-        _save(path, crcs)
+        crcs = previous
+        if crcs is None or crcs.base_id != base_id or crcs.block_size != self._bs or \
+                crcs.entries > entries:
+            return None
+        if crcs.entries < entries:
+            first_new = crcs.volume_size // self._bs          # the old partial block too
+            if not self.sent[first_new:].all():
+                return None
+            crcs.table.extend(self.table[crcs.entries:])
+            crcs.entries, crcs.volume_size = entries, volume_size
+        for a, b in _intervals(self.sent):
+            crcs.table[a:b] = self.table[a:b]
+        crcs.generation = generation
+        return crcs
+
+    def save(self, path: str, *, full: bool, base_id: bytes, generation: int,
+             volume_size: int) -> None:
+        """``merged`` with the table file at ``path``."""
+        try:
+            previous = None if full else load(path)
+        except BlockCrcError:
+            previous = None
+        crcs = self.merged(previous, full=full, base_id=base_id, generation=generation,
+                           volume_size=volume_size)
+        if crcs is not None:
+            save(path, crcs)
 
 
 def _intervals(bits: bitarray):

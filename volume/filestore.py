@@ -101,6 +101,24 @@ class FileStore(BlockStore):
         # A larger file is served as its first ``size`` bytes; never truncate data.
         return size
 
+    def grow(self, size: int) -> None:
+        """Serve ``size`` bytes (more than now): the file is extended sparsely; bytes
+        it already held past the old end read as zeroes from now on."""
+        if self.read_only:
+            raise StoreError(f"{self.path} is read-only: it cannot grow")
+        if size <= self.size:
+            return
+        current = os.lseek(self._fd, 0, os.SEEK_END)
+        old = self.size
+        try:
+            if current < size:
+                os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise StoreError(f"cannot extend {self.path} to {size} bytes: {exc.strerror}") from exc
+        self.size = size
+        if current > old:
+            self.write_zeroes(old, min(current, size) - old)
+
     def _probe_punch(self) -> bool:
         # Punching past EOF with KEEP_SIZE changes nothing but tells whether the
         # filesystem supports it at all.

@@ -36,6 +36,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import add, lshift, or_, sub
@@ -449,7 +450,15 @@ class GenerationMap:
 
     @classmethod
     def open(cls, path: "str | os.PathLike | MapStorage", *, volume_size: int, volume_id: bytes,
-             granularity: int | None = None, sync: bool = True) -> "GenerationMap":
+             granularity: int | None = None, sync: bool = True,
+             grow: bool = False) -> "GenerationMap":
+        """Open an existing map of a ``volume_size``-byte volume.
+
+        ``grow``: the volume may have grown since the map was made (``rbd resize``,
+        a longer file); the map then grows to ``volume_size`` before it is returned,
+        its new blocks marked in the current generation (:meth:`grow`), and a growth
+        interrupted by a crash (journal already grown, map not) is completed.
+        """
         storage = _storage(path)
         path = storage.name
         self = cls._blank()
@@ -460,7 +469,7 @@ class GenerationMap:
         vid = vid[:vlen]
         if vid != bytes(volume_id):
             raise MapMismatch(f"{path} belongs to volume {vid.hex()}, not {bytes(volume_id).hex()}")
-        if vsize != volume_size:
+        if vsize != volume_size and not (grow and vsize < volume_size):
             raise MapMismatch(f"{path} was made for a volume of {vsize} bytes; "
                               f"the volume has {volume_size} bytes")
         if granularity is not None and gran != granularity:
@@ -473,8 +482,53 @@ class GenerationMap:
         self._seq = seq
         self._base_id = base_id
         self._load_tables(path, raw, nplanes, ngen)
+        grown = self._grown_journal_size(volume_size) if vsize < volume_size else None
+        if grown is not None:
+            # A growth was cut short after its journal was replaced (files): the
+            # journal holds the marks, the new blocks' among them; the map only
+            # lacks the new (generation 0) entries.
+            self._extend_tables(grown)
         self._open_journal(fresh=False)
+        if grown is not None:
+            self._write_map_file()
+            self.recovered = True
+        if self._size < volume_size:
+            self.grow(volume_size)
         return self
+
+    def _grown_journal_size(self, limit: int) -> int | None:
+        """The volume size of a journal that an interrupted growth left ahead of the
+        map (same identity and block size, larger, at most ``limit``); else None."""
+        raw = self._storage.peek_journal(_JRN_HDR_LEN)
+        if len(raw) < _JRN_HDR_LEN or raw[:8] != JOURNAL_MAGIC:
+            return None
+        (crc,) = struct.unpack_from("<I", raw, _JRN_HDR_LEN - 4)
+        if crc32c.crc32c(raw[:-4]) != crc:
+            return None
+        (_, ver, hlen, _running, gran, entries, vsize, s0, s1, vlen, vid,
+         _boot) = _JRN_HDR.unpack_from(raw)
+        if ver != JOURNAL_VERSION or gran != self._gran or vid[:vlen] != self._vid or \
+                self._seq not in (s0, s1) or not self._size < vsize <= limit or \
+                entries != -(-vsize // gran):
+            return None
+        return vsize
+
+    def _extend_tables(self, volume_size: int) -> None:
+        """The planes and counters for ``volume_size`` bytes: the added blocks at
+        generation 0 (the caller marks them where they count as written)."""
+        old_entries = self._entries
+        planes = self._planes
+        counts = self._plane_counts_list()
+        self._init_geometry(self._storage, volume_size, self._gran, self._vid, self._sync)
+        out = []
+        for p in planes:
+            a = _zeros(self._nbits)
+            a[:old_entries] = p[:old_entries]
+            out.append(a)
+        self._planes = out
+        counts[0] += self._entries - old_entries
+        self._plane_counts = counts
+        self._counts_cache = None
 
     def _init_geometry(self, storage: MapStorage, volume_size: int, granularity: int,
                        volume_id: bytes, sync: bool) -> None:
@@ -567,7 +621,7 @@ class GenerationMap:
         self._planes = planes
         self._plane_counts = counts
 
-    def _write_map_file(self) -> None:
+    def _map_chunks(self) -> list:
         counts = self._plane_counts_list()
         ngen = len(counts)
         nplanes = len(self._planes)
@@ -582,8 +636,11 @@ class GenerationMap:
                          *(crc32c.crc32c(memoryview(p)) for p in self._planes))
         struct.pack_into(f"<{ngen}Q", table, 4 * nplanes, *counts)
         struct.pack_into("<I", table, table_len - 4, crc32c.crc32c(memoryview(table)[:-4]))
-        self._storage.write_map([hdr, table, bytes(planes_off - _MAP_HDR_LEN - table_len),
-                                 *(memoryview(p) for p in self._planes)], self._sync)
+        return [hdr, table, bytes(planes_off - _MAP_HDR_LEN - table_len),
+                *(memoryview(p) for p in self._planes)]
+
+    def _write_map_file(self) -> None:
+        self._storage.write_map(self._map_chunks(), self._sync)
         self._unsaved = False
 
     # -- journal --------------------------------------------------------------
@@ -628,14 +685,7 @@ class GenerationMap:
         if (gran, entries, vsize, vid[:vlen]) != (self._gran, self._entries, self._size, self._vid):
             raise MapMismatch(f"{self._jpath} belongs to another map (volume {vid[:vlen].hex()}, "
                               f"{vsize} bytes, {gran}-byte blocks)")
-        mv = memoryview(self._mm)
-        self._slot_off = [_PAGE, _PAGE + self._slot_bytes]
-        self._slots = [bitarray(buffer=mv[o:o + self._plane_bytes], endian=_ENDIAN)
-                       for o in self._slot_off]
-        coarse_base = _PAGE + 2 * self._slot_bytes
-        self._coarse_off = [coarse_base, coarse_base + self._coarse_slot_bytes]
-        self._coarse_slots = [bitarray(buffer=mv[o:o + self._coarse_bytes], endian=_ENDIAN)
-                              for o in self._coarse_off]
+        self._view_journal()
         seqs = [s0, s1]
         self.recovered = bool(running) and not fresh
         if self.recovered and boot != _boot_id() and not self._storage.volatile_fine:
@@ -669,6 +719,17 @@ class GenerationMap:
         self._dirty = self._slots[active]
         self._coarse = self._coarse_slots[active]
         self._write_journal_header(running=1)
+
+    def _view_journal(self) -> None:
+        """Slot offsets and the bit arrays over the journal buffer's slots."""
+        mv = memoryview(self._mm)
+        self._slot_off = [_PAGE, _PAGE + self._slot_bytes]
+        self._slots = [bitarray(buffer=mv[o:o + self._plane_bytes], endian=_ENDIAN)
+                       for o in self._slot_off]
+        coarse_base = _PAGE + 2 * self._slot_bytes
+        self._coarse_off = [coarse_base, coarse_base + self._coarse_slot_bytes]
+        self._coarse_slots = [bitarray(buffer=mv[o:o + self._coarse_bytes], endian=_ENDIAN)
+                              for o in self._coarse_off]
 
     def _write_journal_header(self, running: int) -> None:
         self._mm[:_JRN_HDR_LEN] = self._journal_header(running, (self._seqs[0], self._seqs[1]))
@@ -1199,6 +1260,69 @@ class GenerationMap:
         cut = self.cut_differential(scope)
         cut.commit()
         return cut.plan
+
+    # -- growth ---------------------------------------------------------------
+    def grow(self, volume_size: int, *, mark_new: bool = True) -> None:
+        """Cover a volume that grew to ``volume_size`` bytes (``rbd resize``).
+
+        ``mark_new``: the added blocks (and the old partial last block, whose
+        bytes past the old end are new) count as written in the current
+        generation, so the next differential carries them; a restore target
+        grows with ``mark_new=False`` (generation 0: the stream's records then
+        apply to them).  Durable when it returns: the new journal (every mark
+        made so far, plus the new blocks') and the new map replace the old ones
+        through the storage (``MapStorage.replace``: one guarded write op in
+        RADOS; journal then map on files, an interrupted growth completed at
+        open).  Refused while a backup cut is pending; a map never shrinks.
+        """
+        with self._lock:
+            self._check_open()
+            self._no_cut("grow")
+            if volume_size == self._size:
+                return
+            if not isinstance(volume_size, int) or volume_size < self._size:
+                raise MapError(f"{self._path}: a generation map cannot shrink ({self._size} to "
+                               f"{volume_size} bytes)")
+            self.sync_marks()
+            deadline = time.monotonic() + 60
+            while self._aio_inflight:       # an asynchronous journal write of the old layout
+                if time.monotonic() > deadline:
+                    raise MapError(f"{self._path}: a journal write did not complete; not grown")
+                time.sleep(0.001)
+            with self._mark_lock:
+                old_size, old_entries = self._size, self._entries
+                dirty = self._dirty_view()[:old_entries]
+                coarse = self._coarse[:self._coarse_entries]
+                self._extend_tables(volume_size)
+                first_new = old_size >> self._shift        # a partial last block counts
+                self._seqs = [self._seq, 0]
+                self._active = 0
+                jbuf = bytearray(self._journal_size())
+                jbuf[:_JRN_HDR_LEN] = self._journal_header(1, (self._seq, 0))
+                mv = memoryview(jbuf)
+                fine = bitarray(buffer=mv[_PAGE:_PAGE + self._plane_bytes], endian=_ENDIAN)
+                fine[:old_entries] = dirty
+                cbase = _PAGE + 2 * self._slot_bytes
+                cview = bitarray(buffer=mv[cbase:cbase + self._coarse_bytes], endian=_ENDIAN)
+                cview[:len(coarse)] = coarse
+                if mark_new:
+                    fine[first_new:self._entries] = 1
+                    cview[first_new >> COARSE_SHIFT:self._coarse_entries] = 1
+                del fine, cview, mv
+                # Every view of the old buffer goes before the storage lets it go.
+                self._slots, self._coarse_slots = [], []
+                self._dirty = self._coarse = None
+                self._mm = self._storage.replace(bytes(jbuf), self._map_chunks(), self._sync)
+                self._unsaved = False
+                self._view_journal()
+                self._dirty = self._slots[0]
+                self._coarse = self._coarse_slots[0]
+                self._unsynced = None
+                if self._pending_pages is not None:
+                    self._pending_pages = set()
+                batch = self._batch
+                self._batch += 1
+            self._batch_done(batch, None)   # whatever was pending is in the new journal
 
     # -- restore --------------------------------------------------------------
     def reset(self, base_id: bytes) -> None:

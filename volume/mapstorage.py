@@ -91,6 +91,17 @@ class MapStorage(ABC):
             return
         done(None)
 
+    def peek_journal(self, length: int) -> bytes:
+        """The journal's first ``length`` bytes as stored (b"": none), without taking it."""
+        return b""
+
+    def replace(self, journal: bytes, map_chunks: list, sync: bool):
+        """Replace journal and map at once (a growth: both change size and layout) and
+        return the writable buffer over the new journal.  Where one atomic operation
+        cannot hold both, the journal goes first: the map opener completes a growth
+        whose journal is ahead of the map (GenerationMap.open with ``grow``)."""
+        raise NotImplementedError(f"{self.name}: this storage cannot replace its journal")
+
     def release(self, offset: int, length: int) -> None:
         """The journal range will not be read for a while (drop its cached pages)."""
 
@@ -180,6 +191,34 @@ class FileMapStorage(MapStorage):
             os.close(fd)
             raise
         self._fd, self._mm = fd, mm
+        return mm
+
+    def peek_journal(self, length: int) -> bytes:
+        try:
+            with open(self.journal_name, "rb") as f:
+                return f.read(length)
+        except OSError:
+            return b""
+
+    def replace(self, journal: bytes, map_chunks: list, sync: bool):
+        import fcntl
+        tmp = self.journal_name + ".grow"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)    # held before anyone can see it
+            _write_all(fd, journal)
+            if sync:
+                os.fsync(fd)
+            mm = mmap.mmap(fd, len(journal), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.replace(tmp, self.journal_name)
+        if sync:
+            _fsync_dir(self.journal_name)
+        self.close()                          # the old journal's mapping and flock
+        self._fd, self._mm = fd, mm
+        self.write_map(map_chunks, sync)
         return mm
 
     def flush(self, offset: int, length: int) -> None:

@@ -58,6 +58,13 @@ POINTER_FORMAT = "pyscsi-genmap-pointer"
 OWNER_FORMAT = "pyscsi-genmap-owner"
 _EPOCH_DIGITS = 20          # omap_cmp compares strings: fixed width keeps them ordered
 _IO_CHUNK = 8 << 20         # below osd_max_write_size (90 MiB) and message limits
+# A growth replaces the journal in one write op: below osd_max_write_size (90 MiB);
+# the journal of a 1 TiB volume at 4 KiB blocks is 64 MiB.
+MAX_JOURNAL_OP = 80 << 20
+# Whole-object records beside the map, each a versioned object named by a pointer
+# in the journal's omap (so a fenced holder cannot move it): the audit's block CRC
+# table (volume/blockcrc.py).
+_BLOBS = ("blockcrc",)
 _LOCK_RENEW = 1             # LIBRADOS_LOCK_FLAG_MAY_RENEW
 ESHUTDOWN = getattr(errno, "ESHUTDOWN", 108)
 
@@ -288,7 +295,8 @@ class RadosMapStorage(MapStorage):
         r = self.rados
         try:
             with r.ReadOpCtx() as op:
-                it, _ = self.ioctx.get_omap_vals_by_keys(op, ("epoch", "owner", "map", "sidecar"))
+                it, _ = self.ioctx.get_omap_vals_by_keys(op, ("epoch", "owner", "map", "sidecar",
+                                                              *_BLOBS))
                 self.ioctx.operate_read_op(op, self.jobj)
                 return dict(it)
         except r.ObjectNotFound:
@@ -371,18 +379,7 @@ class RadosMapStorage(MapStorage):
         self.check_writable()
         data = b"".join(bytes(c) if not isinstance(c, bytes) else c for c in chunks)
         old = self._pointer()
-        self._version += 1
-        obj = f"{self.base}.genmap.map.{self.epoch}.{self._version}"
-        try:
-            for off in range(0, max(len(data), 1), _IO_CHUNK):
-                piece = data[off:off + _IO_CHUNK]
-                if off == 0:
-                    self.ioctx.write_full(obj, piece)
-                else:
-                    self.ioctx.write(obj, piece, off)
-        except self.rados.Error as exc:
-            raise MapError(f"{self.name}: cannot write map object {obj} ({len(data)} bytes): "
-                           f"{exc}") from None
+        obj = self._write_version(data)
         ptr = pointer_record(obj, data)
         try:
             self._guarded(lambda op: self.ioctx.set_omap(op, ("map",), (ptr,)), "map update")
@@ -468,6 +465,63 @@ class RadosMapStorage(MapStorage):
             self.ioctx.release_write_op(op)
             raise self._op_error(abs(getattr(exc, "errno", 0) or 0), "journal write") from None
 
+    def peek_journal(self, length: int) -> bytes:
+        self._acquire()
+        try:
+            return self.ioctx.read(self.jobj, length, 0)
+        except self.rados.Error:
+            return b""
+
+    def replace(self, journal: bytes, map_chunks: list, sync: bool):
+        """A growth: the new map version is written under a new name, then one guarded
+        write op replaces the journal's bytes and moves the map pointer together."""
+        self._acquire()
+        self.check_writable()
+        if len(journal) > MAX_JOURNAL_OP:
+            raise MapError(f"{self.name}: a journal of {len(journal)} bytes does not fit one "
+                           f"write op ({MAX_JOURNAL_OP} bytes): track this volume at a coarser "
+                           f"granularity")
+        data = b"".join(bytes(c) if not isinstance(c, bytes) else c for c in map_chunks)
+        old = self._pointer()
+        obj = self._write_version(data)
+        ptr = pointer_record(obj, data)
+
+        def build(op) -> None:
+            op.write_full(journal)
+            self.ioctx.set_omap(op, ("map",), (ptr,))
+        try:
+            with self._lock:
+                self._guarded(build, "growth")
+        except MapError:
+            try:
+                self.ioctx.remove_object(obj)
+            except self.rados.Error:
+                pass
+            raise
+        if old is not None and old["object"] != obj:
+            try:
+                self.ioctx.remove_object(old["object"])
+            except self.rados.Error:
+                pass
+        self._buf = bytearray(journal)
+        return self._buf
+
+    def _write_version(self, data: bytes) -> str:
+        """A new, not yet named, map version object holding ``data``."""
+        self._version += 1
+        obj = f"{self.base}.genmap.map.{self.epoch}.{self._version}"
+        try:
+            for off in range(0, max(len(data), 1), _IO_CHUNK):
+                piece = data[off:off + _IO_CHUNK]
+                if off == 0:
+                    self.ioctx.write_full(obj, piece)
+                else:
+                    self.ioctx.write(obj, piece, off)
+        except self.rados.Error as exc:
+            raise MapError(f"{self.name}: cannot write map object {obj} ({len(data)} bytes): "
+                           f"{exc}") from None
+        return obj
+
     def _op_error(self, code: int, what: str) -> MapError:
         if code == errno.ECANCELED:
             self._fence("another target took the map over (its epoch is newer)")
@@ -493,6 +547,79 @@ class RadosMapStorage(MapStorage):
         self._guarded(lambda op: self.ioctx.set_omap(op, ("sidecar",), (bytes(data),)),
                       "sidecar update")
 
+    # -- records beside the map (the block CRC table) ----------------------------
+    def read_blob(self, kind: str) -> bytes | None:
+        """The record ``kind`` (None: there is none); MapCorrupt if its object does
+        not match its pointer."""
+        self._check_blob(kind)
+        self._acquire()
+        raw = self._omap().get(kind)
+        if raw is None:
+            return None
+        ptr = parse_pointer(raw, f"{self.journal_name} (omap key {kind})")
+        try:
+            data = self._read_object(ptr["object"], ptr["length"])
+        except self.rados.ObjectNotFound:
+            raise MapCorrupt(f"{self.name}: the {kind} object {ptr['object']} is missing") \
+                from None
+        except self.rados.Error as exc:
+            raise MapError(f"{self.name}: cannot read {ptr['object']}: {exc}") from None
+        if len(data) != ptr["length"] or crc32c.crc32c(data) != ptr["crc32c"]:
+            raise MapCorrupt(f"{self.name}: {kind} object {ptr['object']} does not match its "
+                             f"pointer ({len(data)} bytes)")
+        return data
+
+    def write_blob(self, kind: str, data: bytes) -> None:
+        """Replace record ``kind``: a new object, then the guarded pointer move (a
+        fenced holder's move fails and its object is removed)."""
+        self._check_blob(kind)
+        self._acquire()
+        self.check_writable()
+        raw = self._omap().get(kind)
+        old = parse_pointer(raw, kind)["object"] if raw is not None else None
+        self._version += 1
+        obj = f"{self.base}.genmap.{kind}.{self.epoch}.{self._version}"
+        try:
+            for off in range(0, max(len(data), 1), _IO_CHUNK):
+                if off == 0:
+                    self.ioctx.write_full(obj, bytes(data[:_IO_CHUNK]))
+                else:
+                    self.ioctx.write(obj, bytes(data[off:off + _IO_CHUNK]), off)
+        except self.rados.Error as exc:
+            raise MapError(f"{self.name}: cannot write {obj} ({len(data)} bytes): {exc}") \
+                from None
+        ptr = pointer_record(obj, data)
+        try:
+            self._guarded(lambda op: self.ioctx.set_omap(op, (kind,), (ptr,)), f"{kind} update")
+        except MapError:
+            self._remove_quietly(obj)
+            raise
+        if old is not None and old != obj:
+            self._remove_quietly(old)
+
+    def remove_blob(self, kind: str) -> None:
+        self._check_blob(kind)
+        self._acquire()
+        raw = self._omap().get(kind)
+        if raw is None:
+            return
+        self._guarded(lambda op: self.ioctx.remove_omap_keys(op, (kind,)), f"{kind} removal")
+        try:
+            self._remove_quietly(parse_pointer(raw, kind)["object"])
+        except MapCorrupt:
+            pass
+
+    @staticmethod
+    def _check_blob(kind: str) -> None:
+        if kind not in _BLOBS:
+            raise ValueError(f"no record {kind!r} beside a map (known: {', '.join(_BLOBS)})")
+
+    def _remove_quietly(self, obj: str) -> None:
+        try:
+            self.ioctx.remove_object(obj)
+        except self.rados.Error:
+            pass
+
     def remove(self) -> None:
         """Delete the map, its journal and records (tracking starts afresh next time)."""
         self._acquire()
@@ -502,15 +629,22 @@ class RadosMapStorage(MapStorage):
         except MapCorrupt:
             pass
 
+        blobs = []
+        for kind, raw in self._omap().items():
+            if kind in _BLOBS:
+                try:
+                    blobs.append(parse_pointer(raw, kind)["object"])
+                except MapCorrupt:
+                    pass
+
         def build(op) -> None:
-            self.ioctx.remove_omap_keys(op, ("map", "sidecar"))
+            self.ioctx.remove_omap_keys(op, ("map", "sidecar", *_BLOBS))
             op.truncate(0)
         self._guarded(build, "removal")
         if ptr is not None:
-            try:
-                self.ioctx.remove_object(ptr["object"])
-            except self.rados.Error:
-                pass
+            blobs.append(ptr["object"])
+        for obj in blobs:
+            self._remove_quietly(obj)
 
     def close(self) -> None:
         """Give the map up cleanly: the owner record goes (no blocklisting next time)."""

@@ -46,9 +46,11 @@ from . import blockcrc
 from .genmap import Cut, MapError
 from .pitcut import CutLost, PreservationExhausted, open_cut
 from .restore import ChainState, RestoreRejected as _Rejected, StreamCheck, StreamRestorer
+from .restore import chain_problems as _chain_problems
+from .store import StoreError
 from .stream import (HEADER_SIZE, RECORD_HEADER_SIZE, TRAILER_SIZE, StreamEncoder, StreamError,
                      StreamHeader)
-from .tracked import RestoreMark, TrackingStore
+from .tracked import RestoreMark, TrackingError, TrackingStore
 
 __all__ = ["VolumeSessions", "BackupReader", "RestoreWriter", "RestoreResult", "VolumeError",
            "BackupRefused", "VolumeIncomplete", "ScopeError", "StreamGone", "StreamOrderError",
@@ -490,10 +492,32 @@ class RestoreWriter:
             h = None                         # the restorer rejects it with the reason
         if h is not None:
             prev = self._previous(h)
+            if not h.full and h.volume_size > self.vol.size and self._grow_for(h, prev):
+                prev = self._previous(h)
         self.r = StreamRestorer(self.vol, self.vol.map, skip_generations=self._skip,
                                 expect_previous=prev, name=self.name,
                                 prepare_full=self._prepare_full, on_start=self._on_start)
         self.result.check = self.r.check
+
+    def _grow_for(self, h: StreamHeader, prev: ChainState | None) -> bool:
+        """A differential of the volume after it grew (its header's size is larger):
+        a target that can grow (a file) grows to it before the stream is applied,
+        once the stream is otherwise this target's next one.  The added blocks start
+        at generation 0; the stream carries every one of them (the source marked
+        them at its growth).  False: not grown (the restorer's checks then say why)."""
+        vol = self.vol
+        gmap = vol.map
+        if h.volume_id != gmap.volume_id or h.block_size != gmap.granularity or \
+                h.base_id != gmap.base_id or prev is None or \
+                _chain_problems(self.name, h, gmap, prev) or \
+                getattr(vol.inner, "grow", None) is None:
+            return False
+        try:
+            vol.grow(h.volume_size, restoring=True)
+        except (TrackingError, StoreError) as exc:
+            raise RestoreRejected(f"{self.name} is for the volume grown to {h.volume_size} "
+                                  f"bytes; the target could not grow: {exc}") from None
+        return True
 
     def _prepare_full(self, h: StreamHeader):
         vol = self.vol
@@ -756,6 +780,20 @@ class VolumeSessions:
             self.last_restore = w.result
             return w
 
+    def volume_grew(self, size: int) -> None:
+        """Streams of the grown volume may be longer: so may the pseudo device."""
+        self.device_size = max(self.device_size, capacity_bound(size, self.vol.map.granularity))
+
+    def busy_with(self) -> str | None:
+        """What stream is open (a volume cannot grow under it), or None."""
+        with self.lock:
+            if self.reader is not None and not self.reader.abandoned and \
+                    not self.reader.complete:
+                return "a backup stream"
+            if self.writer is not None and not self.writer.finished:
+                return "a restore stream"
+            return None
+
     def abandon_restore(self) -> None:
         w, self.writer = self.writer, None
         if w is not None and not w.finished:
@@ -819,7 +857,7 @@ def finish_backup(reader: BackupReader) -> None:
 # the tracker self-audit (volume/audit.py).  Kept apart: a backup or restore
 # works the same with or without it.
 def _crc_recorder(vol: TrackingStore, cut: Cut, source):
-    if not vol.sidecar:
+    if not vol.keeps_crcs:
         return None                          # a memory volume: nowhere to keep the table
     plan = cut.plan
     return blockcrc.CrcRecorder(source, plan.granularity, plan.entries)
@@ -827,27 +865,30 @@ def _crc_recorder(vol: TrackingStore, cut: Cut, source):
 
 def _save_crcs(reader: BackupReader) -> None:
     """Before the cut commits: a crash in between leaves the sent blocks in the
-    open generation, which no audit checks against the table."""
+    open generation, which no audit checks against the table.  The table lives
+    where the map does (files beside it, or RADOS objects fenced with it)."""
     rec = reader.crcs
     if rec is None:
         return
     plan = reader.cut.plan
-    path = blockcrc.crc_path(reader.vol.sidecar)
+    vol = reader.vol
     try:
-        rec.save(path, full=plan.full, base_id=plan.base_id,
-                 generation=plan.generation_range[1], volume_size=plan.volume_size)
-    except OSError:
+        try:
+            previous = None if plan.full else vol.load_crcs()
+        except blockcrc.BlockCrcError:
+            previous = None
+        crcs = rec.merged(previous, full=plan.full, base_id=plan.base_id,
+                          generation=plan.generation_range[1], volume_size=plan.volume_size)
+        if crcs is not None:
+            vol.save_crcs(crcs)
+    except (OSError, MapError):
         # An old table would describe blocks this stream sent anew: drop it
         # (the audit then asks for a full backup) rather than keep it wrong.
-        try:
-            blockcrc.forget(path)
-        except OSError:
-            pass
+        _forget_crcs(vol)
 
 
 def _forget_crcs(vol: TrackingStore) -> None:
-    if vol.sidecar:
-        try:
-            blockcrc.forget(blockcrc.crc_path(vol.sidecar))
-        except OSError:
-            pass
+    try:
+        vol.forget_crcs()
+    except (OSError, MapError):
+        pass

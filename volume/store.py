@@ -32,6 +32,11 @@ class StoreNoSpace(StoreError):
     """The medium has no space left for the write (a full pool, a quota)."""
 
 
+class StoreOutOfRange(StoreError):
+    """The range lies past the backing store's end although the LU serves it (a
+    tracked RBD image shrunk under the target: the old size stays served)."""
+
+
 class StoreFenced(StoreError):
     """This process may no longer write the medium: its lock was taken away or its
     client was blocklisted.  Nothing it does will succeed until it reopens."""

@@ -40,14 +40,16 @@ from typing import TYPE_CHECKING, Iterator
 
 from bitarray import bitarray
 
-from .genmap import GenerationMap, MapError, journal_path
+from . import blockcrc
+from .genmap import GenerationMap, MapBusy, MapCorrupt, MapError, journal_path
 from .pitcut import CowSettings, PitCut
-from .store import BlockStore, StoreError
+from .store import BlockStore, StoreError, StoreOutOfRange
 
 if TYPE_CHECKING:  # pragma: no cover
     from .session import VolumeSessions
 
-__all__ = ["TrackingStore", "TrackingError", "BackupState", "RestoreMark", "map_paths",
+__all__ = ["TrackingStore", "TrackingError", "TrackingBusy", "BackupState", "RestoreMark",
+           "map_paths",
            "read_sidecar", "MAP_SUFFIX", "SIDECAR_SUFFIX", "DEFAULT_GRANULARITY"]
 
 MAP_SUFFIX = ".genmap"
@@ -59,6 +61,10 @@ DEFAULT_GRANULARITY = 4096
 
 class TrackingError(Exception):
     """Tracking cannot start (or continue) for this volume; ``str()`` says why and what to do."""
+
+
+class TrackingBusy(TrackingError):
+    """Not now (a backup or restore stream is open); the same request may succeed later."""
 
 
 def map_paths(path: str | os.PathLike) -> tuple[str, str, str]:
@@ -89,6 +95,14 @@ class RestoreMark:
     @property
     def incomplete(self) -> bool:
         return self.stream is not None or self.unrecovered_blocks > 0
+
+    def grow(self, entries: int) -> None:
+        """The volume grew to ``entries`` blocks: the added ones are not unrecovered."""
+        u = self.unrecovered
+        if u is not None and len(u) < entries:
+            add = bitarray(entries - len(u), endian="little")
+            add.setall(0)
+            u.extend(add)
 
     def to_doc(self) -> dict:
         u = self.unrecovered
@@ -240,6 +254,20 @@ class _FilePlace:
     def write_doc(self, doc: dict, sync: bool) -> None:
         _write_json_atomic(self.sidecar_label, doc, sync)
 
+    # the audit's block CRC table: VOLUME.blockcrc beside the sidecar
+    @property
+    def crc_label(self) -> str:
+        return blockcrc.crc_path(self.sidecar_label)
+
+    def read_crcs(self) -> "blockcrc.BlockCrcs | None":
+        return blockcrc.load(self.crc_label)
+
+    def write_crcs(self, crcs: "blockcrc.BlockCrcs") -> None:
+        blockcrc.save(self.crc_label, crcs)
+
+    def forget_crcs(self) -> None:
+        blockcrc.forget(self.crc_label)
+
     def abandon(self) -> None:
         pass
 
@@ -267,6 +295,25 @@ class _RadosPlace:
 
     def write_doc(self, doc: dict, sync: bool) -> None:
         self.where.write_sidecar(sidecar_bytes(doc))
+
+    # the audit's block CRC table: a versioned object beside the map, its pointer in
+    # the journal's omap (fenced with the map: volume/radosmap.py write_blob)
+    @property
+    def crc_label(self) -> str:
+        return f"rados:{self.where.pool}/{self.where.base}.genmap.blockcrc"
+
+    def read_crcs(self) -> "blockcrc.BlockCrcs | None":
+        try:
+            raw = self.where.read_blob("blockcrc")
+        except MapCorrupt as exc:
+            raise blockcrc.BlockCrcError(str(exc)) from None
+        return None if raw is None else blockcrc.BlockCrcs.unpack(raw, self.crc_label)
+
+    def write_crcs(self, crcs: "blockcrc.BlockCrcs") -> None:
+        self.where.write_blob("blockcrc", crcs.pack())
+
+    def forget_crcs(self) -> None:
+        self.where.remove_blob("blockcrc")
 
     def abandon(self) -> None:
         self.where.close()
@@ -313,6 +360,10 @@ class TrackingStore(BlockStore):
         self.cow_settings = cow
         # Serialises map replacement (reidentify) and sidecar writes.
         self.lock = threading.RLock()
+        # Called with the new size after a growth (the backup device follows it).
+        self.grow_listeners: list = []
+        # The inner store's real end after a refused shrink (None: its size).
+        self._limit: int | None = None
         self._sessions: "VolumeSessions | None" = None
 
     # -- construction -------------------------------------------------------
@@ -333,17 +384,15 @@ class TrackingStore(BlockStore):
     @classmethod
     def open_rados(cls, inner: BlockStore, storage, *, volume: str,
                    granularity: int | None = None, volume_id: bytes | None = None,
-                   cow: CowSettings | None = None,
-                   crc_stem: str | None = None) -> "TrackingStore":
-        """Track ``inner`` with its map, journal and sidecar in RADOS
-        (``storage``: a volume.radosmap.RadosMapStorage beside the image).
+                   cow: CowSettings | None = None) -> "TrackingStore":
+        """Track ``inner`` with its map, journal, sidecar and the audit's block CRC
+        table in RADOS (``storage``: a volume.radosmap.RadosMapStorage beside the
+        image).
 
-        ``volume`` names the volume in messages (e.g. ``rbd:POOL/IMAGE``);
-        ``crc_stem``, a local path stem for the audit's block CRC table (None:
-        no audit table).  Copy-on-write preservation files go to ``cow.dir``
-        (None: memory).
+        ``volume`` names the volume in messages (e.g. ``rbd:POOL/IMAGE``).
+        Copy-on-write preservation files go to ``cow.dir`` (None: memory).
         """
-        return cls._open_at(inner, _RadosPlace(storage, volume, crc_stem), granularity=granularity,
+        return cls._open_at(inner, _RadosPlace(storage, volume, None), granularity=granularity,
                             sync=True, volume_id=volume_id, cow=cow or CowSettings())
 
     @classmethod
@@ -387,12 +436,13 @@ class TrackingStore(BlockStore):
             return cls(inner, gmap, sidecar=place.stem, state=state, sync=sync, cow=cow,
                        place=place)
         vid = bytes.fromhex(doc["volume_id"])
-        if int(doc["volume_size"]) != inner.size:
+        recorded = int(doc["volume_size"])
+        if recorded > inner.size:
             raise TrackingError(
                 f"{vname} is {inner.size} bytes but its generation map was made for "
-                f"{doc['volume_size']} bytes: resizing a tracked volume is refused; restore its "
-                f"size, or delete {place.everything} to start tracking afresh (then "
-                f"take a full backup)")
+                f"{recorded} bytes: shrinking a tracked volume is refused (the map cannot "
+                f"drop blocks that backups hold); restore its size, or delete "
+                f"{place.everything} to start tracking afresh (then take a full backup)")
         gran = int(doc["granularity"])
         if granularity is not None and granularity != gran:
             raise TrackingError(
@@ -400,9 +450,11 @@ class TrackingStore(BlockStore):
                 f"changing it needs a new map — delete {place.everything}, then take "
                 f"a full backup")
         b = doc.get("backup") or {}
-        entries = -(-inner.size // gran)
+        entries = -(-recorded // gran)
         state = BackupState(bool(b.get("full_done")), b.get("pending_lo"), b.get("active"),
                             RestoreMark.from_doc(b.get("restore"), entries, spath))
+        if state.restore is not None:
+            state.restore.grow(-(-inner.size // gran))
         if not have_map:
             # The map was lost: start a new one for the same volume, but no
             # differential backup is possible until a full one is taken.  An
@@ -415,8 +467,10 @@ class TrackingStore(BlockStore):
                 raise TrackingError(f"cannot create generation map {mpath}: {exc}") from None
         else:
             try:
+                # A volume that grew while no target served it (or while a growth
+                # was under way): the map grows, its new blocks changed.
                 gmap = GenerationMap.open(place.where, volume_size=inner.size, volume_id=vid,
-                                          granularity=gran, sync=sync)
+                                          granularity=gran, sync=sync, grow=True)
             except MapError as exc:
                 raise TrackingError(f"generation map of {vname}: {exc}") from None
         state.settle_abandoned()
@@ -491,6 +545,111 @@ class TrackingStore(BlockStore):
             self.state = BackupState(restore=self.state.restore)
             self.save_state()
 
+    # -- the audit's block CRC table (volume/blockcrc.py) -----------------------
+    @property
+    def keeps_crcs(self) -> bool:
+        """The volume keeps a block CRC table (beside its map: files or RADOS)."""
+        return self._place is not None
+
+    @property
+    def crc_label(self) -> str:
+        return self._place.crc_label if self._place is not None else "(none: a memory volume)"
+
+    def load_crcs(self) -> "blockcrc.BlockCrcs | None":
+        """The stored table (None: none yet); BlockCrcError when it is damaged."""
+        if self._place is None:
+            return None
+        try:
+            return self._place.read_crcs()
+        except MapError as exc:
+            raise blockcrc.BlockCrcError(str(exc)) from None
+
+    def save_crcs(self, crcs: "blockcrc.BlockCrcs") -> None:
+        if self._place is not None:
+            self._place.write_crcs(crcs)
+
+    def forget_crcs(self) -> None:
+        if self._place is not None:
+            self._place.forget_crcs()
+
+    # -- growth ------------------------------------------------------------------
+    def grow(self, size: int, *, restoring: bool = False) -> None:
+        """The volume is now ``size`` bytes (larger): the map grows first, durably,
+        its new blocks (and the old partial last one) changed in the current
+        generation, so the next differential carries them; then the sidecar.  A crash
+        in between: the next open grows what is left (GenerationMap.open ``grow``).
+
+        ``restoring``: a restore target growing for a differential of the grown
+        volume: ``inner`` grows too (``inner.grow``) and the new blocks start at
+        generation 0, for the stream's records to fill.  Raises TrackingBusy while a
+        backup or restore stream is open (the caller retries), TrackingError for a
+        shrink (refused: the map cannot drop blocks that backups hold)."""
+        # The sessions' lock is taken before the volume's elsewhere: ask it first.
+        busy = self._sessions.busy_with() if self._sessions is not None and not restoring \
+            else None
+        with self.lock:
+            if size == self.size:
+                return
+            if size < self.size:
+                raise TrackingError(
+                    f"{self.volume_label()} shrank from {self.size} to {size} bytes: shrinking a "
+                    f"tracked volume is refused (the generation map cannot drop blocks that "
+                    f"backups hold)")
+            if not restoring and busy is None and self._map.pending_cut is not None:
+                busy = "a backup stream"
+            if busy is not None:
+                raise TrackingBusy(f"{self.volume_label()} grew to {size} bytes while "
+                                   f"{busy} is open: the growth waits until it ends")
+            grow_inner = getattr(self.inner, "grow", None)
+            if grow_inner is not None:
+                grow_inner(size)                # a file: extended (sparse) if it is not yet
+            elif restoring:
+                raise TrackingError(f"{self.volume_label()} holds {self.size} bytes and cannot "
+                                    f"grow to the stream's {size} bytes: resize it first")
+            else:
+                self.inner.size = size          # an RBD image the watcher saw grow
+            try:
+                self._map.grow(size, mark_new=not restoring)
+            except MapBusy:                     # a backup began since the question above
+                raise TrackingBusy(f"{self.volume_label()} grew to {size} bytes while a backup "
+                                   f"stream is open: the growth waits until it ends") from None
+            except MapError as exc:
+                raise TrackingError(f"generation map of {self.volume_label()}: {exc}") from None
+            if self.state.restore is not None:
+                self.state.restore.grow(self._map.entries)
+            self.size = size
+            self.save_state()
+            if self._sessions is not None:
+                self._sessions.volume_grew(size)
+        for fn in list(self.grow_listeners):
+            fn(size)
+
+    def limit_to(self, end: int | None) -> None:
+        """I/O past byte ``end`` fails with StoreOutOfRange (the image shrank under a
+        tracked LU, which keeps serving its old size); None: no limit.  The range past
+        ``end`` is marked first: its data is gone (an image grown back reads zeroes
+        there), so the next differential must carry it."""
+        if end is None or end >= self.size:
+            self._limit = None
+            return
+        self._mark(end, self.size - end, sync=True)
+        self._limit = end
+
+    def _check_limit(self, offset: int, n: int) -> None:
+        if offset + n > self._limit:
+            raise StoreOutOfRange(f"{self.volume_label()}: bytes {offset}+{n} lie past the "
+                                  f"image's end at {self._limit} (it shrank while tracked)")
+
+    def volume_label(self) -> str:
+        return self._place.volume_label if self._place is not None else "the memory volume"
+
+    def watch_size(self, changed, interval: float = 2.0) -> None:
+        """The inner store's size watcher (an RBD image's ``rbd resize``), if it has one."""
+        watch = getattr(self.inner, "watch_size", None)
+        if watch is None:
+            raise StoreError(f"{self.volume_label()}: its size is not watched")
+        watch(changed, interval)
+
     # -- BlockStore -----------------------------------------------------------
     @property
     def read_only(self) -> bool:  # type: ignore[override]
@@ -501,6 +660,8 @@ class TrackingStore(BlockStore):
         return self.inner.thin
 
     def readinto(self, offset: int, buf: memoryview) -> None:
+        if self._limit is not None:
+            self._check_limit(offset, memoryview(buf).nbytes)
         self.inner.readinto(offset, buf)
 
     def read(self, offset: int, length: int) -> bytearray:
@@ -510,6 +671,8 @@ class TrackingStore(BlockStore):
     # which every acknowledgement path runs before a response leaves.
     def write(self, offset: int, data) -> None:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if self._limit is not None:
+            self._check_limit(offset, n)
         self._mark(offset, n, sync=False)
         if self.cow is not None:
             self.cow.before_write(offset, n)
@@ -518,6 +681,8 @@ class TrackingStore(BlockStore):
     # An asynchronous inner store (RBD): a write's mark and its data go out
     # together; the command is answered when both are durable (invariant 1).
     def submit_read(self, offset: int, length: int, done) -> None:
+        if self._limit is not None:
+            self._check_limit(offset, length)
         self.inner.submit_read(offset, length, done)
 
     # Write intent first: the data write is submitted only once its mark is
@@ -526,6 +691,8 @@ class TrackingStore(BlockStore):
     # even one whose write was never answered.
     def submit_write(self, offset: int, data, done, fua: bool = False) -> None:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if self._limit is not None:
+            self._check_limit(offset, n)
         if self.cow is not None:
             self.cow.before_write(offset, n)
         with self._pending_cond:
@@ -606,12 +773,16 @@ class TrackingStore(BlockStore):
         self.inner.write_many(offsets, datas)
 
     def write_zeroes(self, offset: int, length: int) -> None:
+        if self._limit is not None:
+            self._check_limit(offset, length)
         self._mark(offset, length, sync=False)
         if self.cow is not None:
             self.cow.before_write(offset, length)
         self.inner.write_zeroes(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
+        if self._limit is not None:
+            self._check_limit(offset, length)
         self._mark(offset, length, sync=False)
         if self.cow is not None:
             self.cow.before_write(offset, length)

@@ -119,6 +119,16 @@ class BackupLU(DiskLU):
         self.source_lun = source_lun
         self.identity.product = "DIFF-BACKUP"
         self.forget_hooks.append(self._nexus_gone)
+        store.grow_listeners.append(self._source_grew)
+
+    def _source_grew(self, size: int) -> None:
+        """The tracked volume grew (rbd resize): its streams may now be longer, so the
+        device's capacity follows (CAPACITY DATA HAS CHANGED, as on the disk)."""
+        m = self.medium
+        with m.lock:
+            m.size = -(-capacity_bound(size, m.source.map.granularity) // BLOCK_SIZE) * BLOCK_SIZE
+            m.sessions.device_size = m.size
+            self.adopt_capacity(m.size // BLOCK_SIZE)
 
     def execute(self, cmd: Command) -> Response:
         m = self.medium

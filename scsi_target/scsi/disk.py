@@ -1,6 +1,8 @@
 """Disk (SBC direct-access block device) logical unit."""
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import replace
 
 from volume.store import BlockStore
@@ -15,6 +17,8 @@ from .sbc import ASYNC_FAST
 from . import sense as S
 
 _SIMPLE = (TaskAttr.UNTAGGED, TaskAttr.SIMPLE)
+_GROW_RETRY = 3.0            # seconds between attempts of a growth a stream holds up
+log = logging.getLogger("scsi_target.scsi")
 
 
 class DiskLU(LogicalUnit):
@@ -61,15 +65,82 @@ class DiskLU(LogicalUnit):
             # A resized image (rbd resize) is adopted between commands; every
             # initiator then hears CAPACITY DATA HAS CHANGED before its next command.
             store.watch_size(lambda size: self._lane.call(self._resized, size))
+        self._grow_waits = False
+        self._wanted_size = store.size
+        listeners = getattr(store, "grow_listeners", None)
+        if listeners is not None:
+            # A tracked volume that grew (its image resized, or a restore of the grown
+            # volume's differential onto it) is served at its new size from then on.
+            listeners.append(self._store_grew)
+
+    def _store_grew(self, size: int) -> None:
+        blocks = size // self.block_size
+        if blocks > self.num_blocks:
+            self.adopt_capacity(blocks)
 
     def _resized(self, size: int) -> None:
+        """On the lane, alone: adopt an image size the watcher saw (``rbd resize``).
+
+        A tracked store grows its generation map first (durably, the new blocks
+        changed in the current generation) and only then is the new size served;
+        while a backup or restore stream is open the growth waits (retried every
+        few seconds).  A tracked volume never shrinks: the old size stays served
+        and I/O past the image's new end fails (ILLEGAL REQUEST, LBA OUT OF RANGE)."""
+        self._wanted_size = size
         blocks = size // self.block_size
+        grow = getattr(self.store, "grow", None)
+        if grow is not None and blocks >= self.num_blocks:
+            self.store.limit_to(None)           # grown back after a refused shrink
         if blocks == self.num_blocks or blocks == 0:
             return
+        if grow is not None:
+            from volume.tracked import TrackingBusy, TrackingError
+            new = blocks * self.block_size
+            if blocks < self.num_blocks:
+                self.store.limit_to(new)
+                log.error("%s shrank from %d to %d bytes while tracked: keeping %d bytes "
+                          "(the generation map cannot shrink); I/O past byte %d fails with "
+                          "LBA OUT OF RANGE. Grow the image back, or serve it untracked",
+                          self._volume_label(), self.num_blocks * self.block_size, new,
+                          self.num_blocks * self.block_size, new)
+                return
+            try:
+                grow(new)
+            except TrackingBusy as exc:
+                if not self._grow_waits:        # said once per growth, retried quietly
+                    log.warning("%s; retrying every %g s", exc, _GROW_RETRY)
+                self._grow_waits = True
+                self._retry_resize()
+                return
+            except TrackingError as exc:
+                log.error("%s: the growth to %d bytes failed, keeping %d bytes: %s",
+                          self._volume_label(), new, self.num_blocks * self.block_size, exc)
+                return
+            self._grow_waits = False
+            log.info("%s grew to %d bytes: generation map grown, new blocks marked changed",
+                     self._volume_label(), new)
+            return                              # served from now on: _store_grew
         self.store.size = blocks * self.block_size
+        self.adopt_capacity(blocks)
+
+    def adopt_capacity(self, blocks: int) -> None:
+        """Serve ``blocks`` blocks from now on; every initiator hears CAPACITY DATA HAS
+        CHANGED before its next command."""
         self.geometry = replace(self.geometry, num_blocks=blocks)
         self.num_blocks = blocks
         self.ua.establish(S.CAPACITY_DATA_HAS_CHANGED)
+
+    def _retry_resize(self) -> None:
+        def again() -> None:
+            if self._lane is not None:
+                self._lane.call(lambda: self._resized(self._wanted_size))
+        t = threading.Timer(_GROW_RETRY, again)
+        t.daemon = True
+        t.start()
+
+    def _volume_label(self) -> str:
+        label = getattr(self.store, "volume_label", None)
+        return label() if callable(label) else "the volume"
 
     def execute(self, cmd: Command) -> Response | Deferred:
         lane = self._lane

@@ -14,7 +14,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from volume.buffers import READ_BUFFERS
-from volume.store import StoreError, StoreFenced, StoreNoSpace, StoreTimeout, byte_view
+from volume.store import (StoreError, StoreFenced, StoreNoSpace, StoreOutOfRange, StoreTimeout,
+                          byte_view)
 
 from . import cdb as C
 from . import sense as S
@@ -72,6 +73,8 @@ def store_sense(exc: StoreError, write: bool) -> S.SenseError:
     * fenced (lock lost, client blocklisted): NOT READY, LOGICAL UNIT NOT
       ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE (04h/0Ch), which sends a
       multipath initiator to another path (the target now holding the lock);
+    * out of range (a tracked image shrunk under the LU, which keeps its size):
+      ILLEGAL REQUEST, LOGICAL BLOCK ADDRESS OUT OF RANGE (21h/00h);
     * anything else: MEDIUM ERROR, UNRECOVERED READ ERROR / WRITE ERROR.
     """
     if isinstance(exc, StoreTimeout):
@@ -80,6 +83,8 @@ def store_sense(exc: StoreError, write: bool) -> S.SenseError:
         return S.SenseError(S.SenseKey.DATA_PROTECT, S.SPACE_ALLOCATION_FAILED_WRITE_PROTECT)
     if isinstance(exc, StoreFenced):
         return S.SenseError(S.SenseKey.NOT_READY, S.LU_NOT_ACCESSIBLE_TARGET_PORT_UNAVAILABLE)
+    if isinstance(exc, StoreOutOfRange):
+        return S.SenseError(S.SenseKey.ILLEGAL_REQUEST, S.LBA_OUT_OF_RANGE)
     return S.SenseError(S.SenseKey.MEDIUM_ERROR, S.WRITE_ERROR if write
                         else S.UNRECOVERED_READ_ERROR)
 
