@@ -143,6 +143,9 @@ def forget(path: str) -> None:
 
 
 _CHAIN_MAX_BLOCK = 64 << 10     # larger blocks: few per record, checksummed one by one
+# Fewer blocks: the second pass over the view costs less than a run's own setup
+# (a scattered differential's records are mostly one or two blocks).
+_CHAIN_MIN_BLOCKS = 32
 
 
 def _chain(c: int, block) -> int:
@@ -274,7 +277,7 @@ class CrcRecorder(BlockStore):
                 k -= 1                   # a block read in part: not known whole
             if k <= 0:
                 whole.append(-1)
-            elif can_chain and n > bs and n == k * bs:     # whole blocks only
+            elif can_chain and k >= _CHAIN_MIN_BLOCKS and n == k * bs:     # whole blocks only
                 whole.append(-2)
                 chained.append(self._chained_run(off >> shift, k, mv))
             elif n <= bs:                # the view is that one block
