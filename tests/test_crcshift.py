@@ -53,3 +53,17 @@ def test_recorder_chained_runs_and_rereads_equal_block_by_block_notes():
         assert crcs == [crc32c.crc32c(store.read(first * 4096, n))]
         b.readinto(first * 4096, memoryview(bytearray(n)))
     assert a.table == b.table and a.sent == b.sent
+
+
+def test_differential_table_update_takes_exactly_the_sent_entries():
+    rnd = random.Random(4)
+    n = 5000
+    old = array("I", [rnd.getrandbits(32) for _ in range(n)])
+    new = array("I", [rnd.getrandbits(32) for _ in range(n)])
+    sel = bitarray(n, endian="little")
+    sel.setall(0)
+    for i in rnd.sample(range(n), 1700):
+        sel[i] = 1
+    want = array("I", [b if sel[i] else a for i, (a, b) in enumerate(zip(old, new))])
+    blockcrc._take(old, new, sel)
+    assert old == want

@@ -28,6 +28,7 @@ import crc32c
 from bitarray import bitarray
 
 from . import crcshift
+from .genmap import extents
 from .store import BlockStore
 
 __all__ = ["BlockCrcs", "CrcRecorder", "BlockCrcError", "crc_path", "load", "forget",
@@ -325,14 +326,30 @@ class CrcRecorder(BlockStore):
             if crcs is None or crcs.base_id != base_id or crcs.entries != entries or \
                     crcs.block_size != self._bs:
                 return                   # no baseline to extend: the next full starts one
-            table = self.table
-            for a, b in _intervals(self.sent):
-                crcs.table[a:b] = table[a:b]
+            sent, table = self.sent, self.table
+            if sent.count() * 32 < entries:      # few: extent by extent is cheaper
+                for a, k in extents(sent):
+                    crcs.table[a:a + k] = table[a:a + k]
+            else:
+                _take(crcs.table, table, sent)
             crcs.generation = generation
         _save(path, crcs)
 
 
-def _intervals(bits: bitarray):
-    from .genmap import extents
-    for a, k in extents(bits):
-        yield a, a + k
+def _take(dst: array, src: array, sel: bitarray) -> None:
+    """``dst[i] = src[i]`` wherever ``sel[i]``, as whole-array operations (a scattered
+    differential sends tens of thousands of separate extents)."""
+    m = sel.unpack(zero=b"\0", one=b"\xff")        # a byte per entry, then four
+    raw = bytearray(4 * len(m))
+    for k in range(4):
+        raw[k::4] = m
+    mask = bitarray(endian="little")
+    mask.frombytes(raw)
+    a = bitarray(endian="little")
+    a.frombytes(dst.tobytes())
+    b = bitarray(endian="little")
+    b.frombytes(src.tobytes())
+    a &= ~mask
+    b &= mask
+    a |= b
+    dst[:] = array(dst.typecode, a.tobytes())
