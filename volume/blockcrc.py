@@ -22,10 +22,13 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
+from itertools import accumulate
 
 import crc32c
 from bitarray import bitarray
 
+from . import crcshift
+from .genmap import extents
 from .store import BlockStore
 
 __all__ = ["BlockCrcs", "CrcRecorder", "BlockCrcError", "crc_path", "load", "save", "forget",
@@ -141,19 +144,73 @@ def forget(path: str) -> None:
         pass
 
 
+_CHAIN_MAX_BLOCK = 64 << 10     # larger blocks: few per record, checksummed one by one
+# Fewer blocks: the second pass over the view costs less than a run's own setup
+# (a scattered differential's records are mostly one or two blocks).
+_CHAIN_MIN_BLOCKS = 32
+
+
+def _chain(c: int, block) -> int:
+    return crc32c.crc32c(block, c)
+
+
 class CrcRecorder(BlockStore):
     """The store a backup stream's encoder reads through: it passes reads on and
     keeps the CRC32C of every whole block read (a stream reads block-aligned
-    ranges; the volume's partial last block counts as whole)."""
+    ranges; the volume's partial last block counts as whole).
+
+    A read of several whole blocks is checksummed *chained* (each block's CRC
+    continues the previous one's), so one pass over the data gives both the
+    view's CRC (a record's data CRC) and a value per block; the table entries
+    so kept are turned into the blocks' own CRCs (volume/crcshift.py) in one
+    whole-array step when the table is next looked at."""
 
     def __init__(self, inner: BlockStore, block_size: int, entries: int) -> None:
         self.inner = inner
         self.size = inner.size
         self._bs = block_size
         self._shift = block_size.bit_length() - 1
-        self.table = array("I", bytes(4 * entries))
+        self._table = array("I", bytes(4 * entries))
         self.sent = bitarray(entries, endian="little")
         self.sent.setall(0)
+        self._chained: bitarray | None = None    # entries still holding a chained value
+        self._pending = False
+        self._can_chain = block_size <= _CHAIN_MAX_BLOCK
+        self._slices: list[slice] = []
+
+    @property
+    def table(self) -> array:
+        """One CRC32C per block (entries of blocks not sent are 0)."""
+        if self._pending:
+            self._settle()
+        return self._table
+
+    def _settle(self) -> None:
+        crcshift.unchain_masked(self._table, self._chained, self._bs)
+        self._chained.setall(0)
+        self._pending = False
+
+    def _chained_run(self, first: int, k: int, mv) -> int:
+        """Note the ``k`` whole blocks of ``mv`` (block ``first`` on); return
+        the CRC32C of all of them."""
+        if self._pending and self.sent[first:first + k].any():
+            self._settle()                # re-read (never in a stream): keep the values exact
+        sl = self._slices
+        if len(sl) < k:
+            bs = self._bs
+            sl = self._slices = [slice(i, i + bs) for i in range(0, k * bs, bs)]
+        it = accumulate(map(mv.__getitem__, sl[:k]), _chain, initial=0)
+        next(it)
+        vals = array("I", it)
+        self._table[first:first + k] = vals
+        if self._chained is None:
+            self._chained = bitarray(len(self.sent), endian="little")
+            self._chained.setall(0)
+        self._chained[first] = 0
+        self._chained[first + 1:first + k] = 1
+        self._pending = True
+        self.sent[first:first + k] = 1
+        return vals[-1]
 
     def _note(self, offset: int, view) -> None:
         bs = self._bs
@@ -167,8 +224,10 @@ class CrcRecorder(BlockStore):
             k -= 1                       # a block read in part: not known whole
         if k <= 0:
             return
+        if self._pending and self.sent[first:first + k].any():
+            self._settle()
         crc = crc32c.crc32c
-        self.table[first:first + k] = array("I", [crc(mv[i:i + bs]) for i in range(0, k * bs, bs)])
+        self._table[first:first + k] = array("I", [crc(mv[i:i + bs]) for i in range(0, k * bs, bs)])
         self.sent[first:first + k] = 1
 
     def readinto(self, offset: int, buf) -> int:
@@ -191,10 +250,12 @@ class CrcRecorder(BlockStore):
         self.inner.readinto_many(offsets, views)
         bs, shift = self._bs, self._shift
         crc = crc32c.crc32c
-        table = self.table
+        table = self._table
         if all(len(v) == bs for v in views) and not any(off & (bs - 1) for off in offsets):
             crcs = list(map(crc, views))
             idx = [off >> shift for off in offsets]
+            if self._pending and self.sent[idx].any():
+                self._settle()
             for i, c in zip(idx, crcs):
                 table[i] = c
             self.sent[idx] = 1
@@ -206,8 +267,10 @@ class CrcRecorder(BlockStore):
         size = self.size
         blocks: list = []               # every whole block of the batch, in order
         whole: list[int] = []           # per view: its block's index in ``blocks`` when the
-        singles: list[int] = []         # view is that one block, else -1
+        singles: list[int] = []         # view is that one block, -2 when chained, else -1
         runs: list[tuple[int, int, int]] = []     # (first block, blocks, index in ``blocks``)
+        chained: list[int] = []         # the CRC32C of each chained view, in order
+        can_chain = self._can_chain
         for off, v in zip(offsets, views):
             mv = v if type(v) is memoryview and v.format == "B" else memoryview(v).cast("B")
             n = len(mv)
@@ -216,6 +279,9 @@ class CrcRecorder(BlockStore):
                 k -= 1                   # a block read in part: not known whole
             if k <= 0:
                 whole.append(-1)
+            elif can_chain and k >= _CHAIN_MIN_BLOCKS and n == k * bs:     # whole blocks only
+                whole.append(-2)
+                chained.append(self._chained_run(off >> shift, k, mv))
             elif n <= bs:                # the view is that one block
                 whole.append(len(blocks))
                 singles.append(off >> shift)
@@ -226,6 +292,9 @@ class CrcRecorder(BlockStore):
                 blocks += [mv[i:i + bs] for i in range(0, k * bs, bs)]
         bcrcs = array("I", map(crc, blocks))
         sent = self.sent
+        if self._pending and (any(sent[first:first + k].any() for first, k, _j in runs) or
+                              (singles and sent[singles].any())):
+            self._settle()
         for (first, k, j) in runs:
             table[first:first + k] = bcrcs[j:j + k]
             sent[first:first + k] = 1
@@ -233,7 +302,9 @@ class CrcRecorder(BlockStore):
             for i, j in zip(singles, (j for j in whole if j >= 0)):
                 table[i] = bcrcs[j]
             sent[singles] = 1
-        return [bcrcs[j] if j >= 0 else crc(v) for j, v in zip(whole, views)]
+        ch = iter(chained)
+        return [bcrcs[j] if j >= 0 else next(ch) if j == -2 else crc(v)
+                for j, v in zip(whole, views)]
 
     def write(self, offset: int, data) -> None:     # a stream source is never written
         raise OSError("the backup stream's source is read-only")
@@ -264,8 +335,12 @@ class CrcRecorder(BlockStore):
                 return None
             crcs.table.extend(self.table[crcs.entries:])
             crcs.entries, crcs.volume_size = entries, volume_size
-        for a, b in _intervals(self.sent):
-            crcs.table[a:b] = self.table[a:b]
+        sent, table = self.sent, self.table
+        if sent.count() * 32 < entries:          # few: extent by extent is cheaper
+            for a, k in extents(sent):
+                crcs.table[a:a + k] = table[a:a + k]
+        else:
+            _take(crcs.table, table, sent)
         crcs.generation = generation
         return crcs
 
@@ -282,7 +357,20 @@ class CrcRecorder(BlockStore):
             save(path, crcs)
 
 
-def _intervals(bits: bitarray):
-    from .genmap import extents
-    for a, k in extents(bits):
-        yield a, a + k
+def _take(dst: array, src: array, sel: bitarray) -> None:
+    """``dst[i] = src[i]`` wherever ``sel[i]``, as whole-array operations (a scattered
+    differential sends tens of thousands of separate extents)."""
+    m = sel.unpack(zero=b"\0", one=b"\xff")        # a byte per entry, then four
+    raw = bytearray(4 * len(m))
+    for k in range(4):
+        raw[k::4] = m
+    mask = bitarray(endian="little")
+    mask.frombytes(raw)
+    a = bitarray(endian="little")
+    a.frombytes(dst.tobytes())
+    b = bitarray(endian="little")
+    b.frombytes(src.tobytes())
+    a &= ~mask
+    b &= mask
+    a |= b
+    dst[:] = array(dst.typecode, a.tobytes())

@@ -309,8 +309,12 @@ class StreamEncoder:
         first, n, g = run
         raw = self.header.raw_length(first, n)
         body = out[RECORD_HEADER_SIZE:RECORD_HEADER_SIZE + raw]
-        self._store.readinto(first * self._bs, body)
-        crc = crc32c.crc32c(body)
+        read_crcs = getattr(self._store, "readinto_many_crcs", None)
+        if read_crcs is not None:           # a store that checksums as it reads
+            (crc,) = read_crcs([first * self._bs], [body])
+        else:
+            self._store.readinto(first * self._bs, body)
+            crc = crc32c.crc32c(body)
         kind, stored = KIND_DATA, raw
         if self._elide and crc == self._zero_crc_of(raw) and self._zeros.startswith(body):
             kind, stored, crc = KIND_ZERO, 0, 0

@@ -1,0 +1,92 @@
+"""Block CRC32Cs from chained ones, as whole-array operations.
+
+A run of equal-sized blocks checksummed *chained* -- ``c[i] = crc32c(b[i], c[i-1])``,
+``c[-1] = 0`` -- yields the CRC of the whole run (``c[-1]``, a record's data CRC)
+in the same pass as one value per block.  Each block's own CRC follows from
+the chained values without touching the data again: for a CRC with pre- and
+post-inversion, ``crc32c(B, v) ^ crc32c(B, 0)`` is a GF(2)-linear function
+``L(v)`` of ``v`` alone (for a fixed length of ``B``), so
+
+    crc32c(b[i]) = c[i] ^ L(c[i-1])        (i > 0;  crc32c(b[0]) = c[0])
+
+``L`` is applied to a whole array at once: each output byte is the XOR of
+four byte-to-byte tables (``bytes.translate``) of the input's byte columns
+(XORed as bitarrays), so fixing a table costs a few C-level passes over it.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from array import array
+
+import crc32c
+from bitarray import bitarray
+
+__all__ = ["unchain_masked"]
+
+
+@functools.lru_cache(maxsize=4)
+def _tables(length: int) -> tuple[tuple[bytes, ...], ...]:
+    """tables[k][j]: byte k of L(byte value << 8j), for data of ``length`` bytes."""
+    zeros = bytes(length)
+    base = crc32c.crc32c(zeros, 0)
+
+    def shift(v: int) -> int:
+        return crc32c.crc32c(zeros, v) ^ base
+
+    cols = [[shift(b << (8 * j)) for b in range(256)] for j in range(4)]
+    return tuple(tuple(bytes((x >> (8 * k)) & 0xFF for x in cols[j]) for j in range(4))
+                 for k in range(4))
+
+
+def _bits(raw) -> bitarray:
+    b = bitarray(endian="little")
+    b.frombytes(raw)
+    return b
+
+
+def _last_set(bits) -> int:
+    try:
+        return bits.find(1, right=True)
+    except TypeError:                 # bitarray before 2.9
+        return len(bits) - 1 - bits[::-1].find(1)
+
+
+_SPAN = 1 << 20                 # entries fixed per step (bounds the temporaries)
+
+
+def unchain_masked(table: array, chained, length: int) -> None:
+    """In place: every entry ``i`` of ``table`` whose bit in ``chained`` (a
+    bitarray as long as the table) is set holds ``crc32c(b[i], table[i-1])``;
+    make it ``crc32c(b[i])`` (blocks of ``length`` bytes).  Other entries stay."""
+    first = chained.find(1)
+    if first < 0:
+        return
+    last = _last_set(chained)
+    tabs = _tables(length)
+    for a in range(first, last + 1, _SPAN):
+        b = min(last + 1, a + _SPAN)
+        n = b - a
+        seg = table[a - 1:b]                         # a >= 1: entry 0 never chains
+        raw = seg.tobytes()
+        if sys.byteorder != "little":
+            seg.byteswap()
+            raw = seg.tobytes()
+        prev = raw[:-4]
+        cols = [prev[j::4] for j in range(4)]
+        mask = _bits(chained[a:b].unpack(zero=b"\0", one=b"\xff"))
+        fix = bytearray(4 * n)
+        for k in range(4):
+            t = tabs[k]
+            acc = _bits(cols[0].translate(t[0]))
+            for j in range(1, 4):
+                acc ^= _bits(cols[j].translate(t[j]))
+            acc &= mask
+            fix[k::4] = acc.tobytes()
+        out = _bits(fix)
+        out ^= _bits(raw[4:])
+        res = array("I")
+        res.frombytes(out.tobytes())
+        if sys.byteorder != "little":
+            res.byteswap()
+        table[a:b] = res
