@@ -36,7 +36,6 @@ subclass) raised.  SCSI status is returned in :class:`~.results.ScsiResult`;
 """
 from __future__ import annotations
 
-import collections
 import socket
 import time
 from typing import Iterable, Iterator
@@ -48,8 +47,9 @@ from ..protocol.serial import MASK32, sn_le, sn_lt
 from ..scsi.lunaddr import encode_lun
 from .errors import (IscsiError, IscsiRejected, IscsiTimeout, LoginError, ProtocolViolation,
                      TransportError)
+from .pipeline import pipelined
 from .login import Credentials, InitiatorLogin, LoginOptions, new_isid
-from .results import ScsiResult
+from .results import ScsiResult, response_result
 from .url import IscsiUrl, parse_url
 
 __all__ = ["BlockingIscsiClient", "Command", "DEFAULT_TIMEOUT"]
@@ -499,21 +499,7 @@ class BlockingIscsiClient:
             return
         if type(task) is not Command:
             raise ProtocolViolation(f"SCSI Response for non-command ITT 0x{pdu.itt:08x}")
-        sense = b""
-        key = asc = ascq = None
-        data = bytes(pdu.data)
-        if len(data) >= 2:
-            slen = int.from_bytes(data[:2], "big")
-            sense = data[2:2 + slen]
-            if sense:
-                from ..scsi.sense import parse_sense
-                try:
-                    key, asc, ascq = parse_sense(sense)
-                except ValueError:
-                    pass
-        residual = pdu.residual if pdu.underflow else -pdu.residual if pdu.overflow else 0
-        self._complete(task, ScsiResult(pdu.status, _data_of(task), sense, key, asc, ascq,
-                                        residual, pdu.response))
+        self._complete(task, response_result(pdu, _data_of(task)))
 
     def _on_r2t(self, pdu) -> None:
         task = self._pending.get(pdu.itt)
@@ -673,30 +659,8 @@ class BlockingIscsiClient:
         the iterable (lazily, so it may depend on the results seen so far) as
         each result is handed out.  Closing the generator early waits for the
         commands already sent."""
-        if depth < 1:
-            raise ValueError("depth must be at least 1")
-        it = iter(commands)
-        inflight: collections.deque = collections.deque()
-        try:
-            for cmd in it:
-                inflight.append(self.submit(check=check, **cmd))
-                if len(inflight) >= depth:
-                    break
-            while inflight:
-                res = self.wait(inflight.popleft())
-                yield res
-                # Refill after the consumer is done with ``res``: a command may
-                # reuse its buffer.
-                if len(inflight) < depth:
-                    cmd = next(it, None)
-                    if cmd is not None:
-                        inflight.append(self.submit(check=check, **cmd))
-        finally:
-            for t in inflight:
-                try:
-                    self.wait(t)
-                except Exception:        # already failed: the caller saw the first error
-                    pass
+        return pipelined(commands, depth, lambda cmd: self.submit(check=check, **cmd),
+                         self.wait)
 
     def _request(self, pdu, timeout: float | None, what: str):
         """Send an immediate PDU that expects one reply under its ITT; returns the reply."""

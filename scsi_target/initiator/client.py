@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 from ..scsi.command import TaskAttr
 from ..scsi.lunaddr import encode_lun
-from ..scsi.sense import parse_sense
 from ..protocol import pdu as P
 from ..protocol.names import name_problem
 from .errors import (InitiatorNameError, IscsiError, IscsiRejected, IscsiTimeout, LoginError,
@@ -37,7 +36,7 @@ from .errors import (InitiatorNameError, IscsiError, IscsiRejected, IscsiTimeout
                             TaskManagementError, TransportError)
 from .ops import ScsiConveniences
 from .login import Credentials, InitiatorLogin, LoginOptions, GrantedSession, new_isid
-from .results import DiscoveredTarget, ScsiResult
+from .results import DiscoveredTarget, ScsiResult, response_result
 from .url import IscsiUrl, parse_url
 from .rx import RxProtocol
 from ..protocol.framing import encode_pdu
@@ -453,20 +452,7 @@ class IscsiClient(ScsiConveniences):
             return
         if not isinstance(task, _Task):
             raise ProtocolViolation(f"SCSI Response for non-command ITT 0x{pdu.itt:08x}")
-        sense = b""
-        key = asc = ascq = None
-        data = bytes(pdu.data)
-        if len(data) >= 2:
-            slen = int.from_bytes(data[:2], "big")
-            sense = data[2:2 + slen]
-            if sense:
-                try:
-                    key, asc, ascq = parse_sense(sense)
-                except ValueError:
-                    log.warning("undecodable sense data %s", sense.hex())
-        residual = pdu.residual if pdu.underflow else -pdu.residual if pdu.overflow else 0
-        self._complete(task, ScsiResult(pdu.status, self._data_of(task), sense, key, asc, ascq,
-                                        residual, pdu.response))
+        self._complete(task, response_result(pdu, self._data_of(task)))
 
     def _on_r2t(self, proto: _Protocol, pdu: P.R2T) -> None:
         task = self._pending.get(pdu.itt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..scsi.sense import SenseKey
+from ..scsi.sense import SenseKey, parse_sense
 from .errors import ScsiCheckCondition, ScsiCommandError
 
 
@@ -72,3 +72,21 @@ class DiscoveredTarget(NamedTuple):
     def tpgt(self) -> int | None:
         parts = self.portal.rsplit(",", 1)
         return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
+
+
+def response_result(pdu, data) -> "ScsiResult":
+    """The result a SCSI Response PDU gives a command whose Data-In is ``data``: the
+    status, the sense data and its key/ASC/ASCQ (None when undecodable), the residual
+    (positive: underflow, negative: overflow) and the iSCSI response code."""
+    sense = b""
+    key = asc = ascq = None
+    raw = bytes(pdu.data)
+    if len(raw) >= 2:
+        sense = raw[2:2 + int.from_bytes(raw[:2], "big")]
+        if sense:
+            try:
+                key, asc, ascq = parse_sense(sense)
+            except ValueError:
+                pass            # kept raw in .sense for the caller to show
+    residual = pdu.residual if pdu.underflow else -pdu.residual if pdu.overflow else 0
+    return ScsiResult(pdu.status, data, sense, key, asc, ascq, residual, pdu.response)

@@ -12,7 +12,6 @@ pytest-asyncio test calling blocking helpers), where ``asyncio.run`` fails.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import threading
 from typing import Any, Iterable, Iterator
@@ -20,6 +19,7 @@ from typing import Any, Iterable, Iterator
 from ..protocol import pdu as P
 from .client import (DEFAULT_TIMEOUT, DiscoveredTarget, IscsiClient, ScsiResult, discover)
 from .cdb import Capacity
+from .pipeline import pipelined
 from .errors import IscsiTimeout
 from .url import IscsiUrl
 
@@ -136,30 +136,8 @@ class SyncIscsiClient:
         the iterable (lazily, so it may depend on the results seen so far) as
         each result is handed out.  Closing the generator early waits for the
         commands already started."""
-        if depth < 1:
-            raise ValueError("depth must be at least 1")
-        it = iter(commands)
-        inflight: collections.deque = collections.deque()
-        try:
-            for cmd in it:
-                inflight.append(self.start(check=check, **cmd))
-                if len(inflight) >= depth:
-                    break
-            while inflight:
-                res = self.result(inflight.popleft())
-                yield res
-                # Refill after the consumer is done with ``res``: a command may
-                # reuse its buffer.
-                if len(inflight) < depth:
-                    cmd = next(it, None)
-                    if cmd is not None:
-                        inflight.append(self.start(check=check, **cmd))
-        finally:
-            for fut in inflight:
-                try:
-                    self.result(fut)
-                except Exception:        # already failed: the caller saw the first error
-                    pass
+        return pipelined(commands, depth, lambda cmd: self.start(check=check, **cmd),
+                         self.result)
 
     def ping(self, data: bytes = b"") -> float:
         return self._call(self.client.ping(data))
