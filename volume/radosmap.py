@@ -382,11 +382,24 @@ class RadosMapStorage(MapStorage):
         self._acquire()
         self.check_writable()
         data = b"".join(bytes(c) if not isinstance(c, bytes) else c for c in chunks)
+        self._move_to_version(data, lambda op, ptr: self.ioctx.set_omap(op, ("map",), (ptr,)),
+                              "map update")
+
+    def _move_to_version(self, data: bytes, build, what: str, *, hold_journal: bool = False
+                         ) -> None:
+        """Write ``data`` as a new map version, then run one guarded write op built by
+        ``build(op, pointer)`` that names it (with ``hold_journal``: no journal flush
+        meanwhile); the new version goes if the op fails, the old one once it
+        succeeded (a leftover is harmless: nothing names it)."""
         old = self._pointer()
         obj = self._write_version(data)
         ptr = pointer_record(obj, data)
         try:
-            self._guarded(lambda op: self.ioctx.set_omap(op, ("map",), (ptr,)), "map update")
+            if hold_journal:
+                with self._lock:
+                    self._guarded(lambda op: build(op, ptr), what)
+            else:
+                self._guarded(lambda op: build(op, ptr), what)
         except MapError:
             try:
                 self.ioctx.remove_object(obj)
@@ -397,7 +410,7 @@ class RadosMapStorage(MapStorage):
             try:
                 self.ioctx.remove_object(old["object"])
             except self.rados.Error:
-                pass            # a leftover version; the pointer no longer names it
+                pass
 
     def create_journal(self, size: int, header: bytes, sync: bool) -> None:
         self._acquire()
@@ -486,27 +499,11 @@ class RadosMapStorage(MapStorage):
                            f"write op ({MAX_JOURNAL_OP} bytes): track this volume at a coarser "
                            f"granularity")
         data = b"".join(bytes(c) if not isinstance(c, bytes) else c for c in map_chunks)
-        old = self._pointer()
-        obj = self._write_version(data)
-        ptr = pointer_record(obj, data)
 
-        def build(op) -> None:
+        def build(op, ptr) -> None:
             op.write_full(journal)
             self.ioctx.set_omap(op, ("map",), (ptr,))
-        try:
-            with self._lock:
-                self._guarded(build, "growth")
-        except MapError:
-            try:
-                self.ioctx.remove_object(obj)
-            except self.rados.Error:
-                pass
-            raise
-        if old is not None and old["object"] != obj:
-            try:
-                self.ioctx.remove_object(old["object"])
-            except self.rados.Error:
-                pass
+        self._move_to_version(data, build, "growth", hold_journal=True)
         self._buf = bytearray(journal)
         return self._buf
 

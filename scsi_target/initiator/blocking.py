@@ -44,9 +44,9 @@ from ..protocol import pdu as P
 from ..protocol.framing import (FramingError, UnknownOpcode, crc32c, data_digest_ok,
                                 encode_pdu, split_header)
 from ..protocol.serial import MASK32, sn_le, sn_lt
-from ..scsi.lunaddr import encode_lun
 from .errors import (IscsiError, IscsiRejected, IscsiTimeout, LoginError, ProtocolViolation,
                      TransportError)
+from .commands import check_command, command_buffers, lun_field as _lun_field, scsi_command
 from .pipeline import pipelined
 from .login import Credentials, InitiatorLogin, LoginOptions, new_isid
 from .results import ScsiResult, response_result
@@ -100,10 +100,6 @@ class _Reply:
 
     def done(self) -> bool:
         return self.pdu is not None or self.error is not None
-
-
-def _lun_field(lun: int) -> int:
-    return int.from_bytes(encode_lun(lun), "big")
 
 
 class BlockingIscsiClient:
@@ -557,46 +553,20 @@ class BlockingIscsiClient:
         Data-In is received into (the result's data is a view of it) instead of
         a new bytearray; it must not be touched until the command completed.
         """
-        if not 1 <= len(cdb) <= 260:
-            raise ValueError(f"CDB of {len(cdb)} bytes")
-        if data_out is not None and len(data_out) and read_length:
-            raise ValueError("bidirectional commands are not supported")
+        check_command(cdb, data_out, read_length)
         self._usable()
         p = self.login_result.params
-        view = memoryview(data_out).cast("B") if data_out is not None and len(data_out) else None
-        edtl = len(view) if view is not None else read_length
+        view, edtl, read_buf = command_buffers(data_out, read_length, read_into)
         lun = self.lun if lun is None else lun
-        if read_into is not None and read_length:
-            read_buf = memoryview(read_into).cast("B")
-            if read_buf.readonly or len(read_buf) < read_length:
-                raise ValueError(f"read_into must be a writable buffer of at least "
-                                 f"{read_length} bytes")
-            read_buf = read_buf[:read_length]
-        else:
-            read_buf = bytearray(read_length) if read_length else None
         timeout = self.timeout if timeout is None else timeout
         self._take_window(timeout)
         cmdsn = self._cmdsn
         self._cmdsn = (cmdsn + 1) & MASK32
         itt = self._new_itt()
         task = Command(itt, cmdsn, lun, timeout, check, edtl, read_buf, view)
-        cdb16, ahs = bytes(cdb[:16]).ljust(16, b"\x00"), b""
-        if len(cdb) > 16:
-            # Extended CDB AHS (RFC 7143 11.3.1.3): length counts the type-specific byte.
-            rest = bytes(cdb[16:])
-            ahs = (len(rest) + 1).to_bytes(2, "big") + b"\x01\x00" + rest
-            ahs += b"\x00" * (-len(ahs) % 4)
-        cmd = P.ScsiCommand(final=True, read=bool(read_length), write=view is not None,
-                            attr=1, lun=_lun_field(lun), itt=itt, edtl=edtl, cmdsn=cmdsn,
-                            expstatsn=self._exp_statsn, cdb=cdb16, ahs=ahs)
-        unsolicited = sent = 0
-        if view is not None:
-            if p.immediate_data:
-                sent = min(len(view), p.first_burst_length, p.max_xmit_data_segment_length)
-                cmd.data = view[:sent]
-            unsolicited = sent if p.initial_r2t else min(len(view), p.first_burst_length)
-            if unsolicited > sent:
-                cmd.final = False                   # unsolicited Data-Out follows
+        cmd, unsolicited = scsi_command(cdb, view, read_length, edtl, p, attr=1, lun=lun,
+                                        itt=itt, cmdsn=cmdsn, expstatsn=self._exp_statsn)
+        sent = len(cmd.data)
         self._pending[itt] = task
         if unsolicited > sent:
             # The command and its unsolicited Data-Out in one sendmsg.

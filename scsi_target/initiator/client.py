@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 
 from ..scsi.command import TaskAttr
-from ..scsi.lunaddr import encode_lun
 from ..protocol import pdu as P
 from ..protocol.names import name_problem
 from .errors import (InitiatorNameError, IscsiError, IscsiRejected, IscsiTimeout, LoginError,
@@ -36,6 +35,7 @@ from .errors import (InitiatorNameError, IscsiError, IscsiRejected, IscsiTimeout
                             TaskManagementError, TransportError)
 from .ops import ScsiConveniences
 from .login import Credentials, InitiatorLogin, LoginOptions, GrantedSession, new_isid
+from .commands import check_command, command_buffers, lun_field as _lun_field, scsi_command
 from .results import DiscoveredTarget, ScsiResult, response_result
 from .url import IscsiUrl, parse_url
 from .rx import RxProtocol
@@ -52,10 +52,6 @@ DEFAULT_TIMEOUT = 30.0
 # PDUs at least this long are handed to the transport piece by piece, not joined.
 _WRITE_APART = 64 * 1024
 MAX_REDIRECTS = 3
-
-
-def _lun_field(lun: int) -> int:
-    return int.from_bytes(encode_lun(lun), "big")
 
 
 @dataclass(eq=False)
@@ -557,48 +553,21 @@ class IscsiClient(ScsiConveniences):
         """
         if self.target is None:
             raise IscsiError("a discovery session cannot carry SCSI commands")
-        if not 1 <= len(cdb) <= 260:
-            raise ValueError(f"CDB of {len(cdb)} bytes")
-        if data_out is not None and len(data_out) and read_length:
-            raise ValueError("bidirectional commands are not supported")
+        check_command(cdb, data_out, read_length)
         proto = self._check_usable()
         p = self.params
-        view = memoryview(data_out).cast("B") if data_out is not None and len(data_out) else None
-        edtl = len(view) if view is not None else read_length
+        view, edtl, read_buf = command_buffers(data_out, read_length, read_into)
         lun = self.lun if lun is None else lun
-        if read_into is not None and read_length:
-            read_buf = memoryview(read_into).cast("B")
-            if read_buf.readonly or len(read_buf) < read_length:
-                raise ValueError(f"read_into must be a writable buffer of at least "
-                                 f"{read_length} bytes")
-            read_buf = read_buf[:read_length]
-        else:
-            read_buf = bytearray(read_length) if read_length else None
         cmdsn = await self._take_cmdsn(proto)
         proto = self._check_usable()
         itt = self._new_itt()
         fut = asyncio.get_running_loop().create_future()
         task = _Task(itt, cmdsn, lun, fut, edtl=edtl, data_out=view,
                      read_buf=read_buf)
-        cdb16, ahs = bytes(cdb[:16]).ljust(16, b"\x00"), b""
-        if len(cdb) > 16:
-            # Extended CDB AHS (RFC 7143 11.3.1.3): length counts the type-specific byte.
-            rest = bytes(cdb[16:])
-            ahs = (len(rest) + 1).to_bytes(2, "big") + b"\x01\x00" + rest
-            ahs += b"\x00" * (-len(ahs) % 4)
-        cmd = P.ScsiCommand(final=True, read=bool(read_length), write=view is not None,
-                            attr=int(attr), lun=_lun_field(lun), itt=itt, edtl=edtl, cmdsn=cmdsn,
-                            expstatsn=self._exp_statsn, cdb=cdb16, ahs=ahs)
+        cmd, unsolicited_end = scsi_command(cdb, view, read_length, edtl, p, attr=int(attr),
+                                            lun=lun, itt=itt, cmdsn=cmdsn,
+                                            expstatsn=self._exp_statsn)
         pdus: list[P.Pdu] = [cmd]
-        unsolicited_end = 0
-        if view is not None:
-            sent = 0
-            if p.immediate_data:
-                sent = min(len(view), p.first_burst_length, p.max_xmit_data_segment_length)
-                cmd.data = view[:sent]
-            unsolicited_end = sent if p.initial_r2t else min(len(view), p.first_burst_length)
-            if unsolicited_end > sent:
-                cmd.final = False                   # unsolicited Data-Out follows
         self._pending[itt] = task
         self._send(proto, *pdus)
         if unsolicited_end > len(cmd.data):
