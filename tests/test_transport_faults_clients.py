@@ -48,13 +48,19 @@ def sessions_ended(log) -> int:
     return sum(1 for r in log if r.name == "I_T NEXUS LOSS")
 
 
+def wait_sessions_ended(log, n: int) -> int:
+    """Sessions ended once ``n`` have (or 10 s passed): a client's logout is
+    handled at the target after the client process may already be gone."""
+    deadline = time.monotonic() + 10
+    while sessions_ended(log) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return sessions_ended(log)
+
+
 def clear_after_session_ends(log) -> None:
     """Clear the log once the session of the client that just exited has ended at
-    the target too (its logout is handled after the client process is gone)."""
-    deadline = time.monotonic() + 10
-    while sessions_ended(log) < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert sessions_ended(log) >= 1, log.format()
+    the target too."""
+    assert wait_sessions_ended(log, 1) >= 1, log.format()
     log.clear()
 
 
@@ -91,7 +97,7 @@ def test_drop_after_pdus_sent_qemu_io_reconnects_and_retries(iscsi_server):
     r = qemu_io(iscsi_server.url(0), *[f"read -P 0x3e {k * 4096} 4096" for k in range(8)])
     out = r.stdout + r.stderr
     assert out.count("read 4096/4096") == 8 and "Pattern verification failed" not in out, out
-    assert rule.fired == 1 and sessions_ended(log) == 2, log.format()   # the drop, the logout
+    assert rule.fired == 1 and wait_sessions_ended(log, 2) == 2, log.format()   # drop, logout
 
 
 @pytest.mark.scsi_lu("disk", lun=0, size="8M", track=True)
@@ -189,7 +195,7 @@ def test_corrupt_header_digest_libiscsi_sees_a_checksum_error_and_reconnects(isc
     out = r.stdout + r.stderr
     assert "header checksum verification failed" in out, out
     assert "read 4096/4096" in out and "Pattern verification failed" not in out, out
-    assert rule.fired == 1 and sessions_ended(t.log) == 2            # the drop, the logout
+    assert rule.fired == 1 and wait_sessions_ended(t.log, 2) == 2, t.log.format()  # drop, logout
 
 
 def test_corrupt_digest_without_digests_does_nothing(iscsi_server):
