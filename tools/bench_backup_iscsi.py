@@ -11,6 +11,11 @@ run and alternating, medians of ROUNDS:
 * differential after WRITES scattered 4 KiB writes: ``diffbackup diff --scope 1``
   rate per byte of changed data vs the backup convert rate.
 
+For scale, every round also times ``qemu-img convert`` of a LUN as large as
+the changed data (WRITES x 4 KiB of random data): the peer's own rate at
+that size, fixed cost included, against its rate on the whole volume -- the
+bar the differential's headline ratio sets, applied to qemu-img itself.
+
 Ratios are diffbackup's rate over qemu-img's (goal >= 0.9).  A measurement, not a test.
 
 Every round also times a differential with nothing changed since the last one: the
@@ -61,14 +66,16 @@ def _run(cmd: list[str]) -> float:
 
 
 class Target:
-    def __init__(self, d: str, size_mib: int) -> None:
+    def __init__(self, d: str, size_mib: int, small_mib: int = 0) -> None:
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scsi_target", "serve", "--listen", "127.0.0.1:0",
              "--log-level", "warning", "--disk", f"{d}/vol.img:{size_mib}M",
-             "--disk", f"{d}/spare.img:{size_mib}M", "--backup-device"],
+             "--disk", f"{d}/spare.img:{size_mib}M"]
+            + (["--disk", f"{d}/small.img:{small_mib}M"] if small_mib else [])
+            + ["--backup-device"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=d)
         first = self.proc.stdout.readline()
         m = re.search(r"listening on 127\.0\.0\.1:(\d+)", first)
@@ -76,8 +83,8 @@ class Target:
             self.stop()
             raise SystemExit(f"server did not start: {first!r}")
         self.port = int(m.group(1))
-        n = 0
-        while n < 4:                                  # two disks, two backup devices
+        n, luns = 0, 2 * (3 if small_mib else 2)      # the disks and their backup devices
+        while n < luns:
             line = self.proc.stdout.readline()
             if not line:
                 raise SystemExit("server exited")
@@ -143,7 +150,10 @@ def main() -> None:
             for _ in range(0, size, 8 * MiB):
                 f.write(rnd.randbytes(8 * MiB))
                 g.write(rnd.randbytes(8 * MiB))
-        srv = Target(d, a.size_mib)
+        small_mib = max(1, -(-a.writes * 4096 // MiB))
+        with open(os.path.join(d, "small.img"), "wb") as f:
+            f.write(random.Random(2).randbytes(small_mib * MiB))
+        srv = Target(d, a.size_mib, small_mib)
         if a.start == "installed":
             import site
             env = dict(os.environ)
@@ -153,7 +163,8 @@ def main() -> None:
         else:
             db = [sys.executable, "-m", "tools.diffbackup", "-q"]
         from scsi_target.initiator.sync import SyncIscsiClient
-        keys = ["convert out", "full", "convert in", "restore", "diff", "diff, nothing"]
+        keys = ["convert out", "full", "convert in", "restore", "diff", "diff, nothing",
+                "convert small"]
         if a.large_writes:
             keys.append("diff, large")
         t: dict[str, list[float]] = {k: [] for k in keys}
@@ -182,6 +193,11 @@ def main() -> None:
                                         os.path.join(d, "d.bk")]))
             t["diff, nothing"].append(_run(db + ["diff", srv.url(0), "--scope", "1", "-o",
                                                  os.path.join(d, "d0.bk")]))
+            small_out = os.path.join(d, "small-out.img")
+            if os.path.exists(small_out):
+                os.unlink(small_out)
+            t["convert small"].append(_run(["qemu-img", "convert", "-f", "raw", "-O", "raw",
+                                            srv.url(2), small_out]))
             if a.large_writes:
                 _scatter(srv.url(0), rnd.sample(range(size // 4096), a.large_writes), rnd)
                 for name in ("d.bk", "d0.bk", "dl.bk"):
@@ -210,6 +226,10 @@ def main() -> None:
               + (f"beyond it {changed / beyond / MiB:.1f} MiB/s of changed data, ratio "
                  f"{changed / beyond / conv_out:.2f}" if beyond > 0 else
                  "the differential's own work is within the noise of it"))
+        small = small_mib * MiB
+        print(f"  for scale: qemu-img convert of a {small_mib} MiB LUN takes "
+              f"{med['convert small']:.3f} s, {small / med['convert small'] / MiB:.1f} MiB/s: "
+              f"by the same bar qemu-img's own ratio is {small / med['convert small'] / conv_out:.2f}")
         if a.large_writes:
             big = a.large_writes * 4096
             rate = big / med["diff, large"]
