@@ -99,7 +99,8 @@ def _zeros(n: int) -> bitarray:
     return a
 
 
-def _ones(n: int) -> bitarray:
+def all_ones(n: int) -> bitarray:
+    """``n`` set bits (the map's bit order)."""
     a = bitarray(n, endian=_ENDIAN)
     a.setall(1)
     return a
@@ -129,7 +130,7 @@ def _value_counts_iter(planes: list[bitarray], mask: bitarray | None, nbits: int
     """
     n = len(planes)
     counts = [0] * (1 << n)
-    root = mask if mask is not None else _ones(nbits)
+    root = mask if mask is not None else all_ones(nbits)
     total = root.count()
     if n == 0:
         counts[0] = total
@@ -161,7 +162,7 @@ def _ge(planes: list[bitarray], v: int, nbits: int, tmp: bitarray | None = None)
     than the bitwise operation itself.
     """
     if v <= 0:
-        return _ones(nbits)
+        return all_ones(nbits)
     n = len(planes)
     if v >= 1 << n:
         return _zeros(nbits)
@@ -173,7 +174,7 @@ def _ge(planes: list[bitarray], v: int, nbits: int, tmp: bitarray | None = None)
             out |= planes[p]
         return out
     gt = _zeros(nbits)
-    eq = _ones(nbits)
+    eq = all_ones(nbits)
     if tmp is None:
         tmp = bitarray(nbits, endian=_ENDIAN)
     for p in range(n - 1, -1, -1):
@@ -187,6 +188,15 @@ def _ge(planes: list[bitarray], v: int, nbits: int, tmp: bitarray | None = None)
             eq ^= tmp                 # eq & ~plane without allocating ~plane
     gt |= eq
     return gt
+
+
+def older_than(planes: list[bitarray], first_block: int, nblocks: int, generation: int) -> bitarray:
+    """Bits (length ``nblocks``) set where the bit-sliced ``planes`` hold a value
+    below ``generation`` for blocks ``first_block..+nblocks``."""
+    if not nblocks:
+        return bitarray(0, endian=_ENDIAN)
+    end = first_block + nblocks
+    return ~_ge([p[first_block:end] for p in planes], generation, nblocks)
 
 
 def store_masked(planes: list[bitarray], first: int, mask: bitarray, generation: int,
@@ -1083,8 +1093,7 @@ class GenerationMap:
             if first_block < 0 or nblocks < 0 or first_block + nblocks > self._entries:
                 raise ValueError(f"blocks {first_block}+{nblocks} outside the map")
             end = first_block + nblocks
-            planes = [p[first_block:end] for p in self._planes]
-            older = ~_ge(planes, generation, nblocks) if nblocks else bitarray(0, endian=_ENDIAN)
+            older = older_than(self._planes, first_block, nblocks, generation)
             d = self._dirty[first_block:end]
             if self._frozen is not None:
                 d |= self._frozen[first_block:end]
@@ -1182,7 +1191,7 @@ class GenerationMap:
             self._no_cut("cut_full")
             old = self._switch_dirty()
             base = os.urandom(16)
-            plan = BackupPlan((0, 0), True, _ones(self._entries), self._entries, self._gran,
+            plan = BackupPlan((0, 0), True, all_ones(self._entries), self._entries, self._gran,
                               self._size, self._entries, self._vid, base)
             cut = Cut(self, plan, [_zeros(self._nbits) for _ in range(_BASE_PLANES)],
                       [self._entries], 1, base)

@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 
 from bitarray import bitarray
 
-from .genmap import GenerationMap, _ge, _ones, store_masked
+from .genmap import GenerationMap, older_than, all_ones, store_masked
 
 __all__ = ["RestoredGenerations", "GenerationPlanes", "taken", "leaves_generation"]
 
@@ -55,7 +55,7 @@ def taken(restored: RestoredGenerations, full: bool, first_block: int, nblocks: 
     (``full``) or differential stream, those a restore of the chain takes from it
     (bits, length ``nblocks``)."""
     if full:
-        return _ones(nblocks)
+        return all_ones(nblocks)
     return restored.blocks_older_than(first_block, nblocks, generation)
 
 
@@ -74,9 +74,7 @@ class GenerationPlanes(RestoredGenerations):
         self._planes: list[bitarray] = []
 
     def blocks_older_than(self, first_block: int, nblocks: int, generation: int) -> bitarray:
-        end = first_block + nblocks
-        planes = [p[first_block:end] for p in self._planes]
-        return ~_ge(planes, generation, nblocks) if nblocks else bitarray(0, endian="little")
+        return older_than(self._planes, first_block, nblocks, generation)
 
     def apply_restored_mask(self, first_block: int, mask: bitarray, generation: int) -> None:
         if mask.any():
