@@ -471,9 +471,11 @@ class StreamEncoder:
                     if not self._refill():
                         break
                     qi = 0
-                # Lay out a batch as if every record kept its data.
-                firsts = self._qf[qi:qi + _ENCODE_BATCH]
-                ns = self._qn[qi:qi + _ENCODE_BATCH]
+                # Lay out a batch as if every record kept its data (no more
+                # records than could fit: each holds a block, but the last one).
+                take = min(_ENCODE_BATCH, (size - w) // (RH + bs) + 1)
+                firsts = self._qf[qi:qi + take]
+                ns = self._qn[qi:qi + take]
                 raws = list(map(mul, ns, repeat(bs)))
                 if firsts[-1] + ns[-1] == entries:       # the volume's partial last block
                     raws[-1] = vsize - firsts[-1] * bs
