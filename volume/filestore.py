@@ -298,15 +298,17 @@ class FileStore(BlockStore):
             return None
         return view
 
-    def _unmap(self) -> None:
+    def _unmap(self, final: bool = False) -> None:
+        """Forget the mapping.  Another thread may be between taking the view and
+        copying from it: only ``close`` releases it (and the mapping's own
+        descriptor) eagerly; otherwise the last reference unmaps it."""
         view, mm = self._map_view, self._map
         self._map_view = self._map = None
-        if view is not None:
-            view.release()
-        if mm is not None:
+        if final and mm is not None:
             try:
+                view.release()
                 mm.close()
-            except BufferError:         # another thread is copying from it: the last reference unmaps
+            except (BufferError, ValueError):
                 pass
 
     def write_many(self, offsets: list[int], datas: list) -> None:
@@ -393,7 +395,7 @@ class FileStore(BlockStore):
         if self._closed:
             return
         self._closed = True
-        self._unmap()
+        self._unmap(final=True)
         try:
             if not self.read_only:
                 os.fdatasync(self._fd)
