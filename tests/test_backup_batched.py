@@ -354,3 +354,178 @@ def test_zero_records_of_any_length_are_elided_in_batches(tmp_path):
     assert [(r.first_block, r.nblocks) for r in zero] == [(100, 100)]
     assert dec.finish().complete
     f.close()
+
+
+# -- FileStore mapped reads (files on memory filesystems) -------------------------------------
+def _file_bytes(path, offs, lens) -> list[bytes]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    return [raw[o:o + n] + bytes(max(0, o + n - len(raw))) for o, n in zip(offs, lens)]
+
+
+def _both_ways(s: FileStore, offs, lens) -> tuple[list[bytes], list[bytes]]:
+    """readinto_many through the mapping, then through preadv (the same store)."""
+    s.mmap_reads = True
+    mapped = [memoryview(bytearray(b"\x5a" * n)) for n in lens]
+    s.readinto_many(offs, mapped)
+    assert s._map_view is not None                 # the mapped path was taken
+    s.mmap_reads = False
+    plain = [memoryview(bytearray(b"\xa5" * n)) for n in lens]
+    s.readinto_many(offs, plain)
+    s.mmap_reads = True
+    return [bytes(x) for x in mapped], [bytes(x) for x in plain]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=st.integers(1, 40), tail=st.integers(0, 4095), seed=st.integers(0, 1 << 30),
+       nranges=st.integers(1, 30), grow=st.integers(0, 9000))
+def test_mapped_reads_equal_preadv_reads(tmp_path_factory, blocks, tail, seed, nranges, grow):
+    d = tmp_path_factory.mktemp("mm")
+    rnd = random.Random(seed)
+    size = blocks * 4096 + tail                    # a partial last block when tail > 0
+    path = d / "v.img"
+    path.write_bytes(rnd.randbytes(size))
+    s = FileStore(path, mmap_reads=True)
+
+    def ranges(size):
+        offs, lens = [], []
+        for _ in range(nranges):
+            kind = rnd.random()
+            if kind < 0.2:                         # up to the volume's end (its partial block)
+                n = rnd.randint(0, min(size, 3 * 4096))
+                o = size - n
+            else:
+                o = rnd.randrange(size)
+                n = rnd.randint(0, size - o)
+            offs.append(o)
+            lens.append(n)
+        if rnd.random() < 0.5:                     # sorted: neighbours merged by preadv
+            pairs = sorted(zip(offs, lens))
+            offs, lens = [o for o, _n in pairs], [n for _o, n in pairs]
+        if rnd.random() < 0.5:                     # the rest of the file, range after range
+            o = rnd.randrange(size)
+            cut = sorted(rnd.sample(range(o, size + 1), min(5, size + 1 - o)))
+            offs += cut[:-1]
+            lens += [b - a for a, b in zip(cut, cut[1:])]
+        return offs, lens
+
+    offs, lens = ranges(size)
+    mapped, plain = _both_ways(s, offs, lens)
+    assert mapped == plain == _file_bytes(path, offs, lens)
+    # written through the store: the mapping sees it at once
+    o = rnd.randrange(size)
+    s.write(o, rnd.randbytes(min(size - o, 3 * 4096)))
+    mapped, plain = _both_ways(s, offs, lens)
+    assert mapped == plain == _file_bytes(path, offs, lens)
+    if grow:
+        s.grow(size + grow)                        # remapped for reads past the old end
+        offs, lens = ranges(size + grow)
+        offs.append(size + grow - 1)               # the new last byte
+        lens.append(1)
+        mapped, plain = _both_ways(s, offs, lens)
+        assert mapped == plain == _file_bytes(path, offs, lens)
+        assert len(s._map_view) == size + grow
+    s.close()
+
+
+def test_mapped_reads_stop_when_the_file_is_cut_shorter_and_resume_when_it_is_long_again(tmp_path):
+    path = tmp_path / "v.img"
+    size = 16 * 4096 + 100
+    data = random.Random(4).randbytes(size)
+    path.write_bytes(data)
+    s = FileStore(path, mmap_reads=True)
+    offs, lens = [0, 5 * 4096, 15 * 4096], [4096, 8192, 4196]
+    bufs = [memoryview(bytearray(n)) for n in lens]
+    s.readinto_many(offs, bufs)
+    assert s._map_view is not None
+    os.truncate(path, 6 * 4096)                    # another process, ignoring the lock
+    bufs = [memoryview(bytearray(b"\x01" * n)) for n in lens]
+    s.readinto_many(offs, bufs)                    # no SIGBUS: preadv, zeros past the end
+    assert s._map_view is None
+    assert [bytes(x) for x in bufs] == [data[:4096], data[5 * 4096:6 * 4096] + bytes(4096),
+                                        bytes(4196)]
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        f.seek(15 * 4096)
+        f.write(b"\x07" * 4196)
+    s.readinto_many(offs, bufs)
+    assert s._map_view is not None and bytes(bufs[2]) == b"\x07" * 4196
+    s.close()
+    assert s._map_view is None
+
+
+def test_mapped_reads_check_ranges_like_preadv(tmp_path):
+    s = FileStore(tmp_path / "v.img", size=4 * BS, create=True, mmap_reads=True)
+    for offs, n in (([-BS], BS), ([3 * BS], 2 * BS)):
+        with pytest.raises(StoreError, match="outside"):
+            s.readinto_many(offs, [memoryview(bytearray(n))])
+    s.close()
+    with pytest.raises(StoreError, match="closed"):
+        s.readinto_many([0], [memoryview(bytearray(BS))])
+
+
+def test_mapped_reads_are_chosen_for_files_on_memory_filesystems_only(tmp_path):
+    from volume.filestore import _on_memory_fs
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    path = f"/dev/shm/pyscsi-test-{os.getpid()}.img"
+    try:
+        s = FileStore(path, size=8192, create=True)
+        assert s.mmap_reads and _on_memory_fs(s._fd)
+        s.close()
+    finally:
+        os.unlink(path)
+    d = FileStore(tmp_path / "d.img", size=8192, create=True)
+    assert d.mmap_reads == _on_memory_fs(d._fd)
+    d.close()
+    fd = os.open("/proc/self/status", os.O_RDONLY)
+    try:
+        assert not _on_memory_fs(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the encoder's column path against its record-at-a-time path ------------------------------
+def _plan_from(sel: list[int], nblocks: int, vsize: int) -> BackupPlan:
+    gens = [g or None for g in sel]
+    return BackupPlan.from_generations(gens, 1, 3, granularity=BS, volume_size=vsize,
+                                       volume_id=VID, base_id=BASE)
+
+
+@settings(max_examples=60, deadline=None)
+@given(runs=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 40)), min_size=1, max_size=30),
+       tail=st.integers(1, BS), chunk=st.sampled_from([HEADER_SIZE + 1, 700, 4096, 1 << 16]),
+       maxb=st.integers(1, 9), batch=st.sampled_from([2, 3, 2048]), seed=st.integers(0, 1000),
+       zeros=st.booleans())
+def test_column_encoder_equals_the_record_at_a_time_encoder(runs, tail, chunk, maxb, batch, seed,
+                                                           zeros):
+    import volume.stream as S
+    sel: list[int] = []
+    for g, n in runs:                          # g 0: not selected; runs longer than a record
+        sel += [g] * n
+    nblocks = len(sel)
+    vsize = (nblocks - 1) * BS + tail          # the last block partial unless tail == BS
+    rnd = random.Random(seed)
+    m = MemoryStore(vsize)
+    for b in range(nblocks):
+        if not (zeros and b % 5 == 0):
+            m.write(b * BS, rnd.randbytes(min(BS, vsize - b * BS)))
+    plan = _plan_from(sel, nblocks, vsize)
+    old = S._ENCODE_BATCH
+    S._ENCODE_BATCH = batch                    # long runs cut over several batches
+    try:
+        a = encode(m, plan, chunk, max_record_bytes=maxb * BS)
+    finally:
+        S._ENCODE_BATCH = old
+    fast = S.StreamEncoder._fast_records
+    S.StreamEncoder._fast_records = lambda self, mv, w: w       # every record by _encode_into
+    try:
+        b = encode(m, plan, chunk, max_record_bytes=maxb * BS)
+    finally:
+        S.StreamEncoder._fast_records = fast
+    assert a == b
+    dec = StreamDecoder()
+    items = dec.feed(a)
+    assert dec.finish().complete
+    assert sum(r.nblocks for r in items) == sum(1 for g in sel if g)
+    assert max((r.nblocks for r in items), default=0) <= maxb

@@ -6,6 +6,7 @@ from itertools import accumulate
 import crc32c
 import pytest
 from bitarray import bitarray
+from hypothesis import given, settings, strategies as st
 
 from volume import blockcrc, crcshift
 from volume.memstore import MemoryStore
@@ -67,3 +68,28 @@ def test_differential_table_update_takes_exactly_the_sent_entries():
     want = array("I", [b if sel[i] else a for i, (a, b) in enumerate(zip(old, new))])
     blockcrc._take(old, new, sel)
     assert old == want
+
+
+@settings(max_examples=80, deadline=None)
+@given(reads=st.lists(st.tuples(st.integers(0, 190), st.sampled_from([1, 1, 1, 2, 3, 5, 31, 32, 40])),
+                      min_size=1, max_size=25), batch=st.integers(1, 8), seed=st.integers(0, 99))
+def test_recorder_batches_of_whole_blocks_equal_block_by_block_notes(reads, batch, seed):
+    # One-block, multi-block and chained views, neighbours and re-reads, in batches:
+    # the table, the sent bits and the returned CRCs equal one-block-at-a-time notes.
+    rnd = random.Random(seed)
+    size = 200 * 4096 + 1000
+    store = MemoryStore(size)
+    store.write(0, rnd.randbytes(size))
+    entries = -(-size // 4096)
+    a = blockcrc.CrcRecorder(store, 4096, entries)
+    b = blockcrc.CrcRecorder(store, 4096, entries)
+    for i in range(0, len(reads), batch):
+        part = reads[i:i + batch]
+        offs = [f * 4096 for f, _k in part]
+        views = [memoryview(bytearray(min(k * 4096, size - f * 4096))) for f, k in part]
+        crcs = a.readinto_many_crcs(offs, views)
+        assert crcs == [crc32c.crc32c(store.read(o, len(v))) for o, v in zip(offs, views)]
+        for o, v in zip(offs, views):
+            for x in range(0, len(v), 4096):
+                b.readinto(o + x, memoryview(bytearray(min(4096, len(v) - x))))
+    assert a.table == b.table and a.sent == b.sent

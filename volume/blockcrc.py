@@ -22,7 +22,8 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import chain, compress, repeat, tee
+from operator import add, and_, eq, getitem, not_, rshift
 
 import crc32c
 from bitarray import bitarray
@@ -150,8 +151,18 @@ _CHAIN_MAX_BLOCK = 64 << 10     # larger blocks: few per record, checksummed one
 _CHAIN_MIN_BLOCKS = 32
 
 
-def _chain(c: int, block) -> int:
-    return crc32c.crc32c(block, c)
+def _chained_crcs(blocks) -> array:
+    """``c[i] = crc32c(blocks[i], c[i-1])`` (``c[-1] = 0``) for every block, with
+    no Python code per block: the ``map`` takes each seed from a ``tee`` copy of
+    its own output, one value behind (the copy only ever reads values the lead
+    iterator already produced, so it never re-enters the map)."""
+    feedback: list = []
+    vals = map(crc32c.crc32c, blocks, chain((0,), chain.from_iterable(feedback)))
+    lead, behind = tee(vals)
+    feedback.append(behind)
+    out = array("I", lead)
+    feedback.clear()                # no reference cycle left holding the blocks' buffer
+    return out
 
 
 class CrcRecorder(BlockStore):
@@ -199,9 +210,7 @@ class CrcRecorder(BlockStore):
         if len(sl) < k:
             bs = self._bs
             sl = self._slices = [slice(i, i + bs) for i in range(0, k * bs, bs)]
-        it = accumulate(map(mv.__getitem__, sl[:k]), _chain, initial=0)
-        next(it)
-        vals = array("I", it)
+        vals = _chained_crcs(map(mv.__getitem__, sl[:k]))
         self._table[first:first + k] = vals
         if self._chained is None:
             self._chained = bitarray(len(self.sent), endian="little")
@@ -243,23 +252,70 @@ class CrcRecorder(BlockStore):
 
         A stream encoder reading through the recorder checksums each record's
         data: a one-block record's CRC is its block's, computed once for both
-        (a scattered differential is thousands of them).  The blocks of every
-        view of the batch are checksummed in one ``map`` over their slices, and
-        the table is updated once.
+        (a scattered differential is thousands of them).  A batch of whole
+        blocks (every stream batch but the one with the volume's partial last
+        block) is done with C-level passes over its columns -- lengths, block
+        numbers, one ``map`` of CRCs over the views and one over the blocks of
+        the multi-block ones -- and the table and sent bits are updated once.
         """
         self.inner.readinto_many(offsets, views)
+        bs, shift, mask = self._bs, self._shift, self._bs - 1
+        crc = crc32c.crc32c
+        lens = list(map(len, views))
+        if not lens or any(map(and_, offsets, repeat(mask))) or any(map(and_, lens, repeat(mask))) \
+                or 0 in lens:
+            return self._mixed(offsets, views)
+        table, sent = self._table, self.sent
+        firsts = list(map(rshift, offsets, repeat(shift)))
+        n = len(lens)
+        if lens.count(bs) == n:                          # one block each
+            crcs = list(map(crc, views))
+            if self._pending and sent[firsts].any():
+                self._settle()
+            list(map(table.__setitem__, firsts, crcs))
+            sent[firsts] = 1
+            return crcs
+        ks = list(map(rshift, lens, repeat(shift)))
+        if self._can_chain and max(ks) >= _CHAIN_MIN_BLOCKS:
+            # Long runs (a full backup: few views per batch): chained, one by one.
+            return [self._chained_run(f, k, v) if k >= _CHAIN_MIN_BLOCKS else
+                    self._whole_blocks([f], [k], [v])[0] for f, k, v in zip(firsts, ks, views)]
+        return self._whole_blocks(firsts, ks, views)
+
+    def _whole_blocks(self, firsts: list[int], ks: list[int], views) -> list[int]:
+        """Note views of ``ks[i]`` whole blocks from block ``firsts[i]``; their CRC32Cs."""
+        crc = crc32c.crc32c
+        table, sent = self._table, self.sent
+        crcs = list(map(crc, views))
+        single = list(map(eq, ks, repeat(1)))
+        idx = list(compress(firsts, single))
+        vals = list(compress(crcs, single))
+        if len(idx) < len(ks):                           # multi-block views: their blocks too
+            multi = list(map(not_, single))
+            mviews = list(compress(views, multi))
+            mks = list(compress(ks, multi))
+            mfirsts = list(compress(firsts, multi))
+            need = max(mks)
+            sl = self._slices
+            if len(sl) < need:
+                bs = self._bs
+                sl = self._slices = [slice(i, i + bs) for i in range(0, need * bs, bs)]
+            blocks = map(getitem, chain.from_iterable(map(repeat, mviews, mks)),
+                         chain.from_iterable(map(sl.__getitem__, map(slice, mks))))
+            vals += map(crc, blocks)
+            idx += chain.from_iterable(map(range, mfirsts, map(add, mfirsts, mks)))
+        if self._pending and sent[idx].any():
+            self._settle()                # re-read (never in a stream): keep the values exact
+        list(map(table.__setitem__, idx, vals))
+        sent[idx] = 1
+        return crcs
+
+    def _mixed(self, offsets, views) -> list[int]:
+        """The general case: partial blocks (the volume's last; parts of blocks,
+        which are not noted), views of no bytes, unaligned reads."""
         bs, shift = self._bs, self._shift
         crc = crc32c.crc32c
         table = self._table
-        if all(len(v) == bs for v in views) and not any(off & (bs - 1) for off in offsets):
-            crcs = list(map(crc, views))
-            idx = [off >> shift for off in offsets]
-            if self._pending and self.sent[idx].any():
-                self._settle()
-            for i, c in zip(idx, crcs):
-                table[i] = c
-            self.sent[idx] = 1
-            return crcs
         if any(off & (bs - 1) for off in offsets):       # not a stream's reads (never happens)
             for off, v in zip(offsets, views):
                 self._note(off, v)

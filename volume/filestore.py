@@ -6,6 +6,18 @@
   filesystem refuses, it falls back to writing zeroes and the store stops
   claiming to be thin.
 * ``allocation`` answers from ``SEEK_DATA``/``SEEK_HOLE``.
+* Batched reads (``readinto_many``: backup streams, copy-before-write) of a
+  file on a memory filesystem (tmpfs, ramfs) copy from a read-only shared
+  mapping of the file: a memoryview slice copy per range instead of a syscall
+  (a scattered differential is thousands of one-block ranges), and no
+  per-page work in the kernel for large ones.  Only there: a mapped read of a
+  disk file that hits a media error raises SIGBUS in the process instead of
+  an error return, so disk files and block devices keep ``preadv``.  The
+  mapping covers the served size (remapped when the store grows) and is used
+  only while ``fstat`` (one per batch) finds the file at least that long; a
+  file cut shorter by another process (ignoring our lock) is read through
+  ``preadv`` as before.  What is not covered: such a truncation landing in
+  the microseconds of a batch's copy still raises SIGBUS.
 * The file is locked with ``flock(LOCK_EX | LOCK_NB)`` so two servers never
   serve the same file.
 """
@@ -15,7 +27,12 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import mmap
 import os
+import stat
+import struct
+from itertools import repeat
+from operator import add, eq, setitem
 from typing import Iterator
 
 from .store import BlockStore, StoreError, StoreLockedError, byte_view
@@ -29,6 +46,11 @@ _fallocate = getattr(_libc, "fallocate64", None) or getattr(_libc, "fallocate", 
 if _fallocate is not None:
     _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     _fallocate.restype = ctypes.c_int
+
+_fstatfs = getattr(_libc, "fstatfs", None)
+# f_type of the filesystems whose pages are memory: a mapped read cannot fail there.
+_MEMORY_FS = {0x01021994, 0x858458F6}      # TMPFS_MAGIC, RAMFS_MAGIC
+_ALL = slice(None)
 
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY}
 # Buffers per vectored call (Linux UIO_MAXIOV is 1024).
@@ -51,9 +73,23 @@ def _punch_hole(fd: int, offset: int, length: int) -> int:
     return _falloc(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
 
 
+def _on_memory_fs(fd: int) -> bool:
+    """The file behind ``fd`` lives on tmpfs or ramfs (statfs f_type; Linux)."""
+    if _fstatfs is None:
+        return False
+    buf = ctypes.create_string_buffer(256)          # struct statfs is 120 bytes on 64-bit Linux
+    if _fstatfs(fd, buf) != 0:
+        return False
+    (ftype,) = struct.unpack_from("l", buf.raw)     # f_type: the first field, a long
+    return ftype in _MEMORY_FS
+
+
 class FileStore(BlockStore):
+    """``mmap_reads``: serve batched reads from a mapping of the file (see the
+    module doc); None decides by the file: a regular file on a memory filesystem."""
+
     def __init__(self, path: str | os.PathLike, size: int | None = None, create: bool = False,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, mmap_reads: bool | None = None) -> None:
         self.path = os.fspath(path)
         self.read_only = read_only
         flags = os.O_RDONLY if read_only else os.O_RDWR
@@ -68,9 +104,16 @@ class FileStore(BlockStore):
             self._lock()
             self.size = self._settle_size(size)
             self.thin = not read_only and self._probe_punch()
+            if mmap_reads is None:
+                mmap_reads = stat.S_ISREG(os.fstat(self._fd).st_mode) and _on_memory_fs(self._fd)
+            elif mmap_reads and not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                mmap_reads = False               # a device's size is not the file's
         except BaseException:
             os.close(self._fd)
             raise
+        self.mmap_reads = bool(mmap_reads)
+        self._map: mmap.mmap | None = None
+        self._map_view: memoryview | None = None
         self._closed = False
 
     # -- opening ----------------------------------------------------------
@@ -194,6 +237,35 @@ class FileStore(BlockStore):
 
     def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
         """``readinto(offsets[i], bufs[i])`` for every i (flat byte views)."""
+        if self._closed:
+            raise StoreError(f"{self.path} is closed")
+        if not offsets:
+            return
+        lens = list(map(len, bufs))
+        ends = list(map(add, offsets, lens))
+        if min(offsets) < 0 or max(ends) > self.size:
+            for off, n in zip(offsets, lens):
+                self._check(off, n)
+        src = self._mapped(max(ends)) if self.mmap_reads else None
+        if src is not None:
+            # One slice copy per range, all at C level: no syscall, no Python loop.
+            list(map(setitem, bufs, repeat(_ALL), map(src.__getitem__, map(slice, offsets, ends))))
+            return
+        if len(offsets) > 1 and any(map(eq, offsets[1:], ends)):
+            self._preadv_groups(offsets, bufs)
+            return
+        # No neighbours to merge (a scattered differential): one preadv per range.
+        fd = self._fd
+        try:
+            got = list(map(os.preadv, repeat(fd), zip(bufs), offsets))
+        except OSError:
+            got = None
+        if got != lens:                 # short or failed: range by range, with the precise error
+            for off, buf, n, k in zip(offsets, bufs, lens, got or repeat(-1)):
+                if k != n:
+                    self.readinto(off, buf)
+
+    def _preadv_groups(self, offsets: list[int], bufs: list[memoryview]) -> None:
         for i, j, off, end in self._groups(offsets, bufs):
             try:
                 got = os.preadv(self._fd, bufs[i:j], off)
@@ -203,6 +275,41 @@ class FileStore(BlockStore):
             if got != end - off:            # short: redo the group range by range
                 for k in range(i, j):
                     self.readinto(offsets[k], bufs[k])
+
+    def _mapped(self, end: int) -> memoryview | None:
+        """A view of the file's first ``end`` bytes or more, if they can be read mapped."""
+        view = self._map_view
+        if view is None or len(view) < end:
+            self._unmap()
+            length = self.size
+            try:
+                if os.fstat(self._fd).st_size < length:
+                    return None
+                self._map = mmap.mmap(self._fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
+            except (OSError, ValueError, OverflowError):
+                self.mmap_reads = False          # cannot map this file: preadv from now on
+                return None
+            view = self._map_view = memoryview(self._map)
+        try:
+            if os.fstat(self._fd).st_size < len(view):
+                self._unmap()                    # cut shorter behind our back: no mapped reads
+                return None
+        except OSError:
+            return None
+        return view
+
+    def _unmap(self, final: bool = False) -> None:
+        """Forget the mapping.  Another thread may be between taking the view and
+        copying from it: only ``close`` releases it (and the mapping's own
+        descriptor) eagerly; otherwise the last reference unmaps it."""
+        view, mm = self._map_view, self._map
+        self._map_view = self._map = None
+        if final and mm is not None:
+            try:
+                view.release()
+                mm.close()
+            except (BufferError, ValueError):
+                pass
 
     def write_many(self, offsets: list[int], datas: list) -> None:
         """``write(offsets[i], datas[i])`` for every i, in order (flat byte views)."""
@@ -288,6 +395,7 @@ class FileStore(BlockStore):
         if self._closed:
             return
         self._closed = True
+        self._unmap(final=True)
         try:
             if not self.read_only:
                 os.fdatasync(self._fd)

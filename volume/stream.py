@@ -10,7 +10,6 @@ resynchronises on the next marker.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import struct
@@ -18,8 +17,9 @@ import time
 import zlib
 import sys
 from array import array
-from itertools import chain, repeat
-from operator import add, itemgetter, mul
+from bisect import bisect_right
+from itertools import accumulate, repeat
+from operator import add, floordiv, mul, setitem
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -64,7 +64,6 @@ MAX_RECORD_BYTES = 64 << 20
 DEFAULT_RECORD_BYTES = 1 << 20
 _RESYNC_WINDOW = 64 << 10      # bytes searched per step while looking for a marker
 _ENCODE_BATCH = 2048           # records laid out and read together by the encoder
-_RAW = itemgetter(3)
 _LITTLE_ENDIAN = sys.byteorder == "little"    # the batched header path writes CRCs natively
 _DECODE_BATCH = 1024           # same-sized records the decoder checks as columns
 _VECTOR_RETRY = 32             # records decoded one by one before trying columns again
@@ -73,10 +72,8 @@ _VECTOR_RETRY = 32             # records decoded one by one before trying column
 _HEADER_RESIDUE = 0x48674BC7
 
 
-@functools.lru_cache(maxsize=8)
-def _headers_struct(k: int) -> struct.Struct:
-    """``k`` record headers back to back, CRC fields left zero."""
-    return struct.Struct("<" + "4sIQIIB3xII4x" * k)
+_RH_WORDS = RECORD_HEADER_SIZE // 4          # a record header as u32 words (native order)
+_SYNC_WORD = int.from_bytes(RECORD_SYNC, "little")
 
 
 class StreamError(Exception):
@@ -273,8 +270,8 @@ class StreamEncoder:
             raise ValueError("stream id must be 16 bytes")
         self._seed = _seed(self.header.stream_id)
         nrec = 0
-        for _first, n, _g in plan.runs():
-            nrec += -(-n // maxb)
+        for _firsts, counts, _gens in plan.run_batches():
+            nrec += sum(map(floordiv, map(add, counts, repeat(maxb - 1)), repeat(maxb)))
         data = plan.block_count * bs
         if plan.block_count and plan.selection[plan.entries - 1]:
             data -= plan.entries * bs - plan.volume_size      # the partial last block
@@ -289,8 +286,14 @@ class StreamEncoder:
         self.stored_bytes = 0
         self._hash = hashlib.sha256()
         self._pending = memoryview(self.header.pack())
-        self._runs = plan.runs()          # split into records of <= maxb blocks as they are taken
-        self._pushed: tuple[int, int, int] | None = None     # a run taken but not encoded yet
+        # The records still to encode, as columns (first blocks, block counts,
+        # generations) of <= maxb blocks each: a batch of the plan's runs at a
+        # time, with ``_qi`` the next one to take.
+        self._batches = self._record_batches()
+        self._qf: list[int] = []
+        self._qn: list[int] = []
+        self._qg: list[int] = []
+        self._qi = 0
         self._done = False
         self._stage = bytearray()
         self._zero_crc: dict[int, int] = {}
@@ -363,17 +366,11 @@ class StreamEncoder:
                 w = self._fast_records(mv, w)
                 if w >= size:
                     break
-            run, self._pushed = self._pushed, None
-            if run is None:
-                run = next(self._runs, None)
+            run = self._next_record()
             if run is None:
                 self._pending = memoryview(self._trailer())
                 self._done = True
                 continue
-            if run[1] > self._maxb:
-                first, n, g = run
-                self._pushed = (first + self._maxb, n - self._maxb, g)
-                run = (first, self._maxb, g)
             need = RECORD_HEADER_SIZE + self.header.raw_length(run[0], run[1])
             if size - w >= need:
                 w += self._encode_into(run, mv[w:w + need])     # straight into the caller's buffer
@@ -386,21 +383,74 @@ class StreamEncoder:
         self.position += w
         return w
 
+    def _record_batches(self):
+        """The plan's runs cut into records of at most ``maxb`` blocks, as column
+        lists (firsts, counts, generations) of a bounded length."""
+        maxb = self._maxb
+        big = maxb * _ENCODE_BATCH
+        for firsts, counts, gens in self._plan.run_batches():
+            if max(counts) <= maxb:
+                yield firsts, counts, gens
+                continue
+            pf: list[int] = []
+            pn: list[int] = []
+            pg: list[int] = []
+            for f, n, g in zip(firsts, counts, gens):
+                if n <= maxb:
+                    pf.append(f)
+                    pn.append(n)
+                    pg.append(g)
+                    continue
+                while n:
+                    take = min(n, big)
+                    starts = range(f, f + take, maxb)
+                    pf += starts
+                    pn += repeat(maxb, len(starts) - 1)
+                    pn.append(take - (len(starts) - 1) * maxb)
+                    pg += repeat(g, len(starts))
+                    f += take
+                    n -= take
+                    if len(pf) >= _ENCODE_BATCH:
+                        yield pf, pn, pg
+                        pf, pn, pg = [], [], []
+            if pf:
+                yield pf, pn, pg
+
+    def _refill(self) -> bool:
+        batch = next(self._batches, None)
+        if batch is None:
+            return False
+        self._qf, self._qn, self._qg = batch
+        self._qi = 0
+        return True
+
+    def _next_record(self) -> tuple[int, int, int] | None:
+        i = self._qi
+        if i >= len(self._qf):
+            if not self._refill():
+                return None
+            i = 0
+        self._qi = i + 1
+        return self._qf[i], self._qn[i], self._qg[i]
+
     def _fast_records(self, mv: memoryview, w: int) -> int:
         """Encode uncompressed records into ``mv`` from ``w`` while they fit;
-        return the new ``w``.  A record that does not fit is pushed back for
+        return the new ``w``.  A record that does not fit stays queued for
         ``readinto`` to stage.
 
         The per-record cost of a scattered differential (thousands of one-block
-        records) is all Python, so records go in batches with everything in
-        local variables: lay out as many as fit, read all their data straight
+        records) is all Python, so records go in batches of columns and every
+        step is a C-level pass over them: lay out as many as fit (positions by
+        ``accumulate``, the count by ``bisect``), read all their data straight
         into place with one ``readinto_many`` (neighbours merged into one
-        vectored read), then checksum and frame them in order.  A record found
-        all-zero keeps only its header, and the data after it moves up.
+        vectored read), build their headers as columns of one scratch array,
+        checksum them, and copy each in front of its data.  A batch in which a
+        record may be all-zero is framed record by record: a zero record keeps
+        only its header, and the data after it moves up.
         """
         size = len(mv)
         h = self.header
-        bs, entries, vsize, maxb = self._bs, h.entries, h.volume_size, self._maxb
+        bs, entries, vsize = self._bs, h.entries, h.volume_size
         store = self._store
         read_many = store.readinto_many
         read_crcs = getattr(store, "readinto_many_crcs", None)
@@ -410,73 +460,72 @@ class StreamEncoder:
         elide = self._elide
         zget = self._zero_crc.get
         zero_crc_of = self._zero_crc_of
-        runs = self._runs
-        run, self._pushed = self._pushed, None
         seq, blocks, zero_blocks, stored_sum = self.records, self.blocks, self.zero_blocks, \
             self.stored_bytes
         hdrs = bytearray()          # the record headers, hashed once per call
         RH = RECORD_HEADER_SIZE
         try:
-            while True:
-                # Lay out a batch as if every record kept its data.
-                offs: list[int] = []
-                views: list[memoryview] = []
-                recs: list[tuple[int, int, int, int]] = []
-                places: list[int] = []
-                lw = w
-                while len(recs) < _ENCODE_BATCH:
-                    if run is None:
-                        run = next(runs, None)
-                        if run is None:
-                            break
-                    first, n, g = run
-                    if n > maxb:
-                        rest = (first + maxb, n - maxb, g)
-                        n = maxb
-                    else:
-                        rest = None
-                    raw = n * bs if first + n < entries else vsize - first * bs
-                    stop = lw + RH + raw
-                    if stop > size:
+            while size - w > RH:
+                qi = self._qi
+                if qi >= len(self._qf):
+                    if not self._refill():
                         break
-                    run = rest
-                    offs.append(first * bs)
-                    views.append(mv[lw + RH:stop])
-                    places.append(lw)
-                    recs.append((first, n, g, raw))
-                    lw = stop
-                if not recs:
+                    qi = 0
+                # Lay out a batch as if every record kept its data (no more
+                # records than could fit: each holds a block, but the last one).
+                take = min(_ENCODE_BATCH, (size - w) // (RH + bs) + 1)
+                firsts = self._qf[qi:qi + take]
+                ns = self._qn[qi:qi + take]
+                raws = list(map(mul, ns, repeat(bs)))
+                if firsts[-1] + ns[-1] == entries:       # the volume's partial last block
+                    raws[-1] = vsize - firsts[-1] * bs
+                ends = list(accumulate(map(add, raws, repeat(RH)), initial=w))
+                k = bisect_right(ends, size) - 1        # records that fit
+                if k <= 0:
                     break
-                shifted = False
+                if k < len(firsts):
+                    del firsts[k:], ns[k:], raws[k:], ends[k + 1:]
+                gs = self._qg[qi:qi + k]
+                self._qi = qi + k
+                places = ends[:k]
+                offs = list(map(mul, firsts, repeat(bs)))
+                views = list(map(mv.__getitem__, map(slice, map(add, places, repeat(RH)),
+                                                     ends[1:])))
+                lw = ends[k]
                 if read_crcs is not None:       # a store that checksums as it reads
                     crcs = read_crcs(offs, views)
                 else:
                     read_many(offs, views)
                     crcs = list(map(crc, views))
-                k = len(recs)
                 if _LITTLE_ENDIAN and (not elide or {zget(r) or zero_crc_of(r) for r in
-                                                     set(map(_RAW, recs))}.isdisjoint(crcs)):
+                                                     set(raws)}.isdisjoint(crcs)):
                     # No record can be all-zero: every record keeps its place,
-                    # so the headers are built together in a scratch array
-                    # (one pack, C-level CRCs) and copied in front of their data.
-                    firsts, ns, gs, raws = zip(*recs)
+                    # so the headers are built together in a scratch array, a
+                    # field at a time (strided stores), checksummed at C level
+                    # and copied in front of their data.
                     hdr = bytearray(k * RH)
-                    _headers_struct(k).pack_into(hdr, 0, *chain.from_iterable(zip(
-                        repeat(RECORD_SYNC, k), range(seq, seq + k), firsts, ns, gs,
-                        repeat(KIND_DATA, k), raws, crcs)))
                     hv = memoryview(hdr)
-                    hviews = [hv[i:i + RH - 4] for i in range(0, k * RH, RH)]
-                    hv.cast("I")[RH // 4 - 1::RH // 4] = array("I", map(crc, hviews,
-                                                                         repeat(seed, k)))
-                    for x, i in zip(places, range(0, k * RH, RH)):
-                        mv[x:x + RH] = hv[i:i + RH]
+                    words = hv.cast("I")
+                    words[0::_RH_WORDS] = array("I", [_SYNC_WORD]) * k
+                    words[1::_RH_WORDS] = array("I", range(seq, seq + k))
+                    hv.cast("Q")[1::_RH_WORDS // 2] = array("Q", firsts)
+                    words[4::_RH_WORDS] = array("I", ns)
+                    words[5::_RH_WORDS] = array("I", gs)
+                    words[7::_RH_WORDS] = array("I", raws)       # kind 0 (data) at word 6
+                    words[8::_RH_WORDS] = array("I", crcs)
+                    at = range(0, k * RH, RH)
+                    words[9::_RH_WORDS] = array("I", map(crc, map(hv.__getitem__, map(
+                        slice, at, range(RH - 4, k * RH, RH))), repeat(seed, k)))
+                    list(map(setitem, repeat(mv, k), map(slice, places, map(add, places, repeat(RH))),
+                             map(hv.__getitem__, map(slice, at, range(RH, k * RH + RH, RH)))))
                     hdrs += hdr
                     seq += k
                     blocks += sum(ns)
                     stored_sum += lw - w - k * RH
                     w = lw
                     continue
-                for (first, n, g, raw), body, dcrc in zip(recs, views, crcs):
+                shifted = False
+                for first, n, g, raw, body, dcrc in zip(firsts, ns, gs, raws, views, crcs):
                     if elide and dcrc == (zget(raw) or zero_crc_of(raw)) and \
                             self._zeros.startswith(body):
                         pack(mv, w, RECORD_SYNC, seq, first, n, g, KIND_ZERO, 0, 0)
@@ -498,7 +547,6 @@ class StreamEncoder:
             self._hash.update(hdrs)
             self.records, self.blocks, self.zero_blocks, self.stored_bytes = \
                 seq, blocks, zero_blocks, stored_sum
-        self._pushed = run
         return w
 
     def read(self, n: int = -1) -> bytes:
