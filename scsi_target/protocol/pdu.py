@@ -1,8 +1,9 @@
 """iSCSI PDU records and the Basic Header Segment codec (RFC 7143 section 11).
 
-Every PDU type is a dataclass whose header layout is declared once as a list
-of fields (byte offset, struct format or bit mask), from which each type's
-``encode_bhs`` and ``from_bhs`` are generated on first use (one struct call each); the data segment travels beside the header as
+Every PDU type is a record (:mod:`scsi_target.record`) whose header layout is
+declared once as a list of fields (byte offset, struct format or bit mask), from
+which each type's ``__init__``, ``encode_bhs`` and ``from_bhs`` are generated on
+first use (one struct call each); the data segment travels beside the header as
 ``pdu.data`` and AHS bytes as ``pdu.ahs``.  Framing (lengths, padding,
 digests) lives in :mod:`scsi_target.protocol.framing`.
 """
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 import abc
 import struct
-from dataclasses import dataclass, fields
 from enum import IntEnum
-from typing import ClassVar
+
+from ..record import field_names, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import ClassVar
 
 BHS_LEN = 48
 
@@ -106,15 +111,18 @@ def _layout(items) -> str:
 
 
 def _codec(cls) -> None:
-    """Give ``cls`` an ``encode_bhs`` and a ``from_bhs`` generated from its SPEC.
+    """Give ``cls`` an ``__init__``, an ``encode_bhs`` and a ``from_bhs`` generated
+    from its fields and SPEC.
 
-    Each is one struct call with the flag bits as expressions, written out as
-    straight-line source and compiled once per class (the way dataclasses
-    builds ``__init__``): walking the field list for every PDU cost more than
-    the rest of the header work at tens of thousands of PDUs per second.
-    The SPEC stays the one declaration of the layout.
+    Each is written out as straight-line source and compiled once per class (the
+    way dataclasses builds ``__init__``): the codecs as one struct call with the
+    flag bits as expressions, ``__init__`` as one assignment per field with the
+    defaults as parameter defaults.  Walking the field list for every PDU cost
+    more than the rest of the header work at tens of thousands of PDUs per
+    second.  The SPEC stays the one declaration of the layout.
     """
     op = cls.OPCODE
+    names = field_names(cls)
     whole = [(off, name, kind) for name, off, kind in cls.SPEC if not isinstance(kind, tuple)]
     bits: dict[int, list] = {}
     for name, off, kind in cls.SPEC:
@@ -145,32 +153,41 @@ def _codec(cls) -> None:
     value = {"immediate": "bool(b0 & 0x40)", "ahs": "ahs", "data": "data"}
     value.update((n, bit_field(off, n, k)) for off, fs in bits.items() for n, k in fs)
     value.update((name, f"f_{name}") for _, name, _ in whole)
-    # Positional, in the dataclass's field order: binding a dozen keyword
-    # arguments costs more than decoding the header.
-    missing = [f.name for f in fields(cls) if f.name not in value]
+    # Positional, in field order: binding a dozen keyword arguments costs more
+    # than decoding the header.
+    missing = [n for n in names if n not in value]
     if missing:
         raise ValueError(f"{cls.__name__}: fields {missing} are not in the SPEC")
-    args = [value[f.name] for f in fields(cls)]
+    defaults = cls.__record__.defaults
     source = (
+        f"def __init__(self, {', '.join(f'{n}=d_{n}' for n in names)}):\n"
+        + "".join(f"    self.{n} = {n}\n" for n in names) +
         "def encode_bhs(self):\n"
         "    n = len(self.data)\n"
         f"    return pack({', '.join(e for _, _, e in enc)})\n"
         "def from_bhs(cls, bhs, ahs=b'', data=b''):\n"
         f"    {', '.join(v for _, _, v in dec)}, = unpack_from(bhs, 0)\n"
-        f"    return cls({', '.join(args)})\n")
+        f"    return cls({', '.join(value[n] for n in names)})\n")
     namespace = {"pack": struct.Struct(_layout((o, k) for o, k, _ in enc)).pack,
                  "unpack_from": struct.Struct(_layout((o, k) for o, k, _ in dec)).unpack_from}
+    namespace.update((f"d_{n}", defaults[n]) for n in names)
     exec(compile(source, f"<pdu codec {cls.__name__}>", "exec"), namespace)
+    namespace["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = namespace["__init__"]
     cls.encode_bhs = namespace["encode_bhs"]
     cls.from_bhs = classmethod(namespace["from_bhs"])
     abc.update_abstractmethods(cls)     # the class is concrete now
     cls._source = source
 
 
-@dataclass(slots=True)
+@record(slots=True, init=False)
 class Pdu(abc.ABC):
-    """A PDU: its header fields, data segment and AHS (a class docstring spares
-    dataclasses the signature it would render as one)."""
+    """A PDU: its header fields, data segment and AHS.
+
+    A record (scsi_target.record): one ``__repr__`` and ``==`` for every PDU
+    type, from the field table; ``__init__`` and the codec are generated per
+    type on first use (_codec).
+    """
     OPCODE: ClassVar[int] = -1
     SPEC: ClassVar[list] = []
     _source: ClassVar[str] = ""   # the generated codec once used, for reading and debugging
@@ -178,21 +195,6 @@ class Pdu(abc.ABC):
     immediate: bool = False
     data: bytes | bytearray | memoryview = b""
     ahs: bytes = b""
-
-    # One __repr__ and __eq__ for every PDU type, the ones dataclasses would
-    # generate for each (same text, same comparison): generating them per type
-    # was a third of this module's import, a fixed cost of every short-lived
-    # program.  The types are declared with repr=False, eq=False (_record).
-    def __repr__(self) -> str:
-        return f"{type(self).__qualname__}(" + ", ".join(
-            f"{n}={getattr(self, n)!r}" for n in _names(type(self))) + ")"
-
-    def __eq__(self, other):
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        names = _names(type(self))
-        return tuple(map(self.__getattribute__, names)) == \
-            tuple(map(other.__getattribute__, names))
 
     @abc.abstractmethod
     def encode_bhs(self) -> bytes:
@@ -205,29 +207,25 @@ class Pdu(abc.ABC):
 
 
 _REGISTRY: dict[int, type[Pdu]] = {}
-_NAMES: dict[type, tuple[str, ...]] = {}
 
-
-def _names(cls) -> tuple[str, ...]:
-    """The dataclass fields of ``cls`` in order (what its repr shows and eq compares)."""
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in fields(cls) if f.repr)
-    return names
-
-
-# The PDU types' dataclass: __init__ and slots of their own, repr and eq from Pdu.
-_record = dataclass(slots=True, repr=False, eq=False)
+# The PDU types' records: slots of their own, repr and == from the field table;
+# __init__ not made at import but with the codec (_register).
+_record = record(slots=True, init=False)
 
 
 def _register(cls):
-    """Register a PDU type; its codec is generated on the first encode or decode.
+    """Register a PDU type; its ``__init__`` and codec are generated on the first
+    construction, encode or decode.
 
     Generating all eighteen at import was most of the module's import time, a
     fixed cost of every short-lived program (a ``diffbackup`` run uses five types).
-    Until then ``encode_bhs``/``from_bhs`` are stand-ins that generate the real
-    ones (which replace them on the class) and hand the call on.
+    Until then ``__init__``, ``encode_bhs`` and ``from_bhs`` are stand-ins that
+    generate the real ones (which replace them on the class) and hand the call on.
     """
+    def __init__(self, *args, **kw):
+        _codec(cls)
+        cls.__init__(self, *args, **kw)
+
     def encode_bhs(self):
         _codec(cls)
         return cls.encode_bhs(self)
@@ -236,6 +234,7 @@ def _register(cls):
         _codec(cls)
         return cls.from_bhs.__func__(kind, bhs, ahs, data)
 
+    cls.__init__ = __init__
     cls.encode_bhs = encode_bhs
     cls.from_bhs = classmethod(from_bhs)
     abc.update_abstractmethods(cls)     # concrete: the stand-ins implement both
@@ -625,4 +624,4 @@ def decode_bhs(bhs, ahs: bytes = b"", data=b"") -> Pdu:
 
 
 def pdu_fields(pdu: Pdu) -> dict:
-    return {f.name: getattr(pdu, f.name) for f in fields(pdu)}
+    return {name: getattr(pdu, name) for name in field_names(pdu)}
