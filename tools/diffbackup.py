@@ -502,7 +502,8 @@ class RemoteVolume:
                         data, b = pending.popleft()
                         if total is not None:
                             data = data[:max(0, total - pos)]
-                        out.write(data, b)          # b comes back to free once written
+                        # b comes back to free once written
+                        out.write(data, b, last=total is not None and pos + len(data) >= total)
                         pos += len(data)
                     prog.update(task, completed=pos)
                 if total is not None and pos >= total:
@@ -653,15 +654,24 @@ class _Writer:
     are about equal costs of a full backup, both outside the GIL.  At most
     ``DEPTH`` chunks wait; each buffer goes back to ``free`` once written.  The
     first error of the output is raised in the caller, by the next ``write``
-    or by ``close``; leaving the ``with`` block waits for the thread."""
+    or by ``close``; leaving the ``with`` block waits for the thread.
+
+    The thread starts with the first chunk that is not the stream's last: a
+    stream of one chunk (a differential with little or nothing changed) has
+    nothing to overlap, and is written by the caller without one (nor the
+    modules a thread and its queue import)."""
     DEPTH = 4
 
     def __init__(self, f, free: collections.deque) -> None:
-        import queue
-        import threading
         self.f, self.free = f, free
         self.error: BaseException | None = None
-        self._q: queue.Queue = queue.Queue(self.DEPTH)
+        self._q = None
+        self._t = None
+
+    def _start(self) -> None:
+        import queue
+        import threading
+        self._q = queue.Queue(self.DEPTH)
         self._t = threading.Thread(target=self._run, name="diffbackup-output", daemon=True)
         self._t.start()
 
@@ -675,15 +685,30 @@ class _Writer:
                     self.error = e
             self.free.append(buf)
 
-    def write(self, data, buf) -> None:
+    def write(self, data, buf, last: bool = False) -> None:
+        """Store ``data`` (then hand ``buf`` back); ``last``: nothing follows it."""
         if self.error is not None:
             raise self.error
+        if self._t is None:
+            if last:
+                try:
+                    self.f.write(data)
+                except BaseException as e:
+                    self.error = e
+                    raise
+                finally:
+                    self.free.append(buf)
+                return
+            self._start()
         self._q.put((data, buf))
 
-    def close(self) -> None:
-        if self._t.is_alive():
+    def _stop(self) -> None:
+        if self._t is not None and self._t.is_alive():
             self._q.put(None)
             self._t.join()
+
+    def close(self) -> None:
+        self._stop()
         if self.error is not None:
             raise self.error
 
@@ -691,9 +716,7 @@ class _Writer:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._t.is_alive():
-            self._q.put(None)
-            self._t.join()
+        self._stop()
 
 
 def _rw16(opcode: int, lba: int, nblocks: int) -> bytes:
