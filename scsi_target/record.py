@@ -13,10 +13,10 @@ dozen layouts and PDU types a client imports that was most of its start-up.
 Here every method is one shared function reading the class's field table, so
 declaring a record costs about as much as declaring a class.
 
-Annotations are read as written, so the declaring module uses ``from
-__future__ import annotations`` (or the annotations are objects; ``ClassVar``
-attributes are not fields either way).  Not supported: ``InitVar``, keyword-only
-fields, ordering.
+Annotations are read for their names only, and to leave out ``ClassVar``
+attributes: strings (``from __future__ import annotations``, as this project
+writes them) or objects.  Not supported: ``InitVar``, keyword-only fields,
+ordering.
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def _assign_setattr(self, names, values) -> None:
 
 def _is_classvar(annotation) -> bool:
     if isinstance(annotation, str):
-        return annotation.startswith(("ClassVar", "typing.ClassVar"))
+        name = annotation.partition("[")[0].strip()
+        return name in ("ClassVar", "typing.ClassVar")
     typing = sys.modules.get("typing")       # an object annotation: typing is loaded
     return typing is not None and (annotation is typing.ClassVar or
                                    getattr(annotation, "__origin__", None) is typing.ClassVar)

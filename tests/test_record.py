@@ -244,3 +244,19 @@ def test_layout_round_trips_and_compares(cls):
         assert hash(obj) == hash(cls(**kw))
         with pytest.raises(FrozenInstanceError):
             setattr(obj, cls.FIELDS[0].name, _sample(cls.FIELDS[0]))
+
+
+def test_classvar_annotations_are_not_fields():
+    import typing
+
+    @record
+    class C:
+        a: int = 0
+        b: ClassVar[int] = 1
+        c: typing.ClassVar[int] = 2
+        d: ClassVar = 3
+        e: "ClassVariety" = 4          # noqa: F821 - a name that merely starts like it
+
+    assert field_names(C) == ("a", "e")
+    assert field_names(record(type("D", (), {"__annotations__": {"x": int, "y": typing.ClassVar[int]},
+                                            "x": 1, "y": 2}))) == ("x",)

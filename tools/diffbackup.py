@@ -111,10 +111,11 @@ class _Formatter(argparse.HelpFormatter):
     """argparse's help formatter, its default width found by _terminal_columns
     (every add_argument makes one, to check the metavar)."""
 
-    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None) -> None:
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None,
+                 **kw) -> None:
         if width is None:
             width = _terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
+        super().__init__(prog, indent_increment, max_help_position, width, **kw)
 
 
 class _Parser(argparse.ArgumentParser):
