@@ -92,3 +92,29 @@ def test_the_writer_hands_back_every_buffer_and_raises_the_first_error():
             w.write(memoryview(b), b)
         w.close()
     assert bytes(sink.data) == b"".join(bytes(b) for b in bufs) and len(free) == 12
+
+
+def test_a_one_chunk_stream_is_written_without_a_thread():
+    import collections
+    from tools.diffbackup import _Writer
+    free: collections.deque = collections.deque()
+    sink = _Sink()
+    buf = bytearray(b"only")
+    with _Writer(sink, free) as w:
+        w.write(memoryview(buf), buf, last=True)
+        assert w._t is None and bytes(sink.data) == b"only" and list(free) == [buf]
+        w.close()
+    sink = _Sink(fail_at=1)
+    free.clear()
+    with pytest.raises(StreamStoreError, match="full"):
+        with _Writer(sink, free) as w:
+            w.write(memoryview(buf), buf, last=True)
+    assert w._t is None and list(free) == [buf]
+    sink = _Sink()                  # a first chunk that is not the last: the thread takes it
+    bufs = [bytearray(b"a"), bytearray(b"b")]
+    with _Writer(sink, free) as w:
+        w.write(memoryview(bufs[0]), bufs[0])
+        w.write(memoryview(bufs[1]), bufs[1], last=True)
+        w.close()
+        assert w._t is not None
+    assert bytes(sink.data) == b"ab"

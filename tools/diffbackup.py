@@ -27,8 +27,12 @@ import collections
 import os
 import re
 import sys
-from dataclasses import dataclass, field
-from typing import NoReturn, Protocol, Sequence
+
+from scsi_target.record import field, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import NoReturn, Protocol, Sequence
 
 
 PROG = "diffbackup"
@@ -87,7 +91,61 @@ class Failure(Exception):
         self.code = code
 
 
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil (with zlib,
+    bz2 and lzma, a twentieth of a run that never prints help): $COLUMNS, else
+    the width of the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, its default width found by _terminal_columns
+    (every add_argument makes one, to check the metavar)."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None,
+                 **kw) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width, **kw)
+
+
 class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are Failures.  A subcommand's parser is made
+    with ``fill``, which adds its arguments when it first parses or formats its
+    help: a run uses one subcommand, and adding the arguments of all ten was most
+    of the parser's cost (``diffbackup --help`` lists them by their help alone)."""
+
+    def __init__(self, *args, fill=None, **kw) -> None:
+        kw.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kw)
+        self._fill = fill
+
+    def _filled(self) -> None:
+        if self._fill is not None:
+            fill, self._fill = self._fill, None
+            fill(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._filled()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._filled()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._filled()
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         raise Failure(f"{message} (see {self.prog} --help)", EXIT_USAGE)
 
@@ -122,7 +180,7 @@ def _progress(enabled: bool):
 
 
 # --------------------------------------------------------------------- results
-@dataclass
+@record
 class StreamOutcome:
     """What applying one stream did (from the target's restore report or the local restorer)."""
     name: str
@@ -143,7 +201,7 @@ class StreamOutcome:
         return self.state == "done" and not self.bad and not self.errors
 
 
-@dataclass
+@record
 class BackupOutcome:
     """A finished backup: stream bytes, generation range, blocks carried."""
     nbytes: int
@@ -151,7 +209,7 @@ class BackupOutcome:
     blocks: int
 
 
-@dataclass
+@record
 class VolumeStatus:
     """A tracked volume's backup state, as `status` shows it."""
     volume_id: bytes
@@ -167,16 +225,17 @@ class VolumeStatus:
     unrecovered: int = 0
 
 
-class Volume(Protocol):
-    """What every command needs of a tracked volume, local or behind a target."""
+if TYPE_CHECKING:  # pragma: no cover - an interface for the type checker (typing costs a run)
+    class Volume(Protocol):
+        """What every command needs of a tracked volume, local or behind a target."""
 
-    def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome: ...
-    def restore_one(self, path, skips: list[int], prog, task) -> StreamOutcome: ...
-    def status(self) -> VolumeStatus: ...
-    def map_extents(self) -> list[tuple[int, int, int]]: ...
-    def audit(self, rate: int, full: bool): ...
-    def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]: ...
-    def close(self) -> None: ...
+        def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome: ...
+        def restore_one(self, path, skips: list[int], prog, task) -> StreamOutcome: ...
+        def status(self) -> VolumeStatus: ...
+        def map_extents(self) -> list[tuple[int, int, int]]: ...
+        def audit(self, rate: int, full: bool): ...
+        def estimate(self, scope: int, compressed: bool) -> tuple[int, int, int]: ...
+        def close(self) -> None: ...
 
 
 def _output(out):
@@ -444,7 +503,8 @@ class RemoteVolume:
                         data, b = pending.popleft()
                         if total is not None:
                             data = data[:max(0, total - pos)]
-                        out.write(data, b)          # b comes back to free once written
+                        # b comes back to free once written
+                        out.write(data, b, last=total is not None and pos + len(data) >= total)
                         pos += len(data)
                     prog.update(task, completed=pos)
                 if total is not None and pos >= total:
@@ -595,15 +655,24 @@ class _Writer:
     are about equal costs of a full backup, both outside the GIL.  At most
     ``DEPTH`` chunks wait; each buffer goes back to ``free`` once written.  The
     first error of the output is raised in the caller, by the next ``write``
-    or by ``close``; leaving the ``with`` block waits for the thread."""
+    or by ``close``; leaving the ``with`` block waits for the thread.
+
+    The thread starts with the first chunk that is not the stream's last: a
+    stream of one chunk (a differential with little or nothing changed) has
+    nothing to overlap, and is written by the caller without one (nor the
+    modules a thread and its queue import)."""
     DEPTH = 4
 
     def __init__(self, f, free: collections.deque) -> None:
-        import queue
-        import threading
         self.f, self.free = f, free
         self.error: BaseException | None = None
-        self._q: queue.Queue = queue.Queue(self.DEPTH)
+        self._q = None
+        self._t = None
+
+    def _start(self) -> None:
+        import queue
+        import threading
+        self._q = queue.Queue(self.DEPTH)
         self._t = threading.Thread(target=self._run, name="diffbackup-output", daemon=True)
         self._t.start()
 
@@ -617,15 +686,30 @@ class _Writer:
                     self.error = e
             self.free.append(buf)
 
-    def write(self, data, buf) -> None:
+    def write(self, data, buf, last: bool = False) -> None:
+        """Store ``data`` (then hand ``buf`` back); ``last``: nothing follows it."""
         if self.error is not None:
             raise self.error
+        if self._t is None:
+            if last:
+                try:
+                    self.f.write(data)
+                except BaseException as e:
+                    self.error = e
+                    raise
+                finally:
+                    self.free.append(buf)
+                return
+            self._start()
         self._q.put((data, buf))
 
-    def close(self) -> None:
-        if self._t.is_alive():
+    def _stop(self) -> None:
+        if self._t is not None and self._t.is_alive():
             self._q.put(None)
             self._t.join()
+
+    def close(self) -> None:
+        self._stop()
         if self.error is not None:
             raise self.error
 
@@ -633,9 +717,7 @@ class _Writer:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._t.is_alive():
-            self._q.put(None)
-            self._t.join()
+        self._stop()
 
 
 def _rw16(opcode: int, lba: int, nblocks: int) -> bytes:
@@ -1175,28 +1257,22 @@ def _s3_output_options(sp) -> None:
                     "found by verify/restore, not refused by the server)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Differential backup of tracked volumes (patent "
-                "JP H09-101912): full and differential streams, verified restore.")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
-    a = sub.add_parser("full", help="full backup (every block); starts a new generation 1")
-    a.add_argument("source", metavar="SOURCE")
-    a.add_argument("-o", "--output", metavar="FILE")
-    d = sub.add_parser("diff", help="differential backup of the newest K generations")
-    d.add_argument("source", metavar="SOURCE")
-    d.add_argument("--scope", type=int, required=True, metavar="K")
-    d.add_argument("-o", "--output", metavar="FILE")
-    for sp in (a, d):
-        _tape_options(sp, "append the stream to the cartridge (at end-of-data) instead of a "
-                      "FILE; repeat for the cartridges to continue on at early warning")
-        sp.add_argument("--record-size", type=_size, default=None, metavar="BYTES",
-                        help="tape record size (default 256K; K/M suffixes)")
-        sp.add_argument("--target-side", action="store_true",
-                        help="the target copies the stream to its own tape LUN (EXTENDED COPY): "
-                        "the data does not cross the network")
-        _s3_output_options(sp)
-    r = sub.add_parser("restore", help="apply a full stream and/or differential streams in order")
+def _backup_args(sp, diff: bool) -> None:
+    sp.add_argument("source", metavar="SOURCE")
+    if diff:
+        sp.add_argument("--scope", type=int, required=True, metavar="K")
+    sp.add_argument("-o", "--output", metavar="FILE")
+    _tape_options(sp, "append the stream to the cartridge (at end-of-data) instead of a "
+                  "FILE; repeat for the cartridges to continue on at early warning")
+    sp.add_argument("--record-size", type=_size, default=None, metavar="BYTES",
+                    help="tape record size (default 256K; K/M suffixes)")
+    sp.add_argument("--target-side", action="store_true",
+                    help="the target copies the stream to its own tape LUN (EXTENDED COPY): "
+                    "the data does not cross the network")
+    _s3_output_options(sp)
+
+
+def _restore_args(r) -> None:
     r.add_argument("dest", metavar="DEST")
     r.add_argument("files", metavar="FILE", nargs="*")
     _tape_options(r, "read the streams from tape instead (with --file); repeat for the "
@@ -1206,30 +1282,94 @@ def build_parser() -> argparse.ArgumentParser:
                    "applied in order")
     r.add_argument("--skip-generation", action="append", metavar="[N:]G",
                    help="don't apply generation G (of stream N only, 1-based); repeatable")
-    v = sub.add_parser("verify", help="check streams (and their chain) without restoring")
+
+
+def _verify_args(v) -> None:
     v.add_argument("files", metavar="FILE", nargs="+")
-    s = sub.add_parser("status", help="generations, their block counts and where they lie")
+
+
+def _status_args(s) -> None:
     s.add_argument("source", metavar="SOURCE")
     s.add_argument("--json", action="store_true",
                    help="the state, counts and extents (first, blocks, generation) as JSON")
     s.add_argument("--cells", type=int, default=64, metavar="N",
                    help="regions in the drawn strip of the volume (default 64)")
-    e = sub.add_parser("estimate", help="bytes a differential backup would take (claim 10)")
+
+
+def _estimate_args(e) -> None:
     e.add_argument("source", metavar="SOURCE")
     e.add_argument("--scope", type=int, required=True, metavar="K")
     e.add_argument("--compressed", action="store_true", help="also estimate compressed size")
-    m = sub.add_parser("merge", help="synthetic full (FULL DIFF...) or one differential "
-                       "(DIFF DIFF...) from a chain of streams, without the volume")
+
+
+def _merge_args(m) -> None:
     m.add_argument("files", metavar="FILE", nargs="+", help="stream files or s3://BUCKET/KEY")
     m.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="a stream file or s3://BUCKET/KEY (stored only once it verified)")
     _s3_output_options(m)
-    au = sub.add_parser("audit", help="re-read a sample of the blocks the map calls unchanged "
-                        "and compare them with what the backups sent")
+
+
+def _audit_args(au) -> None:
     au.add_argument("source", metavar="SOURCE")
     au.add_argument("--rate", type=int, default=1024, metavar="N",
                     help="check one block in N (default 1024)")
     au.add_argument("--full", action="store_true", help="check every unchanged block")
+
+
+def _catalog_args(c) -> None:
+    c.add_argument("tape", metavar="TAPE|s3://BUCKET/PREFIX",
+                   help="tape image file, iscsi:// tape LUN URL, or s3://BUCKET/PREFIX")
+    c.add_argument("--verify", action="store_true",
+                   help="also read every backup back and check it record by record")
+
+
+def _cleanup_args(cl) -> None:
+    cl.add_argument("prefix", metavar="s3://BUCKET/PREFIX")
+    cl.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
+                    help="only uploads started at least this long ago (default 3600: a "
+                    "backup running now is left alone); 0 for all")
+    cl.add_argument("--dry-run", action="store_true", help="list them, abort nothing")
+
+
+def _common_args(sp) -> None:
+    """The main options, accepted after the subcommand as well."""
+    sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                    help="no progress bars")
+    sp.add_argument("--initiator-name", metavar="IQN", default=argparse.SUPPRESS,
+                    help="iSCSI initiator name to log in with")
+    sp.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS,
+                    help="S3 endpoint for s3:// names (default: AWS_ENDPOINT_URL or the "
+                    "profile's endpoint_url, else AWS)")
+
+
+# (name, help, the function adding its arguments), in the order --help lists them.
+_COMMANDS = (
+    ("full", "full backup (every block); starts a new generation 1",
+     lambda sp: _backup_args(sp, diff=False)),
+    ("diff", "differential backup of the newest K generations",
+     lambda sp: _backup_args(sp, diff=True)),
+    ("restore", "apply a full stream and/or differential streams in order", _restore_args),
+    ("verify", "check streams (and their chain) without restoring", _verify_args),
+    ("status", "generations, their block counts and where they lie", _status_args),
+    ("estimate", "bytes a differential backup would take (claim 10)", _estimate_args),
+    ("merge", "synthetic full (FULL DIFF...) or one differential (DIFF DIFF...) from a chain "
+     "of streams, without the volume", _merge_args),
+    ("audit", "re-read a sample of the blocks the map calls unchanged and compare them with "
+     "what the backups sent", _audit_args),
+    ("catalog", "list the backups a cartridge or an S3 prefix holds", _catalog_args),
+    ("cleanup", "abort unfinished S3 uploads (of killed or failed backups) under "
+     "s3://BUCKET/PREFIX", _cleanup_args),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Differential backup of tracked volumes (patent "
+                "JP H09-101912): full and differential streams, verified restore.")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    for name, text, add_args in _COMMANDS:
+        sub.add_parser(name, help=text,
+                       fill=lambda sp, add_args=add_args: (add_args(sp), _common_args(sp)))
     p.add_argument("--s3-endpoint", metavar="URL",
                    help="S3 endpoint for s3:// names (default: AWS_ENDPOINT_URL or the "
                    "profile's endpoint_url, else AWS); credentials from the AWS environment "
@@ -1237,26 +1377,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initiator-name", metavar="IQN",
                    help="iSCSI initiator name to log in with, e.g. one a target's ACL "
                    "lists (default iqn.2026-01.org.scsi-target:initiator)")
-    c = sub.add_parser("catalog", help="list the backups a cartridge or an S3 prefix holds")
-    c.add_argument("tape", metavar="TAPE|s3://BUCKET/PREFIX",
-                   help="tape image file, iscsi:// tape LUN URL, or s3://BUCKET/PREFIX")
-    c.add_argument("--verify", action="store_true",
-                   help="also read every backup back and check it record by record")
-    cl = sub.add_parser("cleanup", help="abort unfinished S3 uploads (of killed or failed "
-                        "backups) under s3://BUCKET/PREFIX")
-    cl.add_argument("prefix", metavar="s3://BUCKET/PREFIX")
-    cl.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
-                    help="only uploads started at least this long ago (default 3600: a "
-                    "backup running now is left alone); 0 for all")
-    cl.add_argument("--dry-run", action="store_true", help="list them, abort nothing")
-    for sp in (a, d, r, v, s, e, m, au, c, cl):
-        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars")
-        sp.add_argument("--initiator-name", metavar="IQN", default=argparse.SUPPRESS,
-                        help="iSCSI initiator name to log in with")
-        sp.add_argument("--s3-endpoint", metavar="URL", default=argparse.SUPPRESS,
-                        help="S3 endpoint for s3:// names (default: AWS_ENDPOINT_URL or the "
-                        "profile's endpoint_url, else AWS)")
     return p
 
 

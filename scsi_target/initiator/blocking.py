@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Iterable, Iterator
 
 from ..protocol import pdu as P
 from ..protocol.framing import (FramingError, UnknownOpcode, crc32c, data_digest_ok,
                                 encode_pdu, split_header)
 from ..protocol.serial import MASK32, sn_le, sn_lt
+from ..record import replace
 from .errors import (IscsiError, IscsiRejected, IscsiTimeout, LoginError, ProtocolViolation,
                      TransportError)
 from .commands import check_command, command_buffers, lun_field as _lun_field, scsi_command
@@ -51,6 +51,10 @@ from .pipeline import pipelined
 from .login import Credentials, InitiatorLogin, LoginOptions, new_isid
 from .results import ScsiResult, response_result
 from .url import IscsiUrl, parse_url
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Iterable, Iterator
 
 __all__ = ["BlockingIscsiClient", "Command", "DEFAULT_TIMEOUT"]
 
@@ -174,7 +178,8 @@ class BlockingIscsiClient:
 
     def _open_once(self, host: str, port: int) -> None:
         try:
-            sock = socket.create_connection((host, port), timeout=self.login_timeout)
+            sock = socket.create_connection((_resolver_host(host), port),
+                                            timeout=self.login_timeout)
         except socket.timeout:
             raise IscsiTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
@@ -730,10 +735,23 @@ def _data_of(task: Command):
     return buf
 
 
+def _resolver_host(host: str) -> str | bytes:
+    """``host`` as getaddrinfo is given it: a name the 'idna' codec would pass
+    unchanged (ASCII, labels of at most 63 characters, none empty but the last)
+    as those bytes, which getaddrinfo takes as they are; any other name as it is,
+    for the codec to encode or refuse.  The same address either way, without the
+    codec's modules (encodings.idna, stringprep, unicodedata: a millisecond of a
+    short-lived client's start-up, spent on "127.0.0.1")."""
+    if host.isascii():
+        labels = host.split(".")
+        if all(0 < len(label) < 64 for label in labels[:-1]) and len(labels[-1]) < 64:
+            return host.encode("ascii")
+    return host
+
+
 def _options_from_url(u: IscsiUrl, options: LoginOptions | None,
                       initiator_name: str | None) -> LoginOptions:
-    import copy
-    opts = copy.copy(options) if options is not None else LoginOptions()
+    opts = replace(options) if options is not None else LoginOptions()
     if initiator_name:
         opts.initiator_name = initiator_name
     if u.header_digest:

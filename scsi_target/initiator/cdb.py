@@ -5,7 +5,7 @@ Only what scripts and tests use all the time; anything else goes through
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 from ..scsi.layouts.capacity import ReadCapacity16
 from ..scsi.layouts.luns import ReportLuns
@@ -37,12 +37,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class Capacity(NamedTuple):
-    blocks: int            # number of logical blocks (RETURNED LBA + 1)
-    block_size: int
-    lbppbe: int = 0        # logical blocks per physical block exponent
-    lowest_aligned: int = 0
-    tpe: bool = False      # thin provisioning enabled
+class Capacity(namedtuple("Capacity", ("blocks", "block_size", "lbppbe", "lowest_aligned", "tpe"),
+                          defaults=(0, 0, False))):
+    """READ CAPACITY as a tuple: ``blocks`` (RETURNED LBA + 1), ``block_size``,
+    ``lbppbe`` (logical blocks per physical block exponent), ``lowest_aligned``,
+    ``tpe`` (thin provisioning enabled)."""
+    __slots__ = ()
 
     @property
     def last_lba(self) -> int:

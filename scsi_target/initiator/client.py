@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from ..scsi.command import TaskAttr
 from ..protocol import pdu as P
 from ..protocol.names import name_problem
+from ..record import replace
 from .errors import (InitiatorNameError, IscsiError, IscsiRejected, IscsiTimeout, LoginError,
                             ProtocolViolation, TaskAborted,
                             TaskManagementError, TransportError)
@@ -757,8 +758,7 @@ class IscsiClient(ScsiConveniences):
 
 def _options_from_url(u: IscsiUrl, options: LoginOptions | None,
                       initiator_name: str | None) -> LoginOptions:
-    import dataclasses
-    opts = dataclasses.replace(options) if options is not None else LoginOptions()
+    opts = replace(options) if options is not None else LoginOptions()
     if initiator_name:
         opts.initiator_name = initiator_name
     if u.header_digest:

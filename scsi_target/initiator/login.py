@@ -12,8 +12,8 @@ we accept, ``max_xmit_...`` what the target accepts from us.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
+from ..record import field, record
 from ..protocol import pdu as P
 from .errors import LoginError, NegotiationError
 from ..protocol.params import (IRRELEVANT, KEYS, NOT_UNDERSTOOD, REJECT, Kind, SessionParams, TextError,
@@ -48,7 +48,7 @@ def new_isid() -> bytes:
     return bytes([0x80]) + os.urandom(3) + os.urandom(2)
 
 
-@dataclass
+@record
 class LoginOptions:
     """What we propose.  Digest values are offer lists in preference order:
     "CRC32C,None" prefers digests, "CRC32C" forces them, "None" refuses them."""
@@ -66,7 +66,7 @@ class LoginOptions:
     default_time2retain: int = 20
 
 
-@dataclass
+@record
 class Credentials:
     """CHAP secrets: ours, and the target's for mutual CHAP."""
     user: str
@@ -79,7 +79,7 @@ class Credentials:
         return self.target_user is not None
 
 
-@dataclass
+@record
 class GrantedSession:
     """What a successful login leaves: negotiated parameters and the session's numbers."""
     params: SessionParams

@@ -3,10 +3,13 @@ loop behind the blocking and the thread-backed clients' ``pipeline``."""
 from __future__ import annotations
 
 import collections
-from typing import Callable, Iterable, Iterator, TypeVar
 
-T = TypeVar("T")
-R = TypeVar("R")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, Iterable, Iterator, TypeVar
+
+    T = TypeVar("T")
+    R = TypeVar("R")
 
 
 def pipelined(commands: Iterable[dict], depth: int, start: Callable[[dict], T],

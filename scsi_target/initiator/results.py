@@ -1,9 +1,9 @@
 """Result records of the initiator: one SCSI command's outcome, one SendTargets entry."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections import namedtuple
 
+from ..record import record
 from ..scsi.sense import SenseKey, parse_sense
 from .errors import ScsiCheckCondition, ScsiCommandError
 
@@ -13,7 +13,7 @@ from .errors import ScsiCheckCondition, ScsiCommandError
 _GOOD, _CHECK_CONDITION = 0x00, 0x02
 
 
-@dataclass
+@record
 class ScsiResult:
     """Outcome of one SCSI command.
 
@@ -50,10 +50,9 @@ class ScsiResult:
         return self
 
 
-class DiscoveredTarget(NamedTuple):
+class DiscoveredTarget(namedtuple("DiscoveredTarget", ("target", "portal"))):
     """One SendTargets entry: target name and portal "host:port,tpgt"."""
-    target: str
-    portal: str
+    __slots__ = ()
 
     @property
     def host(self) -> str:

@@ -20,8 +20,8 @@ qemu and our tools)::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
+from ..record import record
 from .errors import UrlError
 
 DEFAULT_PORT = 3260
@@ -30,7 +30,7 @@ _DIGESTS = {"crc32c": "CRC32C", "none": "None", "crc32c,none": "CRC32C,None",
             "none,crc32c": "None,CRC32C"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IscsiUrl:
     """A parsed iscsi:// URL."""
     host: str

@@ -6,9 +6,6 @@ so an ACL or a session lookup compares the normalised forms.
 """
 from __future__ import annotations
 
-import stringprep
-import unicodedata
-
 __all__ = ["normalize_name", "name_problem", "MAX_NAME_BYTES"]
 
 
@@ -20,6 +17,10 @@ def normalize_name(name: str) -> str:
     """
     if name.isascii():
         return name.lower()
+    # Imported here: the tables are for the rare non-ASCII name, and a client's
+    # start-up would otherwise pay for them with every run.
+    import stringprep
+    import unicodedata
     mapped = "".join("" if stringprep.in_table_b1(c) else stringprep.map_table_b2(c)
                      for c in name)
     return unicodedata.normalize("NFKC", mapped)

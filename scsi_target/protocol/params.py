@@ -16,8 +16,9 @@ scope checks know them, but the login state machine answers them itself.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from enum import Enum
+
+from ..record import field, record
 
 # RFC 7143 6.1: key names are at most 63 bytes, values at most 255 bytes
 # unless a key says otherwise.  Binary CHAP values may be much longer: the
@@ -122,7 +123,7 @@ class Scope(Enum):
     FFP = "FFPO"             # full feature phase only
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class KeyDef:
     """One negotiable key: its kind, default and negotiation rule."""
     name: str
@@ -203,7 +204,7 @@ def parse_number(value: str) -> int | None:
 
 
 # ------------------------------------------------------------------ results
-@dataclass
+@record
 class SessionParams:
     """Operational parameters in force after login (or a text renegotiation)."""
     header_digest: bool = False
@@ -225,7 +226,7 @@ class SessionParams:
     max_connections: int = 1
 
 
-@dataclass
+@record
 class TargetPolicy:
     """What this target is willing to agree to; the acceptor side of each rule.
 
@@ -309,7 +310,7 @@ class NegotiationError(Exception):
     """An offer that ends the login (not just a Reject answer)."""
 
 
-@dataclass
+@record
 class Negotiation:
     """Operational keys of one login: answers offers, accumulates the result.
 

@@ -1,8 +1,9 @@
 """iSCSI PDU records and the Basic Header Segment codec (RFC 7143 section 11).
 
-Every PDU type is a dataclass whose header layout is declared once as a list
-of fields (byte offset, struct format or bit mask), from which each type's
-``encode_bhs`` and ``from_bhs`` are generated on first use (one struct call each); the data segment travels beside the header as
+Every PDU type is a record (:mod:`scsi_target.record`) whose header layout is
+declared once as a list of fields (byte offset, struct format or bit mask), from
+which each type's ``__init__``, ``encode_bhs`` and ``from_bhs`` are compiled once
+the type is in use (one struct call each); the data segment travels beside the header as
 ``pdu.data`` and AHS bytes as ``pdu.ahs``.  Framing (lengths, padding,
 digests) lives in :mod:`scsi_target.protocol.framing`.
 """
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 import abc
 import struct
-from dataclasses import dataclass, fields
 from enum import IntEnum
-from typing import ClassVar
+
+from ..record import field_names, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import ClassVar
 
 BHS_LEN = 48
 
@@ -105,72 +110,190 @@ def _layout(items) -> str:
     return fmt + (f"{BHS_LEN - pos}x" if pos < BHS_LEN else "")
 
 
-def _codec(cls) -> None:
-    """Give ``cls`` an ``encode_bhs`` and a ``from_bhs`` generated from its SPEC.
+# A PDU type's code is compiled once it was used this often (constructions,
+# encodes and decodes together); until then it goes through the record's
+# __init__ and the generic codec, which reads the same plan.  Compiling a type
+# (~0.3 ms) costs about what a hundred-odd generic uses add (1-2 us each): a
+# short-lived client (a backup's few dozen commands) never pays for it, a
+# target compiles its types within its first milliseconds of traffic.
+COMPILE_AFTER = 64
 
-    Each is one struct call with the flag bits as expressions, written out as
-    straight-line source and compiled once per class (the way dataclasses
-    builds ``__init__``): walking the field list for every PDU cost more than
-    the rest of the header work at tens of thousands of PDUs per second.
-    The SPEC stays the one declaration of the layout.
+
+class _Plan:
+    """A PDU type's header codec as data, derived from its SPEC once: the struct
+    of the encoded header and what each of its values is (``enc``), the struct
+    read when decoding and the names of its values (``tokens``), and where each
+    constructor argument comes from (``args``, in field order).
+
+    The generic codec interprets it; _codec writes the same plan out as source.
     """
-    op = cls.OPCODE
-    whole = [(off, name, kind) for name, off, kind in cls.SPEC if not isinstance(kind, tuple)]
-    bits: dict[int, list] = {}
-    for name, off, kind in cls.SPEC:
-        if isinstance(kind, tuple):
-            bits.setdefault(off, []).append((name, kind))
-    if 0 in bits or any(off in bits or 4 <= off < 8 for off, _, _ in whole) \
-            or any(4 <= off < 8 for off in bits):
-        raise ValueError(f"{cls.__name__}: a field overlaps the opcode or length bytes")
+    __slots__ = ("enc", "pack", "tokens", "unpack_from", "args")
 
-    def bit_value(name, kind):   # the field's share of its byte, when encoding
-        if kind[0] == "bit":
-            return f"({kind[1]} if self.{name} else 0)"
-        return f"((self.{name} << {kind[2]}) & {kind[1]})"
+    def __init__(self, cls) -> None:
+        whole = [(off, name, kind) for name, off, kind in cls.SPEC
+                 if not isinstance(kind, tuple)]
+        bits: dict[int, list] = {}
+        for name, off, kind in cls.SPEC:
+            if isinstance(kind, tuple):
+                bits.setdefault(off, []).append((name, kind))
+        if 0 in bits or any(off in bits or 4 <= off < 8 for off, _, _ in whole) \
+                or any(4 <= off < 8 for off in bits):
+            raise ValueError(f"{cls.__name__}: a field overlaps the opcode or length bytes")
+        # (offset, struct format, value): ("opcode", op), ("ahs",), ("length_hi",),
+        # ("length_lo",), ("flags", ((name, kind), ...)) or ("field", name).
+        enc = [(0, "B", ("opcode", cls.OPCODE)), (4, "B", ("ahs",)), (5, "B", ("length_hi",)),
+               (6, "H", ("length_lo",))]
+        enc += [(off, "B", ("flags", tuple(fs))) for off, fs in bits.items()]
+        enc += [(off, kind, ("field", name)) for off, name, kind in whole]
+        enc.sort()
+        dec = [(0, "B", "b0")] + [(off, "B", f"b{off}") for off in bits] \
+            + [(off, kind, f"f_{name}") for off, name, kind in whole]
+        dec.sort()
+        # Each argument: ("immediate",), ("ahs",), ("data",), ("token", token),
+        # ("bit", token, mask) or ("bits", token, mask, shift).
+        source = {"immediate": ("immediate",), "ahs": ("ahs",), "data": ("data",)}
+        for off, fs in bits.items():
+            for name, kind in fs:
+                source[name] = ("bit", f"b{off}", kind[1]) if kind[0] == "bit" \
+                    else ("bits", f"b{off}", kind[1], kind[2])
+        source.update((name, ("token", f"f_{name}")) for _, name, _ in whole)
+        names = field_names(cls)
+        missing = [n for n in names if n not in source]
+        if missing:
+            raise ValueError(f"{cls.__name__}: fields {missing} are not in the SPEC")
+        self.enc = tuple(value for _, _, value in enc)
+        self.pack = struct.Struct(_layout((o, k) for o, k, _ in enc)).pack
+        self.tokens = tuple(token for _, _, token in dec)
+        self.unpack_from = struct.Struct(_layout((o, k) for o, k, _ in dec)).unpack_from
+        self.args = tuple(source[n] for n in names)
 
-    def bit_field(off, name, kind):   # the field's value from its byte, when decoding
-        if kind[0] == "bit":
-            return f"bool(b{off} & {kind[1]})"
-        return f"(b{off} & {kind[1]}) >> {kind[2]}"
+    # -- the generic codec ---------------------------------------------------
+    def encode(self, pdu) -> bytes:
+        n = len(pdu.data)
+        values = []
+        for value in self.enc:
+            tag = value[0]
+            if tag == "field":
+                values.append(getattr(pdu, value[1]))
+            elif tag == "flags":
+                byte = 0
+                for name, kind in value[1]:
+                    if kind[0] == "bit":
+                        byte |= kind[1] if getattr(pdu, name) else 0
+                    else:
+                        byte |= (getattr(pdu, name) << kind[2]) & kind[1]
+                values.append(byte)
+            elif tag == "opcode":
+                values.append(value[1] | 0x40 if pdu.immediate else value[1])
+            elif tag == "ahs":
+                values.append(len(pdu.ahs) >> 2)
+            elif tag == "length_hi":
+                values.append((n >> 16) & 0xFF)
+            else:
+                values.append(n & 0xFFFF)
+        return self.pack(*values)
 
-    enc = [(0, "B", f"{op | 0x40} if self.immediate else {op}"),
-           (4, "B", "len(self.ahs) >> 2"), (5, "B", "(n >> 16) & 0xFF"), (6, "H", "n & 0xFFFF")]
-    enc += [(off, "B", " | ".join(bit_value(n, k) for n, k in fs)) for off, fs in bits.items()]
-    enc += [(off, kind, f"self.{name}") for off, name, kind in whole]
-    enc.sort()
-    dec = [(0, "B", "b0")] + [(off, "B", f"b{off}") for off in bits] \
-        + [(off, kind, f"f_{name}") for off, name, kind in whole]
-    dec.sort()
-    value = {"immediate": "bool(b0 & 0x40)", "ahs": "ahs", "data": "data"}
-    value.update((n, bit_field(off, n, k)) for off, fs in bits.items() for n, k in fs)
-    value.update((name, f"f_{name}") for _, name, _ in whole)
-    # Positional, in the dataclass's field order: binding a dozen keyword
-    # arguments costs more than decoding the header.
-    missing = [f.name for f in fields(cls) if f.name not in value]
-    if missing:
-        raise ValueError(f"{cls.__name__}: fields {missing} are not in the SPEC")
-    args = [value[f.name] for f in fields(cls)]
-    source = (
-        "def encode_bhs(self):\n"
-        "    n = len(self.data)\n"
-        f"    return pack({', '.join(e for _, _, e in enc)})\n"
-        "def from_bhs(cls, bhs, ahs=b'', data=b''):\n"
-        f"    {', '.join(v for _, _, v in dec)}, = unpack_from(bhs, 0)\n"
-        f"    return cls({', '.join(args)})\n")
-    namespace = {"pack": struct.Struct(_layout((o, k) for o, k, _ in enc)).pack,
-                 "unpack_from": struct.Struct(_layout((o, k) for o, k, _ in dec)).unpack_from}
+    def decode(self, cls, bhs, ahs, data):
+        got = dict(zip(self.tokens, self.unpack_from(bhs, 0)))
+        args = []
+        for arg in self.args:
+            tag = arg[0]
+            if tag == "token":
+                args.append(got[arg[1]])
+            elif tag == "bit":
+                args.append(bool(got[arg[1]] & arg[2]))
+            elif tag == "bits":
+                args.append((got[arg[1]] & arg[2]) >> arg[3])
+            elif tag == "immediate":
+                args.append(bool(got["b0"] & 0x40))
+            else:
+                args.append(ahs if tag == "ahs" else data)
+        return cls(*args)
+
+    # -- the same as source ----------------------------------------------------
+    @staticmethod
+    def _encoded(value) -> str:
+        tag = value[0]
+        if tag == "field":
+            return f"self.{value[1]}"
+        if tag == "flags":
+            return " | ".join(f"({kind[1]} if self.{name} else 0)" if kind[0] == "bit"
+                              else f"((self.{name} << {kind[2]}) & {kind[1]})"
+                              for name, kind in value[1])
+        if tag == "opcode":
+            return f"{value[1] | 0x40} if self.immediate else {value[1]}"
+        if tag == "ahs":
+            return "len(self.ahs) >> 2"
+        return "(n >> 16) & 0xFF" if tag == "length_hi" else "n & 0xFFFF"
+
+    @staticmethod
+    def _decoded(arg) -> str:
+        tag = arg[0]
+        if tag == "token":
+            return arg[1]
+        if tag == "bit":
+            return f"bool({arg[1]} & {arg[2]})"
+        if tag == "bits":
+            return f"({arg[1]} & {arg[2]}) >> {arg[3]}"
+        return "bool(b0 & 0x40)" if tag == "immediate" else tag
+
+    def source(self, names: tuple[str, ...]) -> str:
+        return (
+            f"def __init__(self, {', '.join(f'{n}=d_{n}' for n in names)}):\n"
+            + "".join(f"    self.{n} = {n}\n" for n in names) +
+            "def encode_bhs(self):\n"
+            "    n = len(self.data)\n"
+            f"    return pack({', '.join(self._encoded(v) for v in self.enc)})\n"
+            "def from_bhs(cls, bhs, ahs=b'', data=b''):\n"
+            f"    {', '.join(self.tokens)}, = unpack_from(bhs, 0)\n"
+            # Positional, in field order: binding a dozen keyword arguments
+            # costs more than decoding the header.
+            f"    return cls({', '.join(self._decoded(a) for a in self.args)})\n")
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls) -> _Plan:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = _Plan(cls)
+    return plan
+
+
+def _codec(cls) -> None:
+    """Give ``cls`` an ``__init__``, an ``encode_bhs`` and a ``from_bhs`` compiled
+    from its plan (the SPEC stays the one declaration of the layout).
+
+    Each is written out as straight-line source and compiled once per class (the
+    way dataclasses builds ``__init__``): the codecs as one struct call with the
+    flag bits as expressions, ``__init__`` as one assignment per field with the
+    defaults as parameter defaults.  Walking the field list for every PDU cost
+    more than the rest of the header work at tens of thousands of PDUs per
+    second.
+    """
+    plan = _plan(cls)
+    names = field_names(cls)
+    source = plan.source(names)
+    namespace = {"pack": plan.pack, "unpack_from": plan.unpack_from}
+    namespace.update((f"d_{n}", cls.__record__.defaults[n]) for n in names)
     exec(compile(source, f"<pdu codec {cls.__name__}>", "exec"), namespace)
+    namespace["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = namespace["__init__"]
     cls.encode_bhs = namespace["encode_bhs"]
     cls.from_bhs = classmethod(namespace["from_bhs"])
     abc.update_abstractmethods(cls)     # the class is concrete now
     cls._source = source
 
 
-@dataclass(slots=True)
+@record(slots=True, init=False)
 class Pdu(abc.ABC):
-    """A PDU: its header fields, data segment and AHS (a class docstring spares
-    dataclasses the signature it would render as one)."""
+    """A PDU: its header fields, data segment and AHS.
+
+    A record (scsi_target.record): one ``__repr__`` and ``==`` for every PDU
+    type, from the field table; ``__init__`` and the codec are compiled per
+    type once it is in use (_register, _codec).
+    """
     OPCODE: ClassVar[int] = -1
     SPEC: ClassVar[list] = []
     _source: ClassVar[str] = ""   # the generated codec once used, for reading and debugging
@@ -178,21 +301,6 @@ class Pdu(abc.ABC):
     immediate: bool = False
     data: bytes | bytearray | memoryview = b""
     ahs: bytes = b""
-
-    # One __repr__ and __eq__ for every PDU type, the ones dataclasses would
-    # generate for each (same text, same comparison): generating them per type
-    # was a third of this module's import, a fixed cost of every short-lived
-    # program.  The types are declared with repr=False, eq=False (_record).
-    def __repr__(self) -> str:
-        return f"{type(self).__qualname__}(" + ", ".join(
-            f"{n}={getattr(self, n)!r}" for n in _names(type(self))) + ")"
-
-    def __eq__(self, other):
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        names = _names(type(self))
-        return tuple(map(self.__getattribute__, names)) == \
-            tuple(map(other.__getattribute__, names))
 
     @abc.abstractmethod
     def encode_bhs(self) -> bytes:
@@ -205,37 +313,51 @@ class Pdu(abc.ABC):
 
 
 _REGISTRY: dict[int, type[Pdu]] = {}
-_NAMES: dict[type, tuple[str, ...]] = {}
 
-
-def _names(cls) -> tuple[str, ...]:
-    """The dataclass fields of ``cls`` in order (what its repr shows and eq compares)."""
-    names = _NAMES.get(cls)
-    if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in fields(cls) if f.repr)
-    return names
-
-
-# The PDU types' dataclass: __init__ and slots of their own, repr and eq from Pdu.
-_record = dataclass(slots=True, repr=False, eq=False)
+# The PDU types' records: slots of their own, repr and == from the field table,
+# and until a type's code is compiled (_register) the record's generic __init__.
+_record = record(slots=True)
 
 
 def _register(cls):
-    """Register a PDU type; its codec is generated on the first encode or decode.
+    """Register a PDU type; its ``__init__`` and codec are compiled once it was used
+    COMPILE_AFTER times.
 
-    Generating all eighteen at import was most of the module's import time, a
-    fixed cost of every short-lived program (a ``diffbackup`` run uses five types).
-    Until then ``encode_bhs``/``from_bhs`` are stand-ins that generate the real
-    ones (which replace them on the class) and hand the call on.
+    Compiling all eighteen at import was most of the module's import time, a
+    fixed cost of every short-lived program (a ``diffbackup`` run uses seven
+    types, each a few dozen times).  Until then ``__init__``, ``encode_bhs``
+    and ``from_bhs`` are stand-ins that count the use and hand the call to the
+    record's ``__init__`` and the generic codec; the use that reaches the count
+    compiles the real ones (which replace them on the class).
     """
-    def encode_bhs(self):
+    generic_init = cls.__init__
+    uses = 0
+
+    def compiled() -> bool:
+        nonlocal uses
+        uses += 1
+        if uses < COMPILE_AFTER:
+            return False
         _codec(cls)
-        return cls.encode_bhs(self)
+        return True
+
+    def __init__(self, *args, **kw):
+        if compiled():
+            cls.__init__(self, *args, **kw)
+        else:
+            generic_init(self, *args, **kw)
+
+    def encode_bhs(self):
+        if compiled():
+            return cls.encode_bhs(self)
+        return _plan(cls).encode(self)
 
     def from_bhs(kind, bhs, ahs=b"", data=b""):
-        _codec(cls)
-        return cls.from_bhs.__func__(kind, bhs, ahs, data)
+        if compiled():
+            return cls.from_bhs.__func__(kind, bhs, ahs, data)
+        return _plan(cls).decode(kind, bhs, ahs, data)
 
+    cls.__init__ = __init__
     cls.encode_bhs = encode_bhs
     cls.from_bhs = classmethod(from_bhs)
     abc.update_abstractmethods(cls)     # concrete: the stand-ins implement both
@@ -625,4 +747,4 @@ def decode_bhs(bhs, ahs: bytes = b"", data=b"") -> Pdu:
 
 
 def pdu_fields(pdu: Pdu) -> dict:
-    return {f.name: getattr(pdu, f.name) for f in fields(pdu)}
+    return {name: getattr(pdu, name) for name in field_names(pdu)}

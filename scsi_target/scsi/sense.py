@@ -6,8 +6,8 @@ descriptor, from the control mode page D_SENSE bit).
 """
 from __future__ import annotations
 
+from collections import namedtuple
 from enum import IntEnum
-from typing import NamedTuple
 
 from .asc_table import asc_name as _asc_name
 from .layouts.sense import SenseData, decode_sense
@@ -32,10 +32,10 @@ class SenseKey(IntEnum):
     RESERVED_F = 0xF     # reserved; decoded rather than refused
 
 
-class Asc(NamedTuple):
-    asc: int
-    ascq: int
-    name: str
+class Asc(namedtuple("Asc", ("asc", "ascq", "name"))):
+    """An additional sense code and qualifier with its name (a tuple; typing's
+    NamedTuple would cost a client's start-up the typing module)."""
+    __slots__ = ()
 
 
 # Additional sense codes used by the target (values from SPC-4 Annex D).

@@ -11,10 +11,13 @@ Every command has a 12-byte CDB of the same shape::
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import ClassVar
 
+from ...record import field, record
 from .fields import Struct, bit, raw, u8, u16, u32, u64
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import ClassVar
 
 OP_SELECT_BACKUP = 0xC0
 OP_START_BACKUP = 0xC1
@@ -52,7 +55,7 @@ MAX_EXTENT_DESCRIPTORS = 1024
 MAX_MESSAGE = 4096
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VendorCdb(Struct):
     """The 16-byte CDB of the vendor backup commands."""
     opcode: int
@@ -74,7 +77,7 @@ def cdb(opcode: int, *, flags: int = 0, scope: int = 0, length: int = 0) -> byte
 STATE_NONE, STATE_ACTIVE, STATE_COMPLETE, STATE_HELD = 0, 1, 2, 3
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BackupStatus(Struct):
     """START BACKUP / REPORT BACKUP STATUS parameter data (80 bytes)."""
     additional_length: int = 76
@@ -98,7 +101,7 @@ class BackupStatus(Struct):
 
 
 # ------------------------------------------------------------ generations report
-@dataclass(frozen=True)
+@record(frozen=True)
 class GenerationsHeader(Struct):
     """REPORT GENERATIONS header (96 bytes); GenerationCount descriptors follow."""
     additional_length: int = 0
@@ -129,7 +132,7 @@ class GenerationsHeader(Struct):
     SIZE: ClassVar = 96
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GenerationCount(Struct):
     """One REPORT GENERATIONS descriptor: a generation and its block count."""
     generation: int = 0
@@ -138,7 +141,7 @@ class GenerationCount(Struct):
     SIZE: ClassVar = 16
 
 
-@dataclass
+@record
 class GenerationsReport:
     """REPORT GENERATIONS parameter data: header and block counts per generation."""
     header: GenerationsHeader
@@ -171,7 +174,7 @@ class GenerationsReport:
 
 
 # ------------------------------------------------------------------- estimate
-@dataclass(frozen=True)
+@record(frozen=True)
 class Estimate(Struct):
     """ESTIMATE BACKUP parameter data (32 bytes)."""
     additional_length: int = 28
@@ -188,7 +191,7 @@ class Estimate(Struct):
 RESTORE_STATES = ("idle", "running", "done", "rejected", "abandoned")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RestoreHeader(Struct):
     """REPORT RESTORE RESULTS header (80 bytes)."""
     additional_length: int = 0
@@ -218,7 +221,7 @@ class RestoreHeader(Struct):
     SIZE: ClassVar = 80
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BadRecordDesc(Struct):
     """One damaged record (32 bytes); BLOCK VALID=0: its header was unreadable."""
     block_valid: bool = False
@@ -231,7 +234,7 @@ class BadRecordDesc(Struct):
     SIZE: ClassVar = 32
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ExtentDesc(Struct):
     """An extent of blocks (first block, count)."""
     first_block: int = 0
@@ -240,7 +243,7 @@ class ExtentDesc(Struct):
     SIZE: ClassVar = 16
 
 
-@dataclass
+@record
 class RestoreReportData:
     """REPORT RESTORE RESULTS parameter data: header, bad records, unrecovered extents, message."""
     header: RestoreHeader
@@ -299,7 +302,7 @@ def unpack_restore_options(data) -> list[int]:
 
 
 # ------------------------------------------------------------------ tracker audit
-@dataclass(frozen=True)
+@record(frozen=True)
 class AuditHeader(Struct):
     """AUDIT TRACKER parameter data header (56 bytes); mismatch extents follow."""
     additional_length: int = 0
@@ -322,7 +325,7 @@ class AuditHeader(Struct):
     SIZE: ClassVar = 56
 
 
-@dataclass
+@record
 class AuditReportData:
     """AUDIT TRACKER parameter data: header and mismatched extents."""
     header: AuditHeader
@@ -350,7 +353,7 @@ class AuditReportData:
 
 
 # ------------------------------------------------------------------- map extents
-@dataclass(frozen=True)
+@record(frozen=True)
 class MapExtentsHeader(Struct):
     """REPORT MAP EXTENTS header (40 bytes); MapExtentDesc descriptors follow."""
     additional_length: int = 0
@@ -366,7 +369,7 @@ class MapExtentsHeader(Struct):
     SIZE: ClassVar = 40
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MapExtentDesc(Struct):
     """One REPORT MAP EXTENTS descriptor: an extent and its generation."""
     first_block: int = 0

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from .fields import Struct, bit, bits, u8, u32, u64
 
 
-@dataclass
+@record
 class ReadCapacity10(Struct):
     """READ CAPACITY (10) parameter data (8 bytes)."""
     last_lba: int = 0               # RETURNED LOGICAL BLOCK ADDRESS (0xFFFFFFFF: use (16))
@@ -17,7 +17,7 @@ class ReadCapacity10(Struct):
     FIELDS = (u32("last_lba", 0), u32("block_size", 4))
 
 
-@dataclass
+@record
 class ReadCapacity16(Struct):
     """READ CAPACITY (16) parameter data (32 bytes)."""
     last_lba: int = 0
@@ -46,7 +46,7 @@ MAPPED, DEALLOCATED, ANCHORED = 0, 1, 2
 PROVISIONING_NAMES = {MAPPED: "mapped", DEALLOCATED: "deallocated", ANCHORED: "anchored"}
 
 
-@dataclass
+@record
 class LbaStatusDescriptor(Struct):
     """One GET LBA STATUS descriptor (16 bytes)."""
     lba: int = 0
@@ -57,7 +57,7 @@ class LbaStatusDescriptor(Struct):
     FIELDS = (u64("lba", 0), u32("count", 8), bits("status", 12, 0, 4))
 
 
-@dataclass
+@record
 class LbaStatus:
     """GET LBA STATUS parameter data: length header then 16-byte descriptors."""
     descriptors: list[LbaStatusDescriptor] = field(default_factory=list)

@@ -1,6 +1,7 @@
 """Field tables: a fixed binary layout declared once, packed and unpacked from the table.
 
-A layout class is a dataclass that also carries ``FIELDS`` (where each
+A layout class is a record (:mod:`scsi_target.record`: ``__init__``, ``==``,
+``repr`` from its annotated attributes) that also carries ``FIELDS`` (where each
 attribute lives: byte offset, byte span, bit shift and width) and ``SIZE``.
 Both the target (building responses) and the initiator (decoding them) go
 through :meth:`Struct.pack` / :meth:`Struct.unpack`, so the two sides cannot
@@ -12,14 +13,16 @@ the few-hundred-byte control responses these describe.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, TypeVar
+from ...record import field_names, record
 
-T = TypeVar("T", bound="Struct")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, ClassVar, Iterator, TypeVar
+
+    T = TypeVar("T", bound="Struct")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class F:
     """One field: ``size`` bytes at ``offset`` read as a big-endian integer, of which
     ``width`` bits starting at bit ``shift`` belong to the field (width None: all)."""
@@ -84,7 +87,7 @@ def ascii_bytes(text: str, width: int) -> bytes:
 
 
 class Struct:
-    """Base of fixed-size layouts; subclasses are dataclasses with FIELDS and SIZE."""
+    """Base of fixed-size layouts; subclasses are records with FIELDS and SIZE."""
     FIELDS: ClassVar[tuple[F, ...]] = ()
     SIZE: ClassVar[int] = 0
 
@@ -137,9 +140,9 @@ class Struct:
         return cls(**kw)  # type: ignore[call-arg]
 
     def items(self) -> Iterator[tuple[str, Any]]:
-        """(name, value) of every dataclass field, for tables and JSON."""
-        for fld in dataclasses.fields(self):  # type: ignore[arg-type]
-            yield fld.name, getattr(self, fld.name)
+        """(name, value) of every field, for tables and JSON."""
+        for name in field_names(self):
+            yield name, getattr(self, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: to_jsonable(v) for k, v in self.items()}

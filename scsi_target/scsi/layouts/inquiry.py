@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from .fields import F, Struct, ascii_field, bit, bits, raw, u8
 
 STANDARD_LENGTH = 96
@@ -21,7 +21,7 @@ DEVICE_TYPES = {
 }
 
 
-@dataclass
+@record
 class StandardInquiry(Struct):
     device_type: int = 0
     qualifier: int = 0

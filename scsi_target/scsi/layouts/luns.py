@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from ..lunaddr import decode_lun, encode_lun
 
 
-@dataclass
+@record
 class ReportLuns:
     """LUN list; ``luns`` as 8-byte LUN structures, ``numbers`` decoded where possible."""
     entries: list[bytes] = field(default_factory=list)

@@ -2,17 +2,19 @@
 the targets serve: 01h, 08h, 0Ah, 1Ch (SBC/SPC) and 0Fh, 10h (SSC)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
-
+from ...record import field, record
 from .fields import Struct, bit, bits, raw, u8, u16, u24, u32, u64
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import ClassVar
 
 PC_CURRENT, PC_CHANGEABLE, PC_DEFAULT, PC_SAVED = 0, 1, 2, 3
 PC_NAMES = {"current": PC_CURRENT, "changeable": PC_CHANGEABLE, "default": PC_DEFAULT,
             "saved": PC_SAVED}
 
 
-@dataclass
+@record
 class ModeHeader6(Struct):
     mode_data_length: int = 0
     medium_type: int = 0
@@ -28,7 +30,7 @@ class ModeHeader6(Struct):
         return bool(self.device_specific & 0x80)
 
 
-@dataclass
+@record
 class ModeHeader10(Struct):
     mode_data_length: int = 0
     medium_type: int = 0
@@ -45,7 +47,7 @@ class ModeHeader10(Struct):
         return bool(self.device_specific & 0x80)
 
 
-@dataclass
+@record
 class ShortBlockDescriptor(Struct):
     """Short LBA block descriptor of direct-access devices."""
     blocks: int = 0
@@ -55,7 +57,7 @@ class ShortBlockDescriptor(Struct):
     FIELDS = (u32("blocks", 0), u24("block_length", 5))
 
 
-@dataclass
+@record
 class GeneralBlockDescriptor(Struct):
     """General (e.g. sequential-access) block descriptor with a density code."""
     density_code: int = 0
@@ -66,7 +68,7 @@ class GeneralBlockDescriptor(Struct):
     FIELDS = (u8("density_code", 0), u24("blocks", 1), u24("block_length", 5))
 
 
-@dataclass
+@record
 class LongBlockDescriptor(Struct):
     blocks: int = 0
     block_length: int = 0
@@ -76,7 +78,7 @@ class LongBlockDescriptor(Struct):
 
 
 # ---------------------------------------------------------------- pages
-@dataclass
+@record
 class ReadWriteErrorRecovery(Struct):
     ps: bool = False
     page_code: int = 0x01
@@ -102,7 +104,7 @@ class ReadWriteErrorRecovery(Struct):
               u16("recovery_time_limit", 10))
 
 
-@dataclass
+@record
 class Caching(Struct):
     ps: bool = False
     page_code: int = 0x08
@@ -140,7 +142,7 @@ class Caching(Struct):
               u8("cache_segments", 13), u16("cache_segment_size", 14))
 
 
-@dataclass
+@record
 class Control(Struct):
     ps: bool = False
     page_code: int = 0x0A
@@ -177,7 +179,7 @@ class Control(Struct):
               u16("extended_selftest_time", 10))
 
 
-@dataclass
+@record
 class InformationalExceptions(Struct):
     ps: bool = False
     page_code: int = 0x1C
@@ -201,7 +203,7 @@ class InformationalExceptions(Struct):
               bits("mrie", 3, 0, 4), u32("interval_timer", 4), u32("report_count", 8))
 
 
-@dataclass
+@record
 class DataCompression(Struct):
     """SSC data compression page (0Fh)."""
     ps: bool = False
@@ -221,7 +223,7 @@ class DataCompression(Struct):
               u32("compression_algorithm", 4), u32("decompression_algorithm", 8))
 
 
-@dataclass
+@record
 class DeviceConfiguration(Struct):
     """SSC device configuration page (10h)."""
     ps: bool = False
@@ -278,7 +280,7 @@ PAGE_NAMES = {0x01: "Read-Write Error Recovery", 0x02: "Disconnect-Reconnect",
               0x1C: "Informational Exceptions Control"}
 
 
-@dataclass
+@record
 class ModePage:
     """One page as sent: header bits, code, subpage and the parameter bytes after the header."""
     code: int
@@ -330,7 +332,7 @@ def parse_pages(data: bytes) -> list[ModePage]:
     return out
 
 
-@dataclass
+@record
 class ModeParameters:
     """MODE SENSE data: header, block descriptors and pages."""
     header: ModeHeader6 | ModeHeader10

@@ -3,8 +3,8 @@ REPORT CAPABILITIES, READ FULL STATUS; TransportIDs (SPC-4 7.6.4)."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from .fields import Struct, bit, bits, u8, u16, u32, u64
 
 PR_TYPE_NAMES = {1: "Write Exclusive", 3: "Exclusive Access",
@@ -12,7 +12,7 @@ PR_TYPE_NAMES = {1: "Write Exclusive", 3: "Exclusive Access",
                  7: "Write Exclusive - All Registrants", 8: "Exclusive Access - All Registrants"}
 
 
-@dataclass
+@record
 class PrReadKeys:
     """PERSISTENT RESERVE IN / READ KEYS parameter data."""
     generation: int = 0
@@ -34,7 +34,7 @@ class PrReadKeys:
         return {"generation": self.generation, "keys": [f"0x{k:016x}" for k in self.keys]}
 
 
-@dataclass
+@record
 class ReservationDescriptor(Struct):
     """The reservation READ RESERVATION reports (16 bytes)."""
     key: int = 0
@@ -45,7 +45,7 @@ class ReservationDescriptor(Struct):
     FIELDS = (u64("key", 0), bits("scope", 13, 4, 4), bits("type", 13, 0, 4))
 
 
-@dataclass
+@record
 class PrReadReservation:
     """PERSISTENT RESERVE IN / READ RESERVATION parameter data."""
     generation: int = 0
@@ -70,7 +70,7 @@ class PrReadReservation:
                  "type": PR_TYPE_NAMES.get(r.type, r.type)}}
 
 
-@dataclass
+@record
 class PrCapabilities(Struct):
     """PERSISTENT RESERVE IN / REPORT CAPABILITIES parameter data (8 bytes)."""
     length: int = 8
@@ -95,7 +95,7 @@ class PrCapabilities(Struct):
               bit("wr_ex_ro", 4, 5), bit("ex_ac", 4, 3), bit("wr_ex", 4, 1), bit("ex_ac_ar", 5, 0))
 
 
-@dataclass
+@record
 class FullStatusHead(Struct):
     """The fixed 24 bytes of a READ FULL STATUS descriptor; the TransportID follows."""
     key: int = 0
@@ -112,7 +112,7 @@ class FullStatusHead(Struct):
               u16("relative_target_port", 18), u32("additional_length", 20))
 
 
-@dataclass
+@record
 class FullStatusDescriptor:
     """One registration: its key, whether it holds the reservation, and the I_T nexus."""
     key: int = 0
@@ -136,7 +136,7 @@ class FullStatusDescriptor:
                 "transport_id": describe_transport_id(self.transport_id)}
 
 
-@dataclass
+@record
 class PrReadFullStatus:
     """PERSISTENT RESERVE IN / READ FULL STATUS parameter data."""
     generation: int = 0

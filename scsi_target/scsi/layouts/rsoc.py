@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from .fields import Struct, bit, bits, u8, u16, u32
 
 OPTIONS_ALL, OPTIONS_OPCODE, OPTIONS_OPCODE_SA, OPTIONS_EITHER = 0, 1, 2, 3
@@ -11,7 +11,7 @@ SUPPORT_NAMES = {0: "not available", 1: "not supported", 3: "supported (standard
                  5: "supported (vendor specific)"}
 
 
-@dataclass
+@record
 class TimeoutsDescriptor(Struct):
     descriptor_length: int = 0x0A
     command_specific: int = 0
@@ -23,7 +23,7 @@ class TimeoutsDescriptor(Struct):
               u32("nominal_timeout", 4), u32("recommended_timeout", 8))
 
 
-@dataclass
+@record
 class CommandDescriptor(Struct):
     """One entry of the all-commands format (the timeouts descriptor follows when CTDP)."""
     opcode: int = 0
@@ -44,7 +44,7 @@ class CommandDescriptor(Struct):
         return head
 
 
-@dataclass
+@record
 class AllCommands:
     descriptors: list[CommandDescriptor] = field(default_factory=list)
 
@@ -73,7 +73,7 @@ class AllCommands:
         return {"commands": [d.to_dict() for d in self.descriptors]}
 
 
-@dataclass
+@record
 class OneCommandHeader(Struct):
     ctdp: bool = False
     support: int = 0
@@ -83,7 +83,7 @@ class OneCommandHeader(Struct):
     FIELDS = (bit("ctdp", 1, 7), bits("support", 1, 0, 3), u16("cdb_size", 2))
 
 
-@dataclass
+@record
 class OneCommand:
     """One-command format: support, the CDB usage map, and optionally timeouts."""
     support: int = 3

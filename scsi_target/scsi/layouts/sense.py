@@ -7,8 +7,8 @@ it (``scsi_target.scsi.sense.render_sense``) and the initiator decodes with
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from ..asc_table import asc_name
 from .fields import Struct, bit, bits, u8, u32
 
@@ -22,7 +22,7 @@ SENSE_KEY_NAMES = {
 DESC_INFORMATION, DESC_COMMAND_SPECIFIC, DESC_SKS, DESC_FRU, DESC_STREAM = 0, 1, 2, 3, 4
 
 
-@dataclass
+@record
 class FixedSense(Struct):
     """Fixed-format sense data (response codes 70h/71h)."""
     valid: bool = False
@@ -49,7 +49,7 @@ class FixedSense(Struct):
               bit("sksv", 15, 7), bits("sks", 15, 0, 23, 3))
 
 
-@dataclass
+@record
 class DescriptorSenseHeader(Struct):
     """The 8-byte header of descriptor-format sense data (72h/73h)."""
     response_code: int = 0x72
@@ -64,7 +64,7 @@ class DescriptorSenseHeader(Struct):
               u8("ascq", 3), bit("sdat_ovfl", 4, 7), u8("additional_length", 7))
 
 
-@dataclass
+@record
 class SenseDescriptor:
     """One descriptor of descriptor-format sense data."""
     type: int
@@ -74,7 +74,7 @@ class SenseDescriptor:
         return bytes([self.type, len(self.payload)]) + self.payload
 
 
-@dataclass
+@record
 class FieldPointer:
     """Decoded sense-key specific field pointer (ILLEGAL REQUEST)."""
     in_cdb: bool
@@ -87,7 +87,7 @@ class FieldPointer:
         return f"{where} byte {self.field}{b}"
 
 
-@dataclass
+@record
 class SenseData:
     """Sense data in either format, decoded."""
     key: int

@@ -2,14 +2,13 @@
 SUPPORT, MAM attribute lists, and CDB builders of the SSC commands."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ...record import record
 from .fields import Struct, ascii_field, bit, bits, u8, u16, u24, u32, u64
 
 RP_SHORT, RP_SHORT_VENDOR, RP_LONG, RP_EXTENDED = 0x00, 0x01, 0x06, 0x08
 
 
-@dataclass
+@record
 class ReadPositionShort(Struct):
     bop: bool = False                 # beginning of partition
     eop: bool = False                 # end of partition
@@ -31,7 +30,7 @@ class ReadPositionShort(Struct):
               u32("bytes_in_buffer", 16))
 
 
-@dataclass
+@record
 class ReadPositionLong(Struct):
     bop: bool = False
     eop: bool = False
@@ -49,7 +48,7 @@ class ReadPositionLong(Struct):
               u64("logical_file", 16), u64("logical_set", 24))
 
 
-@dataclass
+@record
 class BlockLimitsData(Struct):
     """READ BLOCK LIMITS data."""
     granularity: int = 0
@@ -61,7 +60,7 @@ class BlockLimitsData(Struct):
               u16("min_block_length", 4))
 
 
-@dataclass
+@record
 class ReadPositionExtended(Struct):
     """READ POSITION extended form (service action 08h)."""
     bop: bool = False
@@ -85,7 +84,7 @@ class ReadPositionExtended(Struct):
               u64("first_location", 8), u64("last_location", 16), u64("bytes_in_buffer", 24))
 
 
-@dataclass
+@record
 class MaximumLogicalObjectId(Struct):
     """READ BLOCK LIMITS with MLOI=1: the largest logical object identifier the medium takes."""
     max_logical_object: int = 0
@@ -94,7 +93,7 @@ class MaximumLogicalObjectId(Struct):
     FIELDS = (u64("max_logical_object", 12),)
 
 
-@dataclass
+@record
 class DensityDescriptor(Struct):
     """One density support data block descriptor (REPORT DENSITY SUPPORT, MEDIA/MEDIUM TYPE 0)."""
     primary_density_code: int = 0
@@ -138,7 +137,7 @@ def parse_density_support(data: bytes) -> list[DensityDescriptor]:
 RA_VALUES, RA_LIST, RA_VOLUME_LIST, RA_PARTITION_LIST, RA_SUPPORTED = 0x00, 0x01, 0x02, 0x03, 0x05
 
 
-@dataclass
+@record
 class MamAttribute:
     id: int
     format: int

@@ -6,8 +6,8 @@ body; :class:`VpdPage` is that envelope and the ``*Page`` classes are bodies.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from .fields import Struct, bit, bits, u8, u16, u32, u64
 
 PAGE_SUPPORTED = 0x00
@@ -27,7 +27,7 @@ PAGE_NAMES = {
 }
 
 
-@dataclass
+@record
 class VpdHeader(Struct):
     device_type: int = 0
     qualifier: int = 0
@@ -39,7 +39,7 @@ class VpdHeader(Struct):
               u16("page_length", 2))
 
 
-@dataclass
+@record
 class VpdPage:
     """A whole page: header fields plus the body bytes (page length from the body)."""
     page_code: int
@@ -82,7 +82,7 @@ DESIGNATOR_TYPES = {0: "vendor specific", 1: "T10 vendor ID", 2: "EUI-64", 3: "N
 ASSOCIATIONS = {0: "logical unit", 1: "target port", 2: "target device"}
 
 
-@dataclass
+@record
 class DesignatorHeader(Struct):
     code_set: int = 0
     protocol_id: int = 0
@@ -97,7 +97,7 @@ class DesignatorHeader(Struct):
               u8("length", 3))
 
 
-@dataclass
+@record
 class Designator:
     code_set: int
     association: int
@@ -143,7 +143,7 @@ def parse_device_id(body: bytes) -> list[Designator]:
 
 
 # ---------------------------------------------------------------- 8Fh
-@dataclass
+@record
 class TpcDescriptor:
     """One third-party copy descriptor: type code and its body (after the 4-byte header)."""
     type_code: int
@@ -164,7 +164,7 @@ def parse_third_party_copy(body: bytes) -> list[TpcDescriptor]:
 
 
 # ---------------------------------------------------------------- B0h / B1h / B2h
-@dataclass
+@record
 class BlockLimits(Struct):
     """Block Limits body (offsets from byte 4 of the page)."""
     wsnz: bool = False
@@ -198,7 +198,7 @@ class BlockLimits(Struct):
               u32("max_atomic_boundary_size", 56))
 
 
-@dataclass
+@record
 class BlockCharacteristics(Struct):
     medium_rotation_rate: int = 0      # 1 = non-rotating medium
     product_type: int = 0
@@ -214,7 +214,7 @@ class BlockCharacteristics(Struct):
               bit("vbuls", 4, 0))
 
 
-@dataclass
+@record
 class LogicalBlockProvisioning(Struct):
     threshold_exponent: int = 0
     lbpu: bool = False
@@ -234,7 +234,7 @@ class LogicalBlockProvisioning(Struct):
               u8("threshold_percentage", 3))
 
 
-@dataclass
+@record
 class DecodedVpd:
     """A page decoded as far as this module knows it; ``fields`` is what a tool shows."""
     page: VpdPage

@@ -11,8 +11,8 @@ its own sense) and uses the fixed parts declared here for the fields.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from ...record import field, record
 from .fields import Struct, bit, bits, raw, u8, u16, u24, u32, u64
 
 SEG_BLOCK_TO_BLOCK = 0x02
@@ -69,7 +69,7 @@ def encode_transfer_count(nbytes: int) -> tuple[int, int]:
 
 # -- RECEIVE COPY RESULTS ---------------------------------------------------------
 
-@dataclass
+@record
 class CopyStatus(Struct):
     """COPY STATUS parameter data (service action 00h)."""
     available_data: int = 8
@@ -93,7 +93,7 @@ class CopyStatus(Struct):
         return STATUS_NAMES.get(self.status, f"{self.status:02x}h")
 
 
-@dataclass
+@record
 class ReceiveData:
     """RECEIVE DATA parameter data (service action 01h): data held by the copy manager."""
     data: bytes = b""
@@ -112,7 +112,7 @@ class ReceiveData:
         return {"held_data": self.data.hex()}
 
 
-@dataclass
+@record
 class OperatingParametersHead(Struct):
     """The fixed 44 bytes of OPERATING PARAMETERS (service action 03h)."""
     available_data: int = 40
@@ -141,7 +141,7 @@ class OperatingParametersHead(Struct):
               u8("held_data_granularity", 39), u8("implemented_descriptor_list_length", 43))
 
 
-@dataclass
+@record
 class OperatingParameters:
     """OPERATING PARAMETERS: the fixed part plus the implemented descriptor type codes.
 
@@ -173,7 +173,7 @@ class OperatingParameters:
         return d
 
 
-@dataclass
+@record
 class FailedSegmentHead(Struct):
     """The fixed 60 bytes of FAILED SEGMENT DETAILS (service action 04h)."""
     available_data: int = 56
@@ -184,7 +184,7 @@ class FailedSegmentHead(Struct):
     FIELDS = (u32("available_data", 0), u8("completion_status", 56), u16("sense_length", 58))
 
 
-@dataclass
+@record
 class FailedSegmentDetails:
     """FAILED SEGMENT DETAILS; ``sense`` None means none held (AVAILABLE DATA 0, 4 bytes)."""
     completion_status: int = 0
@@ -215,7 +215,7 @@ class FailedSegmentDetails:
 
 # -- EXTENDED COPY (LID1) parameter list --------------------------------------------
 
-@dataclass
+@record
 class ParameterListHeader(Struct):
     list_id: int = 0
     str_: bool = False                # sequential striped
@@ -231,7 +231,7 @@ class ParameterListHeader(Struct):
               u32("segment_list_length", 8), u32("inline_data_length", 12))
 
 
-@dataclass
+@record
 class IdentificationCscd(Struct):
     """Identification CSCD descriptor (E4h) with block device parameters.
 
@@ -260,7 +260,7 @@ class IdentificationCscd(Struct):
         return bytes(self.designation[:4 + self.designator_length])
 
 
-@dataclass
+@record
 class BlockToBlockSegment(Struct):
     """Block device to block device segment descriptor (02h)."""
     code: int = SEG_BLOCK_TO_BLOCK
@@ -279,7 +279,7 @@ class BlockToBlockSegment(Struct):
               u64("dst_lba", 20))
 
 
-@dataclass
+@record
 class ExtendedCopyList:
     """A LID1 parameter list of identification CSCDs and block-to-block segments.
 
