@@ -312,12 +312,7 @@ class StreamEncoder:
         first, n, g = run
         raw = self.header.raw_length(first, n)
         body = out[RECORD_HEADER_SIZE:RECORD_HEADER_SIZE + raw]
-        read_crcs = getattr(self._store, "readinto_many_crcs", None)
-        if read_crcs is not None:           # a store that checksums as it reads
-            (crc,) = read_crcs([first * self._bs], [body])
-        else:
-            self._store.readinto(first * self._bs, body)
-            crc = crc32c.crc32c(body)
+        (crc,) = self._store.readinto_many_crcs([first * self._bs], [body])
         kind, stored = KIND_DATA, raw
         if self._elide and crc == self._zero_crc_of(raw) and self._zeros.startswith(body):
             kind, stored, crc = KIND_ZERO, 0, 0
@@ -452,8 +447,7 @@ class StreamEncoder:
         h = self.header
         bs, entries, vsize = self._bs, h.entries, h.volume_size
         store = self._store
-        read_many = store.readinto_many
-        read_crcs = getattr(store, "readinto_many_crcs", None)
+        read_crcs = store.readinto_many_crcs
         crc = crc32c.crc32c
         pack, pack_crc = _RECORD.pack_into, _U32.pack_into
         seed = self._seed
@@ -492,11 +486,7 @@ class StreamEncoder:
                 views = list(map(mv.__getitem__, map(slice, map(add, places, repeat(RH)),
                                                      ends[1:])))
                 lw = ends[k]
-                if read_crcs is not None:       # a store that checksums as it reads
-                    crcs = read_crcs(offs, views)
-                else:
-                    read_many(offs, views)
-                    crcs = list(map(crc, views))
+                crcs = read_crcs(offs, views)
                 if _LITTLE_ENDIAN and (not elide or {zget(r) or zero_crc_of(r) for r in
                                                      set(raws)}.isdisjoint(crcs)):
                     # No record can be all-zero: every record keeps its place,
