@@ -330,7 +330,7 @@ class TrackingStore(BlockStore):
                  cow: CowSettings | None = None, place=None) -> None:
         self.inner = inner
         self.size = inner.size
-        self.asynchronous = getattr(inner, "asynchronous", False)
+        self.asynchronous = inner.asynchronous
         self._pending = 0                      # async writes submitted, not yet done
         self._pending_cond = threading.Condition()
         self._submitter = None
