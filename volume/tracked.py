@@ -638,15 +638,18 @@ class TrackingStore(BlockStore):
                 self.state.restore.grow(self._map.entries)
             self.state.restore_growth = None
             self.size = size
+            unsaved = None
             try:
                 self.save_state()
-            except MapError as exc:             # the next open settles it (map grown)
-                raise TrackingError(f"{self.volume_label()} grew to {size} bytes, but its "
-                                    f"sidecar could not be updated: {exc}") from None
+            except (MapError, OSError) as exc:  # the next open settles it (map grown)
+                unsaved = exc
             if self._sessions is not None:
                 self._sessions.volume_grew(size)
         for fn in list(self.grow_listeners):
             fn(size)
+        if unsaved is not None:
+            raise TrackingError(f"{self.volume_label()} grew to {size} bytes, but its sidecar "
+                                f"could not be updated: {unsaved}")
 
     def _grow_inner_for_restore(self, size: int) -> None:
         """``inner`` grows to ``size`` for a restore, its intent on record first."""
@@ -657,7 +660,7 @@ class TrackingStore(BlockStore):
         self.state.restore_growth = size
         try:
             self.save_state()
-        except MapError as exc:
+        except (MapError, OSError) as exc:
             self.state.restore_growth = None
             raise TrackingError(f"{label}: cannot record the growth to {size} bytes: "
                                 f"{exc}") from None
@@ -667,7 +670,7 @@ class TrackingStore(BlockStore):
             self.state.restore_growth = None
             try:
                 self.save_state()
-            except MapError:
+            except (MapError, OSError):
                 pass        # fenced as well: the next open finds the medium ungrown
             raise
 
