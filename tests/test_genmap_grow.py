@@ -230,3 +230,188 @@ def test_audit_across_a_growth(tmp_path):
     out = tmp_path / "r.img"
     assert run("restore", out, tmp_path / "full.bk", tmp_path / "d1.bk", tmp_path / "d2.bk") == 0
     assert out.read_bytes() == vol.read_bytes()
+
+
+def _grown_chain(tmp_path, seed=7):
+    """A file volume, its full at ``size0``, grown to ``size1``, written old and new: a differential."""
+    size0, size1 = (2 << 20) + 1536, 3 << 20
+    vol = tmp_path / "src.img"
+    random_file(vol, size0, seed=seed)
+    full, d1 = tmp_path / "full.bk", tmp_path / "d1.bk"
+    assert run("full", vol, "-o", full) == 0
+    os.truncate(vol, size1)
+    v = TrackingStore.open(FileStore(vol), vol)
+    rnd = random.Random(seed)
+    for _ in range(12):
+        v.write(rnd.randrange(0, size1 - BS), rnd.randbytes(BS))
+    v.close()
+    assert run("diff", vol, "--scope", 1, "-o", d1) == 0
+    return vol, size0, size1, full, d1
+
+
+def _push(v: TrackingStore, stream: Path) -> None:
+    w = v.sessions.start_restore(name=stream.name)
+    data = stream.read_bytes()
+    for off in range(0, len(data), 1 << 16):
+        w.write(off, data[off:off + (1 << 16)])
+    assert w.finished and w.result.state == "done", w.result
+
+
+def test_a_restore_growth_cut_short_after_the_medium_grew_is_finished_at_open(tmp_path):
+    """kill -9 between the medium's growth and the map's: the sidecar's restore_growth
+    tells the next open to leave the new blocks at generation 0, so the
+    differential's records still apply there (marked as written, they would not)."""
+    vol, size0, size1, full, d1 = _grown_chain(tmp_path)
+    out = tmp_path / "out.img"
+    assert run("restore", out, full) == 0
+    v = TrackingStore.open(FileStore(out), out)
+    gen = v.map.current_generation
+    v.state.restore_growth = size1          # what grow(restoring=True) records first,
+    v.save_state()
+    v.inner.grow(size1)                     # then the medium grows; the map never did
+    v.close()
+    v = TrackingStore.open(FileStore(out), out)
+    try:
+        assert v.size == v.map.volume_size == size1
+        assert v.state.restore_growth is None
+        assert v.map.counts()[gen] == 0     # nothing counts as written since the full
+        _push(v, d1)
+    finally:
+        v.close()
+    assert out.read_bytes() == vol.read_bytes()
+    # Without the record (a growth nobody announced) the new blocks count as written.
+    out2 = tmp_path / "out2.img"
+    assert run("restore", out2, full) == 0
+    os.truncate(out2, size1)
+    v = TrackingStore.open(FileStore(out2), out2)
+    assert v.map.counts()[v.map.current_generation] > 0
+    v.close()
+
+
+class _FullPool(FileStore):
+    def grow(self, size: int) -> None:
+        from volume.store import StoreNoSpace
+        raise StoreNoSpace(f"resize of {self.path} to {size} bytes: No space left on device")
+
+
+def test_a_refused_restore_growth_is_a_precise_rejection_and_changes_nothing(tmp_path):
+    from volume.session import RestoreRejected
+    from volume.tracked import read_sidecar
+    vol, size0, size1, full, d1 = _grown_chain(tmp_path, seed=8)
+    out = tmp_path / "out.img"
+    assert run("restore", out, full) == 0
+    v = TrackingStore.open(_FullPool(out), out)
+    try:
+        w = v.sessions.start_restore(name="d1.bk")
+        with pytest.raises(RestoreRejected, match=f"d1.bk is for the volume grown to {size1} "
+                           "bytes; the target could not grow: .*No space left on device"):
+            w.write(0, d1.read_bytes())
+        assert v.size == v.map.volume_size == os.path.getsize(out) == size0
+        assert v.state.restore_growth is None and v.state.restore is None
+    finally:
+        v.close()
+    assert "restore_growth" not in read_sidecar(str(out) + ".volume")["backup"]
+    v = TrackingStore.open(FileStore(out), out)     # the next try goes through
+    try:
+        _push(v, d1)
+    finally:
+        v.close()
+    assert out.read_bytes() == vol.read_bytes()
+
+
+def test_a_later_smaller_stream_is_refused_and_a_memory_target_cannot_grow(tmp_path):
+    from volume.session import RestoreRejected
+    vol, size0, size1, full, d1 = _grown_chain(tmp_path, seed=9)
+    # A target larger than the stream: a restore never shrinks it.
+    out = tmp_path / "out.img"
+    assert run("restore", out, full, d1) == 0
+    v = TrackingStore.open(FileStore(out), out)
+    try:
+        w = v.sessions.start_restore(name="full.bk")
+        with pytest.raises(RestoreRejected, match=f"full.bk is for a {size0}-byte volume; "
+                           f"the target holds {size1} bytes"):
+            w.write(0, full.read_bytes())
+        assert v.size == size1
+    finally:
+        v.close()
+    # A differential whose header says a smaller volume (after the grown one):
+    # refused before anything is written, the target's size kept.
+    from dataclasses import replace
+    from volume.stream import HEADER_SIZE, StreamHeader
+    tracked_writes(vol, size1, writes=5, seed=10)
+    d2 = tmp_path / "d2.bk"
+    assert run("diff", vol, "--scope", 1, "-o", d2) == 0
+    raw = d2.read_bytes()
+    h = StreamHeader.unpack(raw[:HEADER_SIZE])
+    small = replace(h, volume_size=size0, entries=-(-size0 // BS))
+    d2.write_bytes(small.pack() + raw[HEADER_SIZE:])
+    v = TrackingStore.open(FileStore(out), out)
+    try:
+        w = v.sessions.start_restore(name="d2.bk")
+        with pytest.raises(RestoreRejected, match=f"d2.bk is for a {size0}-byte volume; "
+                           f"the target holds {size1} bytes"):
+            w.write(0, d2.read_bytes())
+        assert v.size == v.map.volume_size == size1 and v.state.restore is None
+    finally:
+        v.close()
+    # A medium that cannot grow (memory): refused, saying so.
+    v = TrackingStore.in_memory(MemoryStore(size0))
+    try:
+        _push(v, full)
+        w = v.sessions.start_restore(name="d1.bk")
+        with pytest.raises(RestoreRejected, match="cannot grow to the stream's .* resize it first"):
+            w.write(0, d1.read_bytes())
+    finally:
+        v.close()
+
+
+def test_a_chain_across_a_growth_restores_onto_a_served_file_lun_over_iscsi(tmp_path):
+    """The file-LUN form of tests/test_rbd_lun.py's growth restore: a source grown
+    between its full and its differential, both restored over iSCSI onto a served
+    file LUN of the full's size, which grows, says CAPACITY DATA HAS CHANGED, and
+    ends equal to the source; its own differential then restores with the chain."""
+    from conftest import run_diffbackup
+    from scsi_target.initiator.sync import SyncIscsiClient
+    from scsi_target.scsi.sense import SenseKey
+    from scsi_target.testing.process import ServerProcess
+    size0, size1 = 4 << 20, 6 << 20
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    random_file(src, size0, seed=21)
+    full, d1, own = tmp_path / "full.pyb", tmp_path / "d1.pyb", tmp_path / "own.pyb"
+    rnd = random.Random(22)
+
+    def ok(r):
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r
+    with ServerProcess.from_flags(tmp_path / "s1", "--disk", str(src), "--backup-device") as srv:
+        ok(run_diffbackup("full", srv.url(0), "-o", str(full)))
+    os.truncate(src, size1)                  # grown while not served: grows at the next open
+    with ServerProcess.from_flags(tmp_path / "s2", "--disk", str(src), "--backup-device") as srv:
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.execute(bytes(6))
+            for off in (size0 + 8192, size0 - 4096, 100 * BS):
+                assert c.write(off // 512, rnd.randbytes(3 * BS)).good
+        ok(run_diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(d1)))
+    with open(dst, "wb") as f:
+        f.truncate(size0)
+    with ServerProcess.from_flags(tmp_path / "d", "--disk", str(dst), "--backup-device") as srv:
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.execute(bytes(6))
+            assert c.read_capacity16().blocks == size0 // 512
+            assert "restore complete" in ok(run_diffbackup("restore", srv.url(0), str(full),
+                                                           str(d1))).stdout
+            r = c.execute(bytes(6))
+            assert (r.sense_key, r.asc, r.ascq) == (SenseKey.UNIT_ATTENTION, 0x2A, 0x09)
+            assert c.read_capacity16().blocks == size1 // 512
+        assert dst.read_bytes() == src.read_bytes()
+        assert "restore: complete" in ok(run_diffbackup("status", srv.url(0))).stdout
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.execute(bytes(6))
+            assert c.write((size1 - BS) // 512, rnd.randbytes(BS)).good
+        ok(run_diffbackup("diff", srv.url(0), "--scope", "1", "-o", str(own)))
+        r = run_diffbackup("restore", srv.url(0), str(full))
+        assert r.returncode != 0 and f"is for a {size0}-byte volume; the target holds " \
+            f"{size1} bytes" in r.stdout + r.stderr, r.stdout + r.stderr
+    out = tmp_path / "again.img"
+    assert run("restore", out, full, d1, own) == 0
+    assert out.read_bytes() == dst.read_bytes()

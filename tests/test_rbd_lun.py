@@ -416,3 +416,94 @@ def test_a_tracked_lun_grows_with_its_image_and_differentials_carry_the_new_bloc
         _restored_equals_export(pool, tmp_path, image, streams, "after-kill")
     finally:
         srv.stop()
+
+
+# -- a chain across a growth restored onto a served RBD LUN ------------------------------
+def _write_all(c: SyncIscsiClient, offset: int, data: bytes, chunk: int = 256 << 10) -> None:
+    for off in range(0, len(data), chunk):
+        r = c.write((offset + off) // 512, data[off:off + chunk])
+        assert r.good, r
+
+
+def test_a_chain_across_a_growth_restores_onto_a_served_rbd_lun_that_grows_with_it(pool,
+                                                                                  tmp_path):
+    """Full backup of a tracked RBD LUN at 16 MiB, rbd resize to 24 MiB, writes in the
+    new and the old area, a differential; then a second served tracked RBD LUN at
+    16 MiB gets ``diffbackup restore`` of both over iSCSI: it resizes its own image
+    (librbd), grows its map, announces CAPACITY DATA HAS CHANGED, and ends equal
+    to rbd export of the source.  Its map is consistent: its own differential
+    afterwards restores (with the chain) equal to its export.  A smaller stream
+    (the full again) is then refused precisely, nothing shrunk."""
+    import random
+    src_img, dst_img = new_image(pool, "16M"), new_image(pool, "16M")
+    src_state, dst_state = tmp_path / "src", tmp_path / "dst"
+    src = ServerProcess.from_flags(src_state, "--log-level", "info", "--config",
+                                   str(_tracked_config(src_state, pool.conf, src_img)))
+    dst = ServerProcess.from_flags(dst_state, "--log-level", "info", "--config",
+                                   str(_tracked_config(dst_state, pool.conf, dst_img)))
+    rnd = random.Random(20261201)
+    full, d1, own = tmp_path / "full.pyb", tmp_path / "d1.pyb", tmp_path / "own.pyb"
+    src.start()
+    try:
+        dst.start()
+        with SyncIscsiClient(src.url()) as c:
+            c.execute(bytes(6))
+            _write_all(c, 0, rnd.randbytes(16 * MiB))
+        r = run_diffbackup("full", src.url(0), "-o", str(full))
+        assert r.returncode == 0, r.stderr
+        with SyncIscsiClient(src.url()) as c:
+            c.execute(bytes(6))
+            pool.run("rbd", "resize", "--size", "24M", f"{POOL}/{src_img}")
+            r = _wait_capacity_change(c)
+            assert (r.sense_key, r.asc, r.ascq) == (SenseKey.UNIT_ATTENTION, 0x2A, 0x09)
+            assert c.read_capacity16().blocks == 24 * MiB // 512
+            _write_all(c, 20 * MiB, rnd.randbytes(MiB))          # the new area
+            _write_all(c, 15 * MiB, rnd.randbytes(2 * MiB))      # across the old end
+            _write_all(c, 3 * MiB + 4096, rnd.randbytes(300 << 10))   # the old area
+        r = run_diffbackup("diff", src.url(0), "--scope", "1", "-o", str(d1))
+        assert r.returncode == 0, r.stderr
+        src_export = tmp_path / "src.export"
+        pool.run("rbd", "export", f"{POOL}/{src_img}", str(src_export), timeout=120)
+
+        with SyncIscsiClient(dst.url()) as c:
+            c.execute(bytes(6))                                  # the power-on attention
+            assert c.read_capacity16().blocks == 16 * MiB // 512
+            r = run_diffbackup("restore", dst.url(0), str(full), str(d1), timeout=300)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert "restore complete" in r.stdout, r.stdout
+            r = c.execute(bytes(6))
+            assert (r.sense_key, r.asc, r.ascq) == (SenseKey.UNIT_ATTENTION, 0x2A, 0x09)
+            assert c.read_capacity16().blocks == 24 * MiB // 512
+            assert c.read(22 * MiB // 512, 8) == src_export.read_bytes()[22 * MiB:][:4096]
+        assert f"resized from {16 * MiB} to {24 * MiB} bytes" in dst.log_tail(50000)
+        info = pool.run("rbd", "info", "--format", "json", f"{POOL}/{dst_img}")
+        assert f'"size":{24 * MiB}' in info.stdout.decode().replace(" ", "")
+        dst_export = tmp_path / "dst.export"
+        pool.run("rbd", "export", f"{POOL}/{dst_img}", str(dst_export), timeout=120)
+        assert sha256(dst_export) == sha256(src_export), "restored image differs from the source"
+
+        st = run_diffbackup("status", dst.url(0))
+        assert st.returncode == 0, st.stderr
+        assert "restore: complete" in st.stdout, st.stdout
+        # The map follows the grown image: the restored LUN's own differential
+        # (writes in its new area and its old one) restores with the chain.
+        with SyncIscsiClient(dst.url()) as c:
+            c.execute(bytes(6))
+            _write_all(c, 23 * MiB, rnd.randbytes(64 << 10))
+            _write_all(c, 8 * MiB, rnd.randbytes(64 << 10))
+        r = run_diffbackup("diff", dst.url(0), "--scope", "1", "-o", str(own))
+        assert r.returncode == 0, r.stderr
+        _restored_equals_export(pool, tmp_path, dst_img, [full, d1, own], "restored-lun")
+
+        # Shrink is never done by a restore: the 16 MiB full onto the 24 MiB LUN.
+        r = run_diffbackup("restore", dst.url(0), str(full), timeout=300)
+        assert r.returncode != 0
+        assert f"is for a {16 * MiB}-byte volume; the target holds {24 * MiB} bytes" in \
+            r.stdout + r.stderr, r.stdout + r.stderr
+        info = pool.run("rbd", "info", "--format", "json", f"{POOL}/{dst_img}")
+        assert f'"size":{24 * MiB}' in info.stdout.decode().replace(" ", "")
+        assert "shrank from" not in dst.log_tail(50000)
+        assert "waits until it ends" not in dst.log_tail(50000)
+    finally:
+        src.stop()
+        dst.stop()

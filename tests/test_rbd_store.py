@@ -5,6 +5,7 @@ import errno
 import os
 import random
 import threading
+import time
 import uuid
 
 import pytest
@@ -253,3 +254,150 @@ def test_bad_image_names_are_refused(text, problem):
 def test_spec_parse_takes_the_rbd_prefix():
     s = RbdSpec.parse("rbd:pool/img", client_id="libvirt")
     assert (s.pool, s.image, s.client_id, s.name) == ("pool", "img", "libvirt", "rbd:pool/img")
+
+
+# -- growth ---------------------------------------------------------------------
+@pytest.mark.ceph
+def test_grow_resizes_the_image_and_the_watcher_reports_only_others_resizes(pool):
+    spec = _image(pool, "8M")
+    seen: list[int] = []
+    with RbdStore(spec) as s:
+        s.write(8 * MiB - 5, b"tail!")
+        s.watch_size(seen.append, interval=0.1)
+        assert s.growable
+        s.grow(12 * MiB)
+        assert s.size == 12 * MiB and s.image.size() == 12 * MiB
+        assert s.read(8 * MiB - 5, 5) == b"tail!" and s.read(8 * MiB, 4 * MiB) == bytes(4 * MiB)
+        s.write(12 * MiB - 4096, b"n" * 4096)
+        s.grow(10 * MiB)                              # never a shrink
+        assert s.size == 12 * MiB and s.image.size() == 12 * MiB
+        time.sleep(0.5)
+        assert seen == []                             # its own growth is no news
+        pool.run("rbd", "resize", "--size", "16M", f"{POOL}/{spec.image}")
+        deadline = time.monotonic() + 20
+        while not seen:
+            assert time.monotonic() < deadline, "the watcher did not see rbd resize"
+            time.sleep(0.1)
+        assert seen == [16 * MiB] and s.size == 12 * MiB     # adopted by the caller
+        s.grow(16 * MiB)                              # as large already: adopted, not resized
+        assert s.size == 16 * MiB
+    with RbdStore(spec, read_only=True) as r:
+        with pytest.raises(StoreError, match="read-only: it cannot grow"):
+            r.grow(20 * MiB)
+
+
+@pytest.mark.ceph
+def test_grow_after_the_lock_was_taken_over_is_fenced_and_changes_nothing(pool):
+    spec = _image(pool, "8M")
+    first = RbdStore(RbdSpec(spec.pool, spec.image, conf=spec.conf, op_timeout=10))
+    try:
+        second = RbdStore(RbdSpec(spec.pool, spec.image, conf=spec.conf, take_over=True))
+        try:
+            with pytest.raises(StoreFenced, match=rf"resize of rbd:{POOL}/{spec.image} from "
+                                                  rf"{8 * MiB} to {12 * MiB} bytes"):
+                first.grow(12 * MiB)
+            assert first.size == 8 * MiB and second.image.size() == 8 * MiB
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+def _tracked(spec: RbdSpec):
+    from volume.radosmap import RadosMapStorage
+    from volume.tracked import TrackingStore
+    s = RbdStore(spec)
+    storage = RadosMapStorage(s.cluster, s.ioctx, s.object_name("genmap").rsplit(".", 1)[0],
+                              lock_duration=4, take_over=spec.take_over)
+    try:
+        return TrackingStore.open_rados(s, storage, volume=str(spec), volume_id=s.volume_id)
+    except BaseException:
+        s.close()
+        raise
+
+
+def _grown_chain(tmp_path, size0: int, size1: int):
+    """Streams of a file volume: full at ``size0``, grown to ``size1`` and written, a differential."""
+    from tools.diffbackup import main
+    from scsi_target.testing.seed import random_file, tracked_writes
+    vol = tmp_path / "src.img"
+    random_file(vol, size0, seed=31)
+    full, d1 = tmp_path / "full.bk", tmp_path / "d1.bk"
+    assert main(["-q", "full", str(vol), "-o", str(full)]) == 0
+    os.truncate(vol, size1)
+    tracked_writes(vol, size1, writes=30, seed=32)
+    assert main(["-q", "diff", str(vol), "--scope", "1", "-o", str(d1)]) == 0
+    return vol.read_bytes(), full, d1
+
+
+def _push(v, stream) -> None:
+    w = v.sessions.start_restore(name=stream.name)
+    data = stream.read_bytes()
+    for off in range(0, len(data), 1 << 18):
+        w.write(off, data[off:off + (1 << 18)])
+    assert w.finished and w.result.state == "done", w.result
+
+
+@pytest.mark.ceph
+def test_a_tracked_image_grows_for_a_restore_and_a_growth_cut_short_finishes_at_open(pool,
+                                                                                     tmp_path):
+    """The restore's growth of a tracked RBD volume (map in RADOS): the image resized,
+    the map grown with it; and with the map's growth cut short after the image's
+    (what kill -9 leaves: restore_growth on record, image grown, map not), the next
+    open grows the map with the new blocks at generation 0 and the differential,
+    applied then, fills them."""
+    src, full, d1 = _grown_chain(tmp_path, 4 * MiB, 6 * MiB)
+    for cut_short in (False, True):
+        spec = _image(pool, "4M")
+        v = _tracked(spec)
+        try:
+            _push(v, full)
+            if cut_short:
+                gen = v.map.current_generation
+                v.state.restore_growth = 6 * MiB
+                v.save_state()
+                v.inner.grow(6 * MiB)
+        finally:
+            v.close()
+        v = _tracked(spec)
+        try:
+            if cut_short:
+                assert v.size == v.map.volume_size == 6 * MiB
+                assert v.state.restore_growth is None
+                assert v.map.counts()[gen] == 0
+            _push(v, d1)
+            assert v.size == v.map.volume_size == v.inner.image.size() == 6 * MiB
+            assert v.inner.read(0, 6 * MiB) == src
+        finally:
+            v.close()
+
+
+@pytest.mark.ceph
+def test_a_restore_growth_without_the_lock_is_rejected_and_the_new_holder_grows(pool, tmp_path):
+    from volume.session import RestoreRejected
+    src, full, d1 = _grown_chain(tmp_path, 4 * MiB, 6 * MiB)
+    spec = _image(pool, "4M")
+    a = _tracked(spec)
+    try:
+        _push(a, full)
+        b = _tracked(RbdSpec(spec.pool, spec.image, conf=spec.conf, take_over=True))
+        try:
+            w = a.sessions.start_restore(name="d1.bk")
+            # The fenced map refuses the growth's record before the image is touched.
+            with pytest.raises(RestoreRejected, match=f"d1.bk is for the volume grown to "
+                                                      f"{6 * MiB} bytes; the target could not "
+                                                      f"grow: .*cannot record the growth to "
+                                                      f"{6 * MiB} bytes: .*blocklisted"):
+                w.write(0, d1.read_bytes())
+            assert a.size == a.map.volume_size == 4 * MiB
+            assert b.inner.image.size() == 4 * MiB and b.size == 4 * MiB
+            _push(b, d1)
+            assert b.size == b.inner.image.size() == 6 * MiB
+            assert b.inner.read(0, 6 * MiB) == src
+        finally:
+            b.close()
+    finally:
+        try:
+            a.close()
+        except Exception:       # fenced: its map and image are B's now
+            pass

@@ -88,6 +88,8 @@ class FileStore(BlockStore):
     """``mmap_reads``: serve batched reads from a mapping of the file (see the
     module doc); None decides by the file: a regular file on a memory filesystem."""
 
+    growable = True
+
     def __init__(self, path: str | os.PathLike, size: int | None = None, create: bool = False,
                  read_only: bool = False, mmap_reads: bool | None = None) -> None:
         self.path = os.fspath(path)

@@ -461,12 +461,13 @@ class GenerationMap:
     @classmethod
     def open(cls, path: "str | os.PathLike | MapStorage", *, volume_size: int, volume_id: bytes,
              granularity: int | None = None, sync: bool = True,
-             grow: bool = False) -> "GenerationMap":
+             grow: bool = False, mark_new: bool = True) -> "GenerationMap":
         """Open an existing map of a ``volume_size``-byte volume.
 
         ``grow``: the volume may have grown since the map was made (``rbd resize``,
         a longer file); the map then grows to ``volume_size`` before it is returned,
-        its new blocks marked in the current generation (:meth:`grow`), and a growth
+        its new blocks marked in the current generation (:meth:`grow`; ``mark_new``
+        False: left at generation 0, a restore target's growth), and a growth
         interrupted by a crash (journal already grown, map not) is completed.
         """
         storage = _storage(path)
@@ -503,7 +504,7 @@ class GenerationMap:
             self._write_map_file()
             self.recovered = True
         if self._size < volume_size:
-            self.grow(volume_size)
+            self.grow(volume_size, mark_new=mark_new)
         return self
 
     def _grown_journal_size(self, limit: int) -> int | None:

@@ -153,6 +153,7 @@ class RbdStore(BlockStore):
 
     thin = True
     asynchronous = True
+    growable = True
 
     def __init__(self, spec: RbdSpec, read_only: bool = False, *, lock: bool = True,
                  create_size: int | None = None) -> None:
@@ -163,6 +164,10 @@ class RbdStore(BlockStore):
         self._closed = True
         self._inflight = _Counter()
         self._size_stop = threading.Event()
+        # The watcher's last seen image size and the lock that keeps it in step
+        # with our own resizes (grow), which it must not report.
+        self._size_lock = threading.Lock()
+        self._seen_size = 0
         self._size_thread: threading.Thread | None = None
         self.cluster = self._connect()
         try:
@@ -504,25 +509,53 @@ class RbdStore(BlockStore):
         return self._inflight.wait_idle(timeout)
 
     # -- resizes ----------------------------------------------------------------
+    def grow(self, size: int) -> None:
+        """Serve ``size`` bytes (more than now): the image is resized through librbd
+        (``image.resize``, never shrinking) unless it is that large already (an
+        ``rbd resize`` the watcher saw).  The image's new bytes read as zeroes.
+        A refusal (lock lost or blocklisted: StoreFenced; a full pool or quota:
+        StoreNoSpace; anything else: StoreError) leaves ``size`` as it was."""
+        name = self.spec.name
+        if self._closed:
+            raise StoreError(f"{name} is closed")
+        if self.read_only:
+            raise StoreError(f"{name} is open read-only: it cannot grow")
+        if size <= self.size:
+            return
+        with self._size_lock:
+            current = self._call(self.image.size, "size query")
+            if current < size:
+                try:
+                    self.image.resize(size, allow_shrink=False)
+                except self.rbd.Error as exc:
+                    raise rbd_error(exc, f"resize of {name} from {current} to {size} bytes"
+                                    ) from None
+                log.info("%s resized from %d to %d bytes", name, current, size)
+            # Our own resize is not news to the watcher.
+            self._seen_size = max(self._seen_size, size)
+            self.size = size
+
     def watch_size(self, changed: Callable[[int], None], interval: float = 2.0) -> None:
         """Call ``changed(new_size)`` from a watcher thread when the image's size changes
-        (``rbd resize``).  ``size`` itself is left alone: the caller adopts the new size
-        when it is ready to (the disk LU does, between commands)."""
+        (``rbd resize``; not the store's own :meth:`grow`).  ``size`` itself is left
+        alone: the caller adopts the new size when it is ready to (the disk LU does,
+        between commands)."""
         if self._size_thread is not None:
             raise StoreError(f"{self.spec.name}: its size is watched already")
-        seen = self.size
+        self._seen_size = self.size
 
         def run() -> None:
-            nonlocal seen
             while not self._size_stop.wait(interval):
-                try:
-                    # librbd refreshes the header when its watch saw a resize notice.
-                    now = self.image.size()
-                except self.rbd.Error:
-                    continue
-                if now != seen:
-                    seen = now
-                    changed(now)
+                with self._size_lock:
+                    try:
+                        # librbd refreshes the header when its watch saw a resize notice.
+                        now = self.image.size()
+                    except self.rbd.Error:
+                        continue
+                    if now == self._seen_size:
+                        continue
+                    self._seen_size = now
+                changed(now)
         self._size_thread = threading.Thread(target=run, daemon=True,
                                              name=f"rbd-size-{self.spec.image}")
         self._size_thread.start()

@@ -501,7 +501,8 @@ class RestoreWriter:
 
     def _grow_for(self, h: StreamHeader, prev: ChainState | None) -> bool:
         """A differential of the volume after it grew (its header's size is larger):
-        a target that can grow (a file) grows to it before the stream is applied,
+        the target grows to it (a file extended, an RBD image resized: its store
+        ``growable``; otherwise refused, saying so) before the stream is applied,
         once the stream is otherwise this target's next one.  The added blocks start
         at generation 0; the stream carries every one of them (the source marked
         them at its growth).  False: not grown (the restorer's checks then say why)."""
@@ -509,8 +510,7 @@ class RestoreWriter:
         gmap = vol.map
         if h.volume_id != gmap.volume_id or h.block_size != gmap.granularity or \
                 h.base_id != gmap.base_id or prev is None or \
-                _chain_problems(self.name, h, gmap, prev) or \
-                getattr(vol.inner, "grow", None) is None:
+                _chain_problems(self.name, h, gmap, prev):
             return False
         try:
             vol.grow(h.volume_size, restoring=True)

@@ -55,6 +55,13 @@ class BlockStore(ABC):
     # return at once and call ``done`` later, from any thread (volume/rbdstore.py).
     asynchronous: bool = False
     lends: bool = False       # lend() may answer a read without a copy
+    # True: the store defines grow(size), which makes it larger (a file extended,
+    # an RBD image resized, a tracked volume's map with it).  A restore of a chain
+    # that spans a growth grows its target through it.
+    growable: bool = False
+    # True: a change tracker (volume/tracked.py): it grows map first and tells its
+    # ``grow_listeners``, and never shrinks (``limit_to`` fences the lost range).
+    tracked: bool = False
 
     @abstractmethod
     def readinto(self, offset: int, buf: memoryview) -> None:

@@ -156,11 +156,17 @@ class BackupState:
     ``pending_lo`` nor ``active`` (an unfinished stream changes nothing); both
     are still honoured when an older release left them.
     ``restore``: see :class:`RestoreMark` (None: the volume is complete).
+    ``restore_growth``: a restore is growing the volume to this size (recorded
+    before the medium grows, cleared once the map covers it).  Found set at open
+    with the medium at that size and the map smaller, the growth was cut short
+    between the two: the map grows with the new blocks at generation 0 (for the
+    stream's records), not marked as written.
     """
     full_done: bool = False
     pending_lo: int | None = None
     active: dict | None = None
     restore: RestoreMark | None = None
+    restore_growth: int | None = None
 
     def settle_abandoned(self) -> None:
         a, self.active = self.active, None
@@ -324,6 +330,8 @@ class TrackingStore(BlockStore):
 
     Build with :meth:`open` (file volumes) or :meth:`in_memory`.
     """
+    growable = True          # the map grows (and, for a restore, ``inner``: its growable)
+    tracked = True
 
     def __init__(self, inner: BlockStore, gmap: GenerationMap, *, sidecar: str | None,
                  state: BackupState, tmpdir: str | None = None, sync: bool = True,
@@ -453,6 +461,12 @@ class TrackingStore(BlockStore):
         entries = -(-recorded // gran)
         state = BackupState(bool(b.get("full_done")), b.get("pending_lo"), b.get("active"),
                             RestoreMark.from_doc(b.get("restore"), entries, spath))
+        growth = b.get("restore_growth")
+        if growth is not None and (type(growth) is not int or growth <= 0):
+            raise TrackingError(f"{spath}: malformed restore_growth {growth!r}")
+        # A restore's growth cut short after the medium grew: its new blocks are the
+        # stream's to fill, not written (they would hide the stream's records).
+        mark_new = not (growth is not None and recorded < inner.size == growth)
         if state.restore is not None:
             state.restore.grow(-(-inner.size // gran))
         if not have_map:
@@ -470,7 +484,8 @@ class TrackingStore(BlockStore):
                 # A volume that grew while no target served it (or while a growth
                 # was under way): the map grows, its new blocks changed.
                 gmap = GenerationMap.open(place.where, volume_size=inner.size, volume_id=vid,
-                                          granularity=gran, sync=sync, grow=True)
+                                          granularity=gran, sync=sync, grow=True,
+                                          mark_new=mark_new)
             except MapError as exc:
                 raise TrackingError(f"generation map of {vname}: {exc}") from None
         state.settle_abandoned()
@@ -502,7 +517,9 @@ class TrackingStore(BlockStore):
                 "volume_size": size, "granularity": gran,
                 "backup": {"full_done": state.full_done, "pending_lo": state.pending_lo,
                            "active": state.active,
-                           "restore": state.restore.to_doc() if state.restore else None}}
+                           "restore": state.restore.to_doc() if state.restore else None,
+                           **({"restore_growth": state.restore_growth}
+                              if state.restore_growth is not None else {})}}
 
     # -- identity and bookkeeping ---------------------------------------------
     @property
@@ -580,10 +597,14 @@ class TrackingStore(BlockStore):
         in between: the next open grows what is left (GenerationMap.open ``grow``).
 
         ``restoring``: a restore target growing for a differential of the grown
-        volume: ``inner`` grows too (``inner.grow``) and the new blocks start at
-        generation 0, for the stream's records to fill.  Raises TrackingBusy while a
-        backup or restore stream is open (the caller retries), TrackingError for a
-        shrink (refused: the map cannot drop blocks that backups hold)."""
+        volume: ``inner`` grows too (``inner.grow``: a file extended, an RBD image
+        resized) and the new blocks start at generation 0, for the stream's records
+        to fill.  The growth is recorded in the sidecar first (``restore_growth``),
+        so a crash after ``inner`` grew and before the map did is finished at the
+        next open the same way.  Raises TrackingBusy while a backup or restore
+        stream is open (the caller retries), TrackingError for a shrink (refused:
+        the map cannot drop blocks that backups hold) or an ``inner`` that cannot
+        grow, StoreError when ``inner`` refused to grow (nothing changed then)."""
         # The sessions' lock is taken before the volume's elsewhere: ask it first.
         busy = self._sessions.busy_with() if self._sessions is not None and not restoring \
             else None
@@ -600,14 +621,12 @@ class TrackingStore(BlockStore):
             if busy is not None:
                 raise TrackingBusy(f"{self.volume_label()} grew to {size} bytes while "
                                    f"{busy} is open: the growth waits until it ends")
-            grow_inner = getattr(self.inner, "grow", None)
-            if grow_inner is not None:
-                grow_inner(size)                # a file: extended (sparse) if it is not yet
-            elif restoring:
-                raise TrackingError(f"{self.volume_label()} holds {self.size} bytes and cannot "
-                                    f"grow to the stream's {size} bytes: resize it first")
-            else:
-                self.inner.size = size          # an RBD image the watcher saw grow
+            if restoring:
+                self._grow_inner_for_restore(size)
+            elif self.inner.growable:
+                self.inner.grow(size)           # a file: extended (sparse) if it is not yet;
+            else:                               # an image the watcher saw grow: as it is
+                self.inner.size = size
             try:
                 self._map.grow(size, mark_new=not restoring)
             except MapBusy:                     # a backup began since the question above
@@ -617,12 +636,43 @@ class TrackingStore(BlockStore):
                 raise TrackingError(f"generation map of {self.volume_label()}: {exc}") from None
             if self.state.restore is not None:
                 self.state.restore.grow(self._map.entries)
+            self.state.restore_growth = None
             self.size = size
-            self.save_state()
+            unsaved = None
+            try:
+                self.save_state()
+            except (MapError, OSError) as exc:  # the next open settles it (map grown)
+                unsaved = exc
             if self._sessions is not None:
                 self._sessions.volume_grew(size)
         for fn in list(self.grow_listeners):
             fn(size)
+        if unsaved is not None:
+            raise TrackingError(f"{self.volume_label()} grew to {size} bytes, but its sidecar "
+                                f"could not be updated: {unsaved}")
+
+    def _grow_inner_for_restore(self, size: int) -> None:
+        """``inner`` grows to ``size`` for a restore, its intent on record first."""
+        label = self.volume_label()
+        if not self.inner.growable:
+            raise TrackingError(f"{label} holds {self.size} bytes and cannot grow to the "
+                                f"stream's {size} bytes: resize it first")
+        self.state.restore_growth = size
+        try:
+            self.save_state()
+        except (MapError, OSError) as exc:
+            self.state.restore_growth = None
+            raise TrackingError(f"{label}: cannot record the growth to {size} bytes: "
+                                f"{exc}") from None
+        try:
+            self.inner.grow(size)
+        except StoreError:
+            self.state.restore_growth = None
+            try:
+                self.save_state()
+            except (MapError, OSError):
+                pass        # fenced as well: the next open finds the medium ungrown
+            raise
 
     def limit_to(self, end: int | None) -> None:
         """I/O past byte ``end`` fails with StoreOutOfRange (the image shrank under a

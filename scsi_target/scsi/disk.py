@@ -67,11 +67,10 @@ class DiskLU(LogicalUnit):
             store.watch_size(lambda size: self._lane.call(self._resized, size))
         self._grow_waits = False
         self._wanted_size = store.size
-        listeners = getattr(store, "grow_listeners", None)
-        if listeners is not None:
+        if store.tracked:
             # A tracked volume that grew (its image resized, or a restore of the grown
             # volume's differential onto it) is served at its new size from then on.
-            listeners.append(self._store_grew)
+            store.grow_listeners.append(self._store_grew)
 
     def _store_grew(self, size: int) -> None:
         blocks = size // self.block_size
@@ -88,12 +87,12 @@ class DiskLU(LogicalUnit):
         and I/O past the image's new end fails (ILLEGAL REQUEST, LBA OUT OF RANGE)."""
         self._wanted_size = size
         blocks = size // self.block_size
-        grow = getattr(self.store, "grow", None)
-        if grow is not None and blocks >= self.num_blocks:
+        tracked = self.store.tracked
+        if tracked and blocks >= self.num_blocks:
             self.store.limit_to(None)           # grown back after a refused shrink
         if blocks == self.num_blocks or blocks == 0:
             return
-        if grow is not None:
+        if tracked:
             from volume.tracked import TrackingBusy, TrackingError
             new = blocks * self.block_size
             if blocks < self.num_blocks:
@@ -105,7 +104,7 @@ class DiskLU(LogicalUnit):
                           self.num_blocks * self.block_size, new)
                 return
             try:
-                grow(new)
+                self.store.grow(new)
             except TrackingBusy as exc:
                 if not self._grow_waits:        # said once per growth, retried quietly
                     log.warning("%s; retrying every %g s", exc, _GROW_RETRY)
