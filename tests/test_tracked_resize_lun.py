@@ -21,6 +21,7 @@ MiB = 1 << 20
 class ResizableStore(SlowAsyncStore):
     """Room for 4 MiB, serving ``size``; ``resize`` is what rbd resize looks like to
     the watcher."""
+    watches_size = True
 
     def __init__(self, size: int) -> None:
         super().__init__(4 * MiB)

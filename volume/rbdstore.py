@@ -154,6 +154,7 @@ class RbdStore(BlockStore):
     thin = True
     asynchronous = True
     growable = True
+    watches_size = True
 
     def __init__(self, spec: RbdSpec, read_only: bool = False, *, lock: bool = True,
                  create_size: int | None = None) -> None:

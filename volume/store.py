@@ -62,6 +62,10 @@ class BlockStore(ABC):
     # True: a change tracker (volume/tracked.py): it grows map first and tells its
     # ``grow_listeners``, and never shrinks (``limit_to`` fences the lost range).
     tracked: bool = False
+    # True: the store defines watch_size(changed, interval), which calls
+    # ``changed(size)`` when the medium's size changed under it (an RBD image's
+    # ``rbd resize``).
+    watches_size: bool = False
 
     @abstractmethod
     def readinto(self, offset: int, buf: memoryview) -> None:

@@ -339,6 +339,7 @@ class TrackingStore(BlockStore):
         self.inner = inner
         self.size = inner.size
         self.asynchronous = inner.asynchronous
+        self.watches_size = inner.watches_size
         self._pending = 0                      # async writes submitted, not yet done
         self._pending_cond = threading.Condition()
         self._submitter = None
@@ -695,10 +696,9 @@ class TrackingStore(BlockStore):
 
     def watch_size(self, changed, interval: float = 2.0) -> None:
         """The inner store's size watcher (an RBD image's ``rbd resize``), if it has one."""
-        watch = getattr(self.inner, "watch_size", None)
-        if watch is None:
+        if not self.inner.watches_size:
             raise StoreError(f"{self.volume_label()}: its size is not watched")
-        watch(changed, interval)
+        self.inner.watch_size(changed, interval)
 
     # -- BlockStore -----------------------------------------------------------
     @property

@@ -60,8 +60,8 @@ class DiskLU(LogicalUnit):
         self._dispatch = table or devices.disk_table(self.provisioning, self.read_only)
         # An asynchronous store (RBD): plain READ/WRITE are submitted to it, the
         # rest runs on the LU's worker lane (lane.py); never on the caller's thread.
-        self._lane = WorkerLane(self, super().execute) if getattr(store, "asynchronous", False) else None
-        if self._lane is not None and hasattr(store, "watch_size"):
+        self._lane = WorkerLane(self, super().execute) if store.asynchronous else None
+        if self._lane is not None and store.watches_size:
             # A resized image (rbd resize) is adopted between commands; every
             # initiator then hears CAPACITY DATA HAS CHANGED before its next command.
             store.watch_size(lambda size: self._lane.call(self._resized, size))
