@@ -319,21 +319,30 @@ def test_a_refused_restore_growth_is_a_precise_rejection_and_changes_nothing(tmp
     assert out.read_bytes() == vol.read_bytes()
 
 
+def _refused_restore(out, name: str, stream: bytes, size0: int, size1: int):
+    """Push ``stream`` (for a ``size0``-byte volume) onto the ``size1``-byte tracked
+    file ``out``: it must be refused; the volume's size, its map's and its restore
+    mark afterwards."""
+    from volume.session import RestoreRejected
+    v = TrackingStore.open(FileStore(out), out)
+    try:
+        w = v.sessions.start_restore(name=name)
+        with pytest.raises(RestoreRejected, match=f"{name} is for a {size0}-byte volume; "
+                           f"the target holds {size1} bytes"):
+            w.write(0, stream)
+        return v.size, v.map.volume_size, v.state.restore
+    finally:
+        v.close()
+
+
 def test_a_later_smaller_stream_is_refused_and_a_memory_target_cannot_grow(tmp_path):
     from volume.session import RestoreRejected
     vol, size0, size1, full, d1 = _grown_chain(tmp_path, seed=9)
     # A target larger than the stream: a restore never shrinks it.
     out = tmp_path / "out.img"
     assert run("restore", out, full, d1) == 0
-    v = TrackingStore.open(FileStore(out), out)
-    try:
-        w = v.sessions.start_restore(name="full.bk")
-        with pytest.raises(RestoreRejected, match=f"full.bk is for a {size0}-byte volume; "
-                           f"the target holds {size1} bytes"):
-            w.write(0, full.read_bytes())
-        assert v.size == size1
-    finally:
-        v.close()
+    size, _map_size, _restore = _refused_restore(out, "full.bk", full.read_bytes(), size0, size1)
+    assert size == size1
     # A differential whose header says a smaller volume (after the grown one):
     # refused before anything is written, the target's size kept.
     from dataclasses import replace
@@ -345,15 +354,8 @@ def test_a_later_smaller_stream_is_refused_and_a_memory_target_cannot_grow(tmp_p
     h = StreamHeader.unpack(raw[:HEADER_SIZE])
     small = replace(h, volume_size=size0, entries=-(-size0 // BS))
     d2.write_bytes(small.pack() + raw[HEADER_SIZE:])
-    v = TrackingStore.open(FileStore(out), out)
-    try:
-        w = v.sessions.start_restore(name="d2.bk")
-        with pytest.raises(RestoreRejected, match=f"d2.bk is for a {size0}-byte volume; "
-                           f"the target holds {size1} bytes"):
-            w.write(0, d2.read_bytes())
-        assert v.size == v.map.volume_size == size1 and v.state.restore is None
-    finally:
-        v.close()
+    size, map_size, restore = _refused_restore(out, "d2.bk", d2.read_bytes(), size0, size1)
+    assert size == map_size == size1 and restore is None
     # A medium that cannot grow (memory): refused, saying so.
     v = TrackingStore.in_memory(MemoryStore(size0))
     try:

@@ -18,7 +18,7 @@ from scsi_target.initiator.sync import SyncIscsiClient
 
 from conftest import run_diffbackup as diffbackup
 from scsi_target.config import DEFAULT_IQN
-from scsi_target.testing.process import ServerProcess, ServerStartError
+from scsi_target.testing.process import ServerProcess
 
 pytestmark = [pytest.mark.ceph, pytest.mark.timeout(900)]
 
@@ -54,17 +54,8 @@ class Target(ServerProcess):
             f'take_over = {"true" if take_over else "false"}\n\n'
             '[[target.lun]]\nlun = 1\nkind = "backup"\nsource = 0\n')
         super().__init__(state, None, args=("--config", str(cfg)))
-        self.start_timeout = attempts_until     # B's start waits out A's image lock
-        deadline = time.monotonic() + attempts_until
-        while True:
-            # Until A's image lock is broken, B is refused ("already served"): retry.
-            try:
-                self.start()
-                break
-            except ServerStartError as e:
-                if time.monotonic() > deadline or "already served" not in str(e):
-                    raise
-            time.sleep(1)
+        # Until A's image lock is broken, B is refused ("already served"): retried.
+        self.start_when_free(attempts_until)
         self.started = time.monotonic()
 
     def signal(self, sig: int) -> None:

@@ -304,17 +304,7 @@ def _tracked_config(state: Path, conf: Path, image: str) -> Path:
 def _start_after_kill(srv: ServerProcess, until: float = 120) -> None:
     """Start again after a kill -9 (with ``take_over`` the dead holder's locks are
     broken at once; without, librbd waits about 30 s for its watch to time out)."""
-    from scsi_target.testing.process import ServerStartError
-    deadline = time.monotonic() + until
-    srv.start_timeout = until            # librbd may first wait for the dead holder's lock
-    while True:
-        try:
-            srv.start()
-            return
-        except ServerStartError as e:
-            if time.monotonic() > deadline or "already served" not in str(e):
-                raise
-        time.sleep(1)
+    srv.start_when_free(until)
 
 
 def _wait_capacity_change(c: SyncIscsiClient, timeout: float = 30):

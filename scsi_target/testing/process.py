@@ -172,6 +172,20 @@ class ServerProcess:
         self._wait_accepting()
         return self
 
+    def start_when_free(self, until: float, refused: str = "already served") -> "ServerProcess":
+        """Start, retrying every second while the server refuses to start with a message
+        containing ``refused`` (an RBD image another, perhaps dead, client still holds),
+        for up to ``until`` seconds; any other failure, or the last, is raised."""
+        deadline = time.monotonic() + until
+        self.start_timeout = until       # librbd may first wait for the holder's lock
+        while True:
+            try:
+                return self.start()
+            except ServerStartError as e:
+                if time.monotonic() > deadline or refused not in str(e):
+                    raise
+            time.sleep(1)
+
     def _lun_count(self) -> int | None:
         """How many LUN URLs the start-up banner lists (None: not known from here)."""
         if self.targets is not None:
