@@ -464,7 +464,6 @@ class RemoteVolume:
         # zero padding never reaches the output (an upload cannot be truncated).
         # Buffers are made as the window first needs them (a stream of a few
         # kilobytes never zero-fills 32 MiB), then recycled.
-        chunk = READ_CHUNK_BLOCKS * DEV_BLOCK
         free: collections.deque = collections.deque()
         sent: collections.deque = collections.deque()      # (cmd, what, buffer), in order
         total = st.total or None
@@ -473,7 +472,10 @@ class RemoteVolume:
             at = n = 0
             while at < capacity and (total is None or at < total):
                 nblocks = min(READ_CHUNK_BLOCKS, (capacity - at) // DEV_BLOCK)
-                buf = free.popleft() if free else _buffer(chunk)
+                # Only the stream's last read is shorter than a chunk: its buffer (the
+                # whole one of a small stream) is made as long as the read.
+                size = nblocks * DEV_BLOCK
+                buf = free.popleft() if free and len(free[0]) >= size else _buffer(size)
                 cmd = {"cdb": _rw16(0x88, at // DEV_BLOCK, nblocks),
                        "read_length": nblocks * DEV_BLOCK, "lun": self.dev, "read_into": buf}
                 sent.append((cmd, "READ of the backup stream", buf))
