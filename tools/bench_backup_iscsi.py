@@ -27,11 +27,13 @@ PYTHONDONTWRITEBYTECODE is set (this sandbox sets it) every ``diffbackup`` start
 would otherwise recompile every module it imports.
 
 ``diffbackup`` is started as an installed package starts (``--start installed``,
-the default): ``python -S`` with the interpreter's site-packages and the
-source tree on PYTHONPATH, so the editable-install finder of a development
-checkout (a .pth file that site runs at every start, 10-15 ms of imports) is
-not part of the program's cost; ``--start checkout`` runs it through site as
-before.
+the default): the ``diffbackup`` console script the package installs beside
+the interpreter (``python -m tools.diffbackup`` where there is none, which
+adds runpy's imports), run by ``python -S`` with the interpreter's
+site-packages and the source tree on PYTHONPATH, so the editable-install
+finder of a development checkout (a .pth file that site runs at every start,
+10-15 ms of imports) is not part of the program's cost; ``--start checkout``
+runs ``python -m tools.diffbackup`` through site as before.
 
 In addition (never instead), every round times a differential after
 LARGE_WRITES scattered 4 KiB writes (default 32768: 128 MiB, a quarter of a
@@ -159,7 +161,9 @@ def main() -> None:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join([root] + site.getsitepackages())
             os.environ.update(env)
-            db = [sys.executable, "-S", "-m", "tools.diffbackup", "-q"]
+            script = os.path.join(os.path.dirname(sys.executable), "diffbackup")
+            db = ([sys.executable, "-S", script, "-q"] if os.path.isfile(script) else
+                  [sys.executable, "-S", "-m", "tools.diffbackup", "-q"])
         else:
             db = [sys.executable, "-m", "tools.diffbackup", "-q"]
         from scsi_target.initiator.sync import SyncIscsiClient
@@ -207,6 +211,7 @@ def main() -> None:
                                                    os.path.join(d, "dl.bk")]))
         med = {k: statistics.median(v) for k, v in t.items()}
         load1 = os.getloadavg()
+        print(f"diffbackup started as: {' '.join(db[:-1])}")
         print(f"{a.size_mib} MiB random volume on tmpfs, {a.rounds} alternating rounds, medians; "
               f"load average {load0[0]:.2f} before, {load1[0]:.2f} after "
               f"({os.cpu_count()} CPUs)")
