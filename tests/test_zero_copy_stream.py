@@ -212,3 +212,76 @@ def test_a_crc_in_the_stream_is_the_crc_of_what_is_sent(shm):
     store.write(4096, bytes(8192))
     assert crc32c.crc32c(loan.buf) == crc
     store.close()
+
+
+# -- the backup reader over a tracked volume: loans, the cut, and writes mixed --------
+def _tracked_rig(d, size: int, seed: int):
+    from scsi_target import config as C
+    from scsi_target.scsi.command import Command, Nexus
+    from scsi_target.scsi.layouts import backup as L
+    from scsi_target.testing.seed import random_file
+    path = d / "t.img"
+    random_file(path, size, density=0.9, seed=seed)
+    reg = C.build_registry(C.from_flags(listen=["127.0.0.1:0"], disks=[str(path)],
+                                        backup_device=True))
+    luns = reg.targets[C.DEFAULT_IQN].luns
+    disk, dev = luns.luns[0], luns.luns[1]
+    owner = Nexus("iqn.2026-01.test:zc", b"\x00\x02\x3d\x00\x00\x09", "iqn.t", 1)
+    for lu in (disk, dev):
+        lu.execute(Command(bytes(6), nexus=owner))
+    assert dev.execute(Command(L.cdb(L.OP_SELECT_BACKUP, flags=L.FLAG_FULL), nexus=owner)).ok
+    assert dev.execute(Command(L.cdb(L.OP_START_BACKUP, length=80), nexus=owner)).ok
+    return path, reg, disk, dev, owner
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 1000),
+       steps=st.lists(st.tuples(st.sampled_from(["write", "discard", "reread"]),
+                                st.floats(-1.0, 1.0), st.integers(1, 40)), max_size=25))
+def test_gathered_reads_with_writes_between_them_give_the_cut_image(shm, seed, steps):
+    """Lent reads of the backup device (gather) with writes and discards of blocks
+    behind and ahead of the stream between them, and re-reads of the window: the
+    stream is the volume at the cut, and each gather read keeps its bytes even
+    though it is only looked at after all the writes."""
+    from volume.session import LEND_MAX
+    size = 12 * (1 << 20) + 7 * 512
+    path, reg, disk, dev, owner = _tracked_rig(shm, size, seed)
+    try:
+        cut_image = path.read_bytes()
+        sessions = dev.medium.sessions
+        r = sessions.reader
+        rnd = random.Random(seed)
+        gathers = []
+        pos = 0
+        steps = list(steps)
+        while r.total is None:
+            got = sessions.lend(pos, LEND_MAX, owner=owner, gather=True)
+            assert got is not None
+            gathers.append(got[0])
+            pos += LEND_MAX
+            for op, where, n in steps[:3]:
+                cursor = r.pit.cursor
+                b = max(0, min(size // 4096 - n - 1, int(cursor + where * 600)))
+                if op == "write":
+                    disk.store.write(b * 4096, rnd.randbytes(n * 4096))
+                elif op == "discard":
+                    disk.store.discard(b * 4096, n * 4096)
+                elif not r.complete:
+                    back = max(0, pos - rnd.randrange(1, 2 * LEND_MAX))
+                    mv = memoryview(bytearray(4096))
+                    r.readinto(back, mv)
+                    stream_so_far = b"".join(map(bytes, gathers))
+                    assert bytes(mv) == stream_so_far[back:back + 4096]
+            del steps[:3]
+        stream = b"".join(map(bytes, gathers))[:r.total]
+        dec = StreamDecoder()
+        items = dec.feed(stream)
+        end = dec.finish()
+        assert end.complete and end.damaged == 0, end.errors
+        img = bytearray(size)
+        for it in items:
+            if it.data is not None:
+                img[it.first_block * 4096:it.first_block * 4096 + len(it.data)] = it.data
+        assert bytes(img) == cut_image
+    finally:
+        reg.close()

@@ -24,7 +24,7 @@ of its map still held anywhere is turned into a copy**.  The pieces:
   anything; with no loan out that is one length test.
 
 What is held is bounded by what the target keeps of a stream: the send queue
-(``target/budget.py``: SEND_QUEUE_BOUND plus one READ) and the backup reader's
+(``scsi_target/target/budget.py``: SEND_QUEUE_BOUND plus one READ) and the backup reader's
 re-read window (``volume/session.py``: WINDOW).  Each lent byte is copied at
 most once (a materialized loan is a copy and leaves the registry), so a backup
 with writes running copies no more than the copying path did, and one without
