@@ -179,6 +179,7 @@ class CrcRecorder(BlockStore):
     def __init__(self, inner: BlockStore, block_size: int, entries: int) -> None:
         self.inner = inner
         self.size = inner.size
+        self.lends_views = inner.lends_views
         self._bs = block_size
         self._shift = block_size.bit_length() - 1
         self._table = array("I", bytes(4 * entries))
@@ -259,6 +260,17 @@ class CrcRecorder(BlockStore):
         the multi-block ones -- and the table and sent bits are updated once.
         """
         self.inner.readinto_many(offsets, views)
+        return self._noted(offsets, views)
+
+    def lend_many_crcs(self, offsets, lengths):
+        """The inner store's loans for the ranges (or None), noted as
+        :meth:`readinto_many_crcs` notes what it reads, with each range's CRC32C."""
+        loans = self.inner.lend_many(offsets, lengths)
+        if loans is None:
+            return None
+        return loans, self._noted(offsets, [loan.buf for loan in loans])
+
+    def _noted(self, offsets, views) -> list[int]:
         bs, shift, mask = self._bs, self._shift, self._bs - 1
         crc = crc32c.crc32c
         lens = list(map(len, views))

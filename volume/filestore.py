@@ -18,6 +18,12 @@
   file cut shorter by another process (ignoring our lock) is read through
   ``preadv`` as before.  What is not covered: such a truncation landing in
   the microseconds of a batch's copy still raises SIGBUS.
+* The same mapping lends views (``lends_views``, ``lend_many``): a full
+  backup stream sends record data straight from the map (volume/lending.py).
+  Every method that changes the file's bytes or the mapping -- write,
+  write_many, write_zeroes, discard, grow, close -- first materializes the
+  loans still out (:meth:`FileStore._before_change`), so a lent view never
+  shows bytes written after it was lent.
 * The file is locked with ``flock(LOCK_EX | LOCK_NB)`` so two servers never
   serve the same file.
 """
@@ -35,6 +41,7 @@ from itertools import repeat
 from operator import add, eq, setitem
 from typing import Iterator
 
+from .lending import LoanRegistry
 from .store import BlockStore, StoreError, StoreLockedError, byte_view
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -114,6 +121,8 @@ class FileStore(BlockStore):
             os.close(self._fd)
             raise
         self.mmap_reads = bool(mmap_reads)
+        self.lends_views = self.mmap_reads
+        self._loans = LoanRegistry()
         self._map: mmap.mmap | None = None
         self._map_view: memoryview | None = None
         self._closed = False
@@ -153,6 +162,7 @@ class FileStore(BlockStore):
             raise StoreError(f"{self.path} is read-only: it cannot grow")
         if size <= self.size:
             return
+        self._before_change()           # the map is replaced: nothing may still point into it
         current = os.lseek(self._fd, 0, os.SEEK_END)
         old = self.size
         try:
@@ -171,6 +181,12 @@ class FileStore(BlockStore):
         return _punch_hole(self._fd, end, 4096) == 0
 
     # -- I/O --------------------------------------------------------------
+    def _before_change(self) -> None:
+        """The one rule of volume/lending.py: every view of the map still lent is
+        turned into a copy before the file's bytes or the mapping change."""
+        if len(self._loans):
+            self._loans.materialize()
+
     def _check(self, offset: int, length: int) -> None:
         if self._closed:
             raise StoreError(f"{self.path} is closed")
@@ -206,6 +222,7 @@ class FileStore(BlockStore):
         self._check(offset, n)
         if self.read_only:
             raise StoreError(f"{self.path} is open read-only")
+        self._before_change()
         try:
             done = os.pwritev(self._fd, [mv], offset) if n else 0
             while done < n:
@@ -313,10 +330,27 @@ class FileStore(BlockStore):
             except (BufferError, ValueError):
                 pass
 
+    def lend_many(self, offsets: list[int], lengths: list[int]):
+        """Views of the map for the ranges, as loans (volume/lending.py), or None
+        when the file cannot be read mapped now (then ``readinto_many``)."""
+        if self._closed:
+            raise StoreError(f"{self.path} is closed")
+        if not offsets or not self.mmap_reads:
+            return None
+        ends = list(map(add, offsets, lengths))
+        if min(offsets) < 0 or max(ends) > self.size:
+            for off, n in zip(offsets, lengths):
+                self._check(off, n)
+        src = self._mapped(max(ends))
+        if src is None:
+            return None
+        return list(map(self._loans.lend, map(src.__getitem__, map(slice, offsets, ends))))
+
     def write_many(self, offsets: list[int], datas: list) -> None:
         """``write(offsets[i], datas[i])`` for every i, in order (flat byte views)."""
         if self.read_only:
             raise StoreError(f"{self.path} is open read-only")
+        self._before_change()
         for i, j, off, end in self._groups(offsets, datas):
             try:
                 done = os.pwrite(self._fd, datas[i], off) if j == i + 1 \
@@ -334,6 +368,7 @@ class FileStore(BlockStore):
             raise StoreError(f"{self.path} is open read-only")
         if length == 0:
             return
+        self._before_change()
         # ZERO_RANGE keeps the blocks allocated (a thick write of zeroes) without
         # moving the bytes through Python; filesystems without it get real zeroes.
         err = _falloc(self._fd, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length)
@@ -350,6 +385,7 @@ class FileStore(BlockStore):
             raise StoreError(f"{self.path} is open read-only")
         if length == 0:
             return
+        self._before_change()           # a punched hole reads as zeroes through the map
         if self.thin:
             err = _punch_hole(self._fd, offset, length)
             if err == 0:
@@ -397,6 +433,7 @@ class FileStore(BlockStore):
         if self._closed:
             return
         self._closed = True
+        self._before_change()           # lent views must not outlive the mapping
         self._unmap(final=True)
         try:
             if not self.read_only:

@@ -255,6 +255,29 @@ class PitCut:
                     self.check()
             self._advance(hi)
 
+    def lend_many(self, offsets: list[int], lengths: list[int]):
+        """Loans of the source for ``offsets`` (ascending, past the cursor), moving
+        the cursor as :meth:`read_many` does; None when a block of the range is
+        preserved (the copy is read with ``read_many``) or the source does not
+        lend now.  Blocks behind the cursor are no longer protected here: a
+        write to them changes the source, whose write path materializes the
+        loans first (volume/lending.py), so the stream keeps the cut's bytes."""
+        with self.lock:
+            self.check()
+            if not offsets:
+                return None
+            bs = self.bs
+            lo = offsets[0] // bs
+            hi = -(-(offsets[-1] + lengths[-1]) // bs)
+            if lo < self.cursor and not self.released:
+                return None                  # read_many reports the re-read
+            if not self.released and self.held and self.preserved.find(1, lo, hi) >= 0:
+                return None
+            loans = self.source.lend_many(offsets, lengths)
+            if loans is not None and not self.released:
+                self._advance(hi)
+            return loans
+
     def _overlay(self, lo: int, hi: int, offsets: list[int], bufs: list[memoryview]) -> None:
         bs, vsize = self.bs, self.volume_size
         ends = [o + len(b) for o, b in zip(offsets, bufs)]
@@ -339,12 +362,16 @@ class CutView(BlockStore):
         self.source = source
         self.size = source.size
         self._cut = cut
+        self.lends_views = source.lends_views
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self._cut.read_many([offset], [byte_view(buf)])
 
     def readinto_many(self, offsets: list[int], bufs: list[memoryview]) -> None:
         self._cut.read_many(offsets, bufs)
+
+    def lend_many(self, offsets: list[int], lengths: list[int]):
+        return self._cut.lend_many(offsets, lengths)
 
     def write(self, offset: int, data) -> None:
         raise StoreError("a point-in-time view is read-only")

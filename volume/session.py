@@ -44,6 +44,7 @@ from bitarray import bitarray
 
 from . import blockcrc
 from .genmap import Cut, MapError
+from .lending import Gather
 from .pitcut import CutLost, PreservationExhausted, open_cut
 from .restore import ChainState, RestoreRejected as _Rejected, StreamCheck, StreamRestorer
 from .restore import chain_problems as _chain_problems
@@ -203,6 +204,18 @@ class _ChunkBuffers:
 _CHUNK_BUFFERS = _ChunkBuffers()
 
 
+class _Gathered:
+    """The holder entry of a gathered chunk: there is no buffer to give back
+    (its record data are loans of the volume's map, volume/lending.py)."""
+    __slots__ = ()
+
+    def release(self) -> None:
+        pass
+
+
+_GATHERED = _Gathered()
+
+
 class BackupReader:
     """One backup stream served at byte offsets, made from a pending cut.
 
@@ -284,11 +297,30 @@ class BackupReader:
             self.total = self.produced
         return chunk
 
-    def lend(self, offset: int, n: int):
+    def _produce_gather(self, n: int) -> Gather:
+        """The next (up to) ``n`` stream bytes as parts (StreamEncoder.readparts),
+        kept in the window like a chunk; nothing of the records' data is copied."""
+        g = Gather(self.enc.readparts(n))
+        k = len(g)
+        if k:
+            if self.produced < HEAD_KEEP:
+                self._head += bytes(g[:HEAD_KEEP - self.produced])
+            self._chunks.append((self.produced, g, _GATHERED))
+            self.produced += k
+        if k == 0 or self.enc.finished:
+            self.total = self.produced
+        return g
+
+    def lend(self, offset: int, n: int, *, gather: bool = False):
         """(read-only view of the ``n`` stream bytes at ``offset``, release) without
         a copy, for a read at the point the stream is produced up to; None when
         the read is anything else (then :meth:`readinto` serves it).  The view
-        stays valid until ``release()`` is called, or for good if it never is."""
+        stays valid until ``release()`` is called, or for good if it never is.
+
+        ``gather``: the caller takes a :class:`~volume.lending.Gather` instead of
+        one view; when the encoder lends (a full stream of a mapped volume) the
+        record data in it are not even encoded into a buffer: they are loans of
+        the volume's map, turned into copies by the volume before it changes."""
         end = offset + n
         with self.lock:
             if self.abandoned or self.total is not None or offset != self.produced or \
@@ -296,12 +328,23 @@ class BackupReader:
                 return None
             try:
                 self.pit.check()
-                chunk = self._produce_chunk(n)
+                if gather and self.enc.lends:
+                    g = self._produce_gather(n)
+                else:
+                    g = None
+                    chunk = self._produce_chunk(n)
             except CutLost as exc:           # never a silently fuzzy stream (invariant 4)
                 raise StreamCutLost(f"the backup is no longer a point-in-time image: {exc}",
                                     offset, exhausted=isinstance(exc, PreservationExhausted)) \
                     from exc
             k = self.produced - offset
+            if g is not None:
+                if k < n:                    # the stream ended: zeros after it
+                    g = Gather(g.parts + [bytes(n - k)])
+                self._lent_max = max(self._lent_max, n)
+                self.cov.add(offset, end)
+                self._served()
+                return g, _GATHERED.release
             if k < n:                        # the stream ended: zeros after it
                 chunk.buf[k:] = bytes(n - k)
             self._lent_max = max(self._lent_max, n)
@@ -374,7 +417,10 @@ class BackupReader:
                 break
             a = max(start, offset)
             b = min(cend, end)
-            mv[a - offset:b - offset] = chunk[a - start:b - start]
+            if type(chunk) is Gather:        # a re-read of gathered bytes: copied here
+                mv[a - offset:b - offset] = bytes(chunk[a - start:b - start])
+            else:
+                mv[a - offset:b - offset] = chunk[a - start:b - start]
         avail = min(end, self.produced)
         if avail < end:
             mv[max(0, avail - offset):] = bytes(end - max(avail, offset))
@@ -760,14 +806,14 @@ class VolumeSessions:
                 return
         r.readinto(offset, mv)
 
-    def lend(self, offset: int, n: int, *, owner=None):
+    def lend(self, offset: int, n: int, *, owner=None, gather: bool = False):
         """:meth:`BackupReader.lend` of the open stream, or None: then :meth:`read`
         (which also starts streams and answers probes)."""
         with self.lock:
             r = self.reader
             if r is None or r.complete or r.abandoned:
                 return None
-        return r.lend(offset, n)
+        return r.lend(offset, n, gather=gather)
 
     # -- restore ----------------------------------------------------------------
     def start_restore(self, *, skip_generations=(), name: str = "restore stream",

@@ -55,6 +55,11 @@ class BlockStore(ABC):
     # return at once and call ``done`` later, from any thread (volume/rbdstore.py).
     asynchronous: bool = False
     lends: bool = False       # lend() may answer a read without a copy
+    # True: lend_many() may answer reads with views of the store's own memory
+    # (a file's mapping), as volume/lending.py Loans the store materializes
+    # before any change of its bytes or mapping.  Only a synchronous store run
+    # on the thread that also writes it (file LUs: the event loop) sets it.
+    lends_views: bool = False
     # True: the store defines grow(size), which makes it larger (a file extended,
     # an RBD image resized, a tracked volume's map with it).  A restore of a chain
     # that spans a growth grows its target through it.
@@ -76,6 +81,19 @@ class BlockStore(ABC):
         or None: then read with :meth:`readinto`.  Only stores with ``lends`` set
         are asked; the view stays valid until ``release()`` (or for good)."""
         return None
+
+    def lend_many(self, offsets: list[int], lengths: list[int]):
+        """One :class:`~volume.lending.Loan` per range (``lengths[i]`` bytes at
+        ``offsets[i]``), or None: then read with :meth:`readinto_many`.  Only
+        stores with ``lends_views`` set are asked."""
+        return None
+
+    def lend_many_crcs(self, offsets: list[int], lengths: list[int]):
+        """``lend_many``, and the CRC32C of each range: (loans, crcs) or None."""
+        loans = self.lend_many(offsets, lengths)
+        if loans is None:
+            return None
+        return loans, [_crc32c().crc32c(loan.buf) for loan in loans]
 
     def read(self, offset: int, length: int) -> bytearray:
         buf = bytearray(length)

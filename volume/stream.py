@@ -26,6 +26,7 @@ from typing import Callable, Union
 import crc32c
 
 from .genmap import BackupPlan
+from .lending import LoanSlice
 from .store import BlockStore
 
 __all__ = ["StreamHeader", "Record", "Damage", "Trailer", "StreamEnd", "StreamEncoder",
@@ -243,6 +244,14 @@ class StreamEncoder:
     enabled, else None; a reader that needs a fixed length (the pseudo device)
     can serve ``size_bound`` bytes: the stream is followed by zero padding,
     which decoders accept.
+
+    :meth:`readparts` is the zero-copy way out (``lends``: a full, uncompressed
+    stream over a store with ``lends_views``): the next bytes as a list of
+    parts, record headers as small buffers of their own and record data as
+    :class:`~volume.lending.LoanSlice` s of the store's map, so the data is
+    never copied by Python (the store materializes the loans before it
+    changes: volume/lending.py).  The bytes are those :meth:`readinto` would
+    produce; the two may be mixed.
     """
 
     def __init__(self, store: BlockStore, plan: BackupPlan, *, compress: bool = False,
@@ -296,6 +305,10 @@ class StreamEncoder:
         self._qi = 0
         self._done = False
         self._stage = bytearray()
+        self._parts: list = []          # readparts: the rest of a record, as parts
+        # Per-record lending pays off for big records (a full stream's), and a
+        # compressed record is a copy anyway.
+        self.lends = bool(store.lends_views and plan.full and not compress)
         self._zero_crc: dict[int, int] = {}
         self._zeros = b""
 
@@ -341,7 +354,71 @@ class StreamEncoder:
 
     @property
     def finished(self) -> bool:
-        return self._done and not self._pending
+        return self._done and not self._pending and not self._parts
+
+    def readparts(self, size: int) -> list:
+        """The next (up to) ``size`` stream bytes as parts (memoryviews and loan
+        slices, see the class doc); their lengths sum to less than ``size``
+        only at the end of the stream."""
+        parts: list = []
+        w = 0
+        while w < size:
+            if self._parts:
+                p = self._parts[0]
+                k = p.nbytes
+                if k <= size - w:
+                    parts.append(p)
+                    del self._parts[0]
+                    w += k
+                else:
+                    parts.append(p[:size - w])
+                    self._parts[0] = p[size - w:]
+                    w = size
+                continue
+            if self._pending is not None and len(self._pending):
+                # Owned bytes (stream header, trailer, a record readinto staged):
+                # copied out, the staging buffer is reused.
+                k = min(len(self._pending), size - w)
+                parts.append(memoryview(bytes(self._pending[:k])))
+                self._pending = self._pending[k:]
+                w += k
+                continue
+            if self._done:
+                break
+            run = self._next_record()
+            if run is None:
+                self._pending = memoryview(self._trailer())
+                self._done = True
+                continue
+            self._parts = self._lent_record(run)
+        self.position += w
+        return parts
+
+    def _lent_record(self, run: tuple[int, int, int]) -> list:
+        """The record for ``run`` as parts: its header, and its data lent by the
+        store (or the whole record copied, when the store does not lend it:
+        preserved blocks of a point-in-time cut, a file that cannot be mapped)."""
+        first, n, g = run
+        raw = self.header.raw_length(first, n)
+        got = self._store.lend_many_crcs([first * self._bs], [raw]) if self.lends else None
+        if got is None:
+            buf = memoryview(bytearray(RECORD_HEADER_SIZE + raw))
+            return [buf[:self._encode_into(run, buf)]]
+        (loan,), (crc,) = got
+        kind, stored = KIND_DATA, raw
+        if self._elide and crc == self._zero_crc_of(raw) and self._zeros.startswith(loan.buf):
+            kind, stored, crc = KIND_ZERO, 0, 0
+            self.zero_blocks += n
+        hdr = bytearray(RECORD_HEADER_SIZE)
+        _RECORD.pack_into(hdr, 0, RECORD_SYNC, self.records, first, n, g, kind, stored, crc)
+        _U32.pack_into(hdr, RECORD_HEADER_SIZE - 4,
+                       crc32c.crc32c(memoryview(hdr)[:RECORD_HEADER_SIZE - 4], self._seed))
+        self._hash.update(hdr)
+        self.records += 1
+        self.blocks += n
+        self.stored_bytes += stored
+        hv = memoryview(hdr)
+        return [hv, LoanSlice(loan, 0, raw)] if stored else [hv]
 
     def readinto(self, buf) -> int:
         """Fill ``buf`` with the next stream bytes; 0 at the end of the stream."""
@@ -349,6 +426,16 @@ class StreamEncoder:
         size = len(mv)
         w = 0
         while w < size:
+            if self._parts:                 # left by readparts
+                p = self._parts[0]
+                k = min(p.nbytes, size - w)
+                mv[w:w + k] = (p.view() if type(p) is LoanSlice else p)[:k]
+                if k == p.nbytes:
+                    del self._parts[0]
+                else:
+                    self._parts[0] = p[k:]
+                w += k
+                continue
             if self._pending is not None and len(self._pending):
                 k = min(len(self._pending), size - w)
                 mv[w:w + k] = self._pending[:k]

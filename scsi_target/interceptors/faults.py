@@ -562,7 +562,7 @@ class FaultInjector:
             return Response(Status.CHECK_CONDITION, resp.data_in, sense, resp.residual,
                             resp.release)
         if a in ("corrupt_read", "short_transfer"):
-            data = bytearray(resp.data_in)
+            data = bytearray(bytes(resp.data_in))      # a Gather too (Command.may_gather)
             if resp.release is not None:
                 resp.release()      # the pooled buffer is copied: give it back now
             if a == "corrupt_read":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+from volume.lending import Gather
+
 from .pdu import BHS_LEN, Pdu, PduFormatError, decode_bhs, header_lengths, pdu_class
 
 _LE32 = struct.Struct("<I")
@@ -187,6 +189,17 @@ def encode_pdu(pdu: Pdu, header_digest: bool = False, data_digest: bool = False)
     data = pdu.data
     n = len(data)
     if n:
+        if type(data) is Gather:
+            # Parts as they are (loan slices stay loan slices for the socket driver
+            # to resolve as it sends); the digest runs over the bytes the parts
+            # hold now, which a loan keeps until they are sent (volume/lending.py).
+            out.extend(data.parts)
+            pad = _PAD[n % 4]
+            if pad:
+                out.append(pad)
+            if data_digest:
+                out.append(digest_bytes(*data.views(), pad))
+            return out
         out.append(data)
         pad = _PAD[n % 4]
         if pad:

@@ -70,6 +70,7 @@ class StreamMedium(BlockStore):
         self.lock = threading.RLock()
         self.skip_generations: list[int] = []
         self.nexus = None            # the I_T nexus of the command being executed
+        self.gather = False          # ... and whether its front end takes a Gather (may_gather)
         self.hold = False            # SELECT BACKUP's HOLD: commit at COMMIT BACKUP
 
     @property
@@ -93,7 +94,9 @@ class StreamMedium(BlockStore):
         self.sessions.read(offset, buf, owner=self.nexus)
 
     def lend(self, offset: int, length: int):
-        return self.sessions.lend(offset, length, owner=self.nexus)
+        # A front end that takes gathered data gets the stream's record data as
+        # loans of the volume's map (volume/lending.py); others one buffer.
+        return self.sessions.lend(offset, length, owner=self.nexus, gather=self.gather)
 
     def write(self, offset: int, data) -> None:
         self.sessions.write(offset, data, skip_generations=self.skip_generations,
@@ -134,12 +137,14 @@ class BackupLU(DiskLU):
         m = self.medium
         with m.lock:
             m.nexus = cmd.nexus
+            m.gather = cmd.may_gather
             try:
                 return super().execute(cmd)
             except VolumeError as exc:
                 return self._check_condition(cmd, volume_sense(exc))
             finally:
                 m.nexus = None
+                m.gather = False
 
     def _nexus_gone(self, nexus) -> None:
         # An opener that logged out or dropped its connection abandons its

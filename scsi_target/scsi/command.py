@@ -93,13 +93,17 @@ class Command:
     # The front end takes a :class:`Deferred` answer (completed later, from any
     # thread) from LUs over asynchronous stores; otherwise they wait for it.
     may_defer: bool = False
+    # The front end takes a ``data_in`` that is a :class:`volume.lending.Gather`
+    # (parts, some of them loans of a volume's map that it resolves only as it
+    # hands them to the kernel); otherwise data_in is one buffer.
+    may_gather: bool = False
 
 
 @dataclass(slots=True)
 class Response:
     """An LU's answer to a Command: status, data, sense, residuals."""
     status: Status = Status.GOOD
-    data_in: bytes | bytearray | memoryview = b""
+    data_in: bytes | bytearray | memoryview = b""      # or a Gather (Command.may_gather)
     sense: bytes = b""
     # Positive: underflow (fewer bytes moved than expected); negative: overflow.
     residual: int = 0

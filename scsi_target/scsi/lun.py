@@ -16,6 +16,7 @@ from functools import partial
 
 from volume import durability
 from volume.buffers import READ_BUFFERS
+from volume.lending import Gather
 
 from .capabilities import BlockLimits, Geometry, Placement, Provisioning
 from .command import Command, Deferred, Nexus, Response, Status
@@ -244,8 +245,8 @@ class LogicalUnit:
         if edtl is None:
             return Response(Status.GOOD, data, release=release)
         if n > edtl:
-            return Response(Status.GOOD, memoryview(data)[:edtl], residual=edtl - n,
-                            release=release)
+            cut = data[:edtl] if type(data) is Gather else memoryview(data)[:edtl]
+            return Response(Status.GOOD, cut, residual=edtl - n, release=release)
         return Response(Status.GOOD, data, residual=edtl - n, release=release)
 
     def _check_condition(self, cmd: Command, err: S.SenseError) -> Response:

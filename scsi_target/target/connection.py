@@ -462,11 +462,11 @@ class TargetConnection:
             luns = self.session.target.luns
             # Positional, in Command's field order (cdb, lun, data_out,
             # expected_length, direction, nexus, task_tag, task_attr, needed,
-            # defer_barrier, may_defer): binding keywords costs per command.
+            # defer_barrier, may_defer, may_gather): binding keywords costs per command.
             resp = luns.execute(Command(
                 cdb, task.lun, data_out, pdu.edtl, _DIRECTIONS[pdu.read + 2 * pdu.write],
                 self.session.nexus, pdu.itt, _ATTRS[attr] if attr <= 4 else TaskAttr.SIMPLE,
-                None, True, True))
+                None, True, True, True))
             if task.recycled:
                 # Unless the LU still holds it (a deferred write in flight does).
                 WRITE_BUFFERS.recycle(data_out)

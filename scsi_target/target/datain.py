@@ -5,13 +5,18 @@ initiator's MaxRecvDataSegmentLength) that never straddle a MaxBurstLength
 boundary; the last PDU of each burst has the F bit.  A GOOD status without
 sense travels in the last Data-In (status collapse, 11.7.3); any other status
 gets its own SCSI Response after the data.  The PDUs share the read buffer
-(memoryview slices), nothing is copied.
+(memoryview slices), nothing is copied.  Gathered data (a backup stream
+whose record data are loans of the volume's map, volume/lending.py) is cut the
+same way into sub-gathers: each PDU's data is then a list of parts that the
+framing emits as they are and the socket driver resolves as it sends.
 
 Sequence numbers are the connection's business: the PDUs leave here without
 StatSN/ExpCmdSN/MaxCmdSN, and the last one of the list is always the one that
 carries the status, so the caller gives it the next StatSN.
 """
 from __future__ import annotations
+
+from volume.lending import Gather
 
 from ..protocol import params as K
 from ..protocol.pdu import DataIn, ScsiCommand, ScsiResponse
@@ -81,7 +86,7 @@ class DataInSegmenter:
     @staticmethod
     def segments(cmd: ScsiCommand, data, n: int, seg: int, burst: int) -> list[DataIn]:
         """Data-In PDUs covering ``data[:n]`` in order, without status."""
-        view = memoryview(data)
+        view = data if type(data) is Gather else memoryview(data)
         out = []
         lun, itt = cmd.lun, cmd.itt
         offset = datasn = 0

@@ -10,6 +10,13 @@ for its socket exceed its send bound (:attr:`TargetConnection.blocked`); the
 driver then stops reading that socket, and once the queue drains it lets the
 connection go on with what it had already received.  A peer that never reads
 therefore costs one send queue, not a response per command it sent.
+
+Loans: the output may hold :class:`~volume.lending.LoanSlice` items (backup
+stream data lent from a volume's map).  They stay loan slices in the queue --
+never a view of the map -- and are resolved (``view()``) only while the list
+for one ``sendmsg`` is built, in the same call: the volume turns its loans
+into copies before it changes (volume/lending.py), and the kernel copies
+what ``sendmsg`` takes, so what goes out is what was lent.
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import errno
 import logging
 import os
 import socket
+
+from volume.lending import LoanSlice
 
 from .registry import Portal, TargetRegistry
 from .connection import AfterSend, TargetConnection
@@ -160,7 +169,8 @@ class _SocketDriver:
         if self.pending:
             self._queue(items)
             return
-        bufs = [b for b in items if not isinstance(b, AfterSend)]
+        bufs = [b.view() if type(b) is LoanSlice else b for b in items
+                if not isinstance(b, AfterSend)]
         try:
             sent = self.sock.sendmsg(bufs[:IOV_MAX]) if bufs else 0
         except (BlockingIOError, InterruptedError):
@@ -173,9 +183,14 @@ class _SocketDriver:
             if isinstance(b, AfterSend):
                 b.callback()  # every byte before it has been sent
                 continue
-            ln = b.nbytes if isinstance(b, memoryview) else len(b)
+            ln = b.nbytes if isinstance(b, (memoryview, LoanSlice)) else len(b)
             if sent < total + ln:
-                rest = memoryview(b)[sent - total:] if sent > total else b
+                if sent <= total:
+                    rest = b
+                elif type(b) is LoanSlice:
+                    rest = b[sent - total:]     # still a loan: resolved when sent
+                else:
+                    rest = memoryview(b)[sent - total:]
                 self._queue([rest] + items[i + 1:])
                 return
             total += ln
@@ -237,6 +252,10 @@ class _SocketDriver:
             if isinstance(b, AfterSend):
                 self.pending.append(b)
                 continue
+            if type(b) is LoanSlice:
+                self.pending.append(b)
+                self.pending_bytes += b.nbytes
+                continue
             mv = memoryview(b)
             if mv.ndim != 1 or mv.format != "B":
                 mv = mv.cast("B")
@@ -255,7 +274,7 @@ class _SocketDriver:
             batch_bytes = 0
             for item in pending:
                 if not isinstance(item, AfterSend):
-                    batch.append(item)
+                    batch.append(item.view() if type(item) is LoanSlice else item)
                     batch_bytes += item.nbytes
                     if len(batch) >= IOV_MAX:
                         break
