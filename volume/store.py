@@ -76,6 +76,10 @@ class BlockStore(ABC):
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with ``len(buf)`` bytes from ``offset``."""
 
+    def volume_label(self) -> str:
+        """What messages call the volume (a tracked volume: its file or image)."""
+        return "the volume"
+
     def lend(self, offset: int, length: int):
         """(read-only view of the ``length`` bytes at ``offset``, release callable),
         or None: then read with :meth:`readinto`.  Only stores with ``lends`` set

@@ -100,7 +100,7 @@ class DiskLU(LogicalUnit):
                 log.error("%s shrank from %d to %d bytes while tracked: keeping %d bytes "
                           "(the generation map cannot shrink); I/O past byte %d fails with "
                           "LBA OUT OF RANGE. Grow the image back, or serve it untracked",
-                          self._volume_label(), self.num_blocks * self.block_size, new,
+                          self.store.volume_label(), self.num_blocks * self.block_size, new,
                           self.num_blocks * self.block_size, new)
                 return
             try:
@@ -113,11 +113,11 @@ class DiskLU(LogicalUnit):
                 return
             except TrackingError as exc:
                 log.error("%s: the growth to %d bytes failed, keeping %d bytes: %s",
-                          self._volume_label(), new, self.num_blocks * self.block_size, exc)
+                          self.store.volume_label(), new, self.num_blocks * self.block_size, exc)
                 return
             self._grow_waits = False
             log.info("%s grew to %d bytes: generation map grown, new blocks marked changed",
-                     self._volume_label(), new)
+                     self.store.volume_label(), new)
             return                              # served from now on: _store_grew
         self.store.size = blocks * self.block_size
         self.adopt_capacity(blocks)
@@ -137,9 +137,6 @@ class DiskLU(LogicalUnit):
         t.daemon = True
         t.start()
 
-    def _volume_label(self) -> str:
-        label = getattr(self.store, "volume_label", None)
-        return label() if callable(label) else "the volume"
 
     def execute(self, cmd: Command) -> Response | Deferred:
         lane = self._lane
