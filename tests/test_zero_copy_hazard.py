@@ -171,6 +171,17 @@ def _loan_count(served: Served) -> int:
     return served.on_loop(lambda: len(served.disk.store.inner._loans))
 
 
+def _resumed(stall, reads, futs) -> bytes:
+    """Let the stalled client read again; the data of its READs, in order."""
+    stall.release()
+    out = bytearray()
+    for f in futs:
+        res = reads.result(f)
+        assert res.good, res
+        out += res.data
+    return bytes(out)
+
+
 @pytest.mark.parametrize("digests", [True, False], ids=["digests", "no-digests"])
 def test_writes_and_unmaps_over_unsent_lent_data_leave_the_stream_at_its_cut(shm, digests):
     size = 40 * MiB + 3 * 512                  # the last map block is partial
@@ -217,14 +228,9 @@ def test_writes_and_unmaps_over_unsent_lent_data_leave_the_stream_at_its_cut(shm
             assert writer.execute(write16(b * 8, 8), data_out=data).good
             expect[b * BS:(b + 1) * BS] = data
         assert _loan_count(served) == 0         # every queued loan became a copy
-        stall.release()
-        out = bytearray()
-        for f in futs:
-            res = reads.result(f)
-            assert res.good, res
-            out += res.data
+        out = _resumed(stall, reads, futs)
         assert r.complete
-        got = _decoded_image(bytes(out[:r.total]), size)
+        got = _decoded_image(out[:r.total], size)
         assert got == cut_image                # the point-in-time image, byte for byte
         assert path.read_bytes() == bytes(expect)       # and the writes are in the volume
         reads.close()
@@ -258,13 +264,8 @@ def test_a_growth_while_the_served_stream_is_unsent_keeps_its_bytes(shm):
         served.on_loop(lambda: served.disk.store.grow(size + 8 * MiB))
         expect += bytes(8 * MiB)
         assert _loan_count(served) == 0
-        stall.release()
-        out = bytearray()
-        for f in futs:
-            res = reads.result(f)
-            assert res.good, res
-            out += res.data
-        assert _decoded_image(bytes(out[:r.total]), size) == cut_image
+        out = _resumed(stall, reads, futs)
+        assert _decoded_image(out[:r.total], size) == cut_image
         assert path.read_bytes() == bytes(expect)
         reads.close()
         writer.close()

@@ -385,14 +385,20 @@ class StreamEncoder:
                 continue
             if self._done:
                 break
-            run = self._next_record()
-            if run is None:
-                self._pending = memoryview(self._trailer())
-                self._done = True
-                continue
-            self._parts = self._lent_record(run)
+            run = self._record_or_trailer()
+            if run is not None:
+                self._parts = self._lent_record(run)
         self.position += w
         return parts
+
+    def _record_or_trailer(self) -> tuple[int, int, int] | None:
+        """The next record's run; None once there is none, the trailer then staged
+        as the stream's last bytes."""
+        run = self._next_record()
+        if run is None:
+            self._pending = memoryview(self._trailer())
+            self._done = True
+        return run
 
     def _lent_record(self, run: tuple[int, int, int]) -> list:
         """The record for ``run`` as parts: its header, and its data lent by the
@@ -448,10 +454,8 @@ class StreamEncoder:
                 w = self._fast_records(mv, w)
                 if w >= size:
                     break
-            run = self._next_record()
+            run = self._record_or_trailer()
             if run is None:
-                self._pending = memoryview(self._trailer())
-                self._done = True
                 continue
             need = RECORD_HEADER_SIZE + self.header.raw_length(run[0], run[1])
             if size - w >= need:
