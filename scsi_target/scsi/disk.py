@@ -137,7 +137,6 @@ class DiskLU(LogicalUnit):
         t.daemon = True
         t.start()
 
-
     def execute(self, cmd: Command) -> Response | Deferred:
         lane = self._lane
         if lane is None:
