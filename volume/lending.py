@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import weakref
 
-__all__ = ["Loan", "LoanSlice", "LoanRegistry", "Gather"]
+__all__ = ["Loan", "LoanSlice", "LoanRegistry", "Gather", "resolved"]
 
 
 class Loan:
@@ -152,7 +152,13 @@ class Gather:
 
     def views(self) -> list[memoryview]:
         """Every part as a view of its bytes now: use at once, do not keep."""
-        return [p.view() if type(p) is LoanSlice else p for p in self.parts]
+        return list(map(resolved, self.parts))
 
     def __bytes__(self) -> bytes:
         return b"".join(self.views())
+
+
+def resolved(part):
+    """A part's bytes as they are now: a loan slice's view, any other buffer itself
+    (use at once, do not keep)."""
+    return part.view() if type(part) is LoanSlice else part

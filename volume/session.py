@@ -417,8 +417,11 @@ class BackupReader:
                 break
             a = max(start, offset)
             b = min(cend, end)
-            if type(chunk) is Gather:        # a re-read of gathered bytes: copied here
-                mv[a - offset:b - offset] = bytes(chunk[a - start:b - start])
+            if type(chunk) is Gather:        # a re-read of gathered bytes: copied part by part
+                at = a - offset
+                for v in chunk[a - start:b - start].views():
+                    mv[at:at + len(v)] = v
+                    at += len(v)
             else:
                 mv[a - offset:b - offset] = chunk[a - start:b - start]
         avail = min(end, self.produced)

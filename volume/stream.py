@@ -26,7 +26,7 @@ from typing import Callable, Union
 import crc32c
 
 from .genmap import BackupPlan
-from .lending import LoanSlice
+from .lending import LoanSlice, resolved
 from .store import BlockStore
 
 __all__ = ["StreamHeader", "Record", "Damage", "Trailer", "StreamEnd", "StreamEncoder",
@@ -435,7 +435,7 @@ class StreamEncoder:
             if self._parts:                 # left by readparts
                 p = self._parts[0]
                 k = min(p.nbytes, size - w)
-                mv[w:w + k] = (p.view() if type(p) is LoanSlice else p)[:k]
+                mv[w:w + k] = resolved(p)[:k]
                 if k == p.nbytes:
                     del self._parts[0]
                 else:

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 
-from volume.lending import LoanSlice
+from volume.lending import LoanSlice, resolved
 
 from .registry import Portal, TargetRegistry
 from .connection import AfterSend, TargetConnection
@@ -169,8 +169,7 @@ class _SocketDriver:
         if self.pending:
             self._queue(items)
             return
-        bufs = [b.view() if type(b) is LoanSlice else b for b in items
-                if not isinstance(b, AfterSend)]
+        bufs = [resolved(b) for b in items if not isinstance(b, AfterSend)]
         try:
             sent = self.sock.sendmsg(bufs[:IOV_MAX]) if bufs else 0
         except (BlockingIOError, InterruptedError):
@@ -274,7 +273,7 @@ class _SocketDriver:
             batch_bytes = 0
             for item in pending:
                 if not isinstance(item, AfterSend):
-                    batch.append(item.view() if type(item) is LoanSlice else item)
+                    batch.append(resolved(item))
                     batch_bytes += item.nbytes
                     if len(batch) >= IOV_MAX:
                         break
