@@ -468,7 +468,10 @@ class RemoteVolume:
         # reached the end, so every read before it was stream), so the device's
         # zero padding never reaches the output (an upload cannot be truncated).
         # Buffers are made as the window first needs them (a stream of a few
-        # kilobytes never zero-fills 32 MiB), then recycled.
+        # kilobytes never zero-fills 32 MiB), then recycled, the one handed back
+        # last first: the writer has just read it, so it is still in the CPU's
+        # cache when the next read lands in it (oldest first cycles all 13
+        # through memory).
         free: collections.deque = collections.deque()
         sent: collections.deque = collections.deque()      # (cmd, what, buffer), in order
         total = st.total or None
@@ -480,7 +483,7 @@ class RemoteVolume:
                 # Only the stream's last read is shorter than a chunk: its buffer (the
                 # whole one of a small stream) is made as long as the read.
                 size = nblocks * DEV_BLOCK
-                buf = free.popleft() if free and len(free[0]) >= size else _buffer(size)
+                buf = free.pop() if free and len(free[-1]) >= size else _buffer(size)
                 cmd = {"cdb": _rw16(0x88, at // DEV_BLOCK, nblocks),
                        "read_length": nblocks * DEV_BLOCK, "lun": self.dev, "read_into": buf}
                 sent.append((cmd, "READ of the backup stream", buf))
@@ -557,11 +560,12 @@ class RemoteVolume:
         # write could otherwise get its data in first and run first.
         chunk = CHUNK_BLOCKS * DEV_BLOCK
         free: collections.deque = collections.deque()        # filled as buffers come back
+        # (reused last back first, as a backup's reads reuse theirs)
         sent: collections.deque = collections.deque()      # (cmd, buffer, bytes), in order
         what = "WRITE of the restore stream"
         with _open_stream(path) as f:
             def next_write(lba: int) -> dict | None:
-                buf = free.popleft() if free else _buffer(chunk)
+                buf = free.pop() if free else _buffer(chunk)
                 n = 0
                 while n < chunk:                 # whole chunks, whatever readinto returns
                     k = f.readinto(memoryview(buf)[n:])
