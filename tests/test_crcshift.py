@@ -93,3 +93,111 @@ def test_recorder_batches_of_whole_blocks_equal_block_by_block_notes(reads, batc
             for x in range(0, len(v), 4096):
                 b.readinto(o + x, memoryview(bytearray(min(4096, len(v) - x))))
     assert a.table == b.table and a.sent == b.sent
+
+
+def _chained_table(data: memoryview, bs: int, runs) -> tuple[array, bitarray, array]:
+    """(table, chained bits, each block's own CRC) for chained ``runs`` (first, k)."""
+    n = len(data) // bs
+    direct = array("I", [crc32c.crc32c(data[i * bs:(i + 1) * bs]) for i in range(n)])
+    table = array("I", direct)
+    chained = bitarray(n, endian="little")
+    chained.setall(0)
+    for first, k in runs:
+        run = data[first * bs:(first + k) * bs]
+        table[first:first + k] = array("I", list(accumulate(
+            (run[j * bs:(j + 1) * bs] for j in range(k)), lambda c, b: crc32c.crc32c(b, c),
+            initial=0))[1:])
+        chained[first + 1:first + k] = 1
+    return table, chained, direct
+
+
+def test_unchain_runs_across_spans(monkeypatch):
+    # A chained run crossing a span boundary: the span after it needs the chained
+    # value the span before it rewrites (a volume of more than 2**20 blocks).
+    monkeypatch.setattr(crcshift, "_SPAN", 8)
+    bs = 512
+    data = memoryview(random.Random(3).randbytes(60 * bs))
+    table, chained, direct = _chained_table(data, bs, [(5, 25), (31, 2), (33, 27)])
+    crcshift.unchain_masked(table, chained, bs)
+    assert table == direct
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(1, 119), min_size=1, max_size=12, unique=True),
+       span=st.sampled_from([1, 2, 3, 7, 64]), window=st.tuples(st.integers(0, 120),
+                                                                 st.integers(0, 120)))
+def test_unchain_a_range_fixes_exactly_its_chains(cuts, span, window):
+    # Runs between the cut points; only those inside [start, stop) are fixed,
+    # whatever the span size; everything else stays as it was.
+    bs = 512
+    data = memoryview(random.Random(len(cuts)).randbytes(120 * bs))
+    edges = [0] + sorted(cuts) + [120]
+    runs = [(a, b - a) for a, b in zip(edges, edges[1:])]
+    start, stop = sorted(window)
+    table, chained, direct = _chained_table(data, bs, runs)
+    want = array("I", table)
+    for a, k in runs:
+        if start <= a and a + k <= stop:
+            want[a:a + k] = direct[a:a + k]
+    inside = [(a, k) for a, k in runs if start <= a and a + k <= stop]
+    lo = min((a for a, _k in inside), default=start)
+    hi = max((a + k for a, k in inside), default=lo)
+    old = crcshift._SPAN
+    crcshift._SPAN = span
+    try:
+        crcshift.unchain_masked(table, chained, bs, lo, hi)
+    finally:
+        crcshift._SPAN = old
+    assert table == want
+
+
+def _count_passes(monkeypatch) -> list[tuple[int, int]]:
+    """The (start, stop) of every unchain pass the recorder makes from now on."""
+    passes: list[tuple[int, int]] = []
+    real = crcshift.unchain_masked
+
+    def counted(table, chained, length, start=0, stop=None):
+        passes.append((start, stop))
+        real(table, chained, length, start, stop)
+    monkeypatch.setattr(crcshift, "unchain_masked", counted)
+    return passes
+
+
+def test_recorder_settles_a_full_streams_table_as_it_goes(monkeypatch):
+    # The chained entries of a long sequential read are settled on the way once
+    # enough wait, so little is left for the table's first look; the values are
+    # the blocks' own CRCs either way.
+    monkeypatch.setattr(blockcrc, "_SETTLE_EVERY", 64)
+    passes = _count_passes(monkeypatch)
+    rnd = random.Random(5)
+    bs, n = 4096, 1000
+    store = MemoryStore(n * bs)
+    store.write(0, rnd.randbytes(n * bs))
+    rec = blockcrc.CrcRecorder(store, bs, n)
+    for first in range(0, n, 40):
+        k = min(40, n - first)
+        rec.readinto_many_crcs([first * bs], [memoryview(bytearray(k * bs))])
+    assert len(passes) == n // 80 and all(hi - lo == 80 for lo, hi in passes)
+    direct = array("I", [crc32c.crc32c(store.read(i * bs, bs)) for i in range(n)])
+    assert rec.table == direct and rec.sent.all()
+
+
+def test_recorder_keeps_scattered_runs_for_one_pass(monkeypatch):
+    # Long runs far apart: an early pass would cost the whole range each time,
+    # so they wait for the table's first look.
+    monkeypatch.setattr(blockcrc, "_SETTLE_EVERY", 64)
+    passes = _count_passes(monkeypatch)
+    rnd = random.Random(6)
+    bs, n = 4096, 4000
+    store = MemoryStore(n * bs)
+    store.write(0, rnd.randbytes(n * bs))
+    rec = blockcrc.CrcRecorder(store, bs, n)
+    firsts = list(range(0, n - 40, 400))
+    for first in firsts:
+        rec.readinto_many_crcs([first * bs], [memoryview(bytearray(40 * bs))])
+    assert not passes
+    t = rec.table
+    assert passes == [(firsts[0], firsts[-1] + 40)]
+    for first in firsts:
+        assert t[first:first + 40] == array(
+            "I", [crc32c.crc32c(store.read(i * bs, bs)) for i in range(first, first + 40)])

@@ -45,33 +45,40 @@ def _bits(raw) -> bitarray:
     return b
 
 
-def _last_set(bits) -> int:
+def _last_set(bits, start: int, stop: int) -> int:
     try:
-        return bits.find(1, right=True)
+        return bits.find(1, start, stop, right=True)
     except TypeError:                 # bitarray before 2.9
-        return len(bits) - 1 - bits[::-1].find(1)
+        return stop - 1 - bits[start:stop][::-1].find(1)
 
 
 _SPAN = 1 << 20                 # entries fixed per step (bounds the temporaries)
 
 
-def unchain_masked(table: array, chained, length: int) -> None:
+def unchain_masked(table: array, chained, length: int, start: int = 0,
+                   stop: int | None = None) -> None:
     """In place: every entry ``i`` of ``table`` whose bit in ``chained`` (a
     bitarray as long as the table) is set holds ``crc32c(b[i], table[i-1])``;
-    make it ``crc32c(b[i])`` (blocks of ``length`` bytes).  Other entries stay."""
-    first = chained.find(1)
+    make it ``crc32c(b[i])`` (blocks of ``length`` bytes).  Other entries stay.
+    Only entries in ``[start, stop)`` are looked at (their chains must start
+    inside the range: ``table[start]`` is not itself chained).
+
+    Spans are fixed from the last to the first: a span's first entry needs the
+    chained value of the entry before it, which is the previous span's last and
+    is rewritten only when that span's turn comes."""
+    stop = len(chained) if stop is None else stop
+    first = chained.find(1, start, stop)
     if first < 0:
         return
-    last = _last_set(chained)
+    last = _last_set(chained, start, stop)
     tabs = _tables(length)
-    for a in range(first, last + 1, _SPAN):
+    for a in reversed(range(first, last + 1, _SPAN)):
         b = min(last + 1, a + _SPAN)
         n = b - a
         seg = table[a - 1:b]                         # a >= 1: entry 0 never chains
-        raw = seg.tobytes()
         if sys.byteorder != "little":
             seg.byteswap()
-            raw = seg.tobytes()
+        raw = seg.tobytes()
         prev = raw[:-4]
         cols = [prev[j::4] for j in range(4)]
         mask = _bits(chained[a:b].unpack(zero=b"\0", one=b"\xff"))
