@@ -36,7 +36,7 @@ subclass) raised.  SCSI status is returned in :class:`~.results.ScsiResult`;
 """
 from __future__ import annotations
 
-import socket
+import _socket
 import time
 
 from ..protocol import pdu as P
@@ -131,7 +131,7 @@ class BlockingIscsiClient:
         self.isid = isid or new_isid()
         self.login_result = None
         self.async_events: list = []
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._error: IscsiError | None = None
         self._pending: dict[int, Command | _Reply] = {}
         self._itt = 0
@@ -178,14 +178,13 @@ class BlockingIscsiClient:
 
     def _open_once(self, host: str, port: int) -> None:
         try:
-            sock = socket.create_connection((_resolver_host(host), port),
-                                            timeout=self.login_timeout)
-        except socket.timeout:
+            sock = _connect(_resolver_host(host), port, self.login_timeout)
+        except TimeoutError:
             raise IscsiTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
             raise TransportError(f"cannot connect to {host}:{port}: {exc}") from None
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
             pass
         self._sock, self._error = sock, None
@@ -229,7 +228,7 @@ class BlockingIscsiClient:
             if self._itt != P.RESERVED_TAG and self._itt not in self._pending:
                 return self._itt
 
-    def _usable(self) -> socket.socket:
+    def _usable(self) -> _socket.socket:
         if self._error is not None:
             raise self._error
         if self._sock is None or self.login_result is None:
@@ -277,7 +276,7 @@ class BlockingIscsiClient:
                         i += 1
                     part = [memoryview(part[i])[n:]] + part[i + 1:]
                 bufs = bufs[_IOV:]
-        except socket.timeout:
+        except TimeoutError:
             raise self._fail(IscsiTimeout(f"socket write timed out after {self.timeout:g} s")) \
                 from None
         except OSError as exc:
@@ -318,7 +317,7 @@ class BlockingIscsiClient:
         try:
             sock.settimeout(left)
             n = sock.recv_into(view)
-        except socket.timeout:
+        except TimeoutError:
             raise self._fail(IscsiTimeout(what)) from None
         except OSError as exc:
             raise self._fail(TransportError(f"connection lost: {exc}")) from None
@@ -733,6 +732,28 @@ def _data_of(task: Command):
         except BufferError:                     # a view of it is still alive
             return buf[:task.high]
     return buf
+
+
+def _connect(host: str | bytes, port: int, timeout: float) -> _socket.socket:
+    """``socket.create_connection((host, port), timeout)`` on the C module's socket
+    type: socket.py's wrapper class (and the enum and selectors modules it
+    imports, a tenth of a short backup run's start-up) gives this client
+    nothing it uses.  Each address getaddrinfo gives is tried in turn; the last
+    failure is raised (a timeout as TimeoutError), as create_connection does."""
+    err: OSError | None = None
+    for family, kind, proto, _, addr in _socket.getaddrinfo(host, port, 0,
+                                                            _socket.SOCK_STREAM):
+        sock = None
+        try:
+            sock = _socket.socket(family, kind, proto)
+            sock.settimeout(timeout)
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            err = exc
+            if sock is not None:
+                sock.close()
+    raise err if err is not None else OSError("getaddrinfo returns an empty list")
 
 
 def _resolver_host(host: str) -> str | bytes:
