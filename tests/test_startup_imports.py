@@ -193,7 +193,7 @@ def test_a_real_full_and_diff_run_imports_none_of_them(tmp_path):
         assert "threading" not in mods and "queue" not in mods, kind
         # A command line tools.diffbackup_argv reads needs no argparse (nor its
         # gettext and locale); the initiator's socket is the C module's (no
-        # socket.py, selectors); nothing on the path compiles a regular expression.
+        # socket module, no selectors); nothing on the path compiles a regular expression.
         assert not [m for m in _NOT_ON_A_RUN if m in mods], kind
 
 

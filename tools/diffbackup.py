@@ -1246,8 +1246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """The ``diffbackup`` command (the console script and ``python -m tools.diffbackup``):
-    :func:`main` in a process of its own, ended as soon as it is done."""
+    """The ``diffbackup`` command (bin/diffbackup, the installed script, and
+    ``python -m tools.diffbackup``): :func:`main` in a process of its own, ended as
+    soon as it is done."""
     # A run makes its objects at start-up (the imports) and few after: collections
     # of the young generation while importing are most of the collector's work and
     # find nothing to free; collect rarely instead.

@@ -779,7 +779,7 @@ def _ready(sock, event: int, timeout: float) -> bool:
 
 def _connect(host: str | bytes, port: int, timeout: float) -> _socket.socket:
     """``socket.create_connection((host, port), timeout)`` on the C module's socket
-    type: socket.py's wrapper class (and the enum and selectors modules it
+    type: the socket module's wrapper class (and the enum and selectors modules it
     imports, a tenth of a short backup run's start-up) gives this client
     nothing it uses.  Each address getaddrinfo gives is tried in turn; the last
     failure is raised (a timeout as TimeoutError), as create_connection does."""
