@@ -129,6 +129,32 @@ def test_digests_header_and_data(iscsi_server):
         assert c.ping(b"abc") >= 0
 
 
+@pytest.mark.parametrize("digests", ["", "?header_digest=CRC32C&data_digest=CRC32C",
+                                     "?header_digest=CRC32C", "?data_digest=CRC32C"])
+def test_data_in_trains_and_padded_segments_in_one_pipeline(iscsi_server, digests):
+    # A segment's rest and the next header come in one receive: segments of many
+    # sizes (padded ones among them: INQUIRY's 255 bytes), digests on and off.
+    data = os.urandom(2 << 20)
+    assert iscsi_server.target.write(0, data).ok
+    mrdsl = (4096, 8192, 1 << 20)
+    for size in mrdsl:
+        with BlockingIscsiClient(iscsi_server.url(0) + digests, options=LoginOptions(
+                max_recv_data_segment_length=size)) as c:
+            ready(c)
+            bufs = [bytearray(n * BS) for n in (1, 7, 2048, 3, 1024)]
+            cmds = []
+            for i, b in enumerate(bufs):
+                cmds.append({"cdb": read16(i * 64, len(b) // BS), "read_length": len(b),
+                             "read_into": b})
+                cmds.append({"cdb": bytes([0x12, 0, 0, 0, 255, 0]), "read_length": 255})
+            rs = c.execute_many(cmds)
+            assert all(r.good for r in rs)
+            for i, b in enumerate(bufs):
+                assert bytes(b) == data[i * 64 * BS:i * 64 * BS + len(b)]
+                assert len(rs[2 * i + 1].data) >= 36
+            assert c.ping(b"xyz") >= 0
+
+
 def test_check_condition_is_a_result_or_raised_on_request(iscsi_server):
     with BlockingIscsiClient(iscsi_server.url(0)) as c:
         first = c.execute(read16(0, 1), read_length=BS)        # the session's UA

@@ -187,10 +187,32 @@ def test_a_real_full_and_diff_run_imports_none_of_them(tmp_path):
             assert r.returncode == 0, r.stderr[-2000:]
             runs[kind] = _imported(r.stderr)
     for kind, mods in runs.items():
-        assert "scsi_target.initiator.blocking" in mods and "socket" in mods    # it did look
+        assert "scsi_target.initiator.blocking" in mods and "_socket" in mods   # it did look
         assert not [m for m in _NOT_AT_START if m in mods], kind
         # Streams of one chunk (an empty volume's) are stored without a writer thread.
         assert "threading" not in mods and "queue" not in mods, kind
+        # A command line tools.diffbackup_argv reads needs no argparse (nor its
+        # gettext and locale); the initiator's socket is the C module's (no
+        # socket module, no selectors); nothing on the path compiles a regular expression.
+        assert not [m for m in _NOT_ON_A_RUN if m in mods], kind
+
+
+_NOT_ON_A_RUN = ("argparse", "gettext", "locale", "socket", "selectors", "re")
+
+
+def test_a_recognized_command_line_imports_no_argparse():
+    mods = _fresh(
+        "import sys, tools.diffbackup\n"
+        "from tools.diffbackup_argv import recognize\n"
+        "for argv in (['-q', 'full', 'iscsi://h/iqn.x:t/0', '-o', 'f'],\n"
+        "             ['diff', 'iscsi://h/iqn.x:t/0', '--scope', '1', '-o', 'f'],\n"
+        "             ['restore', 'iscsi://h/iqn.x:t/0', 'f', 'g']):\n"
+        "    assert recognize(argv) is not None\n"
+        "from scsi_target.initiator.blocking import BlockingIscsiClient\n"
+        "mods = sorted(sys.modules)\n"
+        "import json\n"              # json imports re: the list is taken before
+        "print(json.dumps(mods))", "-S")
+    assert not [m for m in _NOT_ON_A_RUN if m in mods]
 
 
 def test_the_resolver_host_is_what_the_idna_codec_makes_of_it():

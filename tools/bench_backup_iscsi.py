@@ -27,7 +27,7 @@ PYTHONDONTWRITEBYTECODE is set (this sandbox sets it) every ``diffbackup`` start
 would otherwise recompile every module it imports.
 
 ``diffbackup`` is started as an installed package starts (``--start installed``,
-the default): the ``diffbackup`` console script the package installs beside
+the default): the ``diffbackup`` script the package installs (bin/diffbackup) beside
 the interpreter (``python -m tools.diffbackup`` where there is none, which
 adds runpy's imports), run by ``python -S`` with the interpreter's
 site-packages and the source tree on PYTHONPATH, so the editable-install

@@ -36,7 +36,8 @@ subclass) raised.  SCSI status is returned in :class:`~.results.ScsiResult`;
 """
 from __future__ import annotations
 
-import socket
+import _socket
+import select
 import time
 
 from ..protocol import pdu as P
@@ -131,7 +132,7 @@ class BlockingIscsiClient:
         self.isid = isid or new_isid()
         self.login_result = None
         self.async_events: list = []
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._error: IscsiError | None = None
         self._pending: dict[int, Command | _Reply] = {}
         self._itt = 0
@@ -178,16 +179,19 @@ class BlockingIscsiClient:
 
     def _open_once(self, host: str, port: int) -> None:
         try:
-            sock = socket.create_connection((_resolver_host(host), port),
-                                            timeout=self.login_timeout)
-        except socket.timeout:
+            sock = _connect(_resolver_host(host), port, self.login_timeout)
+        except TimeoutError:
             raise IscsiTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
             raise TransportError(f"cannot connect to {host}:{port}: {exc}") from None
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        # Non-blocking from here on: a send or receive is one system call when the
+        # socket is ready (a timeout would set the flag before each call and poll
+        # before each recv); _ready polls only when it is not.
+        sock.settimeout(0.0)
         self._sock, self._error = sock, None
         self._start = self._end = 0
         self._hd = self._dd = False
@@ -229,7 +233,7 @@ class BlockingIscsiClient:
             if self._itt != P.RESERVED_TAG and self._itt not in self._pending:
                 return self._itt
 
-    def _usable(self) -> socket.socket:
+    def _usable(self) -> _socket.socket:
         if self._error is not None:
             raise self._error
         if self._sock is None or self.login_result is None:
@@ -262,12 +266,18 @@ class BlockingIscsiClient:
         if sock is None:
             raise self._error or TransportError("not connected")
         try:
-            sock.settimeout(self.timeout)
             while bufs:
                 part = bufs[:_IOV]
                 left = sum(map(len, part))
                 while left:
-                    n = sock.sendmsg(part)
+                    try:
+                        n = sock.sendmsg(part)
+                    except BlockingIOError:
+                        # No room: wait up to the timeout for some (each wait, as a
+                        # socket timeout would).
+                        if not _ready(sock, select.POLLOUT, self.timeout):
+                            break
+                        continue
                     left -= n
                     if not left:
                         break
@@ -276,12 +286,13 @@ class BlockingIscsiClient:
                         n -= len(part[i])
                         i += 1
                     part = [memoryview(part[i])[n:]] + part[i + 1:]
+                if left:
+                    break
                 bufs = bufs[_IOV:]
-        except socket.timeout:
-            raise self._fail(IscsiTimeout(f"socket write timed out after {self.timeout:g} s")) \
-                from None
         except OSError as exc:
             raise self._fail(TransportError(f"connection lost: {exc}")) from None
+        if bufs:
+            raise self._fail(IscsiTimeout(f"socket write timed out after {self.timeout:g} s"))
 
     def _send(self, *pdus) -> None:
         bufs: list = []
@@ -308,20 +319,30 @@ class BlockingIscsiClient:
         self._sendv(bufs)
 
     # ---------------------------------------------------------------- receive
-    def _recv_into(self, view, deadline: float, what: str) -> int:
+    def _recv_into(self, view, deadline: float, what: str, more=None) -> int:
+        """Bytes received into ``view`` (then into ``more``, when given: one
+        ``recvmsg_into`` fills both), at least one; an IscsiTimeout once
+        ``deadline`` passed without any."""
         sock = self._sock
         if sock is None:
             raise self._error or TransportError("not connected")
-        left = deadline - time.monotonic()
-        if left <= 0:
+        if deadline - time.monotonic() <= 0:
             raise self._fail(IscsiTimeout(what))
+        n = -1
         try:
-            sock.settimeout(left)
-            n = sock.recv_into(view)
-        except socket.timeout:
-            raise self._fail(IscsiTimeout(what)) from None
+            while True:
+                try:
+                    n = sock.recv_into(view) if more is None else \
+                        sock.recvmsg_into((view, more))[0]
+                    break
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not _ready(sock, select.POLLIN, left):
+                        break
         except OSError as exc:
             raise self._fail(TransportError(f"connection lost: {exc}")) from None
+        if n < 0:
+            raise self._fail(IscsiTimeout(what))
         if not n:
             raise self._fail(TransportError("connection lost: closed by target"))
         return n
@@ -381,8 +402,20 @@ class BlockingIscsiClient:
             if have:
                 dest[:have] = self._view[s:s + have]
                 self._start = s + have
-            while have < dlen:
-                have += self._recv_into(dest[have:], deadline, what)
+            if have < dlen:
+                # Scratch is empty: the rest of the segment, and with it (one
+                # recvmsg_into) this PDU's padding and digest and the next PDU's
+                # BHS and header digest -- never more than the next header, so
+                # that a segment after it is received in place too.
+                self._start = self._end = 0
+                more = self._view[:trailer + P.BHS_LEN + (4 if hd else 0)]
+                while have < dlen:
+                    n = self._recv_into(dest[have:], deadline, what, more)
+                    if n > dlen - have:
+                        self._end = n - (dlen - have)
+                        n = dlen - have
+                    have += n
+                more.release()
             self._fill(trailer, deadline, what, True)
             s = self._start
             if dd:
@@ -733,6 +766,37 @@ def _data_of(task: Command):
         except BufferError:                     # a view of it is still alive
             return buf[:task.high]
     return buf
+
+
+def _ready(sock, event: int, timeout: float) -> bool:
+    """Whether ``sock`` became ready for ``event`` (or failed: the next call says
+    how) within ``timeout`` seconds; poll's milliseconds rounded up, so that
+    False means the time has passed."""
+    p = select.poll()
+    p.register(sock.fileno(), event)
+    return bool(p.poll(int(timeout * 1000) + 1))
+
+
+def _connect(host: str | bytes, port: int, timeout: float) -> _socket.socket:
+    """``socket.create_connection((host, port), timeout)`` on the C module's socket
+    type: the socket module's wrapper class (and the enum and selectors modules it
+    imports, a tenth of a short backup run's start-up) gives this client
+    nothing it uses.  Each address getaddrinfo gives is tried in turn; the last
+    failure is raised (a timeout as TimeoutError), as create_connection does."""
+    err: OSError | None = None
+    for family, kind, proto, _, addr in _socket.getaddrinfo(host, port, 0,
+                                                            _socket.SOCK_STREAM):
+        sock = None
+        try:
+            sock = _socket.socket(family, kind, proto)
+            sock.settimeout(timeout)
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            err = exc
+            if sock is not None:
+                sock.close()
+    raise err if err is not None else OSError("getaddrinfo returns an empty list")
 
 
 def _resolver_host(host: str) -> str | bytes:
