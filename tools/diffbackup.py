@@ -682,6 +682,8 @@ class _Writer:
                 else:
                     self._t.join(0.002)
             self._t.join()
+        while unmap and self.free:         # those handed back after the last look
+            _unmap(self.free.popleft())
 
     def close(self) -> None:
         """Wait for everything queued to be stored (raising the output's first
