@@ -26,6 +26,7 @@ from typing import Callable, Union
 
 import crc32c
 
+from .crcshift import slot_crcs
 from .genmap import BackupPlan
 from .lending import LoanSlice, resolved
 from .store import BlockStore
@@ -67,6 +68,10 @@ DEFAULT_RECORD_BYTES = 1 << 20
 _RESYNC_WINDOW = 64 << 10      # bytes searched per step while looking for a marker
 _ENCODE_BATCH = 2048           # records laid out and read together by the encoder
 _LITTLE_ENDIAN = sys.byteorder == "little"    # the batched header path writes CRCs natively
+# Header CRCs of a batch of at least this many records are computed as byte
+# columns (crcshift.slot_crcs: ~0.2 us a record against ~0.34 for a call a
+# header at 775 records); below it the columns' fixed cost is more.
+_SLOT_CRC_MIN = 64
 # Runs the encoder keeps from counting them at the start for the stream: what
 # one window of BackupPlan.run_batches can yield at most (every other block).
 _KEEP_RUNS = 1 << 17
@@ -628,9 +633,13 @@ class StreamEncoder:
                     words[7::_RH_WORDS] = array("I", raws)       # kind 0 (data) at word 6
                     words[8::_RH_WORDS] = array("I", crcs)
                     hb = bytes(hdr)
-                    hcrcs = list(map(crc, map(hb.__getitem__, map(
-                        slice, range(0, k * RH, RH), range(RH - 4, k * RH, RH))), repeat(seed, k)))
-                    words[9::_RH_WORDS] = array("I", hcrcs)
+                    if k >= _SLOT_CRC_MIN:
+                        hcrcs = slot_crcs(hb, RH, RH - 4, k, seed)
+                    else:
+                        hcrcs = array("I", map(crc, map(hb.__getitem__, map(
+                            slice, range(0, k * RH, RH), range(RH - 4, k * RH, RH))),
+                            repeat(seed, k)))
+                    words[9::_RH_WORDS] = hcrcs
                     list(map(pack_full, repeat(mv, k), places, repeat(RECORD_SYNC, k), seqs, firsts,
                              ns, gs, repeat(KIND_DATA, k), raws, crcs, hcrcs))
                     hdrs += hdr
