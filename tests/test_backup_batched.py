@@ -105,10 +105,15 @@ def reference_runs(gens: list[int | None]):
 
 @settings(max_examples=300, deadline=None)
 @given(gens=st.lists(st.one_of(st.none(), st.integers(5, 13)), min_size=1, max_size=200),
-       lo=st.integers(0, 5), window=st.sampled_from([1, 2, 3, 8, 64, 1 << 18]))
-def test_run_batches_are_the_maximal_runs(gens, lo, window):
-    gens = [None if g is None else g - 5 + lo for g in gens]
-    hi = lo + 8
+       lo=st.integers(0, 5), window=st.sampled_from([1, 2, 3, 8, 64, 1 << 18]),
+       one_generation=st.booleans())
+def test_run_batches_are_the_maximal_runs(gens, lo, window, one_generation):
+    if one_generation:                         # a plan of one generation: no planes to split runs
+        gens = [None if g is None else lo for g in gens]
+        hi = lo
+    else:
+        gens = [None if g is None else g - 5 + lo for g in gens]
+        hi = lo + 8
     plan = BackupPlan.from_generations(gens, lo, hi, granularity=BS, volume_size=len(gens) * BS,
                                        volume_id=VID, base_id=BASE)
     got = [t for f, n, g in plan.run_batches(window=window) for t in zip(f, n, g)]

@@ -338,11 +338,19 @@ class BackupPlan:
                 change &= s
                 starts |= change
                 lasts |= s & (change << 1)
-            first_rel = list(starts.search(1))
             # each run's end (one past its last block): its length in one pass
             ends = _zeros(b - a + 1)
             ends[1:] = lasts
-            last_rel = list(ends.search(1))
+            if pw:
+                first_rel = list(starts.search(1))
+                last_rel = list(ends.search(1))
+            else:
+                # Maximal runs of set bits: each run's end (an unselected block)
+                # comes before the next run's start, so one search finds both,
+                # interleaved.
+                ends[:b - a] |= starts
+                both = list(ends.search(1))
+                first_rel, last_rel = both[0::2], both[1::2]
             gens = [prefix] * len(first_rel)
             for i, p in enumerate(pw):
                 gens = list(map(or_, gens, map(lshift, map(p.__getitem__, first_rel), repeat(i))))
