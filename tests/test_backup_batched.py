@@ -105,10 +105,15 @@ def reference_runs(gens: list[int | None]):
 
 @settings(max_examples=300, deadline=None)
 @given(gens=st.lists(st.one_of(st.none(), st.integers(5, 13)), min_size=1, max_size=200),
-       lo=st.integers(0, 5), window=st.sampled_from([1, 2, 3, 8, 64, 1 << 18]))
-def test_run_batches_are_the_maximal_runs(gens, lo, window):
-    gens = [None if g is None else g - 5 + lo for g in gens]
-    hi = lo + 8
+       lo=st.integers(0, 5), window=st.sampled_from([1, 2, 3, 8, 64, 1 << 18]),
+       one_generation=st.booleans())
+def test_run_batches_are_the_maximal_runs(gens, lo, window, one_generation):
+    if one_generation:                         # a plan of one generation: no planes to split runs
+        gens = [None if g is None else lo for g in gens]
+        hi = lo
+    else:
+        gens = [None if g is None else g - 5 + lo for g in gens]
+        hi = lo + 8
     plan = BackupPlan.from_generations(gens, lo, hi, granularity=BS, volume_size=len(gens) * BS,
                                        volume_id=VID, base_id=BASE)
     got = [t for f, n, g in plan.run_batches(window=window) for t in zip(f, n, g)]
@@ -496,9 +501,9 @@ def _plan_from(sel: list[int], nblocks: int, vsize: int) -> BackupPlan:
 @given(runs=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 40)), min_size=1, max_size=30),
        tail=st.integers(1, BS), chunk=st.sampled_from([HEADER_SIZE + 1, 700, 4096, 1 << 16]),
        maxb=st.integers(1, 9), batch=st.sampled_from([2, 3, 2048]), seed=st.integers(0, 1000),
-       zeros=st.booleans())
+       zeros=st.booleans(), keep=st.sampled_from([0, 2, 1 << 17]), slot_min=st.sampled_from([1, 64]))
 def test_column_encoder_equals_the_record_at_a_time_encoder(runs, tail, chunk, maxb, batch, seed,
-                                                           zeros):
+                                                           zeros, keep, slot_min):
     import volume.stream as S
     sel: list[int] = []
     for g, n in runs:                          # g 0: not selected; runs longer than a record
@@ -511,12 +516,14 @@ def test_column_encoder_equals_the_record_at_a_time_encoder(runs, tail, chunk, m
         if not (zeros and b % 5 == 0):
             m.write(b * BS, rnd.randbytes(min(BS, vsize - b * BS)))
     plan = _plan_from(sel, nblocks, vsize)
-    old = S._ENCODE_BATCH
+    old, old_keep, old_slot = S._ENCODE_BATCH, S._KEEP_RUNS, S._SLOT_CRC_MIN
     S._ENCODE_BATCH = batch                    # long runs cut over several batches
+    S._KEEP_RUNS = keep                        # the runs counted at the start kept, or found again
+    S._SLOT_CRC_MIN = slot_min                 # header CRCs as byte columns in every batch, or not
     try:
         a = encode(m, plan, chunk, max_record_bytes=maxb * BS)
     finally:
-        S._ENCODE_BATCH = old
+        S._ENCODE_BATCH, S._KEEP_RUNS, S._SLOT_CRC_MIN = old, old_keep, old_slot
     fast = S.StreamEncoder._fast_records
     S.StreamEncoder._fast_records = lambda self, mv, w: w       # every record by _encode_into
     try:

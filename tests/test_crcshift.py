@@ -66,8 +66,11 @@ def test_differential_table_update_takes_exactly_the_sent_entries():
     for i in rnd.sample(range(n), 1700):
         sel[i] = 1
     want = array("I", [b if sel[i] else a for i, (a, b) in enumerate(zip(old, new))])
+    before = array("I", new)
     blockcrc._take(old, new, sel)
     assert old == want
+    assert new == before                       # the source table is only read
+    old.append(0)                              # no view of the arrays is left behind
 
 
 @settings(max_examples=80, deadline=None)
@@ -201,3 +204,19 @@ def test_recorder_keeps_scattered_runs_for_one_pass(monkeypatch):
     for first in firsts:
         assert t[first:first + 40] == array(
             "I", [crc32c.crc32c(store.read(i * bs, bs)) for i in range(first, first + 40)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(length=st.integers(1, 48), extra=st.integers(0, 8), count=st.integers(0, 90),
+       seed=st.integers(0, 2 ** 32 - 1), data=st.randoms(use_true_random=False),
+       const=st.sets(st.integers(0, 47)))
+def test_slot_crcs_equal_a_crc_call_per_slot(length, extra, count, seed, data, const):
+    stride = length + extra
+    buf = bytearray(data.randbytes(stride * count))
+    for p in const:                            # columns of one value: folded into the constant
+        if p < length:
+            buf[p::stride] = bytes([buf[p] if buf else 0]) * count
+    buf = bytes(buf)
+    got = crcshift.slot_crcs(buf, stride, length, count, seed)
+    assert list(got) == [crc32c.crc32c(buf[i * stride:i * stride + length], seed)
+                         for i in range(count)]

@@ -559,3 +559,24 @@ def test_crash_with_a_pending_cut_recovers_as_if_no_backup_began(tmp_path, kind)
     assert as_list(m.blocks_in_generations(1, 1)) == [1]
     del cut
     m.close()
+
+
+@settings(max_examples=80, deadline=None)
+@given(vals=st.lists(st.integers(0, (1 << 10) - 1), min_size=1, max_size=300),
+       nplanes=st.integers(0, 10), seed=st.integers(0, 1 << 20))
+def test_counts_within_a_mask_equal_counting_the_masked_blocks_one_by_one(vals, nplanes, seed):
+    import random
+    from volume.genmap import _counts_within
+    rnd = random.Random(seed)
+    vals = [v & ((1 << nplanes) - 1) for v in vals]
+    n = len(vals)
+    planes = [bitarray([bool(v >> p & 1) for v in vals], endian="little") for p in range(nplanes)]
+    mask = bitarray([rnd.random() < 0.4 for _ in range(n)], endian="little")
+    before = [p.copy() for p in planes], mask.copy()
+    got = _counts_within(planes, mask, n, mask.count())
+    want = [0] * (1 << nplanes)
+    for v, m in zip(vals, mask):
+        if m:
+            want[v] += 1
+    assert got == want
+    assert (planes, mask) == before              # the caller's arrays are left alone

@@ -452,13 +452,11 @@ def _take(dst: array, src: array, sel: bitarray) -> None:
     raw = bytearray(4 * len(m))
     for k in range(4):
         raw[k::4] = m
-    mask = bitarray(endian="little")
-    mask.frombytes(raw)
-    a = bitarray(endian="little")
-    a.frombytes(dst.tobytes())
-    b = bitarray(endian="little")
-    b.frombytes(src.tobytes())
-    a &= ~mask
-    b &= mask
-    a |= b
-    dst[:] = array(dst.typecode, a.tobytes())
+    # Bit views of the arrays' own memory (no copies in or out; the byte
+    # order of an entry does not matter, all four of its bytes are selected):
+    # dst ^= (dst ^ src) & mask.
+    mask = bitarray(buffer=raw, endian="little")
+    a = bitarray(buffer=dst, endian="little")
+    t = a ^ bitarray(buffer=src, endian="little")
+    t &= mask
+    a ^= t
