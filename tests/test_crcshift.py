@@ -154,8 +154,17 @@ def test_unchain_a_range_fixes_exactly_its_chains(cuts, span, window):
     assert table == want
 
 
+def _recorder(seed: int, bs: int, n: int):
+    """A store of ``n`` random blocks and a recorder over it."""
+    store = MemoryStore(n * bs)
+    store.write(0, random.Random(seed).randbytes(n * bs))
+    return store, blockcrc.CrcRecorder(store, bs, n)
+
+
 def _count_passes(monkeypatch) -> list[tuple[int, int]]:
-    """The (start, stop) of every unchain pass the recorder makes from now on."""
+    """The (start, stop) of every unchain pass the recorder makes from now on,
+    early passes made once 64 entries wait."""
+    monkeypatch.setattr(blockcrc, "_SETTLE_EVERY", 64)
     passes: list[tuple[int, int]] = []
     real = crcshift.unchain_masked
 
@@ -170,13 +179,9 @@ def test_recorder_settles_a_full_streams_table_as_it_goes(monkeypatch):
     # The chained entries of a long sequential read are settled on the way once
     # enough wait, so little is left for the table's first look; the values are
     # the blocks' own CRCs either way.
-    monkeypatch.setattr(blockcrc, "_SETTLE_EVERY", 64)
     passes = _count_passes(monkeypatch)
-    rnd = random.Random(5)
     bs, n = 4096, 1000
-    store = MemoryStore(n * bs)
-    store.write(0, rnd.randbytes(n * bs))
-    rec = blockcrc.CrcRecorder(store, bs, n)
+    store, rec = _recorder(5, bs, n)
     for first in range(0, n, 40):
         k = min(40, n - first)
         rec.readinto_many_crcs([first * bs], [memoryview(bytearray(k * bs))])
@@ -188,13 +193,9 @@ def test_recorder_settles_a_full_streams_table_as_it_goes(monkeypatch):
 def test_recorder_keeps_scattered_runs_for_one_pass(monkeypatch):
     # Long runs far apart: an early pass would cost the whole range each time,
     # so they wait for the table's first look.
-    monkeypatch.setattr(blockcrc, "_SETTLE_EVERY", 64)
     passes = _count_passes(monkeypatch)
-    rnd = random.Random(6)
     bs, n = 4096, 4000
-    store = MemoryStore(n * bs)
-    store.write(0, rnd.randbytes(n * bs))
-    rec = blockcrc.CrcRecorder(store, bs, n)
+    store, rec = _recorder(6, bs, n)
     firsts = list(range(0, n - 40, 400))
     for first in firsts:
         rec.readinto_many_crcs([first * bs], [memoryview(bytearray(40 * bs))])
