@@ -44,10 +44,10 @@ DEV_BLOCK = 512
 # the queue drains (TargetConnection.resume), so 4 MiB reads are fine.
 PIPELINE = 8
 # A backup's reads: four outstanding (16 MiB) keep the target's 8 MiB send
-# queue fed as well as eight did (the same wall time, tools/bench_backup_iscsi),
-# and every read in flight holds a populated 4 MiB buffer: with the reads
-# waiting for a status and the writer's queue, at most 13 buffers, not 17
-# (each ~1.5 ms of zero-filled pages to map and ~0.3 ms to unmap).
+# queue fed (eight gave no better wall time in alternating runs), and every
+# read in flight holds a populated 4 MiB buffer (~1.5 ms of zero-filled pages
+# to map, ~0.3 ms to unmap): with the reads waiting for a status and the
+# writer's queue, a 512 MiB full maps 13 of them, 14 with eight reads.
 READ_PIPELINE, READ_CHUNK_BLOCKS = 4, 8192
 STATUS_EVERY = 4             # reads per REPORT BACKUP STATUS riding in the read pipeline
 

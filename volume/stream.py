@@ -295,9 +295,9 @@ class StreamEncoder:
         self._seed = _seed(self.header.stream_id)
         # The runs are found once: counting them here keeps their batches for
         # the stream (a scattered differential's start otherwise took a second
-        # pass over the map), unless there are more than one window of the map
-        # can hold -- then memory stays bounded by a window and the stream
-        # finds them again as it goes.
+        # pass over the map), unless there are more of them than one window of
+        # the map can yield -- then memory stays bounded by a window and the
+        # stream finds them again as it goes.
         nrec = 0
         early: collections.deque | None = collections.deque()
         kept = 0
