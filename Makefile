@@ -4,10 +4,10 @@
 # make bench - benchmark our target against tgt (tools/bench; BENCH_ARGS="--quick" etc.);
 #              installs the test extras: some tools/bench_* reuse the tests' harnesses
 # The interpreter of .venv: Debian's own /usr/bin/python3 where it can make a venv
-# (python3-venv), else the first python3 on PATH.  Debian's is one static executable
-# built with profile-guided and link-time optimisation; a python3 built from source
-# earlier on PATH (pyenv's default: a shared libpython, no PGO/LTO) runs this
-# pure-Python target and its clients 15-25% slower.  PYTHON=... overrides.
+# (python3-venv), else the first python3 on PATH.  Debian's is a static executable;
+# a python3 built from source earlier on PATH (pyenv's default: a shared libpython,
+# configured without --enable-optimizations) ran this pure-Python target and its
+# clients 15-25% slower here, and starts 1-2 ms later.  PYTHON=... overrides.
 SYSTEM_PYTHON := /usr/bin/python3
 PYTHON ?= $(shell $(SYSTEM_PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 \
                   && echo $(SYSTEM_PYTHON) || echo python3)

@@ -61,7 +61,7 @@ MiB = 1 << 20
 def _interpreter() -> str:
     """Which Python the figures are of: its version, where it lives, and whether
     its executable links libpython (a shared build, as pyenv's default; Debian's
-    /usr/bin/python3 is static and built with PGO/LTO, 15-25% faster here)."""
+    /usr/bin/python3 is static, and ran this bench's both ends 15-25% faster)."""
     exe = os.path.realpath(sys.executable)
     try:
         libs = subprocess.run(["ldd", exe], capture_output=True, text=True).stdout
