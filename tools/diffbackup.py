@@ -22,9 +22,11 @@ local volume no server has open.  Exit codes: 0 success, 1 something failed
 """
 from __future__ import annotations
 
-import collections
 import os
 import sys
+# collections.deque is this C type: the collections module (its Python classes and
+# the modules they import) is a millisecond of a run's start-up.
+from _collections import deque
 
 from scsi_target.record import field, record
 
@@ -250,7 +252,7 @@ class RemoteVolume:
 
     @staticmethod
     def _inquiry_cmd(lun: int) -> dict:
-        from scsi_target.initiator.cdb import inquiry
+        from scsi_target.scsi.layouts.cdbs import inquiry
         return {"cdb": inquiry(alloc=255), "read_length": 255, "lun": lun}
 
     @staticmethod
@@ -262,13 +264,17 @@ class RemoteVolume:
         """The backup device of ``lun`` (itself when it is one), in at most three round
         trips: INQUIRY of the LUN with REPORT LUNS, then INQUIRY of every other LUN
         together, then REPORT GENERATIONS of every device among them together."""
-        from scsi_target.initiator.cdb import parse_report_luns, report_luns
+        # The layouts themselves, not initiator.cdb (its READ CAPACITY namedtuple
+        # would import collections): the same builders and decoders.
+        from scsi_target.scsi.layouts.cdbs import report_luns
+        from scsi_target.scsi.layouts.luns import ReportLuns
         inq, rl = self.c.execute_many([self._inquiry_cmd(lun),
                                        {"cdb": report_luns(4096), "read_length": 4096,
                                         "lun": 0}])
         if self._is_device(inq):
             return lun
-        others = [n for n in parse_report_luns(bytes(rl.raise_for_status().data)) if n != lun]
+        others = [n for n in ReportLuns.unpack(bytes(rl.raise_for_status().data)).numbers
+                  if n != lun]
         inqs = self.c.execute_many([self._inquiry_cmd(n) for n in others])
         devices = [n for n, r in zip(others, inqs) if self._is_device(r)]
         cdb = self.L.cdb(self.L.OP_REPORT_GENERATIONS, length=1 << 20)
@@ -295,7 +301,7 @@ class RemoteVolume:
     def _exec(self, cdb: bytes, *, lun: int, what: str, **kw):
         """Execute; a pending UNIT ATTENTION (new session, reset) is reported once and retried."""
         from scsi_target.initiator.errors import ScsiCheckCondition
-        from scsi_target.scsi.sense import SenseKey
+        from scsi_target.scsi.layouts.sense import SenseKey
         for attempt in range(4):
             try:
                 return self.c.execute(cdb, lun=lun, check=True, **kw)
@@ -366,14 +372,18 @@ class RemoteVolume:
         # START BACKUP and READ CAPACITY in one round trip (in CmdSN order; READ
         # CAPACITY changes nothing, and a refused START stops the run below).
         start = {"cdb": L.cdb(L.OP_START_BACKUP, length=80), "read_length": 80, "lun": self.dev}
-        from scsi_target.initiator.cdb import parse_read_capacity16, read_capacity16
+        from scsi_target.scsi.layouts.capacity import ReadCapacity16
+        from scsi_target.scsi.layouts.cdbs import read_capacity16
         rc = {"cdb": read_capacity16(32), "read_length": 32, "lun": self.dev}
         r_start, r_cap = self.c.execute_many([start, rc])
         st = L.BackupStatus.unpack(bytes(self._checked(r_start, start, "START BACKUP").data))
         # Never read past the device, nor past the stream's bound: the stream (at
         # most size_bound bytes) ends before the device's capacity, and its length
         # is known once its end was produced.
-        blocks = parse_read_capacity16(bytes(self._checked(r_cap, rc, "READ CAPACITY").data)).blocks
+        cap = bytes(self._checked(r_cap, rc, "READ CAPACITY").data)
+        if len(cap) < 12:           # as initiator.cdb.parse_read_capacity16 refuses it
+            raise ValueError(f"READ CAPACITY(16) data is {len(cap)} bytes, needs 12")
+        blocks = ReadCapacity16.unpack(cap).blocks
         capacity = min(blocks * DEV_BLOCK, -(-st.size_bound // DEV_BLOCK) * DEV_BLOCK) \
             if st.size_bound else blocks * DEV_BLOCK
         status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
@@ -425,8 +435,8 @@ class RemoteVolume:
         # last first: the writer has just read it, so it is still in the CPU's
         # cache when the next read lands in it (oldest first cycles all 13
         # through memory).
-        free: collections.deque = collections.deque()
-        sent: collections.deque = collections.deque()      # (cmd, what, buffer), in order
+        free: deque = deque()
+        sent: deque = deque()      # (cmd, what, buffer), in order
         total = st.total or None
 
         def commands():
@@ -451,7 +461,7 @@ class RemoteVolume:
         pos = 0
         with sink as f, _progress(show) as prog, _Writer(f, free) as out:
             task = prog.add_task("backup", total=st.size_bound)
-            pending: collections.deque = collections.deque()   # (data, buffer) read, not yet stored
+            pending: deque = deque()   # (data, buffer) read, not yet stored
             for r in self.c.pipeline(commands(), READ_PIPELINE + 1):
                 cmd, what, buf = sent.popleft()
                 r = self._checked(r, cmd, what)
@@ -488,7 +498,7 @@ class RemoteVolume:
         Stream reads and writes address byte offsets, so a retried one lands
         where it belongs whatever ran in between."""
         from scsi_target.initiator.errors import ScsiCheckCondition
-        from scsi_target.scsi.sense import SenseKey
+        from scsi_target.scsi.layouts.sense import SenseKey
         if r.good:
             return r
         if r.sense_key == SenseKey.UNIT_ATTENTION:
@@ -512,9 +522,9 @@ class RemoteVolume:
         # write at LBA 0 starts the stream, so it goes alone: a later, shorter
         # write could otherwise get its data in first and run first.
         chunk = CHUNK_BLOCKS * DEV_BLOCK
-        free: collections.deque = collections.deque()        # filled as buffers come back
+        free: deque = deque()        # filled as buffers come back
         # (reused last back first, as a backup's reads reuse theirs)
-        sent: collections.deque = collections.deque()      # (cmd, buffer, bytes), in order
+        sent: deque = deque()      # (cmd, buffer, bytes), in order
         what = "WRITE of the restore stream"
         with _open_stream(path) as f:
             def next_write(lba: int) -> dict | None:
@@ -627,7 +637,7 @@ class _Writer:
     modules a thread and its queue import)."""
     DEPTH = 4
 
-    def __init__(self, f, free: collections.deque) -> None:
+    def __init__(self, f, free: deque) -> None:
         self.f, self.free = f, free
         self.error: BaseException | None = None
         self._q = None
