@@ -21,7 +21,10 @@ ordering.
 from __future__ import annotations
 
 import sys
-from operator import attrgetter
+# operator.attrgetter is this C type: the operator module (Python twins of every
+# function, replaced by the C ones at its end) is half a millisecond of a
+# client's start-up for this one name.
+from _operator import attrgetter
 
 __all__ = ["FrozenInstanceError", "field", "field_names", "is_record", "record", "replace"]
 
@@ -48,7 +51,7 @@ def field(*, default_factory):
 class _Spec:
     """A record class's field table: names in order, defaults, factories, and how
     ``__init__`` stores values (``assign``) and ``==`` reads them (``values``)."""
-    __slots__ = ("names", "defaults", "factories", "frozen", "assign", "values")
+    __slots__ = ("names", "defaults", "factories", "frozen", "assign", "values", "tails")
 
     def __init__(self, names: tuple, defaults: dict, factories: dict, frozen: bool,
                  assign) -> None:
@@ -57,6 +60,20 @@ class _Spec:
         self.factories = factories
         self.frozen = frozen
         self.assign = assign
+        # tails[i]: the defaults of names[i:] when every one of them is a plain
+        # default (no factory), else None -- what a positional call with i
+        # arguments fills in without binding (most calls of a layout's fields
+        # and records are positional: F("lba", 2, 8)).
+        tails: list = [()]
+        tail: tuple | None = ()
+        for name in reversed(names):
+            if tail is not None and name in defaults:
+                tail = (defaults[name],) + tail
+            else:
+                tail = None
+            tails.append(tail)
+        tails.reverse()
+        self.tails = tails
         # The field values as a tuple (what == compares and hash hashes).
         if len(names) > 1:
             self.values = attrgetter(*names)
@@ -84,9 +101,9 @@ def _assign_setattr(self, names, values) -> None:
 
 
 def _is_classvar(annotation) -> bool:
-    if isinstance(annotation, str):
-        name = annotation.partition("[")[0].strip()
-        return name in ("ClassVar", "typing.ClassVar")
+    if type(annotation) is str:
+        return annotation.startswith(("ClassVar", "typing.ClassVar")) and \
+            annotation.partition("[")[0].strip() in ("ClassVar", "typing.ClassVar")
     typing = sys.modules.get("typing")       # an object annotation: typing is loaded
     return typing is not None and (annotation is typing.ClassVar or
                                    getattr(annotation, "__origin__", None) is typing.ClassVar)
@@ -129,7 +146,8 @@ def _bind(cls, spec: _Spec, args: tuple, kw: dict) -> list:
 def _init(self, *args, **kw) -> None:
     spec = type(self).__record__
     if kw or len(args) != len(spec.names):
-        args = _bind(type(self), spec, args, kw)
+        tail = None if kw or len(args) > len(spec.names) else spec.tails[len(args)]
+        args = args + tail if tail is not None else _bind(type(self), spec, args, kw)
     spec.assign(self, spec.names, args)
 
 

@@ -51,6 +51,7 @@ PIPELINE = 8
 # to map, ~0.3 ms to unmap): with the reads waiting for a status and the
 # writer's queue, a 512 MiB full maps 13 of them, 14 with eight reads.
 READ_PIPELINE, READ_CHUNK_BLOCKS = 4, 8192
+SMALL_READ = 256 * 1024      # a read buffer this small is a bytearray, not a map
 STATUS_EVERY = 4             # reads per REPORT BACKUP STATUS riding in the read pipeline
 
 
@@ -446,7 +447,11 @@ class RemoteVolume:
                 # Only the stream's last read is shorter than a chunk: its buffer (the
                 # whole one of a small stream) is made as long as the read.
                 size = nblocks * DEV_BLOCK
-                buf = free.pop() if free and len(free[-1]) >= size else _buffer(size)
+                # A small stream's one read (a differential with little changed)
+                # goes into a bytearray: no mmap module (a shared library) to
+                # load for a few pages.
+                buf = free.pop() if free and len(free[-1]) >= size else \
+                    bytearray(size) if size <= SMALL_READ else _buffer(size)
                 cmd = {"cdb": _rw16(0x88, at // DEV_BLOCK, nblocks),
                        "read_length": nblocks * DEV_BLOCK, "lun": self.dev, "read_into": buf}
                 sent.append((cmd, "READ of the backup stream", buf))
@@ -713,8 +718,8 @@ def _unmap(buf) -> None:
     """Release a window buffer (a :func:`_buffer` map) now rather than when its
     last reference goes; one a view is still alive of (the last result's) goes
     then, as do buffers of other kinds."""
-    import mmap
-    if isinstance(buf, mmap.mmap):
+    mmap = sys.modules.get("mmap")      # not loaded: no buffer of this run is a map
+    if mmap is not None and isinstance(buf, mmap.mmap):
         try:
             buf.close()
         except BufferError:
