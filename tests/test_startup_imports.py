@@ -200,7 +200,7 @@ def test_a_real_full_and_diff_run_imports_none_of_them(tmp_path):
 _NOT_ON_A_RUN = ("argparse", "gettext", "locale", "socket", "selectors", "re")
 _NOT_ON_A_SMALL_RUN = ("enum", "functools", "collections", "types", "weakref", "operator",
                        "scsi_target.scsi.sense", "scsi_target.initiator.cdb",
-                       "scsi_target.initiator.discovery")
+                       "scsi_target.initiator.discovery", "tools.diffbackup_commands")
 
 
 def test_the_installed_script_s_full_and_diff_import_no_enum_or_collections(tmp_path):
@@ -209,7 +209,8 @@ def test_the_installed_script_s_full_and_diff_import_no_enum_or_collections(tmp_
     # functools and collections); deques are the C type; only a store registers
     # loans (weakly); records take attrgetter from _operator; the ASC table is
     # parsed when a name is asked for; the backup reads READ CAPACITY and REPORT
-    # LUNS with the layouts, not the namedtuples of initiator.cdb.
+    # LUNS with the layouts, not the namedtuples of initiator.cdb; the commands
+    # of tools.diffbackup_commands (and the local volume) stay unread.
     from scsi_target.testing.process import ServerProcess
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
