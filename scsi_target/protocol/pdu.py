@@ -283,7 +283,7 @@ def _codec(cls) -> None:
     cls._source = source
 
 
-@record(slots=True, init=False)
+@record(init=False)
 class Pdu:
     """A PDU: its header fields, data segment and AHS.
 
@@ -316,9 +316,13 @@ class Pdu:
 
 _REGISTRY: dict[int, type[Pdu]] = {}
 
-# The PDU types' records: slots of their own, repr and == from the field table,
-# and until a type's code is compiled (_register) the record's generic __init__.
-_record = record(slots=True)
+# The PDU types' records: repr and == from the field table, and until a type's
+# code is compiled (_register) the record's generic __init__.  No slots: a
+# slotted record is its class made twice (slots cannot be added to a class once
+# made), a third of this module's import, and on 3.11 a PDU with an instance
+# dict is made, decoded and read about as fast (alternating runs: within 10%,
+# tens of nanoseconds per PDU).
+_record = record()
 
 
 def _register(cls):
