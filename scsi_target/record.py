@@ -60,20 +60,7 @@ class _Spec:
         self.factories = factories
         self.frozen = frozen
         self.assign = assign
-        # tails[i]: the defaults of names[i:] when every one of them is a plain
-        # default (no factory), else None -- what a positional call with i
-        # arguments fills in without binding (most calls of a layout's fields
-        # and records are positional: F("lba", 2, 8)).
-        tails: list = [()]
-        tail: tuple | None = ()
-        for name in reversed(names):
-            if tail is not None and name in defaults:
-                tail = (defaults[name],) + tail
-            else:
-                tail = None
-            tails.append(tail)
-        tails.reverse()
-        self.tails = tails
+        self.tails = None           # made by the first call that can use them (_tails)
         # The field values as a tuple (what == compares and hash hashes).
         if len(names) > 1:
             self.values = attrgetter(*names)
@@ -98,6 +85,9 @@ def _assign_frozen(self, names, values) -> None:
 def _assign_setattr(self, names, values) -> None:
     for name, value in zip(names, values):
         setattr(self, name, value)
+
+
+_CLASSVAR = ("ClassVar", "typing.ClassVar")
 
 
 def _is_classvar(annotation) -> bool:
@@ -143,10 +133,28 @@ def _bind(cls, spec: _Spec, args: tuple, kw: dict) -> list:
     return values
 
 
+def _tails(spec: _Spec) -> list:
+    """tails[i]: the defaults of names[i:] when every one of them is a plain default
+    (no factory), else None -- what a positional call with i arguments fills in
+    without binding (most calls of a record made by code are positional)."""
+    tails: list = [()]
+    tail: tuple | None = ()
+    for name in reversed(spec.names):
+        if tail is not None and name in spec.defaults:
+            tail = (spec.defaults[name],) + tail
+        else:
+            tail = None
+        tails.append(tail)
+    tails.reverse()
+    spec.tails = tails
+    return tails
+
+
 def _init(self, *args, **kw) -> None:
     spec = type(self).__record__
     if kw or len(args) != len(spec.names):
-        tail = None if kw or len(args) > len(spec.names) else spec.tails[len(args)]
+        tail = None if kw or len(args) > len(spec.names) else \
+            (spec.tails or _tails(spec))[len(args)]
         args = args + tail if tail is not None else _bind(type(self), spec, args, kw)
     spec.assign(self, spec.names, args)
 
@@ -208,8 +216,11 @@ def _process(cls, *, frozen: bool, eq: bool, want_repr: bool, init: bool, slots:
     names: dict[str, None] = {}
     defaults: dict = {}
     factories: dict = {}
+    # (A class's __dict__ is a mappingproxy: `in` and [] are direct, its .get()
+    # is a method call on the dict behind it, a microsecond a field.)
     for base in reversed(cls.__mro__[1:]):
-        spec = base.__dict__.get("__record__")
+        d = base.__dict__
+        spec = d["__record__"] if "__record__" in d else None
         if spec is not None:
             names.update(dict.fromkeys(spec.names))
             defaults.update(spec.defaults)
@@ -218,10 +229,12 @@ def _process(cls, *, frozen: bool, eq: bool, want_repr: bool, init: bool, slots:
                 raise TypeError(f"{cls.__qualname__}: a frozen record cannot inherit from a "
                                 f"non-frozen one, nor the other way round")
     body = cls.__dict__
-    own = [n for n, a in body.get("__annotations__", {}).items() if not _is_classvar(a)]
+    annotations = body["__annotations__"] if "__annotations__" in body else {}
+    own = [n for n, a in annotations.items()
+           if (type(a) is str and not a.startswith(_CLASSVAR)) or not _is_classvar(a)]
     for name in own:
         names[name] = None
-        value = body.get(name, _MISSING)
+        value = body[name] if name in body else _MISSING
         defaults.pop(name, None)
         factories.pop(name, None)
         if isinstance(value, _Factory):
@@ -244,7 +257,7 @@ def _process(cls, *, frozen: bool, eq: bool, want_repr: bool, init: bool, slots:
     if slots:
         cls = _with_slots(cls, own)
         body = cls.__dict__
-    in_slots = {s for b in cls.__mro__ for s in b.__dict__.get("__slots__", ())}
+    in_slots = {s for b in cls.__mro__ if "__slots__" in b.__dict__ for s in b.__slots__}
     if in_slots.intersection(order):
         assign = _assign_frozen if frozen else _assign_setattr
     elif frozen or cls.__setattr__ is object.__setattr__:
@@ -265,7 +278,7 @@ def _process(cls, *, frozen: bool, eq: bool, want_repr: bool, init: bool, slots:
         put("__eq__", _eq)
     # __hash__ as dataclasses decide it: a class body's own stays; eq without
     # frozen makes instances unhashable (mutable values must not be dict keys).
-    own_hash = body.get("__hash__", _MISSING)
+    own_hash = body["__hash__"] if "__hash__" in body else _MISSING
     explicit_hash = not (own_hash is _MISSING or (own_hash is None and "__eq__" in body))
     if eq and not explicit_hash:
         cls.__hash__ = _hash if frozen else None
