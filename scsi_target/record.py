@@ -103,6 +103,11 @@ def _bind(cls, spec: _Spec, args: tuple, kw: dict) -> list:
     """The field values of ``cls(*args, **kw)`` in field order, or the TypeError
     a function with that signature would raise."""
     names = spec.names
+    defaults = spec.defaults
+    # Keywords only, every one a field, every field with a plain default (a PDU
+    # or a layout made by name): the values without a loop in Python.
+    if not args and len(defaults) == len(names) and kw.keys() <= defaults.keys():
+        return [kw[n] if n in kw else defaults[n] for n in names]
     what = f"{cls.__qualname__}()"
     if len(args) > len(names):
         raise TypeError(f"{what} takes {len(names)} positional arguments but {len(args)} "
