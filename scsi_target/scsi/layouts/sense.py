@@ -10,7 +10,6 @@ import struct
 
 from ...codes import Code
 from ...record import field, record
-from ..asc_table import asc_name
 from .fields import Struct, bit, bits, u8, u32
 
 
@@ -164,6 +163,7 @@ class SenseData:
 
     @property
     def asc_name(self) -> str:
+        from ..asc_table import asc_name        # the names when one is asked for
         return asc_name(self.asc, self.ascq)
 
     @property
