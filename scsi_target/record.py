@@ -92,8 +92,8 @@ _CLASSVAR = ("ClassVar", "typing.ClassVar")
 
 def _is_classvar(annotation) -> bool:
     if type(annotation) is str:
-        return annotation.startswith(("ClassVar", "typing.ClassVar")) and \
-            annotation.partition("[")[0].strip() in ("ClassVar", "typing.ClassVar")
+        return annotation.startswith(_CLASSVAR) and \
+            annotation.partition("[")[0].strip() in _CLASSVAR
     typing = sys.modules.get("typing")       # an object annotation: typing is loaded
     return typing is not None and (annotation is typing.ClassVar or
                                    getattr(annotation, "__origin__", None) is typing.ClassVar)
