@@ -201,8 +201,7 @@ _NOT_ON_A_RUN = ("argparse", "gettext", "locale", "socket", "selectors", "re")
 _NOT_ON_A_SMALL_RUN = ("enum", "functools", "collections", "types", "weakref", "operator",
                        "scsi_target.scsi.sense", "scsi_target.initiator.cdb",
                        "scsi_target.initiator.discovery", "tools.diffbackup_commands",
-                       "scsi_target.scsi.asc_table", "scsi_target.scsi.asc_text",
-                       "volume.lending")
+                       "scsi_target.scsi.asc_text", "volume.lending")
 
 
 def test_the_installed_script_s_full_and_diff_import_no_enum_or_collections(tmp_path):
@@ -240,10 +239,10 @@ def test_the_client_path_names_codes_without_enum_or_the_asc_table():
         "from scsi_target.initiator.results import response_result\n"
         "from scsi_target.scsi.layouts import backup, capacity, cdbs, luns\n"
         "from scsi_target.scsi.layouts.sense import SenseKey, parse_sense\n"
+        "from scsi_target.scsi import asc_table\n"
         "from scsi_target.protocol import pdu as P\n"
         "mods = sorted(sys.modules)\n"
         "import json\n"              # json imports re, and re enum: the list is taken before
-        "from scsi_target.scsi import asc_table\n"
         "parsed = asc_table._names is not None\n"
         "key = parse_sense(bytes([0x70, 0, 6, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x29, 0]))\n"
         "print(json.dumps([mods, parsed, asc_table._names is not None, repr(key[0]),\n"

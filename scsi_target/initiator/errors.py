@@ -1,6 +1,8 @@
 """Typed errors of the iSCSI initiator."""
 from __future__ import annotations
 
+from ..scsi.asc_table import asc_name
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from ..scsi.layouts.sense import SenseKey
@@ -115,9 +117,6 @@ class ScsiCheckCondition(ScsiCommandError):
         self.ascq: int | None = result.ascq
         name = self.key.name if self.key is not None else "?"
         if self.asc is not None:
-            # Imported here: a session that is never refused a command (or only
-            # retries a UNIT ATTENTION) loads no ASC names.
-            from ..scsi.asc_table import asc_name
             asc = f"{self.asc:02x}/{self.ascq:02x} ({asc_name(self.asc, self.ascq or 0)})"
         else:
             asc = "??/??"

@@ -10,6 +10,7 @@ import struct
 
 from ...codes import Code
 from ...record import field, record
+from ..asc_table import asc_name
 from .fields import Struct, bit, bits, u8, u32
 
 
@@ -163,7 +164,6 @@ class SenseData:
 
     @property
     def asc_name(self) -> str:
-        from ..asc_table import asc_name        # the names when one is asked for
         return asc_name(self.asc, self.ascq)
 
     @property
