@@ -201,7 +201,7 @@ _NOT_ON_A_RUN = ("argparse", "gettext", "locale", "socket", "selectors", "re")
 _NOT_ON_A_SMALL_RUN = ("enum", "functools", "collections", "types", "weakref", "operator",
                        "scsi_target.scsi.sense", "scsi_target.initiator.cdb",
                        "scsi_target.initiator.discovery", "tools.diffbackup_commands",
-                       "scsi_target.scsi.asc_text", "volume.lending")
+                       "volume.lending")
 
 
 def test_the_installed_script_s_full_and_diff_import_no_enum_or_collections(tmp_path):
