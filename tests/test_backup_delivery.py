@@ -329,17 +329,14 @@ def test_a_differential_reads_no_further_than_the_streams_size_bound(shm, diffba
                         c.write(b * 8, os.urandom(4096))
             v = RemoteVolume(srv.url(0))
             reads = []
-            real = v.c.pipeline
+            real = v.c.submit
 
-            def spy(cmds, depth, **kw):
-                def seen():
-                    for cmd in cmds:
-                        if "read_into" in cmd:
-                            reads.append(cmd["read_length"])
-                        yield cmd
-                return real(seen(), depth, **kw)
+            def spy(cdb, **kw):             # every READ sent, in or out of the pipeline
+                if cdb[0] == 0x88:
+                    reads.append(kw["read_length"])
+                return real(cdb, **kw)
 
-            v.c.pipeline = spy
+            v.c.submit = spy
             try:
                 out = shm / f"d{nblocks}.bin"
                 res = v.backup(False, 1, str(out), False)
@@ -350,3 +347,85 @@ def test_a_differential_reads_no_further_than_the_streams_size_bound(shm, diffba
             assert reads == [-(-size // BS) * BS]
             items, _ = _decode(out.read_bytes())
             assert sum(getattr(it, "nblocks", 0) for it in items) == nblocks
+
+
+def _sent(monkeypatch) -> list:
+    """Spy on the blocking client diffbackup uses: [opcode, SCSI status, task] of
+    every command from now on, in the order sent (statuses as they are waited for)."""
+    from scsi_target.initiator.blocking import BlockingIscsiClient as B
+    log: list = []
+    submit, wait = B.submit, B.wait
+
+    def sub(self, cdb, **kw):
+        task = submit(self, cdb, **kw)
+        log.append([cdb[0], None, task])
+        return task
+
+    def wt(self, task):
+        r = wait(self, task)
+        for e in log:
+            if e[2] is task:
+                e[1] = r.status
+        return r
+
+    monkeypatch.setattr(B, "submit", sub)
+    monkeypatch.setattr(B, "wait", wt)
+    return log
+
+
+@pytest.mark.parametrize("nblocks", [0, 3])
+def test_a_differential_costs_few_round_trips(shm, diffbackup, nblocks, monkeypatch):
+    """The fixed cost of `diffbackup diff` on the wire: a login of one exchange (no
+    security stage without CHAP), the device found in three round trips with no
+    command answered UNIT ATTENTION (TEST UNIT READY takes it along), START BACKUP
+    selecting its stream itself with READ CAPACITY, a differential the counts say
+    is empty read along with it, the reads' last status riding with the last
+    read (no REPORT BACKUP STATUS of its own), then COMMIT BACKUP."""
+    from scsi_target.initiator import login as LG
+    from tools.diffbackup import RemoteVolume
+    vol = shm / "v.img"
+    fill_random(vol, 8 * MiB, seed=19)
+    logins = []
+    real_receive = LG.InitiatorLogin.receive
+    monkeypatch.setattr(LG.InitiatorLogin, "receive",
+                        lambda self, resp: logins.append(resp) or real_receive(self, resp))
+    INQ, RL, TUR, GENS, START, RC, READ, STATUS, COMMIT = \
+        0x12, 0xA0, 0x00, 0xC2, 0xC1, 0x9E, 0x88, 0xC6, 0xC9
+    found = [INQ, RL, TUR, INQ, TUR, GENS]
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
+        assert diffbackup("full", srv.url(0), "-o", str(shm / "f.bin")).returncode == 0
+        if nblocks:
+            with SyncIscsiClient(srv.url(0)) as c:
+                c.test_unit_ready()
+                for b in (5, 700, 1500)[:nblocks]:
+                    c.write(b * 8, os.urandom(4096))
+        logins.clear()
+        log = _sent(monkeypatch)
+        v = RemoteVolume(srv.url(0))
+        try:
+            res = v.backup(False, 1, str(shm / "d.bin"), False)
+        finally:
+            v.close()
+        assert len(logins) == 1 and res.blocks == nblocks
+        assert [e[0] for e in log] == found + [START, RC, READ, STATUS, COMMIT]
+        # The new session's UNIT ATTENTIONs went to the TEST UNIT READYs, no command
+        # had to be sent again.
+        assert [e[0] for e in log if e[1] != 0] == [TUR, TUR]
+        items, _ = _decode((shm / "d.bin").read_bytes())
+        assert sum(getattr(it, "nblocks", 0) for it in items) == nblocks
+        # A stream longer than the counts said (written in between): the read along
+        # with START is set aside and the stream read from its start, exactly.
+        monkeypatch.setattr("tools.diffbackup._empty_differential", lambda g, scope: True)
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.test_unit_ready()
+            c.write(9 * 8, os.urandom(4096))
+        log.clear()
+        v = RemoteVolume(srv.url(0))
+        try:
+            res = v.backup(False, 1, str(shm / "d2.bin"), False)
+        finally:
+            v.close()
+        assert res.blocks == 1
+        assert [e[0] for e in log][len(found):] == [START, RC, READ, STATUS, READ, STATUS, COMMIT]
+        items, _ = _decode((shm / "d2.bin").read_bytes())
+        assert [it.first_block for it in items if getattr(it, "nblocks", 0)] == [9]
