@@ -376,8 +376,9 @@ def _sent(monkeypatch) -> list:
 @pytest.mark.parametrize("nblocks", [0, 3])
 def test_a_differential_costs_few_round_trips(shm, diffbackup, nblocks, monkeypatch):
     """The fixed cost of `diffbackup diff` on the wire: a login of one exchange (no
-    security stage without CHAP), the device found in three round trips with no
-    command answered UNIT ATTENTION (TEST UNIT READY takes it along), START BACKUP
+    security stage without CHAP), the device (the next LUN) found in two round
+    trips with no command answered UNIT ATTENTION (TEST UNIT READY takes it along,
+    with the INQUIRYs), START BACKUP
     selecting its stream itself with READ CAPACITY, a differential the counts say
     is empty read along with it, the reads' last status riding with the last
     read (no REPORT BACKUP STATUS of its own), then COMMIT BACKUP."""
@@ -429,3 +430,22 @@ def test_a_differential_costs_few_round_trips(shm, diffbackup, nblocks, monkeypa
         assert [e[0] for e in log][len(found):] == [START, RC, READ, STATUS, READ, STATUS, COMMIT]
         items, _ = _decode((shm / "d2.bin").read_bytes())
         assert [it.first_block for it in items if getattr(it, "nblocks", 0)] == [9]
+
+
+def test_the_backup_device_is_found_whatever_the_layout(shm):
+    """Finding a disk's backup device tries the next LUN first (one disk served with
+    --backup-device: two round trips); where that is another disk, or the device
+    of another disk, every LUN is asked; a device's own URL is itself."""
+    from tools.diffbackup import RemoteVolume
+    for name in ("a.img", "b.img"):
+        fill_random(shm / name, 2 * MiB, seed=len(name))
+    with ServerProcess.from_flags(shm, "--disk", str(shm / "a.img"), "--disk",
+                                  str(shm / "b.img"), "--backup-device") as srv:
+        # LUN 0 a, 1 b, 2 the backup device of a, 3 that of b
+        for lun, dev in ((0, 2), (1, 3), (2, 2), (3, 3)):
+            v = RemoteVolume(srv.url(lun))
+            try:
+                assert v.dev == dev
+                assert v.generations().header.source_lun == dev - 2
+            finally:
+                v.close()
