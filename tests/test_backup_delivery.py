@@ -193,6 +193,37 @@ def test_crc_recorder_checksums_a_mixed_batch_once_like_block_by_block_reads():
     assert a.sent[21] and a.sent[last]
 
 
+@pytest.mark.parametrize("shape", ["few", "scattered", "runs", "dense"])
+def test_a_differentials_crcs_merge_into_the_table_exactly(shape):
+    """CrcRecorder.merged takes exactly the sent blocks' entries into the stored
+    table, whichever way it does so (extent by extent, entry by entry, whole
+    arrays): a few blocks, thousands scattered, long runs, most of the volume."""
+    from array import array
+    from volume.memstore import MemoryStore
+    rnd = random.Random(len(shape))
+    entries = 131072
+    store = MemoryStore(entries * 512)
+    store.write(0, rnd.randbytes(entries * 512))
+    rec = blockcrc.CrcRecorder(store, 512, entries)
+    if shape == "runs":
+        blocks = [b for a in rnd.sample(range(0, entries - 600, 600), 40)
+                  for b in range(a, a + 500)]
+    else:
+        k = {"few": 7, "scattered": 4096, "dense": 100000}[shape]
+        blocks = rnd.sample(range(entries), k)
+    rec.readinto_many(sorted(b * 512 for b in blocks),
+                      [memoryview(bytearray(512)) for _ in blocks])
+    assert rec.sent.count() == len(blocks) and len(set(rec.table[b] for b in blocks)) > 1
+    old = array("I", (rnd.getrandbits(32) for _ in range(entries)))
+    prev = blockcrc.BlockCrcs(512, entries * 512, entries, bytes(16), 1, True, array("I", old))
+    got = rec.merged(prev, full=False, base_id=bytes(16), generation=2,
+                     volume_size=entries * 512)
+    want = array("I", old)
+    for b in blocks:
+        want[b] = rec.table[b]
+    assert got.table == want and got.generation == 2
+
+
 def test_write_buffers_come_back_only_when_nobody_holds_them():
     pool = WriteBuffers(max_cached=4 * MiB)
 

@@ -440,9 +440,19 @@ class CrcRecorder(BlockStore):
             crcs.table.extend(self.table[crcs.entries:])
             crcs.entries, crcs.volume_size = entries, volume_size
         sent, table = self.sent, self.table
-        if sent.count() * 32 < entries:          # few: extent by extent is cheaper
+        # The cheapest of three ways (measured per unit here: ~0.8 us an extent,
+        # ~0.15 us an entry, ~10 ns an entry of the whole table): extent by
+        # extent where the runs are long, entry by entry where the blocks sent are
+        # few and scattered (a differential of 4096 of 131072: ~0.4 ms instead of
+        # ~1 ms), else whole-array operations.
+        count = sent.count()
+        runs = (sent & ~(sent >> 1)).count()       # first blocks of runs
+        if runs * 6 < count:
             for a, k in extents(sent):
                 crcs.table[a:a + k] = table[a:a + k]
+        elif count * 16 < entries:
+            idx = list(sent.search(1))
+            list(map(crcs.table.__setitem__, idx, map(table.__getitem__, idx)))
         else:
             _take(crcs.table, table, sent)
         crcs.generation = generation
