@@ -480,3 +480,28 @@ def test_the_backup_device_is_found_whatever_the_layout(shm):
                 assert v.generations().header.source_lun == dev - 2
             finally:
                 v.close()
+
+
+def test_every_read_of_a_backup_has_its_status_behind_it(shm, diffbackup, monkeypatch):
+    """A status rides behind every READ of the stream (no round trip of its own),
+    so each chunk goes to the output as soon as it arrives instead of four at a
+    time: the writer is about one chunk behind when the last one comes."""
+    from tools.diffbackup import RemoteVolume
+    vol = shm / "v.img"
+    fill_random(vol, 8 * MiB, seed=23)
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
+        assert diffbackup("full", srv.url(0), "-o", str(shm / "f.bin")).returncode == 0
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.test_unit_ready()
+            c.write(0, os.urandom(8 * MiB))                   # every block: ~8.4 MB stream
+        log = _sent(monkeypatch)
+        v = RemoteVolume(srv.url(0))
+        try:
+            res = v.backup(False, 1, str(shm / "d.bin"), False)
+        finally:
+            v.close()
+        ops = [e[0] for e in log]
+        reads = ops[ops.index(0xC1) + 2:-1]                    # after START and READ CAPACITY
+        assert reads == [0x88, 0xC6] * 3 and ops[-1] == 0xC9
+        items, _ = _decode((shm / "d.bin").read_bytes())
+        assert res.blocks == 2048 and _image_of(items, 8 * MiB) == vol.read_bytes()

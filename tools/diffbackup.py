@@ -46,10 +46,17 @@ PIPELINE = 8
 # A backup's reads: four outstanding (16 MiB) keep the target's 8 MiB send
 # queue fed (eight gave no better wall time in alternating runs), and every
 # read in flight holds a populated 4 MiB buffer (~1.5 ms of zero-filled pages
-# to map, ~0.3 ms to unmap): with the reads waiting for a status and the
-# writer's queue, a 512 MiB full maps 13 of them, 14 with eight reads.
+# to map in 4 KiB pages, ~0.3 ms in huge ones; ~0.3 ms to unmap): with the
+# reads and the writer's queue, a 512 MiB full maps 10 of them (13 while
+# statuses rode along every fourth read only).
 READ_PIPELINE, READ_CHUNK_BLOCKS = 4, 8192
-STATUS_EVERY = 4             # reads per REPORT BACKUP STATUS riding in the read pipeline
+# Reads per REPORT BACKUP STATUS riding in the read pipeline.  A read's data goes
+# to the output once a status after it says it is stream: with a status after
+# every read each chunk is handed to the writer as it arrives, so the writer is
+# at most about one chunk behind when the last one comes (with one in four it
+# got four at a time, and a 512 MiB full waited 5-10 ms for the last of them
+# to be written instead of 2-3 ms).  A status costs no round trip of its own.
+STATUS_EVERY = 1
 SPARSE_FROM = 64 * 1024      # allocation lengths received into a _sparse buffer
 # REPORT GENERATIONS asks for this much first: room for 1018 generations' counts,
 # received into a buffer that costs nothing to make (the whole report is asked
@@ -572,7 +579,8 @@ class RemoteVolume:
         with sink as f, _progress(show) as prog, _Writer(f, free) as out:
             task = prog.add_task("backup", total=st.size_bound)
             pending: collections.deque = collections.deque()   # (data, buffer) read, not yet stored
-            for r in self.c.pipeline(commands(), READ_PIPELINE + 1):
+            # READ_PIPELINE reads in flight, and the statuses among them
+            for r in self.c.pipeline(commands(), READ_PIPELINE + -(-READ_PIPELINE // STATUS_EVERY)):
                 cmd, what, buf, asked = sent.popleft()
                 if buf is not None and total is not None and pos >= total:
                     free.append(buf)          # a read past the end, sent before it was known
