@@ -457,7 +457,6 @@ class RemoteVolume:
         capacity = min(blocks * DEV_BLOCK, -(-st.size_bound // DEV_BLOCK) * DEV_BLOCK) \
             if st.size_bound else blocks * DEV_BLOCK
         head = self._whole_stream(st, *head) if head else None
-        status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
         from volume.streamstore import StreamStoreError
         try:
             res = self._read_stream(st, capacity, status_cdb, _output(out), show, head)
@@ -530,7 +529,7 @@ class RemoteVolume:
         # Buffers are made as the window first needs them (a stream of a few
         # kilobytes never zero-fills 32 MiB), then recycled, the one handed back
         # last first: the writer has just read it, so it is still in the CPU's
-        # cache when the next read lands in it (oldest first cycles all 13
+        # cache when the next read lands in it (oldest first cycles all of them
         # through memory).
         # The reads' last status is sent after the read that reaches the end
         # (asked as soon as that read is, not once its data is stored): in CmdSN
@@ -580,7 +579,8 @@ class RemoteVolume:
             task = prog.add_task("backup", total=st.size_bound)
             pending: collections.deque = collections.deque()   # (data, buffer) read, not yet stored
             # READ_PIPELINE reads in flight, and the statuses among them
-            for r in self.c.pipeline(commands(), READ_PIPELINE + -(-READ_PIPELINE // STATUS_EVERY)):
+            depth = READ_PIPELINE + -(-READ_PIPELINE // STATUS_EVERY)
+            for r in self.c.pipeline(commands(), depth):
                 cmd, what, buf, asked = sent.popleft()
                 if buf is not None and total is not None and pos >= total:
                     free.append(buf)          # a read past the end, sent before it was known
