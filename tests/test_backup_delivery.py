@@ -505,3 +505,39 @@ def test_every_read_of_a_backup_has_its_status_behind_it(shm, diffbackup, monkey
         assert reads == [0x88, 0xC6] * 3 and ops[-1] == 0xC9
         items, _ = _decode((shm / "d.bin").read_bytes())
         assert res.blocks == 2048 and _image_of(items, 8 * MiB) == vol.read_bytes()
+
+
+def test_a_target_without_start_selects_gets_select_then_start(shm, diffbackup, tmp_path,
+                                                                monkeypatch):
+    """Against a target of the release before START_SELECTS (SELECT BACKUP's HOLD, no
+    selection in START BACKUP): SELECT BACKUP with HOLD, then START BACKUP with READ
+    CAPACITY, then the reads; the stream and the commit are as with a newer one."""
+    from pathlib import Path
+    from tools.diffbackup import RemoteVolume
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "from scsi_target.scsi.layouts import backup as L\n"
+        "L.CDB_FLAGS_ALLOWED[L.OP_START_BACKUP] = 0\n")
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{repo}")
+    vol = shm / "v.img"
+    fill_random(vol, 8 * MiB, seed=29)
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
+        assert diffbackup("full", srv.url(0), "-o", str(shm / "f.bin")).returncode == 0
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.test_unit_ready()
+            c.write(3 * 8, os.urandom(4096))
+        log = _sent(monkeypatch)
+        v = RemoteVolume(srv.url(0))
+        try:
+            assert not v.generations(v.dev).header.start_selects
+            res = v.backup(False, 1, str(shm / "d.bin"), False)
+            g = v.generations(v.dev)
+        finally:
+            v.close()
+        ops = [e[0] for e in log]
+        assert ops[ops.index(0xC0):] == [0xC0, 0xC1, 0x9E, 0x88, 0xC6, 0xC9, 0xC2]
+        assert res.blocks == 1 and g.header.current_generation == 2     # held, then committed
+        items, _ = _decode((shm / "d.bin").read_bytes())
+        assert [it.first_block for it in items if getattr(it, "nblocks", 0)] == [3]
