@@ -93,9 +93,9 @@ def start_backup(lu: "BackupLU", cmd: Command) -> bytes:
             full = bool(c.flags & L.FLAG_FULL)
             if full:
                 _check_scope(lu, c, True)
-            # A differential's scope is checked by the start itself, after any
-            # open stream was abandoned, as a start refused for any other
-            # reason leaves it (REPORT GENERATIONS' START SELECTS).
+            # A full one's scope is checked first (as SELECT BACKUP's); a
+            # differential's by the start itself, after any open stream was
+            # abandoned, as every other refused start leaves it.
             lu.medium.start_selected(full, c.scope, bool(c.flags & L.FLAG_COMPRESS),
                                      bool(c.flags & L.FLAG_HOLD))
         else:
