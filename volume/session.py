@@ -780,11 +780,15 @@ class VolumeSessions:
         with vol.lock:
             st = vol.state
             if reader.header.full:
+                if st.full_done and st.pending_lo is None and st.restore is None:
+                    return                  # the sidecar already says so: nothing to write
                 st.full_done = True
                 st.pending_lo = None
                 st.restore = None           # the current contents are the new baseline
             elif st.pending_lo is not None and reader.header.generation_range[0] <= st.pending_lo:
                 st.pending_lo = None
+            else:
+                return   # a differential changes nothing the sidecar holds (the map has it)
             vol.save_state()
 
     def abandon_backup(self) -> None:
@@ -920,6 +924,11 @@ def _save_crcs(reader: BackupReader) -> None:
     if rec is None:
         return
     plan = reader.cut.plan
+    if not plan.full and not rec.sent.any():
+        # A differential that sent no block changes no entry: the table stays
+        # as the backup that last wrote it left it (its GENERATION names that
+        # one), and is neither read nor rewritten (512 KiB of a 512 MiB volume).
+        return
     vol = reader.vol
     try:
         try:
