@@ -46,7 +46,7 @@ PIPELINE = 8
 # A backup's reads: four outstanding (16 MiB) keep the target's 8 MiB send
 # queue fed (eight gave no better wall time in alternating runs), and every
 # read in flight holds a populated 4 MiB buffer (~1.5 ms of zero-filled pages
-# to map in 4 KiB pages, ~0.3 ms in huge ones; ~0.3 ms to unmap): with the
+# to map, ~0.3 ms to unmap): with the
 # reads and the writer's queue, a 512 MiB full maps 10 of them (13 while
 # statuses rode along every fourth read only).
 READ_PIPELINE, READ_CHUNK_BLOCKS = 4, 8192
@@ -876,9 +876,10 @@ def _buffer(size: int, populate: bool = True):
     is made -- the kernel zero-fills all its pages in one pass, where letting
     the first recv or read fault them in one 4 KiB page at a time cost a full
     backup of 512 MiB about 40 ms of CPU for its 13 buffers, and a bytearray
-    would be zero-filled by a pass of Python's own.  Where it can, in
-    transparent huge pages (``MADV_HUGEPAGE``: two faults for 4 MiB instead of
-    1024, ~0.3 ms to populate instead of ~1.3 ms here).
+    would be zero-filled by a pass of Python's own.  Not in transparent huge
+    pages: MADV_HUGEPAGE made populating 4 MiB ~0.3 ms instead of ~1.3 ms, but
+    with the kernel's defrag=madvise the first buffer after memory churn stalled
+    47-100 ms in synchronous compaction.
 
     ``populate=False``: made unpopulated, for :func:`_populate` to map once the
     command it is for was sent (no longer before the command)."""
@@ -887,12 +888,6 @@ def _buffer(size: int, populate: bool = True):
     if not _LATE_POPULATE:
         return mmap.mmap(-1, size, flags=flags | getattr(mmap, "MAP_POPULATE", 0))
     buf = mmap.mmap(-1, size, flags=flags)
-    huge = getattr(mmap, "MADV_HUGEPAGE", None)
-    if huge is not None and size >= 2 << 20:
-        try:
-            buf.madvise(huge)
-        except OSError:         # no transparent huge pages: 4 KiB pages it is
-            pass
     if populate:
         _populate(buf)
     return buf
