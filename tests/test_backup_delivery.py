@@ -126,6 +126,43 @@ def test_a_lent_view_outlives_the_window_and_its_buffer_is_reused_only_after_rel
     assert any(b is buf for b in _CHUNK_BUFFERS._free.get(LEND_MAX, []))
 
 
+def test_a_streams_chunk_buffers_all_serve_the_next_stream(shm, monkeypatch):
+    # The transport sends a lent view after its READ returns: the last few are
+    # still held when the stream is taken.  Every buffer of the stream -- the
+    # window's, those held views', and the shorter last read's -- is kept for the
+    # next stream, which then makes no new one (zero fill and first-touch page
+    # faults of 4 MiB each).
+    from volume import session
+    monkeypatch.setattr(session, "_CHUNK_BUFFERS", session._ChunkBuffers())
+    rig = Rig(shm, WINDOW + 10 * MiB + 3 * MiB)     # ends 3 MiB into a read
+
+    def stream() -> list:
+        r = rig.start_full()
+        total = r.size_bound                        # random data: nothing elided
+        pos, held, bufs = 0, [], []
+        while pos < total:
+            n = -(-min(LEND_MAX, total - pos) // BS) * BS
+            x = rig.read(pos, n)
+            assert x.release is not None and len(x.data_in) == n
+            bufs.append(x.data_in.obj)
+            held.append(x)
+            if len(held) > 3:                       # the send queue: 8 MiB and a READ
+                held.pop(0).release()
+            pos += n
+        assert r.complete and n < LEND_MAX
+        for x in held:
+            x.release()
+        return bufs
+
+    first = stream()
+    made = {id(b): b for b in first}
+    free = session._CHUNK_BUFFERS._free
+    assert {id(b) for v in free.values() for b in v} == set(made)     # all of them kept
+    second = stream()
+    assert all(id(b) in made for b in second)       # ... and reused, the last read's too
+    rig.close()
+
+
 def test_reads_that_are_not_sequential_are_copied_and_stay_correct(shm):
     rig = Rig(shm, 8 * MiB, density=0.8)
     r = rig.start_full()
