@@ -151,6 +151,44 @@ def test_an_abandoned_backup_leaves_the_table(tmp_path):
     assert run("audit", vol, "--full") == 0
 
 
+def _held_differential(v) -> None:
+    r = v.sessions.start_backup(full=False, scope=1, hold=True)
+    buf, pos = memoryview(bytearray(1 << 20)), 0
+    while not r.read_through:
+        r.readinto(pos, buf)
+        pos += len(buf)
+    v.sessions.commit_backup()
+
+
+def test_a_differential_of_nothing_rewrites_neither_table_nor_sidecar(tmp_path):
+    """A differential that sends no block changes no table entry and nothing the
+    sidecar holds: its commit (the map's new generation) rewrites neither file;
+    one that sends blocks replaces the table with their CRCs (and still not the
+    sidecar), and the audit agrees with both."""
+    vol, _files = _chain(tmp_path)
+    table, sidecar = Path(str(vol) + ".blockcrc"), Path(str(vol) + ".volume")
+
+    def files():            # replaced (a new inode) or not, and what they hold
+        return [(p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in (table, sidecar)]
+
+    v = TrackingStore.open(FileStore(str(vol)), str(vol))
+    try:
+        cur = v.map.current_generation
+        before = files()
+        _held_differential(v)
+        assert v.map.current_generation == cur + 1            # committed: a new generation
+        assert files() == before
+        for b in (3, 700, 1536):
+            v.write(b * BS, os.urandom(min(BS, SIZE - b * BS)))
+        _held_differential(v)
+        after = files()
+        assert after[0] != before[0] and after[1] == before[1]
+        assert blockcrc.load(str(table)).generation == cur + 1
+    finally:
+        v.close()
+    assert run("audit", vol, "--full") == 0
+
+
 def _golden_table() -> blockcrc.BlockCrcs:
     data = bytes(range(256)) * 16
     crcs = [crc32c.crc32c(data), crc32c.crc32c(bytes(BS)), crc32c.crc32c(b"\xff" * BS),

@@ -536,3 +536,39 @@ def test_column_encoder_equals_the_record_at_a_time_encoder(runs, tail, chunk, m
     assert dec.finish().complete
     assert sum(r.nblocks for r in items) == sum(1 for g in sel if g)
     assert max((r.nblocks for r in items), default=0) <= maxb
+
+
+def test_encoding_a_scattered_differential_triggers_no_garbage_collection(tmp_path):
+    # Each 4 MiB of one-block records is thousands of views, slices and column
+    # lists alive at once: without a pause of the cyclic collector they trigger
+    # collections (of older generations too) that free nothing.  The collector is
+    # running again afterwards -- and stays off where the caller had turned it off.
+    import gc
+    f, m = scattered_volume(tmp_path, 40000, 3)
+    plan = scattered_plan(40000, 4)
+    seen = []
+
+    def count(phase, info):
+        if phase == "start":
+            seen.append(info["generation"])
+    enc = StreamEncoder(f, plan, stream_id=SID, created_ns=7)
+    buf = bytearray(4 << 20)
+    assert gc.isenabled()
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        k = enc.readinto(buf)
+        assert k > 1 << 20 and enc.records > 1000 and not seen
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            enc.readinto(buf)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        gc.callbacks.remove(count)
+    while enc.readinto(buf):
+        pass
+    assert encode(m, plan, 4 << 20) == encode(f, plan, 1 << 20)
+    f.close()

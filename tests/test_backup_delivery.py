@@ -126,6 +126,43 @@ def test_a_lent_view_outlives_the_window_and_its_buffer_is_reused_only_after_rel
     assert any(b is buf for b in _CHUNK_BUFFERS._free.get(LEND_MAX, []))
 
 
+def test_a_streams_chunk_buffers_all_serve_the_next_stream(shm, monkeypatch):
+    # The transport sends a lent view after its READ returns: the last few are
+    # still held when the stream is taken.  Every buffer of the stream -- the
+    # window's, those held views', and the shorter last read's -- is kept for the
+    # next stream, which then makes no new one (zero fill and first-touch page
+    # faults of 4 MiB each).
+    from volume import session
+    monkeypatch.setattr(session, "_CHUNK_BUFFERS", session._ChunkBuffers())
+    rig = Rig(shm, WINDOW + 10 * MiB + 3 * MiB)     # ends 3 MiB into a read
+
+    def stream() -> list:
+        r = rig.start_full()
+        total = r.size_bound                        # random data: nothing elided
+        pos, held, bufs = 0, [], []
+        while pos < total:
+            n = -(-min(LEND_MAX, total - pos) // BS) * BS
+            x = rig.read(pos, n)
+            assert x.release is not None and len(x.data_in) == n
+            bufs.append(x.data_in.obj)
+            held.append(x)
+            if len(held) > 3:                       # the send queue: 8 MiB and a READ
+                held.pop(0).release()
+            pos += n
+        assert r.complete and n < LEND_MAX
+        for x in held:
+            x.release()
+        return bufs
+
+    first = stream()
+    made = {id(b): b for b in first}
+    free = session._CHUNK_BUFFERS._free
+    assert {id(b) for v in free.values() for b in v} == set(made)     # all of them kept
+    second = stream()
+    assert all(id(b) in made for b in second)       # ... and reused, the last read's too
+    rig.close()
+
+
 def test_reads_that_are_not_sequential_are_copied_and_stay_correct(shm):
     rig = Rig(shm, 8 * MiB, density=0.8)
     r = rig.start_full()
@@ -191,6 +228,37 @@ def test_crc_recorder_checksums_a_mixed_batch_once_like_block_by_block_reads():
     assert crcs == [crc32c.crc32c(store.read(o, n)) for o, n in zip(offsets, lengths)]
     assert not a.sent[22]                       # 6000 bytes at block 21: block 22 in part
     assert a.sent[21] and a.sent[last]
+
+
+@pytest.mark.parametrize("shape", ["few", "scattered", "runs", "dense"])
+def test_a_differentials_crcs_merge_into_the_table_exactly(shape):
+    """CrcRecorder.merged takes exactly the sent blocks' entries into the stored
+    table, whichever way it does so (extent by extent, entry by entry, whole
+    arrays): a few blocks, thousands scattered, long runs, most of the volume."""
+    from array import array
+    from volume.memstore import MemoryStore
+    rnd = random.Random(len(shape))
+    entries = 131072
+    store = MemoryStore(entries * 512)
+    store.write(0, rnd.randbytes(entries * 512))
+    rec = blockcrc.CrcRecorder(store, 512, entries)
+    if shape == "runs":
+        blocks = [b for a in rnd.sample(range(0, entries - 600, 600), 40)
+                  for b in range(a, a + 500)]
+    else:
+        k = {"few": 7, "scattered": 4096, "dense": 100000}[shape]
+        blocks = rnd.sample(range(entries), k)
+    rec.readinto_many(sorted(b * 512 for b in blocks),
+                      [memoryview(bytearray(512)) for _ in blocks])
+    assert rec.sent.count() == len(blocks) and len(set(rec.table[b] for b in blocks)) > 1
+    old = array("I", (rnd.getrandbits(32) for _ in range(entries)))
+    prev = blockcrc.BlockCrcs(512, entries * 512, entries, bytes(16), 1, True, array("I", old))
+    got = rec.merged(prev, full=False, base_id=bytes(16), generation=2,
+                     volume_size=entries * 512)
+    want = array("I", old)
+    for b in blocks:
+        want[b] = rec.table[b]
+    assert got.table == want and got.generation == 2
 
 
 def test_write_buffers_come_back_only_when_nobody_holds_them():
@@ -329,17 +397,14 @@ def test_a_differential_reads_no_further_than_the_streams_size_bound(shm, diffba
                         c.write(b * 8, os.urandom(4096))
             v = RemoteVolume(srv.url(0))
             reads = []
-            real = v.c.pipeline
+            real = v.c.submit
 
-            def spy(cmds, depth, **kw):
-                def seen():
-                    for cmd in cmds:
-                        if "read_into" in cmd:
-                            reads.append(cmd["read_length"])
-                        yield cmd
-                return real(seen(), depth, **kw)
+            def spy(cdb, **kw):             # every READ sent, in or out of the pipeline
+                if cdb[0] == 0x88:
+                    reads.append(kw["read_length"])
+                return real(cdb, **kw)
 
-            v.c.pipeline = spy
+            v.c.submit = spy
             try:
                 out = shm / f"d{nblocks}.bin"
                 res = v.backup(False, 1, str(out), False)
@@ -350,3 +415,166 @@ def test_a_differential_reads_no_further_than_the_streams_size_bound(shm, diffba
             assert reads == [-(-size // BS) * BS]
             items, _ = _decode(out.read_bytes())
             assert sum(getattr(it, "nblocks", 0) for it in items) == nblocks
+
+
+def _sent(monkeypatch) -> list:
+    """Spy on the blocking client diffbackup uses: [opcode, SCSI status, task] of
+    every command from now on, in the order sent (statuses as they are waited for)."""
+    from scsi_target.initiator.blocking import BlockingIscsiClient as B
+    log: list = []
+    submit, wait = B.submit, B.wait
+
+    def sub(self, cdb, **kw):
+        task = submit(self, cdb, **kw)
+        log.append([cdb[0], None, task])
+        return task
+
+    def wt(self, task):
+        r = wait(self, task)
+        for e in log:
+            if e[2] is task:
+                e[1] = r.status
+        return r
+
+    monkeypatch.setattr(B, "submit", sub)
+    monkeypatch.setattr(B, "wait", wt)
+    return log
+
+
+@pytest.mark.parametrize("nblocks", [0, 3])
+def test_a_differential_costs_few_round_trips(shm, diffbackup, nblocks, monkeypatch):
+    """The fixed cost of `diffbackup diff` on the wire: a login of one exchange (no
+    security stage without CHAP), the device (the next LUN) found in two round
+    trips with no command answered UNIT ATTENTION (TEST UNIT READY takes it along,
+    with the INQUIRYs), START BACKUP
+    selecting its stream itself with READ CAPACITY, a differential the counts say
+    is empty read along with it, the reads' last status riding with the last
+    read (no REPORT BACKUP STATUS of its own), then COMMIT BACKUP."""
+    from scsi_target.initiator import login as LG
+    from tools.diffbackup import RemoteVolume
+    vol = shm / "v.img"
+    fill_random(vol, 8 * MiB, seed=19)
+    logins = []
+    real_receive = LG.InitiatorLogin.receive
+    monkeypatch.setattr(LG.InitiatorLogin, "receive",
+                        lambda self, resp: logins.append(resp) or real_receive(self, resp))
+    INQ, RL, TUR, GENS, START, RC, READ, STATUS, COMMIT = \
+        0x12, 0xA0, 0x00, 0xC2, 0xC1, 0x9E, 0x88, 0xC6, 0xC9
+    found = [INQ, RL, TUR, INQ, TUR, GENS]
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
+        assert diffbackup("full", srv.url(0), "-o", str(shm / "f.bin")).returncode == 0
+        if nblocks:
+            with SyncIscsiClient(srv.url(0)) as c:
+                c.test_unit_ready()
+                for b in (5, 700, 1500)[:nblocks]:
+                    c.write(b * 8, os.urandom(4096))
+        logins.clear()
+        log = _sent(monkeypatch)
+        v = RemoteVolume(srv.url(0))
+        try:
+            res = v.backup(False, 1, str(shm / "d.bin"), False)
+        finally:
+            v.close()
+        assert len(logins) == 1 and res.blocks == nblocks
+        assert [e[0] for e in log] == found + [START, RC, READ, STATUS, COMMIT]
+        # The new session's UNIT ATTENTIONs went to the TEST UNIT READYs, no command
+        # had to be sent again.
+        assert [e[0] for e in log if e[1] != 0] == [TUR, TUR]
+        items, _ = _decode((shm / "d.bin").read_bytes())
+        assert sum(getattr(it, "nblocks", 0) for it in items) == nblocks
+        # A stream longer than the counts said (written in between): the read along
+        # with START is set aside and the stream read from its start, exactly.
+        monkeypatch.setattr("tools.diffbackup._empty_differential", lambda g, scope: True)
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.test_unit_ready()
+            c.write(9 * 8, os.urandom(4096))
+        log.clear()
+        v = RemoteVolume(srv.url(0))
+        try:
+            res = v.backup(False, 1, str(shm / "d2.bin"), False)
+        finally:
+            v.close()
+        assert res.blocks == 1
+        assert [e[0] for e in log][len(found):] == [START, RC, READ, STATUS, READ, STATUS, COMMIT]
+        items, _ = _decode((shm / "d2.bin").read_bytes())
+        assert [it.first_block for it in items if getattr(it, "nblocks", 0)] == [9]
+
+
+def test_the_backup_device_is_found_whatever_the_layout(shm):
+    """Finding a disk's backup device tries the next LUN first (one disk served with
+    --backup-device: two round trips); where that is another disk, or the device
+    of another disk, every LUN is asked; a device's own URL is itself."""
+    from tools.diffbackup import RemoteVolume
+    for name in ("a.img", "b.img"):
+        fill_random(shm / name, 2 * MiB, seed=len(name))
+    with ServerProcess.from_flags(shm, "--disk", str(shm / "a.img"), "--disk",
+                                  str(shm / "b.img"), "--backup-device") as srv:
+        # LUN 0 a, 1 b, 2 the backup device of a, 3 that of b
+        for lun, dev in ((0, 2), (1, 3), (2, 2), (3, 3)):
+            v = RemoteVolume(srv.url(lun))
+            try:
+                assert v.dev == dev
+                assert v.generations().header.source_lun == dev - 2
+            finally:
+                v.close()
+
+
+def test_every_read_of_a_backup_has_its_status_behind_it(shm, diffbackup, monkeypatch):
+    """A status rides behind every READ of the stream (no round trip of its own),
+    so each chunk goes to the output as soon as it arrives instead of four at a
+    time: the writer is about one chunk behind when the last one comes."""
+    from tools.diffbackup import RemoteVolume
+    vol = shm / "v.img"
+    fill_random(vol, 8 * MiB, seed=23)
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
+        assert diffbackup("full", srv.url(0), "-o", str(shm / "f.bin")).returncode == 0
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.test_unit_ready()
+            c.write(0, os.urandom(8 * MiB))                   # every block: ~8.4 MB stream
+        log = _sent(monkeypatch)
+        v = RemoteVolume(srv.url(0))
+        try:
+            res = v.backup(False, 1, str(shm / "d.bin"), False)
+        finally:
+            v.close()
+        ops = [e[0] for e in log]
+        reads = ops[ops.index(0xC1) + 2:-1]                    # after START and READ CAPACITY
+        assert reads == [0x88, 0xC6] * 3 and ops[-1] == 0xC9
+        items, _ = _decode((shm / "d.bin").read_bytes())
+        assert res.blocks == 2048 and _image_of(items, 8 * MiB) == vol.read_bytes()
+
+
+def test_a_target_without_start_selects_gets_select_then_start(shm, diffbackup, tmp_path,
+                                                                monkeypatch):
+    """Against a target of the release before START_SELECTS (SELECT BACKUP's HOLD, no
+    selection in START BACKUP): SELECT BACKUP with HOLD, then START BACKUP with READ
+    CAPACITY, then the reads; the stream and the commit are as with a newer one."""
+    from pathlib import Path
+    from tools.diffbackup import RemoteVolume
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "from scsi_target.scsi.layouts import backup as L\n"
+        "L.CDB_FLAGS_ALLOWED[L.OP_START_BACKUP] = 0\n")
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{repo}")
+    vol = shm / "v.img"
+    fill_random(vol, 8 * MiB, seed=29)
+    with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
+        assert diffbackup("full", srv.url(0), "-o", str(shm / "f.bin")).returncode == 0
+        with SyncIscsiClient(srv.url(0)) as c:
+            c.test_unit_ready()
+            c.write(3 * 8, os.urandom(4096))
+        log = _sent(monkeypatch)
+        v = RemoteVolume(srv.url(0))
+        try:
+            assert not v.generations(v.dev).header.start_selects
+            res = v.backup(False, 1, str(shm / "d.bin"), False)
+            g = v.generations(v.dev)
+        finally:
+            v.close()
+        ops = [e[0] for e in log]
+        assert ops[ops.index(0xC0):] == [0xC0, 0xC1, 0x9E, 0x88, 0xC6, 0xC9, 0xC2]
+        assert res.blocks == 1 and g.header.current_generation == 2     # held, then committed
+        items, _ = _decode((shm / "d.bin").read_bytes())
+        assert [it.first_block for it in items if getattr(it, "nblocks", 0)] == [3]

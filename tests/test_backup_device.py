@@ -246,6 +246,49 @@ def test_held_stream_commits_only_at_commit_backup(rig):
     assert _gens(rig).header.current_generation == 3           # not held: committed at its end
 
 
+def _start(rig, **kw):
+    r = rig.vendor(L.OP_START_BACKUP, length=80, **kw)
+    assert r.ok, r
+    return L.BackupStatus.unpack(bytes(r.data_in))
+
+
+def test_start_backup_with_a_selection_of_its_own(rig):
+    """START BACKUP with FLAGS/SCOPE selects and starts in one command (REPORT
+    GENERATIONS says START_SELECTS), exactly as SELECT BACKUP then START BACKUP;
+    its bad fields are refused as SELECT BACKUP's are; the selection stays."""
+    assert _gens(rig).header.start_selects
+    st = _start(rig, flags=L.FLAG_FULL | L.FLAG_HOLD)
+    assert st.state == L.STATE_ACTIVE and st.full
+    _read_to_end(rig, st)
+    assert _bstatus(rig).state == L.STATE_HELD                 # HOLD came with the START
+    assert rig.vendor(L.OP_COMMIT_BACKUP).ok
+    rig.write(0, b"1" * 4096)                                  # generation 1: block 0
+    st = _start(rig, flags=L.FLAG_HOLD, scope=1)
+    assert not st.full and (st.generation_lo, st.generation_hi) == (1, 1)
+    recs = [i for i in StreamDecoder().feed(_read_to_end(rig, st)) if isinstance(i, Record)]
+    assert [r.first_block for r in recs] == [0]
+    assert rig.vendor(L.OP_COMMIT_BACKUP).ok and _gens(rig).header.current_generation == 2
+    # The selection stays in force: a plain START BACKUP starts the same kind (held).
+    rig.write(8, b"2" * 4096)                                  # generation 2: block 1
+    st = _start(rig)
+    assert not st.full and (st.generation_lo, st.generation_hi) == (2, 2)
+    _read_to_end(rig, st)
+    assert _bstatus(rig).state == L.STATE_HELD
+    # Refused fields: as SELECT BACKUP's.  A full takes no scope (checked first:
+    # the open stream stays); a differential's scope is checked as the start
+    # begins, which abandons the open stream as any START BACKUP does.
+    _illegal(rig.vendor(L.OP_START_BACKUP, flags=L.FLAG_FULL, scope=1, length=80), field=2)
+    assert _bstatus(rig).state == L.STATE_HELD
+    _illegal(rig.vendor(L.OP_START_BACKUP, flags=0x08, length=80), field=1, bit=3)
+    _illegal(rig.vendor(L.OP_START_BACKUP, flags=L.FLAG_HOLD, scope=9, length=80), field=2)
+    assert _bstatus(rig).state == 0                            # abandoned: nothing committed
+    assert _gens(rig).header.current_generation == 2
+    # REPORT SUPPORTED OPERATION CODES, one command: the flags START BACKUP takes.
+    cdb = bytes([0xA3, 0x0C, 0x01, L.OP_START_BACKUP, 0, 0]) + (64).to_bytes(4, "big") + bytes(2)
+    usage = bytes(rig.run(rig.dev, cdb).data_in)[4:]
+    assert usage[1] == L.FLAG_FULL | L.FLAG_COMPRESS | L.FLAG_HOLD and usage[2:6] == b"\xff" * 4
+
+
 def test_restore_by_writes_reports_bad_records(tmp_path):
     a = Rig(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path)
     b = Rig(tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path)

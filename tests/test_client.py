@@ -155,6 +155,28 @@ def test_login_operational_answers_are_applied():
     assert m.result.tsih == 7 and m.result.target_keys["TargetPortalGroupTag"] == "3"
 
 
+def test_login_skipping_the_security_stage_is_one_exchange():
+    """skip_security_stage, no credentials: the first request is in the operational
+    stage (T=1, CSG=1, NSG=3) with every offer and no AuthMethod; one response ends
+    the login.  With credentials the option changes nothing: CHAP, security stage."""
+    m = _login(LoginOptions(skip_security_stage=True))
+    req = m.first_request()
+    assert bytes(encode_pdu(req)[0])[1] == 0x87      # T=1, CSG=1, NSG=3
+    keys = dict(decode_text(req.data))
+    assert "AuthMethod" not in keys and keys["SessionType"] == "Normal"
+    assert keys["InitiatorName"] and keys["TargetName"] == "iqn.2026-01.t:x"
+    assert keys["HeaderDigest"] == "CRC32C,None" and keys["InitialR2T"] == "No"
+    done = m.receive(_resp(req, [("HeaderDigest", "None"), ("DataDigest", "None"),
+                                 ("MaxRecvDataSegmentLength", "8192"), ("InitialR2T", "No"),
+                                 ("ImmediateData", "Yes"), ("MaxBurstLength", "262144"),
+                                 ("FirstBurstLength", "65536"), ("MaxOutstandingR2T", "1")]))
+    assert done is None and m.result.auth_method == "None"
+    assert m.result.params.max_xmit_data_segment_length == 8192
+    m = _login(LoginOptions(skip_security_stage=True), creds=Credentials("alice", "alicesecret12"))
+    req = m.first_request()
+    assert req.csg == 0 and dict(decode_text(req.data))["AuthMethod"] == "CHAP"
+
+
 @pytest.mark.parametrize("key,value", [
     ("MaxBurstLength", "999999999"),          # MIN key answered above our offer
     ("HeaderDigest", "MD5"),                  # not in our list
@@ -636,6 +658,32 @@ def test_real_chap_one_way_and_wrong_secret(factory):
     with pytest.raises(LoginError) as ei:
         SyncIscsiClient(t.url(), timeout=10)     # no credentials at all
     assert ei.value.status_class == 2
+
+
+def test_real_login_skipping_the_security_stage(factory, target, monkeypatch):
+    """The blocking client with skip_security_stage logs in in one exchange and works;
+    a target that requires CHAP refuses such a login without credentials (status
+    class 2, as it refuses AuthMethod=None), and with them CHAP runs as always."""
+    from scsi_target.initiator.blocking import BlockingIscsiClient
+    from scsi_target.initiator.login import InitiatorLogin
+    seen = []
+    real = InitiatorLogin.receive
+    monkeypatch.setattr(InitiatorLogin, "receive",
+                        lambda self, resp: seen.append(resp.csg) or real(self, resp))
+    opts = LoginOptions(skip_security_stage=True)
+    with BlockingIscsiClient(target.url(), options=opts, timeout=20) as c:
+        assert c.login_result.auth_method == "None" and seen == [1]
+        c.test_unit_ready()
+        assert c.read_capacity16().bytes == target.size
+    t = factory.new_target(chap=("carol", "carolsecret12"))
+    with pytest.raises(LoginError) as ei:
+        BlockingIscsiClient(t.url(), options=opts, timeout=10)
+    assert ei.value.status_class == 2
+    seen.clear()
+    with BlockingIscsiClient(t.url(user="carol", secret="carolsecret12"), options=opts,
+                             timeout=10) as c:
+        assert c.login_result.auth_method == "CHAP" and seen[0] == 0
+        c.test_unit_ready()
 
 
 def test_real_chap_mutual(factory):

@@ -493,12 +493,14 @@ def _race(s3, srv_url: str, key: str):
 
 
 def _old_target_env(tmp_path, monkeypatch) -> None:
-    """Servers started from here refuse SELECT BACKUP's HOLD bit, like a target before it."""
+    """Servers started from here refuse SELECT BACKUP's HOLD bit, like a target before it
+    (which also predates START BACKUP's own selection: START_SELECTS clear)."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "from scsi_target.scsi.layouts import backup as L\n"
-        "L.CDB_FLAGS_ALLOWED[L.OP_SELECT_BACKUP] &= ~L.FLAG_HOLD\n")
+        "L.CDB_FLAGS_ALLOWED[L.OP_SELECT_BACKUP] &= ~L.FLAG_HOLD\n"
+        "L.CDB_FLAGS_ALLOWED[L.OP_START_BACKUP] = 0\n")
     monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{REPO}")
 
 

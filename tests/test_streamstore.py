@@ -139,3 +139,31 @@ def test_a_refused_merge_aborts_the_output(tmp_path, chain):
     with pytest.raises(MergeRefused, match="is one of the inputs"):
         merge(refs, out)
     assert out.state == "aborted"
+
+
+def test_a_stream_file_is_durable_with_its_name_before_commit_returns(tmp_path, monkeypatch):
+    """FILE.partial is fsynced, renamed to FILE, and the directory fsynced (the
+    rename made durable) before commit() returns: diffbackup sends COMMIT BACKUP
+    only then, so no generation is recorded whose stream a crash could unname."""
+    import os
+    from volume.streamstore import FileStreams
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}") or
+                       os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", os.path.basename(a), os.path.basename(b)))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "s.bk"
+    with FileStreams().create(str(target), force=True) as f:
+        f.write(b"stream bytes")
+    assert events == [("fsync", str(tmp_path / "s.bk.partial")),
+                      ("replace", "s.bk.partial", "s.bk"), ("fsync", True)]
+    assert target.read_bytes() == b"stream bytes"

@@ -48,11 +48,22 @@ PIPELINE = 8
 # A backup's reads: four outstanding (16 MiB) keep the target's 8 MiB send
 # queue fed (eight gave no better wall time in alternating runs), and every
 # read in flight holds a populated 4 MiB buffer (~1.5 ms of zero-filled pages
-# to map, ~0.3 ms to unmap): with the reads waiting for a status and the
-# writer's queue, a 512 MiB full maps 13 of them, 14 with eight reads.
+# to map, ~0.3 ms to unmap): with the
+# reads and the writer's queue, a 512 MiB full maps 10 of them (13 while
+# statuses rode along every fourth read only).
 READ_PIPELINE, READ_CHUNK_BLOCKS = 4, 8192
-SMALL_READ = 256 * 1024      # a read buffer this small is a bytearray, not a map
-STATUS_EVERY = 4             # reads per REPORT BACKUP STATUS riding in the read pipeline
+# Reads per REPORT BACKUP STATUS riding in the read pipeline.  A read's data goes
+# to the output once a status after it says it is stream: with a status after
+# every read each chunk is handed to the writer as it arrives, so the writer is
+# at most about one chunk behind when the last one comes (with one in four it
+# got four at a time, and a 512 MiB full waited 5-10 ms for the last of them
+# to be written instead of 2-3 ms).  A status costs no round trip of its own.
+STATUS_EVERY = 1
+SPARSE_FROM = 64 * 1024      # allocation lengths received into a _sparse buffer
+# REPORT GENERATIONS asks for this much first: room for 1018 generations' counts,
+# received into a buffer that costs nothing to make (the whole report is asked
+# for, up to 1 MiB, only when it says it is longer).
+GENERATIONS_ASK = 16 * 1024
 
 
 class _Console:
@@ -234,10 +245,12 @@ class RemoteVolume:
         # record of a stream carries its own CRC32C, checked by verify and by
         # the target before a restore applies it; a URL's header_digest /
         # data_digest argument still forces them.
+        # A login of one round trip: with no CHAP credentials in the URL it
+        # starts in the operational stage (LoginOptions.skip_security_stage).
         chunk = CHUNK_BLOCKS * DEV_BLOCK
         opts = LoginOptions(max_recv_data_segment_length=1 << 20, max_burst_length=chunk,
                             first_burst_length=chunk, header_digest="None,CRC32C",
-                            data_digest="None,CRC32C")
+                            data_digest="None,CRC32C", skip_security_stage=True)
         # The blocking client: no event loop or thread to start, commands sent
         # and answers received from this thread (the CmdSN window and Data-In
         # into the window's buffers as the asyncio client has them).
@@ -257,46 +270,78 @@ class RemoteVolume:
         return {"cdb": inquiry(alloc=255), "read_length": 255, "lun": lun}
 
     @staticmethod
+    def _tur_cmd(lun: int) -> dict:
+        # TEST UNIT READY, answer ignored: it takes the LU's UNIT ATTENTION of
+        # the new session (INQUIRY and REPORT LUNS never report one) in a round
+        # trip that is made anyway, so that the first vendor command to the
+        # device is not answered with it and sent again.
+        return {"cdb": bytes(6), "lun": lun}
+
+    @staticmethod
     def _is_device(r) -> bool:
         r.raise_for_status()               # INQUIRY reports no unit attention
         return bytes(r.data[16:32]).decode("ascii", "replace").strip() == "DIFF-BACKUP"
 
     def _find_device(self, lun: int) -> int:
-        """The backup device of ``lun`` (itself when it is one), in at most three round
-        trips: INQUIRY of the LUN with REPORT LUNS, then INQUIRY of every other LUN
-        together, then REPORT GENERATIONS of every device among them together."""
+        """The backup device of ``lun`` (itself when it is one).  In two round trips
+        where it is the next LUN (as ``--backup-device`` lays out a single disk):
+        INQUIRY of the LUN and of the next one with REPORT LUNS, then REPORT
+        GENERATIONS of the next one; else after those, INQUIRY of every other LUN
+        together, then REPORT GENERATIONS of every device among them together.
+        Vendor commands go only to LUNs whose INQUIRY names the device."""
         # The layouts themselves, not initiator.cdb (its READ CAPACITY namedtuple
         # would import collections): the same builders and decoders.
         from scsi_target.scsi.layouts.cdbs import report_luns
         from scsi_target.scsi.layouts.luns import ReportLuns
-        inq, rl = self.c.execute_many([self._inquiry_cmd(lun),
-                                       {"cdb": report_luns(4096), "read_length": 4096,
-                                        "lun": 0}])
-        if self._is_device(inq):
+        nxt = lun + 1
+        first = [self._inquiry_cmd(lun),
+                 {"cdb": report_luns(4096), "read_length": 4096, "lun": 0}, self._tur_cmd(lun)]
+        if nxt < 16384:
+            first += [self._inquiry_cmd(nxt), self._tur_cmd(nxt)]
+        res = self.c.execute_many(first)
+        if self._is_device(res[0]):
             return lun
-        others = [n for n in ReportLuns.unpack(bytes(rl.raise_for_status().data)).numbers
+        others = [n for n in ReportLuns.unpack(bytes(res[1].raise_for_status().data)).numbers
                   if n != lun]
-        inqs = self.c.execute_many([self._inquiry_cmd(n) for n in others])
-        devices = [n for n, r in zip(others, inqs) if self._is_device(r)]
-        cdb = self.L.cdb(self.L.OP_REPORT_GENERATIONS, length=1 << 20)
-        gens = self.c.execute_many([{"cdb": cdb, "read_length": 1 << 20, "lun": n}
-                                    for n in devices])
-        for n, r in zip(devices, gens):
-            cmd = {"cdb": cdb, "read_length": 1 << 20, "lun": n}
-            g = self.L.GenerationsReport.unpack(bytes(
-                self._checked(r, cmd, "REPORT GENERATIONS").data))
+        if nxt in others:               # (an answer for a LUN that is not there is not looked at)
+            if self._is_device(res[3]):
+                found = self._device_of(lun, [nxt])
+                if found is not None:
+                    return found
+            others.remove(nxt)
+        answers = self.c.execute_many([c for n in others
+                                       for c in (self._inquiry_cmd(n), self._tur_cmd(n))])
+        found = self._device_of(lun, [n for n, r in zip(others, answers[::2])
+                                      if self._is_device(r)])
+        if found is not None:
+            return found
+        raise Failure(f"LUN {lun} has no backup device on this target (serve it with "
+                      f"--backup-device or a kind = \"backup\" LUN)")
+
+    def _device_of(self, lun: int, devices: list[int]) -> int | None:
+        """Which of ``devices`` (backup devices) is ``lun``'s: REPORT GENERATIONS of
+        all of them in one round trip; its report is kept for generations()."""
+        cdb = self.L.cdb(self.L.OP_REPORT_GENERATIONS, length=GENERATIONS_ASK)
+        cmds = [{"cdb": cdb, "read_length": GENERATIONS_ASK, "lun": n} for n in devices]
+        gens = self.c.execute_many(cmds)
+        for n, r, cmd in zip(devices, gens, cmds):
+            g = self._whole_generations(
+                bytes(self._checked(r, cmd, "REPORT GENERATIONS").data), n)
             if g.header.source_lun == lun:
                 self._first_generations = g
                 return n
-        raise Failure(f"LUN {lun} has no backup device on this target (serve it with "
-                      f"--backup-device or a kind = \"backup\" LUN)")
+        return None
 
     def _cmd(self, opcode: int, *, lun: int | None = None, flags: int = 0, scope: int = 0,
              length: int = 0, data_out=None) -> bytes:
         cdb = self.L.cdb(opcode, flags=flags, scope=scope, length=length)
         read = 0 if data_out is not None else length
+        # An allocation length far beyond the usual answer (1 MiB for a few
+        # hundred bytes of REPORT GENERATIONS): received into memory mapped as
+        # the answer lands in it, not a buffer zero-filled first.
+        into = _sparse(read) if read >= SPARSE_FROM else None
         r = self._exec(cdb, lun=self.dev if lun is None else lun, read_length=read,
-                       data_out=data_out, what=self._opname(opcode))
+                       data_out=data_out, what=self._opname(opcode), read_into=into)
         return bytes(r.data)
 
     def _exec(self, cdb: bytes, *, lun: int, what: str, **kw):
@@ -326,8 +371,18 @@ class RemoteVolume:
         g, self._first_generations = self._first_generations, None
         if g is not None and lun is None:
             return g
-        return self.L.GenerationsReport.unpack(
-            self._cmd(self.L.OP_REPORT_GENERATIONS, lun=lun, length=1 << 20))
+        return self._whole_generations(
+            self._cmd(self.L.OP_REPORT_GENERATIONS, lun=lun, length=GENERATIONS_ASK), lun)
+
+    def _whole_generations(self, data: bytes, lun: int | None):
+        """REPORT GENERATIONS from ``data``, an answer to GENERATIONS_ASK bytes; asked
+        again with room for all of it when it says it is longer (a thousand
+        generations and more)."""
+        L = self.L
+        h = L.GenerationsHeader.unpack(data)
+        if h.additional_length + 4 > len(data) and len(data) == GENERATIONS_ASK:
+            data = self._cmd(L.OP_REPORT_GENERATIONS, lun=lun, length=1 << 20)
+        return L.GenerationsReport.unpack(data)
 
     def backup_status(self):
         return self.L.BackupStatus.unpack(self._cmd(self.L.OP_REPORT_BACKUP_STATUS, length=80))
@@ -349,7 +404,8 @@ class RemoteVolume:
     def backup(self, full: bool, scope: int, out, show: bool) -> BackupOutcome:
         L = self.L
         if not full:
-            h = self.generations().header
+            g = self.generations()
+            h = g.header
             if h.restore_incomplete:
                 raise Failure("the volume is incomplete after a restore (see diffbackup status): "
                               "a differential backup would record wrong data as good; finish "
@@ -357,26 +413,49 @@ class RemoteVolume:
             if not h.full_done:
                 raise Failure("no full backup of this volume was completed since tracking "
                               "began: take a full backup first")
+        else:
+            # What finding the device by a disk's URL learnt, if it did (no round trip).
+            g, self._first_generations = self._first_generations, None
         # HOLD: the target commits the cut only at COMMIT BACKUP, sent once the
         # output is complete (renamed, upload completed), so no generation is
         # recorded without its stream.  A target before HOLD refuses the bit:
         # then it commits when the last byte is read, as it always did.
-        flags = L.FLAG_FULL if full else 0
-        try:
-            self._cmd(L.OP_SELECT_BACKUP, flags=flags | L.FLAG_HOLD, scope=0 if full else scope)
-            held = True
-        except Failure as e:
-            if "INVALID FIELD IN CDB" not in str(e).upper():
-                raise
-            self._cmd(L.OP_SELECT_BACKUP, flags=flags, scope=0 if full else scope)
-            held = False
-        # START BACKUP and READ CAPACITY in one round trip (in CmdSN order; READ
-        # CAPACITY changes nothing, and a refused START stops the run below).
-        start = {"cdb": L.cdb(L.OP_START_BACKUP, length=80), "read_length": 80, "lun": self.dev}
+        flags = (L.FLAG_FULL if full else 0) | L.FLAG_HOLD
+        sel = 0 if full else scope
         from scsi_target.scsi.layouts.capacity import ReadCapacity16
         from scsi_target.scsi.layouts.cdbs import read_capacity16
         rc = {"cdb": read_capacity16(32), "read_length": 32, "lun": self.dev}
-        r_start, r_cap = self.c.execute_many([start, rc])
+        status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
+        head = None
+        if g is not None and g.header.start_selects:
+            # START BACKUP with the selection in its CDB and READ CAPACITY in one
+            # round trip (in CmdSN order; READ CAPACITY changes nothing, and a
+            # refused START stops the run below).  A differential that the
+            # generations' counts say is empty is read along (one 512-byte READ
+            # at LBA 0, which never starts a stream by itself, and its status):
+            # most likely the whole of it, in the same round trip.
+            held = True
+            start = {"cdb": L.cdb(L.OP_START_BACKUP, flags=flags, scope=sel, length=80),
+                     "read_length": 80, "lun": self.dev}
+            cmds = [start, rc]
+            if not full and _empty_differential(g, scope):
+                cmds += [{"cdb": _rw16(0x88, 0, 1), "read_length": DEV_BLOCK, "lun": self.dev,
+                          "read_into": bytearray(DEV_BLOCK)},
+                         {"cdb": status_cdb, "read_length": 80, "lun": self.dev}]
+            r_start, r_cap, *head = self.c.execute_many(cmds)
+        else:
+            try:
+                self._cmd(L.OP_SELECT_BACKUP, flags=flags, scope=sel)
+                held = True
+            except Failure as e:
+                if "INVALID FIELD IN CDB" not in str(e).upper():
+                    raise
+                self._cmd(L.OP_SELECT_BACKUP, flags=flags & ~L.FLAG_HOLD, scope=sel)
+                held = False
+            # START BACKUP and READ CAPACITY in one round trip (as above).
+            start = {"cdb": L.cdb(L.OP_START_BACKUP, length=80), "read_length": 80,
+                     "lun": self.dev}
+            r_start, r_cap = self.c.execute_many([start, rc])
         st = L.BackupStatus.unpack(bytes(self._checked(r_start, start, "START BACKUP").data))
         # Never read past the device, nor past the stream's bound: the stream (at
         # most size_bound bytes) ends before the device's capacity, and its length
@@ -387,10 +466,10 @@ class RemoteVolume:
         blocks = ReadCapacity16.unpack(cap).blocks
         capacity = min(blocks * DEV_BLOCK, -(-st.size_bound // DEV_BLOCK) * DEV_BLOCK) \
             if st.size_bound else blocks * DEV_BLOCK
-        status_cdb = L.cdb(L.OP_REPORT_BACKUP_STATUS, length=80)
+        head = self._whole_stream(st, *head) if head else None
         from volume.streamstore import StreamStoreError
         try:
-            res = self._read_stream(st, capacity, status_cdb, _output(out), show)
+            res = self._read_stream(st, capacity, status_cdb, _output(out), show, head)
         except StreamStoreError as e:
             raise Failure(self._taken_advice(e, full, scope)) from None
         if held:
@@ -421,8 +500,34 @@ class RemoteVolume:
                f"{st.generation_hi} as backed up: the next differential must be taken with " \
                f"--scope {scope + 1} to cover them again"
 
-    def _read_stream(self, st, capacity: int, status_cdb: bytes, sink, show: bool):
+    def _whole_stream(self, st, r_read, r_status):
+        """The read sent along with START BACKUP and the status after it: (the
+        stream's bytes, its final status) when that read held all of the stream
+        START BACKUP opened (its status names the same stream, read to its end),
+        else None -- the stream is then read from its start as any other (its
+        first 64 KiB are kept for re-reads).  A failure of either is left to
+        the reads that follow, which meet it again."""
         L = self.L
+        if not (r_read.good and r_status.good):
+            return None
+        last = L.BackupStatus.unpack(bytes(r_status.data))
+        data = memoryview(r_read.data)
+        if last.stream_id != st.stream_id or not last.total or last.total > len(data) or \
+                last.state not in (L.STATE_COMPLETE, L.STATE_HELD):
+            return None
+        return data[:last.total], last
+
+    def _read_stream(self, st, capacity: int, status_cdb: bytes, sink, show: bool,
+                     head=None):
+        L = self.L
+        if head is not None:
+            data, st = head
+            with sink as f, _progress(show) as prog:
+                task = prog.add_task("backup", total=len(data))
+                f.write(data)
+                prog.update(task, completed=len(data))
+            return BackupOutcome(len(data), (st.generation_lo, st.generation_hi),
+                                 st.block_count)
         # READ_PIPELINE reads in flight all the time, each into a buffer of its
         # own that is reused once its data is stored; a REPORT BACKUP STATUS
         # rides along every STATUS_EVERY reads (no round trip of its own): once
@@ -434,46 +539,69 @@ class RemoteVolume:
         # Buffers are made as the window first needs them (a stream of a few
         # kilobytes never zero-fills 32 MiB), then recycled, the one handed back
         # last first: the writer has just read it, so it is still in the CPU's
-        # cache when the next read lands in it (oldest first cycles all 13
+        # cache when the next read lands in it (oldest first cycles all of them
         # through memory).
+        # The reads' last status is sent after the read that reaches the end
+        # (asked as soon as that read is, not once its data is stored): in CmdSN
+        # order, after every read of the stream, so its STATE says whether the
+        # target saw the stream read to its end -- no round trip of its own.
         free: deque = deque()
-        sent: deque = deque()      # (cmd, what, buffer), in order
+        # (cmd, what, buffer, stream bytes asked for up to this command), in order
+        sent: deque = deque()
         total = st.total or None
 
         def commands():
             at = n = 0
+            unchecked = False               # reads sent since the last status
             while at < capacity and (total is None or at < total):
                 nblocks = min(READ_CHUNK_BLOCKS, (capacity - at) // DEV_BLOCK)
                 # Only the stream's last read is shorter than a chunk: its buffer (the
                 # whole one of a small stream) is made as long as the read.
                 size = nblocks * DEV_BLOCK
-                # A small stream's one read (a differential with little changed)
-                # goes into a bytearray: no mmap module (a shared library) to
-                # load for a few pages.
-                buf = free.pop() if free and len(free[-1]) >= size else \
-                    bytearray(size) if size <= SMALL_READ else _buffer(size)
+                fresh = not (free and len(free[-1]) >= size)
+                buf = _buffer(size, populate=False) if fresh else free.pop()
                 cmd = {"cdb": _rw16(0x88, at // DEV_BLOCK, nblocks),
                        "read_length": nblocks * DEV_BLOCK, "lun": self.dev, "read_into": buf}
-                sent.append((cmd, "READ of the backup stream", buf))
-                yield cmd
                 at += nblocks * DEV_BLOCK
+                sent.append((cmd, "READ of the backup stream", buf, at))
+                yield cmd
+                if fresh:
+                    # Its pages are mapped now, while the target produces what it
+                    # asked for (never later than it is received: the pipeline asks
+                    # for the next command before it waits for this one).
+                    _populate(buf)
                 n += 1
-                if n % STATUS_EVERY == 0 or at >= capacity:
+                unchecked = True
+                if n % STATUS_EVERY == 0 or at >= capacity or \
+                        (total is not None and at >= total):
                     cmd = {"cdb": status_cdb, "read_length": 80, "lun": self.dev}
-                    sent.append((cmd, "REPORT BACKUP STATUS", None))
+                    sent.append((cmd, "REPORT BACKUP STATUS", None, at))
+                    unchecked = False
                     yield cmd
+            if unchecked:         # the end became known after the last read was sent
+                sent.append(({"cdb": status_cdb, "read_length": 80, "lun": self.dev},
+                             "REPORT BACKUP STATUS", None, at))
+                yield sent[-1][0]
 
         pos = 0
+        last = None                  # a status sent after every read of the stream
         with sink as f, _progress(show) as prog, _Writer(f, free) as out:
             task = prog.add_task("backup", total=st.size_bound)
             pending: deque = deque()   # (data, buffer) read, not yet stored
-            for r in self.c.pipeline(commands(), READ_PIPELINE + 1):
-                cmd, what, buf = sent.popleft()
+            # READ_PIPELINE reads in flight, and the statuses among them
+            depth = READ_PIPELINE + -(-READ_PIPELINE // STATUS_EVERY)
+            for r in self.c.pipeline(commands(), depth):
+                cmd, what, buf, asked = sent.popleft()
+                if buf is not None and total is not None and pos >= total:
+                    free.append(buf)          # a read past the end, sent before it was known
+                    continue
                 r = self._checked(r, cmd, what)
                 if buf is None:
                     st = L.BackupStatus.unpack(bytes(r.data))
                     if st.total:
                         total = st.total
+                    if total is not None and asked >= total:
+                        last = st
                 else:
                     pending.append((memoryview(r.data), buf))
                 if buf is None or total is not None:
@@ -485,13 +613,15 @@ class RemoteVolume:
                         out.write(data, b, last=total is not None and pos + len(data) >= total)
                         pos += len(data)
                     prog.update(task, completed=pos)
-                if total is not None and pos >= total:
+                if last is not None and pos >= total:
                     break
             if total is None or pos < total:
                 raise Failure(f"the backup stream did not end within the device's "
                               f"{capacity} bytes")
             out.close()                                 # all stored (or its error raised)
-            st = self.backup_status()
+            st = last
+            if st is None or st.state not in (L.STATE_COMPLETE, L.STATE_HELD):
+                st = self.backup_status()        # a read retried after it (UNIT ATTENTION)
             prog.update(task, completed=pos, total=pos)
             if st.state not in (L.STATE_COMPLETE, L.STATE_HELD):
                 raise Failure("the target does not report the backup stream complete")
@@ -731,15 +861,64 @@ def _rw16(opcode: int, lba: int, nblocks: int) -> bytes:
     return bytes([opcode, 0]) + lba.to_bytes(8, "big") + nblocks.to_bytes(4, "big") + bytes(2)
 
 
-def _buffer(size: int):
-    """A writable buffer for a window slot: anonymous memory, populated when it
-    is made (``MAP_POPULATE``: the kernel zero-fills all its pages in one pass,
-    where letting the first recv or read fault them in one 4 KiB page at a time
-    cost a full backup of 512 MiB about 40 ms of CPU for its 13 buffers, and
-    a bytearray would be zero-filled by a pass of Python's own)."""
+def _empty_differential(g, scope: int) -> bool:
+    """Whether REPORT GENERATIONS ``g`` counts no block in the generations a
+    differential of ``scope`` would carry (down to an unfinished stream's, as
+    the target widens it): its stream is then header and trailer only."""
+    h = g.header
+    lo = h.current_generation - scope + 1
+    if h.pending_valid and h.pending_lo < lo:
+        lo = h.pending_lo
+    return not any(n for gen, n in g.counts.items() if lo <= gen <= h.current_generation)
+
+
+def _sparse(size: int):
+    """A receive buffer for an answer usually much shorter than the command's
+    allocation length: anonymous memory whose pages are mapped only as data
+    lands in them.  A bytearray of 1 MiB is zero-filled whole first, ~0.7 ms of
+    page faults for a 300-byte REPORT GENERATIONS."""
     import mmap
-    populate = getattr(mmap, "MAP_POPULATE", 0)       # Linux only; elsewhere faulted in
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _buffer(size: int, populate: bool = True):
+    """A writable buffer for a window slot: anonymous memory, populated when it
+    is made -- the kernel zero-fills all its pages in one pass, where letting
+    the first recv or read fault them in one 4 KiB page at a time cost a full
+    backup of 512 MiB about 40 ms of CPU for its 13 buffers, and a bytearray
+    would be zero-filled by a pass of Python's own.  Not in transparent huge
+    pages: MADV_HUGEPAGE made populating 4 MiB ~0.3 ms instead of ~1.3 ms, but
+    with the kernel's defrag=madvise the first buffer after memory churn stalled
+    47-100 ms in synchronous compaction.
+
+    ``populate=False``: made unpopulated, for :func:`_populate` to map once the
+    command it is for was sent (no longer before the command)."""
+    import mmap
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    if not _LATE_POPULATE:
+        return mmap.mmap(-1, size, flags=flags | getattr(mmap, "MAP_POPULATE", 0))
+    buf = mmap.mmap(-1, size, flags=flags)
+    if populate:
+        _populate(buf)
+    return buf
+
+
+# madvise(MADV_POPULATE_WRITE) (Linux 5.14): MAP_POPULATE's pass over a mapping
+# that already exists.  Where it is refused, later buffers are made with
+# MAP_POPULATE (Linux; elsewhere they are faulted in as they are used).
+_MADV_POPULATE_WRITE = 23
+_LATE_POPULATE = sys.platform.startswith("linux")
+
+
+def _populate(buf) -> None:
+    """Map every page of a ``_buffer(..., populate=False)`` now (see there)."""
+    global _LATE_POPULATE
+    if not _LATE_POPULATE:
+        return
+    try:
+        buf.madvise(_MADV_POPULATE_WRITE)
+    except (OSError, ValueError):       # an older kernel: later buffers are made populated
+        _LATE_POPULATE = False
 
 
 # -------------------------------------------------------------------- tape

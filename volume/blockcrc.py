@@ -23,7 +23,7 @@ import sys
 from array import array
 from dataclasses import dataclass
 from itertools import chain, compress, repeat, tee
-from operator import add, and_, eq, getitem, not_, rshift
+from operator import add, eq, getitem, not_, rshift
 
 import crc32c
 from bitarray import bitarray
@@ -60,6 +60,12 @@ class BlockCrcs:
     table: array                 # 'I', one CRC32C per block
 
     def pack(self) -> bytes:
+        return b"".join(self.parts())
+
+    def parts(self) -> list:
+        """The table's bytes in three pieces (header, entries, table CRC), the
+        entries a view of the table itself where the machine is little-endian:
+        written as they are, with no copy of the whole."""
         h = bytearray(HEADER_SIZE)
         _HEADER.pack_into(h, 0, MAGIC, VERSION, HEADER_SIZE,
                           FLAG_COMPLETE if self.complete else 0, self.block_size,
@@ -68,8 +74,8 @@ class BlockCrcs:
         t = self.table
         if t.itemsize != 4:
             raise ValueError("table entries must be 4 bytes")
-        body = t.tobytes() if sys.byteorder == "little" else _swapped(t)
-        return bytes(h) + body + struct.pack("<I", crc32c.crc32c(body))
+        body = memoryview(t).cast("B") if sys.byteorder == "little" else _swapped(t)
+        return [h, body, struct.pack("<I", crc32c.crc32c(body))]
 
     @classmethod
     def unpack(cls, raw: bytes, name: str = "block CRC table") -> "BlockCrcs":
@@ -89,7 +95,7 @@ class BlockCrcs:
         if len(raw) != HEADER_SIZE + 4 * entries + 4:
             raise BlockCrcError(f"{name}: {len(raw)} bytes, {HEADER_SIZE + 4 * entries + 4} "
                                 f"expected for {entries} entries (truncated?)")
-        body = raw[HEADER_SIZE:HEADER_SIZE + 4 * entries]
+        body = memoryview(raw)[HEADER_SIZE:HEADER_SIZE + 4 * entries]
         (tcrc,) = struct.unpack_from("<I", raw, HEADER_SIZE + 4 * entries)
         if crc32c.crc32c(body) != tcrc:
             raise BlockCrcError(f"{name}: table checksum mismatch (damaged)")
@@ -125,10 +131,20 @@ def load(path: str) -> BlockCrcs | None:
 def save(path: str, crcs: BlockCrcs) -> None:
     """Write the table file at ``path`` (temp file, fsync, rename, directory fsync)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(crcs.pack())
-        f.flush()
-        os.fsync(f.fileno())
+    parts = crcs.parts()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        for part in parts:
+            with memoryview(part) as mv:
+                done = 0
+                while done < len(mv):
+                    done += os.write(fd, mv[done:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        for part in parts:
+            if type(part) is memoryview:
+                part.release()         # the table may grow again (merged)
     os.replace(tmp, path)
     dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
@@ -192,7 +208,7 @@ class CrcRecorder(BlockStore):
         self.lends_views = inner.lends_views
         self._bs = block_size
         self._shift = block_size.bit_length() - 1
-        self._table = array("I", bytes(4 * entries))
+        self._table = array("I", [0]) * entries       # (from bytes: a copy of a zeroed copy)
         self.sent = bitarray(entries, endian="little")
         self.sent.setall(0)
         self._chained: bitarray | None = None    # entries still holding a chained value
@@ -291,15 +307,19 @@ class CrcRecorder(BlockStore):
         return loans, self._noted(offsets, [loan.buf for loan in loans])
 
     def _noted(self, offsets, views) -> list[int]:
-        bs, shift, mask = self._bs, self._shift, self._bs - 1
+        bs, shift = self._bs, self._shift
         crc = crc32c.crc32c
         lens = list(map(len, views))
-        if not lens or any(map(and_, offsets, repeat(mask))) or any(map(and_, lens, repeat(mask))) \
-                or 0 in lens:
+        n = len(lens)
+        if not n:
+            return []
+        firsts = list(map(rshift, offsets, repeat(shift)))
+        # Every offset is block-aligned iff the offsets add up to their blocks'
+        # (each differs from its block's start by its remainder, never negative):
+        # one C-level sum instead of a test per offset.
+        if min(offsets) < 0 or sum(offsets) != sum(firsts) << shift:
             return self._mixed(offsets, views)
         table, sent = self._table, self.sent
-        firsts = list(map(rshift, offsets, repeat(shift)))
-        n = len(lens)
         if lens.count(bs) == n:                          # one block each
             crcs = list(map(crc, views))
             if self._pending and sent[firsts].any():
@@ -308,6 +328,8 @@ class CrcRecorder(BlockStore):
             sent[firsts] = 1
             return crcs
         ks = list(map(rshift, lens, repeat(shift)))
+        if min(ks) < 1 or sum(ks) << shift != sum(lens):     # empty or partial blocks
+            return self._mixed(offsets, views)
         if self._can_chain and max(ks) >= _CHAIN_MIN_BLOCKS:
             # Long runs (a full backup: few views per batch): chained, one by one.
             return [self._chained_run(f, k, v) if k >= _CHAIN_MIN_BLOCKS else
@@ -424,9 +446,19 @@ class CrcRecorder(BlockStore):
             crcs.table.extend(self.table[crcs.entries:])
             crcs.entries, crcs.volume_size = entries, volume_size
         sent, table = self.sent, self.table
-        if sent.count() * 32 < entries:          # few: extent by extent is cheaper
+        # The cheapest of three ways (measured per unit here: ~0.8 us an extent,
+        # ~0.15 us an entry, ~10 ns an entry of the whole table): extent by
+        # extent where the runs are long, entry by entry where the blocks sent are
+        # few and scattered (a differential of 4096 of 131072: ~0.4 ms instead of
+        # ~1 ms), else whole-array operations.
+        count = sent.count()
+        runs = (sent & ~(sent >> 1)).count()       # first blocks of runs
+        if runs * 6 < count:
             for a, k in extents(sent):
                 crcs.table[a:a + k] = table[a:a + k]
+        elif count * 16 < entries:
+            idx = list(sent.search(1))
+            list(map(crcs.table.__setitem__, idx, map(table.__getitem__, idx)))
         else:
             _take(crcs.table, table, sent)
         crcs.generation = generation

@@ -154,7 +154,8 @@ class _Coverage:
 class _Chunk:
     """A buffer of encoded stream bytes and who holds it: the reader's window
     and, while a lent view of it is being sent, the front end.  Once neither
-    does it is reused for a later chunk of the same size."""
+    does it is reused for a later chunk of the same size class (``buf`` may be
+    longer than the chunk: its first bytes are the chunk's)."""
     __slots__ = ("buf", "holds", "home")
 
     def __init__(self, buf: bytearray, home: "_ChunkBuffers") -> None:
@@ -170,7 +171,11 @@ class _ChunkBuffers:
     """Recycled chunk buffers, shared by the readers of a process (zero fill and
     first-touch page faults of a fresh multi-megabyte buffer cost as much as
     encoding into it)."""
-    MAX_IDLE = 64 << 20          # bytes of free buffers kept (a window's worth)
+    # Bytes of free buffers kept: a window's worth, and the chunks a front end
+    # still sends from when the stream is taken (a target's send queue, 8 MiB,
+    # and a READ).  At 64 MiB a stream of 4 MiB reads found two or three of
+    # its chunks gone and zero-filled (and page-faulted) new ones every time.
+    MAX_IDLE = WINDOW + (16 << 20)
 
     def __init__(self) -> None:
         self._free: dict[int, list[bytearray]] = {}
@@ -178,11 +183,19 @@ class _ChunkBuffers:
         self._lock = threading.Lock()
 
     def take(self, n: int) -> _Chunk:
+        """A chunk of at least ``n`` bytes: a free buffer of that size, else the
+        shortest free one up to twice as long (the shorter last read of a
+        stream, whose length depends on the stream's, then takes one of the
+        full-length reads' buffers instead of a new one each stream), else a
+        new one of ``n`` bytes."""
         with self._lock:
             free = self._free.get(n)
+            if not free:
+                fits = [k for k, v in self._free.items() if v and n < k <= 2 * n]
+                free = self._free[min(fits)] if fits else None
             buf = free.pop() if free else None
             if buf is not None:
-                self._idle -= n
+                self._idle -= len(buf)
         return _Chunk(bytearray(n) if buf is None else buf, self)
 
     def release(self, chunk: _Chunk) -> None:
@@ -281,7 +294,7 @@ class BackupReader:
         """Encode the next (up to) ``n`` stream bytes into a chunk of their own."""
         chunk = self._buffers.take(n)
         try:
-            k = self.enc.readinto(chunk.buf)
+            k = self.enc.readinto(memoryview(chunk.buf)[:n])
         except BaseException:
             chunk.release()
             raise
@@ -346,10 +359,10 @@ class BackupReader:
                 self._served()
                 return g, _GATHERED.release
             if k < n:                        # the stream ended: zeros after it
-                chunk.buf[k:] = bytes(n - k)
+                chunk.buf[k:n] = bytes(n - k)
             self._lent_max = max(self._lent_max, n)
             self._buffers.lend(chunk)
-            view = memoryview(chunk.buf).toreadonly()
+            view = memoryview(chunk.buf)[:n].toreadonly()
             self.cov.add(offset, end)
             self._served()
             return view, chunk.release
@@ -780,11 +793,15 @@ class VolumeSessions:
         with vol.lock:
             st = vol.state
             if reader.header.full:
+                if st.full_done and st.pending_lo is None and st.restore is None:
+                    return                  # the sidecar already says so: nothing to write
                 st.full_done = True
                 st.pending_lo = None
                 st.restore = None           # the current contents are the new baseline
             elif st.pending_lo is not None and reader.header.generation_range[0] <= st.pending_lo:
                 st.pending_lo = None
+            else:
+                return   # a differential changes nothing the sidecar holds (the map has it)
             vol.save_state()
 
     def abandon_backup(self) -> None:
@@ -920,6 +937,11 @@ def _save_crcs(reader: BackupReader) -> None:
     if rec is None:
         return
     plan = reader.cut.plan
+    if not plan.full and not rec.sent.any():
+        # A differential that sent no block changes no entry: the table stays
+        # as the backup that last wrote it left it (its GENERATION names that
+        # one), and is neither read nor rewritten (512 KiB of a 512 MiB volume).
+        return
     vol = reader.vol
     try:
         try:

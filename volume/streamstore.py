@@ -168,6 +168,13 @@ class _PartialFile(StreamWriter):
             raise
         self.f.close()
         os.replace(self.tmp, self.name)
+        # The name durable too, before the caller goes on to COMMIT BACKUP: a map
+        # that records the generation must never outlive its stream's name.
+        d = os.open(os.path.dirname(os.path.abspath(self.name)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(d)
+        finally:
+            os.close(d)
         self.done = True
 
     def abort(self) -> None:

@@ -90,6 +90,14 @@ class StreamMedium(BlockStore):
         return self.sessions.start_backup(full=full, scope=scope, compress=compress,
                                           owner=self.nexus, hold=self.hold)
 
+    def start_selected(self, full: bool, scope: int, compress: bool, hold: bool):
+        """SELECT BACKUP and START BACKUP in one: the selection is kept (as a SELECT
+        BACKUP leaves it) once the stream started."""
+        r = self.sessions.start_backup(full=full, scope=scope, compress=compress,
+                                       owner=self.nexus, hold=hold)
+        self.select(full, scope, compress, hold)
+        return r
+
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.sessions.read(offset, buf, owner=self.nexus)
 

@@ -81,12 +81,25 @@ def _status(lu: "BackupLU") -> L.BackupStatus:
 
 
 @VENDOR_BACKUP.command(L.OP_START_BACKUP, "START BACKUP", L.CDB_LEN, direction=Direction.IN,
-                       conflict=Conflict.WRITE, usage=_usage(L.OP_START_BACKUP, 0))
+                       conflict=Conflict.WRITE,
+                       usage=_usage(L.OP_START_BACKUP,
+                                    L.FLAG_FULL | L.FLAG_COMPRESS | L.FLAG_HOLD))
 def start_backup(lu: "BackupLU", cmd: Command) -> bytes:
+    """The stream chosen with SELECT BACKUP; with FLAGS or SCOPE set, the stream they
+    choose (as SELECT BACKUP's would), selected and started in one command."""
     c = _parse(cmd)
-    _no_data(c)
     with lu.medium.lock:
-        lu.medium.start_backup()
+        if c.flags or c.scope:
+            full = bool(c.flags & L.FLAG_FULL)
+            if full:
+                _check_scope(lu, c, True)
+            # A full one's scope is checked first (as SELECT BACKUP's); a
+            # differential's by the start itself, after any open stream was
+            # abandoned, as every other refused start leaves it.
+            lu.medium.start_selected(full, c.scope, bool(c.flags & L.FLAG_COMPRESS),
+                                     bool(c.flags & L.FLAG_HOLD))
+        else:
+            lu.medium.start_backup()
         return _status(lu).pack()[:c.length]
 
 
@@ -133,7 +146,8 @@ def report_generations(lu: "BackupLU", cmd: Command) -> bytes:
         restore_incomplete=mark is not None and mark.incomplete,
         restore_interrupted=mark is not None and mark.stream is not None and
         (lu.medium.sessions.writer is None or lu.medium.sessions.writer.finished),
-        unrecovered_blocks=mark.unrecovered_blocks if mark is not None else 0)
+        unrecovered_blocks=mark.unrecovered_blocks if mark is not None else 0,
+        start_selects=bool(L.CDB_FLAGS_ALLOWED[L.OP_START_BACKUP]))
     return L.GenerationsReport(h, gmap.counts()).pack()[:c.length]
 
 

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import pytest
 
+from . import rewrite_lock
 from .cow import CowStore
 from .inprocess import DEFAULT_IQN, InProcessTarget
 from .seed import random_file
+
+rewrite_lock.install()     # before any in-process target starts a thread
 
 
 def pytest_configure(config) -> None:

@@ -39,7 +39,9 @@ FLAG_COMPRESS = 0x02
 FLAG_HOLD = 0x04
 CDB_FLAGS_ALLOWED = {
     OP_SELECT_BACKUP: FLAG_FULL | FLAG_COMPRESS | FLAG_HOLD,
-    OP_START_BACKUP: 0,
+    # START BACKUP with a selection of its own (flags and scope as SELECT BACKUP's)
+    # selects and starts in one command; GenerationsHeader.start_selects says so.
+    OP_START_BACKUP: FLAG_FULL | FLAG_COMPRESS | FLAG_HOLD,
     OP_REPORT_GENERATIONS: 0,
     OP_ESTIMATE_BACKUP: FLAG_FULL | FLAG_COMPRESS,
     OP_REPORT_RESTORE_RESULTS: 0,
@@ -121,10 +123,12 @@ class GenerationsHeader(Struct):
     restore_incomplete: bool = False
     restore_interrupted: bool = False
     unrecovered_blocks: int = 0
+    start_selects: bool = False          # START BACKUP takes a selection in its CDB
     FIELDS: ClassVar = (u32("additional_length", 0), u32("current_generation", 4),
                         u32("granularity", 8), u16("source_lun", 12), bit("full_done", 14, 0),
                         bit("stream_active", 14, 1), bit("pending_valid", 14, 2),
                         bit("restore_incomplete", 14, 3), bit("restore_interrupted", 14, 4),
+                        bit("start_selects", 14, 5),
                         u8("volume_id_length", 15), u64("volume_size", 16), u64("entries", 24),
                         u32("pending_lo", 32), u32("descriptor_count", 36),
                         raw("base_id", 40, 16), raw("volume_id", 56, 32),
