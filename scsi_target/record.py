@@ -21,7 +21,10 @@ ordering.
 from __future__ import annotations
 
 import sys
-from operator import attrgetter
+# operator.attrgetter is this C type: the operator module (Python twins of every
+# function, replaced by the C ones at its end) is half a millisecond of a
+# client's start-up for this one name.
+from _operator import attrgetter
 
 __all__ = ["FrozenInstanceError", "field", "field_names", "is_record", "record", "replace"]
 
@@ -48,7 +51,7 @@ def field(*, default_factory):
 class _Spec:
     """A record class's field table: names in order, defaults, factories, and how
     ``__init__`` stores values (``assign``) and ``==`` reads them (``values``)."""
-    __slots__ = ("names", "defaults", "factories", "frozen", "assign", "values")
+    __slots__ = ("names", "defaults", "factories", "frozen", "assign", "values", "tails")
 
     def __init__(self, names: tuple, defaults: dict, factories: dict, frozen: bool,
                  assign) -> None:
@@ -57,6 +60,7 @@ class _Spec:
         self.factories = factories
         self.frozen = frozen
         self.assign = assign
+        self.tails = None           # made by the first call that can use them (_tails)
         # The field values as a tuple (what == compares and hash hashes).
         if len(names) > 1:
             self.values = attrgetter(*names)
@@ -83,10 +87,13 @@ def _assign_setattr(self, names, values) -> None:
         setattr(self, name, value)
 
 
+_CLASSVAR = ("ClassVar", "typing.ClassVar")
+
+
 def _is_classvar(annotation) -> bool:
-    if isinstance(annotation, str):
-        name = annotation.partition("[")[0].strip()
-        return name in ("ClassVar", "typing.ClassVar")
+    if type(annotation) is str:
+        return annotation.startswith(_CLASSVAR) and \
+            annotation.partition("[")[0].strip() in _CLASSVAR
     typing = sys.modules.get("typing")       # an object annotation: typing is loaded
     return typing is not None and (annotation is typing.ClassVar or
                                    getattr(annotation, "__origin__", None) is typing.ClassVar)
@@ -96,6 +103,11 @@ def _bind(cls, spec: _Spec, args: tuple, kw: dict) -> list:
     """The field values of ``cls(*args, **kw)`` in field order, or the TypeError
     a function with that signature would raise."""
     names = spec.names
+    defaults = spec.defaults
+    # Keywords only, every one a field, every field with a plain default (a PDU
+    # or a layout made by name): the values without a loop in Python.
+    if not args and len(defaults) == len(names) and kw.keys() <= defaults.keys():
+        return [kw[n] if n in kw else defaults[n] for n in names]
     what = f"{cls.__qualname__}()"
     if len(args) > len(names):
         raise TypeError(f"{what} takes {len(names)} positional arguments but {len(args)} "
@@ -126,10 +138,29 @@ def _bind(cls, spec: _Spec, args: tuple, kw: dict) -> list:
     return values
 
 
+def _tails(spec: _Spec) -> list:
+    """tails[i]: the defaults of names[i:] when every one of them is a plain default
+    (no factory), else None -- what a positional call with i arguments fills in
+    without binding (most calls of a record made by code are positional)."""
+    tails: list = [()]
+    tail: tuple | None = ()
+    for name in reversed(spec.names):
+        if tail is not None and name in spec.defaults:
+            tail = (spec.defaults[name],) + tail
+        else:
+            tail = None
+        tails.append(tail)
+    tails.reverse()
+    spec.tails = tails
+    return tails
+
+
 def _init(self, *args, **kw) -> None:
     spec = type(self).__record__
     if kw or len(args) != len(spec.names):
-        args = _bind(type(self), spec, args, kw)
+        tail = None if kw or len(args) > len(spec.names) else \
+            (spec.tails or _tails(spec))[len(args)]
+        args = args + tail if tail is not None else _bind(type(self), spec, args, kw)
     spec.assign(self, spec.names, args)
 
 
@@ -190,8 +221,11 @@ def _process(cls, *, frozen: bool, eq: bool, want_repr: bool, init: bool, slots:
     names: dict[str, None] = {}
     defaults: dict = {}
     factories: dict = {}
+    # (A class's __dict__ is a mappingproxy: `in` and [] are direct, its .get()
+    # is a method call on the dict behind it, a microsecond a field.)
     for base in reversed(cls.__mro__[1:]):
-        spec = base.__dict__.get("__record__")
+        d = base.__dict__
+        spec = d["__record__"] if "__record__" in d else None
         if spec is not None:
             names.update(dict.fromkeys(spec.names))
             defaults.update(spec.defaults)
@@ -200,10 +234,12 @@ def _process(cls, *, frozen: bool, eq: bool, want_repr: bool, init: bool, slots:
                 raise TypeError(f"{cls.__qualname__}: a frozen record cannot inherit from a "
                                 f"non-frozen one, nor the other way round")
     body = cls.__dict__
-    own = [n for n, a in body.get("__annotations__", {}).items() if not _is_classvar(a)]
+    annotations = body["__annotations__"] if "__annotations__" in body else {}
+    own = [n for n, a in annotations.items()
+           if (type(a) is str and not a.startswith(_CLASSVAR)) or not _is_classvar(a)]
     for name in own:
         names[name] = None
-        value = body.get(name, _MISSING)
+        value = body[name] if name in body else _MISSING
         defaults.pop(name, None)
         factories.pop(name, None)
         if isinstance(value, _Factory):
@@ -226,7 +262,7 @@ def _process(cls, *, frozen: bool, eq: bool, want_repr: bool, init: bool, slots:
     if slots:
         cls = _with_slots(cls, own)
         body = cls.__dict__
-    in_slots = {s for b in cls.__mro__ for s in b.__dict__.get("__slots__", ())}
+    in_slots = {s for b in cls.__mro__ if "__slots__" in b.__dict__ for s in b.__slots__}
     if in_slots.intersection(order):
         assign = _assign_frozen if frozen else _assign_setattr
     elif frozen or cls.__setattr__ is object.__setattr__:
@@ -247,7 +283,7 @@ def _process(cls, *, frozen: bool, eq: bool, want_repr: bool, init: bool, slots:
         put("__eq__", _eq)
     # __hash__ as dataclasses decide it: a class body's own stays; eq without
     # frozen makes instances unhashable (mutable values must not be dict keys).
-    own_hash = body.get("__hash__", _MISSING)
+    own_hash = body["__hash__"] if "__hash__" in body else _MISSING
     explicit_hash = not (own_hash is _MISSING or (own_hash is None and "__eq__" in body))
     if eq and not explicit_hash:
         cls.__hash__ = _hash if frozen else None

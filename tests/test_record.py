@@ -79,6 +79,19 @@ def test_signature_is_the_dataclass_one(args, kw):
     _same_call(Point, DPoint, *args, **kw)
 
 
+@pytest.mark.parametrize("args,kw", [
+    ((), {}), ((), {"b": b"x"}), ((), {"b": b"x", "a": 3}), ((5,), {}), ((5, b"y"), {}),
+    ((5,), {"b": b"z"}), ((), {"c": 1}), ((), {"a": 1, "c": 1}), ((5,), {"a": 1}),
+    ((1, b"", 3), {}),
+])
+def test_an_all_defaults_record_binds_as_the_dataclass(args, kw):
+    # Key's fields all have plain defaults: keyword and short positional calls take
+    # the shortcuts of _bind and _init, and must still agree with the dataclass.
+    _same_call(Key, DKey, *args, **kw)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
+        Key(c=1)
+
+
 def test_error_messages_name_the_problem():
     with pytest.raises(TypeError, match="missing 1 required argument: 'x'"):
         Point()

@@ -198,6 +198,61 @@ def test_a_real_full_and_diff_run_imports_none_of_them(tmp_path):
 
 
 _NOT_ON_A_RUN = ("argparse", "gettext", "locale", "socket", "selectors", "re")
+_NOT_ON_A_SMALL_RUN = ("enum", "functools", "collections", "types", "weakref", "operator",
+                       "scsi_target.scsi.sense", "scsi_target.initiator.cdb",
+                       "scsi_target.initiator.discovery", "tools.diffbackup_commands",
+                       "volume.lending")
+
+
+def test_the_installed_script_s_full_and_diff_import_no_enum_or_collections(tmp_path):
+    # As bin/diffbackup starts (no runpy, whose importlib imports bring functools
+    # and collections): the named codes are scsi_target.codes, not enum (with
+    # functools and collections); deques are the C type; only a store registers
+    # loans (weakly); records take attrgetter from _operator; the ASC table is
+    # parsed when a name is asked for; the backup reads READ CAPACITY and REPORT
+    # LUNS with the layouts, not the namedtuples of initiator.cdb; the commands
+    # of tools.diffbackup_commands (and the local volume) stay unread.
+    from scsi_target.testing.process import ServerProcess
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    with ServerProcess.from_flags(tmp_path, "--disk", f"{tmp_path}/vol.img:4M",
+                                  "--backup-device") as srv:
+        for kind, extra in (("full", []), ("diff", ["--scope", "1"])):
+            r = subprocess.run([sys.executable, "-S", "-X", "importtime",
+                                os.path.join(ROOT, "bin", "diffbackup"), "-q", kind, srv.url(0),
+                                *extra, "-o", str(tmp_path / kind)],
+                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+            assert r.returncode == 0, r.stderr[-2000:]
+            mods = _imported(r.stderr)
+            assert "scsi_target.initiator.blocking" in mods and "_socket" in mods
+            assert not [m for m in _NOT_ON_A_SMALL_RUN + _NOT_ON_A_RUN + _NOT_AT_START
+                        if m in mods], kind
+            if kind == "diff":        # nothing changed: one small read, into a bytearray
+                assert "mmap" not in mods
+            assert os.path.getsize(tmp_path / kind) > 0
+
+
+def test_the_client_path_names_codes_without_enum_or_the_asc_table():
+    out = _fresh(
+        "import sys, tools.diffbackup\n"
+        "from scsi_target.initiator.blocking import BlockingIscsiClient\n"
+        "from scsi_target.initiator.results import response_result\n"
+        "from scsi_target.scsi.layouts import backup, capacity, cdbs, luns\n"
+        "from scsi_target.scsi.layouts.sense import SenseKey, parse_sense\n"
+        "from scsi_target.scsi import asc_table\n"
+        "from scsi_target.protocol import pdu as P\n"
+        "mods = sorted(sys.modules)\n"
+        "import json\n"              # json imports re, and re enum: the list is taken before
+        "parsed = asc_table._names is not None\n"
+        "key = parse_sense(bytes([0x70, 0, 6, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x29, 0]))\n"
+        "print(json.dumps([mods, parsed, asc_table._names is not None, repr(key[0]),\n"
+        "                  P.Op(0x21).name, asc_table.asc_name(0x29, 0),\n"
+        "                  asc_table._names is not None]))", "-S")
+    mods, parsed_at_import, parsed_by_decoding, key, op, name, parsed = out
+    assert not [m for m in _NOT_ON_A_SMALL_RUN if m in mods]
+    assert not parsed_at_import and not parsed_by_decoding and parsed
+    assert key == "<SenseKey.UNIT_ATTENTION: 6>" and op == "SCSI_RESPONSE"
+    assert name == "POWER ON, RESET, OR BUS DEVICE RESET OCCURRED"
 
 
 def test_a_recognized_command_line_imports_no_argparse():

@@ -13,7 +13,11 @@ did (tests/test_diffbackup_argv.py checks the two agree).
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+import sys
+
+# types.SimpleNamespace, taken as the types module takes it (importing types is a
+# few hundred microseconds of a run's start-up for this one name).
+SimpleNamespace = type(sys.implementation)
 
 _FLAG, _VALUE, _INT, _APPEND = range(4)
 

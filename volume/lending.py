@@ -33,8 +33,6 @@ MSG_ZEROCOPY): nothing to do for them.
 """
 from __future__ import annotations
 
-import weakref
-
 __all__ = ["Loan", "LoanSlice", "LoanRegistry", "Gather", "resolved"]
 
 
@@ -84,8 +82,10 @@ class LoanRegistry:
 
     def __init__(self) -> None:
         # Imported here: the initiator imports this module (through the PDU
-        # framing's Gather) and its backup path starts without threading.
+        # framing's Gather) and its backup path starts without threading or
+        # weakref (with types, itertools and _weakrefset).
         import threading
+        import weakref
         self._loans: weakref.WeakSet[Loan] = weakref.WeakSet()
         self._lock = threading.Lock()
 

@@ -172,7 +172,7 @@ class BlockingIscsiClient:
             except LoginError as exc:
                 if exc.status_class != 1 or not exc.redirect:
                     raise
-                from .results import DiscoveredTarget
+                from .discovery import DiscoveredTarget
                 t = DiscoveredTarget("", exc.redirect)
                 host, port = t.host, t.port
         raise LoginError("too many login redirections")

@@ -37,7 +37,8 @@ from .errors import (InitiatorNameError, IscsiError, IscsiRejected, IscsiTimeout
 from .ops import ScsiConveniences
 from .login import Credentials, InitiatorLogin, LoginOptions, GrantedSession, new_isid
 from .commands import check_command, command_buffers, lun_field as _lun_field, scsi_command
-from .results import DiscoveredTarget, ScsiResult, response_result
+from .discovery import DiscoveredTarget
+from .results import ScsiResult, response_result
 from .url import IscsiUrl, parse_url
 from .rx import RxProtocol
 from ..protocol.framing import encode_pdu

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from ..scsi.asc_table import asc_name
-from ..scsi.sense import SenseKey
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from ..scsi.layouts.sense import SenseKey
 
 # RFC 7143 11.13.5: (status class, status detail) → meaning.
 LOGIN_STATUS = {

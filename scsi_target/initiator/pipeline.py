@@ -2,7 +2,9 @@
 loop behind the blocking and the thread-backed clients' ``pipeline``."""
 from __future__ import annotations
 
-import collections
+# collections.deque is this C type: the collections module (its Python classes and
+# the modules they import) is a millisecond of a short-lived client's start-up.
+from _collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,7 +23,7 @@ def pipelined(commands: Iterable[dict], depth: int, start: Callable[[dict], T],
     if depth < 1:
         raise ValueError("depth must be at least 1")
     it = iter(commands)
-    inflight: collections.deque = collections.deque()
+    inflight: deque = deque()
     try:
         for cmd in it:
             inflight.append(start(cmd))

@@ -1,10 +1,9 @@
-"""Result records of the initiator: one SCSI command's outcome, one SendTargets entry."""
+"""Result records of the initiator: one SCSI command's outcome (and, from
+:mod:`.discovery`, one SendTargets entry)."""
 from __future__ import annotations
 
-from collections import namedtuple
-
 from ..record import record
-from ..scsi.sense import SenseKey, parse_sense
+from ..scsi.layouts.sense import SenseKey, parse_sense
 from .errors import ScsiCheckCondition, ScsiCommandError
 
 
@@ -50,29 +49,6 @@ class ScsiResult:
         return self
 
 
-class DiscoveredTarget(namedtuple("DiscoveredTarget", ("target", "portal"))):
-    """One SendTargets entry: target name and portal "host:port,tpgt"."""
-    __slots__ = ()
-
-    @property
-    def host(self) -> str:
-        addr = self.portal.rsplit(",", 1)[0]
-        host = addr.rsplit(":", 1)[0] if not addr.endswith("]") else addr
-        return host.strip("[]")
-
-    @property
-    def port(self) -> int:
-        addr = self.portal.rsplit(",", 1)[0]
-        if addr.endswith("]") or ":" not in addr:
-            return 3260
-        return int(addr.rsplit(":", 1)[1])
-
-    @property
-    def tpgt(self) -> int | None:
-        parts = self.portal.rsplit(",", 1)
-        return int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
-
-
 def response_result(pdu, data) -> "ScsiResult":
     """The result a SCSI Response PDU gives a command whose Data-In is ``data``: the
     status, the sense data and its key/ASC/ASCQ (None when undecodable), the residual
@@ -89,3 +65,12 @@ def response_result(pdu, data) -> "ScsiResult":
                 pass            # kept raw in .sense for the caller to show
     residual = pdu.residual if pdu.underflow else -pdu.residual if pdu.overflow else 0
     return ScsiResult(pdu.status, data, sense, key, asc, ascq, residual, pdu.response)
+
+
+def __getattr__(name: str):
+    # DiscoveredTarget is a namedtuple (the collections module): made for discovery
+    # and login redirection only, not for every session's start-up.
+    if name == "DiscoveredTarget":
+        from .discovery import DiscoveredTarget
+        return DiscoveredTarget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -180,7 +180,7 @@ class CommandLog:
             name = self._name_of(lun, cdb)
         else:
             name = f"opcode 0x{cdb[0]:02x}" if cdb else "(empty CDB)"
-        st = Status(status) if status in Status._value2member_map_ else status
+        st = Status(status) if status in Status else status
         return CommandRecord(seq, initiator, lun, cdb, name, rng[0] if rng else None,
                              rng[1] if rng else None, dlen, st, bytes(sense), latency, fault)
 

@@ -525,7 +525,7 @@ class FaultInjector:
             info = rule.information if rule.information is not None else None
             err = _sense(rule.key, rule.asc or 0, rule.ascq, info)
             resp = _check(cmd, err)
-            resp.status = Status(rule.status) if rule.status in Status._value2member_map_ \
+            resp.status = Status(rule.status) if rule.status in Status \
                 else rule.status
             return resp, rule, 0.0
         if a == "status":

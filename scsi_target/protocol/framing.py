@@ -9,8 +9,7 @@ to the socket without being copied into one string.
 from __future__ import annotations
 
 import struct
-
-from volume.lending import Gather
+import sys
 
 from .pdu import BHS_LEN, Pdu, PduFormatError, decode_bhs, header_lengths, pdu_class
 
@@ -189,7 +188,10 @@ def encode_pdu(pdu: Pdu, header_digest: bool = False, data_digest: bool = False)
     data = pdu.data
     n = len(data)
     if n:
-        if type(data) is Gather:
+        # A Gather (volume/lending.py) exists only once that module was imported,
+        # by the target's backup device: an initiator never loads it.
+        lending = sys.modules.get("volume.lending")
+        if lending is not None and type(data) is lending.Gather:
             # Parts as they are (loan slices stay loan slices for the socket driver
             # to resolve as it sends); the digest runs over the bytes the parts
             # hold now, which a loan keeps until they are sent (volume/lending.py).

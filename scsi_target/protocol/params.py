@@ -15,8 +15,7 @@ scope checks know them, but the login state machine answers them itself.
 """
 from __future__ import annotations
 
-from enum import Enum
-
+from ..codes import Code
 from ..record import field, record
 
 # RFC 7143 6.1: key names are at most 63 bytes, values at most 255 bytes
@@ -106,22 +105,22 @@ def split_text(text: bytes, limit: int) -> list[bytes]:
 
 
 # ------------------------------------------------------------------ key table
-class Kind(Enum):
-    LIST = "list"            # first value of the offer that we accept
-    AND = "and"              # boolean, result = offer AND ours
-    OR = "or"                # boolean, result = offer OR ours
-    MIN = "min"              # numerical, result = min(offer, ours)
-    MAX = "max"              # numerical, result = max(offer, ours)
-    DECLARE = "declare"      # declarative, no answer expected
-    SECURITY = "security"    # answered by the login state machine
+class Kind(Code):
+    LIST = 1                 # first value of the offer that we accept
+    AND = 2                  # boolean, result = offer AND ours
+    OR = 3                   # boolean, result = offer OR ours
+    MIN = 4                  # numerical, result = min(offer, ours)
+    MAX = 5                  # numerical, result = max(offer, ours)
+    DECLARE = 6              # declarative, no answer expected
+    SECURITY = 7             # answered by the login state machine
 
 
-class Scope(Enum):
-    LEADING = "LO"           # leading-connection login only
-    LOGIN = "IO"             # any login, never in full feature phase
-    ALL = "ALL"              # login or text negotiation
-    SECURITY = "SEC"         # security stage only
-    FFP = "FFPO"             # full feature phase only
+class Scope(Code):
+    LEADING = 1              # "LO": leading-connection login only
+    LOGIN = 2                # "IO": any login, never in full feature phase
+    ALL = 3                  # "ALL": login or text negotiation
+    SECURITY = 4             # "SEC": security stage only
+    FFP = 5                  # "FFPO": full feature phase only
 
 
 @record(frozen=True)

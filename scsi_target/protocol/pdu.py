@@ -9,10 +9,8 @@ digests) lives in :mod:`scsi_target.protocol.framing`.
 """
 from __future__ import annotations
 
-import abc
 import struct
-from enum import IntEnum
-
+from ..codes import Code
 from ..record import field_names, record
 
 TYPE_CHECKING = False
@@ -22,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 BHS_LEN = 48
 
 
-class Op(IntEnum):
+class Op(Code):
     NOP_OUT = 0x00
     SCSI_COMMAND = 0x01
     TASK_MGMT_REQUEST = 0x02
@@ -47,7 +45,7 @@ INITIATOR_OPCODES = frozenset({0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x10})
 RESERVED_TAG = 0xFFFFFFFF
 
 
-class RejectReason(IntEnum):
+class RejectReason(Code):
     DATA_DIGEST_ERROR = 0x02
     SNACK_REJECT = 0x03
     PROTOCOL_ERROR = 0x04
@@ -61,7 +59,7 @@ class RejectReason(IntEnum):
     WAITING_FOR_LOGOUT = 0x0C
 
 
-class TmfFunction(IntEnum):
+class TmfFunction(Code):
     ABORT_TASK = 1
     ABORT_TASK_SET = 2
     CLEAR_ACA = 3
@@ -72,7 +70,7 @@ class TmfFunction(IntEnum):
     TASK_REASSIGN = 8
 
 
-class TmfResponse(IntEnum):
+class TmfResponse(Code):
     COMPLETE = 0
     TASK_DOES_NOT_EXIST = 1
     LUN_DOES_NOT_EXIST = 2
@@ -282,17 +280,18 @@ def _codec(cls) -> None:
     cls.__init__ = namespace["__init__"]
     cls.encode_bhs = namespace["encode_bhs"]
     cls.from_bhs = classmethod(namespace["from_bhs"])
-    abc.update_abstractmethods(cls)     # the class is concrete now
     cls._source = source
 
 
-@record(slots=True, init=False)
-class Pdu(abc.ABC):
+@record(init=False)
+class Pdu:
     """A PDU: its header fields, data segment and AHS.
 
     A record (scsi_target.record): one ``__repr__`` and ``==`` for every PDU
     type, from the field table; ``__init__`` and the codec are compiled per
-    type once it is in use (_register, _codec).
+    type once it is in use (_register, _codec).  Only the registered types
+    (below) are made: this base has no codec.  (Not an abc.ABC: its metaclass
+    made each type's class creation several times dearer.)
     """
     OPCODE: ClassVar[int] = -1
     SPEC: ClassVar[list] = []
@@ -302,21 +301,28 @@ class Pdu(abc.ABC):
     data: bytes | bytearray | memoryview = b""
     ahs: bytes = b""
 
-    @abc.abstractmethod
+    def __init__(self, *args, **kw) -> None:
+        raise TypeError("Pdu is the base of the PDU types: make one of those")
+
     def encode_bhs(self) -> bytes:
         """The 48-byte header (generated per PDU type, see _codec)."""
+        raise NotImplementedError
 
     @classmethod
-    @abc.abstractmethod
     def from_bhs(cls, bhs, ahs: bytes = b"", data=b"") -> "Pdu":
         """The PDU a 48-byte header describes (generated per PDU type, see _codec)."""
+        raise NotImplementedError
 
 
 _REGISTRY: dict[int, type[Pdu]] = {}
 
-# The PDU types' records: slots of their own, repr and == from the field table,
-# and until a type's code is compiled (_register) the record's generic __init__.
-_record = record(slots=True)
+# The PDU types' records: repr and == from the field table, and until a type's
+# code is compiled (_register) the record's generic __init__.  No slots: a
+# slotted record is its class made twice (slots cannot be added to a class once
+# made), a third of this module's import, and on 3.11 a PDU with an instance
+# dict is made, decoded and read about as fast (alternating runs: within 10%,
+# tens of nanoseconds per PDU).
+_record = record()
 
 
 def _register(cls):
@@ -360,7 +366,6 @@ def _register(cls):
     cls.__init__ = __init__
     cls.encode_bhs = encode_bhs
     cls.from_bhs = classmethod(from_bhs)
-    abc.update_abstractmethods(cls)     # concrete: the stand-ins implement both
     _REGISTRY[cls.OPCODE] = cls
     return cls
 

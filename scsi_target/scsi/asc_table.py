@@ -776,12 +776,28 @@ def _parse(text: str) -> dict[tuple[int, int], str]:
     return out
 
 
-ASC_NAMES: dict[tuple[int, int], str] = _parse(_TABLE)
+# The table is parsed when a name is first asked for (PEP 562 for ASC_NAMES):
+# most programs -- a backup run, a target at start-up -- never name one, and the
+# 800-odd lines were most of this module's import time.
+_names: dict[tuple[int, int], str] | None = None
+
+
+def _table() -> dict[tuple[int, int], str]:
+    global _names
+    if _names is None:
+        _names = _parse(_TABLE)
+    return _names
+
+
+def __getattr__(name: str):
+    if name == "ASC_NAMES":
+        return _table()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def asc_name(asc: int, ascq: int) -> str:
     """The name of an ASC/ASCQ pair; vendor-specific and unknown pairs get a descriptive name."""
-    name = ASC_NAMES.get((asc, ascq))
+    name = _table().get((asc, ascq))
     if name is not None:
         return name
     if asc in _PARAMETERIZED and not (asc == 0x40 and ascq == 0):

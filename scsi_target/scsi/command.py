@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Callable
 
+from ..codes import Code
 from .layouts.pr import iscsi_transport_id
 
 
-class Status(IntEnum):
+class Status(Code):
     GOOD = 0x00
     CHECK_CONDITION = 0x02
     CONDITION_MET = 0x04
@@ -25,14 +25,14 @@ class Status(IntEnum):
     TASK_ABORTED = 0x40
 
 
-class Direction(IntEnum):
+class Direction(Code):
     NONE = 0
     IN = 1       # data from target to initiator (READ)
     OUT = 2      # data from initiator to target (WRITE)
     BIDI = 3
 
 
-class TaskAttr(IntEnum):
+class TaskAttr(Code):
     UNTAGGED = 0
     SIMPLE = 1
     ORDERED = 2

@@ -19,11 +19,11 @@ bytes the CDB asked for and can report residuals.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from volume.store import byte_view
 
+from ..codes import Code
 from .command import Command, Direction
 from . import sense as S
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .lun import LogicalUnit
 
 
-class Conflict(Enum):
+class Conflict(Code):
     """How a command behaves under another nexus's reservation (SPC-4 5.13).
 
     ALLOWED: never conflicts (INQUIRY, REPORT LUNS, REQUEST SENSE, PR IN/OUT ...)
@@ -40,10 +40,10 @@ class Conflict(Enum):
     OTHER:   conflicts with any reservation held by another nexus that is not
              a registrant under a registrants-only/all-registrants type
     """
-    ALLOWED = "allowed"
-    READ = "read"
-    WRITE = "write"
-    OTHER = "other"
+    ALLOWED = 1
+    READ = 2
+    WRITE = 3
+    OTHER = 4
 
 
 Handler = Callable[["LogicalUnit", Command], object]

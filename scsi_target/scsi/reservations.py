@@ -11,9 +11,9 @@ survive a power loss, and the target says so in REPORT CAPABILITIES).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from ..codes import Code
 from .dispatch import Conflict
 from . import sense as S
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .lun import LogicalUnit
 
 
-class PrType(IntEnum):
+class PrType(Code):
     WRITE_EXCLUSIVE = 1
     EXCLUSIVE_ACCESS = 3
     WRITE_EXCLUSIVE_REGISTRANTS_ONLY = 5

@@ -7,34 +7,16 @@ descriptor, from the control mode page D_SENSE bit).
 from __future__ import annotations
 
 from collections import namedtuple
-from enum import IntEnum
 
 from .asc_table import asc_name as _asc_name
-from .layouts.sense import SenseData, decode_sense
-
-
-class SenseKey(IntEnum):
-    NO_SENSE = 0x0
-    RECOVERED_ERROR = 0x1
-    NOT_READY = 0x2
-    MEDIUM_ERROR = 0x3
-    HARDWARE_ERROR = 0x4
-    ILLEGAL_REQUEST = 0x5
-    UNIT_ATTENTION = 0x6
-    DATA_PROTECT = 0x7
-    BLANK_CHECK = 0x8
-    VENDOR_SPECIFIC = 0x9
-    COPY_ABORTED = 0xA
-    ABORTED_COMMAND = 0xB
-    EQUAL = 0xC          # obsolete since SPC-3, still seen from old devices
-    VOLUME_OVERFLOW = 0xD
-    MISCOMPARE = 0xE
-    RESERVED_F = 0xF     # reserved; decoded rather than refused
+# SenseKey and parse_sense live with the layouts (what an initiator needs of sense
+# data, without the target's error classes and ASC constants).
+from .layouts.sense import SenseData, SenseKey, decode_sense, parse_sense  # noqa: F401
 
 
 class Asc(namedtuple("Asc", ("asc", "ascq", "name"))):
     """An additional sense code and qualifier with its name (a tuple; typing's
-    NamedTuple would cost a client's start-up the typing module)."""
+    NamedTuple would cost the typing module)."""
     __slots__ = ()
 
 
@@ -203,12 +185,6 @@ def sense_data(err: SenseError) -> SenseData:
 def render_sense(err: SenseError, descriptor: bool = False) -> bytes:
     """Sense data bytes for ``err`` in fixed (0x70) or descriptor (0x72) format."""
     return sense_data(err).pack(descriptor)
-
-
-def parse_sense(data: bytes) -> tuple[SenseKey, int, int]:
-    """(sense key, ASC, ASCQ) from fixed or descriptor sense data."""
-    s = decode_sense(data)
-    return SenseKey(s.key), s.asc, s.ascq
 
 
 def asc_name(asc: int, ascq: int) -> str:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum, IntEnum
 
+from ..codes import Code
 from .registry import Chap, Portal, TargetDef, TargetRegistry
 from ..protocol import params as K
 from ..protocol.names import normalize_name
@@ -32,13 +32,13 @@ LOGIN_CHUNK = 8192      # login PDUs carry at most 8192 bytes of text (RFC 7143 
 MAX_LOGIN_PDUS = 64     # bounds a login that never finishes
 
 
-class Stage(IntEnum):
+class Stage(Code):
     SECURITY = 0
     OPERATIONAL = 1
     FULL_FEATURE = 3
 
 
-class Status(IntEnum):
+class Status(Code):
     """Status-Class << 8 | Status-Detail (RFC 7143 11.13.5)."""
     SUCCESS = 0x0000
     INITIATOR_ERROR = 0x0200
@@ -64,11 +64,11 @@ class LoginFailure(Exception):
         self.status = status
 
 
-class _Auth(Enum):
-    START = "start"          # AuthMethod not agreed yet
-    WAIT_ALGORITHM = "alg"   # AuthMethod=CHAP agreed, waiting for CHAP_A
-    WAIT_RESPONSE = "resp"   # challenge sent, waiting for CHAP_N/CHAP_R
-    DONE = "done"            # authenticated, or no authentication needed
+class _Auth(Code):
+    START = 1                # AuthMethod not agreed yet
+    WAIT_ALGORITHM = 2       # AuthMethod=CHAP agreed, waiting for CHAP_A
+    WAIT_RESPONSE = 3        # challenge sent, waiting for CHAP_N/CHAP_R
+    DONE = 4                 # authenticated, or no authentication needed
 
 
 _NAME_KEYS = frozenset({"InitiatorName", "TargetName", "SessionType", "InitiatorAlias"})

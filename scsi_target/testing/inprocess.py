@@ -88,14 +88,14 @@ class Result:
     def expect_sense(self, key: int, asc: int, ascq: int = 0) -> "Result":
         """This answer is CHECK CONDITION with sense (key, ASC, ASCQ); AssertionError otherwise."""
         if self.status != Status.CHECK_CONDITION or self.sense != (key, asc, ascq):
-            want = S.SenseKey(key).name if key in S.SenseKey._value2member_map_ else key
+            want = S.SenseKey(key).name if key in S.SenseKey else key
             raise AssertionError(f"expected CHECK CONDITION {want} {asc:02X}h/{ascq:02X}h, "
                                  f"got {self!r}")
         return self
 
     def __repr__(self) -> str:
         extra = f" {S.describe_sense(self.resp.sense)}" if self.resp.sense else ""
-        return f"<Result {Status(self.status).name if self.status in Status._value2member_map_ else self.status}{extra} {len(self.resp.data_in)} bytes>"
+        return f"<Result {Status(self.status).name if self.status in Status else self.status}{extra} {len(self.resp.data_in)} bytes>"
 
 
 class InProcessTarget:

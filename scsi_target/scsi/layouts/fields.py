@@ -33,6 +33,19 @@ class F:
     width: int | None = None
     kind: str = "int"          # int | bool | ascii | bytes
 
+    # Its own __init__ (a record keeps the class body's): every layout declares its
+    # fields at import, a few hundred F of a client's start-up, and the generic
+    # one (binding, then one object.__setattr__ per field from a loop) cost twice this.
+    def __init__(self, name: str, offset: int, size: int = 1, shift: int = 0,
+                 width: int | None = None, kind: str = "int") -> None:
+        put = object.__setattr__
+        put(self, "name", name)
+        put(self, "offset", offset)
+        put(self, "size", size)
+        put(self, "shift", shift)
+        put(self, "width", width)
+        put(self, "kind", kind)
+
     @property
     def bits(self) -> int:
         return self.width if self.width is not None else self.size * 8

@@ -8,9 +8,30 @@ from __future__ import annotations
 
 import struct
 
+from ...codes import Code
 from ...record import field, record
 from ..asc_table import asc_name
 from .fields import Struct, bit, bits, u8, u32
+
+
+class SenseKey(Code):
+    NO_SENSE = 0x0
+    RECOVERED_ERROR = 0x1
+    NOT_READY = 0x2
+    MEDIUM_ERROR = 0x3
+    HARDWARE_ERROR = 0x4
+    ILLEGAL_REQUEST = 0x5
+    UNIT_ATTENTION = 0x6
+    DATA_PROTECT = 0x7
+    BLANK_CHECK = 0x8
+    VENDOR_SPECIFIC = 0x9
+    COPY_ABORTED = 0xA
+    ABORTED_COMMAND = 0xB
+    EQUAL = 0xC          # obsolete since SPC-3, still seen from old devices
+    VOLUME_OVERFLOW = 0xD
+    MISCOMPARE = 0xE
+    RESERVED_F = 0xF     # reserved; decoded rather than refused
+
 
 SENSE_KEY_NAMES = {
     0x0: "NO SENSE", 0x1: "RECOVERED ERROR", 0x2: "NOT READY", 0x3: "MEDIUM ERROR",
@@ -223,3 +244,9 @@ def decode_sense(data: bytes | bytearray | memoryview) -> SenseData:
             pos += 2 + dlen
         return s
     raise ValueError(f"unknown sense response code 0x{code:02x}")
+
+
+def parse_sense(data: bytes) -> tuple[SenseKey, int, int]:
+    """(sense key, ASC, ASCQ) from fixed or descriptor sense data."""
+    s = decode_sense(data)
+    return SenseKey(s.key), s.asc, s.ascq
