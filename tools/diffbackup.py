@@ -986,6 +986,16 @@ def _open(spec: str, *, start_tracking: bool = False, create_from=None,
     return LocalVolume(spec, start_tracking=start_tracking, create_from=create_from)
 
 
+def _open_output(args):
+    """The stream writer of ``-o`` (a file, or an S3 key), or a one-line Failure."""
+    from volume.streamstore import StreamStoreError, open_writer
+    try:
+        return open_writer(args.output, force=args.force or not _is_s3(args.output),
+                           s3_options=_s3_options(args, writing=True))
+    except StreamStoreError as e:
+        raise Failure(str(e)) from None
+
+
 def cmd_backup(args, full: bool) -> int:
     if args.tape:
         return _backup_to_tape(args, full)
@@ -993,14 +1003,9 @@ def cmd_backup(args, full: bool) -> int:
         raise Failure("give -o FILE or --tape TAPE", EXIT_USAGE)
     if args.target_side:
         raise Failure("--target-side goes with --tape", EXIT_USAGE)
-    from volume.streamstore import StreamStoreError, open_writer
     # The output first: a missing bucket, bad credentials or an existing key
     # cost no backup.  Then the volume (a failure there aborts the output).
-    try:
-        sink = open_writer(args.output, force=args.force or not _is_s3(args.output),
-                           s3_options=_s3_options(args, writing=True))
-    except StreamStoreError as e:
-        raise Failure(str(e)) from None
+    sink = _open_output(args)
     try:
         v = _open(args.source, start_tracking=full, initiator_name=args.initiator_name)
     except BaseException:

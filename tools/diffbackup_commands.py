@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 from tools.diffbackup import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, BackupOutcome, Failure,
-                              StreamOutcome, VolumeStatus, _is_s3, _open, _open_stream, _output,
-                              _progress, _s3_options, _stream_refs, out)
+                              StreamOutcome, VolumeStatus, _open, _open_output, _open_stream,
+                              _output, _progress, _stream_refs, out)
 
 
 class LocalVolume:
@@ -252,18 +252,14 @@ def cmd_merge(args) -> int:
     """A synthetic full (or one differential) from a chain of stored streams (files,
     s3:// objects); no volume involved.  The output is stored only once it verified."""
     from volume.merge import MergeError, MergeRefused, merge
-    from volume.streamstore import StreamStoreError, open_writer, same_stream
+    from volume.streamstore import StreamStoreError, same_stream
     if any(same_stream(args.output, f) for f in args.files):
         raise Failure(f"-o {args.output} is one of the input streams", EXIT_USAGE)
     refs = _stream_refs(args.files, args)
     total = sum(r.size() for r in refs)
     # The output before any input is read: a missing bucket or an existing key
     # costs no merge.  merge() commits it, or aborts it on any failure.
-    try:
-        sink = open_writer(args.output, force=args.force or not _is_s3(args.output),
-                           s3_options=_s3_options(args, writing=True))
-    except StreamStoreError as e:
-        raise Failure(str(e)) from None
+    sink = _open_output(args)
     try:
         with _progress(not args.quiet) as prog:
             task = prog.add_task("merge", total=total)
