@@ -441,6 +441,17 @@ def _sent(monkeypatch) -> list:
     return log
 
 
+def _differential(url: str, out) -> object:
+    """A differential of scope 1 of ``url`` into ``out`` by RemoteVolume, in process
+    (so the test's patches of the client see every command); its outcome."""
+    from tools.diffbackup import RemoteVolume
+    v = RemoteVolume(url)
+    try:
+        return v.backup(False, 1, str(out), False)
+    finally:
+        v.close()
+
+
 @pytest.mark.parametrize("nblocks", [0, 3])
 def test_a_differential_costs_few_round_trips(shm, diffbackup, nblocks, monkeypatch):
     """The fixed cost of `diffbackup diff` on the wire: a login of one exchange (no
@@ -451,7 +462,6 @@ def test_a_differential_costs_few_round_trips(shm, diffbackup, nblocks, monkeypa
     is empty read along with it, the reads' last status riding with the last
     read (no REPORT BACKUP STATUS of its own), then COMMIT BACKUP."""
     from scsi_target.initiator import login as LG
-    from tools.diffbackup import RemoteVolume
     vol = shm / "v.img"
     fill_random(vol, 8 * MiB, seed=19)
     logins = []
@@ -470,11 +480,7 @@ def test_a_differential_costs_few_round_trips(shm, diffbackup, nblocks, monkeypa
                     c.write(b * 8, os.urandom(4096))
         logins.clear()
         log = _sent(monkeypatch)
-        v = RemoteVolume(srv.url(0))
-        try:
-            res = v.backup(False, 1, str(shm / "d.bin"), False)
-        finally:
-            v.close()
+        res = _differential(srv.url(0), shm / "d.bin")
         assert len(logins) == 1 and res.blocks == nblocks
         assert [e[0] for e in log] == found + [START, RC, READ, STATUS, COMMIT]
         # The new session's UNIT ATTENTIONs went to the TEST UNIT READYs, no command
@@ -489,11 +495,7 @@ def test_a_differential_costs_few_round_trips(shm, diffbackup, nblocks, monkeypa
             c.test_unit_ready()
             c.write(9 * 8, os.urandom(4096))
         log.clear()
-        v = RemoteVolume(srv.url(0))
-        try:
-            res = v.backup(False, 1, str(shm / "d2.bin"), False)
-        finally:
-            v.close()
+        res = _differential(srv.url(0), shm / "d2.bin")
         assert res.blocks == 1
         assert [e[0] for e in log][len(found):] == [START, RC, READ, STATUS, READ, STATUS, COMMIT]
         items, _ = _decode((shm / "d2.bin").read_bytes())
@@ -523,7 +525,6 @@ def test_every_read_of_a_backup_has_its_status_behind_it(shm, diffbackup, monkey
     """A status rides behind every READ of the stream (no round trip of its own),
     so each chunk goes to the output as soon as it arrives instead of four at a
     time: the writer is about one chunk behind when the last one comes."""
-    from tools.diffbackup import RemoteVolume
     vol = shm / "v.img"
     fill_random(vol, 8 * MiB, seed=23)
     with ServerProcess.from_flags(shm, "--disk", str(vol), "--backup-device") as srv:
@@ -532,11 +533,7 @@ def test_every_read_of_a_backup_has_its_status_behind_it(shm, diffbackup, monkey
             c.test_unit_ready()
             c.write(0, os.urandom(8 * MiB))                   # every block: ~8.4 MB stream
         log = _sent(monkeypatch)
-        v = RemoteVolume(srv.url(0))
-        try:
-            res = v.backup(False, 1, str(shm / "d.bin"), False)
-        finally:
-            v.close()
+        res = _differential(srv.url(0), shm / "d.bin")
         ops = [e[0] for e in log]
         reads = ops[ops.index(0xC1) + 2:-1]                    # after START and READ CAPACITY
         assert reads == [0x88, 0xC6] * 3 and ops[-1] == 0xC9

@@ -73,19 +73,24 @@ def test_differential_table_update_takes_exactly_the_sent_entries():
     old.append(0)                              # no view of the arrays is left behind
 
 
+def _two_recorders(seed: int):
+    """(size, store, a, b): 200 random 4 KiB blocks and 1000 bytes over, and two
+    recorders over them (one fed in batches, one view by view)."""
+    size = 200 * 4096 + 1000
+    store = MemoryStore(size)
+    store.write(0, random.Random(seed).randbytes(size))
+    entries = -(-size // 4096)
+    return (size, store, blockcrc.CrcRecorder(store, 4096, entries),
+            blockcrc.CrcRecorder(store, 4096, entries))
+
+
 @settings(max_examples=80, deadline=None)
 @given(reads=st.lists(st.tuples(st.integers(0, 190), st.sampled_from([1, 1, 1, 2, 3, 5, 31, 32, 40])),
                       min_size=1, max_size=25), batch=st.integers(1, 8), seed=st.integers(0, 99))
 def test_recorder_batches_of_whole_blocks_equal_block_by_block_notes(reads, batch, seed):
     # One-block, multi-block and chained views, neighbours and re-reads, in batches:
     # the table, the sent bits and the returned CRCs equal one-block-at-a-time notes.
-    rnd = random.Random(seed)
-    size = 200 * 4096 + 1000
-    store = MemoryStore(size)
-    store.write(0, rnd.randbytes(size))
-    entries = -(-size // 4096)
-    a = blockcrc.CrcRecorder(store, 4096, entries)
-    b = blockcrc.CrcRecorder(store, 4096, entries)
+    size, store, a, b = _two_recorders(seed)
     for i in range(0, len(reads), batch):
         part = reads[i:i + batch]
         offs = [f * 4096 for f, _k in part]
@@ -107,13 +112,7 @@ def test_recorder_batches_with_unaligned_empty_or_partial_views_equal_view_by_vi
     # What a stream never reads -- offsets off a block boundary, views of no bytes,
     # parts of blocks -- mixed into a batch: noted exactly as each view read alone
     # (an unaligned view notes nothing, a partial block is not known whole).
-    rnd = random.Random(seed)
-    size = 200 * 4096 + 1000
-    store = MemoryStore(size)
-    store.write(0, rnd.randbytes(size))
-    entries = -(-size // 4096)
-    a = blockcrc.CrcRecorder(store, 4096, entries)
-    b = blockcrc.CrcRecorder(store, 4096, entries)
+    size, store, a, b = _two_recorders(seed)
     offs = [min(f * 4096 + d, size - 1) for f, d, _n in reads]
     views = [memoryview(bytearray(min(n, size - o))) for o, (_f, _d, n) in zip(offs, reads)]
     crcs = a.readinto_many_crcs(offs, views)
