@@ -1003,6 +1003,7 @@ def cmd_backup(args, full: bool) -> int:
         raise Failure("give -o FILE or --tape TAPE", EXIT_USAGE)
     if args.target_side:
         raise Failure("--target-side goes with --tape", EXIT_USAGE)
+    from volume.streamstore import StreamStoreError
     # The output first: a missing bucket, bad credentials or an existing key
     # cost no backup.  Then the volume (a failure there aborts the output).
     sink = _open_output(args)
